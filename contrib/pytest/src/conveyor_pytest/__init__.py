@@ -1,0 +1,1 @@
+"""pytest fixtures and the contract-test kit for Conveyor."""

@@ -1,0 +1,212 @@
+"""Celery protocol v2 messages: build them and parse them (PROTOCOL.md §2–§4, §7).
+
+This is the hot path of every publish and every delivery, so it builds plain dicts in
+the order Celery writes them and does nothing twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import DecodeError
+from .interfaces import Message
+
+if TYPE_CHECKING:
+    from .codecs import Codecs
+
+UTC = dt.timezone.utc
+_REPR_LIMIT = 1024
+ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
+
+
+def refresh_origin() -> None:
+    """Recompute ``origin`` after a fork (the pid changed)."""
+    global ORIGIN
+    ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
+
+
+def _repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _REPR_LIMIT else text[:_REPR_LIMIT - 3] + "..."
+
+
+def to_iso(value: dt.datetime | None) -> str | None:
+    """ISO 8601 as Celery writes it; a naive datetime stays naive (it means UTC)."""
+    return value.isoformat() if value is not None else None
+
+
+def from_iso(value: Any, name: str = "time") -> dt.datetime | None:
+    """Parse an ``eta``/``expires`` header; naive values are UTC, ``Z`` is accepted."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        parsed = value
+    else:
+        try:
+            parsed = dt.datetime.fromisoformat(str(value))
+        except ValueError as exc:
+            raise DecodeError(f"Bad {name} header {value!r}: not ISO 8601") from exc
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+EMPTY_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+def build_message(
+    *,
+    name: str,
+    task_id: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    codecs: Codecs,
+    serializer: str,
+    compression: str | None = None,
+    embed: Mapping[str, Any] | None = None,
+    eta: dt.datetime | None = None,
+    expires: dt.datetime | None = None,
+    retries: int = 0,
+    time_limit: float | None = None,
+    soft_time_limit: float | None = None,
+    root_id: str | None = None,
+    parent_id: str | None = None,
+    group_id: str | None = None,
+    group_index: int | None = None,
+    shadow: str | None = None,
+    ignore_result: bool | None = False,
+    headers: Mapping[str, Any] | None = None,
+    priority: int | None = None,
+    reply_to: str | None = None,
+    now: dt.datetime | None = None,
+) -> Message:
+    """A protocol v2 task message with Celery 5.7's headers, in its order."""
+    if not isinstance(args, (list, tuple)):
+        raise TypeError(f"Task args must be a list or tuple, not {type(args).__name__}")
+    if not isinstance(kwargs, Mapping):
+        raise TypeError(f"Task kwargs must be a mapping, not {type(kwargs).__name__}")
+    body = (args if isinstance(args, list) else list(args), kwargs,
+            embed if embed is not None else EMPTY_EMBED)
+    data, content_type, encoding, compression_header = codecs.dumps(
+        body, serializer, compression)
+    h: dict[str, Any] = {
+        "lang": "py",
+        "task": name,
+        "id": task_id,
+        "shadow": shadow,
+        "eta": to_iso(eta),
+        "expires": to_iso(expires),
+        "group": group_id,
+        "group_index": group_index,
+        "retries": retries,
+        "timelimit": [time_limit, soft_time_limit],
+        "root_id": root_id or task_id,
+        "parent_id": parent_id,
+        "argsrepr": _repr(tuple(args) if isinstance(args, tuple) else args),
+        "kwargsrepr": _repr(kwargs),
+        "origin": ORIGIN,
+        "ignore_result": ignore_result,
+        "replaced_task_nesting": 0,
+        "stamped_headers": None,
+        "stamps": {},
+    }
+    if compression_header is not None:
+        h["compression"] = compression_header
+    if headers:
+        h.update(headers)
+    props: dict[str, Any] = {
+        "correlation_id": task_id,
+        "reply_to": reply_to,
+        "delivery_mode": 2,
+        "priority": priority,
+    }
+    if expires is not None:
+        current = now or dt.datetime.now(UTC)
+        aware = expires if expires.tzinfo is not None else expires.replace(tzinfo=UTC)
+        props["expiration"] = str(max(0, int((aware - current).total_seconds() * 1000)))
+    return Message(h, data, content_type, encoding, props)
+
+
+@dataclass(slots=True)
+class Request:
+    """A parsed task message: what the worker needs to run it."""
+
+    id: str
+    name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    headers: dict[str, Any]
+    callbacks: list[dict[str, Any]] | None = None
+    errbacks: list[dict[str, Any]] | None = None
+    chain: list[dict[str, Any]] | None = None
+    chord: dict[str, Any] | None = None
+    eta: dt.datetime | None = None
+    expires: dt.datetime | None = None
+    retries: int = 0
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    root_id: str | None = None
+    parent_id: str | None = None
+    group: str | None = None
+    group_index: int | None = None
+    ignore_result: bool | None = None
+    priority: int | None = None
+    reply_to: str | None = None
+    delivery_info: dict[str, Any] = field(default_factory=dict)
+    hostname: str | None = None
+    is_eager: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """Picklable, JSON-able form (for process pools and errback requests)."""
+        out = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        out["eta"] = to_iso(self.eta)
+        out["expires"] = to_iso(self.expires)
+        return out
+
+
+def peek_ids(message: Message) -> tuple[str | None, str | None]:
+    """The task id and name, if the headers carry them (for dead-lettering)."""
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    return headers.get("id"), headers.get("task")
+
+
+def parse_message(message: Message, codecs: Codecs, accept: Sequence[str]) -> Request:
+    """Decode a delivered message into a :class:`Request`, or raise ``DecodeError``."""
+    h = message.headers
+    if not isinstance(h, dict) or "task" not in h:
+        raise DecodeError(
+            "Not a protocol v2 task message (no 'task' header); protocol 1 messages "
+            "are not supported: set task_protocol=2 on the sending Celery app."
+        )
+    if not h.get("id"):
+        raise DecodeError("Task message without an 'id' header.")
+    payload = codecs.loads(message.body, message.content_type, h.get("compression"),
+                           accept)
+    if not isinstance(payload, (list, tuple)) or len(payload) != 3:
+        raise DecodeError(
+            f"Task body must be [args, kwargs, embed]; got "
+            f"{type(payload).__name__} of length {len(payload) if hasattr(payload, '__len__') else '?'}."
+        )
+    args, kwargs, embed = payload
+    if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
+        raise DecodeError("Task body args must be a list and kwargs an object.")
+    embed = embed or {}
+    if not isinstance(embed, dict):
+        raise DecodeError("Task body embed must be an object.")
+    timelimit = h.get("timelimit") or (None, None)
+    props = message.properties
+    return Request(
+        id=h["id"], name=h["task"], args=list(args), kwargs=kwargs, headers=h,
+        callbacks=embed.get("callbacks"), errbacks=embed.get("errbacks"),
+        chain=embed.get("chain"), chord=embed.get("chord"),
+        eta=from_iso(h.get("eta"), "eta"), expires=from_iso(h.get("expires"), "expires"),
+        retries=h.get("retries") or 0,
+        time_limit=timelimit[0], soft_time_limit=timelimit[1],
+        root_id=h.get("root_id"), parent_id=h.get("parent_id"),
+        group=h.get("group"), group_index=h.get("group_index"),
+        ignore_result=h.get("ignore_result"),
+        priority=props.get("priority"), reply_to=props.get("reply_to"),
+    )

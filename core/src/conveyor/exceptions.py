@@ -1,0 +1,106 @@
+"""Every error Conveyor raises, in one flat hierarchy.
+
+::
+
+    ConveyorError
+    ├── ConfigurationError (ValueError)     a setting or option that cannot work
+    │   └── UnknownOptionError (TypeError)  an execution option nobody knows
+    ├── PluginError (ImportError)           a plugin that cannot be found or loaded
+    ├── OperationalError                    the broker or backend is unreachable
+    ├── TimeoutError (builtins.TimeoutError) a bounded wait ran out
+    ├── TaskRevokedError                    the task was revoked or expired
+    ├── DecodeError                         a message that cannot be decoded
+    │   ├── ContentDisallowed               content type not in accept_content
+    │   └── SecurityError                   bad or missing signature
+    ├── NotRegistered (KeyError)            no task of that name in the worker
+    ├── DeliveryLimitExceeded               delivered worker_max_deliveries times
+    ├── SoftTimeLimitExceeded               raised inside a task at soft_time_limit
+    ├── TimeLimitExceeded                   the task was killed at time_limit
+    └── Retry                               raised by Task.retry() to re-schedule
+
+Messages say what was wrong, with the value, and what to do next.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+
+class ConveyorError(Exception):
+    """Base class of every Conveyor error."""
+
+
+class ConfigurationError(ConveyorError, ValueError):
+    """A setting, URL or option value that cannot work."""
+
+
+class UnknownOptionError(ConfigurationError, TypeError):
+    """An execution option or setting name that Conveyor does not know."""
+
+
+class PluginError(ConveyorError, ImportError):
+    """A plugin that cannot be found or loaded (names group, name and the fix)."""
+
+
+class OperationalError(ConveyorError):
+    """The broker or backend could not be reached (after the retry policy)."""
+
+
+class TimeoutError(ConveyorError, builtins.TimeoutError):  # noqa: A001 - Celery's name
+    """A bounded wait (``AsyncResult.get(timeout=...)``) ran out."""
+
+
+class TaskRevokedError(ConveyorError):
+    """The task was revoked or had expired before a worker could run it."""
+
+
+class DecodeError(ConveyorError):
+    """A message whose envelope or body cannot be decoded."""
+
+
+class ContentDisallowed(DecodeError):
+    """A message whose content type is not in ``accept_content``."""
+
+
+class SecurityError(DecodeError):
+    """A message with a missing, bad or untrusted signature."""
+
+
+class NotRegistered(ConveyorError, KeyError):
+    """No task of this name is registered in the app."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DeliveryLimitExceeded(ConveyorError):
+    """A message was delivered more than ``worker_max_deliveries`` times."""
+
+
+class SoftTimeLimitExceeded(ConveyorError):
+    """Raised inside a running task when its ``soft_time_limit`` passes."""
+
+
+class TimeLimitExceeded(ConveyorError):
+    """The task ran past its ``time_limit`` and its process was killed."""
+
+
+class Retry(ConveyorError):
+    """Raised by :meth:`Task.retry` so the worker re-schedules the task."""
+
+    def __init__(self, message: str | None = None, exc: BaseException | None = None,
+                 when: Any = None) -> None:
+        if message is None:
+            message = f"Retry in {when}s" if when is not None else "Retry"
+        super().__init__(message)
+        self.exc = exc
+        self.when = when
+
+
+__all__ = [
+    "ConveyorError", "ConfigurationError", "UnknownOptionError", "PluginError",
+    "OperationalError", "TimeoutError", "TaskRevokedError", "DecodeError",
+    "ContentDisallowed", "SecurityError", "NotRegistered", "DeliveryLimitExceeded",
+    "SoftTimeLimitExceeded", "TimeLimitExceeded", "Retry",
+]

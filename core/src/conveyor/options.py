@@ -1,0 +1,167 @@
+"""The execution-option resolution order: one function, one tuple of layers.
+
+For every option: the call's own options → the signature's options → the task's
+attributes → the router → app settings → built-in default. The first layer that
+gives a value other than ``None`` wins. An unknown option name is an error naming it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ._suggest import did_you_mean
+from .exceptions import ConfigurationError, UnknownOptionError
+from .settings import DEFAULT_RETRY_POLICY
+
+#: Public execution options (DESIGN.md, "Calling API") and their built-in defaults.
+DEFAULTS: dict[str, Any] = {
+    "countdown": None,
+    "eta": None,
+    "expires": None,
+    "task_id": None,
+    "link": None,
+    "link_error": None,
+    "retry": True,
+    "retry_policy": DEFAULT_RETRY_POLICY,
+    "serializer": "json",
+    "compression": None,
+    "queue": "celery",
+    "exchange": "",
+    "routing_key": None,
+    "priority": None,
+    "ignore_result": False,
+    "headers": None,
+    "publisher": None,
+    "shadow": None,
+    "time_limit": None,
+    "soft_time_limit": None,
+}
+
+#: Options set by canvas and the worker (children, retries); accepted, not documented.
+INTERNAL = frozenset({
+    "parent_id", "root_id", "group_id", "group_index", "chain", "chord", "reply_to",
+    "retries",
+})
+
+KNOWN = frozenset(DEFAULTS) | INTERNAL
+
+#: Options a task class may set as attributes (``Task.serializer`` …).
+TASK_ATTRIBUTES = (
+    "serializer", "compression", "queue", "exchange", "routing_key", "priority",
+    "ignore_result", "time_limit", "soft_time_limit", "expires", "shadow",
+    "retry", "retry_policy",
+)
+
+#: Option → app setting consulted when no earlier layer gives a value.
+SETTINGS: dict[str, str] = {
+    "serializer": "task_serializer",
+    "compression": "task_compression",
+    "queue": "task_default_queue",
+    "exchange": "task_default_exchange",
+    "routing_key": "task_default_routing_key",
+    "priority": "task_default_priority",
+    "ignore_result": "task_ignore_result",
+    "retry": "task_publish_retry",
+    "retry_policy": "task_publish_retry_policy",
+    "time_limit": "task_time_limit",
+    "soft_time_limit": "task_soft_time_limit",
+}
+
+RETRY_POLICY_KEYS = frozenset(DEFAULT_RETRY_POLICY)
+
+Router = Callable[[Mapping[str, Any]], Mapping[str, Any] | None]
+
+
+def check(options: Mapping[str, Any], where: str = "apply_async") -> None:
+    """Raise :class:`UnknownOptionError` (a TypeError) for an unknown option name."""
+    for name in options:
+        if name not in KNOWN:
+            raise UnknownOptionError(
+                f"{where}() got an unknown execution option {name!r}."
+                f"{did_you_mean(name, DEFAULTS)} Known options: "
+                f"{', '.join(sorted(DEFAULTS))}."
+            )
+
+
+def resolve(
+    call: Mapping[str, Any],
+    signature: Mapping[str, Any],
+    task: Any,
+    router: Router | None,
+    conf: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Apply the layers in order and return every option with its value.
+
+    ``router`` receives the options resolved so far (call, signature, task) and
+    returns a dict of options, or None.
+    """
+    check(call)
+    check(signature, "signature")
+    out: dict[str, Any] = {}
+    for layer in (call, signature):
+        for name, value in layer.items():
+            if value is not None and name not in out:
+                out[name] = value
+    if task is not None:
+        for name in TASK_ATTRIBUTES:
+            if name not in out:
+                value = getattr(task, name, None)
+                if value is not None:
+                    out[name] = value
+    if router is not None:
+        routed = router(out)
+        if routed:
+            check(routed, "router")
+            for name, value in routed.items():
+                if value is not None and name not in out:
+                    out[name] = value
+    for name, setting in SETTINGS.items():
+        if name not in out:
+            value = conf[setting]
+            if value is not None:
+                out[name] = value
+    for name, value in DEFAULTS.items():
+        out.setdefault(name, value)
+    validate(out)
+    return out
+
+
+def validate(options: dict[str, Any]) -> None:
+    """Check values that would otherwise fail later, far from the call."""
+    priority = options.get("priority")
+    if priority is not None:
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ConfigurationError(f"priority must be an int 0–255, not {priority!r}.")
+        if not 0 <= priority <= 255:
+            raise ConfigurationError(f"priority {priority} is outside 0–255.")
+    if options.get("countdown") is not None and options.get("eta") is not None:
+        raise ConfigurationError("Give countdown or eta, not both.")
+    policy = options.get("retry_policy")
+    if policy is not DEFAULT_RETRY_POLICY and isinstance(policy, Mapping):
+        unknown = set(policy) - RETRY_POLICY_KEYS
+        if unknown:
+            name = sorted(unknown)[0]
+            raise UnknownOptionError(
+                f"Unknown retry_policy key {name!r}.{did_you_mean(name, RETRY_POLICY_KEYS)}"
+            )
+
+
+def due_times(options: Mapping[str, Any], now: dt.datetime
+              ) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """``eta`` and ``expires`` as datetimes (aware; a naive eta means UTC)."""
+    eta = options.get("eta")
+    countdown = options.get("countdown")
+    if countdown is not None:
+        eta = now + dt.timedelta(seconds=float(countdown))
+    elif eta is not None:
+        if not isinstance(eta, dt.datetime):
+            raise ConfigurationError(f"eta must be a datetime, not {eta!r}.")
+    expires = options.get("expires")
+    if expires is not None and not isinstance(expires, dt.datetime):
+        if isinstance(expires, bool) or not isinstance(expires, (int, float)):
+            raise ConfigurationError(
+                f"expires must be seconds or a datetime, not {expires!r}.")
+        expires = now + dt.timedelta(seconds=float(expires))
+    return eta, expires

@@ -1,0 +1,164 @@
+"""The plugin loader: find (metadata only), load (one name, lazily), describe.
+
+Every serializer, compressor, transport, backend and router arrives through an entry
+point, the first-party ones included. stevedore's defaults hide failures
+(``ExtensionManager`` only logs; ``DriverManager`` re-raises the bare import error), so
+every failure here becomes a :class:`PluginError` naming the group, the name asked for,
+what is installed, the closest match and the extra that provides it, with the original
+error chained as ``__cause__``. One broken plugin never breaks another.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from stevedore import DriverManager
+from stevedore.exception import MultipleMatches, NoMatches
+
+from ._suggest import closest
+from .exceptions import PluginError
+
+GROUPS: dict[str, str] = {
+    "serializers": "conveyor.serializers",
+    "compressors": "conveyor.compressors",
+    "transports": "conveyor.transports",
+    "backends": "conveyor.backends",
+    "routers": "conveyor.routers",
+    "hooks": "conveyor.hooks",
+}
+
+#: Where first-party names are published: (group, name) -> extra of ``conveyor``.
+#: Only used to tell a user what to install; the core imports none of them.
+FIRST_PARTY_EXTRAS: dict[str, dict[str, str]] = {
+    "conveyor.serializers": {"msgpack": "msgpack", "yaml": "yaml", "auth": "auth"},
+    "conveyor.compressors": {"zstd": "zstd", "zstandard": "zstd", "lz4": "lz4",
+                             "brotli": "brotli"},
+    "conveyor.transports": {"redis": "redis", "rediss": "redis", "amqp": "amqp",
+                            "amqps": "amqp", "kombu": "kombu"},
+    "conveyor.backends": {"redis": "redis", "rediss": "redis"},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PluginInfo:
+    """An installed entry point, read from metadata without importing it."""
+
+    group: str
+    name: str
+    value: str
+    distribution: str
+    version: str
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.distribution}[{self.name}]"
+
+
+def _group(group: str) -> str:
+    return GROUPS.get(group, group)
+
+
+def find(group: str) -> list[PluginInfo]:
+    """Installed plugins of ``group``, sorted by name, without importing any."""
+    group = _group(group)
+    found = []
+    for ep in metadata.entry_points(group=group):
+        dist = ep.dist
+        found.append(PluginInfo(
+            group=group, name=ep.name, value=ep.value,
+            distribution=dist.metadata["Name"] if dist is not None else "?",
+            version=dist.version if dist is not None else "?",
+        ))
+    return sorted(found, key=lambda p: (p.name, p.distribution))
+
+
+def _fix_hint(group: str, name: str) -> str:
+    extra = FIRST_PARTY_EXTRAS.get(group, {}).get(name)
+    return f" Install it with: pip install 'conveyor[{extra}]'." if extra else ""
+
+
+def not_found_message(group: str, name: str) -> str:
+    """The explanation for a name with no entry point in ``group``."""
+    installed = sorted({p.name for p in find(group)})
+    text = f"No plugin {name!r} in entry point group {group!r}."
+    match = closest(name, installed)
+    if match:
+        text += f" Did you mean {match!r}?"
+    text += f" Installed: {', '.join(installed) or 'none'}."
+    return text + _fix_hint(group, name)
+
+
+class Loader:
+    """Loads plugins one name at a time and caches them (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+
+    def load(self, group: str, name: str) -> Any:
+        """The object the entry point ``name`` of ``group`` targets (not called)."""
+        key = (_group(group), name)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = load(*key)
+            return self._cache[key]
+
+
+def load(group: str, name: str) -> Any:
+    """Import exactly one plugin; every failure becomes a :class:`PluginError`."""
+    group = _group(group)
+
+    def failed(_manager: Any, ep: Any, err: BaseException) -> None:
+        dist = getattr(getattr(ep, "dist", None), "metadata", {}) or {}
+        raise PluginError(
+            f"Plugin {name!r} of group {group!r} ({dist.get('Name', '?')}, "
+            f"{ep.value}) failed to load: {type(err).__name__}: {err}."
+            + (_fix_hint(group, name) or " Reinstall its distribution or fix the import.")
+        ) from err
+
+    try:
+        manager = DriverManager(namespace=group, name=name, invoke_on_load=False,
+                                on_load_failure_callback=failed)
+    except PluginError:
+        raise
+    except NoMatches as exc:
+        raise PluginError(not_found_message(group, name)) from exc
+    except MultipleMatches as exc:
+        dists = ", ".join(p.display_name for p in find(group) if p.name == name)
+        raise PluginError(
+            f"Plugin name {name!r} of group {group!r} is provided by several "
+            f"distributions ({dists}); uninstall all but one."
+        ) from exc
+    return manager.driver
+
+
+@dataclass(frozen=True, slots=True)
+class PluginStatus:
+    """One row of ``conveyor plugins``."""
+
+    info: PluginInfo
+    ok: bool
+    error: str | None
+
+
+def describe() -> list[PluginStatus]:
+    """Every installed plugin of every group with whether it loads (never raises)."""
+    rows = []
+    for group in GROUPS.values():
+        for info in find(group):
+            try:
+                load(group, info.name)
+            except PluginError as exc:
+                cause = exc.__cause__
+                rows.append(PluginStatus(info, False, f"{type(cause).__name__}: {cause}"
+                                         if cause is not None else str(exc)))
+            else:
+                rows.append(PluginStatus(info, True, None))
+    return rows

@@ -1,0 +1,160 @@
+"""App settings: Celery's names, strict keys, defaults in one table.
+
+A misspelt setting is an error at configuration time ("did you mean …"), never a
+silently ignored key: :class:`Settings` raises on construction, ``update`` and
+assignment alike.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any
+
+from ._suggest import did_you_mean
+from .exceptions import UnknownOptionError
+
+#: The embedded default used when no broker or backend is configured.
+DEFAULT_URL = "sqlite:///conveyor.sqlite3"
+
+DEFAULT_RETRY_POLICY: dict[str, Any] = {
+    "max_retries": 3,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+    "retry_errors": None,
+}
+
+#: Every known setting and its default. Order follows DESIGN.md.
+DEFAULTS: dict[str, Any] = {
+    "broker_url": None,
+    "result_backend": None,
+    "task_serializer": "json",
+    "result_serializer": "json",
+    "accept_content": ["json"],
+    "result_accept_content": None,
+    "task_compression": None,
+    "result_compression": None,
+    "task_routes": None,
+    "task_routers": ["routes"],
+    "task_default_queue": "celery",
+    "task_default_exchange": "",
+    "task_default_routing_key": None,
+    "task_default_priority": None,
+    "task_queue_max_priority": None,
+    "task_ignore_result": False,
+    "task_track_started": False,
+    "task_acks_late": False,
+    "task_time_limit": None,
+    "task_soft_time_limit": None,
+    "task_publish_retry": True,
+    "task_publish_retry_policy": DEFAULT_RETRY_POLICY,
+    "result_extended": False,
+    "result_expires": 86400,
+    "broker_pool_limit": 10,
+    "broker_transport_options": {},
+    "broker_connection_timeout": 4.0,
+    "worker_concurrency": None,
+    "worker_prefetch_multiplier": 4,
+    "worker_max_deliveries": 5,
+    "worker_eta_horizon": 30.0,
+    "security_key": None,
+    "security_key_password": None,
+    "security_certificate": None,
+    "security_cert_store": None,
+    "security_digest": "sha256",
+    "timezone": "UTC",
+}
+
+ENVIRONMENT = {
+    "broker_url": "CONVEYOR_BROKER_URL",
+    "result_backend": "CONVEYOR_RESULT_BACKEND",
+}
+
+
+def check_name(name: str) -> None:
+    """Raise :class:`UnknownOptionError` for a setting name that does not exist."""
+    if name not in DEFAULTS:
+        raise UnknownOptionError(
+            f"Unknown setting {name!r}.{did_you_mean(name, DEFAULTS)} "
+            "Known settings are listed in DESIGN.md (Settings)."
+        )
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, list):
+        return list(value)
+    return value
+
+
+class Settings(MutableMapping[str, Any]):
+    """The app's configuration; read as ``conf.name`` or ``conf["name"]``."""
+
+    __slots__ = ("_values", "_frozen_listeners")
+
+    def __init__(self, values: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        object.__setattr__(self, "_values", {k: _copy(v) for k, v in DEFAULTS.items()})
+        object.__setattr__(self, "_frozen_listeners", [])
+        for name, env in ENVIRONMENT.items():
+            if os.environ.get(env):
+                self._values[name] = os.environ[env]
+        self.update(values or {}, **kwargs)
+
+    # Mapping protocol -------------------------------------------------------
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            check_name(name)
+            raise
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        check_name(name)
+        self._values[name] = value
+        for listener in self._frozen_listeners:
+            listener(name)
+
+    def __delitem__(self, name: str) -> None:
+        check_name(name)
+        self._values[name] = _copy(DEFAULTS[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    # Attribute access -------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(
+                f"Unknown setting {name!r}.{did_you_mean(name, DEFAULTS)}"
+            ) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Set several settings; every name is checked before any is applied."""
+        merged: dict[str, Any] = {}
+        for arg in args:
+            merged.update(arg)
+        merged.update(kwargs)
+        for name in merged:
+            check_name(name)
+        for name, value in merged.items():
+            self[name] = value
+
+    def on_change(self, listener: Any) -> None:
+        """Call ``listener(name)`` after every assignment (used to drop caches)."""
+        self._frozen_listeners.append(listener)
+
+    def __repr__(self) -> str:
+        changed = {k: v for k, v in self._values.items() if v != DEFAULTS[k]}
+        return f"<Settings {changed!r}>"

@@ -1,0 +1,1 @@
+"""Conveyor message signing serializer, wire-compatible with Celery auth."""

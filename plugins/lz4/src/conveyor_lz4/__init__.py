@@ -1,0 +1,1 @@
+"""Conveyor lz4 (frame format) compressor."""

@@ -1,0 +1,1 @@
+"""Conveyor Redis transport and result backend, kombu/Celery-compatible."""

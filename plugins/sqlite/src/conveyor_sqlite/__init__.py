@@ -1,0 +1,1 @@
+"""Conveyor's embedded default: SQLite transport and result backend."""

@@ -1,0 +1,211 @@
+"""The ``memory://`` transport: in-process queues for tests and single-process use.
+
+It keeps the same contract as a real broker (priorities, parked delayed messages,
+leases with a visibility timeout, delivery counts, dead letters), so code tested on
+it behaves as it will in production. Brokers are shared per URL within a process:
+``memory://`` and ``memory://name`` are separate brokers.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from conveyor.interfaces import (
+    BaseTransport, Capabilities, DeadLetter, Delivery, Message, Route,
+)
+
+
+@dataclass(slots=True)
+class _Entry:
+    message: Message
+    queue: str
+    deliveries: int = 0
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+class _Broker:
+    """State of one in-process broker; every method runs under ``cond``."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.seq = itertools.count()
+        self.queues: dict[str, list[tuple[int, int, _Entry]]] = {}
+        self.delayed: list[tuple[float, int, _Entry]] = []
+        self.unacked: dict[str, tuple[_Entry, float]] = {}
+        self.dead: list[DeadLetter] = []
+
+    def push(self, entry: _Entry) -> None:
+        level = entry.message.properties.get("priority") or 0
+        heapq.heappush(self.queues.setdefault(entry.queue, []),
+                       (-level, next(self.seq), entry))
+        self.cond.notify_all()
+
+    def tick(self, visibility: float) -> None:
+        now = time.time()
+        while self.delayed and self.delayed[0][0] <= now:
+            self.push(heapq.heappop(self.delayed)[2])
+        if self.unacked:
+            for tag, (entry, leased) in list(self.unacked.items()):
+                if leased + visibility <= now:
+                    del self.unacked[tag]
+                    self.push(entry)
+
+    def pop(self, queues: Sequence[str]) -> _Entry | None:
+        best = None
+        for name in queues:
+            heap = self.queues.get(name)
+            if heap and (best is None or heap[0][:2] < best[0][:2]):
+                best = (heap[0], heap)
+        if best is None:
+            return None
+        return heapq.heappop(best[1])[2]
+
+
+_brokers: dict[str, _Broker] = {}
+_brokers_lock = threading.Lock()
+
+
+def broker_for(url: str) -> _Broker:
+    name = url.split("://", 1)[1] if "://" in url else url
+    with _brokers_lock:
+        return _brokers.setdefault(name or "default", _Broker())
+
+
+class MemoryTransport(BaseTransport):
+    """In-process transport with broker semantics (see module docstring)."""
+
+    scheme = "memory"
+    capabilities: ClassVar[Capabilities] = Capabilities(native_delay=True, priorities=True)
+    default_options: ClassVar[dict[str, Any]] = {"visibility_timeout": 3600.0}
+
+    def __init__(self, url: str = "memory://", app: Any = None) -> None:
+        super().__init__(url, app)
+        self.visibility_timeout = float(self.options["visibility_timeout"])
+        self._broker = broker_for(url)
+
+    def connect(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def declare(self, route: Route) -> None:
+        with self._broker.cond:
+            self._broker.queues.setdefault(route.queue, [])
+
+    def publish(self, message: Message, route: Route, *, due: float | None = None) -> None:
+        entry = _Entry(copy.deepcopy(message), route.queue)
+        b = self._broker
+        with b.cond:
+            if due is not None and due > time.time():
+                heapq.heappush(b.delayed, (due, next(b.seq), entry))
+                b.cond.notify_all()
+            else:
+                b.push(entry)
+
+    def fetch(self, queues: Sequence[str], *, limit: int, timeout: float) -> list[Delivery]:
+        b = self._broker
+        deadline = time.monotonic() + timeout
+        out: list[Delivery] = []
+        with b.cond:
+            while True:
+                b.tick(self.visibility_timeout)
+                while len(out) < limit:
+                    entry = b.pop(queues)
+                    if entry is None:
+                        break
+                    entry.deliveries += 1
+                    tag = uuid.uuid4().hex
+                    b.unacked[tag] = (entry, time.time())
+                    out.append(Delivery(copy.deepcopy(entry.message), entry.queue, tag,
+                                        redelivered=entry.deliveries > 1,
+                                        deliveries=entry.deliveries,
+                                        routing_key=entry.queue))
+                remaining = deadline - time.monotonic()
+                if out or remaining <= 0:
+                    return out
+                wake = remaining
+                if b.delayed:
+                    wake = min(wake, max(0.0, b.delayed[0][0] - time.time()))
+                b.cond.wait(wake)
+
+    def _settle(self, delivery: Delivery) -> _Entry | None:
+        found = self._broker.unacked.pop(delivery.tag, None)
+        return found[0] if found else None
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        with self._broker.cond:
+            for d in deliveries:
+                self._settle(d)
+
+    def requeue(self, delivery: Delivery) -> None:
+        with self._broker.cond:
+            entry = self._settle(delivery)
+            if entry is not None:
+                entry.deliveries -= 1  # given back unstarted: not a delivery
+                self._broker.push(entry)
+
+    def defer(self, delivery: Delivery, due: float) -> None:
+        b = self._broker
+        with b.cond:
+            entry = self._settle(delivery)
+            if entry is not None:
+                entry.deliveries -= 1
+                heapq.heappush(b.delayed, (due, next(b.seq), entry))
+                b.cond.notify_all()
+
+    def extend(self, deliveries: Sequence[Delivery]) -> None:
+        now = time.time()
+        with self._broker.cond:
+            for d in deliveries:
+                if d.tag in self._broker.unacked:
+                    self._broker.unacked[d.tag] = (self._broker.unacked[d.tag][0], now)
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        with self._broker.cond:
+            entry = self._settle(delivery)
+            message = entry.message if entry is not None else delivery.message
+            self._broker.dead.append(DeadLetter(
+                entry.id if entry is not None else uuid.uuid4().hex,
+                delivery.queue, reason, time.time(), message))
+
+    def dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
+        with self._broker.cond:
+            return [d for d in self._broker.dead if queue is None or d.queue == queue]
+
+    def requeue_dead(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
+        b = self._broker
+        with b.cond:
+            chosen = [d for d in b.dead if (ids is None or d.id in ids)
+                      and (queue is None or d.queue == queue)]
+            for d in chosen:
+                b.dead.remove(d)
+                b.push(_Entry(d.message, d.queue, id=d.id))
+            return len(chosen)
+
+    def purge_dead(self, queue: str | None = None) -> int:
+        b = self._broker
+        with b.cond:
+            keep = [d for d in b.dead if queue is not None and d.queue != queue]
+            count = len(b.dead) - len(keep)
+            b.dead[:] = keep
+            return count
+
+    def purge(self, queue: str) -> int:
+        with self._broker.cond:
+            heap = self._broker.queues.get(queue, [])
+            count = len(heap)
+            heap.clear()
+            return count
+
+    def depth(self, queue: str) -> int:
+        with self._broker.cond:
+            return len(self._broker.queues.get(queue, []))

@@ -1,0 +1,101 @@
+"""JSON (kombu-compatible extension tags) and pickle serializers."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import os
+import pickle
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from conveyor.exceptions import DecodeError
+
+
+def _tag(obj: Any) -> Any:
+    """kombu ≥ 5.3's ``{"__type__": T, "__value__": V}`` form (PROTOCOL.md §4)."""
+    if isinstance(obj, dt.datetime):
+        return {"__type__": "datetime", "__value__": obj.isoformat()}
+    if isinstance(obj, dt.date):
+        return {"__type__": "date", "__value__": obj.isoformat()}
+    if isinstance(obj, dt.time):
+        return {"__type__": "time", "__value__": obj.isoformat()}
+    if isinstance(obj, Decimal):
+        return {"__type__": "decimal", "__value__": str(obj)}
+    if isinstance(obj, uuid.UUID):
+        return {"__type__": "uuid", "__value__": {"hex": obj.hex}}
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        raw = bytes(obj)
+        try:
+            return {"__type__": "bytes", "__value__": raw.decode("utf-8")}
+        except UnicodeDecodeError:
+            return {"__type__": "base64", "__value__": base64.b64encode(raw).decode("ascii")}
+    if isinstance(obj, (set, frozenset)):
+        return list(obj)
+    if hasattr(obj, "__json__"):
+        return obj.__json__()
+    raise TypeError(
+        f"Object of type {type(obj).__name__} is not JSON serializable: pass plain "
+        "data (str, int, float, bool, None, list, dict, datetime, Decimal, UUID, bytes) "
+        "or choose serializer='pickle' (and list it in accept_content)."
+    )
+
+
+_UNTAG = {
+    "datetime": dt.datetime.fromisoformat,
+    "date": dt.date.fromisoformat,
+    "time": dt.time.fromisoformat,
+    "decimal": Decimal,
+    "uuid": lambda v: uuid.UUID(hex=v["hex"]),
+    "bytes": lambda v: v.encode("utf-8"),
+    "base64": lambda v: base64.b64decode(v),
+}
+
+
+def _untag(obj: dict[str, Any]) -> Any:
+    if len(obj) == 2 and "__type__" in obj and "__value__" in obj:
+        try:
+            return _UNTAG[obj["__type__"]](obj["__value__"])
+        except KeyError:
+            raise DecodeError(f"Unknown JSON extension type {obj['__type__']!r}") from None
+    return obj
+
+
+_encoder = json.JSONEncoder(default=_tag, ensure_ascii=False)
+_decoder = json.JSONDecoder(object_hook=_untag)
+
+
+class JSONSerializer:
+    """``application/json``; Python's default separators, as kombu writes them."""
+
+    content_type = "application/json"
+    content_encoding = "utf-8"
+
+    def __init__(self, app: Any = None) -> None:
+        self.app = app
+
+    def dumps(self, obj: Any) -> bytes:
+        return _encoder.encode(obj).encode("utf-8")
+
+    def loads(self, data: bytes) -> Any:
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            data = bytes(data).decode("utf-8")
+        return _decoder.decode(data)
+
+
+class PickleSerializer:
+    """``application/x-python-serialize``; never accepted unless listed."""
+
+    content_type = "application/x-python-serialize"
+    content_encoding = "binary"
+
+    def __init__(self, app: Any = None) -> None:
+        self.protocol = int(os.environ.get("PICKLE_PROTOCOL", 4))
+
+    def dumps(self, obj: Any) -> bytes:
+        return pickle.dumps(obj, protocol=self.protocol)
+
+    def loads(self, data: bytes) -> Any:
+        return pickle.loads(data)  # noqa: S301 - only reached when accept_content lists pickle

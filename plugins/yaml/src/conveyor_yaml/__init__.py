@@ -1,0 +1,1 @@
+"""Conveyor YAML serializer (safe loading only)."""

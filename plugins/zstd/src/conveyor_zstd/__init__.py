@@ -1,0 +1,1 @@
+"""Conveyor zstd compressor."""
