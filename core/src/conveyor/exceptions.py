@@ -16,6 +16,7 @@
     ├── DeliveryLimitExceeded               delivered worker_max_deliveries times
     ├── SoftTimeLimitExceeded               raised inside a task at soft_time_limit
     ├── TimeLimitExceeded                   the task was killed at time_limit
+    ├── WorkerLostError                     the pool process died running the task
     └── Retry                               raised by Task.retry() to re-schedule
 
 Messages say what was wrong, with the value, and what to do next.
@@ -86,6 +87,10 @@ class TimeLimitExceeded(ConveyorError):
     """The task ran past its ``time_limit`` and its process was killed."""
 
 
+class WorkerLostError(ConveyorError):
+    """The pool process running the task died (crash, OOM kill, signal)."""
+
+
 class Retry(ConveyorError):
     """Raised by :meth:`Task.retry` so the worker re-schedules the task."""
 
@@ -102,5 +107,5 @@ __all__ = [
     "ConveyorError", "ConfigurationError", "UnknownOptionError", "PluginError",
     "OperationalError", "TimeoutError", "TaskRevokedError", "DecodeError",
     "ContentDisallowed", "SecurityError", "NotRegistered", "DeliveryLimitExceeded",
-    "SoftTimeLimitExceeded", "TimeLimitExceeded", "Retry",
+    "SoftTimeLimitExceeded", "TimeLimitExceeded", "WorkerLostError", "Retry",
 ]

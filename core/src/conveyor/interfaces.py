@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 from ._suggest import did_you_mean
-from .exceptions import UnknownOptionError
+from .exceptions import ConfigurationError, UnknownOptionError
 
 if TYPE_CHECKING:
     from .app import Conveyor
@@ -210,6 +210,13 @@ class Transport(Protocol):
         """How many messages wait in ``queue`` (parked delayed ones excluded)."""
 
 
+#: ``broker_transport_options`` keys the core reads, valid for every transport.
+#: ``delayed_delivery``: "worker" (default) sends delayed tasks to their queue with
+#: Celery's ``eta`` header, so Celery workers run them; "broker" parks them
+#: broker-side at publish (one hop fewer; every consumer must be a Conveyor worker).
+COMMON_OPTIONS: Mapping[str, Any] = {"delayed_delivery": "worker"}
+
+
 class BaseTransport:
     """Optional base: option checking, ``publish_many`` and connection-error defaults."""
 
@@ -231,16 +238,26 @@ class BaseTransport:
 
     @classmethod
     def check_options(cls, given: Mapping[str, Any]) -> dict[str, Any]:
-        """Defaults overlaid with ``given``; an unknown key is an error naming it."""
+        """Defaults overlaid with ``given``; an unknown key is an error naming it.
+
+        Keys in :data:`COMMON_OPTIONS` (read by the core) are accepted by every
+        transport and need not appear in ``default_options``.
+        """
+        known = {**COMMON_OPTIONS, **cls.default_options}
+        mode = given.get("delayed_delivery", "worker")
+        if mode not in ("worker", "broker"):
+            raise ConfigurationError(
+                f"broker_transport_options delayed_delivery must be 'worker' or "
+                f"'broker', not {mode!r}.")
         for key in given:
-            if key not in cls.default_options:
+            if key not in known:
                 raise UnknownOptionError(
                     f"Unknown broker_transport_options key {key!r} for the "
                     f"{cls.scheme or cls.__name__} transport."
                     f"{did_you_mean(key, cls.default_options)} "
-                    f"Known keys: {', '.join(sorted(cls.default_options)) or 'none'}."
+                    f"Known keys: {', '.join(sorted(known))}."
                 )
-        return {**cls.default_options, **given}
+        return {**known, **given}
 
     def publish_many(self, batch: Sequence[tuple[Message, Route, float | None]]) -> None:
         for message, route, due in batch:
@@ -296,6 +313,6 @@ class Router(Protocol):
 
 
 __all__ = [
-    "Message", "Route", "Delivery", "Capabilities", "DeadLetter", "Serializer",
+    "COMMON_OPTIONS", "Message", "Route", "Delivery", "Capabilities", "DeadLetter", "Serializer",
     "Compressor", "Transport", "BaseTransport", "Backend", "Router",
 ]

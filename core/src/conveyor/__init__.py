@@ -1,0 +1,24 @@
+"""Conveyor: call Python functions later or elsewhere, over the Celery protocol.
+
+The public API is re-exported here; everything else is an implementation detail.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .app import Conveyor, current_app
+from .canvas import Signature, chain, group, signature
+from .hookspecs import hookimpl
+from .result import AsyncResult, GroupResult
+from .task import Task
+
+try:
+    __version__ = version("conveyor-core")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "Conveyor", "current_app", "Task", "Signature", "signature", "chain", "group",
+    "AsyncResult", "GroupResult", "hookimpl", "__version__",
+]

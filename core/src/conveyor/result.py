@@ -1,0 +1,222 @@
+"""Results: ``AsyncResult`` and ``GroupResult``.
+
+``get()`` waits on the backend's change notifications (never a busy loop), calls
+``on_message`` with every state change, and re-raises the task's exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from . import states
+from .exceptions import TaskRevokedError, TimeoutError
+
+if TYPE_CHECKING:
+    from .app import Conveyor
+
+R = TypeVar("R")
+
+
+class AsyncResult(Generic[R]):
+    """The pending result of a task call, by task id."""
+
+    def __init__(self, id: str, app: Conveyor | None = None, *, ignored: bool = False,
+                 parent: AsyncResult[Any] | None = None) -> None:
+        if app is None:
+            from .app import current_app
+            app = current_app()
+        self.id = id
+        self.app = app
+        self.ignored = ignored
+        self.parent = parent
+        self._cache: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult: {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    # ---------------------------------------------------------------- meta
+    def _meta(self) -> dict[str, Any]:
+        if self._cache is not None:
+            return self._cache
+        meta = self.app.results.load(self.app.backend.get(self.id))
+        if meta.get("status") in states.READY_STATES:
+            self._cache = meta
+        return meta
+
+    @property
+    def state(self) -> str:
+        return self._meta().get("status", states.PENDING)
+
+    status = state
+
+    @property
+    def result(self) -> Any:
+        """The return value, or the exception for failed states, or progress meta."""
+        meta = self._meta()
+        value = meta.get("result")
+        if meta.get("status") in states.EXCEPTION_STATES:
+            return states.dict_to_exception(value)
+        return value
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        return self._meta().get("traceback")
+
+    @property
+    def date_done(self) -> str | None:
+        return self._meta().get("date_done")
+
+    @property
+    def children(self) -> list[AsyncResult[Any]]:
+        out = []
+        for child in self._meta().get("children") or []:
+            try:
+                out.append(AsyncResult(child[0][0], self.app))
+            except (TypeError, IndexError):
+                continue
+        return out
+
+    def ready(self) -> bool:
+        return self.state in states.READY_STATES
+
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == states.FAILURE
+
+    # ---------------------------------------------------------------- waiting
+    def get(self, timeout: float | None = None, propagate: bool = True,
+            on_message: Callable[[dict[str, Any]], None] | None = None,
+            interval: float = 0.5, disable_sync_subtasks: bool = True) -> R:
+        """Wait for the task to finish and return its value.
+
+        Raises :class:`conveyor.exceptions.TimeoutError` when ``timeout`` passes,
+        the task's own exception when it failed (with ``propagate``), and
+        :class:`TaskRevokedError` when it was revoked or expired. With
+        ``ignore_result`` there is nothing to wait for: returns None at once.
+        ``interval`` is accepted for Celery compatibility; backends are notified.
+        """
+        if self.ignored:
+            return None  # type: ignore[return-value]
+        meta = self._wait(timeout, on_message)
+        return self._outcome(meta, propagate)
+
+    def _wait(self, timeout: float | None,
+              on_message: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+        if self._cache is not None:
+            return self._cache
+        backend = self.app.backend
+        results = self.app.results
+        deadline = None if timeout is None else time.monotonic() + timeout
+        payload = backend.get(self.id)
+        seen: bytes | None = None
+        while True:
+            if payload is not None and payload != seen:
+                seen = payload
+                meta = results.load(payload)
+                if on_message is not None:
+                    on_message({"task_id": self.id, "status": meta.get("status"),
+                                "result": meta.get("result"),
+                                "traceback": meta.get("traceback"),
+                                "children": meta.get("children")})
+                if meta.get("status") in states.READY_STATES:
+                    self._cache = meta
+                    return meta
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(
+                    f"Task {self.id} did not finish within {timeout}s "
+                    f"(state {self.state}). Is a worker consuming its queue?")
+            payload = backend.wait(self.id, timeout=remaining, previous=seen)
+
+    def _outcome(self, meta: dict[str, Any], propagate: bool) -> R:
+        status = meta.get("status")
+        value = meta.get("result")
+        if status == states.SUCCESS:
+            return value  # type: ignore[no-any-return]
+        exc = states.dict_to_exception(value)
+        if status == states.REVOKED and not isinstance(exc, TaskRevokedError):
+            exc = TaskRevokedError(*getattr(exc, "args", ()) or ("revoked",))
+        if propagate:
+            raise exc
+        return exc  # type: ignore[return-value]
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True,
+                   on_message: Callable[[dict[str, Any]], None] | None = None) -> R:
+        """``get()`` for asyncio code: the blocking wait runs off the event loop."""
+        return await asyncio.to_thread(self.get, timeout, propagate, on_message)
+
+    # ---------------------------------------------------------------- control
+    def forget(self) -> None:
+        """Delete the stored result."""
+        self._cache = None
+        self.app.backend.forget(self.id)
+
+    def revoke(self) -> None:
+        """Mark the task REVOKED in the backend so waiters stop waiting.
+
+        This does not yet reach workers: a worker that runs the task anyway stores
+        its outcome over the REVOKED state (remote control is future work).
+        """
+        self.app.results.store(self.id, states.REVOKED, states.revoked_dict("revoked"))
+        self._cache = None
+
+    def then_get(self) -> Any:  # pragma: no cover - Celery compatibility alias
+        return self.get()
+
+
+class GroupResult(Generic[R]):
+    """The results of a group, in order."""
+
+    def __init__(self, id: str, results: Sequence[AsyncResult[R]],
+                 app: Conveyor | None = None) -> None:
+        self.id = id
+        self.results = list(results)
+        self.app = app
+
+    def __repr__(self) -> str:
+        return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
+
+    def __iter__(self) -> Any:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, index: int) -> AsyncResult[R]:
+        return self.results[index]
+
+    def get(self, timeout: float | None = None, propagate: bool = True,
+            on_message: Callable[[dict[str, Any]], None] | None = None) -> list[R]:
+        """Every member's value in group order; ``timeout`` bounds the whole wait."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out = []
+        for result in self.results:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            out.append(result.get(timeout=remaining, propagate=propagate,
+                                  on_message=on_message))
+        return out
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True) -> list[R]:
+        return await asyncio.to_thread(self.get, timeout, propagate)
+
+    def ready(self) -> bool:
+        return all(r.ready() for r in self.results)
+
+    def successful(self) -> bool:
+        return all(r.successful() for r in self.results)
+
+    def completed_count(self) -> int:
+        return sum(1 for r in self.results if r.successful())

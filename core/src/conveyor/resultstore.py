@@ -1,0 +1,75 @@
+"""Writing and reading task state documents through the app's backend.
+
+The backend stores opaque bytes; this module owns the document's shape (Celery's
+keys and order) and its encoding with ``result_serializer``/``result_compression``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import states
+
+if TYPE_CHECKING:
+    from .app import Conveyor
+    from .envelope import Request
+
+
+class ResultStore:
+    """Encodes state documents and hands them to the backend."""
+
+    def __init__(self, app: Conveyor) -> None:
+        self.app = app
+
+    def _accept(self) -> list[str]:
+        conf = self.app.conf
+        return list(conf.result_accept_content or conf.accept_content)
+
+    def dumps(self, doc: dict[str, Any]) -> bytes:
+        conf = self.app.conf
+        data, _ctype, _enc, _comp = self.app.codecs.dumps(
+            doc, conf.result_serializer, conf.result_compression)
+        return data
+
+    def load(self, payload: bytes | None) -> dict[str, Any]:
+        """Decode a stored payload; None (nothing stored) is PENDING."""
+        if payload is None:
+            return {"status": states.PENDING, "result": None}
+        conf = self.app.conf
+        ser = self.app.codecs.serializer(conf.result_serializer)
+        compression = None
+        if conf.result_compression:
+            compression = self.app.codecs.compressor(conf.result_compression).content_type
+        doc = self.app.codecs.loads(payload, ser.content_type, compression,
+                                    self._accept(), "result_accept_content")
+        return doc if isinstance(doc, dict) else {"status": states.PENDING, "result": doc}
+
+    def store(self, task_id: str, state: str, result: Any, *,
+              traceback: str | None = None, children: list[Any] | None = None,
+              request: Request | None = None, hostname: str | None = None) -> None:
+        """Write a state. ``result`` is the value, progress meta or exception dict."""
+        conf = self.app.conf
+        extended = None
+        if conf.result_extended:
+            extended = {
+                "name": request.name if request else None,
+                "args": request.args if request else None,
+                "kwargs": request.kwargs if request else None,
+                "worker": hostname or (request.hostname if request else None),
+                "retries": request.retries if request else None,
+                "queue": request.delivery_info.get("routing_key") if request else None,
+            }
+        doc = states.state_document(
+            task_id, state, result, traceback=traceback, children=children,
+            group_id=request.group if request else None,
+            parent_id=request.parent_id if request else None, extended=extended)
+        expires = conf.result_expires
+        if hasattr(expires, "total_seconds"):
+            expires = expires.total_seconds()
+        self.app.backend.store(task_id, state, self.dumps(doc), expires=expires or None)
+
+    def store_exception(self, task_id: str, state: str, exc: BaseException, *,
+                        traceback: str | None = None, request: Request | None = None,
+                        hostname: str | None = None) -> None:
+        self.store(task_id, state, states.exception_to_dict(exc), traceback=traceback,
+                   request=request, hostname=hostname)

@@ -1,0 +1,125 @@
+"""Task states and the stored state document (PROTOCOL.md §8.2, §8.3)."""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+import importlib
+import traceback as tb
+from typing import Any
+
+from . import exceptions as errors
+
+PENDING = "PENDING"
+RECEIVED = "RECEIVED"
+STARTED = "STARTED"
+PROGRESS = "PROGRESS"
+SUCCESS = "SUCCESS"
+FAILURE = "FAILURE"
+RETRY = "RETRY"
+REVOKED = "REVOKED"
+
+READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED})
+EXCEPTION_STATES = frozenset({FAILURE, RETRY, REVOKED})
+
+#: Celery's names for the errors Conveyor has too, so results cross over.
+_CELERY_ERRORS = {
+    "NotRegistered": errors.NotRegistered,
+    "TaskRevokedError": errors.TaskRevokedError,
+    "TimeLimitExceeded": errors.TimeLimitExceeded,
+    "SoftTimeLimitExceeded": errors.SoftTimeLimitExceeded,
+    "ContentDisallowed": errors.ContentDisallowed,
+    "SecurityError": errors.SecurityError,
+    "TimeoutError": errors.TimeoutError,
+}
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return repr(value)
+
+
+def exception_to_dict(exc: BaseException) -> dict[str, Any]:
+    """``{"exc_type", "exc_message", "exc_module"}`` with the args as a list."""
+    cls = type(exc)
+    return {
+        "exc_type": cls.__qualname__,
+        "exc_message": _jsonable(list(exc.args)),
+        "exc_module": cls.__module__,
+    }
+
+
+def revoked_dict(reason: str) -> dict[str, Any]:
+    """What Celery stores for a revoked/expired task (reason 'expired'/'revoked')."""
+    return {"exc_type": "TaskRevokedError", "exc_message": [reason],
+            "exc_module": "celery.exceptions"}
+
+
+def dict_to_exception(data: Any) -> BaseException:
+    """Rebuild a stored exception: the real class where importable and an exception,
+    Conveyor's own for Celery's names, else a synthesized class of that name."""
+    if isinstance(data, BaseException):
+        return data
+    if not isinstance(data, dict) or "exc_type" not in data:
+        return Exception(data)
+    name = str(data.get("exc_type"))
+    module = str(data.get("exc_module") or "builtins")
+    args = data.get("exc_message") or []
+    if not isinstance(args, (list, tuple)):
+        args = [args]
+    cls: Any = None
+    if module.startswith("celery.") and name in _CELERY_ERRORS:
+        cls = _CELERY_ERRORS[name]
+    elif module == "builtins":
+        cls = getattr(builtins, name, None)
+    else:
+        try:
+            cls = importlib.import_module(module)
+            for part in name.split("."):
+                cls = getattr(cls, part)
+        except Exception:  # noqa: BLE001 - missing module/class: synthesize below
+            cls = None
+    if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+        cls = type(name.rsplit(".", 1)[-1], (Exception,), {"__module__": module})
+    try:
+        return cls(*args)
+    except Exception:  # noqa: BLE001 - constructor with another signature
+        exc = Exception.__new__(cls)
+        exc.args = tuple(args)
+        return exc
+
+
+def format_traceback(exc: BaseException) -> str:
+    return "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+def state_document(task_id: str, status: str, result: Any, *, traceback: str | None = None,
+                   children: list[Any] | None = None, ready: bool | None = None,
+                   group_id: str | None = None, parent_id: str | None = None,
+                   extended: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The stored JSON in Celery's key order."""
+    doc: dict[str, Any] = {
+        "status": status,
+        "result": result,
+        "traceback": traceback,
+        "children": children if children is not None else [],
+        "date_done": now_iso() if (ready if ready is not None else status in READY_STATES)
+        else None,
+    }
+    if group_id:
+        doc["group_id"] = group_id
+    if parent_id:
+        doc["parent_id"] = parent_id
+    if extended:
+        doc.update(extended)
+    doc["task_id"] = task_id
+    return doc

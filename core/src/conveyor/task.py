@@ -1,0 +1,213 @@
+"""Tasks: a typed wrapper around a function with the calling API.
+
+``Task[P, R]`` keeps the function's parameters (``ParamSpec``), so
+``add.delay(1, "x")`` and ``add.s(1, 2, 3)`` are type errors, ``add.delay(...)`` is an
+``AsyncResult[R]``, and ``inspect.signature(add)`` is the function's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from . import exceptions, states
+from ._suggest import did_you_mean
+from .canvas import Signature
+from .exceptions import Retry, UnknownOptionError
+from .result import AsyncResult
+
+if TYPE_CHECKING:
+    from .app import Conveyor
+    from .connection import Connection
+    from .envelope import Request
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: The request of the task running in this thread/coroutine (set by the worker).
+current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
+    "conveyor_request", default=None)
+
+#: Attributes ``@app.task(...)`` accepts (execution defaults and worker behaviour).
+TASK_OPTIONS = frozenset({
+    "name", "bind", "serializer", "compression", "queue", "exchange", "routing_key",
+    "priority", "ignore_result", "time_limit", "soft_time_limit", "expires", "shadow",
+    "retry", "retry_policy", "acks_late", "max_retries", "default_retry_delay",
+    "track_started", "typing",
+})
+
+
+class Task(Generic[P, R]):
+    """A registered task. Call it to run here; ``delay``/``apply_async`` to send."""
+
+    # Execution defaults (None: fall through to the router and app settings).
+    serializer: str | None = None
+    compression: str | None = None
+    queue: str | None = None
+    exchange: str | None = None
+    routing_key: str | None = None
+    priority: int | None = None
+    ignore_result: bool | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    expires: Any = None
+    shadow: str | None = None
+    retry: bool | None = None
+    retry_policy: Mapping[str, Any] | None = None
+    # Worker behaviour.
+    acks_late: bool | None = None
+    max_retries: int | None = 3
+    default_retry_delay: float = 180
+    track_started: bool | None = None
+    typing: bool = True
+
+    OperationalError = exceptions.OperationalError
+    MaxRetriesExceededError = exceptions.Retry
+
+    def __init__(self, app: Conveyor, fn: Callable[..., Any], *, name: str,
+                 bind: bool = False, **attrs: Any) -> None:
+        for key in attrs:
+            if key not in TASK_OPTIONS:
+                raise UnknownOptionError(
+                    f"@task() got an unknown option {key!r}.{did_you_mean(key, TASK_OPTIONS)}")
+        self.app = app
+        self.name = name
+        self.run = fn
+        self.bind = bind
+        self.is_async = inspect.iscoroutinefunction(fn)
+        for key, value in attrs.items():
+            setattr(self, key, value)
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        sig = inspect.signature(fn)
+        if bind:
+            params = list(sig.parameters.values())[1:]
+            sig = sig.replace(parameters=params)
+        self.__signature__ = sig
+        self._arity = sig
+
+    def __repr__(self) -> str:
+        return f"<@task: {self.name}>"
+
+    def __reduce__(self) -> Any:
+        return (_task_by_name, (self.app.main, self.name))
+
+    # ------------------------------------------------------------------ here
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function in this process; no message, no result stored."""
+        if self.bind:
+            return self.run(self, *args, **kwargs)  # type: ignore[no-any-return]
+        return self.run(*args, **kwargs)  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ calling
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Send the task with these arguments: ``apply_async(args, kwargs)``."""
+        return self.app.publish(self.name, args, kwargs, {}, {}, self)
+
+    def apply_async(self, args: Sequence[Any] | None = None,
+                    kwargs: Mapping[str, Any] | None = None, **options: Any
+                    ) -> AsyncResult[R]:
+        """Send the task with execution options (``countdown``, ``queue``, …)."""
+        return self.app.publish(self.name, args or (), kwargs or {}, options, {}, self)
+
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """``delay`` for asyncio code; same message, publish off the event loop."""
+        return await asyncio.to_thread(self.app.publish, self.name, args, kwargs, {}, {}, self)
+
+    async def aapply_async(self, args: Sequence[Any] | None = None,
+                           kwargs: Mapping[str, Any] | None = None,
+                           **options: Any) -> AsyncResult[R]:
+        """``apply_async`` for asyncio code."""
+        return await asyncio.to_thread(self.apply_async, args, kwargs, **options)
+
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
+        """A signature of this call (``add.s(2, 2)``)."""
+        return Signature(self, args, kwargs, app=self.app)
+
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
+        """An immutable signature: callbacks do not prepend the parent's result."""
+        return Signature(self, args, kwargs, immutable=True, app=self.app)
+
+    def signature(self, args: Sequence[Any] | None = None,
+                  kwargs: Mapping[str, Any] | None = None, **options: Any) -> Signature[R]:
+        """A signature with partial args (e.g. a callback ``add.signature((10,))``)."""
+        return Signature(self, args, kwargs, options, app=self.app)
+
+    subtask = signature
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
+        return AsyncResult(task_id, self.app)
+
+    def get_publisher(self, connection: Connection) -> Publisher:
+        """A publisher that reuses ``connection`` (from ``app.pool.acquire()``)."""
+        return Publisher(connection)
+
+    # ------------------------------------------------------------------ inside a worker
+    @property
+    def request(self) -> Request | None:
+        """The request being executed (None outside a worker)."""
+        return current_request.get()
+
+    def update_state(self, task_id: str | None = None, state: str | None = None,
+                     meta: Any = None) -> None:
+        """Store a custom state (e.g. ``PROGRESS``) for this or another task."""
+        request = self.request
+        task_id = task_id or (request.id if request is not None else None)
+        if task_id is None:
+            raise exceptions.ConveyorError(
+                "update_state() needs a task_id outside a running task.")
+        self.app.results.store(task_id, state or states.PROGRESS, meta,
+                               request=request if request and request.id == task_id else None)
+
+    def retry(self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
+              exc: BaseException | None = None, countdown: float | None = None,
+              eta: Any = None, max_retries: int | None = None, **options: Any) -> Retry:
+        """Re-send this task (same id, ``retries + 1``) and stop the current run.
+
+        Raises :class:`~conveyor.exceptions.Retry` for the worker to record ``RETRY``;
+        past ``max_retries`` raises ``exc`` (or a ``Retry`` saying so) instead.
+        """
+        request = self.request
+        if request is None:
+            raise exceptions.ConveyorError("retry() can only be called inside a running task.")
+        limit = self.max_retries if max_retries is None else max_retries
+        if limit is not None and request.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise Retry(f"Can't retry {self.name}[{request.id}]: max_retries={limit} exceeded.")
+        if countdown is None and eta is None:
+            countdown = self.default_retry_delay
+        call = {
+            "task_id": request.id, "retries": request.retries + 1, "countdown": countdown,
+            "eta": eta, "parent_id": request.id, "root_id": request.root_id,
+            "priority": request.priority, "queue": request.delivery_info.get("queue"),
+            "group_id": request.group, "group_index": request.group_index,
+            **options,
+        }
+        embed = {"link": request.callbacks, "link_error": request.errbacks,
+                 "chain": request.chain}
+        call.update({k: v for k, v in embed.items() if v})
+        self.app.publish(self.name, args if args is not None else request.args,
+                         kwargs if kwargs is not None else request.kwargs, call, {}, self)
+        raise Retry(exc=exc, when=countdown if countdown is not None else eta)
+
+
+class Publisher:
+    """Reuses one connection for many sends: ``apply_async(..., publisher=pub)``."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _task_by_name(app_main: str | None, name: str) -> Task[Any, Any]:
+    from .app import app_by_main
+    return app_by_main(app_main).tasks[name]

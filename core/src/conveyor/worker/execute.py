@@ -1,0 +1,197 @@
+"""Running one task request: hooks, the call, its state, callbacks and errbacks.
+
+This runs wherever the task runs (a pool thread, a child process or the consumer
+itself with ``--pool solo``); it stores results and publishes follow-up messages
+through the app, so the consumer only has to settle the delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import inspect
+import logging
+import threading
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from .. import states
+from ..canvas import Signature
+from ..exceptions import Retry, TaskRevokedError, TimeLimitExceeded
+from ..task import current_request
+
+if TYPE_CHECKING:
+    from ..app import Conveyor
+    from ..envelope import Request
+
+log = logging.getLogger("conveyor.worker")
+
+
+def _safe_hook(app: Conveyor, name: str, **kwargs: Any) -> None:
+    hook = getattr(app.hooks, name)
+    if not hook.get_hookimpls():
+        return
+    try:
+        hook(**kwargs)
+    except Exception:  # noqa: BLE001 - observers must not break the task
+        log.exception("Hook %s raised", name)
+
+
+class EventLoopThread:
+    """One long-lived event loop per process for ``async def`` tasks."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def loop(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None or cls._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="conveyor-asyncio",
+                                 daemon=True).start()
+                cls._loop = loop
+            return cls._loop
+
+
+def _call(task: Any, request: Request) -> Any:
+    args = request.args
+    if task.bind:
+        args = [task, *args]
+    if not task.is_async:
+        return task.run(*args, **request.kwargs)
+    limit = request.time_limit or task.time_limit
+
+    async def runner() -> Any:
+        current_request.set(request)
+        coro = task.run(*args, **request.kwargs)
+        if limit:
+            try:
+                return await asyncio.wait_for(coro, limit)
+            except asyncio.TimeoutError:
+                raise TimeLimitExceeded(f"Task {task.name}[{request.id}] exceeded "
+                                        f"time_limit={limit}s and was cancelled") from None
+        return await coro
+
+    return asyncio.run_coroutine_threadsafe(runner(), EventLoopThread.loop()).result()
+
+
+def expired(request: Request) -> bool:
+    return request.expires is not None and request.expires <= dt.datetime.now(dt.timezone.utc)
+
+
+def execute(app: Conveyor, request: Request, hostname: str) -> str:
+    """Run ``request`` to completion and record its outcome; return the state."""
+    task = app.tasks[request.name]
+    request.hostname = hostname
+    if expired(request):
+        log.info("Task %s[%s] expired before it ran; marked REVOKED", request.name, request.id)
+        app.results.store(request.id, states.REVOKED, states.revoked_dict("expired"),
+                          request=request, hostname=hostname)
+        _safe_hook(app, "task_revoked", request=request, expired=True)
+        return states.REVOKED
+    ignore = request.ignore_result if request.ignore_result is not None else (
+        task.ignore_result if task.ignore_result is not None else app.conf.task_ignore_result)
+    _safe_hook(app, "task_prerun", task=task, task_id=request.id, args=request.args,
+               kwargs=request.kwargs, request=request)
+    track = task.track_started if task.track_started is not None else app.conf.task_track_started
+    if track and not ignore:
+        app.results.store(request.id, states.STARTED, {"pid": _pid(), "hostname": hostname},
+                          request=request, hostname=hostname)
+    token = current_request.set(request)
+    retval: Any = None
+    try:
+        retval = _call(task, request)
+    except Retry as exc:
+        state = states.RETRY
+        reason = exc.exc if exc.exc is not None else exc
+        if not ignore:
+            app.results.store(request.id, states.RETRY, states.exception_to_dict(reason),
+                              traceback=states.format_traceback(reason),
+                              children=[[[request.id, None], None]],
+                              request=request, hostname=hostname)
+        log.info("Task %s[%s] retry: %s", request.name, request.id, exc)
+        _safe_hook(app, "task_retry", task=task, request=request, reason=reason)
+    except BaseException as exc:  # noqa: BLE001 - a task may raise anything
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not isinstance(
+                exc, TaskRevokedError):
+            raise
+        state = states.FAILURE
+        on_failure(app, task, request, exc, hostname, store=not ignore)
+    else:
+        state = states.SUCCESS
+        children = apply_callbacks(app, request, retval)
+        if not ignore:
+            app.results.store(request.id, states.SUCCESS, retval, children=children,
+                              request=request, hostname=hostname)
+        log.info("Task %s[%s] succeeded", request.name, request.id)
+        _safe_hook(app, "task_success", task=task, result=retval, request=request)
+    finally:
+        current_request.reset(token)
+    _safe_hook(app, "task_postrun", task=task, task_id=request.id, args=request.args,
+               kwargs=request.kwargs, retval=retval, state=state, request=request)
+    return state
+
+
+def on_failure(app: Conveyor, task: Any, request: Request, exc: BaseException,
+               hostname: str, *, store: bool = True) -> None:
+    """Record FAILURE, then run errbacks (directly when they take the request)."""
+    text = states.format_traceback(exc)
+    log.error("Task %s[%s] raised %s: %s", request.name, request.id,
+              type(exc).__name__, exc)
+    if store:
+        app.results.store_exception(request.id, states.FAILURE, exc, traceback=text,
+                                    request=request, hostname=hostname)
+    for errback in request.errbacks or ():
+        try:
+            _errback(app, Signature(errback, app=app), request, exc, text)
+        except Exception:  # noqa: BLE001 - one broken errback must not stop the others
+            log.exception("Errback %s of %s[%s] failed", errback.get("task"),
+                          request.name, request.id)
+    if task is not None:
+        _safe_hook(app, "task_failure", task=task, task_id=request.id, exception=exc,
+                   traceback=text, request=request)
+
+
+def _errback(app: Conveyor, sig: Signature[Any], request: Request,
+             exc: BaseException, text: str) -> None:
+    target = app.tasks.get(sig.name)
+    if target is not None and _takes_request(target):
+        # Celery's rule: an errback taking (request, exc, traceback) runs here, now.
+        target(request, exc, text, *sig.args, **sig.kwargs)
+        return
+    sig.apply_async((request.id,), parent_id=request.id, root_id=request.root_id)
+
+
+def _takes_request(task: Any) -> bool:
+    try:
+        params = [p for p in task.__signature__.parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (AttributeError, ValueError):
+        return False
+    return len(params) >= 3 or any(
+        p.kind == inspect.Parameter.VAR_POSITIONAL
+        for p in task.__signature__.parameters.values())
+
+
+def apply_callbacks(app: Conveyor, request: Request, retval: Any) -> list[Any]:
+    """Publish ``link`` callbacks and the next chain step; return the children."""
+    children: list[Any] = []
+    family = {"parent_id": request.id, "root_id": request.root_id or request.id}
+    for callback in request.callbacks or ():
+        sig = Signature(callback, app=app)
+        task_id = sig.options.get("task_id") or str(uuid.uuid4())
+        sig.apply_async((retval,), task_id=task_id, **family)
+        children.append([[task_id, None], None])
+    if request.chain:
+        rest = list(request.chain)
+        nxt = Signature(rest.pop(), app=app)
+        task_id = nxt.options.get("task_id") or str(uuid.uuid4())
+        nxt.apply_async((retval,), task_id=task_id, chain=rest or None, **family)
+        children.append([[task_id, None], None])
+    return children
+
+
+def _pid() -> int:
+    import os
+    return os.getpid()

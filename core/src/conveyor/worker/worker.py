@@ -1,0 +1,390 @@
+"""The worker: consume queues, run tasks in a pool, settle every delivery.
+
+One consumer thread owns the broker connection: it fetches up to the prefetch
+limit (``worker_prefetch_multiplier × concurrency``), decodes, dead-letters what it
+cannot handle, parks far-future ETAs broker-side, holds near ones in memory, starts
+jobs as pool slots free up (acking first unless ``acks_late``) and acks late jobs
+when they finish. A lease keeper, on its own connection, renews the lease of every
+delivery the worker still holds, so a healthy long task is never redelivered.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from .. import states
+from .._suggest import did_you_mean, mask_url
+from ..envelope import Request, parse_message, peek_ids
+from ..exceptions import (
+    ConfigurationError, ConveyorError, DecodeError, DeliveryLimitExceeded, NotRegistered,
+)
+from .pool import POOLS, Job, Pool
+
+if TYPE_CHECKING:
+    from ..app import Conveyor
+    from ..interfaces import Delivery, Transport
+
+log = logging.getLogger("conveyor.worker")
+
+
+class Worker:
+    """Consumes ``queues`` and runs their tasks; ``run()`` blocks until stopped."""
+
+    def __init__(self, app: Conveyor, *, queues: Sequence[str] | str | None = None,
+                 concurrency: int | None = None, pool: str = "threads",
+                 prefetch_multiplier: int | None = None, hostname: str | None = None,
+                 poll_interval: float = 1.0) -> None:
+        if pool not in POOLS:
+            raise ConfigurationError(
+                f"Unknown pool {pool!r}.{did_you_mean(pool, POOLS)} Choose one of "
+                f"{', '.join(sorted(POOLS))}.")
+        conf = app.conf
+        if isinstance(queues, str):
+            queues = [q for q in queues.split(",") if q]
+        self.app = app
+        self.queues = list(queues or [conf.task_default_queue])
+        self.concurrency = int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
+        if pool == "solo":
+            self.concurrency = 1
+        multiplier = conf.worker_prefetch_multiplier if prefetch_multiplier is None \
+            else prefetch_multiplier
+        self.prefetch = max(1, int(multiplier) * self.concurrency)
+        self.hostname = hostname or f"conveyor{os.getpid()}@{socket.gethostname()}"
+        self.pool_name = pool
+        self.poll_interval = poll_interval
+        self.max_deliveries = int(conf.worker_max_deliveries)
+        self.pool: Pool = POOLS[pool](app, self.concurrency, self.hostname)
+        self.ready = threading.Event()
+        self.stopped = threading.Event()
+        self._stop = threading.Event()
+        self._cold = threading.Event()
+        self._leased: dict[Any, Delivery] = {}
+        self._lease_lock = threading.Lock()
+        self._seq = itertools.count()
+        self.processed = 0
+
+    # ------------------------------------------------------------------ control
+    def stop(self, warm: bool = True) -> None:
+        """Ask the worker to stop: warm finishes running tasks, cold does not."""
+        if not warm:
+            self._cold.set()
+        self._stop.set()
+
+    @contextmanager
+    def running(self, timeout: float = 30.0) -> Iterator[Worker]:
+        """Run in a background thread for the ``with`` block (tests, embedding)."""
+        errors: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                self.run()
+            except BaseException as exc:  # noqa: BLE001 - reported to the caller
+                errors.append(exc)
+                self.ready.set()
+
+        thread = threading.Thread(target=target, name="conveyor-worker", daemon=True)
+        thread.start()
+        if not self.ready.wait(timeout):
+            self.stop()
+            raise ConveyorError(f"Worker did not become ready within {timeout}s")
+        if errors:
+            raise errors[0]
+        try:
+            yield self
+        finally:
+            self.stop()
+            thread.join(timeout)
+        if errors:
+            raise errors[0]
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM: warm shutdown. SIGINT: warm, a second SIGINT: cold."""
+        def on_term(_signum: int, _frame: Any) -> None:
+            log.warning("SIGTERM: warm shutdown (finishing running tasks)")
+            self.stop(warm=True)
+
+        def on_int(_signum: int, _frame: Any) -> None:
+            if self._stop.is_set():
+                log.warning("Second SIGINT: cold shutdown")
+                self.stop(warm=False)
+            else:
+                log.warning("SIGINT: warm shutdown; press Ctrl-C again to quit at once")
+                self.stop(warm=True)
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_int)
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> None:
+        """Consume until :meth:`stop`; then shut down warm or cold."""
+        app = self.app
+        app.hooks.worker_start(worker=self)
+        self.pool.start()
+        transport = self._connect()
+        if transport is None:
+            self.pool.stop(0)
+            self.stopped.set()
+            return
+        vt = transport.visibility_timeout
+        horizon = float(app.conf.worker_eta_horizon)
+        if vt:
+            horizon = min(horizon, vt / 2)
+        self._horizon = horizon
+        keeper = None
+        if vt:
+            keeper = threading.Thread(target=self._keep_leases, args=(vt,),
+                                      name="conveyor-leases", daemon=True)
+            keeper.start()
+        log.info("Worker %s consuming %s from %s (pool=%s, concurrency=%d, prefetch=%d)",
+                 self.hostname, ",".join(self.queues), mask_url(app.broker_url),
+                 self.pool_name, self.concurrency, self.prefetch)
+        self.ready.set()
+        app.hooks.worker_ready(worker=self)
+        self._ready: deque[Job] = deque()
+        self._held: list[tuple[float, int, Job]] = []
+        self._running: dict[int, Job] = {}
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._iterate(transport)
+                except tuple(transport.connection_errors) as exc:  # type: ignore[misc]
+                    transport = self._reconnect(transport, exc)
+                    if transport is None:
+                        break
+        finally:
+            self._shutdown(transport)
+
+    def _iterate(self, transport: Transport) -> None:
+        self._settle(transport)
+        self._release_due()
+        self._start_jobs(transport)
+        room = self.prefetch - len(self._ready) - len(self._held) - len(self._running)
+        timeout = self.poll_interval
+        if self._held:
+            timeout = min(timeout, max(0.0, self._held[0][0] - time.time()))
+        if self._running:
+            timeout = min(timeout, 0.05)
+        if room > 0:
+            deliveries = transport.fetch(self.queues, limit=room, timeout=timeout)
+            if deliveries:
+                self._receive(transport, deliveries)
+        else:
+            try:
+                job = self.pool.done.get(timeout=timeout)
+            except Exception:  # queue.Empty
+                return
+            self.pool.done.put(job)
+
+    # ------------------------------------------------------------------ receiving
+    def _receive(self, transport: Transport, deliveries: list[Delivery]) -> None:
+        app = self.app
+        now = time.time()
+        hook = app.hooks.message_received
+        observe = bool(hook.get_hookimpls())
+        for d in deliveries:
+            if observe:
+                hook(message=d.message, queue=d.queue)
+            self._lease(d)
+            if d.deliveries > self.max_deliveries:
+                self._dead(transport, d, DeliveryLimitExceeded(
+                    f"Delivery limit reached: delivered {d.deliveries} times without an "
+                    f"ack (worker_max_deliveries={self.max_deliveries})."))
+                continue
+            try:
+                request = parse_message(d.message, app.codecs, app.conf.accept_content)
+            except DecodeError as exc:
+                self._dead(transport, d, exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - any garbage is a decode error
+                self._dead(transport, d, DecodeError(f"{type(exc).__name__}: {exc}"))
+                continue
+            task = app.tasks.get(request.name)
+            if task is None:
+                self._dead(transport, d, NotRegistered(
+                    f"Task of name {request.name!r} is not registered in this worker "
+                    f"(app {app.main!r}); import the module that defines it."))
+                continue
+            request.delivery_info = {"queue": d.queue, "exchange": d.exchange,
+                                     "routing_key": d.routing_key or d.queue,
+                                     "redelivered": d.redelivered,
+                                     "priority": request.priority}
+            acks_late = task.acks_late if task.acks_late is not None \
+                else bool(app.conf.task_acks_late)
+            job = Job(request, d, acks_late)
+            if request.eta is not None:
+                due = request.eta.timestamp()
+                if due - now > self._horizon:
+                    self._unlease(d)
+                    transport.defer(d, due)
+                    log.debug("Parked %s[%s] until %s", request.name, request.id,
+                              request.eta.isoformat())
+                    continue
+                if due > now:
+                    heapq.heappush(self._held, (due, next(self._seq), job))
+                    continue
+            self._ready.append(job)
+
+    def _dead(self, transport: Transport, d: Delivery, exc: BaseException) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        task_id, name = peek_ids(d.message)
+        log.error("Dead-lettered message %s (task %s) from queue %r: %s",
+                  task_id or "?", name or "?", d.queue, reason)
+        self._unlease(d)
+        transport.dead_letter(d, reason)
+        if task_id:
+            try:
+                self.app.results.store_exception(task_id, states.FAILURE, exc,
+                                                 hostname=self.hostname)
+            except Exception:  # noqa: BLE001 - the dead letter is what matters
+                log.exception("Could not record FAILURE for dead-lettered %s", task_id)
+        hook = self.app.hooks.message_dead_lettered
+        if hook.get_hookimpls():
+            try:
+                hook(message=d.message, queue=d.queue, reason=reason)
+            except Exception:  # noqa: BLE001
+                log.exception("Hook message_dead_lettered raised")
+
+    # ------------------------------------------------------------------ running
+    def _release_due(self) -> None:
+        now = time.time()
+        while self._held and self._held[0][0] <= now:
+            self._ready.append(heapq.heappop(self._held)[2])
+
+    def _start_jobs(self, transport: Transport) -> None:
+        starting = []
+        while self._ready and len(self._running) + len(starting) < self.concurrency:
+            starting.append(self._ready.popleft())
+        if not starting:
+            return
+        early = [job.delivery for job in starting if not job.acks_late]
+        if early:
+            transport.ack(early)
+            for d in early:
+                self._unlease(d)
+        for job in starting:
+            self._running[id(job)] = job
+            self.pool.submit(job)
+        if self.pool_name == "solo":
+            self._settle(transport)
+
+    def _settle(self, transport: Transport) -> None:
+        late = []
+        while True:
+            try:
+                job = self.pool.done.get_nowait()
+            except Exception:  # queue.Empty
+                break
+            self._running.pop(id(job), None)
+            self.processed += 1
+            if job.acks_late:
+                late.append(job.delivery)
+        if late:
+            try:
+                transport.ack(late)
+            finally:
+                for d in late:
+                    self._unlease(d)
+
+    # ------------------------------------------------------------------ leases
+    def _lease(self, d: Delivery) -> None:
+        with self._lease_lock:
+            self._leased[d.tag] = d
+
+    def _unlease(self, d: Delivery) -> None:
+        with self._lease_lock:
+            self._leased.pop(d.tag, None)
+
+    def _keep_leases(self, visibility_timeout: float) -> None:
+        """Renew held deliveries every quarter visibility timeout, on its own line."""
+        interval = max(0.05, visibility_timeout / 4)
+        transport = None
+        while not self.stopped.wait(interval):
+            with self._lease_lock:
+                held = list(self._leased.values())
+            if not held:
+                continue
+            try:
+                if transport is None:
+                    transport = self.app.transport_factory()
+                    transport.connect()
+                transport.extend(held)
+            except Exception as exc:  # noqa: BLE001 - retried next round
+                log.warning("Could not renew leases: %s", exc)
+                transport = None
+        if transport is not None:
+            try:
+                transport.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    # ------------------------------------------------------------------ connection
+    def _connect(self) -> Transport | None:
+        delay = 0.1
+        while not self._stop.is_set():
+            transport = self.app.transport_factory()
+            try:
+                transport.connect()
+                return transport
+            except tuple(transport.connection_errors) as exc:  # type: ignore[misc]
+                log.error("Cannot connect to %s: %s; retrying in %.1fs",
+                          mask_url(self.app.broker_url), exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+        return None
+
+    def _reconnect(self, transport: Transport, exc: BaseException) -> Transport | None:
+        log.error("Lost the broker connection (%s); reconnecting", exc)
+        try:
+            transport.close()
+        except Exception:  # noqa: BLE001
+            pass
+        # Unsettled deliveries come back by the broker's visibility timeout.
+        self._ready.clear()
+        self._held.clear()
+        with self._lease_lock:
+            self._leased.clear()
+        return self._connect()
+
+    # ------------------------------------------------------------------ shutdown
+    def _shutdown(self, transport: Transport | None) -> None:
+        cold = self._cold.is_set()
+        log.info("Worker %s stopping (%s)", self.hostname, "cold" if cold else "warm")
+        if transport is not None:
+            giveback = list(self._ready) + [j for _, _, j in self._held] \
+                + self.pool.take_unstarted()
+            for job in giveback:
+                try:
+                    transport.requeue(job.delivery)
+                except Exception:  # noqa: BLE001
+                    log.exception("Could not requeue %s", job.request.id)
+                self._unlease(job.delivery)
+            self._ready.clear()
+            self._held.clear()
+        if not cold:
+            self.pool.stop(timeout=None)
+            if transport is not None:
+                try:
+                    self._settle(transport)
+                except Exception:  # noqa: BLE001
+                    log.exception("Could not ack finished tasks")
+        self.stopped.set()
+        if transport is not None:
+            try:
+                transport.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self.app.hooks.worker_shutdown(worker=self)
+
+
+__all__ = ["Worker", "Request"]
