@@ -1,1 +1,5 @@
-"""Conveyor msgpack serializer."""
+"""Conveyor's msgpack serializer, byte-compatible with kombu's ``msgpack``."""
+
+from .serializer import MsgpackSerializer
+
+__all__ = ["MsgpackSerializer"]
