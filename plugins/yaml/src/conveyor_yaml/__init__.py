@@ -1,1 +1,5 @@
-"""Conveyor YAML serializer (safe loading only)."""
+"""Conveyor's YAML serializer (safe dump and safe load only), kombu-compatible."""
+
+from .serializer import YAMLSerializer
+
+__all__ = ["YAMLSerializer"]
