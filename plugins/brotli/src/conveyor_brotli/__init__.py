@@ -1,1 +1,5 @@
-"""Conveyor brotli compressor."""
+"""Conveyor's brotli compressor (header ``application/x-brotli``), kombu-compatible."""
+
+from .compressor import BrotliCompressor
+
+__all__ = ["BrotliCompressor"]
