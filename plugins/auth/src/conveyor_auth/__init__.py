@@ -1,1 +1,5 @@
-"""Conveyor message signing serializer, wire-compatible with Celery auth."""
+"""Conveyor's ``auth`` serializer: signed messages, wire-compatible with Celery's."""
+
+from .serializer import AuthSerializer
+
+__all__ = ["AuthSerializer"]
