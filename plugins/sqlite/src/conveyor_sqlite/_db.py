@@ -1,0 +1,220 @@
+"""Opening SQLite databases the way both the transport and the backend need them.
+
+Shared rules, so the two plugins cannot drift apart:
+
+* URLs are Celery/SQLAlchemy style: ``sqlite:///relative.db`` (three slashes) or
+  ``sqlite:////absolute.db`` (four). The path is made absolute at parse time so every
+  process and thread of one app opens the same file whatever its working directory.
+* WAL journal (readers never block the writer, and many processes share one file),
+  ``synchronous=NORMAL`` (a commit survives any process crash; only an OS crash or
+  power loss can lose the last commits — the trade Litestream and most WAL users make,
+  and what keeps a commit in the tens of microseconds instead of an fsync each),
+  and a busy timeout so writers queue instead of failing.
+* A connection never crosses ``fork()``: SQLite forbids it, so a child process drops
+  (and deliberately does not close) what its parent opened, then opens its own.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from conveyor.exceptions import ConfigurationError, OperationalError
+
+#: Seconds a writer waits for the lock before SQLite reports "database is locked".
+BUSY_TIMEOUT = 10.0
+
+#: OperationalError texts that mean "cannot reach the database right now" (retry),
+#: as opposed to a broken schema or a file that is not a database (do not retry).
+_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o", "readonly", "interrupted")
+
+#: Connections inherited across fork() are parked here so the garbage collector never
+#: closes them in the child (closing would touch the parent's locks).
+_inherited: list[sqlite3.Connection] = []
+
+
+class Connection(sqlite3.Connection):
+    """A plain connection that can be weakly referenced (the base class cannot), so
+    the backend can close every thread's connection without keeping dead threads'
+    connections alive."""
+
+
+def database_path(url: str) -> str:
+    """The absolute file path in a ``sqlite:///…`` URL; a clear error when it has none."""
+    scheme, sep, rest = url.partition("://")
+    example = ("Write it as 'sqlite:///relative/path.db' (three slashes) or "
+               "'sqlite:////absolute/path.db' (four).")
+    if not sep or scheme.split("+", 1)[0].lower() != "sqlite":
+        raise ConfigurationError(f"{url!r} is not a SQLite URL. {example}")
+    if "?" in rest or "#" in rest:
+        raise ConfigurationError(
+            f"SQLite URL {url!r} has a query or fragment, which conveyor-sqlite does not "
+            f"read; put settings in broker_transport_options instead. {example}")
+    if not rest.startswith("/"):
+        host = rest.split("/", 1)[0]
+        raise ConfigurationError(
+            f"SQLite URL {url!r} names a host ({host!r}), but SQLite is a local file. "
+            f"{example}")
+    path = rest[1:]
+    if not path:
+        raise ConfigurationError(f"SQLite URL {url!r} has no database path. {example}")
+    if path == ":memory:" or path.startswith("file:"):
+        raise ConfigurationError(
+            f"SQLite URL {url!r} is not a file path; an in-memory database cannot be "
+            f"shared between processes. Use 'memory://' for in-process work. {example}")
+    return os.path.abspath(path)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when a sqlite3 error means the database is locked or cannot be opened."""
+    return (isinstance(exc, sqlite3.OperationalError)
+            and any(word in str(exc).lower() for word in _TRANSIENT))
+
+
+class mapped_errors:  # noqa: N801 - used like a function: ``with mapped_errors(...)``
+    """Let transient errors through (callers retry them); wrap the rest in ours.
+
+    A transient ``sqlite3.OperationalError`` is one of the transport's
+    ``connection_errors``, so the core's retry policy handles it. Anything else
+    (corrupt file, not a database, foreign schema) will not get better by retrying.
+    A class, not ``@contextmanager``: it wraps every call on the hot path.
+    """
+
+    __slots__ = ("path", "what")
+
+    def __init__(self, path: str, what: str) -> None:
+        self.path, self.what = path, what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> bool:
+        if exc is None or not isinstance(exc, sqlite3.Error) or is_transient(exc):
+            return False
+        raise OperationalError(
+            f"SQLite {self.what} at {self.path!r} failed: {exc}. Check that the URL "
+            f"points at a database Conveyor created (or a new file) and that it is not "
+            f"damaged.") from exc
+
+
+def open_connection(path: str, schema: Sequence[str]) -> Connection:
+    """A connection to ``path`` in WAL mode with ``schema`` created if missing.
+
+    Autocommit (``isolation_level=None``): every statement commits on its own unless
+    wrapped in :func:`transaction`, which takes the write lock up front.
+    """
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        raise ConfigurationError(
+            f"Cannot open SQLite database {path!r}: directory {directory!r} does not "
+            f"exist. Create it, or point the URL at an existing directory.")
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None,
+                           check_same_thread=False, factory=Connection)
+    try:
+        _enable_wal(conn)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        with transaction(conn):  # not executescript: it would commit first
+            for statement in schema:
+                conn.execute(statement)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL (persistent in the file), retrying while another process holds it.
+
+    Turning a fresh database to WAL needs a moment of exclusive access, which the busy
+    handler does not cover, so several processes starting at once retry here.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    delay = 0.005
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        else:
+            if str(mode).lower() != "wal":
+                raise OperationalError(
+                    f"SQLite refused WAL mode (journal_mode is {mode!r}); the file "
+                    f"system may not support shared memory. Use a local disk.")
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``: the write lock is taken before any read, so a
+    read-then-write never fails on a stale snapshot, and two claimers serialize."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+class ForkSafe:
+    """Holds connections for one process; after ``fork()`` the child starts afresh."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+
+    def forked(self) -> bool:
+        """True (once) in a child process; the caller then drops its connections."""
+        if os.getpid() == self.pid:
+            return False
+        self.pid = os.getpid()
+        return True
+
+    @staticmethod
+    def abandon(conn: sqlite3.Connection | None) -> None:
+        """Forget a connection inherited from the parent without closing it."""
+        if conn is not None:
+            _inherited.append(conn)
+
+
+class Notifier:
+    """Wakes waiters in *this* process at once when a writer here changes the file.
+
+    Writers in other processes are noticed by polling, so this only shortens waits;
+    correctness never depends on it. One per database path.
+    """
+
+    _all: dict[str, Notifier] = {}
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.version = 0
+
+    @classmethod
+    def for_path(cls, path: str) -> Notifier:
+        with cls._lock:
+            found = cls._all.get(path)
+            if found is None:
+                found = cls._all[path] = cls()
+            return found
+
+    def notify(self) -> None:
+        with self.cond:
+            self.version += 1
+            self.cond.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> int:
+        """Sleep up to ``timeout`` unless the version moved past ``seen``; new version."""
+        with self.cond:
+            if self.version == seen and timeout > 0:
+                self.cond.wait(timeout)
+            return self.version

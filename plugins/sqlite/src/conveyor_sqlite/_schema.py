@@ -1,0 +1,107 @@
+"""The tables behind ``sqlite://``, and how a row becomes a :class:`Message` again.
+
+One ``conveyor_messages`` table holds every message in one of three states, so a
+message moves between states by updating two small columns, never by copying its
+body:
+
+====  =======  ==============================================================
+state name     ``due`` means
+====  =======  ==============================================================
+0     ready    unused; served by ``(queue, priority DESC, id)`` — higher first,
+               FIFO within a priority (``id`` grows with every insert)
+1     leased   when the lease ends; then it is ready again (visibility timeout)
+2     parked   when a delayed message becomes ready (countdown/eta)
+====  =======  ==============================================================
+
+Both indexes are partial: the ready index holds only ready rows, so parked or leased
+messages never slow a claim however many there are; the due index holds only parked
+and leased rows, so finding what is due is a range seek. ``lease`` is a random token
+set by each claim: settling a delivery names ``(id, lease)``, so a consumer whose
+lease ran out cannot settle a message another consumer now holds.
+
+The tables are prefixed ``conveyor_`` so a broker and a result backend may share one
+file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from conveyor.interfaces import Message, Route
+
+READY, LEASED, PARKED = 0, 1, 2
+
+SCHEMA: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS conveyor_messages (
+        id INTEGER PRIMARY KEY,
+        queue TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        state INTEGER NOT NULL,
+        due REAL NOT NULL,
+        lease INTEGER,
+        deliveries INTEGER NOT NULL DEFAULT 0,
+        headers TEXT NOT NULL,
+        body BLOB NOT NULL,
+        content_type TEXT NOT NULL,
+        content_encoding TEXT NOT NULL,
+        properties TEXT NOT NULL,
+        exchange TEXT NOT NULL,
+        routing_key TEXT NOT NULL)""",
+    """CREATE INDEX IF NOT EXISTS conveyor_messages_ready
+        ON conveyor_messages (queue, priority DESC, id) WHERE state = 0""",
+    """CREATE INDEX IF NOT EXISTS conveyor_messages_due
+        ON conveyor_messages (due) WHERE state != 0""",
+    # AUTOINCREMENT: a dead letter's id is printed and typed back by users
+    # (`conveyor dead requeue ID`), so an id must never be reused.
+    """CREATE TABLE IF NOT EXISTS conveyor_dead_letters (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        queue TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        time REAL NOT NULL,
+        headers TEXT NOT NULL,
+        body BLOB NOT NULL,
+        content_type TEXT NOT NULL,
+        content_encoding TEXT NOT NULL,
+        properties TEXT NOT NULL,
+        exchange TEXT NOT NULL,
+        routing_key TEXT NOT NULL)""",
+    """CREATE INDEX IF NOT EXISTS conveyor_dead_letters_queue
+        ON conveyor_dead_letters (queue, id)""",
+)
+
+#: The columns that carry a message, in the order :func:`message_columns` fills them.
+MESSAGE_COLUMNS = ("headers, body, content_type, content_encoding, properties, "
+                   "exchange, routing_key")
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def priority_of(message: Message) -> int:
+    """Conveyor's priority as stored: 0–255, higher first, ``None`` the lowest (0)."""
+    value = message.properties.get("priority")
+    if value is None:
+        return 0
+    return min(max(int(value), 0), 255)
+
+
+def message_columns(message: Message, route: Route) -> tuple[Any, ...]:
+    """The stored form of a message: headers and properties as JSON text, body a BLOB."""
+    try:
+        headers = _dumps(message.headers)
+        properties = _dumps(message.properties)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"The SQLite transport stores headers and properties as JSON, and this "
+            f"message's are not JSON-serializable ({exc}); put such values in the "
+            f"task arguments, which the serializer encodes.") from exc
+    return (headers, bytes(message.body), message.content_type,
+            message.content_encoding, properties, route.exchange, route.key)
+
+
+def message_from(row: Sequence[Any]) -> Message:
+    """A :class:`Message` from the seven :data:`MESSAGE_COLUMNS`, in order."""
+    headers, body, content_type, content_encoding, properties = row[:5]
+    return Message(json.loads(headers), bytes(body), content_type, content_encoding,
+                   json.loads(properties))

@@ -1,0 +1,318 @@
+"""The ``sqlite://`` transport: Conveyor's embedded default broker.
+
+Durable, serverless, shared by many producer and worker processes on one machine.
+Each transport instance owns one connection and is used by one thread at a time (the
+:class:`~conveyor.interfaces.Transport` contract). The tables and states are
+described in :mod:`conveyor_sqlite._schema`; in short:
+
+* a claim is one ``UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING …`` statement,
+  which SQLite runs under its single write lock, so each delivery goes to exactly one
+  consumer, and a batch costs one commit;
+* delayed messages are rows parked under an index on their due time, so a task due
+  next month costs disk, not worker memory;
+* a delivery is a lease that ends after ``visibility_timeout`` seconds unless it is
+  settled or extended; a consumer that died gives its messages back that way;
+* an idle ``fetch`` first asks cheaply, without the write lock, whether anything is
+  ready or due, and sleeps between polls (``polling_interval``, backing off from a few
+  milliseconds), so idle workers neither spin nor hold up producers. A publish in the
+  same process wakes a waiting fetch at once.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from conveyor.exceptions import ConfigurationError
+from conveyor.interfaces import (
+    BaseTransport, Capabilities, DeadLetter, Delivery, Message, Route,
+)
+
+from . import _dead
+from ._db import ForkSafe, Notifier, database_path, mapped_errors, open_connection, transaction
+from ._schema import (
+    LEASED, MESSAGE_COLUMNS, PARKED, READY, SCHEMA, message_columns, message_from,
+    priority_of,
+)
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+_INSERT = (f"INSERT INTO conveyor_messages (queue, priority, state, due, {MESSAGE_COLUMNS})"
+           f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+# Due parked messages and lapsed leases become ready; the lease token is cleared so a
+# late settle by the old holder only succeeds while nobody else holds the message.
+_RELEASE_DUE = (f"UPDATE conveyor_messages SET state = {READY}, lease = NULL "
+                f"WHERE state != {READY} AND due <= ?")
+# A settle applies while the message is still leased by this delivery, or is back in
+# the ready state after the lease lapsed (nobody else holds it yet).
+_OURS = f"id = ? AND (lease = ? OR state = {READY})"
+_ACK = f"DELETE FROM conveyor_messages WHERE {_OURS}"
+_DEFER = (f"UPDATE conveyor_messages SET state = {PARKED}, due = ?, lease = NULL, "
+          f"deliveries = max(deliveries - 1, 0) WHERE {_OURS}")
+_REQUEUE = (f"UPDATE conveyor_messages SET state = {READY}, lease = NULL, "
+            f"deliveries = max(deliveries - 1, 0) WHERE id = ? AND lease = ? "
+            f"AND state = {LEASED}")
+_RELEASE = (f"UPDATE conveyor_messages SET state = {READY}, lease = NULL "
+            f"WHERE id = ? AND lease = ? AND state = {LEASED}")
+_EXTEND = (f"UPDATE conveyor_messages SET due = ? "
+           f"WHERE id = ? AND lease = ? AND state = {LEASED}")
+_FIRST_SLEEP = 0.002
+
+
+class SQLiteTransport(BaseTransport):
+    """Broker in a SQLite file (see the module docstring for how and why)."""
+
+    scheme = "sqlite"
+    capabilities: ClassVar[Capabilities] = Capabilities(native_delay=True, priorities=True)
+    #: Only "cannot open" and "locked" errors surface as these (see ``_db``); others
+    #: become :class:`~conveyor.exceptions.OperationalError`, as retrying won't help.
+    connection_errors: tuple[type[BaseException], ...] = (sqlite3.OperationalError,)
+    default_options: ClassVar[dict[str, Any]] = {
+        "visibility_timeout": 3600.0,
+        "polling_interval": 0.05,
+    }
+
+    def __init__(self, url: str = "sqlite:///conveyor.sqlite3",
+                 app: Conveyor | None = None) -> None:
+        super().__init__(url, app)
+        self.path = database_path(url)
+        self.visibility_timeout = _positive(self.options, "visibility_timeout")
+        self.polling_interval = _positive(self.options, "polling_interval")
+        self._db: sqlite3.Connection | None = None
+        self._fork = ForkSafe()
+        self._notifier = Notifier.for_path(self.path)
+        self._sleep = _FIRST_SLEEP
+        self._unsettled: dict[int, int] = {}  # id -> lease, returned on close()
+        self._claims: dict[tuple[str, ...], str] = {}
+
+    # ------------------------------------------------------------ connection
+    def connect(self) -> None:
+        self._conn()
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._fork.forked():
+            ForkSafe.abandon(self._db)
+            self._db = None
+            self._unsettled.clear()  # the parent's leases are the parent's
+        if self._db is None:
+            with self._errors("connect"):
+                self._db = open_connection(self.path, SCHEMA)
+        return self._db
+
+    def _errors(self, what: str) -> mapped_errors:
+        return mapped_errors(self.path, f"broker ({what})")
+
+    def close(self) -> None:
+        """Give unsettled deliveries back (counted: they may have started), then close."""
+        if self._db is None or self._fork.forked():
+            self._db = None
+            return
+        try:
+            if self._unsettled:
+                with self._errors("close"), transaction(self._db):
+                    self._db.executemany(_RELEASE, list(self._unsettled.items()))
+                self._notifier.notify()
+        finally:
+            self._unsettled.clear()
+            self._db.close()
+            self._db = None
+
+    def declare(self, route: Route) -> None:
+        """Queues need no declaring: a queue is the set of rows naming it."""
+        self._conn()
+
+    # ------------------------------------------------------------ publishing
+    def _row(self, message: Message, route: Route, due: float | None,
+             now: float) -> tuple[Any, ...]:
+        parked = due is not None and due > now
+        return (route.queue, priority_of(message), PARKED if parked else READY,
+                due if parked else 0.0, *message_columns(message, route))
+
+    def publish(self, message: Message, route: Route, *, due: float | None = None) -> None:
+        row = self._row(message, route, due, time.time())
+        conn = self._conn()
+        with self._errors("publish"):
+            conn.execute(_INSERT, row)
+        self._notifier.notify()
+
+    def publish_many(self, batch: Sequence[tuple[Message, Route, float | None]]) -> None:
+        """All in one transaction: every message is stored, or none is."""
+        now = time.time()
+        rows = [self._row(message, route, due, now) for message, route, due in batch]
+        conn = self._conn()
+        with self._errors("publish"), transaction(conn):
+            conn.executemany(_INSERT, rows)
+        self._notifier.notify()
+
+    # ------------------------------------------------------------ consuming
+    def fetch(self, queues: Sequence[str], *, limit: int, timeout: float) -> list[Delivery]:
+        """Up to ``limit`` due deliveries, highest priority first, then oldest first.
+
+        Waits at most ``timeout`` seconds for the first one. Between polls it sleeps
+        from a few milliseconds up to ``polling_interval`` (never past the next due
+        time), and keeps that backoff across calls until something arrives.
+        """
+        if limit <= 0 or not queues:
+            return []
+        queues = tuple(queues)
+        deadline = time.monotonic() + max(timeout, 0.0)
+        seen = self._notifier.version
+        while True:
+            found, next_due = self._claim(queues, limit)
+            if found:
+                self._sleep = _FIRST_SLEEP
+                return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            nap = min(self._sleep, remaining)
+            if next_due is not None:
+                nap = min(nap, max(next_due - time.time(), 0.0) + 0.001)
+            version = self._notifier.wait(seen, nap)
+            if version == seen:  # nothing published here: back off
+                self._sleep = min(self._sleep * 2, self.polling_interval)
+            seen = version
+
+    def _claim(self, queues: tuple[str, ...],
+               limit: int) -> tuple[list[Delivery], float | None]:
+        """One attempt: release what is due, then claim up to ``limit`` ready rows."""
+        conn = self._conn()
+        now = time.time()
+        marks = ", ".join("?" * len(queues))
+        with self._errors("fetch"):
+            # Read-only probe first: an idle poll never takes the write lock.
+            next_due, ready = conn.execute(
+                f"SELECT (SELECT min(due) FROM conveyor_messages WHERE state != {READY}),"
+                f" EXISTS (SELECT 1 FROM conveyor_messages WHERE state = {READY}"
+                f" AND queue IN ({marks}))", queues).fetchone()
+            if next_due is not None and next_due <= now:
+                conn.execute(_RELEASE_DUE, (now,))
+                ready = True
+            if not ready:
+                return [], next_due
+            token = random.getrandbits(62)
+            params: list[Any] = [now + self.visibility_timeout, token]
+            for queue in queues:
+                params += (queue, limit)
+            params.append(limit)
+            rows = conn.execute(self._claim_sql(queues), params).fetchall()
+        # RETURNING order is unspecified: restore priority-then-FIFO order.
+        rows.sort(key=lambda r: (-r[1], r[0]))
+        out = []
+        for row in rows:
+            self._unsettled[row[0]] = token
+            out.append(Delivery(message_from(row[4:]), row[2], (row[0], token),
+                                redelivered=row[3] > 1, deliveries=row[3],
+                                exchange=row[9], routing_key=row[10]))
+        return out, None
+
+    def _claim_sql(self, queues: tuple[str, ...]) -> str:
+        """The claim statement for these queues (cached: built once per queue set).
+
+        Each queue is read through its own ``LIMIT``-ed walk of the ready index, and
+        the walks are merged, so the cost is ``limit`` rows per queue whatever the
+        queue lengths (an ``IN`` over several queues would sort them all).
+        """
+        sql = self._claims.get(queues)
+        if sql is None:
+            walks = " UNION ALL ".join(
+                "SELECT * FROM (SELECT id, priority FROM conveyor_messages "
+                f"WHERE state = {READY} AND queue = ? ORDER BY priority DESC, id LIMIT ?)"
+                for _ in queues)
+            sql = self._claims[queues] = (
+                f"UPDATE conveyor_messages SET state = {LEASED}, due = ?, lease = ?, "
+                f"deliveries = deliveries + 1 WHERE id IN (SELECT id FROM ({walks}) "
+                f"ORDER BY priority DESC, id LIMIT ?) "
+                f"RETURNING id, priority, queue, deliveries, {MESSAGE_COLUMNS}")
+        return sql
+
+    # ------------------------------------------------------------ settling
+    def _settle(self, sql: str, params: list[tuple[Any, ...]]) -> None:
+        conn = self._conn()
+        with self._errors("settle"):
+            if len(params) == 1:
+                conn.execute(sql, params[0])
+            elif params:
+                with transaction(conn):
+                    conn.executemany(sql, params)
+
+    def _tags(self, deliveries: Sequence[Delivery]) -> list[tuple[int, int]]:
+        for d in deliveries:
+            self._unsettled.pop(d.tag[0], None)
+        return [d.tag for d in deliveries]
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        self._settle(_ACK, self._tags(deliveries))  # type: ignore[arg-type]
+
+    def requeue(self, delivery: Delivery) -> None:
+        """Back to the head of its priority, not counted as a delivery."""
+        self._settle(_REQUEUE, self._tags([delivery]))  # type: ignore[arg-type]
+        self._notifier.notify()
+
+    def defer(self, delivery: Delivery, due: float) -> None:
+        """Park until ``due``; the delivery it ends is not counted (it did not run)."""
+        self._settle(_DEFER, [(due, *tag) for tag in self._tags([delivery])])
+
+    def extend(self, deliveries: Sequence[Delivery]) -> None:
+        until = time.time() + self.visibility_timeout
+        self._settle(_EXTEND, [(until, *d.tag) for d in deliveries])
+
+    # ------------------------------------------------------------ dead letters
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move to the dead letters, unless another consumer holds it by now."""
+        msg_id, lease = self._tags([delivery])[0]
+        conn = self._conn()
+        with self._errors("dead_letter"):
+            _dead.bury(conn, msg_id, lease, reason)
+
+    def dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
+        conn = self._conn()
+        with self._errors("dead_letters"):
+            return _dead.listing(conn, queue)
+
+    def requeue_dead(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
+        conn = self._conn()
+        with self._errors("requeue_dead"):
+            count = _dead.revive(conn, ids, queue)
+        self._notifier.notify()
+        return count
+
+    def purge_dead(self, queue: str | None = None) -> int:
+        conn = self._conn()
+        with self._errors("purge_dead"):
+            return _dead.remove(conn, queue)
+
+    # ------------------------------------------------------------ inspection
+    def purge(self, queue: str) -> int:
+        """Delete what :meth:`depth` counts: ready messages and those due by now."""
+        conn = self._conn()
+        with self._errors("purge"), transaction(conn):
+            conn.execute(_RELEASE_DUE, (time.time(),))
+            return conn.execute(f"DELETE FROM conveyor_messages WHERE state = {READY} "
+                                "AND queue = ?", (queue,)).rowcount
+
+    def depth(self, queue: str) -> int:
+        """Messages deliverable now: ready, plus parked or lapsed-lease ones now due."""
+        conn = self._conn()
+        with self._errors("depth"):
+            return conn.execute(
+                f"SELECT (SELECT count(*) FROM conveyor_messages WHERE state = {READY} "
+                "AND queue = ?) + (SELECT count(*) FROM conveyor_messages WHERE "
+                f"state != {READY} AND due <= ? AND queue = ?)",
+                (queue, time.time(), queue)).fetchone()[0]
+
+
+def _positive(options: dict[str, Any], key: str) -> float:
+    try:
+        value = float(options[key])
+    except (TypeError, ValueError):
+        value = 0.0
+    if value <= 0:
+        raise ConfigurationError(
+            f"broker_transport_options[{key!r}] must be a positive number of seconds, "
+            f"not {options[key]!r}.")
+    return value
