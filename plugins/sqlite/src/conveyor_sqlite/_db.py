@@ -54,14 +54,14 @@ def database_path(url: str) -> str:
         raise ConfigurationError(
             f"SQLite URL {url!r} has a query or fragment, which conveyor-sqlite does not "
             f"read; put settings in broker_transport_options instead. {example}")
+    if rest in ("", "/"):
+        raise ConfigurationError(f"SQLite URL {url!r} has no database path. {example}")
     if not rest.startswith("/"):
         host = rest.split("/", 1)[0]
         raise ConfigurationError(
             f"SQLite URL {url!r} names a host ({host!r}), but SQLite is a local file. "
             f"{example}")
     path = rest[1:]
-    if not path:
-        raise ConfigurationError(f"SQLite URL {url!r} has no database path. {example}")
     if path == ":memory:" or path.startswith("file:"):
         raise ConfigurationError(
             f"SQLite URL {url!r} is not a file path; an in-memory database cannot be "

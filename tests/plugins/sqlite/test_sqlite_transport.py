@@ -1,0 +1,333 @@
+"""The SQLite transport, tested directly: ordering, delay, leases, dead letters."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sqlite3
+import threading
+import time
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+from conveyor.exceptions import ConfigurationError, OperationalError, UnknownOptionError
+from conveyor.interfaces import Route, Transport
+from conveyor_sqlite import SQLiteTransport
+
+Q = Route("celery")
+
+
+def ns(deliveries):
+    return [d.message.headers["n"] for d in deliveries]
+
+
+# ----------------------------------------------------------------- configuration
+def test_entry_point_and_protocol(transport):
+    found = entry_points(group="conveyor.transports", name="sqlite")
+    assert [ep.load() for ep in found] == [SQLiteTransport]
+    assert isinstance(transport, Transport)
+    assert transport.capabilities.native_delay and transport.capabilities.priorities
+    assert sqlite3.OperationalError in transport.connection_errors
+
+
+@pytest.mark.parametrize("url, path", [
+    ("sqlite:///rel/b.db", str(Path.cwd() / "rel/b.db")),
+    ("sqlite:////abs/b.db", "/abs/b.db"),
+])
+def test_url_paths(url, path):
+    assert SQLiteTransport(url).path == path
+
+
+@pytest.mark.parametrize("url, words", [
+    ("sqlite://", "no database path"),
+    ("sqlite:///", "no database path"),
+    ("sqlite://host/b.db", "names a host"),
+    ("sqlite:///:memory:", "memory://"),
+    ("sqlite:///b.db?timeout=3", "broker_transport_options"),
+])
+def test_bad_urls_say_how_to_write_one(url, words):
+    with pytest.raises(ConfigurationError, match="sqlite:///relative") as info:
+        SQLiteTransport(url)
+    assert words in str(info.value)
+
+
+def test_missing_directory_is_a_clear_error(tmp_path):
+    transport = SQLiteTransport(f"sqlite:///{tmp_path}/nope/b.db")
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        transport.connect()
+
+
+def test_not_a_database_is_wrapped(tmp_path):
+    (tmp_path / "junk.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(OperationalError, match="junk.db"):
+        SQLiteTransport(f"sqlite:///{tmp_path}/junk.db").connect()
+
+
+def test_unknown_option_is_rejected_with_a_suggestion(make_transport):
+    with pytest.raises(UnknownOptionError, match="visibility_timeout"):
+        make_transport(visibility_timout=5)
+    with pytest.raises(ConfigurationError, match="positive"):
+        make_transport(polling_interval=0)
+
+
+# ----------------------------------------------------------------- ordering
+def test_higher_priority_first_fifo_within(transport, new_message):
+    for n, priority in enumerate([None, 5, 255, 0, 5, 1, None]):
+        transport.publish(new_message(n, priority), Q)
+    got = transport.fetch(["celery"], limit=10, timeout=0)
+    assert ns(got) == [2, 1, 4, 5, 0, 3, 6]
+    assert [d.deliveries for d in got] == [1] * 7
+    assert not any(d.redelivered for d in got)
+
+
+def test_fifo_across_batches(transport, new_message):
+    for n in range(100):
+        transport.publish(new_message(n, 3), Q)
+    seen = []
+    while batch := transport.fetch(["celery"], limit=7, timeout=0):
+        seen += ns(batch)
+        transport.ack(batch)
+    assert seen == list(range(100))
+
+
+def test_several_queues_merge_by_priority(transport, new_message):
+    transport.publish(new_message(0, 1), Route("a"))
+    transport.publish(new_message(1, 9), Route("b"))
+    transport.publish(new_message(2, 1), Route("b"))
+    transport.publish(new_message(3), Route("other"))
+    got = transport.fetch(["a", "b"], limit=10, timeout=0)
+    assert ns(got) == [1, 0, 2]
+    assert [d.queue for d in got] == ["b", "a", "b"]
+
+
+def test_message_round_trips_exactly(transport, new_message):
+    message = new_message(7, 4, eta=None, timelimit=[None, 3], argsrepr="(1,)")
+    message.body = bytes(range(256))
+    message.content_type, message.content_encoding = "application/x-python-serialize", "binary"
+    transport.publish(message, Route("q", exchange="ex", routing_key="rk"))
+    (got,) = transport.fetch(["q"], limit=1, timeout=0)
+    assert got.message == message
+    assert (got.exchange, got.routing_key, got.queue) == ("ex", "rk", "q")
+
+
+def test_headers_must_be_json(transport, new_message):
+    with pytest.raises(TypeError, match="JSON"):
+        transport.publish(new_message(0, when=object()), Q)
+
+
+def test_publish_many_is_one_transaction(transport, new_message):
+    batch = [(new_message(n), Q, None) for n in range(3)]
+    batch.append((new_message(3, when=object()), Q, None))
+    with pytest.raises(TypeError):
+        transport.publish_many(batch)
+    assert transport.depth("celery") == 0
+    transport.publish_many(batch[:3])
+    assert transport.depth("celery") == 3
+
+
+# ----------------------------------------------------------------- delay
+def test_due_time_is_respected(transport, new_message):
+    due = time.time() + 0.3
+    transport.publish(new_message(0), Q, due=due)
+    transport.publish(new_message(1), Q, due=time.time() - 1)  # already due
+    assert ns(transport.fetch(["celery"], limit=5, timeout=0)) == [1]
+    assert transport.depth("celery") == 0  # parked ones are not waiting
+    got = transport.fetch(["celery"], limit=5, timeout=2)
+    assert ns(got) == [0]
+    assert time.time() >= due
+
+
+def test_fetch_wakes_at_the_due_time_not_a_poll_later(make_transport, new_message):
+    transport = make_transport(polling_interval=5)
+    due = time.time() + 0.2
+    transport.publish(new_message(0), Q, due=due)
+    got = transport.fetch(["celery"], limit=1, timeout=3)
+    assert ns(got) == [0]
+    assert due <= time.time() < due + 0.2
+
+
+def test_defer_parks_until_due_and_does_not_count(transport, new_message):
+    transport.publish(new_message(0), Q)
+    (first,) = transport.fetch(["celery"], limit=1, timeout=0)
+    due = time.time() + 0.3
+    transport.defer(first, due)
+    assert transport.fetch(["celery"], limit=1, timeout=0) == []
+    (again,) = transport.fetch(["celery"], limit=1, timeout=2)
+    assert time.time() >= due
+    assert again.deliveries == 1 and not again.redelivered
+
+
+def test_parked_messages_cost_no_claim_time(transport, new_message):
+    far = time.time() + 3600
+    transport.publish_many([(new_message(n), Q, far) for n in range(20_000)])
+    transport.publish(new_message(-1), Q)
+    start = time.perf_counter()
+    for _ in range(50):
+        transport.fetch(["celery"], limit=1, timeout=0)
+    assert time.perf_counter() - start < 0.5
+    assert transport.depth("celery") == 0
+
+
+# ----------------------------------------------------------------- leases
+def test_unacked_delivery_comes_back_after_visibility_timeout(make_transport, new_message):
+    dead, alive = make_transport(visibility_timeout=0.5), make_transport()
+    dead.publish(new_message(0), Q)
+    (lost,) = dead.fetch(["celery"], limit=1, timeout=0)
+    assert alive.fetch(["celery"], limit=1, timeout=0.2) == []
+    (back,) = alive.fetch(["celery"], limit=1, timeout=2)
+    assert back.redelivered and back.deliveries == 2
+    assert back.message == lost.message
+    dead.ack([lost])  # the old holder's late ack must not settle the new lease
+    alive.ack([back])
+    assert alive.fetch(["celery"], limit=1, timeout=0) == []
+    assert alive._conn().execute("SELECT count(*) FROM conveyor_messages").fetchone() == (0,)
+
+
+def test_late_ack_wins_while_nobody_else_holds_it(make_transport, new_message):
+    transport = make_transport(visibility_timeout=0.2)
+    transport.publish(new_message(0), Q)
+    (slow,) = transport.fetch(["celery"], limit=1, timeout=0)
+    time.sleep(0.3)
+    assert transport.depth("celery") == 1  # lapsed: deliverable again
+    transport.ack([slow])
+    assert transport.depth("celery") == 0
+
+
+def test_extend_keeps_a_live_lease(make_transport, new_message):
+    holder, other = make_transport(visibility_timeout=0.4), make_transport()
+    holder.publish(new_message(0), Q)
+    (held,) = holder.fetch(["celery"], limit=1, timeout=0)
+    for _ in range(4):
+        time.sleep(0.2)
+        holder.extend([held])
+        assert other.fetch(["celery"], limit=1, timeout=0) == []
+    (back,) = other.fetch(["celery"], limit=1, timeout=2)
+    assert back.deliveries == 2
+
+
+def test_requeue_gives_back_unstarted(transport, new_message):
+    for n in range(3):
+        transport.publish(new_message(n), Q)
+    first = transport.fetch(["celery"], limit=2, timeout=0)
+    for d in first:
+        transport.requeue(d)
+    again = transport.fetch(["celery"], limit=3, timeout=0)
+    assert ns(again) == [0, 1, 2]  # back at the head, order kept
+    assert [d.deliveries for d in again] == [1, 1, 1]
+
+
+def test_close_returns_unsettled_deliveries(make_transport, new_message):
+    first = make_transport()
+    first.publish(new_message(0), Q)
+    (held,) = first.fetch(["celery"], limit=1, timeout=0)
+    first.close()
+    (back,) = make_transport().fetch(["celery"], limit=1, timeout=0)
+    assert back.message == held.message and back.deliveries == 2
+
+
+def test_messages_survive_reopening(make_transport, new_message):
+    first = make_transport()
+    first.publish(new_message(0, 2), Q)
+    first.publish(new_message(1), Q, due=time.time() + 60)
+    first.close()
+    second = make_transport()
+    assert second.depth("celery") == 1
+    assert ns(second.fetch(["celery"], limit=5, timeout=0)) == [0]
+
+
+# ----------------------------------------------------------------- dead letters, purge
+def test_dead_letters_round_trip(transport, new_message):
+    for n in range(3):
+        transport.publish(new_message(n, 4), Route("q1" if n < 2 else "q2"))
+    got = transport.fetch(["q1", "q2"], limit=3, timeout=0)
+    before = time.time()
+    for d in got:
+        transport.dead_letter(d, f"bad {d.message.headers['n']}")
+    assert transport.depth("q1") == transport.depth("q2") == 0
+    dead = transport.dead_letters()
+    assert [(x.queue, x.reason) for x in dead] == [("q1", "bad 0"), ("q1", "bad 1"),
+                                                    ("q2", "bad 2")]
+    assert [x.message for x in dead] == [d.message for d in got]
+    assert all(before - 1 <= x.time <= time.time() for x in dead)
+    assert [x.id for x in transport.dead_letters("q2")] == [dead[2].id]
+
+    assert transport.requeue_dead([dead[1].id, "no-such-id"]) == 1
+    (back,) = transport.fetch(["q1"], limit=5, timeout=0)
+    assert back.message == dead[1].message and back.deliveries == 1
+    assert back.message.priority == 4
+    transport.ack([back])
+    assert transport.requeue_dead(queue="q2") == 1
+    assert transport.depth("q2") == 1
+    assert transport.purge_dead("q1") == 1
+    assert transport.dead_letters() == []
+    assert transport.purge_dead() == 0
+
+
+def test_dead_letter_ids_are_never_reused(transport, new_message):
+    transport.publish(new_message(0), Q)
+    (d,) = transport.fetch(["celery"], limit=1, timeout=0)
+    transport.dead_letter(d, "x")
+    (first,) = transport.dead_letters()
+    transport.purge_dead()
+    transport.publish(new_message(1), Q)
+    (d,) = transport.fetch(["celery"], limit=1, timeout=0)
+    transport.dead_letter(d, "y")
+    assert transport.dead_letters()[0].id != first.id
+
+
+def test_purge_and_depth(transport, new_message):
+    for n in range(5):
+        transport.publish(new_message(n), Q)
+    transport.publish(new_message(9), Route("other"))
+    transport.publish(new_message(10), Q, due=time.time() + 60)
+    transport.fetch(["celery"], limit=1, timeout=0)  # one leased
+    assert transport.depth("celery") == 4
+    assert transport.purge("celery") == 4
+    assert transport.depth("celery") == 0
+    assert transport.depth("other") == 1
+    assert transport.depth("nothing") == 0
+
+
+# ----------------------------------------------------------------- concurrency
+def _consume(url: str, out: str) -> None:
+    transport = SQLiteTransport(url)
+    seen = []
+    idle_since = time.monotonic()
+    while time.monotonic() - idle_since < 1.0:
+        batch = transport.fetch(["celery"], limit=10, timeout=0.1)
+        if batch:
+            idle_since = time.monotonic()
+            seen += [d.message.headers["n"] for d in batch]
+            transport.ack(batch)
+    Path(out).write_text(json.dumps(seen))
+    transport.close()
+
+
+def test_each_delivery_goes_to_exactly_one_consumer(transport, db_url, tmp_path,
+                                                   new_message):
+    total = 5000
+    half = [(new_message(n), Q, None) for n in range(total // 2)]
+    transport.publish_many(half)
+    ctx = multiprocessing.get_context("fork")
+    outs = [str(tmp_path / f"seen{i}.json") for i in range(4)]
+    procs = [ctx.Process(target=_consume, args=(db_url, out)) for out in outs]
+    for p in procs:
+        p.start()
+    try:
+        thread = threading.Thread(target=_consume, args=(db_url, str(tmp_path / "t.json")))
+        thread.start()
+        for n in range(total // 2, total):  # the other half arrives while they consume
+            transport.publish(new_message(n), Q)
+        thread.join(timeout=60)
+        for p in procs:
+            p.join(timeout=60)
+            assert p.exitcode == 0
+    finally:
+        for p in procs:
+            p.kill()
+    seen = [n for out in [*outs, str(tmp_path / "t.json")]
+            for n in json.loads(Path(out).read_text())]
+    assert len(seen) == len(set(seen)) == total
+    assert sum(bool(json.loads(Path(o).read_text())) for o in outs) >= 2  # really shared
