@@ -48,12 +48,14 @@ def before_task_publish(app: Conveyor, name: str, message: Message, route: Route
 
 @hookspec
 def after_task_publish(app: Conveyor, name: str, message: Message, route: Route) -> None:
-    """After the broker took the message."""
+    """After the broker took ``message`` for ``route``; the call returns next.
+    Headers edited here are not sent."""
 
 
 @hookspec
 def message_received(message: Message, queue: str) -> None:
-    """A worker received a message, before decoding it."""
+    """A worker received ``message`` from ``queue``, before decoding it (it may be
+    garbage that ends in the dead letters)."""
 
 
 @hookspec
@@ -75,7 +77,8 @@ def task_postrun(task: Any, task_id: str, args: list[Any], kwargs: dict[str, Any
 
 @hookspec
 def task_success(task: Any, result: Any, request: Request) -> None:
-    """The task returned ``result``."""
+    """In the worker, after the task returned ``result``, its callbacks were sent
+    and its SUCCESS state was stored; ``request`` is the running request."""
 
 
 @hookspec

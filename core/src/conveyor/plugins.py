@@ -116,10 +116,11 @@ def load(group: str, name: str) -> Any:
     group = _group(group)
 
     def failed(_manager: Any, ep: Any, err: BaseException) -> None:
-        dist = getattr(getattr(ep, "dist", None), "metadata", {}) or {}
+        dists = ", ".join(f"{p.distribution} {p.version}" for p in find(group)
+                          if p.name == name) or "?"
         raise PluginError(
-            f"Plugin {name!r} of group {group!r} ({dist.get('Name', '?')}, "
-            f"{ep.value}) failed to load: {type(err).__name__}: {err}."
+            f"Plugin {name!r} of group {group!r} ({dists}, {ep.value}) failed to load: "
+            f"{type(err).__name__}: {err}."
             + (_fix_hint(group, name) or " Reinstall its distribution or fix the import.")
         ) from err
 
