@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import states
 from ..envelope import refresh_origin
-from ..exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
+from ..exceptions import ConfigurationError, SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 from .execute import EventLoopThread, execute, on_failure
 
 if TYPE_CHECKING:
@@ -187,6 +187,13 @@ class ProcessPool(Pool):
         return _Child(proc, parent)
 
     def start(self) -> None:
+        from ..connection import scheme_of
+        for url in (self.app.broker_url, self.app.backend_url):
+            if scheme_of(url) == "memory":
+                raise ConfigurationError(
+                    f"The processes pool needs a broker and backend shared between "
+                    f"processes, but {url!r} is per process (memory://). Use "
+                    "--pool threads, or a sqlite://, redis:// … URL.")
         self._children = [self._spawn() for _ in range(self.concurrency)]
         self._supervisor = threading.Thread(target=self._supervise,
                                             name="conveyor-supervisor", daemon=True)
