@@ -1,0 +1,209 @@
+"""The ``redis://`` result backend, byte-compatible with Celery's (PROTOCOL.md §8).
+
+* key ``celery-task-meta-<task id>``; the value is what the core serialized with
+  ``result_serializer`` (this backend never decodes it, except to protect SUCCESS);
+* a write is one Lua script: refuse if a SUCCESS is stored, else ``SETEX`` (``SET``
+  when ``expires`` is 0/None) and ``PUBLISH`` on the key name with the same payload —
+  what Celery's MULTI/SETEX/PUBLISH/EXEC does, plus the check, atomically;
+* a wait subscribes to the exact channel, waits for the subscription to be
+  confirmed, then GETs (so a result stored before the subscription is not missed),
+  then sleeps on the subscription. Redis pub/sub ignores db numbers, so a
+  notification only wakes the waiter: the value is always re-read from our db.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import redis
+
+from .connection import Backoff, client_for
+from .errors import CONNECTION_ERRORS, translate, wrap
+from .scripts import Script
+
+KEY_PREFIX = "celery-task-meta-"
+#: Re-read the key this often while waiting, in case a notification was lost with a
+#: connection.
+_REREAD_EVERY = 5.0
+
+#: KEYS: result key. ARGV: payload, ttl, "s" (seconds) or "ms". 0 when a stored
+#: SUCCESS was kept. SUCCESS is recognised with status as the first key (how Celery
+#: and Conveyor write it) for JSON, msgpack and pickle ≥ 4, and by decoding JSON or
+#: msgpack otherwise; a compressed result cannot be inspected and is overwritten.
+STORE = Script(r"""
+local function is_success(v)
+  if string.find(v, '^%s*{%s*"status"%s*:%s*"') then
+    return string.find(v, '^%s*{%s*"status"%s*:%s*"SUCCESS"') ~= nil
+  end
+  local first = string.byte(v, 1) or 0
+  if first == 123 then
+    local ok, t = pcall(cjson.decode, v)
+    return ok and type(t) == 'table' and t.status == 'SUCCESS'
+  end
+  if (first >= 128 and first <= 143) or first == 222 or first == 223 then
+    if string.find(string.sub(v, 1, 24), '\166status\167SUCCESS', 1, true) then
+      return true
+    end
+    if first ~= 128 then  -- 0x80 is also pickle's PROTO opcode
+      local ok, t = pcall(cmsgpack.unpack, v)
+      return ok and type(t) == 'table' and t.status == 'SUCCESS'
+    end
+  end
+  return string.find(string.sub(v, 1, 64), '\140\006status\148\140\007SUCCESS', 1, true) ~= nil
+end
+local cur = redis.call('GET', KEYS[1])
+if cur and is_success(cur) then return 0 end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 and ARGV[3] == 's' then
+  redis.call('SETEX', KEYS[1], ttl, ARGV[1])
+elseif ttl > 0 then
+  redis.call('PSETEX', KEYS[1], ttl, ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+""")
+
+
+class RedisBackend:
+    """Celery-compatible Redis result backend (see the module docstring)."""
+
+    def __init__(self, url: str = "redis://", app: Any = None) -> None:
+        self.url = url
+        self.app = app
+        timeout = app.conf.broker_connection_timeout if app is not None else 4.0
+        self.client = client_for(url, socket_timeout=10.0, connect_timeout=timeout,
+                                 health_check_interval=25)
+        self._local = threading.local()
+        self._pubsubs: list[redis.client.PubSub] = []
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(task_id: str) -> str:
+        return KEY_PREFIX + task_id
+
+    def get(self, task_id: str) -> bytes | None:
+        with translate(self.url, f"reading the result of task {task_id}"):
+            return self.client.get(self.key(task_id))
+
+    def store(self, task_id: str, state: str, payload: bytes, *,
+              expires: float | None) -> None:
+        if expires and float(expires).is_integer():
+            ttl, unit = int(expires), "s"
+        elif expires:
+            ttl, unit = max(1, int(float(expires) * 1000)), "ms"
+        else:
+            ttl, unit = 0, "s"
+        doing = f"storing the {state} result of task {task_id}"
+        backoff = Backoff()
+        deadline = time.monotonic() + 10.0
+        while True:  # idempotent: the script refuses to overwrite SUCCESS anyway
+            try:
+                STORE(self.client, [self.key(task_id)], [payload, ttl, unit])
+                return
+            except CONNECTION_ERRORS as exc:
+                pause = backoff.next()
+                if time.monotonic() + pause > deadline:
+                    raise wrap(exc, self.url, doing) from exc
+                time.sleep(pause)
+            except redis.RedisError as exc:
+                raise wrap(exc, self.url, doing) from exc
+
+    def forget(self, task_id: str) -> None:
+        with translate(self.url, f"forgetting the result of task {task_id}"):
+            self.client.delete(self.key(task_id))
+
+    # ------------------------------------------------------------- waiting
+    def _pubsub(self) -> redis.client.PubSub:
+        """This thread's subscription connection, kept between waits."""
+        ps = getattr(self._local, "pubsub", None)
+        if ps is None:
+            ps = self.client.pubsub()
+            self._local.pubsub = ps
+            with self._lock:
+                self._pubsubs.append(ps)
+        return ps
+
+    def _drop_pubsub(self) -> None:
+        ps = getattr(self._local, "pubsub", None)
+        self._local.pubsub = None
+        if ps is not None:
+            with self._lock:
+                if ps in self._pubsubs:
+                    self._pubsubs.remove(ps)
+            try:
+                ps.close()
+            except Exception:  # noqa: BLE001 - already broken; nothing to release
+                pass
+
+    def wait(self, task_id: str, *, timeout: float | None,
+             previous: bytes | None) -> bytes | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        backoff = Backoff()
+        while True:
+            try:
+                return self._wait(self.key(task_id), deadline, previous)
+            except CONNECTION_ERRORS as exc:
+                self._drop_pubsub()
+                pause = backoff.next()
+                if deadline is not None and time.monotonic() + pause > deadline:
+                    raise wrap(exc, self.url, f"waiting for task {task_id}") from exc
+                time.sleep(pause)
+            except redis.RedisError as exc:
+                self._drop_pubsub()
+                raise wrap(exc, self.url, f"waiting for task {task_id}") from exc
+
+    def _changed(self, key: str, previous: bytes | None) -> bytes | None:
+        current = self.client.get(key)
+        return current if current is not None and current != previous else None
+
+    def _wait(self, key: str, deadline: float | None,
+              previous: bytes | None) -> bytes | None:
+        channel = key.encode("utf-8")
+        ps = self._pubsub()
+        ps.subscribe(key)
+        try:
+            confirmed = False
+            reread = time.monotonic() + _REREAD_EVERY
+            while True:
+                now = time.monotonic()
+                remaining = 1.0 if deadline is None else min(1.0, deadline - now)
+                if confirmed and now >= reread:
+                    reread = now + _REREAD_EVERY
+                    found = self._changed(key, previous)
+                    if found is not None:
+                        return found
+                if remaining <= 0:
+                    return self._changed(key, previous)
+                msg = ps.get_message(timeout=remaining)
+                if msg is None or msg.get("channel") != channel:
+                    continue
+                if msg["type"] == "subscribe":
+                    confirmed = True  # from here on no publish can be missed
+                elif msg["type"] != "message":
+                    continue
+                found = self._changed(key, previous)
+                if found is not None:
+                    return found
+        finally:
+            try:
+                ps.unsubscribe(key)
+            except redis.RedisError:
+                self._drop_pubsub()
+
+    def close(self) -> None:
+        with self._lock:
+            pubsubs, self._pubsubs = self._pubsubs, []
+        for ps in pubsubs:
+            try:
+                ps.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+        self._local = threading.local()
+
+
+class SecureRedisBackend(RedisBackend):
+    """``rediss://``: the same backend over TLS."""

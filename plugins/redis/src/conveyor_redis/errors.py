@@ -1,0 +1,77 @@
+"""Turn redis-py errors into Conveyor's, in one place (httpx's ``map_exceptions`` idea).
+
+Two kinds come out:
+
+* :class:`RedisConnectionError` — the server could not be reached or the connection
+  broke. It is *both* an :class:`~conveyor.exceptions.OperationalError` (what users
+  catch) and a ``redis.ConnectionError`` (what :attr:`RedisTransport.connection_errors`
+  lists), so the core's publish retry and the worker's reconnect loop still see it as
+  a retryable connection error.
+* :class:`~conveyor.exceptions.OperationalError` — any other Redis error (wrong key
+  type, no permission, out of memory, a script error): retrying will not help.
+
+Every message names the URL with its password masked and says what to check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis
+from conveyor._suggest import mask_url
+from conveyor.exceptions import OperationalError
+
+#: What callers catch to retry or reconnect (``Transport.connection_errors``).
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    redis.ConnectionError, redis.TimeoutError,
+)
+
+
+class RedisConnectionError(OperationalError, redis.ConnectionError):
+    """Redis is unreachable or the connection broke; retrying may succeed."""
+
+
+def describe(exc: BaseException, url: str, doing: str) -> str:
+    """One sentence: what failed, where, why, and what to check."""
+    where = mask_url(url)
+    if isinstance(exc, redis.AuthenticationError):
+        hint = "Check the user name and password in the URL."
+    elif isinstance(exc, redis.BusyLoadingError):
+        hint = "The server is loading its data set; it will answer shortly."
+    elif isinstance(exc, CONNECTION_ERRORS):
+        hint = ("Is redis-server running and reachable there? Check host, port and "
+                "firewall, or raise broker_connection_timeout / socket_timeout.")
+    elif isinstance(exc, redis.ResponseError) and "WRONGTYPE" in str(exc):
+        hint = ("A key Conveyor uses holds another type: choose another queue name or "
+                "set broker_transport_options['global_keyprefix'].")
+    else:
+        hint = "See the Redis server log for details."
+    return f"Redis at {where} failed while {doing}: {exc}. {hint}"
+
+
+def wrap(exc: BaseException, url: str, doing: str) -> OperationalError:
+    """The Conveyor error for a redis-py error (to ``raise ... from exc``)."""
+    if isinstance(exc, OperationalError):
+        return exc
+    if isinstance(exc, CONNECTION_ERRORS):
+        return RedisConnectionError(describe(exc, url, doing))
+    return OperationalError(describe(exc, url, doing))
+
+
+@contextmanager
+def translate(url: str, doing: str, *, retryable_raw: bool = False) -> Iterator[None]:
+    """Re-raise redis-py errors raised inside the block as Conveyor's.
+
+    With ``retryable_raw`` connection errors pass through untouched: the core's
+    publish retry policy re-raises any ConveyorError at once and retries only the
+    transport's bare ``connection_errors``, then names the URL itself.
+    """
+    try:
+        yield
+    except CONNECTION_ERRORS as exc:
+        if retryable_raw:
+            raise
+        raise wrap(exc, url, doing) from exc
+    except redis.RedisError as exc:
+        raise wrap(exc, url, doing) from exc

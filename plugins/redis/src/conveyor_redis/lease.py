@@ -1,0 +1,195 @@
+"""Leases: taking messages with kombu's unacked bookkeeping, giving them back, sweeping.
+
+kombu emulates acknowledgements with two db-wide keys (PROTOCOL.md §5.5): the hash
+``unacked`` (delivery tag → JSON ``[envelope, exchange, routing_key]``) and the sorted
+set ``unacked_index`` (delivery tag → unix time of delivery). A Celery worker's sweep
+restores any entry older than its ``visibility_timeout``, and ours restores theirs, so
+both sides must write exactly these entries. Conveyor records ``exchange`` ``""`` and
+the queue it took the message from as routing key, which sends a restored message
+back to that very queue on either side (kombu would otherwise re-route a topic
+message through its bindings to every matching queue).
+
+Unlike kombu, taking is atomic: :data:`CLAIM` pops up to ``limit`` messages in
+priority order *and* records them in one Lua script, so a crash can never lose a
+popped message. It also moves due parked messages first and counts deliveries in the
+``_conveyor.deliveries`` hash (tag → count), which feeds ``Delivery.deliveries``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from .delay import MOVE_DUE_FN
+from .layout import Layout, clamp_wire
+from .scripts import Script
+
+#: KEYS: unacked, unacked_index, deliveries, delayed, then the poll-order list keys.
+#: ARGV: now, limit, max moved, pre-popped key index (0: none), pre-popped envelope,
+#: then one JSON-quoted queue name per list key.
+#: Returns {{key index, envelope, delivery count, tag, ...}, next due score or nil}.
+CLAIM = Script(MOVE_DUE_FN + r"""
+local now, limit = ARGV[1], tonumber(ARGV[2])
+local nxt = move_due(KEYS[4], now, tonumber(ARGV[3]))
+local out, n = {}, 0
+local function claim(raw, i)
+  local qjson = ARGV[5 + i]
+  local tag = string.match(raw, '"delivery_tag": "([^"\\]+)"}}%s*$')
+  local record
+  if tag then
+    record = '[' .. raw .. ', "", ' .. qjson .. ']'
+  else
+    local ok, env = pcall(cjson.decode, raw)
+    if ok and type(env) == 'table' and type(env.properties) == 'table'
+        and type(env.properties.delivery_tag) == 'string' then
+      tag = env.properties.delivery_tag
+      record = '[' .. raw .. ', "", ' .. qjson .. ']'
+    else
+      -- no usable tag: a deterministic one keeps the delivery count meaningful
+      tag = 'conveyor-' .. redis.sha1hex(raw)
+      record = cjson.encode({raw, '', cjson.decode(qjson)})
+    end
+  end
+  redis.call('HSET', KEYS[1], tag, record)
+  redis.call('ZADD', KEYS[2], now, tag)
+  local count = redis.call('HINCRBY', KEYS[3], tag, 1)
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = i, raw, count, tag
+  n = n + 4
+end
+local pre = tonumber(ARGV[4])
+if pre > 0 then claim(ARGV[5], pre) end
+for i = 1, #KEYS - 4 do
+  local want = limit - n / 4
+  if want <= 0 then break end
+  local items = redis.call('RPOP', KEYS[4 + i], want)
+  if items then
+    for _, raw in ipairs(items) do claim(raw, i) end
+  end
+end
+return {out, nxt}
+""")
+
+#: Give a leased message back to a list. KEYS: unacked, unacked_index, deliveries,
+#: list. ARGV: tag, envelope, "L" (end of the line) or "R" (next out), "1" to take
+#: this delivery off the count (it never started). Only if still leased to us.
+GIVE_BACK = Script("""
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+if ARGV[4] == '1' and redis.call('HINCRBY', KEYS[3], ARGV[1], -1) <= 0 then
+  redis.call('HDEL', KEYS[3], ARGV[1])
+end
+if ARGV[3] == 'R' then
+  redis.call('RPUSH', KEYS[4], ARGV[2])
+else
+  redis.call('LPUSH', KEYS[4], ARGV[2])
+end
+return 1
+""")
+
+#: Push back a message whose claim reply was lost, dropping its lease if the claim
+#: did run. KEYS: unacked, unacked_index, list. ARGV: tag, envelope.
+RETURN_ORPHAN = Script("""
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('RPUSH', KEYS[3], ARGV[2])
+return 1
+""")
+
+#: Restore an overdue entry, compare-and-swap: only if the record is still the one
+#: read and its lease was not renewed meanwhile. KEYS: unacked, unacked_index,
+#: target lists… ARGV: tag, record as read, ceiling score, envelope to push.
+RESTORE = Script("""
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if score and tonumber(score) > tonumber(ARGV[3]) then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+for i = 3, #KEYS do redis.call('RPUSH', KEYS[i], ARGV[4]) end
+return 1
+""")
+
+
+def lookup(client: redis.Redis, layout: Layout, exchange: str, routing_key: str) -> list[str]:
+    """The queues a restored message goes to, as kombu's ``_lookup`` finds them.
+
+    The anonymous exchange names the queue directly; a named one is resolved through
+    ``_kombu.binding.<exchange>`` (an empty pattern is a direct binding, a non-empty
+    one a topic regex). Nothing bound: the routing key, rather than losing it.
+    """
+    if not exchange:
+        return [routing_key]
+    found: list[str] = []
+    for member in client.smembers(layout.binding(exchange)):
+        parts = member.decode("utf-8").split(layout.sep, 2)
+        if len(parts) != 3:
+            continue
+        key, pattern, queue = parts
+        try:
+            hit = re.match(pattern, routing_key) if pattern else key == routing_key
+        except re.error:
+            hit = False
+        if hit and queue not in found:
+            found.append(queue)
+    return found or [routing_key]
+
+
+def restore_entry(client: redis.Redis, layout: Layout, tag: bytes, value: bytes,
+                  ceiling: float) -> bool:
+    """Put one overdue ``unacked`` entry back on its queue(s), marked redelivered."""
+    try:
+        envelope, exchange, routing_key = json.loads(value)
+    except (ValueError, TypeError):
+        envelope = None
+    if not isinstance(envelope, dict):
+        # Not a kombu envelope (or ours for a garbage message): push the text back as
+        # it came, so the worker that takes it dead-letters it with a reason.
+        raw = envelope if isinstance(envelope, str) else None
+        if raw is None:
+            return bool(RESTORE(client, [layout.unacked, layout.unacked_index],
+                                [tag, value, ceiling, b""]))
+        payload, wire = raw, 0
+        queues = [routing_key] if isinstance(routing_key, str) and routing_key else []
+    else:
+        props = envelope.get("properties")
+        props = props if isinstance(props, dict) else {}
+        headers, info = envelope.get("headers"), props.get("delivery_info")
+        if isinstance(headers, dict) and isinstance(info, dict):
+            headers["redelivered"] = info["redelivered"] = True  # as kombu marks it
+        payload, wire = json.dumps(envelope), props.get("priority")
+        queues = lookup(client, layout, str(exchange or ""), str(routing_key or ""))
+    targets = [layout.list_for(q, clamp_wire(wire)) for q in queues]
+    return bool(RESTORE(client, [layout.unacked, layout.unacked_index, *targets],
+                        [tag, value, ceiling, payload]))
+
+
+def sweep(client: redis.Redis, layout: Layout, visibility_timeout: float,
+          batch: int = 100, rounds: int = 10) -> int:
+    """Restore deliveries leased longer than ``visibility_timeout``; how many."""
+    ceiling = time.time() - visibility_timeout
+    restored = 0
+    for _ in range(rounds):
+        tags = client.zrangebyscore(layout.unacked_index, "-inf", ceiling,
+                                    start=0, num=batch)
+        if not tags:
+            break
+        values = client.hmget(layout.unacked, tags)
+        for tag, value in zip(tags, values):
+            if value is None:  # index entry without a record: drop it, as kombu does
+                client.zrem(layout.unacked_index, tag)
+            elif restore_entry(client, layout, tag, value, ceiling):
+                restored += 1
+        if len(tags) < batch:
+            break
+    return restored
+
+
+def parse_claimed(reply: Sequence[Any]) -> tuple[list[Any], float | None]:
+    """The flat claim list and the next due time from a :data:`CLAIM` reply."""
+    out = reply[0] if reply else []
+    nxt = reply[1] if len(reply) > 1 else None  # a Lua nil ends the reply early
+    return out or [], float(nxt) if nxt is not None else None

@@ -1,0 +1,467 @@
+"""The ``redis://`` transport: kombu's Redis layout, so Celery peers interoperate.
+
+What goes where (PROTOCOL.md §5; key names in :mod:`.layout`):
+
+* a message is kombu's JSON envelope (:mod:`.envelope`), ``LPUSH``\\ ed onto the list
+  of its priority step; consumers take from the other end, steps in kombu's order;
+* a taken message is leased in ``unacked`` / ``unacked_index`` exactly as kombu
+  writes them (:mod:`.lease`), so Celery and Conveyor workers restore each other's
+  in-flight messages after the visibility timeout;
+* delayed messages wait in a sorted set (:mod:`.delay`), dead letters in a hash per
+  queue (:mod:`.deadletter`).
+
+Round trips: ``publish`` is one, ``publish_many`` one for the whole batch, ``fetch``
+one per batch of up to ``limit`` messages while messages wait (a blocking ``BRPOP``
+only when the queues are empty), ``ack`` one per batch. Connections come from a pool
+shared per URL, so no call sets one up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, NamedTuple, TypeVar
+
+import redis
+from conveyor.exceptions import ConfigurationError
+from conveyor.interfaces import (
+    BaseTransport, Capabilities, DeadLetter, Delivery, Message, Route,
+)
+
+from . import deadletter, delay, lease
+from .connection import Backoff, client_for
+from .envelope import decode, encode, new_tag
+from .errors import CONNECTION_ERRORS, translate, wrap
+from .layout import Layout, to_wire
+
+T = TypeVar("T")
+
+#: Parked messages moved back per script call.
+_MOVE_BATCH = 100
+#: How long ack/requeue/defer/extend keep retrying through a broken connection.
+_SETTLE_PATIENCE = 15.0
+#: How often a producer moves due parked messages back, at most.
+_PRODUCER_MOVE_EVERY = 1.0
+#: Envelopes per LPUSH command inside one publish_many pipeline.
+_PUSH_CHUNK = 1000
+
+
+class Lease(NamedTuple):
+    """``Delivery.tag``: the delivery tag plus what settling needs, self-contained."""
+
+    tag: str
+    raw: bytes
+    list: str
+
+
+class RedisTransport(BaseTransport):
+    """kombu-compatible Redis transport (see the module docstring)."""
+
+    scheme = "redis"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        native_delay=True, priorities=True, confirms=False, dead_letters=True, leases=True)
+    connection_errors = CONNECTION_ERRORS
+    default_options: ClassVar[dict[str, Any]] = {
+        "visibility_timeout": 3600,
+        "priority_steps": [0, 3, 6, 9],
+        "sep": "\x06\x16",
+        "global_keyprefix": "",
+        "polling_interval": 1.0,
+        "socket_timeout": 10.0,
+        "socket_connect_timeout": None,
+        "socket_keepalive": True,
+        "health_check_interval": 25,
+        "max_connections": None,
+        "client_name": None,
+        "ssl": None,
+        "delayed_delivery": "queue",
+    }
+
+    def __init__(self, url: str = "redis://", app: Any = None) -> None:
+        super().__init__(url, app)
+        o = self.options
+        self.visibility_timeout = float(o["visibility_timeout"])
+        self.polling_interval = float(o["polling_interval"])
+        if self.visibility_timeout <= 0 or self.polling_interval <= 0:
+            raise ConfigurationError(
+                "broker_transport_options 'visibility_timeout' and 'polling_interval' "
+                f"must be positive seconds; got {o['visibility_timeout']!r} and "
+                f"{o['polling_interval']!r}.")
+        timeout = o["socket_timeout"]
+        if timeout is not None and float(timeout) <= self.polling_interval:
+            raise ConfigurationError(
+                f"broker_transport_options['socket_timeout'] ({timeout!r}) must exceed "
+                f"'polling_interval' ({self.polling_interval!r}), or a blocking read "
+                "would time out; raise it or set it to None.")
+        if o["delayed_delivery"] not in ("queue", "broker"):
+            raise ConfigurationError(
+                "broker_transport_options['delayed_delivery'] must be 'queue' (send "
+                "delayed tasks to their queue, as Celery does) or 'broker' (park them "
+                f"broker-side); got {o['delayed_delivery']!r}.")
+        self.layout = Layout(o["global_keyprefix"], o["sep"], o["priority_steps"])
+        self.sweep_interval = min(10.0, max(0.25, self.visibility_timeout / 4))
+        self._client: redis.Redis | None = None
+        self._broken = False
+        self._declared: set[Route] = set()
+        self._held: dict[str, tuple[Lease, str]] = {}
+        self._orphans: list[tuple[str, bytes]] = []
+        self._backoff = Backoff()
+        self._next_sweep = 0.0
+        self._next_move = 0.0
+        self._next_due: float | None = None
+        self._rr = 0
+        self._poll_cache: dict[tuple[str, ...], tuple[list[str], list[str], list[str],
+                                                      dict[bytes, int]]] = {}
+
+    # ------------------------------------------------------------- connection
+    @property
+    def client(self) -> redis.Redis:
+        """The redis-py client (created on first use, from the shared pool)."""
+        if self._client is None:
+            o = self.options
+            connect = o["socket_connect_timeout"]
+            self._client = client_for(
+                self.url, socket_timeout=o["socket_timeout"],
+                connect_timeout=connect if connect is not None else self.connect_timeout,
+                keepalive=bool(o["socket_keepalive"]),
+                health_check_interval=o["health_check_interval"] or 0,
+                max_connections=o["max_connections"], ssl=o["ssl"],
+                client_name=o["client_name"])
+        return self._client
+
+    def connect(self) -> None:
+        with translate(self.url, "connecting", retryable_raw=True):
+            self.client.ping()
+        self._broken = False
+
+    def close(self) -> None:
+        """Give back deliveries still held (next out, as kombu does at shutdown).
+
+        Not after a lost connection: a worker that reconnects closes the broken
+        transport while its tasks still run, and giving those back would run them
+        twice; their leases expire instead (the visibility timeout).
+        """
+        held, self._held = list(self._held.values()), {}
+        if self._client is None or self._broken:
+            self._client = None
+            return
+        for lease_, _queue in held:
+            try:
+                lease.GIVE_BACK(self._client, self._settle_keys(lease_.list),
+                                [lease_.tag, lease_.raw, "R", "0"])
+            except redis.RedisError:
+                break  # unreachable: the visibility timeout brings them back
+        self._flush_orphans(quiet=True)
+        self._client = None
+
+    def _settle_keys(self, list_key: str) -> list[str]:
+        lay = self.layout
+        return [lay.unacked, lay.unacked_index, lay.deliveries, list_key]
+
+    def _settle(self, doing: str, call: Callable[[], T]) -> T:
+        """Run an idempotent settle call, retrying through a broken connection."""
+        deadline = time.monotonic() + _SETTLE_PATIENCE
+        backoff = Backoff()
+        while True:
+            try:
+                return call()
+            except CONNECTION_ERRORS as exc:
+                pause = backoff.next()
+                if time.monotonic() + pause > deadline:
+                    self._broken = True
+                    raise wrap(exc, self.url, doing) from exc
+                time.sleep(pause)
+            except redis.RedisError as exc:
+                raise wrap(exc, self.url, doing) from exc
+
+    # ------------------------------------------------------------- publishing
+    def _binding(self, pipe: Any, route: Route) -> None:
+        """Celery's binding for a queue on its own exchange (written on first use).
+
+        Only the queue's own exchange (or the anonymous one) is bound: the type of a
+        named exchange is not stored in Redis, and a direct-style binding on a topic
+        exchange would match every routing key for kombu publishers.
+        """
+        if route.exchange in ("", route.queue):
+            member = self.layout.binding_member(route.key, route.queue)
+            pipe.sadd(self.layout.binding(route.queue), member)
+            pipe.sadd(self.layout.binding_permanent(route.queue), member)
+
+    def declare(self, route: Route) -> None:
+        if route in self._declared:
+            return
+        with translate(self.url, f"declaring queue {route.queue!r}"):
+            pipe = self.client.pipeline(transaction=False)
+            self._binding(pipe, route)
+            pipe.execute()
+        self._declared.add(route)
+
+    def _envelope(self, message: Message, route: Route) -> tuple[str, str]:
+        wire = to_wire(message.properties.get("priority"))
+        raw = encode(message, route.exchange, route.key, wire, new_tag())
+        return raw, self.layout.list_for(route.queue, wire)
+
+    def publish(self, message: Message, route: Route, *, due: float | None = None) -> None:
+        raw, list_key = self._envelope(message, route)
+        client = self.client
+        with translate(self.url, f"publishing to queue {route.queue!r}",
+                       retryable_raw=True):
+            if route not in self._declared:
+                pipe = client.pipeline(transaction=True)
+                self._binding(pipe, route)
+                self._push(pipe, list_key, raw, due)
+                pipe.execute()
+                self._declared.add(route)
+            else:
+                self._push(client, list_key, raw, due)
+            self._producer_move()
+
+    def _push(self, target: Any, list_key: str, raw: str, due: float | None) -> None:
+        if due is not None and due > time.time():
+            target.zadd(self.layout.delayed, {delay.member(list_key, raw): due})
+        else:
+            target.lpush(list_key, raw)
+
+    def publish_many(self, batch: Sequence[tuple[Message, Route, float | None]]) -> None:
+        """One MULTI/EXEC round trip: every message is stored, or none and an error."""
+        if not batch:
+            return
+        now = time.time()
+        pushes: dict[str, list[str]] = {}
+        parks: dict[bytes, float] = {}
+        routes: set[Route] = set()
+        for message, route, due in batch:
+            raw, list_key = self._envelope(message, route)
+            if due is not None and due > now:
+                parks[delay.member(list_key, raw)] = due
+            else:
+                pushes.setdefault(list_key, []).append(raw)
+            if route not in self._declared:
+                routes.add(route)
+        with translate(self.url, f"publishing {len(batch)} messages", retryable_raw=True):
+            pipe = self.client.pipeline(transaction=True)
+            for route in routes:
+                self._binding(pipe, route)
+            for list_key, raws in pushes.items():
+                for i in range(0, len(raws), _PUSH_CHUNK):
+                    pipe.lpush(list_key, *raws[i:i + _PUSH_CHUNK])
+            if parks:
+                pipe.zadd(self.layout.delayed, parks)
+            pipe.execute()
+            self._declared |= routes
+            self._producer_move()
+
+    def _producer_move(self) -> None:
+        now = time.time()
+        if now < self._next_move:
+            return
+        self._next_move = now + _PRODUCER_MOVE_EVERY
+        delay.MOVE_DUE(self.client, [self.layout.delayed], [now, _MOVE_BATCH])
+
+    # ------------------------------------------------------------- consuming
+    def _poll(self, queues: Sequence[str]) -> tuple[list[str], list[str], list[str],
+                                                   dict[bytes, int]]:
+        """Keys in poll order (round robin over queues within a step) and helpers."""
+        if len(queues) > 1:
+            k = self._rr % len(queues)
+            queues = [*queues[k:], *queues[:k]]
+        key = tuple(queues)
+        found = self._poll_cache.get(key)
+        if found is None:
+            keys, names = self.layout.poll_order(queues)
+            found = (keys, names, [json.dumps(n) for n in names],
+                     {k.encode("utf-8"): i + 1 for i, k in enumerate(keys)})
+            self._poll_cache[key] = found
+        return found
+
+    def fetch(self, queues: Sequence[str], *, limit: int, timeout: float) -> list[Delivery]:
+        if not queues or limit <= 0:
+            return []
+        deadline = time.monotonic() + max(0.0, timeout)
+        keys, names, qjson, index = self._poll(queues)
+        while True:
+            popped: tuple[bytes, bytes] | None = None
+            try:
+                self._flush_orphans()
+                if time.time() >= self._next_sweep:
+                    lease.sweep(self.client, self.layout, self.visibility_timeout)
+                    self._next_sweep = time.time() + self.sweep_interval
+                got = self._claim(keys, names, qjson, limit, None)
+                self._backoff.reset()
+                if got:
+                    return got
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                block = min(remaining, self.polling_interval)
+                if self._next_due is not None:
+                    block = min(block, max(0.0, self._next_due - time.time()))
+                if block < 0.01:
+                    time.sleep(block)
+                    continue
+                popped = self.client.brpop(keys, timeout=block)
+                if popped is None:
+                    continue
+                try:
+                    return self._claim(keys, names, qjson, limit,
+                                       (index[popped[0]], popped[1]))
+                except BaseException:
+                    self._orphans.append((popped[0].decode("utf-8"), popped[1]))
+                    raise
+            except CONNECTION_ERRORS as exc:
+                pause = self._backoff.next()
+                if time.monotonic() + pause > deadline:
+                    self._broken = True
+                    raise wrap(exc, self.url, "fetching messages") from exc
+                time.sleep(pause)
+            except redis.RedisError as exc:
+                raise wrap(exc, self.url, "fetching messages") from exc
+
+    def _claim(self, keys: list[str], names: list[str], qjson: list[str], limit: int,
+               pre: tuple[int, bytes] | None) -> list[Delivery]:
+        lay = self.layout
+        now = time.time()
+        reply = lease.CLAIM(
+            self.client, [lay.unacked, lay.unacked_index, lay.deliveries, lay.delayed, *keys],
+            [now, limit, _MOVE_BATCH, pre[0] if pre else 0, pre[1] if pre else b"", *qjson])
+        out, self._next_due = lease.parse_claimed(reply)
+        deliveries: list[Delivery] = []
+        for j in range(0, len(out), 4):
+            i, raw, count, tag = out[j], out[j + 1], int(out[j + 2]), out[j + 3].decode()
+            d = decode(raw)
+            queue = names[i - 1]
+            token = Lease(tag, raw, keys[i - 1])
+            self._held[tag] = (token, queue)
+            deliveries.append(Delivery(
+                d.message, queue, token, redelivered=d.redelivered or count > 1,
+                deliveries=count, exchange=d.exchange, routing_key=d.routing_key or queue))
+        if deliveries and len(names) > len(self.layout.steps):
+            self._rr += 1
+        return deliveries
+
+    def _flush_orphans(self, quiet: bool = False) -> None:
+        """Push back messages a BRPOP took whose claim failed (connection broke).
+
+        If the claim did run before the reply was lost, the message is leased: the
+        lease is dropped in the same step, so exactly one copy ends up in the list.
+        """
+        while self._orphans:
+            list_key, raw = self._orphans[0]
+            tag = decode(raw).tag or "conveyor-" + hashlib.sha1(raw).hexdigest()
+            try:
+                lease.RETURN_ORPHAN(self.client, [self.layout.unacked,
+                                                  self.layout.unacked_index, list_key],
+                                    [tag, raw])
+            except redis.RedisError:
+                if quiet:
+                    return
+                raise
+            self._orphans.pop(0)
+
+    # ------------------------------------------------------------- settling
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        tags = [d.tag.tag for d in deliveries]
+        if not tags:
+            return
+        lay = self.layout
+
+        def call() -> None:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.zrem(lay.unacked_index, *tags)
+            pipe.hdel(lay.unacked, *tags)
+            pipe.hdel(lay.deliveries, *tags)
+            pipe.execute()
+
+        self._settle("acknowledging messages", call)
+        for tag in tags:
+            self._held.pop(tag, None)
+
+    def requeue(self, delivery: Delivery) -> None:
+        token: Lease = delivery.tag
+        self._settle("requeueing a message", lambda: lease.GIVE_BACK(
+            self.client, self._settle_keys(token.list), [token.tag, token.raw, "L", "1"]))
+        self._held.pop(token.tag, None)
+
+    def defer(self, delivery: Delivery, due: float) -> None:
+        token: Lease = delivery.tag
+        lay = self.layout
+        self._settle("parking a delayed message", lambda: delay.DEFER(
+            self.client, [lay.unacked, lay.unacked_index, lay.deliveries, lay.delayed],
+            [token.tag, delay.member(token.list, token.raw), due]))
+        self._held.pop(token.tag, None)
+
+    def extend(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        now = time.time()
+        scores = {d.tag.tag: now for d in deliveries}
+        self._settle("extending leases", lambda: self.client.zadd(
+            self.layout.unacked_index, scores, xx=True))
+
+    # ------------------------------------------------------------- dead letters
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        token: Lease = delivery.tag
+        lay = self.layout
+        rec = deadletter.record(token.tag, delivery.queue, reason, time.time(), token.raw)
+        self._settle("dead-lettering a message", lambda: deadletter.DEAD(
+            self.client, [lay.unacked, lay.unacked_index, lay.deliveries,
+                          lay.dead(delivery.queue), lay.dead_queues],
+            [token.tag, token.tag, rec, delivery.queue]))
+        self._held.pop(token.tag, None)
+
+    def dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
+        with translate(self.url, "listing dead letters"):
+            return [d for d, _ in deadletter.load(self.client, self.layout, queue)]
+
+    def requeue_dead(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
+        lay = self.layout
+        count = 0
+        with translate(self.url, "requeueing dead letters"):
+            for d, raw in deadletter.chosen(deadletter.load(self.client, lay, queue),
+                                            ids, queue):
+                target = lay.list_for(d.queue, to_wire(d.message.priority))
+                count += deadletter.REQUEUE(
+                    self.client, [lay.dead(d.queue), lay.dead_queues, target,
+                                  lay.deliveries], [d.id, raw, d.queue])
+        return count
+
+    def purge_dead(self, queue: str | None = None) -> int:
+        lay = self.layout
+        with translate(self.url, "purging dead letters"):
+            if queue is None:
+                queues = [q.decode("utf-8") for q in self.client.smembers(lay.dead_queues)]
+            else:
+                queues = [queue]
+            if not queues:
+                return 0
+            pipe = self.client.pipeline(transaction=True)
+            for q in queues:
+                pipe.hlen(lay.dead(q))
+                pipe.delete(lay.dead(q))
+                pipe.srem(lay.dead_queues, q)
+            return sum(pipe.execute()[0::3])
+
+    # ------------------------------------------------------------- inspection
+    def purge(self, queue: str) -> int:
+        lists = self.layout.lists(queue)
+        with translate(self.url, f"purging queue {queue!r}"):
+            pipe = self.client.pipeline(transaction=True)
+            for key in lists:
+                pipe.llen(key)
+            pipe.delete(*lists)
+            return sum(pipe.execute()[:-1])
+
+    def depth(self, queue: str) -> int:
+        with translate(self.url, f"measuring queue {queue!r}"):
+            pipe = self.client.pipeline(transaction=False)
+            for key in self.layout.lists(queue):
+                pipe.llen(key)
+            return sum(pipe.execute())
+
+
+class SecureRedisTransport(RedisTransport):
+    """``rediss://``: the same transport over TLS (``ssl`` option for certificates)."""
+
+    scheme = "rediss"
