@@ -28,6 +28,7 @@ import platform  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -48,7 +49,7 @@ def task_body() -> tuple[Any, ...]:
 
 def large_body(target: int = 100_000) -> tuple[Any, ...]:
     """A body whose JSON encoding is about ``target`` bytes: a list of records."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     size = 0
     while size < target:
         i = len(rows)
@@ -59,13 +60,17 @@ def large_body(target: int = 100_000) -> tuple[Any, ...]:
     return ([rows], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None})
 
 
-def measure(round_trip: Callable[[], Any], seconds: float) -> float:
-    """Round trips per second, timed over about ``seconds`` (at least 3 runs)."""
-    round_trip()  # warm up: imports, lazily built contexts
+def round_trip(encode: Callable[[Any], Any], decode: Callable[[Any], Any], value: Any) -> Any:
+    return decode(encode(value))
+
+
+def measure(work: Callable[[], Any], seconds: float) -> float:
+    """Calls of ``work`` per second, timed over about ``seconds`` (at least 3 calls)."""
+    work()  # warm up: imports, lazily built contexts
     runs, start = 0, time.perf_counter()
     deadline = start + seconds
     while True:
-        round_trip()
+        work()
         runs += 1
         now = time.perf_counter()
         if now >= deadline and runs >= 3:
@@ -109,11 +114,12 @@ def bench_serializers(app: Conveyor, payloads: dict[str, Any], seconds: float
         except Exception as exc:  # noqa: BLE001 - reported, the others still run
             out[name] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
-        out[name] = row = {"content_type": ser.content_type}
+        row: dict[str, Any] = {"content_type": ser.content_type}
+        out[name] = row
         for label, value in payloads.items():
             try:
                 encoded = ser.dumps(value)
-                ops = measure(lambda s=ser, v=value: s.loads(s.dumps(v)), seconds)
+                ops = measure(partial(round_trip, ser.dumps, ser.loads, value), seconds)
             except Exception as exc:  # noqa: BLE001
                 row[label] = {"error": f"{type(exc).__name__}: {exc}"}
                 continue
@@ -130,10 +136,11 @@ def bench_compressors(app: Conveyor, raw: dict[str, bytes], seconds: float
         except Exception as exc:  # noqa: BLE001
             out[name] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
-        out[name] = row = {"header": comp.content_type}
+        row: dict[str, Any] = {"header": comp.content_type}
+        out[name] = row
         for label, data in raw.items():
             packed = comp.compress(data)
-            ops = measure(lambda c=comp, d=data: c.decompress(c.compress(d)), seconds)
+            ops = measure(partial(round_trip, comp.compress, comp.decompress, data), seconds)
             row[label] = {"ops_per_s": round(ops, 1), "size": len(packed),
                           "ratio": round(len(packed) / len(data), 3)}
     return out
@@ -149,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp:
         identity = throwaway_identity(Path(tmp)) or {}
         app = Conveyor("bench", broker="memory://bench", backend="memory://bench",
-                       **identity)
+                       config=identity)
         json_ser = app.codecs.serializer("json")
         raw = {label: json_ser.dumps(value) for label, value in payloads.items()}
         started = time.perf_counter()

@@ -43,8 +43,12 @@ def run(cmd: list[str | Path], *, timeout: float, cwd: Path | None = None,
 
 
 def uv() -> list[str]:
-    found = shutil.which("uv")
-    return [found] if found else [sys.executable, "-m", "uv"]
+    """The uv running this session (``uv run`` exports it as UV), else the one on PATH."""
+    found = os.environ.get("UV") or shutil.which("uv")
+    if not found:
+        pytest.fail("uv is needed to build the wheels: python -m pip install uv",
+                    pytrace=False)
+    return [found]
 
 
 @pytest.fixture(scope="module")

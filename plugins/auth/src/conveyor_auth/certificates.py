@@ -84,13 +84,15 @@ def _parse_certificates(data: bytes, setting: str, path: str) -> list[Certificat
             f"{setting} {path!r} is not a PEM X.509 certificate: {exc}. Point it at "
             "a file of '-----BEGIN CERTIFICATE-----' blocks."
         ) from exc
-    certs = [Certificate(cert) for cert in found]
-    for cert in certs:
-        if not isinstance(cert.public_key, rsa.RSAPublicKey):
+    certs = []
+    for cert in found:
+        key = cert.public_key()
+        if not isinstance(key, rsa.RSAPublicKey):
             raise ConfigurationError(
-                f"{setting} {path!r}: certificate {cert.id!r} has a non-RSA public "
-                "key; only RSA certificates are supported."
+                f"{setting} {path!r}: certificate {signer_id(cert)!r} has a "
+                f"{type(key).__name__}; only RSA certificates are supported."
             )
+        certs.append(Certificate(cert, key))
     return certs
 
 
@@ -101,15 +103,20 @@ def load_certificate(path: Any) -> Certificate:
     return _parse_certificates(data, "security_certificate", os.fspath(path))[0]
 
 
-class Certificate:
-    """An X.509 certificate with the signer id Celery puts on the wire."""
+def signer_id(cert: x509.Certificate) -> str:
+    """How Celery names a certificate on the wire (PROTOCOL.md §4.2): the issuer's
+    attribute values in RDN order joined by spaces, a space, the decimal serial."""
+    issuer = " ".join(str(attr.value) for attr in cert.issuer)
+    return f"{issuer} {cert.serial_number}"
 
-    def __init__(self, cert: x509.Certificate) -> None:
+
+class Certificate:
+    """An X.509 certificate with an RSA public key and its signer id."""
+
+    def __init__(self, cert: x509.Certificate, public_key: rsa.RSAPublicKey) -> None:
         self.cert = cert
-        self.public_key = cert.public_key()
-        # PROTOCOL.md §4.2: issuer attribute values in RDN order, then the serial.
-        issuer = " ".join(str(attr.value) for attr in cert.issuer)
-        self.id = f"{issuer} {cert.serial_number}"
+        self.public_key = public_key
+        self.id = signer_id(cert)
 
     @property
     def expires(self) -> dt.datetime:

@@ -130,7 +130,7 @@ class AuthSerializer:
                            salt_length=padding.PSS.MAX_LENGTH)
 
     # ------------------------------------------------------------------ decode
-    def loads(self, data: bytes) -> Any:
+    def loads(self, data: bytes | str) -> Any:
         signer, signature, content_type, body = unpack(data)
         self._store[signer].verify(body, signature, self._digest)
         return self._decoder(content_type).loads(body)

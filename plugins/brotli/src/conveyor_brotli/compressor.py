@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import brotli
+import brotli  # type: ignore[import-untyped,unused-ignore]
 
 #: Quality 0-11; 11 is brotli's (and kombu's) default, and far slower per message.
 DEFAULT_QUALITY = 5
@@ -25,7 +25,9 @@ class BrotliCompressor:
         self.quality = quality
 
     def compress(self, data: bytes) -> bytes:
-        return brotli.compress(data, quality=self.quality)
+        packed: bytes = brotli.compress(data, quality=self.quality)
+        return packed
 
     def decompress(self, data: bytes) -> bytes:
-        return brotli.decompress(data)
+        raw: bytes = brotli.decompress(data)
+        return raw

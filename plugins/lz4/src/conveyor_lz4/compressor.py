@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import lz4.frame
+import lz4.frame  # type: ignore[import-untyped,unused-ignore]
 
 
 class LZ4Compressor:
@@ -24,7 +24,9 @@ class LZ4Compressor:
         self.app = app
 
     def compress(self, data: bytes) -> bytes:
-        return lz4.frame.compress(data, store_size=True)
+        packed: bytes = lz4.frame.compress(data, store_size=True)
+        return packed
 
     def decompress(self, data: bytes) -> bytes:
-        return lz4.frame.decompress(data)
+        raw: bytes = lz4.frame.decompress(data)
+        return raw

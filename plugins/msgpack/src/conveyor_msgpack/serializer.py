@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped,unused-ignore]
 
 
 class MsgpackSerializer:
@@ -25,7 +25,8 @@ class MsgpackSerializer:
 
     def dumps(self, obj: Any) -> bytes:
         try:
-            return msgpack.packb(obj, use_bin_type=True)
+            data: bytes = msgpack.packb(obj, use_bin_type=True)
+            return data
         except (TypeError, OverflowError, ValueError) as exc:
             raise TypeError(
                 f"Cannot encode with msgpack: {exc}. msgpack carries str, bytes, int "

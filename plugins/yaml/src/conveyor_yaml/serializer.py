@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped,unused-ignore]
 
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -38,7 +38,6 @@ class YAMLSerializer:
             ) from exc
         return text.encode("utf-8")
 
-    def loads(self, data: bytes) -> Any:
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            data = bytes(data).decode("utf-8")
-        return yaml.load(data, Loader=_Loader)  # noqa: S506 - a safe loader
+    def loads(self, data: bytes | str) -> Any:
+        text = data if isinstance(data, str) else bytes(data).decode("utf-8")
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
