@@ -11,7 +11,6 @@ import datetime as dt
 import logging
 import os
 import threading
-import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
@@ -250,14 +249,20 @@ class Conveyor:
         return await asyncio.to_thread(self.send_task, name, args, kwargs, **options)
 
     def _route(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
-               task: Any) -> Callable[[Mapping[str, Any]], Mapping[str, Any] | None]:
+               task: Any) -> Callable[[Mapping[str, Any]], Mapping[str, Any] | None] | None:
+        """The router layer for one call, or None when nothing could route it."""
+        routers = [r for r in self.routers() if getattr(r, "enabled", True)]
+        hook = self.hooks.route_task
+        if not routers and not hook.get_hookimpls():
+            return None  # perf: most apps route by queue option only
+
         def router(options: Mapping[str, Any]) -> Mapping[str, Any] | None:
-            for r in self.routers():
+            for r in routers:
                 found = r.route(name, args, kwargs, options, task)
                 if found:
                     return found
-            return self.hooks.route_task(name=name, args=tuple(args), kwargs=dict(kwargs),
-                                         options=dict(options), task=task)
+            return hook(name=name, args=tuple(args), kwargs=dict(kwargs),  # type: ignore[no-any-return]
+                        options=dict(options), task=task)
         return router
 
     def prepare(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
@@ -265,9 +270,12 @@ class Conveyor:
                 ) -> tuple[Message, Route, float | None, dict[str, Any]]:
         """Resolve options and build the message: what publishing sends."""
         opts = resolve(call, sig, task, self._route(name, args, kwargs, task), self.conf)
-        task_id = opts.get("task_id") or str(uuid.uuid4())
-        now = dt.datetime.now(UTC)
-        eta, expires = due_times(opts, now)
+        task_id = opts.get("task_id") or new_id()
+        now = eta = expires = None
+        if opts["countdown"] is not None or opts["eta"] is not None \
+                or opts["expires"] is not None:
+            now = dt.datetime.now(UTC)
+            eta, expires = due_times(opts, now)
         embed = None
         link, link_error = opts.get("link"), opts.get("link_error")
         chain, chord = opts.get("chain"), opts.get("chord")
@@ -369,6 +377,15 @@ class Conveyor:
             self.conf.result_accept_content = [self.conf.result_serializer]
         self.codecs.reset()
         self.codecs.serializer("auth")  # load now: bad keys fail here, not at publish
+
+
+def new_id() -> str:
+    """A random (version 4) UUID as text, without the cost of ``uuid.UUID``."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _sig_list(value: Any) -> list[dict[str, Any]] | None:

@@ -84,9 +84,9 @@ def build_message(
     now: dt.datetime | None = None,
 ) -> Message:
     """A protocol v2 task message with Celery 5.7's headers, in its order."""
-    if not isinstance(args, (list, tuple)):
+    if type(args) is not tuple and not isinstance(args, (list, tuple)):
         raise TypeError(f"Task args must be a list or tuple, not {type(args).__name__}")
-    if not isinstance(kwargs, Mapping):
+    if type(kwargs) is not dict and not isinstance(kwargs, Mapping):
         raise TypeError(f"Task kwargs must be a mapping, not {type(kwargs).__name__}")
     body = (args if isinstance(args, list) else list(args), kwargs,
             embed if embed is not None else EMPTY_EMBED)
@@ -105,7 +105,7 @@ def build_message(
         "timelimit": [time_limit, soft_time_limit],
         "root_id": root_id or task_id,
         "parent_id": parent_id,
-        "argsrepr": _repr(tuple(args) if isinstance(args, tuple) else args),
+        "argsrepr": _repr(args),
         "kwargsrepr": _repr(kwargs),
         "origin": ORIGIN,
         "ignore_result": ignore_result,
@@ -198,15 +198,15 @@ def parse_message(message: Message, codecs: Codecs, accept: Sequence[str]) -> Re
         raise DecodeError("Task body embed must be an object.")
     timelimit = h.get("timelimit") or (None, None)
     props = message.properties
+    eta = h.get("eta")
+    expires = h.get("expires")
     return Request(
-        id=h["id"], name=h["task"], args=list(args), kwargs=kwargs, headers=h,
-        callbacks=embed.get("callbacks"), errbacks=embed.get("errbacks"),
-        chain=embed.get("chain"), chord=embed.get("chord"),
-        eta=from_iso(h.get("eta"), "eta"), expires=from_iso(h.get("expires"), "expires"),
-        retries=h.get("retries") or 0,
-        time_limit=timelimit[0], soft_time_limit=timelimit[1],
-        root_id=h.get("root_id"), parent_id=h.get("parent_id"),
-        group=h.get("group"), group_index=h.get("group_index"),
-        ignore_result=h.get("ignore_result"),
-        priority=props.get("priority"), reply_to=props.get("reply_to"),
+        h["id"], h["task"], args if isinstance(args, list) else list(args), kwargs, h,
+        embed.get("callbacks"), embed.get("errbacks"), embed.get("chain"),
+        embed.get("chord"),
+        from_iso(eta, "eta") if eta else None,
+        from_iso(expires, "expires") if expires else None,
+        h.get("retries") or 0, timelimit[0], timelimit[1],
+        h.get("root_id"), h.get("parent_id"), h.get("group"), h.get("group_index"),
+        h.get("ignore_result"), props.get("priority"), props.get("reply_to"),
     )

@@ -85,6 +85,27 @@ def check(options: Mapping[str, Any], where: str = "apply_async") -> None:
             )
 
 
+def _settings_layer(conf: Mapping[str, Any]) -> dict[str, Any]:
+    base = dict(DEFAULTS)
+    for name, setting in SETTINGS.items():
+        value = conf[setting]
+        if value is not None:
+            base[name] = value
+    return base
+
+
+def _base(conf: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings layer over built-in defaults, cached until a setting changes."""
+    derived = getattr(conf, "derived", None)
+    if derived is None:
+        return _settings_layer(conf)
+    return derived("options.base", _settings_layer)  # type: ignore[no-any-return]
+
+
+def _given(layer: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in layer.items() if v is not None}
+
+
 def resolve(
     call: Mapping[str, Any],
     signature: Mapping[str, Any],
@@ -97,34 +118,28 @@ def resolve(
     ``router`` receives the options resolved so far (call, signature, task) and
     returns a dict of options, or None.
     """
-    check(call)
-    check(signature, "signature")
-    out: dict[str, Any] = {}
-    for layer in (call, signature):
-        for name, value in layer.items():
-            if value is not None and name not in out:
-                out[name] = value
+    merged: dict[str, Any] = {}
     if task is not None:
         for name in TASK_ATTRIBUTES:
-            if name not in out:
-                value = getattr(task, name, None)
-                if value is not None:
-                    out[name] = value
+            value = getattr(task, name, None)
+            if value is not None:
+                merged[name] = value
+    if signature:
+        check(signature, "signature")
+        merged.update(_given(signature))
+    if call:
+        check(call)
+        merged.update(_given(call))
+    out = dict(_base(conf))
     if router is not None:
-        routed = router(out)
+        routed = router(merged)
         if routed:
             check(routed, "router")
-            for name, value in routed.items():
-                if value is not None and name not in out:
-                    out[name] = value
-    for name, setting in SETTINGS.items():
-        if name not in out:
-            value = conf[setting]
-            if value is not None:
-                out[name] = value
-    for name, value in DEFAULTS.items():
-        out.setdefault(name, value)
-    validate(out)
+            out.update(_given(routed))
+    out.update(merged)
+    if out["priority"] is not None or out["countdown"] is not None \
+            or out["retry_policy"] is not DEFAULT_RETRY_POLICY:
+        validate(out)
     return out
 
 

@@ -92,11 +92,14 @@ def _copy(value: Any) -> Any:
 class Settings(MutableMapping[str, Any]):
     """The app's configuration; read as ``conf.name`` or ``conf["name"]``."""
 
-    __slots__ = ("_values", "_frozen_listeners")
+    __slots__ = ("_values", "_frozen_listeners", "version", "_derived")
 
     def __init__(self, values: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         object.__setattr__(self, "_values", {k: _copy(v) for k, v in DEFAULTS.items()})
         object.__setattr__(self, "_frozen_listeners", [])
+        #: Bumped on every change, so derived caches know when to recompute.
+        object.__setattr__(self, "version", 0)
+        object.__setattr__(self, "_derived", {})
         for name, env in ENVIRONMENT.items():
             if os.environ.get(env):
                 self._values[name] = os.environ[env]
@@ -113,12 +116,13 @@ class Settings(MutableMapping[str, Any]):
     def __setitem__(self, name: str, value: Any) -> None:
         check_name(name)
         self._values[name] = value
+        object.__setattr__(self, "version", self.version + 1)
+        self._derived.clear()
         for listener in self._frozen_listeners:
             listener(name)
 
     def __delitem__(self, name: str) -> None:
-        check_name(name)
-        self._values[name] = _copy(DEFAULTS[name])
+        self[name] = _copy(DEFAULTS[name])
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._values)
@@ -150,6 +154,14 @@ class Settings(MutableMapping[str, Any]):
             check_name(name)
         for name, value in merged.items():
             self[name] = value
+
+    def derived(self, key: str, compute: Any) -> Any:
+        """``compute(self)``, memoized until the next change of any setting."""
+        try:
+            return self._derived[key]
+        except KeyError:
+            value = self._derived[key] = compute(self)
+            return value
 
     def on_change(self, listener: Any) -> None:
         """Call ``listener(name)`` after every assignment (used to drop caches)."""

@@ -44,7 +44,7 @@ class Worker:
     def __init__(self, app: Conveyor, *, queues: Sequence[str] | str | None = None,
                  concurrency: int | None = None, pool: str = "threads",
                  prefetch_multiplier: int | None = None, hostname: str | None = None,
-                 poll_interval: float = 1.0) -> None:
+                 poll_interval: float = 0.5) -> None:
         if pool not in POOLS:
             raise ConfigurationError(
                 f"Unknown pool {pool!r}.{did_you_mean(pool, POOLS)} Choose one of "

@@ -67,6 +67,11 @@ class RoutesRouter:
         self._source: Any = object()
         self._compiled: list[RouteFn] = []
 
+    @property
+    def enabled(self) -> bool:
+        """False while ``task_routes`` is unset, so the core can skip routing."""
+        return self.app.conf.task_routes is not None
+
     def route(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
               options: Mapping[str, Any], task: Any) -> dict[str, Any] | None:
         routes = self.app.conf.task_routes
