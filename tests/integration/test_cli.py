@@ -1,0 +1,137 @@
+"""The command line against the embedded SQLite default, with real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conveyor_pytest.fixtures import worker_process
+
+PROJ = '''
+from conveyor import Conveyor
+app = Conveyor("proj_cli")
+
+@app.task(name="proj_cli.add")
+def add(x, y):
+    return x + y
+'''
+
+
+@pytest.fixture
+def proj(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "proj_cli.py").write_text(textwrap.dedent(PROJ))
+    url = f"sqlite:///{tmp_path / 'cli.sqlite3'}"
+    return {"CONVEYOR_BROKER_URL": url, "CONVEYOR_RESULT_BACKEND": url,
+            "PYTHONPATH": str(tmp_path), "cwd": str(tmp_path)}
+
+
+def conveyor(proj: dict[str, str], *args: str, timeout: float = 60,
+             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **{k: v for k, v in proj.items() if k != "cwd"}}
+    return subprocess.run([sys.executable, "-m", "conveyor.cli", *args], env=env,
+                          cwd=proj["cwd"], capture_output=True, text=True, timeout=timeout,
+                          input=stdin)
+
+
+def test_version_and_help(proj: dict[str, str]) -> None:
+    assert conveyor(proj, "--version").stdout.startswith("conveyor ")
+    out = conveyor(proj, "--help")
+    assert out.returncode == 0 and "examples:" in out.stdout and "dead list" in out.stdout
+
+
+def test_call_worker_result(proj: dict[str, str]) -> None:
+    env = {k: v for k, v in proj.items() if k != "cwd"}
+    with worker_process("proj_cli", env=env, cwd=proj["cwd"], pool="threads", concurrency=2):
+        out = conveyor(proj, "-A", "proj_cli", "call", "proj_cli.add", "--args", "[2, 2]",
+                       "--wait", "20")
+        assert out.returncode == 0, out.stderr
+        task_id, value = out.stdout.splitlines()
+        assert value == "4"
+    result = json.loads(conveyor(proj, "-A", "proj_cli", "result", task_id).stdout)
+    assert (result["status"], result["result"]) == ("SUCCESS", 4)
+
+
+def test_dead_letters_list_requeue_purge(proj: dict[str, str]) -> None:
+    env = {k: v for k, v in proj.items() if k != "cwd"}
+    sent = conveyor(proj, "-A", "proj_cli", "call", "proj_cli.nope", "--args", "[1]")
+    bad_id = sent.stdout.strip()
+    with worker_process("proj_cli", env=env, cwd=proj["cwd"]):
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            listed = conveyor(proj, "-A", "proj_cli", "dead", "list", "--json").stdout
+            if listed.strip():
+                break
+            time.sleep(0.2)
+    rows = [json.loads(line) for line in listed.splitlines()]
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["task_id"], row["task"], row["queue"]) == (bad_id, "proj_cli.nope", "celery")
+    assert "NotRegistered" in row["reason"] and row["time"].endswith("Z")
+    human = conveyor(proj, "-A", "proj_cli", "dead", "list").stdout
+    assert "proj_cli.nope" in human and "NotRegistered" in human
+    failed = json.loads(conveyor(proj, "-A", "proj_cli", "result", bad_id).stdout)
+    assert failed["status"] == "FAILURE"
+
+    assert "requeued 1" in conveyor(proj, "-A", "proj_cli", "dead", "requeue", "--all").stdout
+    assert conveyor(proj, "-A", "proj_cli", "dead", "list").stdout == ""
+    # Without -f and without a terminal, purge refuses.
+    refused = conveyor(proj, "-A", "proj_cli", "purge", "-Q", "celery", stdin="")
+    assert refused.returncode == 1 and "-f" in refused.stderr
+    purged = conveyor(proj, "-A", "proj_cli", "purge", "-Q", "celery", "-f")
+    assert "purged 1" in purged.stdout
+
+
+def test_dead_requeue_by_id_and_purge_by_queue(proj: dict[str, str]) -> None:
+    env = {k: v for k, v in proj.items() if k != "cwd"}
+    for _ in range(2):
+        conveyor(proj, "-A", "proj_cli", "call", "proj_cli.nope", "--queue", "side")
+    with worker_process("proj_cli", env=env, cwd=proj["cwd"], queues=["side"]):
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            rows = conveyor(proj, "-A", "proj_cli", "dead", "list", "-Q", "side",
+                            "--json").stdout.splitlines()
+            if len(rows) == 2:
+                break
+            time.sleep(0.2)
+    first = json.loads(rows[0])["id"]
+    assert "requeued 1" in conveyor(proj, "-A", "proj_cli", "dead", "requeue", first).stdout
+    assert "purged 1" in conveyor(proj, "-A", "proj_cli", "dead", "purge", "-Q", "side",
+                                  "-f").stdout
+
+
+def test_worker_with_a_bad_setting_exits_non_zero_naming_it(proj: dict[str, str],
+                                                            tmp_path: Path) -> None:
+    (tmp_path / "badconf.py").write_text(
+        "from conveyor import Conveyor\napp = Conveyor('bad', task_serialiser='json')\n")
+    out = conveyor(proj, "-A", "badconf", "worker")
+    assert out.returncode != 0
+    assert "task_serialiser" in out.stderr and "task_serializer" in out.stderr
+
+
+def test_worker_with_an_unknown_transport_option_exits_non_zero(proj: dict[str, str],
+                                                                tmp_path: Path) -> None:
+    (tmp_path / "badopt.py").write_text(
+        "from conveyor import Conveyor\n"
+        "app = Conveyor('badopt', broker_transport_options={'visibilty_timeout': 5})\n")
+    out = conveyor(proj, "-A", "badopt", "worker", timeout=30)
+    assert out.returncode != 0
+    assert "visibilty_timeout" in out.stderr and "visibility_timeout" in out.stderr
+
+
+def test_demo_runs_in_under_30_seconds(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CONVEYOR_BROKER_URL", "CONVEYOR_RESULT_BACKEND")}
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "conveyor.cli", "demo"], env=env,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - start
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "6/6 examples behaved" in out.stdout and elapsed < 30
+    assert "[4, 8, 16, 32]" in out.stdout and "20" in out.stdout
+    assert not list(tmp_path.iterdir())  # nothing left in the working directory
