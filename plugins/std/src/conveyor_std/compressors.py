@@ -5,49 +5,42 @@ from __future__ import annotations
 import bz2
 import lzma
 import zlib
-from typing import Any
+from types import ModuleType
+from typing import Any, ClassVar
 
 
-class ZlibCompressor:
+class _StdlibCompressor:
+    """A compressor backed by a standard-library module's compress/decompress."""
+
+    content_type: ClassVar[str]
+    module: ClassVar[ModuleType]
+
+    def __init__(self, app: Any = None) -> None:
+        pass
+
+    def compress(self, data: bytes) -> bytes:
+        return self.module.compress(data)  # type: ignore[no-any-return]
+
+    def decompress(self, data: bytes) -> bytes:
+        return self.module.decompress(data)  # type: ignore[no-any-return]
+
+
+class ZlibCompressor(_StdlibCompressor):
     """``zlib`` and ``gzip``: both are a zlib stream named ``application/x-gzip``."""
 
     content_type = "application/x-gzip"
-
-    def __init__(self, app: Any = None) -> None:
-        pass
-
-    def compress(self, data: bytes) -> bytes:
-        return zlib.compress(data)
-
-    def decompress(self, data: bytes) -> bytes:
-        return zlib.decompress(data)
+    module = zlib
 
 
-class Bzip2Compressor:
+class Bzip2Compressor(_StdlibCompressor):
     """``bzip2``: a bzip2 stream named ``application/x-bz2``."""
 
     content_type = "application/x-bz2"
-
-    def __init__(self, app: Any = None) -> None:
-        pass
-
-    def compress(self, data: bytes) -> bytes:
-        return bz2.compress(data)
-
-    def decompress(self, data: bytes) -> bytes:
-        return bz2.decompress(data)
+    module = bz2
 
 
-class LzmaCompressor:
+class LzmaCompressor(_StdlibCompressor):
     """``lzma``: an xz container named ``application/x-lzma``, as kombu writes it."""
 
     content_type = "application/x-lzma"
-
-    def __init__(self, app: Any = None) -> None:
-        pass
-
-    def compress(self, data: bytes) -> bytes:
-        return lzma.compress(data)
-
-    def decompress(self, data: bytes) -> bytes:
-        return lzma.decompress(data)
+    module = lzma
