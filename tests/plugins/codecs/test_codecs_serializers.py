@@ -115,6 +115,16 @@ def test_yaml_carries_datetimes_and_bytes_like_kombu() -> None:
                                      accept=[ser.content_type]) == value
 
 
+def test_yaml_long_non_ascii_text_reads_back_in_kombu() -> None:
+    # libyaml may fold such lines differently from kombu's emitter: same value, though.
+    value = {"text": "héllo wörld ✓ " * 40, "lines": "a\nb\n" * 50}
+    data = serializer("yaml").dumps(value)
+    assert kombu.serialization.loads(data, "application/x-yaml", "utf-8",
+                                     accept=["application/x-yaml"]) == value
+    _, _, theirs = kombu.serialization.dumps(value, serializer="yaml")
+    assert serializer("yaml").loads(theirs) == value
+
+
 def test_yaml_loads_only_safely() -> None:
     hostile = b"!!python/object/apply:os.system ['echo pwned']\n"
     with pytest.raises(yaml.constructor.ConstructorError):
