@@ -156,6 +156,18 @@ def test_far_eta_is_parked_broker_side_not_held(app: Conveyor) -> None:
         assert result.get(timeout=5) == 10
 
 
+def test_broker_side_delayed_delivery_from_the_producer(app: Conveyor) -> None:
+    t = tasks(app)
+    app.conf.broker_transport_options = {"delayed_delivery": "broker"}
+    result = t.add.apply_async((3, 4), countdown=0.5)
+    transport = app.transport_factory()
+    assert transport.depth("celery") == 0  # parked, not in the queue
+    start = time.monotonic()
+    with app.Worker(pool="solo").running():
+        assert result.get(timeout=5) == 7
+    assert time.monotonic() - start >= 0.3
+
+
 def test_expires_marks_revoked_and_get_raises(app: Conveyor) -> None:
     t = tasks(app)
     result = t.add.apply_async((1, 1), expires=0.05)

@@ -162,6 +162,12 @@ class Worker:
                     transport = self._reconnect(transport, exc)
                     if transport is None:
                         break
+                except Exception as exc:  # noqa: BLE001 - the worker must keep serving
+                    log.exception("Unexpected error in the consumer loop; reconnecting")
+                    self._stop.wait(0.5)
+                    transport = self._reconnect(transport, exc)
+                    if transport is None:
+                        break
         finally:
             self._shutdown(transport)
 
