@@ -13,7 +13,7 @@ import random
 import threading
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
 from conveyor._suggest import mask_url
@@ -39,7 +39,8 @@ def driver_url(url: str) -> str:
     if scheme in ("redis+socket", "socket"):
         query = [("db", v) if k == "virtual_host" else (k, v)
                  for k, v in parse_qsl(parts.query)]
-        return urlunsplit(("unix", parts.netloc, parts.path, urlencode(query), ""))
+        query_text = f"?{urlencode(query)}" if query else ""
+        return f"unix://{parts.netloc}{parts.path}{query_text}"
     raise ConfigurationError(
         f"Cannot use {mask_url(url)!r} as a Redis URL: expected redis://host:port/db, "
         "rediss://host:port/db or redis+socket:///path/to/redis.sock."

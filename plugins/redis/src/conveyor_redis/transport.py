@@ -421,7 +421,8 @@ class RedisTransport(BaseTransport):
         with translate(self.url, "requeueing dead letters"):
             for d, raw in deadletter.chosen(deadletter.load(self.client, lay, queue),
                                             ids, queue):
-                target = lay.list_for(d.queue, to_wire(d.message.priority))
+                p = d.message.priority  # None only for garbage: the base list
+                target = lay.list_for(d.queue, 0 if p is None else to_wire(p))
                 count += deadletter.REQUEUE(
                     self.client, [lay.dead(d.queue), lay.dead_queues, target,
                                   lay.deliveries], [d.id, raw, d.queue])

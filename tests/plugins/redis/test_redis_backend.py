@@ -1,0 +1,144 @@
+"""The Redis result backend against a real Redis (db 13): Celery's keys and writes."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import threading
+import time
+from typing import Any
+
+import msgpack
+import pytest
+import redis
+from conveyor_redis import RedisBackend
+from redis_support import SAMPLES
+
+SUCCESS = b'{"status": "SUCCESS", "result": 4, "traceback": null, "children": [], ' \
+    b'"date_done": "2026-11-24T10:23:52.653971+00:00", "task_id": "t1"}'
+
+
+@pytest.fixture
+def backend(rb: redis.Redis, redis_server: str) -> Any:
+    b = RedisBackend(f"{redis_server}/13")
+    yield b
+    b.close()
+
+
+def test_store_is_setex_plus_publish_on_the_key(backend: Any, rb: redis.Redis) -> None:
+    ps = rb.pubsub()
+    ps.subscribe("celery-task-meta-t1")
+    assert ps.get_message(timeout=1)["type"] == "subscribe"
+    backend.store("t1", "SUCCESS", SUCCESS, expires=86400)
+    assert rb.get("celery-task-meta-t1") == SUCCESS
+    assert 86390 < rb.ttl("celery-task-meta-t1") <= 86400
+    msg = ps.get_message(timeout=1)
+    assert msg["channel"] == b"celery-task-meta-t1" and msg["data"] == SUCCESS
+    ps.close()
+    assert backend.get("t1") == SUCCESS and backend.get("missing") is None
+
+
+@pytest.mark.parametrize(("expires", "ttl"), [(None, -1), (0, -1), (2.5, 3)])
+def test_expiry_forms(backend: Any, rb: redis.Redis, expires: Any, ttl: int) -> None:
+    backend.store("t2", "STARTED", b'{"status": "STARTED"}', expires=expires)
+    assert rb.ttl("celery-task-meta-t2") == ttl
+
+
+@pytest.mark.parametrize("encode", [
+    json.dumps,
+    lambda d: json.dumps(dict(reversed(list(d.items())))),
+    lambda d: msgpack.packb(d),
+    lambda d: msgpack.packb(dict(reversed(list(d.items())))),
+    lambda d: pickle.dumps(d, protocol=4),
+    lambda d: pickle.dumps(d, protocol=5),
+], ids=["json", "json-any-order", "msgpack", "msgpack-any-order", "pickle4", "pickle5"])
+def test_success_is_never_overwritten(backend: Any, rb: redis.Redis, encode: Any) -> None:
+    def doc(status: str, result: Any) -> bytes:
+        data = encode({"status": status, "result": result, "traceback": None,
+                       "children": [], "task_id": "t3"})
+        return data.encode() if isinstance(data, str) else data
+
+    progress = doc("PROGRESS", {"status": "SUCCESS"})  # SUCCESS only inside the meta
+    backend.store("t3", "PROGRESS", progress, expires=60)
+    backend.store("t3", "FAILURE", doc("FAILURE", "boom"), expires=60)
+    assert backend.get("t3") == doc("FAILURE", "boom")  # FAILURE may be overwritten
+    backend.store("t3", "SUCCESS", doc("SUCCESS", 1), expires=60)
+    backend.store("t3", "FAILURE", doc("FAILURE", "late"), expires=60)
+    backend.store("t3", "SUCCESS", doc("SUCCESS", 2), expires=60)
+    assert backend.get("t3") == doc("SUCCESS", 1)
+
+
+def test_celery_written_success_is_kept(backend: Any, rb: redis.Redis) -> None:
+    sample = json.loads((SAMPLES / "backend-success.json").read_text())["stored"]
+    rb.set(sample["key"], sample["value"])
+    task_id = sample["key"].removeprefix("celery-task-meta-")
+    backend.store(task_id, "FAILURE", b'{"status": "FAILURE"}', expires=60)
+    assert backend.get(task_id) == sample["value"].encode()
+
+
+def test_forget(backend: Any, rb: redis.Redis) -> None:
+    backend.store("t4", "SUCCESS", SUCCESS, expires=60)
+    backend.forget("t4")
+    assert backend.get("t4") is None and not rb.exists("celery-task-meta-t4")
+
+
+def test_wait_returns_a_result_stored_later(backend: Any) -> None:
+    threading.Timer(0.3, lambda: backend.store("t5", "SUCCESS", SUCCESS,
+                                               expires=60)).start()
+    start = time.monotonic()
+    assert backend.wait("t5", timeout=5, previous=None) == SUCCESS
+    assert time.monotonic() - start < 1.5
+
+
+def test_wait_sees_a_result_stored_before_it_subscribed(backend: Any) -> None:
+    backend.store("t6", "SUCCESS", SUCCESS, expires=60)
+    start = time.monotonic()
+    assert backend.wait("t6", timeout=5, previous=None) == SUCCESS
+    assert time.monotonic() - start < 0.5
+
+
+def test_wait_is_bounded_and_ignores_what_it_has_seen(backend: Any) -> None:
+    backend.store("t7", "STARTED", b'{"status": "STARTED"}', expires=60)
+    start = time.monotonic()
+    assert backend.wait("t7", timeout=0.4, previous=b'{"status": "STARTED"}') is None
+    assert 0.35 < time.monotonic() - start < 1.5
+    threading.Timer(0.2, lambda: backend.store("t7", "SUCCESS", SUCCESS,
+                                               expires=60)).start()
+    assert backend.wait("t7", timeout=5, previous=b'{"status": "STARTED"}') == SUCCESS
+
+
+def test_publishes_from_another_db_do_not_fool_the_waiter(backend: Any,
+                                                          redis_server: str) -> None:
+    """Pub/sub ignores db numbers: a same-named key published on db 12 only wakes
+    the waiter, which re-reads its own db and keeps waiting."""
+    other = redis.Redis.from_url(f"{redis_server}/12")
+    threading.Timer(0.2, lambda: other.publish("celery-task-meta-t8", b"foreign")).start()
+    threading.Timer(0.5, lambda: backend.store("t8", "SUCCESS", SUCCESS,
+                                               expires=60)).start()
+    assert backend.wait("t8", timeout=5, previous=None) == SUCCESS
+    other.close()
+
+
+def test_many_waiters_in_threads(backend: Any) -> None:
+    got: dict[int, Any] = {}
+
+    def waiter(i: int) -> None:
+        got[i] = backend.wait(f"m{i}", timeout=5, previous=None)
+
+    threads = [threading.Thread(target=waiter, args=(i,)) for i in range(8)]
+    for th in threads:
+        th.start()
+    time.sleep(0.2)
+    for i in range(8):
+        backend.store(f"m{i}", "SUCCESS", b"%d" % i, expires=60)
+    for th in threads:
+        th.join(5)
+    assert got == {i: b"%d" % i for i in range(8)}
+
+
+def test_unreachable_backend_names_the_masked_url() -> None:
+    from conveyor.exceptions import OperationalError
+    b = RedisBackend("redis://:hunter2@127.0.0.1:1/0")
+    with pytest.raises(OperationalError) as info:
+        b.get("x")
+    assert "hunter2" not in str(info.value) and "127.0.0.1:1" in str(info.value)

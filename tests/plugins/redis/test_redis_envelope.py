@@ -1,0 +1,163 @@
+"""The kombu envelope and priority layout, checked against captured Celery traffic."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from conveyor.exceptions import ConfigurationError
+from conveyor.interfaces import Message, Route
+from conveyor_redis.envelope import TRANSPORT_PROPERTIES, decode, encode
+from conveyor_redis.layout import Layout, from_wire, to_wire
+from redis_support import SAMPLES, b64, client_samples
+
+SEP = "\x06\x16"
+SAMPLE_MESSAGES = list(client_samples())
+pytestmark = pytest.mark.skipif(not SAMPLE_MESSAGES, reason=f"no wire samples in {SAMPLES}")
+
+
+# ----------------------------------------------------------------- priority mapping
+@pytest.mark.parametrize(("conveyor", "wire", "list_key"), [
+    (None, 9, f"q{SEP}9"), (0, 9, f"q{SEP}9"), (1, 8, f"q{SEP}6"), (3, 6, f"q{SEP}6"),
+    (4, 5, f"q{SEP}3"), (6, 3, f"q{SEP}3"), (7, 2, "q"), (9, 0, "q"), (255, 0, "q"),
+])
+def test_conveyor_priority_maps_to_kombu_wire_and_step(conveyor: int | None, wire: int,
+                                                       list_key: str) -> None:
+    assert to_wire(conveyor) == wire
+    assert Layout().list_for("q", wire) == list_key
+
+
+@pytest.mark.parametrize(("wire", "conveyor"), [
+    (0, 9), (3, 6), (9, 0), (200, 0), (-5, 9), (None, 9), ("x", 9)])
+def test_wire_priority_maps_back_higher_first(wire: Any, conveyor: int) -> None:
+    assert from_wire(wire) == conveyor
+
+
+def test_celery_sample_lists_match_our_layout() -> None:
+    """Each Celery priority landed in the list our layout computes for it."""
+    data = json.loads((SAMPLES / "redis-priority-steps.json").read_text())
+    layout = Layout()
+    for m in data["messages"]:
+        wire = m["envelope"]["properties"]["priority"]
+        assert layout.list_for("celery", wire) == m["list_key"]
+        # and a Conveyor message read back from it goes to the same list again
+        assert layout.list_for("celery", to_wire(from_wire(wire))) == m["list_key"]
+
+
+def test_poll_order_is_step_major_like_kombu() -> None:
+    keys, names = Layout().poll_order(["a", "b"])
+    assert keys == ["a", "b", f"a{SEP}3", f"b{SEP}3", f"a{SEP}6", f"b{SEP}6",
+                    f"a{SEP}9", f"b{SEP}9"]
+    assert names == ["a", "b"] * 4
+
+
+def test_custom_steps_and_prefix() -> None:
+    layout = Layout("pfx:", ":", list(range(10)))
+    assert layout.list_for("q", 4) == "pfx:q:4"
+    assert layout.lists("q")[0] == "pfx:q"
+    assert layout.unacked == "pfx:unacked"
+
+
+@pytest.mark.parametrize("steps", [[3, 6], [0, 6, 3], [0, 12], [], ["0"]])
+def test_bad_priority_steps_say_what_is_expected(steps: Any) -> None:
+    with pytest.raises(ConfigurationError, match="priority_steps"):
+        Layout(steps=steps)
+
+
+# ----------------------------------------------------------------- envelope
+def _as_conveyor(envelope: dict[str, Any]) -> Message:
+    props = {k: v for k, v in envelope["properties"].items() if k not in TRANSPORT_PROPERTIES}
+    props["priority"] = from_wire(envelope["properties"].get("priority"))
+    return Message(envelope["headers"], b64(envelope["body"]), envelope["content-type"],
+                   envelope["content-encoding"], props)
+
+
+def _shape(value: Any) -> Any:
+    """Keys in order and value types, recursively: what field equality means."""
+    if isinstance(value, dict):
+        return [(k, _shape(v)) for k, v in value.items()]
+    if isinstance(value, list):
+        return [_shape(v) for v in value]
+    return type(value).__name__
+
+
+@pytest.mark.parametrize(("name", "sample"), SAMPLE_MESSAGES,
+                         ids=[f"{n}-{i}" for i, (n, _) in enumerate(SAMPLE_MESSAGES)])
+def test_encode_reproduces_celery_envelopes(name: str, sample: dict[str, Any]) -> None:
+    """Same fields, same order, same types, same values; only the tag is new (and a
+    wire priority above 9 is written as 9, the level it means)."""
+    env = sample["envelope"]
+    info = env["properties"]["delivery_info"]
+    message = _as_conveyor(env)
+    wire = to_wire(message.priority)
+    raw = encode(message, info["exchange"], info["routing_key"], wire, "tag-1")
+    ours = json.loads(raw)
+    assert _shape(ours) == _shape(env)
+    expected = json.loads(sample["raw"])
+    expected["properties"]["delivery_tag"] = "tag-1"
+    expected["properties"]["priority"] = min(expected["properties"]["priority"], 9)
+    assert ours == expected
+    if expected == json.loads(sample["raw"]):  # text too, byte for byte
+        assert raw == sample["raw"].replace(env["properties"]["delivery_tag"], "tag-1")
+    assert Layout().list_for(info["routing_key"], wire) == sample["list_key"] or \
+        info["exchange"] not in ("", info["routing_key"])
+
+
+@pytest.mark.parametrize(("name", "sample"), SAMPLE_MESSAGES[:12],
+                         ids=[n for n, _ in SAMPLE_MESSAGES[:12]])
+def test_decode_celery_envelopes(name: str, sample: dict[str, Any]) -> None:
+    d = decode(sample["raw"].encode())
+    env = sample["envelope"]
+    assert d.valid and d.tag == env["properties"]["delivery_tag"]
+    assert d.message.headers == env["headers"]
+    assert d.message.body == b64(env["body"])
+    assert d.message.content_type == env["content-type"]
+    assert d.message.priority == from_wire(env["properties"]["priority"])
+    assert "delivery_info" not in d.message.properties
+    assert d.routing_key == env["properties"]["delivery_info"]["routing_key"]
+
+
+def test_decode_handcrafted_envelopes_that_celery_accepts() -> None:
+    data = json.loads((SAMPLES / "interop-handcrafted-redis.json").read_text())
+    for case in data["cases"]:
+        d = decode(case["pushed"].encode())
+        assert d.valid, case["name"]
+        assert d.message.headers["id"] == case["task_id"]
+        if d.message.content_type == "application/json" and \
+                "compression" not in d.message.headers:  # base64 or literal text
+            assert isinstance(json.loads(d.message.body), list), case["name"]
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[1, 2]", b'{"body": "x"}',
+                                 b'{"body": 1, "properties": {}, "headers": []}'])
+def test_garbage_decodes_to_an_undeliverable_message_not_an_exception(raw: bytes) -> None:
+    d = decode(raw)
+    assert not d.valid
+    assert d.message.headers == {} and d.message.body == raw
+
+
+def test_redelivered_flag_and_literal_body() -> None:
+    raw = json.dumps({"body": "[[1], {}, {}]", "content-type": "application/json",
+                      "headers": {"task": "t", "id": "i", "redelivered": True},
+                      "properties": {"delivery_info": {"exchange": "", "routing_key": "q"},
+                                     "delivery_tag": "x"}})
+    d = decode(raw)
+    assert d.redelivered and d.message.body == b"[[1], {}, {}]"
+    assert d.message.content_encoding == "utf-8" and d.message.priority == 9
+
+
+def test_envelope_through_the_transport_matches_sample(make_transport: Any,
+                                                       r: Any) -> None:
+    """End to end: what lands in Redis is Celery's envelope, in Celery's list."""
+    sample = json.loads((SAMPLES / "redis-json-queue.json").read_text())["messages"][0]
+    env = sample["envelope"]
+    t = make_transport()
+    t.publish(_as_conveyor(env), Route("proto.math"))
+    (raw,) = r.lrange(sample["list_key"], 0, -1)
+    ours = json.loads(raw)
+    tag = ours["properties"]["delivery_tag"]
+    assert raw.decode() == sample["raw"].replace(env["properties"]["delivery_tag"], tag)
+    assert r.smembers("_kombu.binding.proto.math") == {f"proto.math{SEP}{SEP}proto.math".encode()}
+    assert r.smembers("_kombu.binding_permanent.proto.math") == \
+        {f"proto.math{SEP}{SEP}proto.math".encode()}

@@ -1,0 +1,394 @@
+"""The Redis transport against a real Redis (db 8): every method, kombu's layout."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+from conveyor.exceptions import ConfigurationError, OperationalError, UnknownOptionError
+from conveyor.interfaces import Route
+from conveyor_redis import RedisTransport
+from conveyor_redis.errors import RedisConnectionError
+from redis_support import make_message, wait_for
+
+SEP = "\x06\x16"
+
+
+def ids(deliveries: list[Any]) -> list[int]:
+    return [d.message.headers["n"] for d in deliveries]
+
+
+# ----------------------------------------------------------------- options
+def test_unknown_option_is_refused_with_a_suggestion(make_transport: Any) -> None:
+    with pytest.raises(UnknownOptionError, match="Did you mean 'visibility_timeout'"):
+        make_transport(visiblity_timeout=5)
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"visibility_timeout": 0}, "positive"),
+    ({"socket_timeout": 0.5, "polling_interval": 1.0}, "must exceed"),
+    ({"delayed_delivery": "later"}, "delayed_delivery"),
+    ({"priority_steps": [1, 2]}, "priority_steps"),
+])
+def test_bad_option_values_say_what_to_do(make_transport: Any, options: dict[str, Any],
+                                          match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        make_transport(**options)
+
+
+def test_socket_url_form_is_understood() -> None:
+    from conveyor_redis.connection import driver_url
+    assert driver_url("redis+socket:///tmp/r.sock?virtual_host=3") == "unix:///tmp/r.sock?db=3"
+    with pytest.raises(ConfigurationError, match="redis://"):
+        driver_url("http://x:secret@h/0")
+
+
+# ----------------------------------------------------------------- publish / fetch
+def test_publish_writes_kombu_layout(make_transport: Any, r: redis.Redis, queue: str) -> None:
+    t = make_transport()
+    t.connect()
+    t.publish(make_message(1), Route(queue))
+    t.publish(make_message(2, priority=9), Route(queue))
+    assert r.llen(f"{queue}{SEP}9") == 1 and r.llen(queue) == 1
+    member = f"{queue}{SEP}{SEP}{queue}".encode()
+    assert r.smembers(f"_kombu.binding.{queue}") == {member}
+    assert r.smembers(f"_kombu.binding_permanent.{queue}") == {member}
+    env = json.loads(r.lindex(queue, 0))
+    assert env["properties"]["priority"] == 0
+    assert env["properties"]["delivery_info"] == {"exchange": "", "routing_key": queue}
+    assert t.depth(queue) == 2
+
+
+def test_fetch_returns_promptly_when_empty_and_wakes_on_publish(make_transport: Any,
+                                                                queue: str) -> None:
+    t = make_transport()
+    start = time.monotonic()
+    assert t.fetch([queue], limit=5, timeout=0.3) == []
+    assert 0.25 <= time.monotonic() - start < 1.0
+    assert t.fetch([queue], limit=5, timeout=0) == []
+
+    other = make_transport()
+    threading.Timer(0.2, lambda: other.publish(make_message(7), Route(queue))).start()
+    start = time.monotonic()
+    got = t.fetch([queue], limit=5, timeout=5)
+    assert ids(got) == [7] and time.monotonic() - start < 1.0
+    assert got[0].deliveries == 1 and not got[0].redelivered
+
+
+def test_fetch_takes_up_to_limit_in_one_round_trip(make_transport: Any, r: redis.Redis,
+                                                   queue: str, monkeypatch: Any) -> None:
+    t = make_transport()
+    t.publish_many([(make_message(i), Route(queue), None) for i in range(10)])
+    calls: list[Any] = []
+    real = t.client.execute_command
+    monkeypatch.setattr(t.client, "execute_command",
+                        lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    t._next_sweep = time.time() + 60
+    got = t.fetch([queue], limit=4, timeout=1)
+    assert ids(got) == [0, 1, 2, 3]
+    assert calls == ["EVALSHA"]
+    assert r.hlen("unacked") == 4 and r.zcard("unacked_index") == 4
+
+
+def test_publish_many_is_one_round_trip_and_fifo(make_transport: Any, queue: str,
+                                                 monkeypatch: Any) -> None:
+    t = make_transport()
+    t._next_move = time.time() + 60
+    executed: list[int] = []
+    real = redis.client.Pipeline.execute
+
+    def counting(self: Any, *a: Any, **k: Any) -> Any:
+        executed.append(len(self.command_stack))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", counting)
+    batch = [(make_message(i, priority=(None if i % 2 else 9)), Route(queue), None)
+             for i in range(2500)]
+    batch.append((make_message(9999), Route(queue), time.time() + 60))
+    t.publish_many(batch)
+    assert len(executed) == 1
+    assert t.depth(queue) == 2500
+    got = t.fetch([queue], limit=3000, timeout=1)
+    assert ids(got) == [i for i in range(2500) if i % 2 == 0] + \
+        [i for i in range(2500) if i % 2]
+
+
+def test_priority_order_end_to_end(make_transport: Any, queue: str) -> None:
+    """Higher Conveyor priority first; four levels (0, 1-3, 4-6, 7+); FIFO within."""
+    t = make_transport()
+    sent = [(0, None), (1, 0), (2, 200), (3, 2), (4, 5), (5, 7), (6, 9), (7, 3),
+            (8, 6), (9, 1), (10, 4)]
+    for n, p in sent:
+        t.publish(make_message(n, priority=p), Route(queue))
+    got = t.fetch([queue], limit=20, timeout=1)
+    assert ids(got) == [2, 5, 6, 4, 8, 10, 3, 7, 9, 0, 1]
+    # read back as sent, capped at 9 (None and 0 are both the lowest level)
+    assert [d.message.priority for d in got] == [9, 7, 9, 5, 6, 4, 2, 3, 1, 0, 0]
+
+
+def test_several_queues_polled_step_by_step(make_transport: Any, queue: str) -> None:
+    t = make_transport()
+    other = queue + ".b"
+    t.publish(make_message(1), Route(queue))
+    t.publish(make_message(2, priority=9), Route(other))
+    t.publish(make_message(3, priority=9), Route(queue))
+    got = t.fetch([queue, other], limit=10, timeout=1)
+    assert ids(got)[:2] in ([3, 2], [2, 3]) and ids(got)[2] == 1
+    assert {d.queue for d in got} == {queue, other}
+
+
+# ----------------------------------------------------------------- settling
+def test_ack_removes_every_trace(make_transport: Any, r: redis.Redis, queue: str) -> None:
+    t = make_transport()
+    for i in range(3):
+        t.publish(make_message(i), Route(queue))
+    got = t.fetch([queue], limit=3, timeout=1)
+    assert r.hlen("unacked") == 3 and r.hlen("_conveyor.deliveries") == 3
+    entry = json.loads(r.hget("unacked", got[0].tag.tag))
+    assert entry[1:] == ["", queue] and entry[0]["headers"]["n"] == 0
+    t.ack(got)
+    assert r.hlen("unacked") == 0 and r.zcard("unacked_index") == 0
+    assert r.hlen("_conveyor.deliveries") == 0
+
+
+def test_requeue_gives_back_without_counting(make_transport: Any, queue: str) -> None:
+    t = make_transport()
+    t.publish(make_message(1), Route(queue))
+    t.publish(make_message(2), Route(queue))
+    first = t.fetch([queue], limit=1, timeout=1)[0]
+    t.requeue(first)
+    got = t.fetch([queue], limit=5, timeout=1)
+    assert ids(got) == [2, 1]
+    assert got[1].deliveries == 1
+
+
+def test_visibility_timeout_restores_and_counts(make_transport: Any, r: redis.Redis,
+                                                queue: str) -> None:
+    t = make_transport(visibility_timeout=1)
+    t.publish(make_message(1), Route(queue))
+    t.publish(make_message(2), Route(queue))
+    held = t.fetch([queue], limit=2, timeout=1)
+    assert t.depth(queue) == 0
+    keeper = make_transport(visibility_timeout=1)
+    deadline = time.monotonic() + 1.6
+    while time.monotonic() < deadline:  # a live worker renews n=2 only
+        keeper.extend([held[1]])
+        time.sleep(0.2)
+    try:
+        again = wait_for(lambda: t.fetch([queue], limit=5, timeout=0.3), 3, what="restore")
+    except AssertionError as exc:  # say what Redis held, to debug a slow machine
+        raise AssertionError(f"{exc}; keys={r.keys('*')} "
+                             f"index={r.zrange('unacked_index', 0, -1, withscores=True)} "
+                             f"now={time.time()}") from exc
+    assert ids(again) == [1]
+    assert again[0].redelivered and again[0].deliveries == 2
+    assert again[0].message.headers["redelivered"] is True
+    assert again[0].tag.tag == held[0].tag.tag  # kombu keeps the delivery tag
+    assert r.hexists("unacked", held[1].tag.tag)
+
+
+def test_restores_an_entry_a_celery_worker_left(make_transport: Any, r: redis.Redis,
+                                                queue: str) -> None:
+    """kombu's entry ``[envelope, exchange, routing_key]`` goes back via the binding."""
+    producer = make_transport()
+    producer.publish(make_message(5, priority=9), Route(queue))
+    raw = r.rpop(queue)
+    env = json.loads(raw)
+    env["properties"]["delivery_info"] = {"exchange": queue, "routing_key": queue}
+    tag = env["properties"]["delivery_tag"]
+    r.hset("unacked", tag, json.dumps([env, queue, queue]))
+    r.zadd("unacked_index", {tag: time.time() - 10})
+    t = make_transport(visibility_timeout=2)
+    got = t.fetch([queue], limit=1, timeout=1)
+    assert ids(got) == [5] and got[0].redelivered
+    assert got[0].exchange == queue
+
+
+def test_close_gives_held_deliveries_back(make_transport: Any, r: redis.Redis,
+                                          queue: str) -> None:
+    t = make_transport()
+    for i in range(3):
+        t.publish(make_message(i), Route(queue))
+    got = t.fetch([queue], limit=2, timeout=1)
+    t.ack(got[:1])
+    t.close()
+    assert r.hlen("unacked") == 0
+    again = make_transport().fetch([queue], limit=5, timeout=1)
+    assert ids(again) == [1, 2]
+
+
+# ----------------------------------------------------------------- delayed delivery
+def test_publish_due_parks_then_moves_back_once(make_transport: Any, r: redis.Redis,
+                                                queue: str) -> None:
+    t = make_transport()
+    t.publish(make_message(1), Route(queue), due=time.time() + 0.6)
+    t.publish(make_message(2), Route(queue), due=time.time() - 1)  # already due
+    assert t.depth(queue) == 1 and r.zcard("_conveyor.delayed") == 1
+    assert ids(t.fetch([queue], limit=5, timeout=0)) == [2]
+    start = time.monotonic()
+    got = t.fetch([queue], limit=5, timeout=3)
+    assert ids(got) == [1] and 0.3 < time.monotonic() - start < 1.5
+    assert r.zcard("_conveyor.delayed") == 0
+
+
+def test_due_messages_move_exactly_once_with_racing_consumers(make_transport: Any,
+                                                              r: redis.Redis,
+                                                              queue: str) -> None:
+    producer = make_transport()
+    due = time.time() + 0.5
+    producer.publish_many([(make_message(i), Route(queue), due) for i in range(300)])
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def consume() -> None:
+        t = make_transport()
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            got = t.fetch([queue], limit=7, timeout=0.2)
+            t.ack(got)
+            with lock:
+                seen.extend(ids(got))
+
+    threads = [threading.Thread(target=consume) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted(seen) == list(range(300))
+
+
+def test_defer_parks_with_the_ack_and_never_restores_early(make_transport: Any,
+                                                           r: redis.Redis,
+                                                           queue: str) -> None:
+    t = make_transport(visibility_timeout=0.5)
+    t.publish(make_message(1), Route(queue))
+    d = t.fetch([queue], limit=1, timeout=1)[0]
+    t.defer(d, time.time() + 2.0)
+    assert r.hlen("unacked") == 0 and r.zcard("_conveyor.delayed") == 1
+    assert t.fetch([queue], limit=1, timeout=1.2) == []  # sweeps ran: nothing restored
+    got = t.fetch([queue], limit=1, timeout=2)
+    assert ids(got) == [1] and got[0].deliveries == 1
+    t.ack(got)
+    assert t.fetch([queue], limit=1, timeout=0.6) == []
+
+
+def test_defer_of_a_lost_lease_does_not_duplicate(make_transport: Any, r: redis.Redis,
+                                                  queue: str) -> None:
+    t = make_transport()
+    t.publish(make_message(1), Route(queue))
+    d = t.fetch([queue], limit=1, timeout=1)[0]
+    r.hdel("unacked", d.tag.tag)  # as if a sweep had restored it meanwhile
+    t.defer(d, time.time() + 60)
+    assert r.zcard("_conveyor.delayed") == 0
+
+
+# ----------------------------------------------------------------- dead letters
+def test_dead_letters_are_durable_listed_requeued_purged(make_transport: Any,
+                                                         r: redis.Redis, queue: str) -> None:
+    t = make_transport()
+    for i in range(3):
+        t.publish(make_message(i, priority=9), Route(queue))
+    got = t.fetch([queue], limit=3, timeout=1)
+    before = time.time()
+    for d in got:
+        t.dead_letter(d, f"DecodeError: bad {d.message.headers['n']}")
+    assert r.hlen("unacked") == 0 and t.depth(queue) == 0
+    record = json.loads(r.hget(f"_conveyor.dead.{queue}", got[0].tag.tag))
+    assert record["queue"] == queue and record["reason"] == "DecodeError: bad 0"
+    assert record["envelope"]["headers"]["n"] == 0 and record["time"] >= before
+    dead = make_transport().dead_letters()
+    assert [d.message.headers["n"] for d in dead] == [0, 1, 2]
+    assert dead[0].id == got[0].tag.tag and dead[0].message.priority == 9
+    assert t.dead_letters(queue + ".other") == []
+
+    assert t.requeue_dead([dead[1].id]) == 1
+    assert t.requeue_dead([dead[1].id]) == 0
+    again = t.fetch([queue], limit=5, timeout=1)
+    assert ids(again) == [1] and again[0].deliveries == 1 and again[0].message.priority == 9
+    t.ack(again)
+    assert t.requeue_dead(queue=queue) == 2
+    assert t.depth(queue) == 2 and t.dead_letters() == []
+    for d in t.fetch([queue], limit=5, timeout=1):
+        t.dead_letter(d, "again")
+    assert t.purge_dead(queue + ".other") == 0
+    assert t.purge_dead() == 2 and t.dead_letters() == []
+    assert not r.exists("_conveyor.dead")
+
+
+def test_garbage_on_the_queue_is_delivered_for_dead_lettering(make_transport: Any,
+                                                              r: redis.Redis,
+                                                              queue: str) -> None:
+    t = make_transport()
+    r.lpush(queue, b"\x00not an envelope")
+    (d,) = t.fetch([queue], limit=1, timeout=1)
+    assert d.message.headers == {} and d.message.body == b"\x00not an envelope"
+    assert d.tag.tag.startswith("conveyor-")
+    t.dead_letter(d, "DecodeError: not a task")
+    (dead,) = t.dead_letters(queue)
+    assert dead.message.body == b"\x00not an envelope" and r.hlen("unacked") == 0
+    assert t.requeue_dead() == 1 and r.lindex(queue, 0) == b"\x00not an envelope"
+
+
+# ----------------------------------------------------------------- purge, prefix, errors
+def test_purge_counts_every_step(make_transport: Any, queue: str) -> None:
+    t = make_transport()
+    for p in (None, 1, 5, 9, 9):
+        t.publish(make_message(0, priority=p), Route(queue))
+    assert t.purge(queue) == 5 and t.depth(queue) == 0
+    assert t.purge(queue) == 0
+
+
+def test_global_keyprefix_prefixes_every_key(make_transport: Any, r: redis.Redis,
+                                             queue: str) -> None:
+    t = make_transport(global_keyprefix="pfx:", visibility_timeout=30)
+    t.publish(make_message(1), Route(queue))
+    t.publish(make_message(2), Route(queue), due=time.time() + 30)
+    d = t.fetch([queue], limit=1, timeout=1)[0]
+    t.dead_letter(d, "x")
+    assert all(k.startswith(b"pfx:") for k in r.keys("*")), r.keys("*")
+    assert r.exists("pfx:_conveyor.delayed", f"pfx:_conveyor.dead.{queue}") == 2
+
+
+def test_lost_brpop_claim_is_pushed_back(make_transport: Any, r: redis.Redis, queue: str,
+                                         monkeypatch: Any) -> None:
+    """A message BRPOP took whose claim failed is returned, not lost."""
+    from conveyor_redis import lease
+    t = make_transport()
+    real = lease.CLAIM
+    failures = [1]
+
+    def flaky(client: Any, keys: Any, args: Any = ()) -> Any:
+        if args[3] != 0 and failures:  # the claim of a message BRPOP took
+            failures.pop()
+            raise redis.ConnectionError("connection lost")
+        return real(client, keys, args)
+
+    monkeypatch.setattr(lease, "CLAIM", flaky)
+    threading.Timer(0.2, lambda: make_transport().publish(make_message(3),
+                                                           Route(queue))).start()
+    got = t.fetch([queue], limit=1, timeout=3)
+    assert ids(got) == [3] and not failures
+    assert r.hlen("unacked") == 1
+
+
+def test_unreachable_redis_names_the_masked_url(queue: str) -> None:
+    from conftest import stub_app
+    t = RedisTransport("redis://:s3cret@127.0.0.1:1/0", stub_app(socket_timeout=2))
+    with pytest.raises(redis.ConnectionError):  # raw: the core's retry policy wants it
+        t.connect()
+    with pytest.raises(RedisConnectionError) as info:
+        t.fetch([queue], limit=1, timeout=0.3)
+    assert isinstance(info.value, OperationalError)
+    assert isinstance(info.value, t.connection_errors)
+    assert "s3cret" not in str(info.value) and "127.0.0.1:1" in str(info.value)
+
+
+def test_wrong_key_type_is_an_operational_error(make_transport: Any, r: redis.Redis,
+                                                queue: str) -> None:
+    r.set(queue, "not a list")
+    with pytest.raises(OperationalError, match="WRONGTYPE"):
+        make_transport().publish(make_message(1, priority=9), Route(queue))
