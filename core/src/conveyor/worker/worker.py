@@ -14,6 +14,7 @@ import heapq
 import itertools
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
@@ -176,19 +177,22 @@ class Worker:
         self._release_due()
         self._start_jobs(transport)
         room = self.prefetch - len(self._ready) - len(self._held) - len(self._running)
+        busy = len(self._running) >= self.concurrency
         timeout = self.poll_interval
         if self._held:
             timeout = min(timeout, max(0.0, self._held[0][0] - time.time()))
         if self._running:
-            timeout = min(timeout, 0.05)
+            timeout = min(timeout, 0.05)  # settle finished jobs promptly
+        if self._ready and not busy:
+            timeout = 0.0  # jobs can start now: do not block
         if room > 0:
             deliveries = transport.fetch(self.queues, limit=room, timeout=timeout)
             if deliveries:
                 self._receive(transport, deliveries)
-        else:
+        elif busy:
             try:
                 job = self.pool.done.get(timeout=timeout)
-            except Exception:  # queue.Empty
+            except queue.Empty:
                 return
             self.pool.done.put(job)
 
@@ -289,7 +293,7 @@ class Worker:
         while True:
             try:
                 job = self.pool.done.get_nowait()
-            except Exception:  # queue.Empty
+            except queue.Empty:
                 break
             self._running.pop(id(job), None)
             self.processed += 1

@@ -8,7 +8,6 @@ it behaves as it will in production. Brokers are shared per URL within a process
 
 from __future__ import annotations
 
-import copy
 import heapq
 import itertools
 import threading
@@ -69,6 +68,14 @@ class _Broker:
         return heapq.heappop(best[1])[2]
 
 
+def _copy(message: Message) -> Message:
+    """What crossing a broker does to a message: the receiver gets its own copy."""
+    headers = {k: v.copy() if isinstance(v, (dict, list)) else v
+               for k, v in message.headers.items()}
+    return Message(headers, message.body, message.content_type,
+                   message.content_encoding, dict(message.properties))
+
+
 _brokers: dict[str, _Broker] = {}
 _brokers_lock = threading.Lock()
 
@@ -102,7 +109,7 @@ class MemoryTransport(BaseTransport):
             self._broker.queues.setdefault(route.queue, [])
 
     def publish(self, message: Message, route: Route, *, due: float | None = None) -> None:
-        entry = _Entry(copy.deepcopy(message), route.queue)
+        entry = _Entry(_copy(message), route.queue)
         b = self._broker
         with b.cond:
             if due is not None and due > time.time():
@@ -125,7 +132,7 @@ class MemoryTransport(BaseTransport):
                     entry.deliveries += 1
                     tag = uuid.uuid4().hex
                     b.unacked[tag] = (entry, time.time())
-                    out.append(Delivery(copy.deepcopy(entry.message), entry.queue, tag,
+                    out.append(Delivery(_copy(entry.message), entry.queue, tag,
                                         redelivered=entry.deliveries > 1,
                                         deliveries=entry.deliveries,
                                         routing_key=entry.queue))
