@@ -31,7 +31,7 @@ def test_unknown_option_is_refused_with_a_suggestion(make_transport: Any) -> Non
 @pytest.mark.parametrize(("options", "match"), [
     ({"visibility_timeout": 0}, "positive"),
     ({"socket_timeout": 0.5, "polling_interval": 1.0}, "must exceed"),
-    ({"delayed_delivery": "later"}, "delayed_delivery"),
+    ({"delayed_delivery": "later"}, "delayed_delivery"),  # checked by the core
     ({"priority_steps": [1, 2]}, "priority_steps"),
 ])
 def test_bad_option_values_say_what_to_do(make_transport: Any, options: dict[str, Any],

@@ -13,16 +13,19 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
 
 import redis
+from conveyor._suggest import mask_url
 
 from .connection import Backoff, client_for
 from .errors import CONNECTION_ERRORS, translate, wrap
 from .scripts import Script
 
+log = logging.getLogger("conveyor.redis")
 KEY_PREFIX = "celery-task-meta-"
 #: Re-read the key this often while waiting, in case a notification was lost with a
 #: connection.
@@ -108,6 +111,8 @@ class RedisBackend:
                 pause = backoff.next()
                 if time.monotonic() + pause > deadline:
                     raise wrap(exc, self.url, doing) from exc
+                log.warning("Redis at %s unreachable while %s (%s); retrying in %.2fs",
+                            mask_url(self.url), doing, exc, pause)
                 time.sleep(pause)
             except redis.RedisError as exc:
                 raise wrap(exc, self.url, doing) from exc

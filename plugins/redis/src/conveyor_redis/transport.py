@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import redis
+from conveyor._suggest import mask_url
 from conveyor.exceptions import ConfigurationError
 from conveyor.interfaces import (
     BaseTransport, Capabilities, DeadLetter, Delivery, Message, Route,
@@ -37,6 +39,7 @@ from .errors import CONNECTION_ERRORS, translate, wrap
 from .layout import Layout, to_wire
 
 T = TypeVar("T")
+log = logging.getLogger("conveyor.redis")
 
 #: Parked messages moved back per script call.
 _MOVE_BATCH = 100
@@ -76,7 +79,6 @@ class RedisTransport(BaseTransport):
         "max_connections": None,
         "client_name": None,
         "ssl": None,
-        "delayed_delivery": "queue",
     }
 
     def __init__(self, url: str = "redis://", app: Any = None) -> None:
@@ -95,11 +97,6 @@ class RedisTransport(BaseTransport):
                 f"broker_transport_options['socket_timeout'] ({timeout!r}) must exceed "
                 f"'polling_interval' ({self.polling_interval!r}), or a blocking read "
                 "would time out; raise it or set it to None.")
-        if o["delayed_delivery"] not in ("queue", "broker"):
-            raise ConfigurationError(
-                "broker_transport_options['delayed_delivery'] must be 'queue' (send "
-                "delayed tasks to their queue, as Celery does) or 'broker' (park them "
-                f"broker-side); got {o['delayed_delivery']!r}.")
         self.layout = Layout(o["global_keyprefix"], o["sep"], o["priority_steps"])
         self.sweep_interval = min(10.0, max(0.25, self.visibility_timeout / 4))
         self._client: redis.Redis | None = None
@@ -172,6 +169,8 @@ class RedisTransport(BaseTransport):
                 if time.monotonic() + pause > deadline:
                     self._broken = True
                     raise wrap(exc, self.url, doing) from exc
+                log.warning("Redis at %s unreachable while %s (%s); retrying in %.2fs",
+                            mask_url(self.url), doing, exc, pause)
                 time.sleep(pause)
             except redis.RedisError as exc:
                 raise wrap(exc, self.url, doing) from exc
@@ -315,6 +314,8 @@ class RedisTransport(BaseTransport):
                 if time.monotonic() + pause > deadline:
                     self._broken = True
                     raise wrap(exc, self.url, "fetching messages") from exc
+                log.warning("Redis at %s unreachable while fetching (%s); retrying in "
+                            "%.2fs", mask_url(self.url), exc, pause)
                 time.sleep(pause)
             except redis.RedisError as exc:
                 raise wrap(exc, self.url, "fetching messages") from exc

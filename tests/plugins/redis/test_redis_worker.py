@@ -1,0 +1,270 @@
+"""The core worker on the Redis transport (broker db 9, results db 10).
+
+In-process workers for behaviour, CLI worker subprocesses for what needs a process
+to die (SIGKILL) or the server to go away (a throwaway redis-server on port 6390).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from conveyor import Conveyor
+from conveyor.exceptions import NotRegistered
+from redis_support import Proc, wait_for
+
+BROKER, RESULTS = 9, 10
+CONVEYOR_BIN = str(Path(sys.executable).parent / "conveyor")
+
+
+@pytest.fixture
+def dbs(redis_server: str) -> Iterator[redis.Redis]:
+    clients = [redis.Redis("127.0.0.1", 6379, db=n) for n in (BROKER, RESULTS)]
+    for c in clients:
+        c.flushdb()
+    yield clients[0]
+    for c in clients:
+        c.flushdb()
+        c.close()
+
+
+@pytest.fixture
+def make_app(dbs: redis.Redis, redis_server: str) -> Iterator[Any]:
+    apps: list[Conveyor] = []
+
+    def make(**transport_options: Any) -> Conveyor:
+        app = Conveyor("t", broker=f"{redis_server}/{BROKER}",
+                       backend=f"{redis_server}/{RESULTS}",
+                       broker_transport_options={"visibility_timeout": 5,
+                                                 **transport_options})
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()
+
+
+def test_delay_get_and_group_through_the_worker(make_app: Any, queue: str) -> None:
+    app = make_app()
+
+    @app.task(name="t.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    with app.Worker(queues=[queue], concurrency=2, pool="threads").running():
+        assert add.apply_async((2, 2), queue=queue).get(timeout=10) == 4
+        results = app.publish_batch([("t.add", (i, i), {}, {"queue": queue}, {})
+                                     for i in range(20)])
+        assert [r.get(timeout=10) for r in results] == [2 * i for i in range(20)]
+
+
+def test_priorities_run_higher_first(make_app: Any, queue: str) -> None:
+    app = make_app()
+    order: list[int] = []
+
+    @app.task(name="t.record")
+    def record(n: int) -> None:
+        order.append(n)
+
+    sent = [(0, None), (1, 0), (2, 9), (3, 4), (4, 200), (5, 2), (6, 5)]
+    results = [record.apply_async((n,), queue=queue, priority=p) for n, p in sent]
+    w = app.Worker(queues=[queue], concurrency=1, pool="solo", prefetch_multiplier=1)
+    with w.running():
+        for r in results:
+            r.get(timeout=10)
+    assert order == [2, 4, 3, 6, 5, 0, 1]
+
+
+def test_unregistered_task_is_dead_lettered_and_get_raises(make_app: Any,
+                                                           queue: str) -> None:
+    app = make_app()
+    with app.Worker(queues=[queue], concurrency=1, pool="threads").running():
+        result = app.send_task("t.nobody", (1,), queue=queue)
+        with pytest.raises(NotRegistered):
+            result.get(timeout=10)
+    transport = app.transport_factory()
+    (dead,) = transport.dead_letters(queue)
+    assert dead.message.task_id == result.id and "NotRegistered" in dead.reason
+    transport.close()
+
+
+def test_delivery_limit_dead_letters(make_app: Any, dbs: redis.Redis, queue: str) -> None:
+    app = make_app()
+    ran: list[int] = []
+
+    @app.task(name="t.once")
+    def once() -> None:
+        ran.append(1)
+
+    result = once.apply_async(queue=queue)
+    import json
+    tag = json.loads(dbs.lindex(f"{queue}\x06\x169", 0))["properties"]["delivery_tag"]
+    dbs.hset("_conveyor.deliveries", tag, 5)  # as if it had killed five workers
+    with app.Worker(queues=[queue], concurrency=1, pool="threads").running():
+        with pytest.raises(Exception, match="[Dd]elivery limit"):
+            result.get(timeout=10)
+    assert ran == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delayed_delivery", ["worker", "broker"])
+def test_far_countdown_neither_runs_nor_duplicates(make_app: Any, dbs: redis.Redis,
+                                                   queue: str, delayed_delivery: str) -> None:
+    """A 1-hour countdown with visibility_timeout=5 is parked, not held: no run and
+    no redelivery while a worker runs for 15 s (7.5 s with producer-side parking)."""
+    app = make_app(delayed_delivery=delayed_delivery)
+    ran: list[int] = []
+
+    @app.task(name="t.later")
+    def later() -> None:
+        ran.append(1)
+
+    later.apply_async(queue=queue, countdown=3600)
+    seconds = 15.0 if delayed_delivery == "worker" else 7.5
+    with app.Worker(queues=[queue], concurrency=1, pool="threads").running():
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(0.5)
+            assert ran == []
+            assert dbs.llen(f"{queue}\x06\x169") + dbs.zcard("_conveyor.delayed") <= 1
+    assert ran == []
+    assert dbs.zcard("_conveyor.delayed") == 1 and dbs.hlen("unacked") == 0
+    assert dbs.llen(f"{queue}\x06\x169") == 0
+
+
+TASKS = '''
+import os, time
+from conveyor import Conveyor
+
+app = Conveyor("t", broker=os.environ["T_BROKER"], backend=os.environ["T_BACKEND"],
+               broker_transport_options={"visibility_timeout": float(os.environ["T_VT"])})
+
+
+@app.task(name="t.slow_once", acks_late=True)
+def slow_once(marker):
+    with open(marker, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    with open(marker) as f:
+        first = len(f.read().split()) == 1
+    time.sleep(60 if first else 0)
+    return "done"
+
+
+@app.task(name="t.log", acks_late=True)
+def log(path, n):
+    time.sleep(0.01)
+    with open(path, "a") as f:
+        f.write(f"{n}\\n")
+    return n
+'''
+
+
+@pytest.fixture
+def task_module(tmp_path: Path) -> Path:
+    (tmp_path / "t_redis_tasks.py").write_text(textwrap.dedent(TASKS))
+    return tmp_path
+
+
+def worker_proc(cwd: Path, broker: str, backend: str, queue: str, vt: float,
+                *extra: str) -> Proc:
+    proc = Proc([CONVEYOR_BIN, "-A", "t_redis_tasks", "-l", "INFO", "worker", "-Q", queue,
+                 *extra], cwd, env={"T_BROKER": broker, "T_BACKEND": backend,
+                                    "T_VT": str(vt)})
+    proc.wait_output("consuming", 30)
+    return proc
+
+
+@pytest.mark.slow
+def test_acks_late_task_of_a_killed_worker_is_redelivered_once(
+        make_app: Any, task_module: Path, redis_server: str, queue: str) -> None:
+    app = make_app()
+    broker, backend = f"{redis_server}/{BROKER}", f"{redis_server}/{RESULTS}"
+    marker = task_module / "marker.txt"
+    result = app.send_task("t.slow_once", (str(marker),), queue=queue)
+    with worker_proc(task_module, broker, backend, queue, 2, "-c", "1", "-P", "solo") as a:
+        wait_for(marker.exists, 20, what="the first run to start")
+        a.kill()
+        a.popen.wait(5)
+    with worker_proc(task_module, broker, backend, queue, 2, "-c", "1", "-P", "solo"):
+        assert result.get(timeout=20) == "done"
+        time.sleep(3)  # more than a visibility timeout: no third run
+    assert len(marker.read_text().split()) == 2
+
+
+@pytest.fixture
+def spare_redis(tmp_path: Path) -> Iterator[Any]:
+    """A throwaway redis-server on port 6390 with an fsync'd AOF, restartable."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server binary not found (needed for the restart test)")
+    data = tmp_path / "redis-data"
+    data.mkdir()
+    args = [server, "--port", "6390", "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "yes", "--appendfsync", "always", "--dir", str(data)]
+    state: dict[str, Any] = {}
+
+    def start() -> None:
+        state["proc"] = subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+        client = redis.Redis("127.0.0.1", 6390, socket_connect_timeout=0.5)
+        wait_for(lambda: _pings(client), 10, what="redis on 6390")
+
+    def stop() -> None:
+        proc = state.pop("proc", None)
+        if proc is not None:
+            proc.terminate()  # SIGTERM: redis flushes the AOF and exits
+            proc.wait(10)
+
+    start()
+    try:
+        yield start, stop
+    finally:
+        stop()
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.mark.slow
+def test_redis_restart_mid_drain_loses_nothing(spare_redis: Any, task_module: Path,
+                                               queue: str) -> None:
+    start, stop = spare_redis
+    url = "redis://127.0.0.1:6390/0"
+    app = Conveyor("t", broker=url, backend=url,
+                   broker_transport_options={"visibility_timeout": 4})
+    log = task_module / "log.txt"
+    log.touch()
+    total = 300
+    results = app.publish_batch([("t.log", (str(log), n), {}, {"queue": queue}, {})
+                                 for n in range(total)])
+
+    def done() -> set[int]:
+        return {int(x) for x in log.read_text().split()}
+
+    with worker_proc(task_module, url, url, queue, 4, "-c", "4", "-P", "threads") as w:
+        wait_for(lambda: len(done()) > total // 4, 30, what="a quarter drained")
+        stop()
+        time.sleep(1.0)
+        start()
+        wait_for(lambda: len(done()) == total, 60, what="every task to run")
+        assert "unreachable" in w.output() or "Lost the broker" in w.output()
+        values = [r.get(timeout=30) for r in results]
+    assert values == list(range(total))
+    app.close()
+    runs = log.read_text().split()
+    print(f"{len(runs) - total} duplicate runs after the restart")
+    threading.enumerate()  # nothing left running in this process
