@@ -159,6 +159,22 @@ def test_defer_parks_until_due_and_does_not_count(transport, new_message):
     assert again.deliveries == 1 and not again.redelivered
 
 
+def test_due_messages_are_released_while_the_queue_is_busy(transport, new_message):
+    transport.publish_many([(new_message(n), Q, None) for n in range(400)])
+    due = time.time() + 0.2
+    transport.publish(new_message(-1, 9), Q, due=due)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        (got,) = transport.fetch(["celery"], limit=1, timeout=0)
+        transport.ack([got])
+        if got.message.headers["n"] == -1:
+            break
+        time.sleep(0.002)
+    assert got.message.headers["n"] == -1
+    assert due <= time.time() < due + 0.15
+    assert transport.depth("celery") > 0  # it overtook a non-empty queue
+
+
 def test_parked_messages_cost_no_claim_time(transport, new_message):
     far = time.time() + 3600
     transport.publish_many([(new_message(n), Q, far) for n in range(20_000)])

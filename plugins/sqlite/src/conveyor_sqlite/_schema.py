@@ -15,7 +15,8 @@ state name     ``due`` means
 
 Both indexes are partial: the ready index holds only ready rows, so parked or leased
 messages never slow a claim however many there are; the due index holds only parked
-and leased rows, so finding what is due is a range seek. ``lease`` is a random token
+and leased rows, by queue, so finding what is due in the queues a consumer reads is a
+range seek (a consumer only ever moves messages of its own queues). ``lease`` is a random token
 set by each claim: settling a delivery names ``(id, lease)``, so a consumer whose
 lease ran out cannot settle a message another consumer now holds.
 
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from conveyor.interfaces import Message, Route
 
@@ -52,7 +53,7 @@ SCHEMA: tuple[str, ...] = (
     """CREATE INDEX IF NOT EXISTS conveyor_messages_ready
         ON conveyor_messages (queue, priority DESC, id) WHERE state = 0""",
     """CREATE INDEX IF NOT EXISTS conveyor_messages_due
-        ON conveyor_messages (due) WHERE state != 0""",
+        ON conveyor_messages (queue, due) WHERE state != 0""",
     # AUTOINCREMENT: a dead letter's id is printed and typed back by users
     # (`conveyor dead requeue ID`), so an id must never be reused.
     """CREATE TABLE IF NOT EXISTS conveyor_dead_letters (
@@ -74,6 +75,49 @@ SCHEMA: tuple[str, ...] = (
 #: The columns that carry a message, in the order :func:`message_columns` fills them.
 MESSAGE_COLUMNS = ("headers, body, content_type, content_encoding, properties, "
                    "exchange, routing_key")
+
+class Queries(NamedTuple):
+    """The statements a consumer of one set of queues runs, built once per set."""
+
+    #: (min due of parked/leased rows, whether any row is ready); read-only.
+    probe: str
+    #: due parked messages and lapsed leases become ready; params (*queues, now).
+    release: str
+    #: lease up to ``limit`` ready rows; params: lease end, token, (queue, limit) per
+    #: queue, and ``limit`` again when there are several queues.
+    claim: str
+
+
+def queries_for(queues: Sequence[str]) -> Queries:
+    """The probe, release and claim statements for consumers of ``queues``.
+
+    Each queue is read through its own ``LIMIT``-ed walk of the ready index and the
+    walks are merged, so a claim costs ``limit`` rows per queue whatever the queue
+    lengths (an ``IN`` over several queues would sort them all).
+    """
+    marks = ", ".join("?" * len(queues))
+    earliest = " UNION ALL ".join(
+        f"SELECT (SELECT min(due) FROM conveyor_messages WHERE state != {READY} "
+        "AND queue = ?) AS d" for _ in queues)
+    probe = (f"SELECT (SELECT min(d) FROM ({earliest})), EXISTS (SELECT 1 FROM "
+             f"conveyor_messages WHERE state = {READY} AND queue IN ({marks}))")
+    # The old lease token is cleared so a late settle by the old holder only
+    # succeeds while nobody else holds the message.
+    release = (f"UPDATE conveyor_messages SET state = {READY}, lease = NULL "
+               f"WHERE state != {READY} AND queue IN ({marks}) AND due <= ?")
+    walk = (f"FROM conveyor_messages WHERE state = {READY} AND queue = ? "
+            "ORDER BY priority DESC, id LIMIT ?")
+    if len(queues) == 1:
+        chosen = f"SELECT id {walk}"
+    else:
+        walks = " UNION ALL ".join(f"SELECT * FROM (SELECT id, priority {walk})"
+                                   for _ in queues)
+        chosen = f"SELECT id FROM ({walks}) ORDER BY priority DESC, id LIMIT ?"
+    claim = (f"UPDATE conveyor_messages SET state = {LEASED}, due = ?, lease = ?, "
+             f"deliveries = deliveries + 1 WHERE id IN ({chosen}) "
+             f"RETURNING id, priority, queue, deliveries, {MESSAGE_COLUMNS}")
+    return Queries(probe, release, claim)
+
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 

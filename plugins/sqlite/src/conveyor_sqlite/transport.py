@@ -34,8 +34,8 @@ from conveyor.interfaces import (
 from . import _dead
 from ._db import ForkSafe, Notifier, database_path, mapped_errors, open_connection, transaction
 from ._schema import (
-    LEASED, MESSAGE_COLUMNS, PARKED, READY, SCHEMA, message_columns, message_from,
-    priority_of,
+    LEASED, MESSAGE_COLUMNS, PARKED, READY, SCHEMA, Queries, message_columns,
+    message_from, priority_of, queries_for,
 )
 
 if TYPE_CHECKING:
@@ -43,10 +43,6 @@ if TYPE_CHECKING:
 
 _INSERT = (f"INSERT INTO conveyor_messages (queue, priority, state, due, {MESSAGE_COLUMNS})"
            f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-# Due parked messages and lapsed leases become ready; the lease token is cleared so a
-# late settle by the old holder only succeeds while nobody else holds the message.
-_RELEASE_DUE = (f"UPDATE conveyor_messages SET state = {READY}, lease = NULL "
-                f"WHERE state != {READY} AND due <= ?")
 # A settle applies while the message is still leased by this delivery, or is back in
 # the ready state after the lease lapsed (nobody else holds it yet).
 _OURS = f"id = ? AND (lease = ? OR state = {READY})"
@@ -61,6 +57,8 @@ _RELEASE = (f"UPDATE conveyor_messages SET state = {READY}, lease = NULL "
 _EXTEND = (f"UPDATE conveyor_messages SET due = ? "
            f"WHERE id = ? AND lease = ? AND state = {LEASED}")
 _FIRST_SLEEP = 0.002
+#: While busy, how often a consumer still looks for due parked messages (seconds).
+_PROBE_EVERY = 0.05
 
 
 class SQLiteTransport(BaseTransport):
@@ -87,7 +85,9 @@ class SQLiteTransport(BaseTransport):
         self._notifier = Notifier.for_path(self.path)
         self._sleep = _FIRST_SLEEP
         self._unsettled: dict[int, int] = {}  # id -> lease, returned on close()
-        self._claims: dict[tuple[str, ...], str] = {}
+        self._queries: dict[tuple[str, ...], Queries] = {}
+        self._busy = False
+        self._next_probe = 0.0
 
     # ------------------------------------------------------------ connection
     def connect(self) -> None:
@@ -179,27 +179,35 @@ class SQLiteTransport(BaseTransport):
 
     def _claim(self, queues: tuple[str, ...],
                limit: int) -> tuple[list[Delivery], float | None]:
-        """One attempt: release what is due, then claim up to ``limit`` ready rows."""
+        """One attempt: release what is due, then lease up to ``limit`` ready rows.
+
+        A read-only probe comes first, so an idle poll never takes the write lock.
+        While the last claim found work the probe is skipped (the queue is likely
+        not empty) except every ``_PROBE_EVERY`` seconds, to release due messages.
+        """
         conn = self._conn()
         now = time.time()
-        marks = ", ".join("?" * len(queues))
+        sql = self._queries.get(queues)
+        if sql is None:
+            sql = self._queries[queues] = queries_for(queues)
         with self._errors("fetch"):
-            # Read-only probe first: an idle poll never takes the write lock.
-            next_due, ready = conn.execute(
-                f"SELECT (SELECT min(due) FROM conveyor_messages WHERE state != {READY}),"
-                f" EXISTS (SELECT 1 FROM conveyor_messages WHERE state = {READY}"
-                f" AND queue IN ({marks}))", queues).fetchone()
-            if next_due is not None and next_due <= now:
-                conn.execute(_RELEASE_DUE, (now,))
-                ready = True
-            if not ready:
-                return [], next_due
+            if not self._busy or now >= self._next_probe:
+                self._next_probe = now + _PROBE_EVERY
+                next_due, ready = conn.execute(sql.probe, queues + queues).fetchone()
+                if next_due is not None and next_due <= now:
+                    conn.execute(sql.release, (*queues, now))
+                    ready = True
+                if not ready:
+                    self._busy = False
+                    return [], next_due
             token = random.getrandbits(62)
             params: list[Any] = [now + self.visibility_timeout, token]
             for queue in queues:
                 params += (queue, limit)
-            params.append(limit)
-            rows = conn.execute(self._claim_sql(queues), params).fetchall()
+            if len(queues) > 1:
+                params.append(limit)
+            rows = conn.execute(sql.claim, params).fetchall()
+        self._busy = bool(rows)
         # RETURNING order is unspecified: restore priority-then-FIFO order.
         rows.sort(key=lambda r: (-r[1], r[0]))
         out = []
@@ -209,26 +217,6 @@ class SQLiteTransport(BaseTransport):
                                 redelivered=row[3] > 1, deliveries=row[3],
                                 exchange=row[9], routing_key=row[10]))
         return out, None
-
-    def _claim_sql(self, queues: tuple[str, ...]) -> str:
-        """The claim statement for these queues (cached: built once per queue set).
-
-        Each queue is read through its own ``LIMIT``-ed walk of the ready index, and
-        the walks are merged, so the cost is ``limit`` rows per queue whatever the
-        queue lengths (an ``IN`` over several queues would sort them all).
-        """
-        sql = self._claims.get(queues)
-        if sql is None:
-            walks = " UNION ALL ".join(
-                "SELECT * FROM (SELECT id, priority FROM conveyor_messages "
-                f"WHERE state = {READY} AND queue = ? ORDER BY priority DESC, id LIMIT ?)"
-                for _ in queues)
-            sql = self._claims[queues] = (
-                f"UPDATE conveyor_messages SET state = {LEASED}, due = ?, lease = ?, "
-                f"deliveries = deliveries + 1 WHERE id IN (SELECT id FROM ({walks}) "
-                f"ORDER BY priority DESC, id LIMIT ?) "
-                f"RETURNING id, priority, queue, deliveries, {MESSAGE_COLUMNS}")
-        return sql
 
     # ------------------------------------------------------------ settling
     def _settle(self, sql: str, params: list[tuple[Any, ...]]) -> None:
@@ -291,7 +279,7 @@ class SQLiteTransport(BaseTransport):
         """Delete what :meth:`depth` counts: ready messages and those due by now."""
         conn = self._conn()
         with self._errors("purge"), transaction(conn):
-            conn.execute(_RELEASE_DUE, (time.time(),))
+            conn.execute(queries_for([queue]).release, (queue, time.time()))
             return conn.execute(f"DELETE FROM conveyor_messages WHERE state = {READY} "
                                 "AND queue = ?", (queue,)).rowcount
 
@@ -302,8 +290,8 @@ class SQLiteTransport(BaseTransport):
             return conn.execute(
                 f"SELECT (SELECT count(*) FROM conveyor_messages WHERE state = {READY} "
                 "AND queue = ?) + (SELECT count(*) FROM conveyor_messages WHERE "
-                f"state != {READY} AND due <= ? AND queue = ?)",
-                (queue, time.time(), queue)).fetchone()[0]
+                f"state != {READY} AND queue = ? AND due <= ?)",
+                (queue, queue, time.time())).fetchone()[0]
 
 
 def _positive(options: dict[str, Any], key: str) -> float:
