@@ -1,0 +1,211 @@
+"""10,000 no-op tasks through Conveyor's SQLite transport and through Huey's SQLite
+storage, side by side in the same run: enqueue rate and drain rate with one worker
+process, and the ratios (machines are noisy; compare ratios, not absolute rates).
+
+* Enqueue: ``noop.delay()`` through Conveyor's calling API, and ``noop()`` on a
+  ``huey.SqliteHuey``, 10,000 times in this process.
+* Drain: one worker process — ``conveyor -A … worker -Q celery -c 1 --pool solo``
+  and ``huey_consumer … -w 1`` — timed between a ``stamp`` task queued just before
+  the no-ops and one queued just after, so worker start-up is not counted.
+
+Durability differs by default: Conveyor commits with ``synchronous=NORMAL`` (safe
+against any process crash; an OS crash may lose the last commits), Huey leaves
+SQLite's default ``FULL`` (an fsync per commit). So Huey runs twice: as shipped,
+and with ``synchronous=NORMAL`` like Conveyor; ratios are given against both.
+``conveyor_transport_only`` times the SQLite transport alone (publish; fetch up to 4
+and ack each, as the worker does) to show how much of the total is the transport's.
+
+Run: ``uv run python bench/sqlite_queue.py [--tasks 10000] [--rounds 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+CONVEYOR_TASKS = '''
+import time
+from conveyor import Conveyor
+app = Conveyor("bench", broker="sqlite:///{dir}/conveyor.db",
+               backend="sqlite:///{dir}/conveyor-results.db")
+
+@app.task(name="bench.noop", ignore_result=True)
+def noop():
+    pass
+
+@app.task(name="bench.stamp")
+def stamp():
+    return time.time()
+'''
+
+HUEY_TASKS = '''
+import time
+from huey import SqliteHuey
+from huey.storage import SqliteStorage
+
+class NormalSyncStorage(SqliteStorage):
+    """Huey's storage with Conveyor's durability setting (synchronous=NORMAL)."""
+    def _create_connection(self):
+        conn = super()._create_connection()
+        conn.execute("pragma synchronous=1")
+        return conn
+
+huey = SqliteHuey("bench", filename="{dir}/{file}",
+                  **({{"storage_class": NormalSyncStorage}} if {normal} else {{}}))
+
+@huey.task()
+def noop():
+    pass
+
+@huey.task()
+def stamp():
+    return time.time()
+'''
+
+
+def _worker(cmd: list[str], cwd: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=open(cwd / f"{cmd[2]}.{time.time_ns()}.err", "wb"))
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.kill()
+    proc.wait(timeout=30)
+
+
+def bench_conveyor(root: Path, n: int) -> dict[str, float]:
+    module = f"bench_conveyor_{time.time_ns()}"
+    (root / f"{module}.py").write_text(CONVEYOR_TASKS.format(dir=root))
+    tasks = importlib.import_module(module)
+    first = tasks.stamp.delay()  # also opens the connection, outside the timing
+    start = time.perf_counter()
+    for _ in range(n):
+        tasks.noop.delay()
+    enqueue = n / (time.perf_counter() - start)
+    last = tasks.stamp.delay()
+    proc = _worker([sys.executable, "-m", "conveyor.cli", "-A", module, "worker",
+                    "-Q", "celery", "-c", "1", "--pool", "solo"], root)
+    try:
+        began, ended = first.get(timeout=300), last.get(timeout=300)
+    finally:
+        _stop(proc)
+        tasks.app.close()
+    return {"enqueue_per_s": round(enqueue), "drain_per_s": round(n / (ended - began))}
+
+
+def bench_transport(root: Path, n: int, prefetch: int = 4) -> dict[str, float]:
+    """The SQLite transport alone, with the worker's pattern: fetch up to ``prefetch``,
+    ack each before running it. Real messages built by the core, built before timing.
+    Shows how much of the end-to-end time is the transport's."""
+    module = f"bench_transport_{time.time_ns()}"
+    (root / f"{module}.py").write_text(CONVEYOR_TASKS.format(dir=root / module))
+    (root / module).mkdir()
+    tasks = importlib.import_module(module)
+    built = [tasks.app.prepare("bench.noop", (), {}, {}, {}, tasks.noop)[:2]
+             for _ in range(n)]
+    transport = tasks.app.transport_factory()
+    transport.connect()
+    start = time.perf_counter()
+    for message, route in built:
+        transport.publish(message, route)
+    publish = n / (time.perf_counter() - start)
+    start, done = time.perf_counter(), 0
+    while batch := transport.fetch(["celery"], limit=prefetch, timeout=0):
+        for delivery in batch:
+            transport.ack([delivery])
+        done += len(batch)
+    drain = done / (time.perf_counter() - start)
+    transport.close()
+    tasks.app.close()
+    return {"publish_per_s": round(publish), "fetch_ack_per_s": round(drain),
+            "fetch_limit": prefetch}
+
+
+def bench_huey(root: Path, n: int, *, normal_sync: bool) -> dict[str, float]:
+    module = f"bench_huey_{time.time_ns()}"
+    (root / f"{module}.py").write_text(HUEY_TASKS.format(
+        dir=root, file=f"{module}.db", normal=normal_sync))
+    tasks = importlib.import_module(module)
+    first = tasks.stamp()
+    start = time.perf_counter()
+    for _ in range(n):
+        tasks.noop()
+    enqueue = n / (time.perf_counter() - start)
+    last = tasks.stamp()
+    proc = _worker([sys.executable, "-m", "huey.bin.huey_consumer", f"{module}.huey",
+                    "-w", "1", "-k", "thread", "-q"], root)
+    try:
+        began = first.get(blocking=True, timeout=300)
+        ended = last.get(blocking=True, timeout=300)
+    finally:
+        _stop(proc)
+    sync = tasks.huey.storage.conn.execute("pragma synchronous").fetchone()[0]
+    return {"enqueue_per_s": round(enqueue), "drain_per_s": round(n / (ended - began)),
+            "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL"}.get(sync, sync)}
+
+
+def _ratio(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float]:
+    return {key: round(ours[key] / theirs[key], 2) for key in ("enqueue_per_s",
+                                                                "drain_per_s")}
+
+
+def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Best rate of each kind over the rounds (noise only ever slows a run down)."""
+    out = dict(runs[0])
+    for key, value in out.items():
+        if key.endswith("_per_s"):
+            out[key] = max(run[key] for run in runs)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat each side and keep its best rates")
+    ns = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp:
+        root = Path(tmp)
+        sys.path.insert(0, tmp)
+        runs: dict[str, list[dict[str, Any]]] = {"conveyor": [], "huey": [],
+                                                  "huey_sync_normal": [],
+                                                  "conveyor_transport_only": []}
+        for _ in range(ns.rounds):  # interleaved, so drift hits every side alike
+            runs["conveyor"].append(bench_conveyor(root, ns.tasks))
+            runs["huey"].append(bench_huey(root, ns.tasks, normal_sync=False))
+            runs["huey_sync_normal"].append(bench_huey(root, ns.tasks, normal_sync=True))
+            runs["conveyor_transport_only"].append(bench_transport(root, ns.tasks))
+    result = {name: best(r) for name, r in runs.items()}
+    result["conveyor"]["synchronous"] = "NORMAL"
+    print(json.dumps({
+        "benchmark": "sqlite_queue",
+        "tasks": ns.tasks,
+        "rounds": ns.rounds,
+        "drain": "one worker process each: conveyor worker --pool solo -c 1 / "
+                 "huey_consumer -w 1 -k thread",
+        **result,
+        "ratio_vs_huey": _ratio(result["conveyor"], result["huey"]),
+        "ratio_vs_huey_sync_normal": _ratio(result["conveyor"], result["huey_sync_normal"]),
+        "transport_only_ratio_vs_huey": {
+            "publish": round(result["conveyor_transport_only"]["publish_per_s"]
+                             / result["huey"]["enqueue_per_s"], 2),
+            "fetch_ack": round(result["conveyor_transport_only"]["fetch_ack_per_s"]
+                               / result["huey"]["drain_per_s"], 2)},
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "cpus": os.cpu_count(),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
