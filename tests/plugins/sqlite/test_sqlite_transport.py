@@ -347,3 +347,22 @@ def test_each_delivery_goes_to_exactly_one_consumer(transport, db_url, tmp_path,
             for n in json.loads(Path(out).read_text())]
     assert len(seen) == len(set(seen)) == total
     assert sum(bool(json.loads(Path(o).read_text())) for o in outs) >= 2  # really shared
+
+
+def _publish_from_child(transport: SQLiteTransport, message) -> None:
+    transport.publish(message, Q)
+    transport.close()
+
+
+def test_a_forked_child_opens_its_own_connection(transport, new_message):
+    transport.publish(new_message(0), Q)
+    (held,) = transport.fetch(["celery"], limit=1, timeout=0)
+    child = multiprocessing.get_context("fork").Process(
+        target=_publish_from_child, args=(transport, new_message(1)))
+    child.start()
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    # The child's close() neither closed our connection nor gave back our lease.
+    assert transport.depth("celery") == 1
+    transport.ack([held])
+    assert ns(transport.fetch(["celery"], limit=5, timeout=0)) == [1]

@@ -93,9 +93,9 @@ class mapped_errors:  # noqa: N801 - used like a function: ``with mapped_errors(
         return None
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: object) -> bool:
+                 tb: object) -> None:
         if exc is None or not isinstance(exc, sqlite3.Error) or is_transient(exc):
-            return False
+            return
         raise OperationalError(
             f"SQLite {self.what} at {self.path!r} failed: {exc}. Check that the URL "
             f"points at a database Conveyor created (or a new file) and that it is not "

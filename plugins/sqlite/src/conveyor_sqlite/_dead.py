@@ -41,7 +41,8 @@ def bury(conn: sqlite3.Connection, msg_id: int, lease: int, reason: str) -> bool
 
 
 def _where(ids: Sequence[str] | None, queue: str | None) -> tuple[str, list[object]]:
-    clauses, params = [], []
+    clauses: list[str] = []
+    params: list[object] = []
     if ids is not None:
         numbers = [int(i) for i in ids if str(i).isdigit()]
         clauses.append(f"id IN ({', '.join('?' * len(numbers)) or 'NULL'})")

@@ -78,7 +78,8 @@ class SQLiteTransport(BaseTransport):
                  app: Conveyor | None = None) -> None:
         super().__init__(url, app)
         self.path = database_path(url)
-        self.visibility_timeout = _positive(self.options, "visibility_timeout")
+        self.visibility_timeout = self._lease_time = _positive(self.options,
+                                                               "visibility_timeout")
         self.polling_interval = _positive(self.options, "polling_interval")
         self._db: sqlite3.Connection | None = None
         self._fork = ForkSafe()
@@ -98,18 +99,22 @@ class SQLiteTransport(BaseTransport):
             ForkSafe.abandon(self._db)
             self._db = None
             self._unsettled.clear()  # the parent's leases are the parent's
-        if self._db is None:
+        conn = self._db
+        if conn is None:
             with self._errors("connect"):
-                self._db = open_connection(self.path, SCHEMA)
-        return self._db
+                conn = self._db = open_connection(self.path, SCHEMA)
+        return conn
 
     def _errors(self, what: str) -> mapped_errors:
         return mapped_errors(self.path, f"broker ({what})")
 
     def close(self) -> None:
         """Give unsettled deliveries back (counted: they may have started), then close."""
-        if self._db is None or self._fork.forked():
+        if self._fork.forked():  # the parent's connection and leases stay the parent's
+            ForkSafe.abandon(self._db)
             self._db = None
+            self._unsettled.clear()
+        if self._db is None:
             return
         try:
             if self._unsettled:
@@ -149,17 +154,19 @@ class SQLiteTransport(BaseTransport):
         self._notifier.notify()
 
     # ------------------------------------------------------------ consuming
-    def fetch(self, queues: Sequence[str], *, limit: int, timeout: float) -> list[Delivery]:
+    def fetch(self, queues: Sequence[str], *, limit: int,
+              timeout: float | None) -> list[Delivery]:
         """Up to ``limit`` due deliveries, highest priority first, then oldest first.
 
-        Waits at most ``timeout`` seconds for the first one. Between polls it sleeps
+        Waits at most ``timeout`` seconds for the first one (``None``: until one
+        comes). Between polls it sleeps
         from a few milliseconds up to ``polling_interval`` (never past the next due
         time), and keeps that backoff across calls until something arrives.
         """
         if limit <= 0 or not queues:
             return []
         queues = tuple(queues)
-        deadline = time.monotonic() + max(timeout, 0.0)
+        deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
         seen = self._notifier.version
         while True:
             found, next_due = self._claim(queues, limit)
@@ -201,7 +208,7 @@ class SQLiteTransport(BaseTransport):
                     self._busy = False
                     return [], next_due
             token = random.getrandbits(62)
-            params: list[Any] = [now + self.visibility_timeout, token]
+            params: list[Any] = [now + self._lease_time, token]
             for queue in queues:
                 params += (queue, limit)
             if len(queues) > 1:
@@ -234,11 +241,11 @@ class SQLiteTransport(BaseTransport):
         return [d.tag for d in deliveries]
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        self._settle(_ACK, self._tags(deliveries))  # type: ignore[arg-type]
+        self._settle(_ACK, self._tags(deliveries))
 
     def requeue(self, delivery: Delivery) -> None:
         """Back to the head of its priority, not counted as a delivery."""
-        self._settle(_REQUEUE, self._tags([delivery]))  # type: ignore[arg-type]
+        self._settle(_REQUEUE, self._tags([delivery]))
         self._notifier.notify()
 
     def defer(self, delivery: Delivery, due: float) -> None:
@@ -246,7 +253,7 @@ class SQLiteTransport(BaseTransport):
         self._settle(_DEFER, [(due, *tag) for tag in self._tags([delivery])])
 
     def extend(self, deliveries: Sequence[Delivery]) -> None:
-        until = time.time() + self.visibility_timeout
+        until = time.time() + self._lease_time
         self._settle(_EXTEND, [(until, *d.tag) for d in deliveries])
 
     # ------------------------------------------------------------ dead letters
@@ -287,11 +294,12 @@ class SQLiteTransport(BaseTransport):
         """Messages deliverable now: ready, plus parked or lapsed-lease ones now due."""
         conn = self._conn()
         with self._errors("depth"):
-            return conn.execute(
+            row = conn.execute(
                 f"SELECT (SELECT count(*) FROM conveyor_messages WHERE state = {READY} "
                 "AND queue = ?) + (SELECT count(*) FROM conveyor_messages WHERE "
                 f"state != {READY} AND queue = ? AND due <= ?)",
-                (queue, queue, time.time())).fetchone()[0]
+                (queue, queue, time.time())).fetchone()
+        return int(row[0])
 
 
 def _positive(options: dict[str, Any], key: str) -> float:
