@@ -270,7 +270,7 @@ def test_defer_parks_with_the_ack_and_never_restores_early(make_transport: Any,
     t.defer(d, time.time() + 2.0)
     assert r.hlen("unacked") == 0 and r.zcard("_conveyor.delayed") == 1
     assert t.fetch([queue], limit=1, timeout=1.2) == []  # sweeps ran: nothing restored
-    got = t.fetch([queue], limit=1, timeout=2)
+    got = t.fetch([queue], limit=1, timeout=5)
     assert ids(got) == [1] and got[0].deliveries == 1
     t.ack(got)
     assert t.fetch([queue], limit=1, timeout=0.6) == []
