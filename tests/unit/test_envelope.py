@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ from conveyor.envelope import build_message, from_iso, parse_message
 from conveyor.exceptions import ContentDisallowed, DecodeError
 from conveyor.interfaces import Message
 
-SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "wire-samples"
+SAMPLES = Path(os.environ.get(
+    "CONVEYOR_WIRE_SAMPLES",
+    Path(__file__).resolve().parents[2].parent / "shared" / "wire-samples"))
 ACCEPT = ["json", "msgpack", "yaml", "pickle"]
 
 
