@@ -7,8 +7,9 @@ Shared rules, so the two plugins cannot drift apart:
   process and thread of one app opens the same file whatever its working directory.
 * WAL journal (readers never block the writer, and many processes share one file),
   ``synchronous=NORMAL`` (a commit survives any process crash; only an OS crash or
-  power loss can lose the last commits — the trade Litestream and most WAL users make,
-  and what keeps a commit in the tens of microseconds instead of an fsync each),
+  power loss can lose the last commits, never corrupt the file — SQLite's documented
+  recommendation for WAL; it keeps a commit in the tens of microseconds instead of
+  an fsync each),
   and a busy timeout so writers queue instead of failing.
 * A connection never crosses ``fork()``: SQLite forbids it, so a child process drops
   (and deliberately does not close) what its parent opened, then opens its own.
@@ -30,7 +31,7 @@ BUSY_TIMEOUT = 10.0
 
 #: OperationalError texts that mean "cannot reach the database right now" (retry),
 #: as opposed to a broken schema or a file that is not a database (do not retry).
-_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o", "readonly", "interrupted")
+_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o", "interrupted")
 
 #: Connections inherited across fork() are parked here so the garbage collector never
 #: closes them in the child (closing would touch the parent's locks).
