@@ -219,3 +219,14 @@ class Notifier:
             if self.version == seen and timeout > 0:
                 self.cond.wait(timeout)
             return self.version
+
+
+def _after_fork_in_child() -> None:
+    """Fresh locks in a child: one held by another parent thread at fork() time would
+    stay held for ever in the child, where that thread does not exist."""
+    Notifier._lock = threading.Lock()
+    for notifier in Notifier._all.values():
+        notifier.cond = threading.Condition()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
