@@ -263,6 +263,15 @@ class BaseTransport:
         for message, route, due in batch:
             self.publish(message, route, due=due)  # type: ignore[attr-defined]
 
+    def abandon(self) -> None:
+        """Drop the connection after a connection error, settling nothing.
+
+        Deliveries whose tasks still run stay leased: the worker acks them through a
+        new connection when they finish, or they come back by the visibility
+        timeout. The default closes; override where ``close()`` gives deliveries back.
+        """
+        self.close()
+
     def __enter__(self) -> BaseTransport:
         return self
 

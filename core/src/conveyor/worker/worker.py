@@ -185,11 +185,12 @@ class Worker:
             timeout = min(timeout, 0.05)  # settle finished jobs promptly
         if self._ready and not busy:
             timeout = 0.0  # jobs can start now: do not block
-        if room > 0:
+        # perf: refill in batches, not one message per round trip.
+        if room > 0 and (room * 2 >= self.prefetch or not self._ready):
             deliveries = transport.fetch(self.queues, limit=room, timeout=timeout)
             if deliveries:
                 self._receive(transport, deliveries)
-        elif busy:
+        elif busy or not self._ready:  # nothing to start: wait for a job or a due ETA
             try:
                 job = self.pool.done.get(timeout=timeout)
             except queue.Empty:
@@ -355,15 +356,18 @@ class Worker:
 
     def _reconnect(self, transport: Transport, exc: BaseException) -> Transport | None:
         log.error("Lost the broker connection (%s); reconnecting", exc)
+        abandon = getattr(transport, "abandon", transport.close)
         try:
-            transport.close()
-        except Exception:  # noqa: BLE001
+            abandon()
+        except Exception:  # noqa: BLE001 - the connection is gone anyway
             pass
-        # Unsettled deliveries come back by the broker's visibility timeout.
+        # Waiting deliveries come back by the broker's visibility timeout; running
+        # ones stay leased (the lease keeper renews them) and are acked when done.
+        with self._lease_lock:
+            for job in [*self._ready, *(j for _, _, j in self._held)]:
+                self._leased.pop(job.delivery.tag, None)
         self._ready.clear()
         self._held.clear()
-        with self._lease_lock:
-            self._leased.clear()
         return self._connect()
 
     # ------------------------------------------------------------------ shutdown

@@ -126,6 +126,12 @@ class SQLiteTransport(BaseTransport):
             self._db.close()
             self._db = None
 
+    def abandon(self) -> None:
+        """Close without giving anything back (after a connection error): tasks still
+        running keep their leases and are acked through a new connection."""
+        self._unsettled.clear()
+        self.close()
+
     def declare(self, route: Route) -> None:
         """Queues need no declaring: a queue is the set of rows naming it."""
         self._conn()
