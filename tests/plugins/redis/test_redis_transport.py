@@ -81,36 +81,38 @@ def test_fetch_returns_promptly_when_empty_and_wakes_on_publish(make_transport: 
 
 def test_fetch_takes_up_to_limit_in_one_round_trip(make_transport: Any, r: redis.Redis,
                                                    queue: str, monkeypatch: Any) -> None:
+    from conveyor_redis.connection import Line
     t = make_transport()
     t.publish_many([(make_message(i), Route(queue), None) for i in range(10)])
     calls: list[Any] = []
-    real = t.client.execute_command
-    monkeypatch.setattr(t.client, "execute_command",
-                        lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    real = Line.send
+    monkeypatch.setattr(Line, "send", lambda self, packed: calls.append(
+        packed.split(b"\r\n")[2].decode()) or real(self, packed))
     t._next_sweep = time.time() + 60
     got = t.fetch([queue], limit=4, timeout=1)
     assert ids(got) == [0, 1, 2, 3]
     assert calls == ["EVALSHA"]
     assert r.hlen("unacked") == 4 and r.zcard("unacked_index") == 4
+    t.ack(got)
+    assert calls == ["EVALSHA", "EVALSHA"] and r.hlen("unacked") == 0
 
 
 def test_publish_many_is_one_round_trip_and_fifo(make_transport: Any, queue: str,
                                                  monkeypatch: Any) -> None:
+    from conveyor_redis.connection import Line
     t = make_transport()
     t._next_move = time.time() + 60
-    executed: list[int] = []
-    real = redis.client.Pipeline.execute
-
-    def counting(self: Any, *a: Any, **k: Any) -> Any:
-        executed.append(len(self.command_stack))
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(redis.client.Pipeline, "execute", counting)
+    writes: list[int] = []
+    real = Line.pipeline
+    monkeypatch.setattr(Line, "pipeline",
+                        lambda self, cmds: writes.append(len(cmds)) or real(self, cmds))
+    monkeypatch.setattr(Line, "send", lambda self, packed: pytest.fail("extra call"))
     batch = [(make_message(i, priority=(None if i % 2 else 9)), Route(queue), None)
              for i in range(2500)]
     batch.append((make_message(9999), Route(queue), time.time() + 60))
     t.publish_many(batch)
-    assert len(executed) == 1
+    assert len(writes) == 1
+    monkeypatch.undo()
     assert t.depth(queue) == 2500
     got = t.fetch([queue], limit=3000, timeout=1)
     assert ids(got) == [i for i in range(2500) if i % 2 == 0] + \
@@ -356,18 +358,17 @@ def test_global_keyprefix_prefixes_every_key(make_transport: Any, r: redis.Redis
 def test_lost_brpop_claim_is_pushed_back(make_transport: Any, r: redis.Redis, queue: str,
                                          monkeypatch: Any) -> None:
     """A message BRPOP took whose claim failed is returned, not lost."""
-    from conveyor_redis import lease
     t = make_transport()
-    real = lease.CLAIM
+    real = t._claim
     failures = [1]
 
-    def flaky(client: Any, keys: Any, args: Any = ()) -> Any:
-        if args[3] != 0 and failures:  # the claim of a message BRPOP took
+    def flaky(poll: Any, limit: int, pre: Any) -> Any:
+        if pre is not None and failures:  # the claim of a message BRPOP took
             failures.pop()
             raise redis.ConnectionError("connection lost")
-        return real(client, keys, args)
+        return real(poll, limit, pre)
 
-    monkeypatch.setattr(lease, "CLAIM", flaky)
+    monkeypatch.setattr(t, "_claim", flaky)
     threading.Timer(0.2, lambda: make_transport().publish(make_message(3),
                                                            Route(queue))).start()
     got = t.fetch([queue], limit=1, timeout=3)

@@ -21,7 +21,7 @@ import redis
 from conveyor.interfaces import DeadLetter
 
 from .envelope import decode
-from .layout import Layout
+from .layout import Layout, to_wire
 from .scripts import Script
 
 #: KEYS: unacked, unacked_index, deliveries, dead hash, dead queue set.
@@ -98,3 +98,31 @@ def chosen(items: Sequence[tuple[DeadLetter, bytes]], ids: Sequence[str] | None,
     wanted: Any = set(ids) if ids is not None else None
     return [(d, raw) for d, raw in items
             if (wanted is None or d.id in wanted) and (queue is None or d.queue == queue)]
+
+
+def requeue(client: redis.Redis, layout: Layout, ids: Sequence[str] | None,
+            queue: str | None) -> int:
+    """Put chosen dead letters back on their queue's list; how many moved."""
+    count = 0
+    for d, raw in chosen(load(client, layout, queue), ids, queue):
+        p = d.message.priority  # None only for garbage: the base list
+        target = layout.list_for(d.queue, 0 if p is None else to_wire(p))
+        count += REQUEUE(client, [layout.dead(d.queue), layout.dead_queues, target,
+                                  layout.deliveries], [d.id, raw, d.queue])
+    return count
+
+
+def purge(client: redis.Redis, layout: Layout, queue: str | None) -> int:
+    """Delete the dead letters (of ``queue``); how many."""
+    if queue is None:
+        queues = [q.decode("utf-8") for q in client.smembers(layout.dead_queues)]
+    else:
+        queues = [queue]
+    if not queues:
+        return 0
+    pipe = client.pipeline(transaction=True)
+    for q in queues:
+        pipe.hlen(layout.dead(q))
+        pipe.delete(layout.dead(q))
+        pipe.srem(layout.dead_queues, q)
+    return sum(pipe.execute()[0::3])

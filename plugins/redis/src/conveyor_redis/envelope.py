@@ -13,7 +13,9 @@ JSON encoder and base64, nothing else.
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import uuid
 from base64 import b64decode, b64encode
 from typing import Any
@@ -26,12 +28,30 @@ from .layout import from_wire
 TRANSPORT_PROPERTIES = frozenset({"delivery_info", "priority", "body_encoding",
                                   "delivery_tag"})
 _dumps = json.dumps
-_uuid4 = uuid.uuid4
 
 
-def new_tag() -> str:
-    """A unique delivery tag, uuid4 text as kombu makes it."""
-    return str(_uuid4())
+class _Tags:
+    """Delivery tags shaped like kombu's uuid4 text, ~10× cheaper to make.
+
+    A random uuid4 prefix per process (renewed in a forked child) plus a counter in
+    the last 12 hex digits: unique across processes, and every tag is distinct.
+    """
+
+    def __init__(self) -> None:
+        self.renew()
+        os.register_at_fork(after_in_child=self.renew)
+
+    def renew(self) -> None:
+        u = uuid.uuid4().hex
+        self.prefix = f"{u[:8]}-{u[8:12]}-{u[12:16]}-{u[16:20]}-"
+        self.counter = itertools.count(int(u[20:], 16) & 0xFFFFFFFFFF)
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.counter):012x}"
+
+
+#: A unique delivery tag (kombu uses them as keys in ``unacked``).
+new_tag = _Tags()
 
 
 def encode(message: Message, exchange: str, routing_key: str, wire_priority: int,

@@ -74,6 +74,18 @@ end
 return {out, nxt}
 """)
 
+#: Settle for good: drop the leases and delivery counts of tags, in one reply.
+#: KEYS: unacked, unacked_index, deliveries. ARGV: delivery tags.
+ACK = Script("""
+for i = 1, #ARGV, 4000 do
+  local j = math.min(i + 3999, #ARGV)
+  redis.call('ZREM', KEYS[2], unpack(ARGV, i, j))
+  redis.call('HDEL', KEYS[1], unpack(ARGV, i, j))
+  redis.call('HDEL', KEYS[3], unpack(ARGV, i, j))
+end
+return #ARGV
+""")
+
 #: Give a leased message back to a list. KEYS: unacked, unacked_index, deliveries,
 #: list. ARGV: tag, envelope, "L" (end of the line) or "R" (next out), "1" to take
 #: this delivery off the count (it never started). Only if still leased to us.

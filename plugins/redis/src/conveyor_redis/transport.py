@@ -12,8 +12,9 @@ What goes where (PROTOCOL.md §5; key names in :mod:`.layout`):
 
 Round trips: ``publish`` is one, ``publish_many`` one for the whole batch, ``fetch``
 one per batch of up to ``limit`` messages while messages wait (a blocking ``BRPOP``
-only when the queues are empty), ``ack`` one per batch. Connections come from a pool
-shared per URL, so no call sets one up.
+only when the queues are empty), ``ack`` one per batch. The hot calls go through one
+connection the transport holds (:class:`~.connection.Line`), taken from a pool shared
+per URL, so no call sets a connection up.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from conveyor.interfaces import (
 )
 
 from . import deadletter, delay, lease
-from .connection import Backoff, client_for
+from .connection import Backoff, Line, client_for
 from .envelope import decode, encode, new_tag
 from .errors import CONNECTION_ERRORS, translate, wrap
 from .layout import Layout, to_wire
@@ -49,6 +50,15 @@ _SETTLE_PATIENCE = 15.0
 _PRODUCER_MOVE_EVERY = 1.0
 #: Envelopes per LPUSH command inside one publish_many pipeline.
 _PUSH_CHUNK = 1000
+
+
+class _Poll(NamedTuple):
+    """What fetching from one list of queues needs, computed once."""
+
+    keys: list[str]
+    names: list[str]
+    index: dict[bytes, int]
+    claim: tuple[bytes, bytes]
 
 
 class Lease(NamedTuple):
@@ -98,24 +108,28 @@ class RedisTransport(BaseTransport):
                 f"'polling_interval' ({self.polling_interval!r}), or a blocking read "
                 "would time out; raise it or set it to None.")
         self.layout = Layout(o["global_keyprefix"], o["sep"], o["priority_steps"])
+        lay = self.layout
+        self._lease_keys = [lay.unacked, lay.unacked_index, lay.deliveries]
+        self._claim_keys = [*self._lease_keys, lay.delayed]
         self.sweep_interval = min(10.0, max(0.25, self.visibility_timeout / 4))
         self._client: redis.Redis | None = None
+        self._line: Line | None = None
         self._broken = False
         self._declared: set[Route] = set()
-        self._held: dict[str, tuple[Lease, str]] = {}
+        self._lists: dict[tuple[str, int], str] = {}
+        self._held: dict[str, Lease] = {}
         self._orphans: list[tuple[str, bytes]] = []
         self._backoff = Backoff()
         self._next_sweep = 0.0
         self._next_move = 0.0
         self._next_due: float | None = None
         self._rr = 0
-        self._poll_cache: dict[tuple[str, ...], tuple[list[str], list[str], list[str],
-                                                      dict[bytes, int]]] = {}
+        self._polls: dict[tuple[str, ...], _Poll] = {}
 
     # ------------------------------------------------------------- connection
     @property
     def client(self) -> redis.Redis:
-        """The redis-py client (created on first use, from the shared pool)."""
+        """A redis-py client on the shared pool (for the rarely used calls)."""
         if self._client is None:
             o = self.options
             connect = o["socket_connect_timeout"]
@@ -128,9 +142,16 @@ class RedisTransport(BaseTransport):
                 client_name=o["client_name"])
         return self._client
 
+    @property
+    def line(self) -> Line:
+        """The connection this transport holds for its hot calls."""
+        if self._line is None:
+            self._line = Line(self.client.connection_pool)
+        return self._line
+
     def connect(self) -> None:
         with translate(self.url, "connecting", retryable_raw=True):
-            self.client.ping()
+            self.line.call("PING")
         self._broken = False
 
     def close(self) -> None:
@@ -141,29 +162,26 @@ class RedisTransport(BaseTransport):
         twice; their leases expire instead (the visibility timeout).
         """
         held, self._held = list(self._held.values()), {}
-        if self._client is None or self._broken:
-            self._client = None
+        line, self._line = self._line, None
+        if line is None:
             return
-        for lease_, _queue in held:
+        if not self._broken:
             try:
-                lease.GIVE_BACK(self._client, self._settle_keys(lease_.list),
-                                [lease_.tag, lease_.raw, "R", "0"])
+                for token in held:
+                    lease.GIVE_BACK(line, [*self._lease_keys, token.list],
+                                    [token.tag, token.raw, "R", "0"])
+                self._flush_orphans(line)
             except redis.RedisError:
-                break  # unreachable: the visibility timeout brings them back
-        self._flush_orphans(quiet=True)
-        self._client = None
+                pass  # unreachable: the visibility timeout brings them back
+        line.close()
 
-    def _settle_keys(self, list_key: str) -> list[str]:
-        lay = self.layout
-        return [lay.unacked, lay.unacked_index, lay.deliveries, list_key]
-
-    def _settle(self, doing: str, call: Callable[[], T]) -> T:
+    def _settle(self, doing: str, call: Callable[[Line], T]) -> T:
         """Run an idempotent settle call, retrying through a broken connection."""
         deadline = time.monotonic() + _SETTLE_PATIENCE
         backoff = Backoff()
         while True:
             try:
-                return call()
+                return call(self.line)
             except CONNECTION_ERRORS as exc:
                 pause = backoff.next()
                 if time.monotonic() + pause > deadline:
@@ -176,52 +194,52 @@ class RedisTransport(BaseTransport):
                 raise wrap(exc, self.url, doing) from exc
 
     # ------------------------------------------------------------- publishing
-    def _binding(self, pipe: Any, route: Route) -> None:
+    def _binding(self, route: Route) -> list[tuple[Any, ...]]:
         """Celery's binding for a queue on its own exchange (written on first use).
 
         Only the queue's own exchange (or the anonymous one) is bound: the type of a
         named exchange is not stored in Redis, and a direct-style binding on a topic
         exchange would match every routing key for kombu publishers.
         """
-        if route.exchange in ("", route.queue):
-            member = self.layout.binding_member(route.key, route.queue)
-            pipe.sadd(self.layout.binding(route.queue), member)
-            pipe.sadd(self.layout.binding_permanent(route.queue), member)
+        if route.exchange not in ("", route.queue):
+            return []
+        member = self.layout.binding_member(route.key, route.queue)
+        return [("SADD", self.layout.binding(route.queue), member),
+                ("SADD", self.layout.binding_permanent(route.queue), member)]
 
     def declare(self, route: Route) -> None:
         if route in self._declared:
             return
         with translate(self.url, f"declaring queue {route.queue!r}"):
-            pipe = self.client.pipeline(transaction=False)
-            self._binding(pipe, route)
-            pipe.execute()
+            _check(self.line.pipeline(self._binding(route) or [("PING",)]))
         self._declared.add(route)
 
     def _envelope(self, message: Message, route: Route) -> tuple[str, str]:
         wire = to_wire(message.properties.get("priority"))
         raw = encode(message, route.exchange, route.key, wire, new_tag())
-        return raw, self.layout.list_for(route.queue, wire)
+        key = (route.queue, wire)
+        list_key = self._lists.get(key)
+        if list_key is None:
+            list_key = self._lists[key] = self.layout.list_for(route.queue, wire)
+        return raw, list_key
+
+    def _push(self, list_key: str, raw: str, due: float | None) -> tuple[Any, ...]:
+        if due is not None and due > time.time():
+            return ("ZADD", self.layout.delayed, due, delay.member(list_key, raw))
+        return ("LPUSH", list_key, raw)
 
     def publish(self, message: Message, route: Route, *, due: float | None = None) -> None:
         raw, list_key = self._envelope(message, route)
-        client = self.client
+        command = self._push(list_key, raw, due)
         with translate(self.url, f"publishing to queue {route.queue!r}",
                        retryable_raw=True):
-            if route not in self._declared:
-                pipe = client.pipeline(transaction=True)
-                self._binding(pipe, route)
-                self._push(pipe, list_key, raw, due)
-                pipe.execute()
-                self._declared.add(route)
+            if route in self._declared:
+                self.line.call(*command)
             else:
-                self._push(client, list_key, raw, due)
+                _check(self.line.pipeline(
+                    [("MULTI",), *self._binding(route), command, ("EXEC",)]))
+                self._declared.add(route)
             self._producer_move()
-
-    def _push(self, target: Any, list_key: str, raw: str, due: float | None) -> None:
-        if due is not None and due > time.time():
-            target.zadd(self.layout.delayed, {delay.member(list_key, raw): due})
-        else:
-            target.lpush(list_key, raw)
 
     def publish_many(self, batch: Sequence[tuple[Message, Route, float | None]]) -> None:
         """One MULTI/EXEC round trip: every message is stored, or none and an error."""
@@ -229,65 +247,65 @@ class RedisTransport(BaseTransport):
             return
         now = time.time()
         pushes: dict[str, list[str]] = {}
-        parks: dict[bytes, float] = {}
+        parks: list[Any] = []
         routes: set[Route] = set()
         for message, route, due in batch:
             raw, list_key = self._envelope(message, route)
             if due is not None and due > now:
-                parks[delay.member(list_key, raw)] = due
+                parks += (due, delay.member(list_key, raw))
             else:
                 pushes.setdefault(list_key, []).append(raw)
             if route not in self._declared:
                 routes.add(route)
+        commands: list[tuple[Any, ...]] = [("MULTI",)]
+        for route in routes:
+            commands += self._binding(route)
+        for list_key, raws in pushes.items():
+            for i in range(0, len(raws), _PUSH_CHUNK):
+                commands.append(("LPUSH", list_key, *raws[i:i + _PUSH_CHUNK]))
+        if parks:
+            commands.append(("ZADD", self.layout.delayed, *parks))
+        commands.append(("EXEC",))
         with translate(self.url, f"publishing {len(batch)} messages", retryable_raw=True):
-            pipe = self.client.pipeline(transaction=True)
-            for route in routes:
-                self._binding(pipe, route)
-            for list_key, raws in pushes.items():
-                for i in range(0, len(raws), _PUSH_CHUNK):
-                    pipe.lpush(list_key, *raws[i:i + _PUSH_CHUNK])
-            if parks:
-                pipe.zadd(self.layout.delayed, parks)
-            pipe.execute()
+            _check(self.line.pipeline(commands))
             self._declared |= routes
             self._producer_move()
 
     def _producer_move(self) -> None:
         now = time.time()
-        if now < self._next_move:
-            return
-        self._next_move = now + _PRODUCER_MOVE_EVERY
-        delay.MOVE_DUE(self.client, [self.layout.delayed], [now, _MOVE_BATCH])
+        if now >= self._next_move:
+            self._next_move = now + _PRODUCER_MOVE_EVERY
+            delay.MOVE_DUE(self.line, [self.layout.delayed], [now, _MOVE_BATCH])
 
     # ------------------------------------------------------------- consuming
-    def _poll(self, queues: Sequence[str]) -> tuple[list[str], list[str], list[str],
-                                                   dict[bytes, int]]:
+    def _poll(self, queues: Sequence[str]) -> _Poll:
         """Keys in poll order (round robin over queues within a step) and helpers."""
         if len(queues) > 1:
             k = self._rr % len(queues)
             queues = [*queues[k:], *queues[:k]]
         key = tuple(queues)
-        found = self._poll_cache.get(key)
+        found = self._polls.get(key)
         if found is None:
             keys, names = self.layout.poll_order(queues)
-            found = (keys, names, [json.dumps(n) for n in names],
-                     {k.encode("utf-8"): i + 1 for i, k in enumerate(keys)})
-            self._poll_cache[key] = found
+            found = _Poll(keys, names, {k.encode("utf-8"): i + 1 for i, k in enumerate(keys)},
+                          lease.CLAIM.prepared([*self._claim_keys, *keys], 5,
+                                               [json.dumps(n) for n in names]))
+            self._polls[key] = found
         return found
 
     def fetch(self, queues: Sequence[str], *, limit: int, timeout: float) -> list[Delivery]:
         if not queues or limit <= 0:
             return []
         deadline = time.monotonic() + max(0.0, timeout)
-        keys, names, qjson, index = self._poll(queues)
+        poll = self._poll(queues)
         while True:
-            popped: tuple[bytes, bytes] | None = None
             try:
-                self._flush_orphans()
+                if self._orphans:
+                    self._flush_orphans(self.line)
                 if time.time() >= self._next_sweep:
                     lease.sweep(self.client, self.layout, self.visibility_timeout)
                     self._next_sweep = time.time() + self.sweep_interval
-                got = self._claim(keys, names, qjson, limit, None)
+                got = self._claim(poll, limit, None)
                 self._backoff.reset()
                 if got:
                     return got
@@ -300,12 +318,11 @@ class RedisTransport(BaseTransport):
                 if block < 0.01:
                     time.sleep(block)
                     continue
-                popped = self.client.brpop(keys, timeout=block)
+                popped = self.line.call("BRPOP", *poll.keys, round(block, 3))
                 if popped is None:
                     continue
                 try:
-                    return self._claim(keys, names, qjson, limit,
-                                       (index[popped[0]], popped[1]))
+                    return self._claim(poll, limit, (poll.index[popped[0]], popped[1]))
                 except BaseException:
                     self._orphans.append((popped[0].decode("utf-8"), popped[1]))
                     raise
@@ -320,21 +337,20 @@ class RedisTransport(BaseTransport):
             except redis.RedisError as exc:
                 raise wrap(exc, self.url, "fetching messages") from exc
 
-    def _claim(self, keys: list[str], names: list[str], qjson: list[str], limit: int,
+    def _claim(self, poll: _Poll, limit: int,
                pre: tuple[int, bytes] | None) -> list[Delivery]:
-        lay = self.layout
-        now = time.time()
-        reply = lease.CLAIM(
-            self.client, [lay.unacked, lay.unacked_index, lay.deliveries, lay.delayed, *keys],
-            [now, limit, _MOVE_BATCH, pre[0] if pre else 0, pre[1] if pre else b"", *qjson])
+        reply = lease.CLAIM.run_prepared(
+            self.line, poll.claim,
+            [time.time(), limit, _MOVE_BATCH, pre[0] if pre else 0, pre[1] if pre else b""])
         out, self._next_due = lease.parse_claimed(reply)
+        keys, names = poll.keys, poll.names
         deliveries: list[Delivery] = []
+        held = self._held
         for j in range(0, len(out), 4):
-            i, raw, count, tag = out[j], out[j + 1], int(out[j + 2]), out[j + 3].decode()
+            i, raw, count, tag = out[j], out[j + 1], out[j + 2], out[j + 3].decode()
             d = decode(raw)
             queue = names[i - 1]
-            token = Lease(tag, raw, keys[i - 1])
-            self._held[tag] = (token, queue)
+            token = held[tag] = Lease(tag, raw, keys[i - 1])
             deliveries.append(Delivery(
                 d.message, queue, token, redelivered=d.redelivered or count > 1,
                 deliveries=count, exchange=d.exchange, routing_key=d.routing_key or queue))
@@ -342,7 +358,7 @@ class RedisTransport(BaseTransport):
             self._rr += 1
         return deliveries
 
-    def _flush_orphans(self, quiet: bool = False) -> None:
+    def _flush_orphans(self, line: Line) -> None:
         """Push back messages a BRPOP took whose claim failed (connection broke).
 
         If the claim did run before the reply was lost, the message is leased: the
@@ -351,64 +367,49 @@ class RedisTransport(BaseTransport):
         while self._orphans:
             list_key, raw = self._orphans[0]
             tag = decode(raw).tag or "conveyor-" + hashlib.sha1(raw).hexdigest()
-            try:
-                lease.RETURN_ORPHAN(self.client, [self.layout.unacked,
-                                                  self.layout.unacked_index, list_key],
-                                    [tag, raw])
-            except redis.RedisError:
-                if quiet:
-                    return
-                raise
+            lease.RETURN_ORPHAN(line, [self.layout.unacked, self.layout.unacked_index,
+                                       list_key], [tag, raw])
             self._orphans.pop(0)
 
     # ------------------------------------------------------------- settling
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        tags = [d.tag.tag for d in deliveries]
-        if not tags:
+        if not deliveries:
             return
-        lay = self.layout
-
-        def call() -> None:
-            pipe = self.client.pipeline(transaction=True)
-            pipe.zrem(lay.unacked_index, *tags)
-            pipe.hdel(lay.unacked, *tags)
-            pipe.hdel(lay.deliveries, *tags)
-            pipe.execute()
-
-        self._settle("acknowledging messages", call)
+        tags = [d.tag.tag for d in deliveries]
+        self._settle("acknowledging messages",
+                     lambda line: lease.ACK(line, self._lease_keys, tags))
         for tag in tags:
             self._held.pop(tag, None)
 
     def requeue(self, delivery: Delivery) -> None:
         token: Lease = delivery.tag
-        self._settle("requeueing a message", lambda: lease.GIVE_BACK(
-            self.client, self._settle_keys(token.list), [token.tag, token.raw, "L", "1"]))
+        self._settle("requeueing a message", lambda line: lease.GIVE_BACK(
+            line, [*self._lease_keys, token.list], [token.tag, token.raw, "L", "1"]))
         self._held.pop(token.tag, None)
 
     def defer(self, delivery: Delivery, due: float) -> None:
         token: Lease = delivery.tag
-        lay = self.layout
-        self._settle("parking a delayed message", lambda: delay.DEFER(
-            self.client, [lay.unacked, lay.unacked_index, lay.deliveries, lay.delayed],
-            [token.tag, delay.member(token.list, token.raw), due]))
+        self._settle("parking a delayed message", lambda line: delay.DEFER(
+            line, self._claim_keys, [token.tag, delay.member(token.list, token.raw), due]))
         self._held.pop(token.tag, None)
 
     def extend(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
             return
         now = time.time()
-        scores = {d.tag.tag: now for d in deliveries}
-        self._settle("extending leases", lambda: self.client.zadd(
-            self.layout.unacked_index, scores, xx=True))
+        pairs: list[Any] = []
+        for d in deliveries:
+            pairs += (now, d.tag.tag)
+        self._settle("extending leases", lambda line: line.call(
+            "ZADD", self.layout.unacked_index, "XX", *pairs))
 
     # ------------------------------------------------------------- dead letters
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         token: Lease = delivery.tag
         lay = self.layout
         rec = deadletter.record(token.tag, delivery.queue, reason, time.time(), token.raw)
-        self._settle("dead-lettering a message", lambda: deadletter.DEAD(
-            self.client, [lay.unacked, lay.unacked_index, lay.deliveries,
-                          lay.dead(delivery.queue), lay.dead_queues],
+        self._settle("dead-lettering a message", lambda line: deadletter.DEAD(
+            line, [*self._lease_keys, lay.dead(delivery.queue), lay.dead_queues],
             [token.tag, token.tag, rec, delivery.queue]))
         self._held.pop(token.tag, None)
 
@@ -417,50 +418,37 @@ class RedisTransport(BaseTransport):
             return [d for d, _ in deadletter.load(self.client, self.layout, queue)]
 
     def requeue_dead(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
-        lay = self.layout
-        count = 0
         with translate(self.url, "requeueing dead letters"):
-            for d, raw in deadletter.chosen(deadletter.load(self.client, lay, queue),
-                                            ids, queue):
-                p = d.message.priority  # None only for garbage: the base list
-                target = lay.list_for(d.queue, 0 if p is None else to_wire(p))
-                count += deadletter.REQUEUE(
-                    self.client, [lay.dead(d.queue), lay.dead_queues, target,
-                                  lay.deliveries], [d.id, raw, d.queue])
-        return count
+            return deadletter.requeue(self.client, self.layout, ids, queue)
 
     def purge_dead(self, queue: str | None = None) -> int:
-        lay = self.layout
         with translate(self.url, "purging dead letters"):
-            if queue is None:
-                queues = [q.decode("utf-8") for q in self.client.smembers(lay.dead_queues)]
-            else:
-                queues = [queue]
-            if not queues:
-                return 0
-            pipe = self.client.pipeline(transaction=True)
-            for q in queues:
-                pipe.hlen(lay.dead(q))
-                pipe.delete(lay.dead(q))
-                pipe.srem(lay.dead_queues, q)
-            return sum(pipe.execute()[0::3])
+            return deadletter.purge(self.client, self.layout, queue)
 
     # ------------------------------------------------------------- inspection
     def purge(self, queue: str) -> int:
         lists = self.layout.lists(queue)
         with translate(self.url, f"purging queue {queue!r}"):
-            pipe = self.client.pipeline(transaction=True)
-            for key in lists:
-                pipe.llen(key)
-            pipe.delete(*lists)
-            return sum(pipe.execute()[:-1])
+            replies = _check(self.line.pipeline(
+                [("MULTI",), *(("LLEN", k) for k in lists), ("DEL", *lists), ("EXEC",)]))
+            return sum(replies[-1][:-1])
 
     def depth(self, queue: str) -> int:
         with translate(self.url, f"measuring queue {queue!r}"):
-            pipe = self.client.pipeline(transaction=False)
-            for key in self.layout.lists(queue):
-                pipe.llen(key)
-            return sum(pipe.execute())
+            return sum(_check(self.line.pipeline([("LLEN", k)
+                                                  for k in self.layout.lists(queue)])))
+
+
+def _check(replies: list[Any]) -> list[Any]:
+    """Raise the first error reply of a pipeline (EXEC's nested ones included)."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+        if isinstance(reply, list):
+            for item in reply:
+                if isinstance(item, Exception):
+                    raise item
+    return replies
 
 
 class SecureRedisTransport(RedisTransport):

@@ -1,0 +1,250 @@
+"""Conveyor vs Celery on the same Redis, same run: enqueue, drain, round trip, bulk.
+
+Run alone: ``uv run --frozen python bench/redis_bench.py [--n 10000]``. Prints one
+JSON object. Each system gets its own dbs on 127.0.0.1:6379 (defaults: Conveyor
+broker 8 / results 9, Celery broker 10 / results 11; ``--dbs``); they are flushed
+before and after, so do not run this beside the Redis test suite, which owns 8–13.
+
+Measured for each system, with ``n`` no-op tasks and default settings (results on):
+
+* ``enqueue_per_s`` — ``noop.apply_async()`` in a loop, one thread;
+* ``drain_per_s`` — one worker process (``--pool solo``, ``-c 1``) running the ``n``
+  queued tasks: first to last result written (worker start-up excluded);
+* ``roundtrip_p50_ms`` — ``noop.delay().get()`` one after another, worker running;
+* ``bulk_per_s`` — ``n`` tasks through one publisher: Conveyor's ``publish_batch``
+  (the transport's pipelined ``publish_many``), Celery's ``group(...).apply_async()``.
+
+``ratios`` divides Conveyor by Celery (for the round trip, lower is better); ``targets``
+says whether each goal holds. ``profile`` splits Conveyor's enqueue cost between the
+core (message build) and the transport (envelope + Redis), in microseconds per task.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# `python bench/redis_bench.py` puts bench/ first on sys.path; keep real packages first.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import signal  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import textwrap  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import redis  # noqa: E402
+
+HOST = "redis://127.0.0.1:6379"
+QUEUE = "bench.redis"
+
+CONVEYOR_TASKS = '''
+from conveyor import Conveyor
+app = Conveyor("bench", broker="{broker}", backend="{backend}")
+
+@app.task(name="bench.noop")
+def noop():
+    return None
+'''
+
+CELERY_TASKS = '''
+from celery import Celery
+app = Celery("bench", broker="{broker}", backend="{backend}")
+app.conf.worker_hijack_root_logger = False
+
+@app.task(name="bench.noop")
+def noop():
+    return None
+'''
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: timed out after {timeout}s waiting for {what}")
+        time.sleep(0.005)
+
+
+class Worker:
+    """A worker subprocess in its own process group; always killed on exit."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.log = (cwd / f"{args[0].rsplit('/', 1)[-1]}-{time.time_ns()}.log").open("w+b")
+        self.proc = subprocess.Popen(args, cwd=cwd, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.log.close()
+
+    def tail(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-2000:]
+
+
+def measure(system: str, n: int, workdir: Path, broker: str, backend: str,
+            roundtrips: int) -> dict[str, Any]:
+    """All four numbers for one system (``conveyor`` or ``celery``)."""
+    results = redis.Redis.from_url(backend)
+    if system == "conveyor":
+        from conveyor import Conveyor
+        app = Conveyor("bench", broker=broker, backend=backend)
+
+        @app.task(name="bench.noop")
+        def noop() -> None:
+            return None
+
+        worker_args = [str(Path(sys.executable).parent / "conveyor"), "-A", "bench_conveyor",
+                       "worker", "-Q", QUEUE, "-c", "1", "--pool", "solo"]
+
+        def bulk() -> None:
+            app.publish_batch([("bench.noop", (), {}, {"queue": QUEUE}, {})
+                               for _ in range(n)])
+    else:
+        from celery import Celery, group
+        app = Celery("bench", broker=broker, backend=backend)
+
+        @app.task(name="bench.noop")
+        def noop() -> None:
+            return None
+
+        worker_args = [sys.executable, "-m", "celery", "-A", "bench_celery", "worker",
+                       "-Q", QUEUE, "-c", "1", "-P", "solo", "--without-gossip",
+                       "--without-mingle", "--without-heartbeat", "-l", "WARNING"]
+
+        def bulk() -> None:
+            group(noop.s().set(queue=QUEUE) for _ in range(n)).apply_async()
+
+    out: dict[str, Any] = {}
+    noop.apply_async(queue=QUEUE)  # warm up connections and plugin loading
+    redis.Redis.from_url(broker).flushdb()
+    results.flushdb()
+
+    start = time.perf_counter()
+    for _ in range(n):
+        noop.apply_async(queue=QUEUE)
+    out["enqueue_per_s"] = round(n / (time.perf_counter() - start))
+
+    worker = Worker(worker_args, workdir)
+    try:
+        wait_until(lambda: results.dbsize() > 0, 60, f"{system} worker to start")
+        first = time.perf_counter()
+        wait_until(lambda: results.dbsize() >= n, 600, f"{system} to drain {n} tasks")
+        out["drain_per_s"] = round((n - 1) / (time.perf_counter() - first))
+
+        for _ in range(20):
+            noop.apply_async(queue=QUEUE).get(timeout=30)
+        times = []
+        for _ in range(roundtrips):
+            t0 = time.perf_counter()
+            noop.apply_async(queue=QUEUE).get(timeout=30)
+            times.append(time.perf_counter() - t0)
+        out["roundtrip_p50_ms"] = round(statistics.median(times) * 1000, 3)
+        out["roundtrip_p90_ms"] = round(sorted(times)[int(len(times) * 0.9)] * 1000, 3)
+    except BaseException:
+        print(worker.tail(), file=sys.stderr)
+        raise
+    finally:
+        worker.stop()
+
+    redis.Redis.from_url(broker).flushdb()
+    start = time.perf_counter()
+    bulk()
+    out["bulk_per_s"] = round(n / (time.perf_counter() - start))
+    if system == "conveyor":
+        out["profile"] = profile(app, n)
+    app.close()
+    return out
+
+
+def profile(app: Any, n: int) -> dict[str, float]:
+    """Microseconds per task: core message build vs transport envelope + LPUSH."""
+    from conveyor.interfaces import Route
+    task = app.tasks["bench.noop"]
+    start = time.perf_counter()
+    built = [app.prepare("bench.noop", (), {}, {"queue": QUEUE}, {}, task)
+             for _ in range(n)]
+    core = (time.perf_counter() - start) / n * 1e6
+    transport = app.transport_factory()
+    start = time.perf_counter()
+    for message, route, _due, _opts in built:
+        transport._envelope(message, route)
+    envelope = (time.perf_counter() - start) / n * 1e6
+    start = time.perf_counter()
+    for message, route, _due, _opts in built:
+        transport.publish(message, Route(QUEUE))
+    publish = (time.perf_counter() - start) / n * 1e6
+    start = time.perf_counter()
+    transport.publish_many([(m, Route(QUEUE), None) for m, _r, _d, _o in built])
+    many = (time.perf_counter() - start) / n * 1e6
+    transport.close()
+    return {"core_build_us": round(core, 2), "transport_envelope_us": round(envelope, 2),
+            "transport_publish_us": round(publish, 2),
+            "transport_publish_many_us": round(many, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=10_000, help="tasks per measurement")
+    parser.add_argument("--roundtrips", type=int, default=300)
+    parser.add_argument("--dbs", default="8,9,10,11",
+                        help="Conveyor broker,results,Celery broker,results db numbers")
+    ns = parser.parse_args()
+    dbs = [int(x) for x in ns.dbs.split(",")]
+    urls = [f"{HOST}/{d}" for d in dbs]
+    for url in urls:
+        redis.Redis.from_url(url).flushdb()
+    report: dict[str, Any] = {
+        "bench": "redis", "n": ns.n, "python": platform.python_version(),
+        "machine": platform.machine(), "cpus": os.cpu_count(),
+        "redis": redis.Redis.from_url(urls[0]).info("server")["redis_version"],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        (workdir / "bench_conveyor.py").write_text(
+            textwrap.dedent(CONVEYOR_TASKS).format(broker=urls[0], backend=urls[1]))
+        (workdir / "bench_celery.py").write_text(
+            textwrap.dedent(CELERY_TASKS).format(broker=urls[2], backend=urls[3]))
+        try:
+            report["conveyor"] = measure("conveyor", ns.n, workdir, urls[0], urls[1],
+                                         ns.roundtrips)
+            report["celery"] = measure("celery", ns.n, workdir, urls[2], urls[3],
+                                       ns.roundtrips)
+        finally:
+            for url in urls:
+                redis.Redis.from_url(url).flushdb()
+    c, k = report["conveyor"], report["celery"]
+    report["ratios"] = {
+        "enqueue": round(c["enqueue_per_s"] / k["enqueue_per_s"], 2),
+        "drain": round(c["drain_per_s"] / k["drain_per_s"], 2),
+        "roundtrip_p50": round(c["roundtrip_p50_ms"] / k["roundtrip_p50_ms"], 2),
+        "bulk": round(c["bulk_per_s"] / k["bulk_per_s"], 2),
+    }
+    r = report["ratios"]
+    report["targets"] = {
+        "enqueue >= 3x celery": r["enqueue"] >= 3,
+        "drain >= 5x celery": r["drain"] >= 5,
+        "roundtrip p50 <= 0.5x celery": r["roundtrip_p50"] <= 0.5,
+        "bulk >= 50000/s": c["bulk_per_s"] >= 50_000,
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
