@@ -39,7 +39,9 @@ local nxt = move_due(KEYS[4], now, tonumber(ARGV[3]))
 local out, n = {}, 0
 local function claim(raw, i)
   local qjson = ARGV[5 + i]
-  local tag = string.match(raw, '"delivery_tag": "([^"\\]+)"}}%s*$')
+  -- perf: kombu and Conveyor write the tag last; look only near the end
+  local at = string.find(raw, '"delivery_tag": "', -120, true)
+  local tag = at and string.match(raw, '^([^"\\]+)"}}%s*$', at + 17)
   local record
   if tag then
     record = '[' .. raw .. ', "", ' .. qjson .. ']'
