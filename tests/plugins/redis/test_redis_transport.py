@@ -230,6 +230,9 @@ def test_publish_due_parks_then_moves_back_once(make_transport: Any, r: redis.Re
     t.publish(make_message(1), Route(queue), due=time.time() + 0.6)
     t.publish(make_message(2), Route(queue), due=time.time() - 1)  # already due
     assert t.depth(queue) == 1 and r.zcard("_conveyor.delayed") == 1
+    from conveyor_redis.delay import split
+    list_key, raw = split(r.zrange("_conveyor.delayed", 0, 0)[0])
+    assert list_key == f"{queue}{SEP}9" and json.loads(raw)["headers"]["n"] == 1
     assert ids(t.fetch([queue], limit=5, timeout=0)) == [2]
     start = time.monotonic()
     got = t.fetch([queue], limit=5, timeout=3)

@@ -3,7 +3,8 @@
 Entry points: transports ``redis`` and ``rediss`` (``redis+socket://`` resolves to
 ``redis``), backends ``redis`` and ``rediss``. Modules:
 
-* :mod:`.transport` — the transport (publish, fetch, settle, dead letters, depth);
+* :mod:`.transport` — the transport (settle, dead letters, depth), with
+  :mod:`.channel` (publishing) and :mod:`.consumer` (fetching) as its mixins;
 * :mod:`.envelope` — kombu's JSON envelope; :mod:`.layout` — key names, priorities;
 * :mod:`.lease` — taking messages with kombu's unacked bookkeeping, the sweep;
 * :mod:`.delay` — parked (delayed) messages; :mod:`.deadletter` — dead letters;

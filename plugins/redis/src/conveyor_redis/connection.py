@@ -203,11 +203,6 @@ class Lines:
             line.close()
 
 
-def db_number(client: redis.Redis) -> int:
-    """The db number the client talks to (for messages and fanout channel names)."""
-    return int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
-
-
 class Backoff:
     """Exponential backoff with jitter, capped; ``reset()`` after a success."""
 

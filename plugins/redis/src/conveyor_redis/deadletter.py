@@ -74,7 +74,8 @@ def load(client: redis.Redis, layout: Layout,
          queue: str | None = None) -> list[tuple[DeadLetter, bytes]]:
     """Every dead letter (of ``queue``), oldest first, with its envelope text."""
     if queue is None:
-        queues = sorted(q.decode("utf-8") for q in client.smembers(layout.dead_queues))
+        members: Any = client.smembers(layout.dead_queues)
+        queues = sorted(q.decode("utf-8") for q in members)
     else:
         queues = [queue]
     if not queues:
@@ -115,7 +116,8 @@ def requeue(client: redis.Redis, layout: Layout, ids: Sequence[str] | None,
 def purge(client: redis.Redis, layout: Layout, queue: str | None) -> int:
     """Delete the dead letters (of ``queue``); how many."""
     if queue is None:
-        queues = [q.decode("utf-8") for q in client.smembers(layout.dead_queues)]
+        members: Any = client.smembers(layout.dead_queues)
+        queues = [q.decode("utf-8") for q in members]
     else:
         queues = [queue]
     if not queues:

@@ -70,6 +70,3 @@ def split(value: bytes) -> tuple[str, bytes]:
     n = int(head)
     return rest[:n].decode("utf-8"), rest[n:]
 
-
-def next_due(score: bytes | str | None) -> float | None:
-    return float(score) if score is not None else None

@@ -18,7 +18,6 @@ import json
 import os
 import uuid
 from base64 import b64decode, b64encode
-from typing import Any
 
 from conveyor.interfaces import Message
 

@@ -138,7 +138,8 @@ def lookup(client: redis.Redis, layout: Layout, exchange: str, routing_key: str)
     if not exchange:
         return [routing_key]
     found: list[str] = []
-    for member in client.smembers(layout.binding(exchange)):
+    members: Any = client.smembers(layout.binding(exchange))
+    for member in members:
         parts = member.decode("utf-8").split(layout.sep, 2)
         if len(parts) != 3:
             continue
@@ -166,7 +167,7 @@ def restore_entry(client: redis.Redis, layout: Layout, tag: bytes, value: bytes,
         if raw is None:
             return bool(RESTORE(client, [layout.unacked, layout.unacked_index],
                                 [tag, value, ceiling, b""]))
-        payload, wire = raw, 0
+        payload, wire = raw, None
         queues = [routing_key] if isinstance(routing_key, str) and routing_key else []
     else:
         props = envelope.get("properties")
@@ -187,11 +188,11 @@ def sweep(client: redis.Redis, layout: Layout, visibility_timeout: float,
     ceiling = time.time() - visibility_timeout
     restored = 0
     for _ in range(rounds):
-        tags = client.zrangebyscore(layout.unacked_index, "-inf", ceiling,
-                                    start=0, num=batch)
+        tags: Any = client.zrangebyscore(layout.unacked_index, "-inf", ceiling,
+                                         start=0, num=batch)
         if not tags:
             break
-        values = client.hmget(layout.unacked, tags)
+        values: Any = client.hmget(layout.unacked, tags)
         for tag, value in zip(tags, values):
             if value is None:  # index entry without a record: drop it, as kombu does
                 client.zrem(layout.unacked_index, tag)

@@ -1,0 +1,148 @@
+"""Publishing: kombu's envelope onto the list of its priority step, Celery's bindings.
+
+A mixin of :class:`~.transport.RedisTransport` (which provides ``line``, ``layout``,
+``url`` and the bookkeeping attributes declared below), kept apart so each module
+stays readable.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import redis
+from conveyor.interfaces import Message, Route
+
+from . import delay
+from .connection import Line
+from .envelope import encode, new_tag
+from .errors import translate
+from .layout import Layout, to_wire
+
+log = logging.getLogger("conveyor.redis")
+
+#: How often a producer moves due parked messages back, at most.
+_PRODUCER_MOVE_EVERY = 1.0
+#: Parked messages moved back per script call.
+MOVE_BATCH = 100
+#: Envelopes per LPUSH command inside one publish_many pipeline.
+_PUSH_CHUNK = 1000
+
+
+class PublisherMixin:
+    """``declare``, ``publish`` and ``publish_many`` for the Redis transport."""
+
+    url: str
+    layout: Layout
+    _declared: set[Route]
+    _lists: dict[tuple[str, int], str]
+    _next_move: float
+
+    if TYPE_CHECKING:
+        @property
+        def line(self) -> Line: ...
+
+    def _binding(self, route: Route) -> list[tuple[Any, ...]]:
+        """Celery's binding for a queue on its own exchange (written on first use).
+
+        Only the queue's own exchange (or the anonymous one) is bound: the type of a
+        named exchange is not stored in Redis, and a direct-style binding on a topic
+        exchange would match every routing key for kombu publishers.
+        """
+        if route.exchange not in ("", route.queue):
+            return []
+        member = self.layout.binding_member(route.key, route.queue)
+        return [("SADD", self.layout.binding(route.queue), member),
+                ("SADD", self.layout.binding_permanent(route.queue), member)]
+
+    def declare(self, route: Route) -> None:
+        if route in self._declared:
+            return
+        with translate(self.url, f"declaring queue {route.queue!r}"):
+            check(self.line.pipeline(self._binding(route) or [("PING",)]))
+        self._declared.add(route)
+
+    def _envelope(self, message: Message, route: Route) -> tuple[str, str]:
+        wire = to_wire(message.properties.get("priority"))
+        raw = encode(message, route.exchange, route.key, wire, new_tag())
+        key = (route.queue, wire)
+        list_key = self._lists.get(key)
+        if list_key is None:
+            list_key = self._lists[key] = self.layout.list_for(route.queue, wire)
+        return raw, list_key
+
+    def _push(self, list_key: str, raw: str, due: float | None) -> tuple[Any, ...]:
+        if due is not None and due > time.time():
+            return ("ZADD", self.layout.delayed, due, delay.member(list_key, raw))
+        return ("LPUSH", list_key, raw)
+
+    def publish(self, message: Message, route: Route, *, due: float | None = None) -> None:
+        raw, list_key = self._envelope(message, route)
+        command = self._push(list_key, raw, due)
+        with translate(self.url, f"publishing to queue {route.queue!r}",
+                       retryable_raw=True):
+            if route in self._declared:
+                self.line.call(*command)
+            else:
+                check(self.line.pipeline(
+                    [("MULTI",), *self._binding(route), command, ("EXEC",)]))
+                self._declared.add(route)
+        self._producer_move()
+
+    def publish_many(self, batch: Sequence[tuple[Message, Route, float | None]]) -> None:
+        """One MULTI/EXEC round trip: every message is stored, or none and an error."""
+        if not batch:
+            return
+        now = time.time()
+        pushes: dict[str, list[str]] = {}
+        parks: list[Any] = []
+        routes: set[Route] = set()
+        for message, route, due in batch:
+            raw, list_key = self._envelope(message, route)
+            if due is not None and due > now:
+                parks += (due, delay.member(list_key, raw))
+            else:
+                pushes.setdefault(list_key, []).append(raw)
+            if route not in self._declared:
+                routes.add(route)
+        commands: list[tuple[Any, ...]] = [("MULTI",)]
+        for route in routes:
+            commands += self._binding(route)
+        for list_key, raws in pushes.items():
+            for i in range(0, len(raws), _PUSH_CHUNK):
+                commands.append(("LPUSH", list_key, *raws[i:i + _PUSH_CHUNK]))
+        if parks:
+            commands.append(("ZADD", self.layout.delayed, *parks))
+        commands.append(("EXEC",))
+        with translate(self.url, f"publishing {len(batch)} messages", retryable_raw=True):
+            check(self.line.pipeline(commands))
+            self._declared |= routes
+        self._producer_move()
+
+    def _producer_move(self) -> None:
+        """Move due parked messages back, at most once a second per producer.
+
+        Never raises: the message is already stored, and an error here would make the
+        core's retry policy publish it a second time. Consumers move them anyway.
+        """
+        now = time.time()
+        if now >= self._next_move:
+            self._next_move = now + _PRODUCER_MOVE_EVERY
+            try:
+                delay.MOVE_DUE(self.line, [self.layout.delayed], [now, MOVE_BATCH])
+            except redis.RedisError as exc:
+                log.debug("Could not move due delayed messages: %s", exc)
+
+
+def check(replies: list[Any]) -> list[Any]:
+    """Raise the first error reply of a pipeline (EXEC's nested ones included)."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+        if isinstance(reply, list):
+            for item in reply:
+                if isinstance(item, Exception):
+                    raise item
+    return replies

@@ -1,0 +1,163 @@
+"""Consuming: fetch in kombu's poll order with an atomic claim, BRPOP when idle.
+
+A mixin of :class:`~.transport.RedisTransport` (which provides ``line``, ``client``,
+``layout`` and the bookkeeping attributes declared below).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+import redis
+from conveyor._suggest import mask_url
+from conveyor.interfaces import Delivery
+
+from . import lease
+from .channel import MOVE_BATCH
+from .connection import Backoff, Line
+from .envelope import decode
+from .errors import CONNECTION_ERRORS, wrap
+from .layout import Layout
+
+log = logging.getLogger("conveyor.redis")
+
+
+class _Poll(NamedTuple):
+    """What fetching from one list of queues needs, computed once."""
+
+    keys: list[str]
+    names: list[str]
+    slot: dict[bytes, int]
+    claim: tuple[bytes, bytes]
+
+
+class Lease(NamedTuple):
+    """``Delivery.tag``: the delivery tag plus what settling needs, self-contained."""
+
+    tag: str
+    raw: bytes
+    list: str
+
+
+class ConsumerMixin:
+    """``fetch`` for the Redis transport."""
+
+    url: str
+    layout: Layout
+    polling_interval: float
+    sweep_interval: float
+    _visibility: float
+    _broken: bool
+    _claim_keys: list[str]
+    _held: dict[str, Lease]
+    _orphans: list[tuple[str, bytes]]
+    _backoff: Backoff
+    _next_sweep: float
+    _next_due: float | None
+    _rr: int
+    _polls: dict[tuple[str, ...], _Poll]
+
+    if TYPE_CHECKING:
+        @property
+        def line(self) -> Line: ...
+
+        @property
+        def client(self) -> redis.Redis: ...
+
+    def _poll(self, queues: Sequence[str]) -> _Poll:
+        """Keys in poll order (round robin over queues within a step) and helpers."""
+        if len(queues) > 1:
+            k = self._rr % len(queues)
+            queues = [*queues[k:], *queues[:k]]
+        key = tuple(queues)
+        found = self._polls.get(key)
+        if found is None:
+            keys, names = self.layout.poll_order(queues)
+            found = _Poll(keys, names, {k.encode("utf-8"): i + 1 for i, k in enumerate(keys)},
+                          lease.CLAIM.prepared([*self._claim_keys, *keys], 5,
+                                               [json.dumps(n) for n in names]))
+            self._polls[key] = found
+        return found
+
+    def fetch(self, queues: Sequence[str], *, limit: int, timeout: float) -> list[Delivery]:
+        if not queues or limit <= 0:
+            return []
+        deadline = time.monotonic() + max(0.0, timeout)
+        poll = self._poll(queues)
+        while True:
+            try:
+                if self._orphans:
+                    self._flush_orphans(self.line)
+                if time.time() >= self._next_sweep:
+                    lease.sweep(self.client, self.layout, self._visibility)
+                    self._next_sweep = time.time() + self.sweep_interval
+                got = self._claim(poll, limit, None)
+                self._backoff.reset()
+                if got:
+                    return got
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                block = min(remaining, self.polling_interval)
+                if self._next_due is not None:
+                    block = min(block, max(0.0, self._next_due - time.time()))
+                if block < 0.01:
+                    time.sleep(block)
+                    continue
+                popped = self.line.call("BRPOP", *poll.keys, round(block, 3))
+                if popped is None:
+                    continue
+                try:
+                    return self._claim(poll, limit, (poll.slot[popped[0]], popped[1]))
+                except BaseException:
+                    self._orphans.append((popped[0].decode("utf-8"), popped[1]))
+                    raise
+            except CONNECTION_ERRORS as exc:
+                pause = self._backoff.next()
+                if time.monotonic() + pause > deadline:
+                    self._broken = True
+                    raise wrap(exc, self.url, "fetching messages") from exc
+                log.warning("Redis at %s unreachable while fetching (%s); retrying in "
+                            "%.2fs", mask_url(self.url), exc, pause)
+                time.sleep(pause)
+            except redis.RedisError as exc:
+                raise wrap(exc, self.url, "fetching messages") from exc
+
+    def _claim(self, poll: _Poll, limit: int,
+               pre: tuple[int, bytes] | None) -> list[Delivery]:
+        reply = lease.CLAIM.run_prepared(
+            self.line, poll.claim,
+            [time.time(), limit, MOVE_BATCH, pre[0] if pre else 0, pre[1] if pre else b""])
+        out, self._next_due = lease.parse_claimed(reply)
+        keys, names = poll.keys, poll.names
+        deliveries: list[Delivery] = []
+        held = self._held
+        for j in range(0, len(out), 4):
+            i, raw, count, tag = out[j], out[j + 1], out[j + 2], out[j + 3].decode()
+            d = decode(raw)
+            queue = names[i - 1]
+            token = held[tag] = Lease(tag, raw, keys[i - 1])
+            deliveries.append(Delivery(
+                d.message, queue, token, redelivered=d.redelivered or count > 1,
+                deliveries=count, exchange=d.exchange, routing_key=d.routing_key or queue))
+        if deliveries and len(names) > len(self.layout.steps):
+            self._rr += 1
+        return deliveries
+
+    def _flush_orphans(self, line: Line) -> None:
+        """Push back messages a BRPOP took whose claim failed (connection broke).
+
+        If the claim did run before the reply was lost, the message is leased: the
+        lease is dropped in the same step, so exactly one copy ends up in the list.
+        """
+        while self._orphans:
+            list_key, raw = self._orphans[0]
+            tag = decode(raw).tag or "conveyor-" + hashlib.sha1(raw).hexdigest()
+            lease.RETURN_ORPHAN(line, [self.layout.unacked, self.layout.unacked_index,
+                                       list_key], [tag, raw])
+            self._orphans.pop(0)
