@@ -223,6 +223,20 @@ def test_close_gives_held_deliveries_back(make_transport: Any, r: redis.Redis,
     assert ids(again) == [1, 2]
 
 
+def test_abandon_keeps_leases_for_a_new_connection_to_ack(make_transport: Any,
+                                                          r: redis.Redis,
+                                                          queue: str) -> None:
+    """After a lost connection the worker abandons the transport: running tasks stay
+    leased (nothing given back) and are acked through the next transport."""
+    t = make_transport()
+    t.publish(make_message(1), Route(queue))
+    running = t.fetch([queue], limit=1, timeout=1)
+    t.abandon()
+    assert t.depth(queue) == 0 and r.hlen("unacked") == 1
+    make_transport().ack(running)
+    assert r.hlen("unacked") == 0 and r.zcard("unacked_index") == 0
+
+
 # ----------------------------------------------------------------- delayed delivery
 def test_publish_due_parks_then_moves_back_once(make_transport: Any, r: redis.Redis,
                                                 queue: str) -> None:
@@ -377,6 +391,12 @@ def test_lost_brpop_claim_is_pushed_back(make_transport: Any, r: redis.Redis, qu
     got = t.fetch([queue], limit=1, timeout=3)
     assert ids(got) == [3] and not failures
     assert r.hlen("unacked") == 1
+    # an orphan left by an abandoned transport is returned by the next one
+    from conveyor_redis import consumer
+    t.ack(got)
+    consumer._ORPHANS.setdefault(t.url, []).append((queue, got[0].tag.raw))
+    again = make_transport().fetch([queue], limit=1, timeout=1)
+    assert ids(again) == [3] and not consumer._ORPHANS[t.url]
 
 
 def test_unreachable_redis_names_the_masked_url(queue: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
@@ -25,6 +26,11 @@ from .errors import CONNECTION_ERRORS, wrap
 from .layout import Layout
 
 log = logging.getLogger("conveyor.redis")
+
+#: Messages a BRPOP took whose claim failed, per Redis URL, for whichever transport
+#: of this process reaches that Redis next: the one that took them may be abandoned.
+_ORPHANS: dict[str, list[tuple[str, bytes]]] = {}
+_ORPHANS_LOCK = threading.Lock()
 
 
 class _Poll(NamedTuple):
@@ -55,7 +61,6 @@ class ConsumerMixin:
     _broken: bool
     _claim_keys: list[str]
     _held: dict[str, Lease]
-    _orphans: list[tuple[str, bytes]]
     _backoff: Backoff
     _next_sweep: float
     _next_due: float | None
@@ -91,7 +96,7 @@ class ConsumerMixin:
         poll = self._poll(queues)
         while True:
             try:
-                if self._orphans:
+                if _ORPHANS.get(self.url):
                     self._flush_orphans(self.line)
                 if time.time() >= self._next_sweep:
                     lease.sweep(self.client, self.layout, self._visibility)
@@ -115,7 +120,8 @@ class ConsumerMixin:
                 try:
                     return self._claim(poll, limit, (poll.slot[popped[0]], popped[1]))
                 except BaseException:
-                    self._orphans.append((popped[0].decode("utf-8"), popped[1]))
+                    _ORPHANS.setdefault(self.url, []).append(
+                        (popped[0].decode("utf-8"), popped[1]))
                     raise
             except CONNECTION_ERRORS as exc:
                 pause = self._backoff.next()
@@ -155,9 +161,13 @@ class ConsumerMixin:
         If the claim did run before the reply was lost, the message is leased: the
         lease is dropped in the same step, so exactly one copy ends up in the list.
         """
-        while self._orphans:
-            list_key, raw = self._orphans[0]
+        with _ORPHANS_LOCK:
+            self._return_orphans(line, _ORPHANS.get(self.url, []))
+
+    def _return_orphans(self, line: Line, orphans: list[tuple[str, bytes]]) -> None:
+        while orphans:
+            list_key, raw = orphans[0]
             tag = decode(raw).tag or "conveyor-" + hashlib.sha1(raw).hexdigest()
             lease.RETURN_ORPHAN(line, [self.layout.unacked, self.layout.unacked_index,
                                        list_key], [tag, raw])
-            self._orphans.pop(0)
+            orphans.pop(0)

@@ -95,7 +95,6 @@ class RedisTransport(PublisherMixin, ConsumerMixin, BaseTransport):
         self._declared: set[Route] = set()
         self._lists: dict[tuple[str, int], str] = {}
         self._held: dict[str, Lease] = {}
-        self._orphans: list[tuple[str, bytes]] = []
         self._backoff = Backoff()
         self._next_sweep = 0.0
         self._next_move = 0.0
@@ -151,6 +150,15 @@ class RedisTransport(PublisherMixin, ConsumerMixin, BaseTransport):
             except redis.RedisError:
                 pass  # unreachable: the visibility timeout brings them back
         line.close()
+
+    def abandon(self) -> None:
+        """Drop the connection after a connection error, giving nothing back.
+
+        The worker calls this when it reconnects: tasks still running keep their
+        leases and are acked through the new transport when they finish.
+        """
+        self._broken = True
+        self.close()
 
     def _settle(self, doing: str, call: Callable[[Line], T]) -> T:
         """Run an idempotent settle call, retrying through a broken connection."""
