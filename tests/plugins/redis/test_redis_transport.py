@@ -77,6 +77,8 @@ def test_fetch_returns_promptly_when_empty_and_wakes_on_publish(make_transport: 
     got = t.fetch([queue], limit=5, timeout=5)
     assert ids(got) == [7] and time.monotonic() - start < 1.0
     assert got[0].deliveries == 1 and not got[0].redelivered
+    threading.Timer(0.3, lambda: other.publish(make_message(8), Route(queue))).start()
+    assert ids(t.fetch([queue], limit=1, timeout=None)) == [8]  # waits until one comes
 
 
 def test_fetch_takes_up_to_limit_in_one_round_trip(make_transport: Any, r: redis.Redis,

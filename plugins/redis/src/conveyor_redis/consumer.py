@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -31,6 +32,8 @@ log = logging.getLogger("conveyor.redis")
 #: of this process reaches that Redis next: the one that took them may be abandoned.
 _ORPHANS: dict[str, list[tuple[str, bytes]]] = {}
 _ORPHANS_LOCK = threading.Lock()
+#: How long ``fetch(timeout=None)`` retries a broken connection before raising.
+_UNBOUNDED_PATIENCE = 30.0
 
 
 class _Poll(NamedTuple):
@@ -89,10 +92,19 @@ class ConsumerMixin:
             self._polls[key] = found
         return found
 
-    def fetch(self, queues: Sequence[str], *, limit: int, timeout: float) -> list[Delivery]:
+    def fetch(self, queues: Sequence[str], *, limit: int,
+              timeout: float | None) -> list[Delivery]:
+        """Up to ``limit`` deliveries; ``timeout`` None waits until one comes.
+
+        A broken connection is retried with backoff until the deadline (at most
+        ``_UNBOUNDED_PATIENCE`` seconds without one), then raised as a connection
+        error that names the URL, for the worker to reconnect.
+        """
         if not queues or limit <= 0:
             return []
-        deadline = time.monotonic() + max(0.0, timeout)
+        start = time.monotonic()
+        deadline = math.inf if timeout is None else start + max(0.0, timeout)
+        patience = start + _UNBOUNDED_PATIENCE if timeout is None else deadline
         poll = self._poll(queues)
         while True:
             try:
@@ -125,7 +137,7 @@ class ConsumerMixin:
                     raise
             except CONNECTION_ERRORS as exc:
                 pause = self._backoff.next()
-                if time.monotonic() + pause > deadline:
+                if time.monotonic() + pause > patience:
                     self._broken = True
                     raise wrap(exc, self.url, "fetching messages") from exc
                 log.warning("Redis at %s unreachable while fetching (%s); retrying in "
