@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -22,6 +22,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .errors import CONNECTION_ERRORS
+from .resp import Reader, pack
 
 _pools: dict[tuple[Any, ...], redis.ConnectionPool] = {}
 _pools_lock = threading.Lock()
@@ -61,6 +62,7 @@ def client_for(url: str, *, socket_timeout: float | None = None,
         "socket_keepalive": keepalive,
         "health_check_interval": health_check_interval,
         "retry": Retry(NoBackoff(), 0),
+        "protocol": 2,  # RESP2, as kombu speaks it; the lean reader knows only RESP2
     }
     if client_name:
         kwargs["client_name"] = client_name
@@ -88,27 +90,6 @@ def client_for(url: str, *, socket_timeout: float | None = None,
     return redis.Redis(connection_pool=pool)
 
 
-def pack_items(args: Sequence[Any]) -> bytes:
-    """RESP bulk strings for ``args`` (str, bytes, int or float), without the header.
-
-    perf: redis-py's packer checks every argument against half a dozen types; the
-    hot paths only ever pass these four, and precompute the constant parts.
-    """
-    out = []
-    for arg in args:
-        if isinstance(arg, str):
-            arg = arg.encode("utf-8")
-        elif not isinstance(arg, bytes):
-            arg = repr(arg).encode("ascii")  # int, float: as redis-py writes them
-        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
-    return b"".join(out)
-
-
-def pack(args: Sequence[Any]) -> bytes:
-    """One RESP command."""
-    return b"*%d\r\n%s" % (len(args), pack_items(args))
-
-
 class Line:
     """One pooled connection kept for a user's lifetime; commands go straight to it.
 
@@ -116,16 +97,18 @@ class Line:
     retry and observability layers and applies response callbacks for every command:
     about 80 µs of Python per command, more than the round trip itself. The hot paths
     (claim, ack, publish, result store) talk RESP through a held connection instead;
-    replies are raw (bytes, ints, lists). A broken connection is dropped and the next
-    call reconnects; a server error reply is raised as redis-py's ``ResponseError``.
+    replies are raw (bytes, ints, lists), read by :class:`~.resp.Reader`. A broken
+    connection is dropped and the next call reconnects; a server error reply is raised
+    as redis-py's exception for it (``ResponseError``, ``NoScriptError``, …).
     Not thread-safe: one user (transport, or a borrower of :class:`Lines`) at a time.
     """
 
-    __slots__ = ("pool", "conn")
+    __slots__ = ("pool", "conn", "reader")
 
     def __init__(self, pool: redis.ConnectionPool) -> None:
         self.pool = pool
         self.conn: Any = None
+        self.reader: Reader | None = None
 
     def _connection(self) -> Any:
         if self.conn is None:
@@ -135,15 +118,24 @@ class Line:
     def call(self, *args: Any) -> Any:
         return self.send(pack(args))
 
+    def _read(self, conn: Any) -> Any:
+        reader = self.reader
+        if reader is None or reader.sock is not conn._sock:  # (re)connected
+            reader = self.reader = Reader(conn._sock)
+        return reader.read()
+
     def send(self, packed: bytes) -> Any:
         """Send an already packed command (see :func:`pack`) and read its reply."""
         conn = self._connection()
         try:
             conn.send_packed_command([packed])
-            return conn.read_response()
-        except CONNECTION_ERRORS:
-            self.drop()
+            reply = self._read(conn)
+        except BaseException:
+            self.drop()  # broken or interrupted mid-reply: never reuse it
             raise
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send every command in one write and read every reply (one round trip).
@@ -151,29 +143,23 @@ class Line:
         Error replies come back in place as exceptions, so the caller sees them all.
         """
         conn = self._connection()
-        replies: list[Any] = []
         try:
             conn.send_packed_command([b"".join(pack(c) for c in commands)])
-            for _ in commands:
-                try:
-                    replies.append(conn.read_response())
-                except redis.ResponseError as exc:
-                    replies.append(exc)
-        except CONNECTION_ERRORS:
+            return [self._read(conn) for _ in commands]
+        except BaseException:
             self.drop()
             raise
-        return replies
 
     def drop(self) -> None:
         """Forget a broken connection (it is closed; the pool makes a new one)."""
-        conn, self.conn = self.conn, None
+        conn, self.conn, self.reader = self.conn, None, None
         if conn is not None:
             conn.disconnect()
             self.pool.release(conn)
 
     def close(self) -> None:
         """Give the connection back to the pool."""
-        conn, self.conn = self.conn, None
+        conn, self.conn, self.reader = self.conn, None, None
         if conn is not None:
             self.pool.release(conn)
 

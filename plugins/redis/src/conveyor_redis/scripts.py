@@ -13,7 +13,8 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
-from .connection import Line, pack_items
+from .connection import Line
+from .resp import pack_items
 
 
 class Script:
