@@ -57,19 +57,12 @@ def record(path, n):
 
 
 @pytest.fixture(scope="module")
-def urls() -> Iterator[tuple[str, str]]:
-    base = "redis://127.0.0.1:6379"
-    try:
-        redis.Redis("127.0.0.1", 6379, socket_connect_timeout=1).ping()
-    except redis.RedisError as exc:
-        import os
-        if os.environ.get("CONVEYOR_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"Redis does not answer: {exc}", pytrace=False)
-        pytest.skip(f"Redis on 127.0.0.1:6379 does not answer: {exc}")
+def urls(redis_server: str) -> Iterator[tuple[str, str]]:
+    """Broker and result URLs (dbs 11 and 12), flushed around the module."""
     clients = [redis.Redis("127.0.0.1", 6379, db=d) for d in (BROKER_DB, RESULT_DB)]
     for c in clients:
         c.flushdb()
-    yield f"{base}/{BROKER_DB}", f"{base}/{RESULT_DB}"
+    yield f"{redis_server}/{BROKER_DB}", f"{redis_server}/{RESULT_DB}"
     for c in clients:
         c.flushdb()
         c.close()
