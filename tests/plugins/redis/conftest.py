@@ -16,7 +16,6 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -81,12 +80,6 @@ def broker_url(redis_server: str) -> str:
     return f"{redis_server}/{DBS['transport']}"
 
 
-def stub_app(**options: Any) -> Any:
-    """Just what BaseTransport reads from an app."""
-    return SimpleNamespace(conf=SimpleNamespace(broker_transport_options=options,
-                                                broker_connection_timeout=2.0))
-
-
 @pytest.fixture
 def queue() -> str:
     return f"t.redis.{uuid.uuid4().hex[:8]}"
@@ -96,6 +89,7 @@ def queue() -> str:
 def make_transport(r: redis.Redis, broker_url: str) -> Iterator[Callable[..., Any]]:
     """Transports on db 8; keyword arguments are broker_transport_options."""
     from conveyor_redis import RedisTransport
+    from redis_support import stub_app
 
     made: list[Any] = []
 

@@ -11,12 +11,19 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from conveyor.interfaces import Message
 
 #: Captured Celery traffic, beside the repository (as tests/unit uses it).
 SAMPLES = Path(__file__).resolve().parents[3].parent / "shared" / "wire-samples"
+
+
+def stub_app(**options: Any) -> Any:
+    """Just what BaseTransport reads from an app."""
+    return SimpleNamespace(conf=SimpleNamespace(broker_transport_options=options,
+                                                broker_connection_timeout=2.0))
 
 
 def make_message(n: int = 0, priority: int | None = None, **headers: Any) -> Message:

@@ -402,7 +402,7 @@ def test_lost_brpop_claim_is_pushed_back(make_transport: Any, r: redis.Redis, qu
 
 
 def test_unreachable_redis_names_the_masked_url(queue: str) -> None:
-    from conftest import stub_app
+    from redis_support import stub_app
     t = RedisTransport("redis://:s3cret@127.0.0.1:1/0", stub_app(socket_timeout=2))
     with pytest.raises(redis.ConnectionError):  # raw: the core's retry policy wants it
         t.connect()
