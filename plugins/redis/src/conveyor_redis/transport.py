@@ -133,9 +133,9 @@ class RedisTransport(PublisherMixin, ConsumerMixin, BaseTransport):
     def close(self) -> None:
         """Give back deliveries still held (next out, as kombu does at shutdown).
 
-        Not after a lost connection: a worker that reconnects closes the broken
-        transport while its tasks still run, and giving those back would run them
-        twice; their leases expire instead (the visibility timeout).
+        Not after a lost connection (see :meth:`abandon`): tasks may still be running
+        on those deliveries, and giving them back would run them twice; their leases
+        expire instead (the visibility timeout) unless they are acked first.
         """
         held, self._held = list(self._held.values()), {}
         line, self._line = self._line, None
