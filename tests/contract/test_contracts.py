@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +80,21 @@ class TestSqliteTransport(TransportContract):
 REDIS_URL = os.environ.get("CONVEYOR_CONTRACT_REDIS", "redis://127.0.0.1:6379/14")
 
 
+@pytest.fixture
+def redis_contract_url() -> Iterator[str]:
+    """The contract's own Redis db, emptied afterwards (bindings, dead letters…)."""
+    require_service("Redis", "127.0.0.1", 6379)
+    yield REDIS_URL
+    import redis
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    client.close()
+
+
 class TestRedisTransport(TransportContract):
     @pytest.fixture
-    def broker_url(self) -> str:
-        require_service("Redis", "127.0.0.1", 6379)
-        return REDIS_URL
+    def broker_url(self, redis_contract_url: str) -> str:
+        return redis_contract_url
 
 
 class TestMemoryBackend(BackendContract):
@@ -100,6 +111,5 @@ class TestSqliteBackend(BackendContract):
 
 class TestRedisBackend(BackendContract):
     @pytest.fixture
-    def backend_url(self) -> str:
-        require_service("Redis", "127.0.0.1", 6379)
-        return REDIS_URL
+    def backend_url(self, redis_contract_url: str) -> str:
+        return redis_contract_url

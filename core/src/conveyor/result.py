@@ -120,7 +120,8 @@ class AsyncResult(Generic[R]):
         backend = self.app.backend
         results = self.app.results
         deadline = None if timeout is None else time.monotonic() + timeout
-        payload = backend.get(self.id)
+        # wait() returns a stored state at once, so no get() first (one round trip less)
+        payload = backend.wait(self.id, timeout=timeout, previous=None)
         seen: bytes | None = None
         while True:
             if payload is not None and payload != seen:

@@ -87,9 +87,9 @@ def test_fetch_takes_up_to_limit_in_one_round_trip(make_transport: Any, r: redis
     t = make_transport()
     t.publish_many([(make_message(i), Route(queue), None) for i in range(10)])
     calls: list[Any] = []
-    real = Line.send
-    monkeypatch.setattr(Line, "send", lambda self, packed: calls.append(
-        packed.split(b"\r\n")[2].decode()) or real(self, packed))
+    real = Line.call
+    monkeypatch.setattr(Line, "call", lambda self, *args: calls.append(
+        args[0]) or real(self, *args))
     t._next_sweep = time.time() + 60
     got = t.fetch([queue], limit=4, timeout=1)
     assert ids(got) == [0, 1, 2, 3]
@@ -108,7 +108,7 @@ def test_publish_many_is_one_round_trip_and_fifo(make_transport: Any, queue: str
     real = Line.pipeline
     monkeypatch.setattr(Line, "pipeline",
                         lambda self, cmds: writes.append(len(cmds)) or real(self, cmds))
-    monkeypatch.setattr(Line, "send", lambda self, packed: pytest.fail("extra call"))
+    monkeypatch.setattr(Line, "call", lambda self, *args: pytest.fail("extra call"))
     batch = [(make_message(i, priority=(None if i % 2 else 9)), Route(queue), None)
              for i in range(2500)]
     batch.append((make_message(9999), Route(queue), time.time() + 60))

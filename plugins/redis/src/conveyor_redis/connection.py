@@ -22,7 +22,6 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .errors import CONNECTION_ERRORS
-from .resp import Reader, pack
 
 _pools: dict[tuple[Any, ...], redis.ConnectionPool] = {}
 _pools_lock = threading.Lock()
@@ -62,7 +61,7 @@ def client_for(url: str, *, socket_timeout: float | None = None,
         "socket_keepalive": keepalive,
         "health_check_interval": health_check_interval,
         "retry": Retry(NoBackoff(), 0),
-        "protocol": 2,  # RESP2, as kombu speaks it; the lean reader knows only RESP2
+        "protocol": 2,  # RESP2, as kombu speaks it
     }
     if client_name:
         kwargs["client_name"] = client_name
@@ -95,20 +94,20 @@ class Line:
 
     perf: redis-py's client checks a connection out of the pool, wraps the call in
     retry and observability layers and applies response callbacks for every command:
-    about 80 µs of Python per command, more than the round trip itself. The hot paths
-    (claim, ack, publish, result store) talk RESP through a held connection instead;
-    replies are raw (bytes, ints, lists), read by :class:`~.resp.Reader`. A broken
-    connection is dropped and the next call reconnects; a server error reply is raised
-    as redis-py's exception for it (``ResponseError``, ``NoScriptError``, …).
+    tens of µs of Python per command, more than the round trip itself. The hot paths
+    (claim, ack, publish, result store) use a held redis-py connection directly: its
+    own command packer and reply parser (hiredis's, installed with the plugin), and
+    raw replies (bytes, ints, lists). A broken connection is dropped and the next call
+    reconnects; a server error reply is raised as redis-py's exception for it
+    (``ResponseError``, ``NoScriptError``, …).
     Not thread-safe: one user (transport, or a borrower of :class:`Lines`) at a time.
     """
 
-    __slots__ = ("pool", "conn", "reader")
+    __slots__ = ("pool", "conn")
 
     def __init__(self, pool: redis.ConnectionPool) -> None:
         self.pool = pool
         self.conn: Any = None
-        self.reader: Reader | None = None
 
     def _connection(self) -> Any:
         if self.conn is None:
@@ -116,26 +115,16 @@ class Line:
         return self.conn
 
     def call(self, *args: Any) -> Any:
-        return self.send(pack(args))
-
-    def _read(self, conn: Any) -> Any:
-        reader = self.reader
-        if reader is None or reader.sock is not conn._sock:  # (re)connected
-            reader = self.reader = Reader(conn._sock)
-        return reader.read()
-
-    def send(self, packed: bytes) -> Any:
-        """Send an already packed command (see :func:`pack`) and read its reply."""
+        """Send one command and return its raw reply (errors raised)."""
         conn = self._connection()
         try:
-            conn.send_packed_command([packed])
-            reply = self._read(conn)
+            conn.send_packed_command(conn.pack_command(*args), check_health=False)
+            return conn.read_response()
+        except redis.ResponseError:
+            raise  # the connection is fine: the server answered with an error
         except BaseException:
             self.drop()  # broken or interrupted mid-reply: never reuse it
             raise
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
 
     def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send every command in one write and read every reply (one round trip).
@@ -143,23 +132,29 @@ class Line:
         Error replies come back in place as exceptions, so the caller sees them all.
         """
         conn = self._connection()
+        replies: list[Any] = []
         try:
-            conn.send_packed_command([b"".join(pack(c) for c in commands)])
-            return [self._read(conn) for _ in commands]
+            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)
         except BaseException:
             self.drop()
             raise
+        return replies
 
     def drop(self) -> None:
         """Forget a broken connection (it is closed; the pool makes a new one)."""
-        conn, self.conn, self.reader = self.conn, None, None
+        conn, self.conn = self.conn, None
         if conn is not None:
             conn.disconnect()
             self.pool.release(conn)
 
     def close(self) -> None:
         """Give the connection back to the pool."""
-        conn, self.conn, self.reader = self.conn, None, None
+        conn, self.conn = self.conn, None
         if conn is not None:
             self.pool.release(conn)
 

@@ -14,7 +14,6 @@ import redis
 from redis.exceptions import NoScriptError
 
 from .connection import Line
-from .resp import pack_items
 
 
 class Script:
@@ -25,22 +24,20 @@ class Script:
         self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
 
     def prepared(self, keys: Sequence[Any], nargs: int,
-                 tail: Sequence[Any] = ()) -> tuple[bytes, bytes]:
-        """Packed constant parts of a call with ``keys``, ``nargs`` varying arguments
+                 tail: Sequence[Any] = ()) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        """The constant parts of a call with ``keys``, ``nargs`` varying arguments
         and then the constant ``tail`` arguments; see :meth:`run_prepared`."""
-        head = b"*%d\r\n%s" % (3 + len(keys) + nargs + len(tail),
-                                pack_items(["EVALSHA", self.sha, len(keys), *keys]))
-        return head, pack_items(tail)
+        return ("EVALSHA", self.sha, len(keys), *keys), tuple(tail)
 
-    def run_prepared(self, line: Line, parts: tuple[bytes, bytes],
+    def run_prepared(self, line: Line, parts: tuple[tuple[Any, ...], tuple[Any, ...]],
                      args: Sequence[Any]) -> Any:
-        """Run with the varying ``args`` between prepared head and tail (hot paths)."""
-        packed = parts[0] + pack_items(args) + parts[1]
+        """Run with the varying ``args`` between the prepared head and tail."""
+        command = (*parts[0], *args, *parts[1])
         try:
-            return line.send(packed)
+            return line.call(*command)
         except NoScriptError:
             line.call("SCRIPT", "LOAD", self.source)
-            return line.send(packed)
+            return line.call(*command)
 
     def __call__(self, client: redis.Redis | Line, keys: Sequence[Any],
                  args: Sequence[Any] = ()) -> Any:
