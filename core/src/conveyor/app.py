@@ -21,7 +21,7 @@ from . import hookspecs
 from ._suggest import mask_url
 from .codecs import Codecs
 from .connection import ConnectionPool, scheme_of
-from .envelope import UTC, build_message
+from .envelope import UTC, message_from_options
 from .exceptions import ConfigurationError, PluginError
 from .interfaces import Backend, Message, Route, Transport
 from .options import due_times, resolve
@@ -282,16 +282,8 @@ class Conveyor:
         if link or link_error or chain or chord:
             embed = {"callbacks": _sig_list(link), "errbacks": _sig_list(link_error),
                      "chain": chain, "chord": chord}
-        ignore = opts["ignore_result"]
-        message = build_message(
-            name=name, task_id=task_id, args=args, kwargs=kwargs, codecs=self.codecs,
-            serializer=opts["serializer"], compression=opts["compression"], embed=embed,
-            eta=eta, expires=expires, retries=opts.get("retries", 0),
-            time_limit=opts["time_limit"], soft_time_limit=opts["soft_time_limit"],
-            root_id=opts.get("root_id"), parent_id=opts.get("parent_id"),
-            group_id=opts.get("group_id"), group_index=opts.get("group_index"),
-            shadow=opts["shadow"], ignore_result=ignore, headers=opts["headers"],
-            priority=opts["priority"], reply_to=opts.get("reply_to"), now=now)
+        message = message_from_options(name, task_id, args, kwargs, self.codecs, opts,
+                                       embed, eta, expires, now)
         route = Route(opts["queue"], opts["exchange"] or "", opts["routing_key"])
         due = None
         if eta is not None and self._broker_delays():

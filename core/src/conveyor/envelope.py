@@ -69,21 +69,29 @@ def build_message(
     embed: Mapping[str, Any] | None = None,
     eta: dt.datetime | None = None,
     expires: dt.datetime | None = None,
-    retries: int = 0,
-    time_limit: float | None = None,
-    soft_time_limit: float | None = None,
-    root_id: str | None = None,
-    parent_id: str | None = None,
-    group_id: str | None = None,
-    group_index: int | None = None,
-    shadow: str | None = None,
-    ignore_result: bool | None = False,
-    headers: Mapping[str, Any] | None = None,
-    priority: int | None = None,
-    reply_to: str | None = None,
     now: dt.datetime | None = None,
+    **options: Any,
 ) -> Message:
-    """A protocol v2 task message with Celery 5.7's headers, in its order."""
+    """A protocol v2 task message with Celery 5.7's headers, in its order.
+
+    ``options`` are the remaining resolved execution options that reach the wire:
+    ``retries``, ``time_limit``, ``soft_time_limit``, ``root_id``, ``parent_id``,
+    ``group_id``, ``group_index``, ``shadow``, ``ignore_result``, ``headers``,
+    ``priority``, ``reply_to``.
+    """
+    options["serializer"] = serializer
+    options["compression"] = compression
+    options.setdefault("ignore_result", False)
+    return message_from_options(name, task_id, args, kwargs, codecs, options, embed,
+                                eta, expires, now)
+
+
+def message_from_options(name: str, task_id: str, args: Sequence[Any],
+                         kwargs: Mapping[str, Any], codecs: Codecs,
+                         opts: Mapping[str, Any], embed: Mapping[str, Any] | None,
+                         eta: dt.datetime | None, expires: dt.datetime | None,
+                         now: dt.datetime | None) -> Message:
+    """:func:`build_message` from an already resolved options dict (the hot path)."""
     if type(args) is not tuple and not isinstance(args, (list, tuple)):
         raise TypeError(f"Task args must be a list or tuple, not {type(args).__name__}")
     if type(kwargs) is not dict and not isinstance(kwargs, Mapping):
@@ -91,37 +99,39 @@ def build_message(
     body = (args if isinstance(args, list) else list(args), kwargs,
             embed if embed is not None else EMPTY_EMBED)
     data, content_type, encoding, compression_header = codecs.dumps(
-        body, serializer, compression)
+        body, opts["serializer"], opts.get("compression"))
+    get = opts.get
     h: dict[str, Any] = {
         "lang": "py",
         "task": name,
         "id": task_id,
-        "shadow": shadow,
-        "eta": to_iso(eta),
-        "expires": to_iso(expires),
-        "group": group_id,
-        "group_index": group_index,
-        "retries": retries,
-        "timelimit": [time_limit, soft_time_limit],
-        "root_id": root_id or task_id,
-        "parent_id": parent_id,
+        "shadow": get("shadow"),
+        "eta": eta.isoformat() if eta is not None else None,
+        "expires": expires.isoformat() if expires is not None else None,
+        "group": get("group_id"),
+        "group_index": get("group_index"),
+        "retries": get("retries") or 0,
+        "timelimit": [get("time_limit"), get("soft_time_limit")],
+        "root_id": get("root_id") or task_id,
+        "parent_id": get("parent_id"),
         "argsrepr": _repr(args),
         "kwargsrepr": _repr(kwargs),
         "origin": ORIGIN,
-        "ignore_result": ignore_result,
+        "ignore_result": get("ignore_result"),
         "replaced_task_nesting": 0,
         "stamped_headers": None,
         "stamps": {},
     }
     if compression_header is not None:
         h["compression"] = compression_header
+    headers = get("headers")
     if headers:
         h.update(headers)
     props: dict[str, Any] = {
         "correlation_id": task_id,
-        "reply_to": reply_to,
+        "reply_to": get("reply_to"),
         "delivery_mode": 2,
-        "priority": priority,
+        "priority": get("priority"),
     }
     if expires is not None:
         current = now or dt.datetime.now(UTC)

@@ -91,6 +91,8 @@ def _settings_layer(conf: Mapping[str, Any]) -> dict[str, Any]:
         value = conf[setting]
         if value is not None:
             base[name] = value
+    if base["retry_policy"] == DEFAULT_RETRY_POLICY:
+        base["retry_policy"] = DEFAULT_RETRY_POLICY  # the identity skips validate()
     return base
 
 
