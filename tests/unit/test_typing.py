@@ -51,3 +51,14 @@ def test_mypy_checks_task_calls_against_the_function(tmp_path: Path) -> None:
     assert [line.split(":")[1] for line in errors] == ["20", "21"], out.stdout
     assert 'incompatible type "str"; expected "int"' in errors[0]
     assert 'Too many arguments for "s"' in errors[1]
+
+
+@pytest.mark.slow
+def test_every_package_passes_mypy_strict(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    targets = [str(root / "core" / "src" / "conveyor"), str(root / "contrib" / "pytest" / "src")]
+    targets += sorted(str(p) for p in (root / "plugins").glob("*/src"))
+    out = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--cache-dir",
+                          str(tmp_path / ".mypy"), *targets],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -27,6 +27,8 @@ from .interfaces import Backend, Message, Route, Transport
 from .options import due_times, resolve
 from .plugins import Loader, find
 from .result import AsyncResult, GroupResult
+from .result import AsyncResult as _AsyncResult
+from .result import GroupResult as _GroupResult
 from .resultstore import ResultStore
 from .settings import DEFAULT_URL, Settings
 from .task import Task
@@ -223,7 +225,8 @@ class Conveyor:
     def task(self, *, bind: Literal[False] = False, name: str | None = None,
              **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    def task(self, fn: Callable[..., Any] | None = None, /,  # type: ignore[misc]
+             **options: Any) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(queue=...)``."""
         def register(func: Callable[..., Any]) -> Task[Any, Any]:
             name = options.pop("name", None) or f"{func.__module__}.{func.__qualname__}"
@@ -258,11 +261,12 @@ class Conveyor:
 
         def router(options: Mapping[str, Any]) -> Mapping[str, Any] | None:
             for r in routers:
-                found = r.route(name, args, kwargs, options, task)
-                if found:
-                    return found
-            return hook(name=name, args=tuple(args), kwargs=dict(kwargs),  # type: ignore[no-any-return]
-                        options=dict(options), task=task)
+                routed: Mapping[str, Any] | None = r.route(name, args, kwargs, options, task)
+                if routed:
+                    return routed
+            found = hook(name=name, args=tuple(args), kwargs=dict(kwargs),
+                         options=dict(options), task=task)
+            return found if isinstance(found, Mapping) else None
         return router
 
     def prepare(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
@@ -319,7 +323,8 @@ class Conveyor:
                       ) -> list[AsyncResult[Any]]:
         """Send several calls in one transport batch (groups); all or error."""
         hooks = self.hooks
-        batch, results = [], []
+        batch: list[tuple[Message, Route, float | None]] = []
+        results: list[AsyncResult[Any]] = []
         retry, policy = True, None
         for name, args, kwargs, call, sig in calls:
             task = self.tasks.get(name)
@@ -339,12 +344,12 @@ class Conveyor:
         return results
 
     # ------------------------------------------------------------------ results
-    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
-        return AsyncResult(task_id, self)
+    def AsyncResult(self, task_id: str) -> _AsyncResult[Any]:  # noqa: N802 - Celery's name
+        return _AsyncResult(task_id, self)
 
-    def GroupResult(self, group_id: str, results: Sequence[AsyncResult[Any]]  # noqa: N802
-                    ) -> GroupResult[Any]:
-        return GroupResult(group_id, results, self)
+    def GroupResult(self, group_id: str, results: Sequence[_AsyncResult[Any]]  # noqa: N802
+                    ) -> _GroupResult[Any]:
+        return _GroupResult(group_id, results, self)
 
     # ------------------------------------------------------------------ worker
     def Worker(self, **options: Any) -> Worker:  # noqa: N802 - Celery's spelling

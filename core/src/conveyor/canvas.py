@@ -118,7 +118,8 @@ class Signature(dict, Generic[R]):  # type: ignore[type-arg]
         _as_list(self.options, "link_error").append(errback)
         return errback
 
-    def __or__(self, other: Signature[Any]) -> chain:
+    def __or__(self, other: Signature[Any]) -> chain:  # type: ignore[override]
+        # Celery's canvas: ``a.s() | b.s()`` is a chain, not a dict union.
         return chain(self, other)
 
     # ----------------------------------------------------------- calling
@@ -208,7 +209,7 @@ class chain(Signature[Any]):
     def tasks(self) -> list[Signature[Any]]:
         return self.kwargs["tasks"]  # type: ignore[no-any-return]
 
-    def __or__(self, other: Signature[Any]) -> chain:
+    def __or__(self, other: Signature[Any]) -> chain:  # type: ignore[override]
         return chain(*self.tasks, other, app=self._app)
 
     def apply_async(self, args: Sequence[Any] | None = None,
@@ -221,7 +222,8 @@ class chain(Signature[Any]):
         if options.get("task_id"):
             tasks[-1].options["task_id"] = options.pop("task_id")
         first, rest = tasks[0], tasks[1:]
-        results = [AsyncResult(s.options["task_id"], self.app) for s in tasks]
+        results: list[AsyncResult[Any]] = [AsyncResult(s.options["task_id"], self.app)
+                                           for s in tasks]
         for parent, child in zip(results, results[1:]):
             child.parent = parent
         first_opts = {**self.options, **options}
@@ -252,9 +254,9 @@ class group(Signature[Any]):
     def tasks(self) -> list[Signature[Any]]:
         return self.kwargs["tasks"]  # type: ignore[no-any-return]
 
-    def apply_async(self, args: Sequence[Any] | None = None,
-                    kwargs: Mapping[str, Any] | None = None, **options: Any
-                    ) -> GroupResult[Any]:  # type: ignore[override]
+    def apply_async(  # type: ignore[override]  # a group's result is a GroupResult
+            self, args: Sequence[Any] | None = None,
+            kwargs: Mapping[str, Any] | None = None, **options: Any) -> GroupResult[Any]:
         """Publish every member in one batch, tagged with the group id and index."""
         group_id = options.pop("task_id", None) or str(uuid.uuid4())
         calls = []

@@ -38,10 +38,15 @@ def load_app(spec: str | None) -> Conveyor:
     module = importlib.import_module(module_name)
     if attr:
         found = getattr(module, attr)
-        return found() if callable(found) and not isinstance(found, Conveyor) else found
+        if callable(found) and not isinstance(found, Conveyor):
+            found = found()  # an app factory
+        if not isinstance(found, Conveyor):
+            raise ConveyorError(f"{spec!r} is not a Conveyor app but {type(found).__name__}.")
+        return found
     for name in ("app", "conveyor", "celery"):
-        if isinstance(getattr(module, name, None), Conveyor):
-            return getattr(module, name)  # type: ignore[no-any-return]
+        candidate = getattr(module, name, None)
+        if isinstance(candidate, Conveyor):
+            return candidate
     apps = [v for v in vars(module).values() if isinstance(v, Conveyor)]
     if len(apps) == 1:
         return apps[0]

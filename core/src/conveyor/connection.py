@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._suggest import mask_url
-from .exceptions import ConveyorError, OperationalError
+from .exceptions import ConfigurationError, ConveyorError, OperationalError
 from .interfaces import Message, Route, Transport
 from .settings import DEFAULT_RETRY_POLICY
 
@@ -32,7 +32,6 @@ T = TypeVar("T")
 def scheme_of(url: str) -> str:
     """The plugin name for a URL: its scheme up to the first ``+``."""
     if "://" not in url:
-        from .exceptions import ConfigurationError
         raise ConfigurationError(
             f"Broker/backend URL {mask_url(url)!r} has no scheme; write it like "
             "'redis://localhost:6379/0' or 'sqlite:///conveyor.sqlite3'.")
@@ -85,7 +84,7 @@ class Connection:
                 return fn(self.transport)
             except ConveyorError:
                 raise
-            except tuple(errors) as exc:  # type: ignore[misc]
+            except tuple(errors) as exc:
                 delay = next(sleeps, None)
                 if delay is None:
                     self._reset()

@@ -167,11 +167,10 @@ class Request:
     reply_to: str | None = None
     delivery_info: dict[str, Any] = field(default_factory=dict)
     hostname: str | None = None
-    is_eager: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """Picklable, JSON-able form (for process pools and errback requests)."""
-        out = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        out = {k: getattr(self, k) for k in self.__slots__}
         out["eta"] = to_iso(self.eta)
         out["expires"] = to_iso(self.expires)
         return out

@@ -51,7 +51,7 @@ KNOWN = frozenset(DEFAULTS) | INTERNAL
 TASK_ATTRIBUTES = (
     "serializer", "compression", "queue", "exchange", "routing_key", "priority",
     "ignore_result", "time_limit", "soft_time_limit", "expires", "shadow",
-    "retry", "retry_policy",
+    "retry_policy",
 )
 
 #: Option → app setting consulted when no earlier layer gives a value.

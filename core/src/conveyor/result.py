@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from . import states
 from .exceptions import TaskRevokedError, TimeoutError
@@ -54,7 +54,7 @@ class AsyncResult(Generic[R]):
 
     @property
     def state(self) -> str:
-        return self._meta().get("status", states.PENDING)
+        return str(self._meta().get("status", states.PENDING))
 
     status = state
 
@@ -79,7 +79,7 @@ class AsyncResult(Generic[R]):
 
     @property
     def children(self) -> list[AsyncResult[Any]]:
-        out = []
+        out: list[AsyncResult[Any]] = []
         for child in self._meta().get("children") or []:
             try:
                 out.append(AsyncResult(child[0][0], self.app))
@@ -146,7 +146,7 @@ class AsyncResult(Generic[R]):
         status = meta.get("status")
         value = meta.get("result")
         if status == states.SUCCESS:
-            return value  # type: ignore[no-any-return]
+            return cast(R, value)
         exc = states.dict_to_exception(value)
         if status == states.REVOKED and not isinstance(exc, TaskRevokedError):
             exc = TaskRevokedError(*getattr(exc, "args", ()) or ("revoked",))
@@ -173,9 +173,6 @@ class AsyncResult(Generic[R]):
         """
         self.app.results.store(self.id, states.REVOKED, states.revoked_dict("revoked"))
         self._cache = None
-
-    def then_get(self) -> Any:  # pragma: no cover - Celery compatibility alias
-        return self.get()
 
 
 class GroupResult(Generic[R]):

@@ -144,7 +144,7 @@ class Settings(MutableMapping[str, Any]):
     def __setattr__(self, name: str, value: Any) -> None:
         self[name] = value
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         """Set several settings; every name is checked before any is applied."""
         merged: dict[str, Any] = {}
         for arg in args:

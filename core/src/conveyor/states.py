@@ -87,11 +87,11 @@ def dict_to_exception(data: Any) -> BaseException:
     if not (isinstance(cls, type) and issubclass(cls, BaseException)):
         cls = type(name.rsplit(".", 1)[-1], (Exception,), {"__module__": module})
     try:
-        return cls(*args)
+        rebuilt: BaseException = cls(*args)
     except Exception:  # noqa: BLE001 - constructor with another signature
-        exc = Exception.__new__(cls)
-        exc.args = tuple(args)
-        return exc
+        rebuilt = Exception.__new__(cls)
+        rebuilt.args = tuple(args)
+    return rebuilt
 
 
 def format_traceback(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ import contextvars
 import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
 from . import exceptions, states
 from ._suggest import did_you_mean
@@ -36,7 +36,7 @@ current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar
 TASK_OPTIONS = frozenset({
     "name", "bind", "serializer", "compression", "queue", "exchange", "routing_key",
     "priority", "ignore_result", "time_limit", "soft_time_limit", "expires", "shadow",
-    "retry", "retry_policy", "acks_late", "max_retries", "default_retry_delay",
+    "retry_policy", "acks_late", "max_retries", "default_retry_delay",
     "track_started", "typing",
 })
 
@@ -56,7 +56,6 @@ class Task(Generic[P, R]):
     soft_time_limit: float | None = None
     expires: Any = None
     shadow: str | None = None
-    retry: bool | None = None
     retry_policy: Mapping[str, Any] | None = None
     # Worker behaviour.
     acks_late: bool | None = None
@@ -66,7 +65,6 @@ class Task(Generic[P, R]):
     typing: bool = True
 
     OperationalError = exceptions.OperationalError
-    MaxRetriesExceededError = exceptions.Retry
 
     def __init__(self, app: Conveyor, fn: Callable[..., Any], *, name: str,
                  bind: bool = False, **attrs: Any) -> None:
@@ -81,13 +79,12 @@ class Task(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         for key, value in attrs.items():
             setattr(self, key, value)
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
         sig = inspect.signature(fn)
         if bind:
             params = list(sig.parameters.values())[1:]
             sig = sig.replace(parameters=params)
         self.__signature__ = sig
-        self._arity = sig
 
     def __repr__(self) -> str:
         return f"<@task: {self.name}>"
@@ -164,7 +161,7 @@ class Task(Generic[P, R]):
 
     def retry(self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
               exc: BaseException | None = None, countdown: float | None = None,
-              eta: Any = None, max_retries: int | None = None, **options: Any) -> Retry:
+              eta: Any = None, max_retries: int | None = None, **options: Any) -> NoReturn:
         """Re-send this task (same id, ``retries + 1``) and stop the current run.
 
         Raises :class:`~conveyor.exceptions.Retry` for the worker to record ``RETRY``;

@@ -177,17 +177,18 @@ def _takes_request(task: Any) -> bool:
 def apply_callbacks(app: Conveyor, request: Request, retval: Any) -> list[Any]:
     """Publish ``link`` callbacks and the next chain step; return the children."""
     children: list[Any] = []
-    family = {"parent_id": request.id, "root_id": request.root_id or request.id}
+    root = request.root_id or request.id
     for callback in request.callbacks or ():
-        sig = Signature(callback, app=app)
+        sig: Signature[Any] = Signature(callback, app=app)
         task_id = sig.options.get("task_id") or str(uuid.uuid4())
-        sig.apply_async((retval,), task_id=task_id, **family)
+        sig.apply_async((retval,), task_id=task_id, parent_id=request.id, root_id=root)
         children.append([[task_id, None], None])
     if request.chain:
         rest = list(request.chain)
-        nxt = Signature(rest.pop(), app=app)
+        nxt: Signature[Any] = Signature(rest.pop(), app=app)
         task_id = nxt.options.get("task_id") or str(uuid.uuid4())
-        nxt.apply_async((retval,), task_id=task_id, chain=rest or None, **family)
+        nxt.apply_async((retval,), task_id=task_id, chain=rest or None,
+                        parent_id=request.id, root_id=root)
         children.append([[task_id, None], None])
     return children
 

@@ -111,7 +111,7 @@ class ThreadPool(Pool):
         self._work.put(job)
 
     def take_unstarted(self) -> list[Job]:
-        taken = []
+        taken: list[Job] = []
         while True:
             try:
                 job = self._work.get_nowait()

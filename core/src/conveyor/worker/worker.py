@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import states
 from .._suggest import did_you_mean, mask_url
-from ..envelope import Request, parse_message, peek_ids
+from ..envelope import parse_message, peek_ids
 from ..exceptions import (
     ConfigurationError, ConveyorError, DecodeError, DeliveryLimitExceeded, NotRegistered,
 )
@@ -159,7 +159,7 @@ class Worker:
             while not self._stop.is_set():
                 try:
                     self._iterate(transport)
-                except tuple(transport.connection_errors) as exc:  # type: ignore[misc]
+                except tuple(transport.connection_errors) as exc:
                     transport = self._reconnect(transport, exc)
                     if transport is None:
                         break
@@ -273,7 +273,7 @@ class Worker:
             self._ready.append(heapq.heappop(self._held)[2])
 
     def _start_jobs(self, transport: Transport) -> None:
-        starting = []
+        starting: list[Job] = []
         while self._ready and len(self._running) + len(starting) < self.concurrency:
             starting.append(self._ready.popleft())
         if not starting:
@@ -347,7 +347,7 @@ class Worker:
             try:
                 transport.connect()
                 return transport
-            except tuple(transport.connection_errors) as exc:  # type: ignore[misc]
+            except tuple(transport.connection_errors) as exc:
                 log.error("Cannot connect to %s: %s; retrying in %.1fs",
                           mask_url(self.app.broker_url), exc, delay)
                 self._stop.wait(delay)
@@ -401,4 +401,4 @@ class Worker:
         self.app.hooks.worker_shutdown(worker=self)
 
 
-__all__ = ["Worker", "Request"]
+__all__ = ["Worker"]

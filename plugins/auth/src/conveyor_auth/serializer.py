@@ -149,7 +149,8 @@ class AuthSerializer:
         if isinstance(self._inner_spec, str):
             allowed.insert(0, self._inner_spec)
         try:
-            return self.app.codecs.decoder(content_type, allowed)
+            found: Serializer = self.app.codecs.decoder(content_type, allowed)
+            return found
         except ContentDisallowed as exc:
             raise ContentDisallowed(
                 f"Signed body of content type {content_type!r} refused: the auth "

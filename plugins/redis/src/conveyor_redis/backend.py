@@ -137,9 +137,9 @@ class RedisBackend:
     # ------------------------------------------------------------- waiting
     def _pubsub(self) -> redis.client.PubSub:
         """This thread's subscription connection, kept between waits."""
-        ps = getattr(self._local, "pubsub", None)
+        ps: redis.client.PubSub | None = getattr(self._local, "pubsub", None)
         if ps is None:
-            ps = self.client.pubsub()
+            ps = self.client.pubsub()  # type: ignore[no-untyped-call]
             self._local.pubsub = ps
             with self._lock:
                 self._pubsubs.append(ps)
@@ -208,7 +208,7 @@ class RedisBackend:
                     return found
         finally:
             try:
-                ps.unsubscribe(key)
+                ps.unsubscribe(key)  # type: ignore[no-untyped-call]
             except redis.RedisError:
                 self._drop_pubsub()
 

@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import redis
 from conveyor._suggest import mask_url
@@ -42,7 +42,7 @@ class _Poll(NamedTuple):
     keys: list[str]
     names: list[str]
     slot: dict[bytes, int]
-    claim: tuple[bytes, bytes]
+    claim: tuple[tuple[Any, ...], tuple[Any, ...]]
 
 
 class Lease(NamedTuple):

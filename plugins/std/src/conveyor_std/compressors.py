@@ -6,14 +6,14 @@ import bz2
 import lzma
 import zlib
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import Any
 
 
 class _StdlibCompressor:
     """A compressor backed by a standard-library module's compress/decompress."""
 
-    content_type: ClassVar[str]
-    module: ClassVar[ModuleType]
+    content_type: str
+    module: ModuleType
 
     def __init__(self, app: Any = None) -> None:
         pass

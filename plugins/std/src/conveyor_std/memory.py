@@ -95,7 +95,8 @@ class MemoryTransport(BaseTransport):
 
     def __init__(self, url: str = "memory://", app: Any = None) -> None:
         super().__init__(url, app)
-        self.visibility_timeout = float(self.options["visibility_timeout"])
+        self._lease = float(self.options["visibility_timeout"])
+        self.visibility_timeout = self._lease
         self._broker = broker_for(url)
 
     def connect(self) -> None:
@@ -124,7 +125,7 @@ class MemoryTransport(BaseTransport):
         out: list[Delivery] = []
         with b.cond:
             while True:
-                b.tick(self.visibility_timeout)
+                b.tick(self._lease)
                 while len(out) < limit:
                     entry = b.pop(queues)
                     if entry is None:

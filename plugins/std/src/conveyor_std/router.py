@@ -24,14 +24,22 @@ def _expand(route: Any) -> dict[str, Any] | None:
     )
 
 
+def _regex_matcher(pattern: re.Pattern[str]) -> Callable[[str], bool]:
+    return lambda name: pattern.match(name) is not None
+
+
+def _glob_matcher(pattern: str) -> Callable[[str], bool]:
+    return lambda name: fnmatch.fnmatchcase(name, pattern)
+
+
 def _from_mapping(table: Mapping[Any, Any]) -> RouteFn:
     exact: dict[str, Any] = {}
     patterns: list[tuple[Callable[[str], bool], Any]] = []
     for key, value in table.items():
         if isinstance(key, re.Pattern):
-            patterns.append((lambda n, k=key: k.match(n) is not None, value))
+            patterns.append((_regex_matcher(key), value))
         elif any(c in key for c in "*?["):
-            patterns.append((lambda n, k=key: fnmatch.fnmatchcase(n, k), value))
+            patterns.append((_glob_matcher(key), value))
         else:
             exact[key] = value
 

@@ -9,6 +9,7 @@ import os
 import pickle
 import uuid
 from decimal import Decimal
+from collections.abc import Callable
 from typing import Any
 
 from conveyor.exceptions import DecodeError
@@ -34,8 +35,9 @@ def _tag(obj: Any) -> Any:
             return {"__type__": "base64", "__value__": base64.b64encode(raw).decode("ascii")}
     if isinstance(obj, (set, frozenset)):
         return list(obj)
-    if hasattr(obj, "__json__"):
-        return obj.__json__()
+    to_json: Callable[[], Any] | None = getattr(obj, "__json__", None)
+    if to_json is not None:
+        return to_json()
     raise TypeError(
         f"Object of type {type(obj).__name__} is not JSON serializable: pass plain "
         "data (str, int, float, bool, None, list, dict, datetime, Decimal, UUID, bytes) "
@@ -43,7 +45,7 @@ def _tag(obj: Any) -> Any:
     )
 
 
-_UNTAG = {
+_UNTAG: dict[str, Callable[[Any], Any]] = {
     "datetime": dt.datetime.fromisoformat,
     "date": dt.date.fromisoformat,
     "time": dt.time.fromisoformat,
@@ -79,10 +81,9 @@ class JSONSerializer:
     def dumps(self, obj: Any) -> bytes:
         return _encoder.encode(obj).encode("utf-8")
 
-    def loads(self, data: bytes) -> Any:
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            data = bytes(data).decode("utf-8")
-        return _decoder.decode(data)
+    def loads(self, data: bytes | str) -> Any:
+        text = bytes(data).decode("utf-8") if not isinstance(data, str) else data
+        return _decoder.decode(text)
 
 
 class PickleSerializer:

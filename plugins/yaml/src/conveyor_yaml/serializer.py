@@ -39,7 +39,7 @@ class YAMLSerializer:
                 "int, float, bool, None, list/tuple, dict, date and datetime; convert "
                 "other values (Decimal, UUID, objects) or use serializer='json'."
             ) from exc
-        return text.encode("utf-8")
+        return str(text).encode("utf-8")
 
     def loads(self, data: bytes | str) -> Any:
         text = data if isinstance(data, str) else bytes(data).decode("utf-8")
