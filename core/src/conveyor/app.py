@@ -254,7 +254,10 @@ class Conveyor:
     def _route(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
                task: Any) -> Callable[[Mapping[str, Any]], Mapping[str, Any] | None] | None:
         """The router layer for one call, or None when nothing could route it."""
-        routers = [r for r in self.routers() if getattr(r, "enabled", True)]
+        # A router's optional ``enabled`` is re-read whenever a setting changes.
+        routers: list[Any] = self.conf.derived(
+            "routers.enabled",
+            lambda _conf: [r for r in self.routers() if getattr(r, "enabled", True)])
         hook = self.hooks.route_task
         if not routers and not hook.get_hookimpls():
             return None  # perf: most apps route by queue option only

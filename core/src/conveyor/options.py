@@ -122,10 +122,14 @@ def resolve(
     """
     merged: dict[str, Any] = {}
     if task is not None:
-        for name in TASK_ATTRIBUTES:
-            value = getattr(task, name, None)
-            if value is not None:
-                merged[name] = value
+        defaults = getattr(task, "execution_defaults", None)
+        if defaults is not None:
+            merged.update(defaults())
+        else:
+            for name in TASK_ATTRIBUTES:
+                value = getattr(task, name, None)
+                if value is not None:
+                    merged[name] = value
     if signature:
         check(signature, "signature")
         merged.update(_given(signature))

@@ -89,6 +89,21 @@ class Task(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<@task: {self.name}>"
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        self.__dict__.pop("_defaults", None)  # attributes changed: recompute
+
+    def execution_defaults(self) -> dict[str, Any]:
+        """The execution options this task's attributes set (the task layer of the
+        resolution order), computed once until an attribute changes."""
+        found: dict[str, Any] | None = self.__dict__.get("_defaults")
+        if found is None:
+            from .options import TASK_ATTRIBUTES
+            found = {name: value for name in TASK_ATTRIBUTES
+                     if (value := getattr(self, name, None)) is not None}
+            self.__dict__["_defaults"] = found
+        return found
+
     def __reduce__(self) -> Any:
         return (_task_by_name, (self.app.main, self.name))
 
