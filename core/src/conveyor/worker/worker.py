@@ -185,8 +185,9 @@ class Worker:
             timeout = min(timeout, 0.05)  # settle finished jobs promptly
         if self._ready and not busy:
             timeout = 0.0  # jobs can start now: do not block
-        # perf: refill in batches, not one message per round trip.
-        if room > 0 and (room * 2 >= self.prefetch or not self._ready):
+        # perf: refill in batches (only once the ready jobs cannot fill the pool),
+        # not one message per round trip.
+        if room > 0 and (room >= self.prefetch - self.concurrency or not self._ready):
             deliveries = transport.fetch(self.queues, limit=room, timeout=timeout)
             if deliveries:
                 self._receive(transport, deliveries)
