@@ -9,6 +9,7 @@ enforces ``time_limit`` (kill and replace the child) and ``soft_time_limit``
 
 from __future__ import annotations
 
+import abc
 import logging
 import multiprocessing
 import os
@@ -46,7 +47,7 @@ class Job:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Pool:
+class Pool(abc.ABC):
     """Base: ``submit`` jobs, collect finished ones from ``done``."""
 
     def __init__(self, app: Conveyor, concurrency: int, hostname: str) -> None:
@@ -58,8 +59,9 @@ class Pool:
     def start(self) -> None:
         pass
 
+    @abc.abstractmethod
     def submit(self, job: Job) -> None:
-        raise NotImplementedError
+        """Run ``job`` (now or when a slot frees) and put it on ``done`` when finished."""
 
     def take_unstarted(self) -> list[Job]:
         """Jobs submitted but not started (given back on warm shutdown)."""
