@@ -26,7 +26,7 @@ from .exceptions import ConfigurationError, PluginError
 from .interfaces import Backend, Message, Route, Transport
 from .options import due_times, resolve
 from .plugins import Loader, find
-from .result import AsyncResult, GroupResult
+from .result import AsyncResult
 from .result import AsyncResult as _AsyncResult
 from .result import GroupResult as _GroupResult
 from .resultstore import ResultStore

@@ -57,7 +57,7 @@ class Pool(abc.ABC):
         self.done: queue.Queue[Job] = queue.Queue()
 
     def start(self) -> None:
-        pass
+        """Start workers (threads, children); the solo pool needs none."""
 
     @abc.abstractmethod
     def submit(self, job: Job) -> None:
@@ -68,7 +68,7 @@ class Pool(abc.ABC):
         return []
 
     def stop(self, timeout: float | None = None) -> None:
-        pass
+        """Finish running jobs and stop workers; the solo pool has nothing running."""
 
     def _run(self, job: Job) -> None:
         job.started = time.monotonic()

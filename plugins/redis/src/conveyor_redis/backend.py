@@ -19,10 +19,9 @@ import time
 from typing import Any
 
 import redis
-from conveyor._suggest import mask_url
 
 from .connection import Backoff, Lines, client_for
-from .errors import CONNECTION_ERRORS, translate, wrap
+from .errors import CONNECTION_ERRORS, retrying, translate, wrap
 from .scripts import Script
 
 log = logging.getLogger("conveyor.redis")
@@ -109,26 +108,15 @@ class RedisBackend:
             ttl, unit = max(1, int(float(expires) * 1000)), "ms"
         else:
             ttl, unit = 0, "s"
-        doing = f"storing the {state} result of task {task_id}"
-        backoff = Backoff()
-        deadline = time.monotonic() + 10.0
-        while True:  # idempotent: the script refuses to overwrite SUCCESS anyway
+        def store_once() -> None:  # idempotent: the script never overwrites SUCCESS
+            line = self._lines.take()
             try:
-                line = self._lines.take()
-                try:
-                    STORE(line, [self.key(task_id)], [payload, ttl, unit])
-                finally:
-                    self._lines.give(line)
-                return
-            except CONNECTION_ERRORS as exc:
-                pause = backoff.next()
-                if time.monotonic() + pause > deadline:
-                    raise wrap(exc, self.url, doing) from exc
-                log.warning("Redis at %s unreachable while %s (%s); retrying in %.2fs",
-                            mask_url(self.url), doing, exc, pause)
-                time.sleep(pause)
-            except redis.RedisError as exc:
-                raise wrap(exc, self.url, doing) from exc
+                STORE(line, [self.key(task_id)], [payload, ttl, unit])
+            finally:
+                self._lines.give(line)
+
+        retrying(store_once, url=self.url, patience=10.0,
+                 doing=f"storing the {state} result of task {task_id}")
 
     def forget(self, task_id: str) -> None:
         with translate(self.url, f"forgetting the result of task {task_id}"):

@@ -21,7 +21,6 @@ from conveyor.exceptions import ConfigurationError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .errors import CONNECTION_ERRORS
 
 _pools: dict[tuple[Any, ...], redis.ConnectionPool] = {}
 _pools_lock = threading.Lock()

@@ -15,12 +15,17 @@ Every message names the URL with its password masked and says what to check.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import redis
 from conveyor._suggest import mask_url
 from conveyor.exceptions import OperationalError
+
+from .connection import Backoff
 
 #: What callers catch to retry or reconnect (``Transport.connection_errors``).
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -75,3 +80,29 @@ def translate(url: str, doing: str, *, retryable_raw: bool = False) -> Iterator[
         raise wrap(exc, url, doing) from exc
     except redis.RedisError as exc:
         raise wrap(exc, url, doing) from exc
+
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def retrying(call: Callable[[], T], *, url: str, doing: str, patience: float,
+             on_give_up: Callable[[], None] | None = None) -> T:
+    """Run an idempotent ``call``, retrying connection errors with backoff for up to
+    ``patience`` seconds; then raise the wrapped error (``on_give_up`` first)."""
+    deadline = time.monotonic() + patience
+    backoff = Backoff()
+    while True:
+        try:
+            return call()
+        except CONNECTION_ERRORS as exc:
+            pause = backoff.next()
+            if time.monotonic() + pause > deadline:
+                if on_give_up is not None:
+                    on_give_up()
+                raise wrap(exc, url, doing) from exc
+            log.warning("Redis at %s unreachable while %s (%s); retrying in %.2fs",
+                        mask_url(url), doing, exc, pause)
+            time.sleep(pause)
+        except redis.RedisError as exc:
+            raise wrap(exc, url, doing) from exc

@@ -28,7 +28,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import redis
-from conveyor._suggest import mask_url
 from conveyor.exceptions import ConfigurationError
 from conveyor.interfaces import BaseTransport, Capabilities, DeadLetter, Delivery, Route
 
@@ -36,7 +35,7 @@ from . import deadletter, delay, lease
 from .channel import PublisherMixin, check
 from .connection import Backoff, Line, client_for
 from .consumer import ConsumerMixin, Lease, _Poll
-from .errors import CONNECTION_ERRORS, translate, wrap
+from .errors import CONNECTION_ERRORS, retrying, translate
 from .layout import Layout
 
 T = TypeVar("T")
@@ -162,21 +161,11 @@ class RedisTransport(PublisherMixin, ConsumerMixin, BaseTransport):
 
     def _settle(self, doing: str, call: Callable[[Line], T]) -> T:
         """Run an idempotent settle call, retrying through a broken connection."""
-        deadline = time.monotonic() + _SETTLE_PATIENCE
-        backoff = Backoff()
-        while True:
-            try:
-                return call(self.line)
-            except CONNECTION_ERRORS as exc:
-                pause = backoff.next()
-                if time.monotonic() + pause > deadline:
-                    self._broken = True
-                    raise wrap(exc, self.url, doing) from exc
-                log.warning("Redis at %s unreachable while %s (%s); retrying in %.2fs",
-                            mask_url(self.url), doing, exc, pause)
-                time.sleep(pause)
-            except redis.RedisError as exc:
-                raise wrap(exc, self.url, doing) from exc
+        def give_up() -> None:
+            self._broken = True
+
+        return retrying(lambda: call(self.line), url=self.url, doing=doing,
+                        patience=_SETTLE_PATIENCE, on_give_up=give_up)
 
     # ------------------------------------------------------------- settling
     def ack(self, deliveries: Sequence[Delivery]) -> None:
