@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import threading
 import time
@@ -30,6 +31,7 @@ def test_store_is_setex_plus_publish_on_the_key(backend: Any, rb: redis.Redis) -
     ps.subscribe("celery-task-meta-t1")
     assert ps.get_message(timeout=1)["type"] == "subscribe"
     backend.store("t1", "SUCCESS", SUCCESS, expires=86400)
+    backend.flush()  # the write was sent ahead; another connection checks it
     assert rb.get("celery-task-meta-t1") == SUCCESS
     assert 86390 < rb.ttl("celery-task-meta-t1") <= 86400
     msg = ps.get_message(timeout=1)
@@ -43,6 +45,7 @@ def test_store_is_setex_plus_publish_on_the_key(backend: Any, rb: redis.Redis) -
 def test_expiry_forms(backend: Any, rb: redis.Redis, expires: Any,
                       pttl: tuple[int, int]) -> None:
     backend.store("t2", "STARTED", b'{"status": "STARTED"}', expires=expires)
+    backend.flush()
     assert pttl[0] <= rb.pttl("celery-task-meta-t2") <= pttl[1]
 
 
@@ -144,3 +147,31 @@ def test_unreachable_backend_names_the_masked_url() -> None:
     with pytest.raises(OperationalError) as info:
         b.get("x")
     assert "hunter2" not in str(info.value) and "127.0.0.1:1" in str(info.value)
+
+
+def test_store_is_sent_ahead_and_this_thread_reads_it_back(backend: Any,
+                                                          rb: redis.Redis) -> None:
+    """A write does not wait for Redis; the writing thread still reads its own
+    write (its next call reads the reply first), other threads are not held up."""
+    rb.client_pause(300, all=False)  # the server holds writes for 0.3 s
+    start = time.monotonic()
+    backend.store("t10", "SUCCESS", SUCCESS, expires=60)
+    assert time.monotonic() - start < 0.2
+    other: list[Any] = []
+    reader = threading.Thread(target=lambda: other.append(backend.get("t10")))
+    reader.start()
+    reader.join(5)
+    assert other == [None]  # not yet written, and that thread did not wait for it
+    assert backend.get("t10") == SUCCESS
+    assert time.monotonic() - start >= 0.25
+
+
+def test_a_refused_write_is_logged_naming_the_task(backend: Any, rb: redis.Redis,
+                                                   caplog: Any) -> None:
+    rb.rpush("celery-task-meta-t11", "not a result")
+    backend.store("t11", "SUCCESS", SUCCESS, expires=60)
+    with caplog.at_level(logging.ERROR, logger="conveyor.redis"):
+        backend.flush()
+    assert "the SUCCESS result of task t11" in caplog.text
+    assert "WRONGTYPE" in caplog.text
+    assert backend.get("t6") is None  # the line is usable afterwards

@@ -95,8 +95,15 @@ def test_fetch_takes_up_to_limit_in_one_round_trip(make_transport: Any, r: redis
     assert ids(got) == [0, 1, 2, 3]
     assert calls == ["EVALSHA"]
     assert r.hlen("unacked") == 4 and r.zcard("unacked_index") == 4
+    sent: list[Any] = []
+    real_send = Line.send
+    monkeypatch.setattr(Line, "send", lambda self, redo, what, *args: sent.append(
+        args[0]) or real_send(self, redo, what, *args))
     t.ack(got)
-    assert calls == ["EVALSHA", "EVALSHA"] and r.hlen("unacked") == 0
+    # The ack is written without waiting; its reply is read with the next command.
+    assert calls == ["EVALSHA"] and sent == ["EVALSHA"] and t.line.ahead
+    assert t.depth(queue) == 6 and not t.line.ahead
+    assert r.hlen("unacked") == 0 and r.zcard("unacked_index") == 0
 
 
 def test_publish_many_is_one_round_trip_and_fifo(make_transport: Any, queue: str,
@@ -155,8 +162,42 @@ def test_ack_removes_every_trace(make_transport: Any, r: redis.Redis, queue: str
     entry = json.loads(r.hget("unacked", got[0].tag.tag))
     assert entry[1:] == ["", queue] and entry[0]["headers"]["n"] == 0
     t.ack(got)
+    t.flush()  # the ack was sent ahead; another connection checks it
     assert r.hlen("unacked") == 0 and r.zcard("unacked_index") == 0
     assert r.hlen("_conveyor.deliveries") == 0
+
+
+def test_ack_refused_for_a_forgotten_script_is_run_again(make_transport: Any,
+                                                         r: redis.Redis,
+                                                         queue: str) -> None:
+    t = make_transport()
+    t.publish(make_message(1), Route(queue))
+    got = t.fetch([queue], limit=1, timeout=1)
+    r.script_flush()  # as after a server restart: the ack's reply is NOSCRIPT
+    t.ack(got)
+    assert t.depth(queue) == 0  # the next command reads the refusal and acks again
+    assert r.hlen("unacked") == 0 and r.zcard("unacked_index") == 0
+
+
+def test_an_ack_lost_with_its_connection_is_run_by_the_next_one(make_transport: Any,
+                                                                r: redis.Redis,
+                                                                queue: str) -> None:
+    """The ack goes out without waiting; when the connection is lost before the
+    server ran it, the next transport for that Redis runs it: nothing stays leased
+    for the visibility timeout to run a finished task again."""
+    t = make_transport()
+    t.publish(make_message(1), Route(queue))
+    got = t.fetch([queue], limit=1, timeout=1)
+    r.client_pause(300, all=False)  # the server holds writes: the ack cannot run yet
+    start = time.monotonic()
+    t.ack(got)
+    assert time.monotonic() - start < 0.2  # did not wait for the reply
+    t.abandon()  # connection lost (the worker reconnects) with the ack unconfirmed
+    time.sleep(0.4)
+    assert r.hlen("unacked") == 1  # the server never ran it
+    fresh = make_transport()
+    assert fresh.depth(queue) == 0
+    assert r.hlen("unacked") == 0 and r.zcard("unacked_index") == 0
 
 
 def test_requeue_gives_back_without_counting(make_transport: Any, queue: str) -> None:
@@ -235,7 +276,9 @@ def test_abandon_keeps_leases_for_a_new_connection_to_ack(make_transport: Any,
     running = t.fetch([queue], limit=1, timeout=1)
     t.abandon()
     assert t.depth(queue) == 0 and r.hlen("unacked") == 1
-    make_transport().ack(running)
+    fresh = make_transport()
+    fresh.ack(running)
+    fresh.flush()
     assert r.hlen("unacked") == 0 and r.zcard("unacked_index") == 0
 
 
@@ -396,6 +439,7 @@ def test_lost_brpop_claim_is_pushed_back(make_transport: Any, r: redis.Redis, qu
     # an orphan left by an abandoned transport is returned by the next one
     from conveyor_redis import consumer
     t.ack(got)
+    t.flush()
     consumer._ORPHANS.setdefault(t.url, []).append((queue, got[0].tag.raw))
     again = make_transport().fetch([queue], limit=1, timeout=1)
     assert ids(again) == [3] and not consumer._ORPHANS[t.url]

@@ -4,7 +4,10 @@
   ``result_serializer`` (this backend never decodes it, except to protect SUCCESS);
 * a write is one Lua script: refuse if a SUCCESS is stored, else ``SETEX`` (``SET``
   when ``expires`` is 0/None) and ``PUBLISH`` on the key name with the same payload —
-  what Celery's MULTI/SETEX/PUBLISH/EXEC does, plus the check, atomically;
+  what Celery's MULTI/SETEX/PUBLISH/EXEC does, plus the check, atomically. It is sent
+  without waiting for the reply (a worker goes on to its next task at once); the
+  reply is read by the writing thread's next call, which therefore always sees its
+  own writes, and a write the server refused is logged then, naming the task;
 * a wait subscribes to the exact channel, waits for the subscription to be
   confirmed, then GETs (so a result stored before the subscription is not missed),
   then sleeps on the subscription. Redis pub/sub ignores db numbers, so a
@@ -108,15 +111,33 @@ class RedisBackend:
             ttl, unit = max(1, int(float(expires) * 1000)), "ms"
         else:
             ttl, unit = 0, "s"
+        what = f"the {state} result of task {task_id}"
+
         def store_once() -> None:  # idempotent: the script never overwrites SUCCESS
             line = self._lines.take()
             try:
-                STORE(line, [self.key(task_id)], [payload, ttl, unit])
+                # perf: sent ahead; this thread's next call reads the reply first
+                STORE.send(line, [self.key(task_id)], [payload, ttl, unit], what)
             finally:
                 self._lines.give(line)
 
         retrying(store_once, url=self.url, patience=10.0,
-                 doing=f"storing the {state} result of task {task_id}")
+                 doing=f"storing {what}")
+
+    def flush(self) -> None:
+        """Wait until the server has confirmed this thread's writes sent ahead.
+
+        Not needed to read them back through this backend (this thread's next call
+        reads the replies first); for a check through another connection right after.
+        """
+        def confirm() -> None:
+            line = self._lines.take()
+            try:
+                line.confirm()
+            finally:
+                self._lines.give(line)
+
+        retrying(confirm, url=self.url, patience=10.0, doing="confirming result writes")
 
     def forget(self, task_id: str) -> None:
         with translate(self.url, f"forgetting the result of task {task_id}"):

@@ -9,9 +9,10 @@ here decide what is safe to repeat.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -21,6 +22,12 @@ from conveyor.exceptions import ConfigurationError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+log = logging.getLogger("conveyor.redis")
+#: Errors after which a connection cannot be trusted; what callers catch to retry or
+#: reconnect (``Transport.connection_errors``).
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    redis.ConnectionError, redis.TimeoutError,
+)
 
 _pools: dict[tuple[Any, ...], redis.ConnectionPool] = {}
 _pools_lock = threading.Lock()
@@ -99,16 +106,31 @@ class Line:
     raw replies (bytes, ints, lists). A broken connection is dropped and the next call
     reconnects; a server error reply is raised as redis-py's exception for it
     (``ResponseError``, ``NoScriptError``, …).
+
+    :meth:`send` writes an idempotent command without waiting for its reply (an ack,
+    a result write): the round trip overlaps with whatever the caller does next, and
+    the reply is read before the line's next command. Until then the command is owed:
+    a refused one (``NOSCRIPT`` after a server restart) or one whose reply was lost
+    with the connection is run again, synchronously, by the next use of the line.
+    Reading every pending reply before writing again also means that, if the process
+    dies, the only unread data is replies to commands the server already ran, so
+    closing the socket can never discard a command still waiting to be sent.
     Not thread-safe: one user (transport, or a borrower of :class:`Lines`) at a time.
     """
 
-    __slots__ = ("pool", "conn")
+    __slots__ = ("pool", "conn", "ahead", "owed")
 
     def __init__(self, pool: redis.ConnectionPool) -> None:
         self.pool = pool
         self.conn: Any = None
+        #: Commands sent whose replies are unread: how to run each again, and what it is.
+        self.ahead: list[tuple[Callable[[Line], Any], str]] = []
+        #: Commands that must run again (refused, or their reply was lost).
+        self.owed: list[tuple[Callable[[Line], Any], str]] = []
 
     def _connection(self) -> Any:
+        if self.ahead or self.owed:
+            self.confirm()
         if self.conn is None:
             self.conn = self.pool.get_connection()
         return self.conn
@@ -124,6 +146,52 @@ class Line:
         except BaseException:
             self.drop()  # broken or interrupted mid-reply: never reuse it
             raise
+
+    def send(self, redo: Callable[[Line], Any], what: str, *args: Any) -> None:
+        """Write one idempotent command now; read its reply later (see the class).
+
+        ``redo(line)`` runs the same effect synchronously; ``what`` names it in logs.
+        """
+        conn = self._connection()
+        try:
+            conn.send_packed_command(conn.pack_command(*args), check_health=False)
+        except BaseException:
+            self.drop()  # may or may not have reached the server: owe it
+            self.owed.append((redo, what))
+            raise
+        self.ahead.append((redo, what))
+
+    def confirm(self) -> None:
+        """Read the replies of commands sent ahead, then run again what is owed.
+
+        A connection error is raised (after dropping the connection) with every
+        unconfirmed command still owed, for the caller's retry to come back here.
+        A command the server refuses twice is logged and dropped: running it again
+        cannot help, and the caller that needs the line must not fail for it.
+        """
+        while self.ahead:
+            redo, what = self.ahead[0]
+            try:
+                self.conn.read_response()
+            except redis.ResponseError:
+                self.owed.append((redo, what))
+            except BaseException:
+                self.owed += self.ahead
+                self.ahead = []
+                self.drop()
+                raise
+            del self.ahead[0]
+        owed, self.owed = self.owed, []
+        while owed:
+            redo, what = owed[0]
+            try:
+                redo(self)
+            except CONNECTION_ERRORS:
+                self.owed = owed + self.owed  # still owed; call() dropped the connection
+                raise
+            except redis.RedisError as exc:
+                log.error("Redis refused %s: %s", what, exc)
+            del owed[0]
 
     def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send every command in one write and read every reply (one round trip).
@@ -147,39 +215,85 @@ class Line:
     def drop(self) -> None:
         """Forget a broken connection (it is closed; the pool makes a new one)."""
         conn, self.conn = self.conn, None
+        if self.ahead:  # their replies are gone with the connection
+            self.owed += self.ahead
+            self.ahead = []
         if conn is not None:
             conn.disconnect()
             self.pool.release(conn)
 
     def close(self) -> None:
-        """Give the connection back to the pool."""
+        """Give the connection back to the pool, after confirming what was sent.
+
+        Owed commands that cannot be confirmed (the server is unreachable) are logged
+        as lost: their effects come back by other means (a lease expires).
+        """
+        try:
+            if self.ahead or self.owed:
+                self.confirm()
+        except redis.RedisError as exc:
+            log.warning("Closing a Redis connection with %d unconfirmed command(s) "
+                        "(%s): %s", len(self.owed), ", ".join(w for _, w in self.owed), exc)
+            self.owed = []
         conn, self.conn = self.conn, None
         if conn is not None:
             self.pool.release(conn)
 
+    def abandon(self) -> list[tuple[Callable[[Line], Any], str]]:
+        """Drop the connection without confirming; return what is still owed."""
+        self.drop()
+        owed, self.owed = self.owed, []
+        return owed
+
 
 class Lines:
-    """A small free list of :class:`Line` for a user shared between threads."""
+    """A small free list of :class:`Line` for a user shared between threads.
+
+    A line holding a thread's unconfirmed writes (sent ahead) goes back to that
+    thread, not to the free list, until it is used again: so a thread always reads
+    its own writes, on the same connection, in order. A dead thread's line returns
+    to the free list, and whoever takes it next confirms what it still owes.
+    """
+
+    #: Check for lines kept by dead threads every this many gives.
+    SWEEP_EVERY = 256
 
     def __init__(self, pool: redis.ConnectionPool) -> None:
         self.pool = pool
         self._idle: list[Line] = []
+        self._own: dict[threading.Thread, Line] = {}
+        self._gives = 0
         self._lock = threading.Lock()
 
     def take(self) -> Line:
+        me = threading.current_thread()
         with self._lock:
+            line = self._own.pop(me, None)
+            if line is not None:
+                return line
             if self._idle:
                 return self._idle.pop()
         return Line(self.pool)
 
     def give(self, line: Line) -> None:
         with self._lock:
-            self._idle.append(line)
+            if line.ahead or line.owed:
+                previous = self._own.get(threading.current_thread())
+                if previous is not None and previous is not line:
+                    self._idle.append(previous)
+                self._own[threading.current_thread()] = line
+            else:
+                self._idle.append(line)
+            self._gives += 1
+            if self._gives % self.SWEEP_EVERY == 0:
+                for thread in [t for t in self._own if not t.is_alive()]:
+                    self._idle.append(self._own.pop(thread))
 
     def close(self) -> None:
         with self._lock:
-            idle, self._idle = self._idle, []
-        for line in idle:
+            lines = self._idle + list(self._own.values())
+            self._idle, self._own = [], {}
+        for line in lines:
             line.close()
 
 

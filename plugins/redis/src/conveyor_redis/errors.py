@@ -25,12 +25,9 @@ import redis
 from conveyor._suggest import mask_url
 from conveyor.exceptions import OperationalError
 
-from .connection import Backoff
+from .connection import CONNECTION_ERRORS, Backoff
 
-#: What callers catch to retry or reconnect (``Transport.connection_errors``).
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    redis.ConnectionError, redis.TimeoutError,
-)
+__all__ = ["CONNECTION_ERRORS", "RedisConnectionError", "retrying", "translate", "wrap"]
 
 
 class RedisConnectionError(OperationalError, redis.ConnectionError):

@@ -39,6 +39,12 @@ class Script:
             line.call("SCRIPT", "LOAD", self.source)
             return line.call(*command)
 
+    def send(self, line: Line, keys: Sequence[Any], args: Sequence[Any], what: str) -> None:
+        """Run without waiting for the reply (:meth:`Line.send`); idempotent scripts
+        only, since a lost reply makes the line run it again."""
+        line.send(lambda again: self(again, keys, args), what,
+                  "EVALSHA", self.sha, len(keys), *keys, *args)
+
     def __call__(self, client: redis.Redis | Line, keys: Sequence[Any],
                  args: Sequence[Any] = ()) -> Any:
         if isinstance(client, Line):

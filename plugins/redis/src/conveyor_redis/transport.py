@@ -15,7 +15,8 @@ transport class); settling, dead letters and inspection here.
 
 Round trips: ``publish`` is one, ``publish_many`` one for the whole batch, ``fetch``
 one per batch of up to ``limit`` messages while messages wait (a blocking ``BRPOP``
-only when the queues are empty), ``ack`` one per batch. The hot calls go through one
+only when the queues are empty), ``ack`` none of its own: it is written at once and
+its reply read with the next command (:meth:`.Line.send`). The hot calls go through one
 connection the transport holds (:class:`~.connection.Line`), taken from a pool shared
 per URL, so no call sets a connection up.
 """
@@ -23,6 +24,7 @@ per URL, so no call sets a connection up.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -43,6 +45,9 @@ log = logging.getLogger("conveyor.redis")
 
 #: How long ack/requeue/defer/extend keep retrying through a broken connection.
 _SETTLE_PATIENCE = 15.0
+#: Settle commands an abandoned transport still owed, per URL, for the next line.
+_UNSETTLED: dict[str, list[tuple[Callable[[Line], Any], str]]] = {}
+_UNSETTLED_LOCK = threading.Lock()
 
 
 class RedisTransport(PublisherMixin, ConsumerMixin, BaseTransport):
@@ -119,9 +124,17 @@ class RedisTransport(PublisherMixin, ConsumerMixin, BaseTransport):
 
     @property
     def line(self) -> Line:
-        """The connection this transport holds for its hot calls."""
+        """The connection this transport holds for its hot calls.
+
+        A new line takes over what an abandoned transport for this URL still owed
+        (acks sent ahead whose replies were lost), so a reconnecting worker does not
+        leave finished tasks leased until the visibility timeout runs them again.
+        """
         if self._line is None:
-            self._line = Line(self.client.connection_pool)
+            line = Line(self.client.connection_pool)
+            with _UNSETTLED_LOCK:
+                line.owed = _UNSETTLED.pop(self.url, [])
+            self._line = line
         return self._line
 
     def connect(self) -> None:
@@ -148,7 +161,12 @@ class RedisTransport(PublisherMixin, ConsumerMixin, BaseTransport):
                 self._flush_orphans(line)
             except redis.RedisError:
                 pass  # unreachable: the visibility timeout brings them back
-        line.close()
+            line.close()
+            return
+        owed = line.abandon()
+        if owed:
+            with _UNSETTLED_LOCK:
+                _UNSETTLED.setdefault(self.url, []).extend(owed)
 
     def abandon(self) -> None:
         """Drop the connection after a connection error, giving nothing back.
@@ -172,10 +190,20 @@ class RedisTransport(PublisherMixin, ConsumerMixin, BaseTransport):
         if not deliveries:
             return
         tags = [d.tag.tag for d in deliveries]
+        # perf: sent ahead; the reply is read with the next command (Line.send)
+        what = f"the ack of {len(tags)} message(s)"
         self._settle("acknowledging messages",
-                     lambda line: lease.ACK(line, self._lease_keys, tags))
+                     lambda line: lease.ACK.send(line, self._lease_keys, tags, what))
         for tag in tags:
             self._held.pop(tag, None)
+
+    def flush(self) -> None:
+        """Wait until the server has confirmed every ack sent ahead (see :meth:`ack`).
+
+        Not needed for correctness (the next command reads those replies anyway); for
+        a caller that checks the broker through another connection right after.
+        """
+        self._settle("confirming acknowledgements", lambda line: line.confirm())
 
     def requeue(self, delivery: Delivery) -> None:
         token: Lease = delivery.tag
