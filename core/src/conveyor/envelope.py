@@ -91,53 +91,110 @@ def message_from_options(name: str, task_id: str, args: Sequence[Any],
                          opts: Mapping[str, Any], embed: Mapping[str, Any] | None,
                          eta: dt.datetime | None, expires: dt.datetime | None,
                          now: dt.datetime | None) -> Message:
-    """:func:`build_message` from an already resolved options dict (the hot path)."""
-    if type(args) is not tuple and not isinstance(args, (list, tuple)):
-        raise TypeError(f"Task args must be a list or tuple, not {type(args).__name__}")
-    if type(kwargs) is not dict and not isinstance(kwargs, Mapping):
-        raise TypeError(f"Task kwargs must be a mapping, not {type(kwargs).__name__}")
-    body = (args if isinstance(args, list) else list(args), kwargs,
-            embed if embed is not None else EMPTY_EMBED)
-    data, content_type, encoding, compression_header = codecs.dumps(
-        body, opts["serializer"], opts.get("compression"))
-    get = opts.get
-    h: dict[str, Any] = {
-        "lang": "py",
-        "task": name,
-        "id": task_id,
-        "shadow": get("shadow"),
-        "eta": eta.isoformat() if eta is not None else None,
-        "expires": expires.isoformat() if expires is not None else None,
-        "group": get("group_id"),
-        "group_index": get("group_index"),
-        "retries": get("retries") or 0,
-        "timelimit": [get("time_limit"), get("soft_time_limit")],
-        "root_id": get("root_id") or task_id,
-        "parent_id": get("parent_id"),
-        "argsrepr": _repr(args),
-        "kwargsrepr": _repr(kwargs),
-        "origin": ORIGIN,
-        "ignore_result": get("ignore_result"),
-        "replaced_task_nesting": 0,
-        "stamped_headers": None,
-        "stamps": {},
-    }
-    if compression_header is not None:
-        h["compression"] = compression_header
-    headers = get("headers")
-    if headers:
-        h.update(headers)
-    props: dict[str, Any] = {
-        "correlation_id": task_id,
-        "reply_to": get("reply_to"),
-        "delivery_mode": 2,
-        "priority": get("priority"),
-    }
-    if expires is not None:
-        current = now or dt.datetime.now(UTC)
-        aware = expires if expires.tzinfo is not None else expires.replace(tzinfo=UTC)
-        props["expiration"] = str(max(0, int((aware - current).total_seconds() * 1000)))
-    return Message(h, data, content_type, encoding, props)
+    """:func:`build_message` from an already resolved options dict."""
+    return Template(name, codecs, opts).build(task_id, args, kwargs, embed, eta,
+                                              expires, now, opts)
+
+
+class Template:
+    """What every message built from one set of resolved options shares.
+
+    The headers and properties are laid out once, in Celery's order, with the
+    serializer and compressor looked up; :meth:`build` copies them and fills in what
+    differs per message (id, times, group, parent, reprs, origin). perf: the publish
+    path keeps one template per distinct set of options (``Conveyor._plan``), so a
+    batch of similar calls builds each message from a copy instead of from scratch.
+    """
+
+    __slots__ = ("headers", "properties", "extra", "serializer", "compressor",
+                 "time_limit", "soft_time_limit")
+
+    def __init__(self, name: str, codecs: Codecs, opts: Mapping[str, Any]) -> None:
+        get = opts.get
+        self.serializer = codecs.serializer(opts["serializer"])
+        compression = get("compression")
+        self.compressor = codecs.compressor(compression) if compression else None
+        self.time_limit = get("time_limit")
+        self.soft_time_limit = get("soft_time_limit")
+        h: dict[str, Any] = {
+            "lang": "py",
+            "task": name,
+            "id": None,
+            "shadow": get("shadow"),
+            "eta": None,
+            "expires": None,
+            "group": None,
+            "group_index": None,
+            "retries": 0,
+            "timelimit": None,
+            "root_id": None,
+            "parent_id": None,
+            "argsrepr": None,
+            "kwargsrepr": None,
+            "origin": None,
+            "ignore_result": get("ignore_result"),
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
+            "stamps": None,
+        }
+        if self.compressor is not None:
+            h["compression"] = self.compressor.content_type
+        #: The ``headers`` option: applied last, so it may override any header.
+        self.extra: Mapping[str, Any] | None = get("headers") or None
+        if self.extra:
+            h.update(self.extra)
+        self.headers = h
+        self.properties: dict[str, Any] = {
+            "correlation_id": None,
+            "reply_to": get("reply_to"),
+            "delivery_mode": 2,
+            "priority": get("priority"),
+        }
+
+    def build(self, task_id: str, args: Sequence[Any], kwargs: Mapping[str, Any],
+              embed: Mapping[str, Any] | None, eta: dt.datetime | None,
+              expires: dt.datetime | None, now: dt.datetime | None,
+              per_call: Mapping[str, Any] | None) -> Message:
+        """One message; ``per_call`` gives ``group_id``, ``group_index``, ``retries``,
+        ``root_id`` and ``parent_id`` when the call has them."""
+        if type(args) is not tuple and not isinstance(args, (list, tuple)):
+            raise TypeError(f"Task args must be a list or tuple, not {type(args).__name__}")
+        if type(kwargs) is not dict and not isinstance(kwargs, Mapping):
+            raise TypeError(f"Task kwargs must be a mapping, not {type(kwargs).__name__}")
+        ser = self.serializer
+        data = ser.dumps((args if isinstance(args, list) else list(args), kwargs,
+                          embed if embed is not None else EMPTY_EMBED))
+        if self.compressor is not None:
+            data = self.compressor.compress(data)
+        h = self.headers.copy()  # keeps Celery's key order; values set below
+        h["id"] = task_id
+        if eta is not None:
+            h["eta"] = eta.isoformat()
+        if expires is not None:
+            h["expires"] = expires.isoformat()
+        root_id = None
+        if per_call is not None:
+            get = per_call.get
+            h["group"] = get("group_id")
+            h["group_index"] = get("group_index")
+            h["retries"] = get("retries") or 0
+            root_id = get("root_id")
+            h["parent_id"] = get("parent_id")
+        h["timelimit"] = [self.time_limit, self.soft_time_limit]
+        h["root_id"] = root_id or task_id
+        h["argsrepr"] = "()" if type(args) is tuple and not args else _repr(args)
+        h["kwargsrepr"] = "{}" if type(kwargs) is dict and not kwargs else _repr(kwargs)
+        h["origin"] = ORIGIN
+        h["stamps"] = {}
+        if self.extra:
+            h.update(self.extra)
+        props = self.properties.copy()
+        props["correlation_id"] = task_id
+        if expires is not None:
+            current = now or dt.datetime.now(UTC)
+            aware = expires if expires.tzinfo is not None else expires.replace(tzinfo=UTC)
+            props["expiration"] = str(max(0, int((aware - current).total_seconds() * 1000)))
+        return Message(h, data, ser.content_type, ser.content_encoding, props)
 
 
 @dataclass(slots=True)
