@@ -7,6 +7,7 @@ order could capture: tasks belong to the app that declared them.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -20,11 +21,11 @@ import pluggy
 from . import hookspecs
 from ._suggest import mask_url
 from .codecs import Codecs
-from .connection import ConnectionPool, scheme_of
-from .envelope import UTC, message_from_options
+from .connection import ConnectionPool, Publisher, scheme_of
+from .envelope import UTC, Template
 from .exceptions import ConfigurationError, PluginError
 from .interfaces import Backend, Message, Route, Transport
-from .options import due_times, resolve
+from .options import DEFAULTS, PER_CALL, due_times, resolve, split
 from .plugins import Loader, find
 from .result import AsyncResult
 from .result import AsyncResult as _AsyncResult
@@ -254,10 +255,7 @@ class Conveyor:
     def _route(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
                task: Any) -> Callable[[Mapping[str, Any]], Mapping[str, Any] | None] | None:
         """The router layer for one call, or None when nothing could route it."""
-        # A router's optional ``enabled`` is re-read whenever a setting changes.
-        routers: list[Any] = self.conf.derived(
-            "routers.enabled",
-            lambda _conf: [r for r in self.routers() if getattr(r, "enabled", True)])
+        routers = self._enabled_routers()
         hook = self.hooks.route_task
         if not routers and not hook.get_hookimpls():
             return None  # perf: most apps route by queue option only
@@ -272,78 +270,168 @@ class Conveyor:
             return found if isinstance(found, Mapping) else None
         return router
 
+    def _enabled_routers(self) -> list[Any]:
+        # A router's optional ``enabled`` is re-read whenever a setting changes.
+        routers: list[Any] = self.conf.derived("routers.enabled", self._find_enabled)
+        return routers
+
+    def _find_enabled(self, _conf: Any) -> list[Any]:
+        return [r for r in self.routers() if getattr(r, "enabled", True)]
+
+    def _plan(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
+              call: Mapping[str, Any], sig: Mapping[str, Any], task: Any
+              ) -> tuple[_Plan, dict[str, Any] | None]:
+        """The resolved options for a call, and its per-call values (task id, group
+        index, publisher, …; see ``options.PER_CALL``).
+
+        perf: resolving options and laying out headers cost as much as the rest of a
+        publish, and a batch mostly repeats one call. So when nothing routes by
+        arguments (no router, no ``route_task`` hook) and every option value is a
+        plain immutable one (str, int, float, bool, None), the plan is kept, keyed by
+        task name and the call's and signature's options (value types included). It
+        is dropped when any setting changes or the task's attributes change; anything
+        else (dicts, lists, datetimes, signatures, routers) resolves afresh.
+        """
+        router = None
+        if self._enabled_routers() or self.hooks.route_task.get_hookimpls():
+            router = self._route(name, args, kwargs, task)
+        if router is None and (task is None or isinstance(task, Task)):
+            call_key, call_per = split(call)
+            sig_key, sig_per = split(sig) if sig else ((), None)
+            if call_key is not None and sig_key is not None:
+                defaults = task.execution_defaults() if task is not None else None
+                plans: dict[Any, _Plan] = self.conf.derived("publish.plans", _no_plans)
+                key = (name, call_key, sig_key)
+                plan = plans.get(key)
+                if plan is None or plan.task is not task or plan.defaults is not defaults:
+                    plan = _Plan(self, name, task, defaults,
+                                 resolve(call, sig, task, None, self.conf))
+                    if plan.cacheable:
+                        if len(plans) >= _MAX_PLANS:
+                            plans.clear()
+                        plans[key] = plan
+                if sig_per and call_per:
+                    return plan, {**sig_per, **call_per}
+                return plan, call_per or sig_per
+        opts = resolve(call, sig, task, router, self.conf)
+        per = {key: value for key in PER_CALL if (value := opts.get(key)) is not None}
+        return _Plan(self, name, task, None, opts), per or None
+
+    def _build(self, plan: _Plan, per: Mapping[str, Any] | None, args: Sequence[Any],
+               kwargs: Mapping[str, Any]) -> tuple[Message, str, float | None]:
+        """The message of one call, its task id, and when the broker should hold it."""
+        task_id = (per.get("task_id") if per else None) or new_id()
+        now = eta = expires = None
+        if plan.timed:
+            now = dt.datetime.now(UTC)
+            eta, expires = due_times(plan.opts, now)
+        message = plan.template.build(task_id, args, kwargs, plan.embed, eta, expires, now,
+                                      per)
+        due = eta.timestamp() if eta is not None and plan.delays else None
+        return message, task_id, due
+
     def prepare(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
                 call: Mapping[str, Any], sig: Mapping[str, Any], task: Any
                 ) -> tuple[Message, Route, float | None, dict[str, Any]]:
         """Resolve options and build the message: what publishing sends."""
-        opts = resolve(call, sig, task, self._route(name, args, kwargs, task), self.conf)
-        task_id = opts.get("task_id") or new_id()
-        now = eta = expires = None
-        if opts["countdown"] is not None or opts["eta"] is not None \
-                or opts["expires"] is not None:
-            now = dt.datetime.now(UTC)
-            eta, expires = due_times(opts, now)
-        embed = None
-        link, link_error = opts.get("link"), opts.get("link_error")
-        chain, chord = opts.get("chain"), opts.get("chord")
-        if link or link_error or chain or chord:
-            embed = {"callbacks": _sig_list(link), "errbacks": _sig_list(link_error),
-                     "chain": chain, "chord": chord}
-        message = message_from_options(name, task_id, args, kwargs, self.codecs, opts,
-                                       embed, eta, expires, now)
-        route = Route(opts["queue"], opts["exchange"] or "", opts["routing_key"])
-        due = None
-        if eta is not None and self._broker_delays():
-            due = eta.timestamp()
-        opts["task_id"] = task_id
-        return message, route, due, opts
+        plan, per = self._plan(name, args, kwargs, call, sig, task)
+        message, task_id, due = self._build(plan, per, args, kwargs)
+        return message, plan.route, due, plan.options(per, task_id)
 
     def _broker_delays(self) -> bool:
         return dict(self.conf.broker_transport_options).get("delayed_delivery") == "broker"
 
+    def _published(self, names: Sequence[str],
+                   batch: Sequence[tuple[Message, Route, float | None]]) -> None:
+        """Run ``after_task_publish`` for messages the broker took."""
+        hook = self.hooks.after_task_publish
+        if hook.get_hookimpls():
+            for name, (message, route, _due) in zip(names, batch):
+                hook(app=self, name=name, message=message, route=route)
+
     def publish(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
                 call: Mapping[str, Any], sig: Mapping[str, Any], task: Any
                 ) -> AsyncResult[Any]:
-        """Resolve, build and send one task message; return its result handle."""
+        """Resolve, build and send one task message (or hand it to its ``publisher``);
+        return its result handle."""
+        plan, per = self._plan(name, args, kwargs, call, sig, task)
+        message, task_id, due = self._build(plan, per, args, kwargs)
+        route = plan.route
         hooks = self.hooks
-        message, route, due, opts = self.prepare(name, args, kwargs, call, sig, task)
         if hooks.before_task_publish.get_hookimpls():
+            opts = plan.options(per, task_id)
             hooks.before_task_publish(app=self, name=name, message=message, route=route,
                                       options=opts)
-        publisher = opts.get("publisher")
-        retry, policy = opts["retry"], opts["retry_policy"]
-        if publisher is not None:
-            publisher.connection.publish(message, route, due, retry=retry, policy=policy)
+            publisher, retry = opts.get("publisher"), opts["retry"]
+            policy, ignored = opts["retry_policy"], bool(opts["ignore_result"])
         else:
-            with self.pool.acquire() as conn:
-                conn.publish(message, route, due, retry=retry, policy=policy)
-        if hooks.after_task_publish.get_hookimpls():
-            hooks.after_task_publish(app=self, name=name, message=message, route=route)
-        return AsyncResult(opts["task_id"], self, ignored=bool(opts["ignore_result"]))
+            publisher = per.get("publisher") if per else None
+            retry, policy, ignored = plan.retry, plan.policy, plan.ignored
+        if publisher is not None:
+            if not isinstance(publisher, Publisher):
+                raise TypeError(f"publisher= takes what task.get_publisher(conn) returns, "
+                                f"not {type(publisher).__name__}.")
+            pending = publisher._put(name, message, route, due, retry, policy)
+            return AsyncResult(task_id, self, ignored=ignored,
+                               publisher=publisher if pending else None)
+        with self.pool.acquire() as conn:
+            conn.publish(message, route, due, retry=retry, policy=policy)
+        self._published((name,), ((message, route, due),))
+        return AsyncResult(task_id, self, ignored=ignored)
 
     def publish_batch(self, calls: Sequence[tuple[str, Sequence[Any], Mapping[str, Any],
                                                   Mapping[str, Any], Mapping[str, Any]]]
                       ) -> list[AsyncResult[Any]]:
-        """Send several calls in one transport batch (groups); all or error."""
+        """Send several calls pipelined (a group's members): ``(name, args, kwargs,
+        call options, signature options)`` each.
+
+        Every message is built before any is sent, so a bad call sends nothing. They
+        go in one transport batch (``publish_many``: all or error) for each run of
+        members with the same ``retry``/``retry_policy`` and ``publisher`` (usually
+        one run); members with a ``publisher`` are handed to it, and wait in its
+        buffer inside its ``with`` block.
+        """
         hooks = self.hooks
-        batch: list[tuple[Message, Route, float | None]] = []
+        before = hooks.before_task_publish if hooks.before_task_publish.get_hookimpls() \
+            else None
+        runs: list[_Run] = []
+        run: _Run | None = None
         results: list[AsyncResult[Any]] = []
-        retry, policy = True, None
+        tasks = self.tasks
         for name, args, kwargs, call, sig in calls:
-            task = self.tasks.get(name)
-            message, route, due, opts = self.prepare(name, args, kwargs, call, sig, task)
-            if hooks.before_task_publish.get_hookimpls():
-                hooks.before_task_publish(app=self, name=name, message=message,
-                                          route=route, options=opts)
-            batch.append((message, route, due))
-            retry, policy = opts["retry"], opts["retry_policy"]
-            results.append(AsyncResult(opts["task_id"], self,
-                                       ignored=bool(opts["ignore_result"])))
-        with self.pool.acquire() as conn:
-            conn.publish_many(batch, retry=retry, policy=policy)
-        if hooks.after_task_publish.get_hookimpls():
-            for (message, route, _due), (name, *_rest) in zip(batch, calls):
-                hooks.after_task_publish(app=self, name=name, message=message, route=route)
+            plan, per = self._plan(name, args, kwargs, call, sig, tasks.get(name))
+            message, task_id, due = self._build(plan, per, args, kwargs)
+            if before is not None:
+                opts = plan.options(per, task_id)
+                before(app=self, name=name, message=message, route=plan.route, options=opts)
+                publisher, retry = opts.get("publisher"), opts["retry"]
+                policy, ignored = opts["retry_policy"], bool(opts["ignore_result"])
+            else:
+                publisher = per.get("publisher") if per else None
+                retry, policy, ignored = plan.retry, plan.policy, plan.ignored
+            if run is None or not run.takes(publisher, retry, policy):
+                if publisher is not None and not isinstance(publisher, Publisher):
+                    raise TypeError(f"publisher= takes what task.get_publisher(conn) "
+                                    f"returns, not {type(publisher).__name__}.")
+                run = _Run(publisher, retry, policy, len(results))
+                runs.append(run)
+            run.names.append(name)
+            run.batch.append((message, plan.route, due))
+            results.append(AsyncResult(task_id, self, ignored=ignored))
+        with contextlib.ExitStack() as stack:
+            conn = None
+            for run in runs:
+                if run.publisher is not None:
+                    waiting = run.publisher._put_many(run.names, run.batch, run.retry,
+                                                      run.policy)
+                    end = run.start + len(run.batch)
+                    for result in results[end - waiting:end]:
+                        result._publisher = run.publisher
+                    continue
+                if conn is None:
+                    conn = stack.enter_context(self.pool.acquire())
+                conn.publish_many(run.batch, retry=run.retry, policy=run.policy)
+                self._published(run.names, run.batch)
         return results
 
     # ------------------------------------------------------------------ results
@@ -379,13 +467,98 @@ class Conveyor:
         self.codecs.serializer("auth")  # load now: bad keys fail here, not at publish
 
 
+#: Random hex text for task ids, 32 digits each, drawn from ``os.urandom`` in blocks.
+_random: list[str] = []
+#: A hex digit → the digit with the RFC 4122 variant bits (``10xx``) set.
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+os.register_at_fork(after_in_child=_random.clear)  # a child must not reuse the parent's
+
+
 def new_id() -> str:
-    """A random (version 4) UUID as text, without the cost of ``uuid.UUID``."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """A random (version 4) UUID as text, without the cost of ``uuid.UUID``.
+
+    perf: ``os.urandom`` is a system call; reading 256 ids' worth at once makes an id
+    cost half as much. ``list.pop`` is atomic, so threads never share one; a forked
+    child drops what it inherited.
+    """
+    try:
+        h = _random.pop()
+    except IndexError:
+        block = os.urandom(16 * 256).hex()
+        _random.extend([block[i:i + 32] for i in range(0, len(block), 32)])
+        h = _random.pop()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+#: Plans kept per app (see ``Conveyor._plan``); more distinct calls start afresh.
+_MAX_PLANS = 512
+
+
+def _no_plans(_conf: Any) -> dict[Any, _Plan]:
+    return {}
+
+
+class _Plan:
+    """Resolved options of one kind of call, and what they make of its messages.
+
+    ``opts`` holds every option with the per-call ones (``PER_CALL``) at their
+    defaults; :meth:`options` gives the full dict of one call.
+    """
+
+    __slots__ = ("task", "defaults", "opts", "template", "route", "embed", "timed",
+                 "delays", "retry", "policy", "ignored", "cacheable")
+
+    def __init__(self, app: Conveyor, name: str, task: Any,
+                 defaults: Mapping[str, Any] | None, opts: dict[str, Any]) -> None:
+        self.task = task
+        self.defaults = defaults
+        base = dict(opts)
+        for key in PER_CALL:
+            if key in DEFAULTS:
+                base[key] = DEFAULTS[key]
+            else:
+                base.pop(key, None)
+        self.opts = base
+        link, link_error = opts.get("link"), opts.get("link_error")
+        chain, chord = opts.get("chain"), opts.get("chord")
+        self.embed: dict[str, Any] | None = None
+        if link or link_error or chain or chord:
+            self.embed = {"callbacks": _sig_list(link), "errbacks": _sig_list(link_error),
+                          "chain": chain, "chord": chord}
+        self.template = Template(name, app.codecs, opts)
+        self.route = Route(opts["queue"], opts["exchange"] or "", opts["routing_key"])
+        self.timed = opts["countdown"] is not None or opts["eta"] is not None \
+            or opts["expires"] is not None
+        self.delays = self.timed and app._broker_delays()
+        self.retry, self.policy = opts["retry"], opts["retry_policy"]
+        self.ignored = bool(opts["ignore_result"])
+        #: Only plans of plain values are kept: embedded signatures and ``headers``
+        #: are mutable, so they are read afresh for every call.
+        self.cacheable = self.embed is None and not opts.get("headers")
+
+    def options(self, per: Mapping[str, Any] | None, task_id: str) -> dict[str, Any]:
+        """Every resolved option of one call (what ``before_task_publish`` sees)."""
+        opts = dict(self.opts)
+        if per:
+            opts.update(per)
+        opts["task_id"] = task_id
+        return opts
+
+
+class _Run:
+    """Consecutive members of a batch that go out the same way."""
+
+    __slots__ = ("publisher", "retry", "policy", "start", "names", "batch")
+
+    def __init__(self, publisher: Publisher | None, retry: Any,
+                 policy: Mapping[str, Any] | None, start: int) -> None:
+        self.publisher, self.retry, self.policy, self.start = publisher, retry, policy, start
+        self.names: list[str] = []
+        self.batch: list[tuple[Message, Route, float | None]] = []
+
+    def takes(self, publisher: Any, retry: Any, policy: Any) -> bool:
+        return publisher is self.publisher and retry == self.retry \
+            and (policy is self.policy or policy == self.policy)
 
 
 def _sig_list(value: Any) -> list[dict[str, Any]] | None:

@@ -229,7 +229,9 @@ class chain(Signature[Any]):
         first_opts = {**self.options, **options}
         if rest:
             first_opts["chain"] = [dict(s) for s in reversed(rest)]
-        first.apply_async(args, kwargs, **first_opts)
+        sent = first.apply_async(args, kwargs, **first_opts)
+        for result in results:  # reading any of them flushes a buffering publisher
+            result._publisher = sent._publisher
         return results[-1]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -1,11 +1,14 @@
-"""Broker connections for publishing: a bounded pool, and the publish retry policy.
+"""Broker connections for publishing: a bounded pool, the publish retry policy, and
+the :class:`Publisher` that sends many messages through one connection.
 
 ``apply_async`` borrows a connection, publishes, and gives it back; a ``publisher``
-keeps one for many sends. A publish that fails with one of the transport's
+keeps one for many sends, and inside its ``with`` block buffers them and sends each
+buffer as one pipelined batch. A publish that fails with one of the transport's
 ``connection_errors`` is retried by the policy (``max_retries``, ``interval_start``,
 ``interval_step``, ``interval_max``), reconnecting in between; when it is exhausted
 the caller gets :class:`OperationalError` naming the broker (password masked) and
-the cause. No call returns a task id for a message the broker did not take.
+the cause. No call returns a task id for a message the broker did not take, except
+through a buffering publisher: there, reading such a result raises that error.
 """
 
 from __future__ import annotations
@@ -112,6 +115,170 @@ class Connection:
             self.transport.close()
         finally:
             self._connected = False
+
+
+#: Messages a publisher's ``with`` block holds before it sends them (``buffer=``).
+DEFAULT_BUFFER = 1000
+
+
+class Publisher:
+    """Sends task messages through one connection: ``apply_async(..., publisher=pub)``.
+
+    Made by ``task.get_publisher(conn, buffer=1000)`` with a connection from
+    ``app.pool.acquire()``. Outside a ``with`` block every message is sent before
+    ``apply_async`` returns, as without a publisher. Inside one::
+
+        with app.pool.acquire() as conn, add.get_publisher(conn) as pub:
+            for i in range(10_000):
+                add.apply_async((i, i), publisher=pub)
+
+    messages are buffered and each buffer goes to the broker as one pipelined batch
+    (the transport's ``publish_many``; on Redis one MULTI/EXEC round trip) with the
+    retry policy as usual. A buffer is sent when it holds ``buffer`` messages, when a
+    message comes with other ``retry``/``retry_policy`` options than those buffered,
+    on :meth:`flush`, when a result returned through the publisher is read (``get``,
+    ``state``, ``ready``, …: so waiting on one never deadlocks), and when the block
+    exits, with an exception too (what was handed over is sent; if that fails as
+    well, the failure is logged and noted on the exception that propagates).
+
+    ``before_task_publish`` hooks run in ``apply_async``; ``after_task_publish`` hooks
+    run once the batch has gone out. When sending fails the caller of whatever
+    flushed gets :class:`OperationalError`, and so does anyone who later reads the
+    result of a message from that batch (the broker never took it). After its block
+    the publisher sends unbuffered again; it may be entered again. A publisher can be
+    shared between threads (it serializes its use of the connection), but the
+    connection must not be used elsewhere meanwhile.
+    """
+
+    def __init__(self, connection: Connection, *, buffer: int = DEFAULT_BUFFER) -> None:
+        if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
+            raise ConfigurationError(
+                f"Publisher buffer must be a positive int (messages), not {buffer!r}.")
+        self.connection = connection
+        self.buffer = buffer
+        self._depth = 0
+        self._batch: list[tuple[Message, Route, float | None]] = []
+        self._names: list[str] = []
+        self._retry = True
+        self._policy: Mapping[str, Any] | None = None
+        self._unsent: dict[str, Exception] = {}
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        mode = f"buffering {len(self._batch)}/{self.buffer}" if self._depth else "unbuffered"
+        return f"<Publisher {mask_url(self.connection.url)} {mode}>"
+
+    @property
+    def buffering(self) -> bool:
+        """True inside the ``with`` block: messages wait for a flush."""
+        return self._depth > 0
+
+    @property
+    def pending(self) -> int:
+        """How many messages wait to be sent."""
+        return len(self._batch)
+
+    def __enter__(self) -> Publisher:
+        with self._lock:
+            self._depth += 1
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        with self._lock:
+            self._depth = max(0, self._depth - 1)
+            try:
+                self.flush()
+            except Exception as error:
+                if exc is None:
+                    raise
+                # The body's exception is the one to see; do not replace it.
+                log.error("Publisher could not send its buffer while %s propagated: %s",
+                          type(exc).__name__, error, exc_info=error)
+                exc.add_note(f"While it propagated, the publisher's buffer could not be "
+                             f"sent: {type(error).__name__}: {error}")
+
+    def flush(self) -> None:
+        """Send every buffered message now, in one batch per run of retry options."""
+        with self._lock:
+            self._send()
+
+    def _send(self) -> None:
+        batch = self._batch
+        if not batch:
+            return
+        names = self._names
+        self._batch, self._names = [], []
+        conn = self.connection
+        try:
+            if len(batch) == 1:
+                conn.publish(*batch[0], retry=self._retry, policy=self._policy)
+            else:
+                conn.publish_many(batch, retry=self._retry, policy=self._policy)
+        except Exception as exc:
+            for message, _route, _due in batch:
+                self._unsent[message.headers.get("id") or ""] = exc
+            n = len(batch)
+            exc.add_note(f"{n} buffered message{'s were' if n > 1 else ' was'} not sent; "
+                         "reading their results raises OperationalError.")
+            raise
+        conn.app._published(names, batch)
+
+    def _accepts(self, retry: bool, policy: Mapping[str, Any] | None) -> bool:
+        return retry == self._retry and (policy is self._policy or policy == self._policy)
+
+    def _put(self, name: str, message: Message, route: Route, due: float | None,
+             retry: bool, policy: Mapping[str, Any] | None) -> bool:
+        """Send or buffer one message; True when it waits in the buffer."""
+        with self._lock:
+            if not self._depth:
+                self.connection.publish(message, route, due, retry=retry, policy=policy)
+                self.connection.app._published([name], [(message, route, due)])
+                return False
+            if self._batch and not self._accepts(retry, policy):
+                self._send()
+            self._retry, self._policy = retry, policy
+            self._batch.append((message, route, due))
+            self._names.append(name)
+            if len(self._batch) >= self.buffer:
+                self._send()
+                return False
+            return True
+
+    def _put_many(self, names: list[str], batch: list[tuple[Message, Route, float | None]],
+                  retry: bool, policy: Mapping[str, Any] | None) -> int:
+        """Send or buffer several messages (a group): pipelined either way.
+
+        Returns how many of the last ones wait in the buffer.
+        """
+        with self._lock:
+            if not self._depth:
+                self.connection.publish_many(batch, retry=retry, policy=policy)
+                self.connection.app._published(names, batch)
+                return 0
+            if self._batch and not self._accepts(retry, policy):
+                self._send()
+            self._retry, self._policy = retry, policy
+            start = 0
+            while start < len(batch):
+                room = self.buffer - len(self._batch)
+                self._batch += batch[start:start + room]
+                self._names += names[start:start + room]
+                start += room
+                if len(self._batch) >= self.buffer:
+                    self._send()
+            return min(len(self._batch), len(batch))
+
+    def _settle(self, task_id: str) -> None:
+        """Before a result is read: send the buffer, and fail for a message that
+        could not be sent."""
+        with self._lock:
+            self._send()
+            error = self._unsent.get(task_id)
+        if error is not None:
+            raise OperationalError(
+                f"Task {task_id} was never sent: its publisher's batch failed "
+                f"({type(error).__name__}: {error}).") from error
 
 
 class ConnectionPool:

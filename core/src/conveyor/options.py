@@ -47,6 +47,18 @@ INTERNAL = frozenset({
 
 KNOWN = frozenset(DEFAULTS) | INTERNAL
 
+#: Options only the call and the signature give, that no other option depends on and
+#: that resolution passes through unchecked: they vary per call (a group's index, a
+#: task id), so :func:`split` keeps them out of a cache key.
+PER_CALL = frozenset({
+    "task_id", "publisher", "parent_id", "root_id", "group_id", "group_index", "retries",
+})
+
+#: Value types a cache key may hold: immutable, and equal only to values that resolve
+#: and serialize the same way once the type is part of the key (``1`` vs ``1.0``).
+#: Floats are keyed by their repr: ``0.0 == -0.0``, but they print apart.
+_KEYABLE = frozenset({str, int, bool, type(None)})
+
 #: Options a task class may set as attributes (``Task.serializer`` …).
 TASK_ATTRIBUTES = (
     "serializer", "compression", "queue", "exchange", "routing_key", "priority",
@@ -83,6 +95,34 @@ def check(options: Mapping[str, Any], where: str = "apply_async") -> None:
                 f"{did_you_mean(name, DEFAULTS)} Known options: "
                 f"{', '.join(sorted(DEFAULTS))}."
             )
+
+
+def split(options: Mapping[str, Any]
+          ) -> tuple[tuple[Any, ...] | None, dict[str, Any] | None]:
+    """A layer of options as a hashable key, and its :data:`PER_CALL` values.
+
+    The key is None when a value cannot key a cache (a dict, a list, a datetime, a
+    signature, any object): the caller then resolves those options from scratch.
+    The per-call dict holds only the values that are not None (None when there are
+    none), as :func:`resolve` would keep them.
+    """
+    if not options:
+        return (), None
+    key: list[Any] = []
+    per: dict[str, Any] | None = None
+    for name, value in options.items():
+        if name in PER_CALL:
+            if value is not None:
+                if per is None:
+                    per = {}
+                per[name] = value
+        elif type(value) in _KEYABLE:
+            key += (name, type(value), value)
+        elif type(value) is float:
+            key += (name, float, repr(value))
+        else:
+            return None, None
+    return tuple(key), per
 
 
 def _settings_layer(conf: Mapping[str, Any]) -> dict[str, Any]:

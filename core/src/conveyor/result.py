@@ -16,6 +16,7 @@ from .exceptions import TaskRevokedError, TimeoutError
 
 if TYPE_CHECKING:
     from .app import Conveyor
+    from .connection import Publisher
 
 R = TypeVar("R")
 
@@ -23,8 +24,13 @@ R = TypeVar("R")
 class AsyncResult(Generic[R]):
     """The pending result of a task call, by task id."""
 
+    # perf: a bulk publish makes one per message; without a __dict__ each costs the
+    # garbage collector one object less.
+    __slots__ = ("id", "app", "ignored", "parent", "_cache", "_publisher")
+
     def __init__(self, id: str, app: Conveyor | None = None, *, ignored: bool = False,
-                 parent: AsyncResult[Any] | None = None) -> None:
+                 parent: AsyncResult[Any] | None = None,
+                 publisher: Publisher | None = None) -> None:
         if app is None:
             from .app import current_app
             app = current_app()
@@ -33,6 +39,17 @@ class AsyncResult(Generic[R]):
         self.ignored = ignored
         self.parent = parent
         self._cache: dict[str, Any] | None = None
+        #: The buffering publisher that may still hold this task's message: every
+        #: read flushes it first, so waiting on the result cannot wait forever.
+        self._publisher = publisher
+
+    def _settle(self) -> None:
+        """Make sure the message went out (flush its publisher's buffer); raise
+        :class:`OperationalError` if it never can."""
+        publisher = self._publisher
+        if publisher is not None:
+            publisher._settle(self.id)
+            self._publisher = None
 
     def __repr__(self) -> str:
         return f"<AsyncResult: {self.id}>"
@@ -45,6 +62,8 @@ class AsyncResult(Generic[R]):
 
     # ---------------------------------------------------------------- meta
     def _meta(self) -> dict[str, Any]:
+        if self._publisher is not None:
+            self._settle()
         if self._cache is not None:
             return self._cache
         meta = self.app.results.load(self.app.backend.get(self.id))
@@ -108,13 +127,19 @@ class AsyncResult(Generic[R]):
         ``ignore_result`` there is nothing to wait for: returns None at once.
         ``interval`` is accepted for Celery compatibility; backends are notified.
         """
+        if self._publisher is not None:
+            self._settle()
         if self.ignored:
             return None  # type: ignore[return-value]
         meta = self._wait(timeout, on_message)
         return self._outcome(meta, propagate)
 
+    wait = get  # Celery's older name
+
     def _wait(self, timeout: float | None,
               on_message: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+        if self._publisher is not None:
+            self._settle()
         if self._cache is not None:
             return self._cache
         backend = self.app.backend
@@ -162,6 +187,8 @@ class AsyncResult(Generic[R]):
     # ---------------------------------------------------------------- control
     def forget(self) -> None:
         """Delete the stored result."""
+        if self._publisher is not None:
+            self._settle()
         self._cache = None
         self.app.backend.forget(self.id)
 
@@ -171,6 +198,8 @@ class AsyncResult(Generic[R]):
         This does not yet reach workers: a worker that runs the task anyway stores
         its outcome over the REVOKED state (remote control is future work).
         """
+        if self._publisher is not None:
+            self._settle()
         self.app.results.store(self.id, states.REVOKED, states.revoked_dict("revoked"))
         self._cache = None
 

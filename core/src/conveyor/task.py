@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 from . import exceptions, states
 from ._suggest import did_you_mean
 from .canvas import Signature
+from .connection import DEFAULT_BUFFER
+from .connection import Publisher as Publisher  # where it lived first; re-exported
 from .exceptions import Retry, UnknownOptionError
 from .result import AsyncResult
 
@@ -153,9 +155,16 @@ class Task(Generic[P, R]):
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
         return AsyncResult(task_id, self.app)
 
-    def get_publisher(self, connection: Connection) -> Publisher:
-        """A publisher that reuses ``connection`` (from ``app.pool.acquire()``)."""
-        return Publisher(connection)
+    def get_publisher(self, connection: Connection, *, buffer: int = DEFAULT_BUFFER
+                      ) -> Publisher:
+        """A publisher that reuses ``connection`` (from ``app.pool.acquire()``).
+
+        Used bare (``pub = add.get_publisher(conn)``) it sends each message at once.
+        Inside ``with ... as pub:`` it buffers up to ``buffer`` messages and sends
+        them in one pipelined batch; see :class:`~conveyor.connection.Publisher` for
+        when a buffer goes out (full, ``pub.flush()``, a result read, block exit).
+        """
+        return Publisher(connection, buffer=buffer)
 
     # ------------------------------------------------------------------ inside a worker
     @property
@@ -205,19 +214,6 @@ class Task(Generic[P, R]):
         self.app.publish(self.name, args if args is not None else request.args,
                          kwargs if kwargs is not None else request.kwargs, call, {}, self)
         raise Retry(exc=exc, when=countdown if countdown is not None else eta)
-
-
-class Publisher:
-    """Reuses one connection for many sends: ``apply_async(..., publisher=pub)``."""
-
-    def __init__(self, connection: Connection) -> None:
-        self.connection = connection
-
-    def __enter__(self) -> Publisher:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Nothing to flush: every send went to the broker when it was made."""
 
 
 def _task_by_name(app_main: str | None, name: str) -> Task[Any, Any]:
