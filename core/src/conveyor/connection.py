@@ -144,8 +144,9 @@ class Publisher:
     ``before_task_publish`` hooks run in ``apply_async``; ``after_task_publish`` hooks
     run once the batch has gone out. When sending fails the caller of whatever
     flushed gets :class:`OperationalError`, and so does anyone who later reads the
-    result of a message from that batch (the broker never took it). After its block
-    the publisher sends unbuffered again; it may be entered again. A publisher can be
+    result of a message from that batch (the broker may not have it). After its block
+    the publisher sends unbuffered again (it may be entered again), through the same
+    connection: use it only while you still hold that connection. A publisher can be
     shared between threads (it serializes its use of the connection), but the
     connection must not be used elsewhere meanwhile.
     """
@@ -219,8 +220,8 @@ class Publisher:
             for message, _route, _due in batch:
                 self._unsent[message.headers.get("id") or ""] = exc
             n = len(batch)
-            exc.add_note(f"{n} buffered message{'s were' if n > 1 else ' was'} not sent; "
-                         "reading their results raises OperationalError.")
+            exc.add_note(f"A publisher's batch of {n} buffered message{'s' if n > 1 else ''} "
+                         "failed; reading their results raises OperationalError.")
             raise
         conn.app._published(names, batch)
 
@@ -277,8 +278,8 @@ class Publisher:
             error = self._unsent.get(task_id)
         if error is not None:
             raise OperationalError(
-                f"Task {task_id} was never sent: its publisher's batch failed "
-                f"({type(error).__name__}: {error}).") from error
+                f"Task {task_id} may never have reached the broker: the publisher's "
+                f"batch it was in failed ({type(error).__name__}: {error}).") from error
 
 
 class ConnectionPool:
