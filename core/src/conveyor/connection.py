@@ -200,7 +200,8 @@ class Publisher:
                              f"sent: {type(error).__name__}: {error}")
 
     def flush(self) -> None:
-        """Send every buffered message now, in one batch per run of retry options."""
+        """Send every buffered message now (one ``publish_many``; a no-op when none
+        waits). A buffer only ever holds messages with the same retry options."""
         with self._lock:
             self._send()
 
