@@ -175,3 +175,25 @@ def test_a_refused_write_is_logged_naming_the_task(backend: Any, rb: redis.Redis
     assert "the SUCCESS result of task t11" in caplog.text
     assert "WRONGTYPE" in caplog.text
     assert backend.get("t6") is None  # the line is usable afterwards
+
+
+def test_a_write_lost_with_its_connection_is_run_again_after_its_thread_ended(
+        backend: Any, rb: redis.Redis) -> None:
+    """The writer stores a result and ends; the connection that carried the write
+    is killed before the server ran it. The write is not lost: the confirmer sees
+    the lost reply and runs it again on a new connection."""
+    backend.get("warm-up")
+    rb.client_pause(400, all=False)  # the server holds writes for 0.4 s
+    writer = threading.Thread(target=lambda: backend.store("t12", "SUCCESS", SUCCESS,
+                                                           expires=60))
+    writer.start()
+    writer.join(5)
+    time.sleep(0.02)
+    held = [c for c in rb.client_list()
+            if c["db"] == "13" and c["cmd"] == "eval" and "b" in c["flags"]]
+    assert len(held) == 1  # the write, waiting for the pause to end
+    rb.client_kill_filter(_id=held[0]["id"])  # the server drops it unexecuted
+    deadline = time.monotonic() + 5
+    while rb.get("celery-task-meta-t12") is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rb.get("celery-task-meta-t12") == SUCCESS

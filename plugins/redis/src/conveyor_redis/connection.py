@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -249,50 +250,113 @@ class Line:
 class Lines:
     """A small free list of :class:`Line` for a user shared between threads.
 
-    A line holding a thread's unconfirmed writes (sent ahead) goes back to that
-    thread, not to the free list, until it is used again: so a thread always reads
-    its own writes, on the same connection, in order. A dead thread's line returns
-    to the free list, and whoever takes it next confirms what it still owes.
+    Writes sent ahead (:meth:`Line.send`) stay readable by their writer: a line
+    holding a thread's unconfirmed writes is kept for that thread, which gets it back
+    at its next :meth:`take`, so it reads its own writes on the same connection, in
+    order. A thread that does not come back within :attr:`CONFIRM_AFTER` seconds (an
+    idle worker thread, a thread that ended) does not leave them unconfirmed: a
+    confirmer thread reads the replies, runs again what was refused or lost (with
+    backoff while the server is unreachable) and frees the line; the writer's next
+    :meth:`take` waits until it has, so the guarantee holds meanwhile too.
     """
 
-    #: Check for lines kept by dead threads every this many gives.
-    SWEEP_EVERY = 256
+    #: Seconds a kept line waits for its writer before the confirmer takes it.
+    CONFIRM_AFTER = 0.05
 
     def __init__(self, pool: redis.ConnectionPool) -> None:
         self.pool = pool
         self._idle: list[Line] = []
-        self._own: dict[threading.Thread, Line] = {}
-        self._gives = 0
-        self._lock = threading.Lock()
+        self._kept: dict[threading.Thread, tuple[Line, float]] = {}
+        self._confirming: dict[threading.Thread, Line] = {}
+        self._failed: list[Line] = []
+        self._cond = threading.Condition()
+        self._confirmer: threading.Thread | None = None
+        self._resting = False  # the confirmer waits with nothing kept: wake it on give
+        self._closed = False
 
     def take(self) -> Line:
         me = threading.current_thread()
-        with self._lock:
-            line = self._own.pop(me, None)
-            if line is not None:
-                return line
+        with self._cond:
+            kept = self._kept.pop(me, None)
+            if kept is not None:
+                return kept[0]
+            while me in self._confirming:
+                self._cond.wait()
             if self._idle:
                 return self._idle.pop()
         return Line(self.pool)
 
     def give(self, line: Line) -> None:
-        with self._lock:
-            if line.ahead or line.owed:
-                previous = self._own.get(threading.current_thread())
-                if previous is not None and previous is not line:
-                    self._idle.append(previous)
-                self._own[threading.current_thread()] = line
-            else:
+        me = threading.current_thread()
+        with self._cond:
+            if not (line.ahead or line.owed):
                 self._idle.append(line)
-            self._gives += 1
-            if self._gives % self.SWEEP_EVERY == 0:
-                for thread in [t for t in self._own if not t.is_alive()]:
-                    self._idle.append(self._own.pop(thread))
+                return
+            previous = self._kept.get(me)
+            if previous is not None and previous[0] is not line:
+                self._idle.append(previous[0])  # its next user confirms it first
+            self._kept[me] = (line, time.monotonic())
+            if self._confirmer is None and not self._closed:
+                self._confirmer = threading.Thread(
+                    target=self._confirm_loop, name="conveyor-redis-confirm", daemon=True)
+                self._confirmer.start()
+            elif self._resting:
+                self._resting = False  # perf: wake it only from an untimed wait
+                self._cond.notify_all()
+
+    def _confirm_loop(self) -> None:
+        backoff = Backoff()
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                now = time.monotonic()
+                due = {t: kept[0] for t, kept in self._kept.items()
+                       if now - kept[1] >= self.CONFIRM_AFTER}
+                for thread in due:
+                    del self._kept[thread]
+                self._confirming.update(due)
+                failed, self._failed = self._failed, []
+                if not due and not failed:
+                    oldest = min((at for _, at in self._kept.values()), default=None)
+                    self._resting = oldest is None
+                    self._cond.wait(None if oldest is None
+                                    else oldest + self.CONFIRM_AFTER - now)
+                    continue
+            done: list[Line] = []
+            retry: list[Line] = []
+            for line in [*due.values(), *failed]:
+                try:
+                    line.confirm()
+                except redis.RedisError as exc:
+                    log.warning("Could not confirm %d write(s) sent ahead to Redis (%s); "
+                                "retrying", len(line.owed), exc)
+                    retry.append(line)
+                else:
+                    done.append(line)
+            with self._cond:
+                for thread in due:
+                    del self._confirming[thread]
+                self._idle += done
+                self._failed += retry
+                self._cond.notify_all()
+                if retry:
+                    self._cond.wait(backoff.next())
+                else:
+                    backoff.reset()
 
     def close(self) -> None:
-        with self._lock:
-            lines = self._idle + list(self._own.values())
-            self._idle, self._own = [], {}
+        """Stop the confirmer; confirm and release every line (what cannot be
+        confirmed is logged as lost by :meth:`Line.close`)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            confirmer = self._confirmer
+        if confirmer is not None and confirmer is not threading.current_thread():
+            confirmer.join(5.0)
+        with self._cond:
+            lines = self._idle + [kept[0] for kept in self._kept.values()] + self._failed
+            self._idle, self._kept, self._failed = [], {}, []
         for line in lines:
             line.close()
 

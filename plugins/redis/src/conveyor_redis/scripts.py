@@ -41,9 +41,14 @@ class Script:
 
     def send(self, line: Line, keys: Sequence[Any], args: Sequence[Any], what: str) -> None:
         """Run without waiting for the reply (:meth:`Line.send`); idempotent scripts
-        only, since a lost reply makes the line run it again."""
+        only, since a lost reply makes the line run it again.
+
+        Sent as ``EVAL`` with the source, not ``EVALSHA``: a server that forgot the
+        script (restarted) runs it anyway, instead of refusing it in a reply nobody
+        may read for a while. The server caches it by SHA either way.
+        """
         line.send(lambda again: self(again, keys, args), what,
-                  "EVALSHA", self.sha, len(keys), *keys, *args)
+                  "EVAL", self.source, len(keys), *keys, *args)
 
     def __call__(self, client: redis.Redis | Line, keys: Sequence[Any],
                  args: Sequence[Any] = ()) -> Any:
