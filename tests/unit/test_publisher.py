@@ -441,18 +441,9 @@ def test_equal_values_that_print_apart_are_not_confused(app: Conveyor) -> None:
     assert [repr(t[0]) for t in limits] == ["1", "1.0", "0.0", "-0.0", "True"]
 
 
-def test_a_large_batch_leaves_the_collector_as_it_found_it(app: Conveyor) -> None:
-    import gc
+def test_a_bad_call_in_a_batch_sends_nothing(app: Conveyor) -> None:
     calls = [("p.add", (i, i), {}, {}, {}) for i in range(300)]
-    assert gc.isenabled()
     app.publish_batch(calls)
-    assert gc.isenabled()
-    gc.disable()
-    try:
-        app.publish_batch(calls)
-        assert not gc.isenabled()  # the caller's choice stays
-    finally:
-        gc.enable()
     with pytest.raises(UnknownOptionError):
         app.publish_batch([*calls, ("p.add", (), {}, {"nope": 1}, {})])
-    assert gc.isenabled() and depth(app) == 600
+    assert depth(app) == 300

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import gc
 import logging
 import os
 import threading
@@ -399,28 +398,27 @@ class Conveyor:
         run: _Run | None = None
         results: list[AsyncResult[Any]] = []
         tasks = self.tasks
-        with _gc_paused(len(calls)):
-            for name, args, kwargs, call, sig in calls:
-                plan, per = self._plan(name, args, kwargs, call, sig, tasks.get(name))
-                message, task_id, due = self._build(plan, per, args, kwargs)
-                if before is not None:
-                    opts = plan.options(per, task_id)
-                    before(app=self, name=name, message=message, route=plan.route,
-                           options=opts)
-                    publisher, retry = opts.get("publisher"), opts["retry"]
-                    policy, ignored = opts["retry_policy"], bool(opts["ignore_result"])
-                else:
-                    publisher = per.get("publisher") if per else None
-                    retry, policy, ignored = plan.retry, plan.policy, plan.ignored
-                if run is None or not run.takes(publisher, retry, policy):
-                    if publisher is not None and not isinstance(publisher, Publisher):
-                        raise TypeError(f"publisher= takes what task.get_publisher(conn) "
-                                        f"returns, not {type(publisher).__name__}.")
-                    run = _Run(publisher, retry, policy, len(results))
-                    runs.append(run)
-                run.names.append(name)
-                run.batch.append((message, plan.route, due))
-                results.append(AsyncResult(task_id, self, ignored=ignored))
+        for name, args, kwargs, call, sig in calls:
+            plan, per = self._plan(name, args, kwargs, call, sig, tasks.get(name))
+            message, task_id, due = self._build(plan, per, args, kwargs)
+            if before is not None:
+                opts = plan.options(per, task_id)
+                before(app=self, name=name, message=message, route=plan.route,
+                       options=opts)
+                publisher, retry = opts.get("publisher"), opts["retry"]
+                policy, ignored = opts["retry_policy"], bool(opts["ignore_result"])
+            else:
+                publisher = per.get("publisher") if per else None
+                retry, policy, ignored = plan.retry, plan.policy, plan.ignored
+            if run is None or not run.takes(publisher, retry, policy):
+                if publisher is not None and not isinstance(publisher, Publisher):
+                    raise TypeError(f"publisher= takes what task.get_publisher(conn) "
+                                    f"returns, not {type(publisher).__name__}.")
+                run = _Run(publisher, retry, policy, len(results))
+                runs.append(run)
+            run.names.append(name)
+            run.batch.append((message, plan.route, due))
+            results.append(AsyncResult(task_id, self, ignored=ignored))
         with contextlib.ExitStack() as stack:
             conn = None
             for run in runs:
@@ -492,29 +490,6 @@ def new_id() -> str:
         h = _random.pop()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
-
-@contextlib.contextmanager
-def _gc_paused(size: int) -> Iterator[None]:
-    """Pause the cyclic garbage collector while a large batch is built.
-
-    perf: every message of a batch lives until the batch is sent, so collections
-    during the build traverse them again and again and free nothing (messages hold
-    no cycles): at 10,000 messages that is about a sixth of ``publish_batch``. One
-    collection after the build sees each object once. Nothing changes when the
-    collector is already off (the caller's choice is left alone) or for small batches.
-    """
-    if size < _GC_PAUSE_AT or not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
-#: Batches from this size on are built with the garbage collector paused.
-_GC_PAUSE_AT = 256
 
 #: Plans kept per app (see ``Conveyor._plan``); more distinct calls start afresh.
 _MAX_PLANS = 512
