@@ -349,6 +349,25 @@ class Conveyor:
             for name, (message, route, _due) in zip(names, batch):
                 hook(app=self, name=name, message=message, route=route)
 
+    def _how(self, name: str, plan: _Plan, per: Mapping[str, Any] | None,
+             message: Message, task_id: str, before: Any
+             ) -> tuple[Publisher | None, Any, Any, bool]:
+        """Run ``before_task_publish`` (when given), then say how the message goes
+        out: its publisher, ``retry``, ``retry_policy`` and whether its result is
+        ignored (a hook may have changed the options it sees)."""
+        if before is not None:
+            opts = plan.options(per, task_id)
+            before(app=self, name=name, message=message, route=plan.route, options=opts)
+            publisher, retry = opts.get("publisher"), opts["retry"]
+            policy, ignored = opts["retry_policy"], bool(opts["ignore_result"])
+        else:
+            publisher = per.get("publisher") if per else None
+            retry, policy, ignored = plan.retry, plan.policy, plan.ignored
+        if publisher is not None and not isinstance(publisher, Publisher):
+            raise TypeError(f"publisher= takes what task.get_publisher(conn) returns, "
+                            f"not {type(publisher).__name__}.")
+        return publisher, retry, policy, ignored
+
     def publish(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
                 call: Mapping[str, Any], sig: Mapping[str, Any], task: Any
                 ) -> AsyncResult[Any]:
@@ -357,20 +376,10 @@ class Conveyor:
         plan, per = self._plan(name, args, kwargs, call, sig, task)
         message, task_id, due = self._build(plan, per, args, kwargs)
         route = plan.route
-        hooks = self.hooks
-        if hooks.before_task_publish.get_hookimpls():
-            opts = plan.options(per, task_id)
-            hooks.before_task_publish(app=self, name=name, message=message, route=route,
-                                      options=opts)
-            publisher, retry = opts.get("publisher"), opts["retry"]
-            policy, ignored = opts["retry_policy"], bool(opts["ignore_result"])
-        else:
-            publisher = per.get("publisher") if per else None
-            retry, policy, ignored = plan.retry, plan.policy, plan.ignored
+        hook = self.hooks.before_task_publish
+        publisher, retry, policy, ignored = self._how(
+            name, plan, per, message, task_id, hook if hook.get_hookimpls() else None)
         if publisher is not None:
-            if not isinstance(publisher, Publisher):
-                raise TypeError(f"publisher= takes what task.get_publisher(conn) returns, "
-                                f"not {type(publisher).__name__}.")
             pending = publisher._put(name, message, route, due, retry, policy)
             return AsyncResult(task_id, self, ignored=ignored,
                                publisher=publisher if pending else None)
@@ -401,19 +410,9 @@ class Conveyor:
         for name, args, kwargs, call, sig in calls:
             plan, per = self._plan(name, args, kwargs, call, sig, tasks.get(name))
             message, task_id, due = self._build(plan, per, args, kwargs)
-            if before is not None:
-                opts = plan.options(per, task_id)
-                before(app=self, name=name, message=message, route=plan.route,
-                       options=opts)
-                publisher, retry = opts.get("publisher"), opts["retry"]
-                policy, ignored = opts["retry_policy"], bool(opts["ignore_result"])
-            else:
-                publisher = per.get("publisher") if per else None
-                retry, policy, ignored = plan.retry, plan.policy, plan.ignored
+            publisher, retry, policy, ignored = self._how(name, plan, per, message,
+                                                          task_id, before)
             if run is None or not run.takes(publisher, retry, policy):
-                if publisher is not None and not isinstance(publisher, Publisher):
-                    raise TypeError(f"publisher= takes what task.get_publisher(conn) "
-                                    f"returns, not {type(publisher).__name__}.")
                 run = _Run(publisher, retry, policy, len(results))
                 runs.append(run)
             run.names.append(name)
