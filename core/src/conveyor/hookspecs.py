@@ -48,7 +48,8 @@ def before_task_publish(app: Conveyor, name: str, message: Message, route: Route
 
 @hookspec
 def after_task_publish(app: Conveyor, name: str, message: Message, route: Route) -> None:
-    """After the broker took ``message`` for ``route``; the call returns next.
+    """After the broker took ``message`` for ``route``: when ``apply_async`` sends it,
+    before the call returns; for a buffering publisher, when its buffer went out.
     Headers edited here are not sent."""
 
 
