@@ -110,9 +110,9 @@ class Line:
 
     :meth:`send` writes an idempotent command without waiting for its reply (an ack,
     a result write): the round trip overlaps with whatever the caller does next, and
-    the reply is read before the line's next command. Until then the command is owed:
-    a refused one (``NOSCRIPT`` after a server restart) or one whose reply was lost
-    with the connection is run again, synchronously, by the next use of the line.
+    the reply is read before the line's next command. A command the server refused,
+    or whose reply was lost with the connection, is then owed: it is run again,
+    synchronously, before anything else goes over the line.
     Reading every pending reply before writing again also means that, if the process
     dies, the only unread data is replies to commands the server already ran, so
     closing the socket can never discard a command still waiting to be sent.
@@ -227,7 +227,7 @@ class Line:
         """Give the connection back to the pool, after confirming what was sent.
 
         Owed commands that cannot be confirmed (the server is unreachable) are logged
-        as lost: their effects come back by other means (a lease expires).
+        by name as possibly lost (an unconfirmed ack comes back when its lease expires).
         """
         try:
             if self.ahead or self.owed:
