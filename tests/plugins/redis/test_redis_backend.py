@@ -153,17 +153,17 @@ def test_store_is_sent_ahead_and_this_thread_reads_it_back(backend: Any,
                                                           rb: redis.Redis) -> None:
     """A write does not wait for Redis; the writing thread still reads its own
     write (its next call reads the reply first), other threads are not held up."""
-    rb.client_pause(300, all=False)  # the server holds writes for 0.3 s
+    rb.client_pause(1000, all=False)  # the server holds writes for 1 s
     start = time.monotonic()
     backend.store("t10", "SUCCESS", SUCCESS, expires=60)
-    assert time.monotonic() - start < 0.2
+    assert time.monotonic() - start < 0.5
     other: list[Any] = []
     reader = threading.Thread(target=lambda: other.append(backend.get("t10")))
     reader.start()
     reader.join(5)
     assert other == [None]  # not yet written, and that thread did not wait for it
     assert backend.get("t10") == SUCCESS
-    assert time.monotonic() - start >= 0.25
+    assert time.monotonic() - start >= 0.9
 
 
 def test_a_refused_write_is_logged_naming_the_task(backend: Any, rb: redis.Redis,
@@ -183,7 +183,7 @@ def test_a_write_lost_with_its_connection_is_run_again_after_its_thread_ended(
     is killed before the server ran it. The write is not lost: the confirmer sees
     the lost reply and runs it again on a new connection."""
     backend.get("warm-up")
-    rb.client_pause(400, all=False)  # the server holds writes for 0.4 s
+    rb.client_pause(1500, all=False)  # the server holds writes for 1.5 s
     writer = threading.Thread(target=lambda: backend.store("t12", "SUCCESS", SUCCESS,
                                                            expires=60))
     writer.start()
