@@ -77,13 +77,14 @@ class TestSqliteTransport(TransportContract):
         return f"sqlite:///{tmp_path / 'contract.sqlite3'}"
 
 
-REDIS_URL = os.environ.get("CONVEYOR_CONTRACT_REDIS", "redis://127.0.0.1:6379/14")
+REDIS_PORT = int(os.environ.get("CONVEYOR_TEST_REDIS_PORT", "6379"))
+REDIS_URL = os.environ.get("CONVEYOR_CONTRACT_REDIS", f"redis://127.0.0.1:{REDIS_PORT}/14")
 
 
 @pytest.fixture
 def redis_contract_url() -> Iterator[str]:
     """The contract's own Redis db, emptied afterwards (bindings, dead letters…)."""
-    require_service("Redis", "127.0.0.1", 6379)
+    require_service("Redis", "127.0.0.1", REDIS_PORT)
     yield REDIS_URL
     import redis
     client = redis.Redis.from_url(REDIS_URL)

@@ -20,7 +20,7 @@ import pytest
 from conveyor import Conveyor, group
 from conveyor.exceptions import OperationalError
 
-HOST, PORT, DB = "127.0.0.1", 6379, 15
+HOST, PORT, DB = "127.0.0.1", int(os.environ.get("CONVEYOR_TEST_REDIS_PORT", "6379")), 15
 pytestmark = pytest.mark.redis
 
 

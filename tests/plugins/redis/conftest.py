@@ -25,7 +25,7 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:  # for redis_support (unique name: shadows nothing)
     sys.path.append(_HERE)
 
-HOST, PORT = "127.0.0.1", 6379
+from redis_support import HOST, PORT  # noqa: E402
 DBS = {"transport": 8, "worker": 9, "worker_results": 10, "celery": 11,
        "celery_results": 12, "backend": 13}
 
@@ -44,7 +44,7 @@ def redis_server() -> str:
     problem = _redis_problem()
     if problem:
         reason = (f"Redis on {HOST}:{PORT} does not answer ({problem}); start it with "
-                  "`redis-server --daemonize yes --bind 127.0.0.1 --port 6379 "
+                  f"`redis-server --daemonize yes --bind 127.0.0.1 --port {PORT} "
                   "--save '' --appendonly no`")
         if os.environ.get("CONVEYOR_REQUIRE_SERVICES") == "1":
             pytest.fail(reason + " (CONVEYOR_REQUIRE_SERVICES=1)", pytrace=False)

@@ -16,6 +16,10 @@ from typing import Any
 
 from conveyor.interfaces import Message
 
+#: The Redis the suite uses; CONVEYOR_TEST_REDIS_PORT points it at another local one
+#: (so parallel runs on one machine cannot flush each other's dbs).
+HOST, PORT = "127.0.0.1", int(os.environ.get("CONVEYOR_TEST_REDIS_PORT", "6379"))
+
 #: Captured Celery traffic, beside the repository (as tests/unit uses it).
 SAMPLES = Path(__file__).resolve().parents[3].parent / "shared" / "wire-samples"
 

@@ -26,7 +26,7 @@ from conveyor import Conveyor, signature
 from conveyor.exceptions import TaskRevokedError
 from conveyor.interfaces import Route
 from conveyor_redis import RedisTransport
-from redis_support import Proc, make_message, wait_for
+from redis_support import HOST, PORT, Proc, make_message, wait_for
 
 celery = pytest.importorskip("celery")
 
@@ -59,7 +59,7 @@ def record(path, n):
 @pytest.fixture(scope="module")
 def urls(redis_server: str) -> Iterator[tuple[str, str]]:
     """Broker and result URLs (dbs 11 and 12), flushed around the module."""
-    clients = [redis.Redis("127.0.0.1", 6379, db=d) for d in (BROKER_DB, RESULT_DB)]
+    clients = [redis.Redis(HOST, PORT, db=d) for d in (BROKER_DB, RESULT_DB)]
     for c in clients:
         c.flushdb()
     yield f"{redis_server}/{BROKER_DB}", f"{redis_server}/{RESULT_DB}"

@@ -21,7 +21,9 @@ import pytest
 import redis
 from conveyor import Conveyor
 from conveyor.exceptions import NotRegistered
-from redis_support import Proc, wait_for
+from redis_support import HOST, PORT, Proc, wait_for
+
+SPARE_PORT = PORT + 11  # the throwaway server of the restart test (6390 by default)
 
 BROKER, RESULTS = 9, 10
 CONVEYOR_BIN = str(Path(sys.executable).parent / "conveyor")
@@ -29,7 +31,7 @@ CONVEYOR_BIN = str(Path(sys.executable).parent / "conveyor")
 
 @pytest.fixture
 def dbs(redis_server: str) -> Iterator[redis.Redis]:
-    clients = [redis.Redis("127.0.0.1", 6379, db=n) for n in (BROKER, RESULTS)]
+    clients = [redis.Redis(HOST, PORT, db=n) for n in (BROKER, RESULTS)]
     for c in clients:
         c.flushdb()
     yield clients[0]
@@ -213,15 +215,15 @@ def spare_redis(tmp_path: Path) -> Iterator[Any]:
         pytest.skip(why)
     data = tmp_path / "redis-data"
     data.mkdir()
-    args = [server, "--port", "6390", "--bind", "127.0.0.1", "--save", "",
+    args = [server, "--port", str(SPARE_PORT), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(data)]
     state: dict[str, Any] = {}
 
     def start() -> None:
         state["proc"] = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL)
-        client = redis.Redis("127.0.0.1", 6390, socket_connect_timeout=0.5)
-        wait_for(lambda: _pings(client), 10, what="redis on 6390")
+        client = redis.Redis("127.0.0.1", SPARE_PORT, socket_connect_timeout=0.5)
+        wait_for(lambda: _pings(client), 10, what=f"redis on {SPARE_PORT}")
 
     def stop() -> None:
         proc = state.pop("proc", None)
@@ -247,7 +249,7 @@ def _pings(client: redis.Redis) -> bool:
 def test_redis_restart_mid_drain_loses_nothing(spare_redis: Any, task_module: Path,
                                                queue: str) -> None:
     start, stop = spare_redis
-    url = "redis://127.0.0.1:6390/0"
+    url = f"redis://127.0.0.1:{SPARE_PORT}/0"
     app = Conveyor("t", broker=url, backend=url,
                    broker_transport_options={"visibility_timeout": 4})
     log = task_module / "log.txt"
