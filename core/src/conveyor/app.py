@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar,
 import pluggy
 
 from . import hookspecs
-from ._suggest import mask_url
+from .utils import mask_url
 from .codecs import Codecs
 from .connection import ConnectionPool, Publisher, scheme_of
 from .envelope import UTC, Template

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._suggest import mask_url
+from .utils import mask_url
 from .exceptions import ConfigurationError, ConveyorError, OperationalError
 from .interfaces import Message, Route, Transport
 from .settings import DEFAULT_RETRY_POLICY

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
-from ._suggest import did_you_mean
+from .utils import did_you_mean
 from .exceptions import ConfigurationError, UnknownOptionError
 
 if TYPE_CHECKING:

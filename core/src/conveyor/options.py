@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._suggest import did_you_mean
+from .utils import did_you_mean
 from .exceptions import ConfigurationError, UnknownOptionError
 from .settings import DEFAULT_RETRY_POLICY
 

@@ -18,7 +18,7 @@ from typing import Any
 from stevedore import DriverManager
 from stevedore.exception import MultipleMatches, NoMatches
 
-from ._suggest import closest
+from .utils import closest
 from .exceptions import PluginError
 
 GROUPS: dict[str, str] = {

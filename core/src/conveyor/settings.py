@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
-from ._suggest import did_you_mean
+from .utils import did_you_mean
 from .exceptions import UnknownOptionError
 
 #: The embedded default used when no broker or backend is configured.

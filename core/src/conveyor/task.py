@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
 from . import exceptions, states
-from ._suggest import did_you_mean
+from .utils import did_you_mean
 from .canvas import Signature
 from .connection import DEFAULT_BUFFER
 from .connection import Publisher as Publisher  # where it lived first; re-exported

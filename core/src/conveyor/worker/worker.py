@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .. import states
-from .._suggest import did_you_mean, mask_url
+from ..utils import did_you_mean, mask_url
 from ..envelope import parse_message, peek_ids
 from ..exceptions import (
     ConfigurationError, ConveyorError, DecodeError, DeliveryLimitExceeded, NotRegistered,

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
-from conveyor._suggest import mask_url
+from conveyor.utils import mask_url
 from conveyor.exceptions import ConfigurationError
 from redis.backoff import NoBackoff
 from redis.retry import Retry

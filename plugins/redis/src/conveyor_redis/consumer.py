@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import redis
-from conveyor._suggest import mask_url
+from conveyor.utils import mask_url
 from conveyor.interfaces import Delivery
 
 from . import lease

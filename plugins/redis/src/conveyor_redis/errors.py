@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 import redis
-from conveyor._suggest import mask_url
+from conveyor.utils import mask_url
 from conveyor.exceptions import OperationalError
 
 from .connection import CONNECTION_ERRORS, Backoff

@@ -1,4 +1,5 @@
-"""'Did you mean …' for misspelt names, and URL masking for error messages."""
+"""Public helpers for the core and for plugins: "did you mean …" for misspelt names, and
+URL masking for anything printed or logged (plugins import these from here)."""
 
 from __future__ import annotations
 
