@@ -6,35 +6,24 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
+from wire_samples import samples
 
 from conveyor import Conveyor
 from conveyor.envelope import build_message, from_iso, parse_message
 from conveyor.exceptions import ContentDisallowed, DecodeError
 from conveyor.interfaces import Message
 
-SAMPLES = Path(os.environ.get(
-    "CONVEYOR_WIRE_SAMPLES",
-    Path(__file__).resolve().parents[2].parent / "shared" / "wire-samples"))
 ACCEPT = ["json", "msgpack", "yaml", "pickle"]
 
 
 def _captured() -> list[tuple[str, int, dict[str, Any]]]:
-    found = []
-    if not SAMPLES.is_dir():
-        return found
-    for path in sorted(SAMPLES.glob("*.json")):
-        if path.name == "README.md":
-            continue
-        data = json.loads(path.read_text())
-        for index, message in enumerate(data.get("messages") or []):
-            if "envelope" in message or "properties" in message:
-                found.append((path.stem, index, message))
-    return found
+    return [(name, index, message)
+            for name, data in samples()
+            for index, message in enumerate(data.get("messages") or [])
+            if "envelope" in message or "properties" in message]
 
 
 CAPTURED = _captured()
@@ -60,7 +49,7 @@ def app() -> Conveyor:
 
 
 def test_the_samples_are_there() -> None:
-    assert len(CAPTURED) > 60, f"wire samples missing under {SAMPLES}"
+    assert len(CAPTURED) > 60
 
 
 @pytest.mark.parametrize(("case", "index", "captured"), CAPTURED,

@@ -6,20 +6,19 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 from conveyor.plugins import load
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+from wire_samples import sample
 
 REPO = Path(__file__).resolve().parents[3]
-SAMPLES = Path(os.environ.get("CONVEYOR_WIRE_SAMPLES", REPO.parent / "shared" / "wire-samples"))
+
 
 #: What a kombu-JSON-like body holds: the values every serializer must carry.
 PLAIN_VALUES: list[Any] = [
@@ -40,17 +39,6 @@ def listify(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: listify(v) for k, v in value.items()}
     return value
-
-
-def sample(name: str) -> dict[str, Any]:
-    """A captured Celery message (shared/wire-samples/<name>.json)."""
-    path = SAMPLES / f"{name}.json"
-    if not path.exists():
-        why = f"wire samples not found at {SAMPLES}; set CONVEYOR_WIRE_SAMPLES"
-        if os.environ.get("CONVEYOR_REQUIRE_SERVICES") == "1":
-            pytest.fail(why, pytrace=False)
-        pytest.skip(why)
-    return json.loads(path.read_text())
 
 
 def sample_body(name: str) -> tuple[bytes, dict[str, Any]]:

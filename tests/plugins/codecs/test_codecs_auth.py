@@ -21,7 +21,6 @@ from codec_support import (
     listify,
     make_identity,
     make_store,
-    sample,
     sample_body,
     serializer,
 )
@@ -31,6 +30,7 @@ from conveyor.plugins import load
 from conveyor_auth.serializer import SEPARATOR, unpack
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
+from wire_samples import sample
 
 
 def make_app(ident: Identity, store: Path, **settings: object) -> Conveyor:

@@ -9,7 +9,8 @@ import kombu.compression
 import lz4.frame
 import pytest
 import zstandard
-from codec_support import compressor, sample, sample_body
+from codec_support import compressor, sample_body
+from wire_samples import sample
 
 HEADERS = {
     "zstd": "application/zstd",

@@ -15,13 +15,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from conveyor.interfaces import Message
+from wire_samples import samples
 
 #: The Redis the suite uses; CONVEYOR_TEST_REDIS_PORT points it at another local one
 #: (so parallel runs on one machine cannot flush each other's dbs).
 HOST, PORT = "127.0.0.1", int(os.environ.get("CONVEYOR_TEST_REDIS_PORT", "6379"))
-
-#: Captured Celery traffic, beside the repository (as tests/unit uses it).
-SAMPLES = Path(__file__).resolve().parents[3].parent / "shared" / "wire-samples"
 
 
 def stub_app(**options: Any) -> Any:
@@ -41,11 +39,10 @@ def make_message(n: int = 0, priority: int | None = None, **headers: Any) -> Mes
 
 def client_samples() -> Iterator[tuple[str, dict[str, Any]]]:
     """``(file name, message)`` for every client-side Redis capture."""
-    for path in sorted(SAMPLES.glob("redis-*.json")):
-        data = json.loads(path.read_text())
+    for name, data in samples("redis-*"):
         for message in data.get("messages", []):
             if "envelope" in message and "raw" in message:
-                yield path.name, message
+                yield f"{name}.json", message
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.05,

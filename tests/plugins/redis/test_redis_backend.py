@@ -13,7 +13,7 @@ import msgpack
 import pytest
 import redis
 from conveyor_redis import RedisBackend
-from redis_support import SAMPLES
+from wire_samples import sample
 
 SUCCESS = b'{"status": "SUCCESS", "result": 4, "traceback": null, "children": [], ' \
     b'"date_done": "2026-11-24T10:23:52.653971+00:00", "task_id": "t1"}'
@@ -74,11 +74,11 @@ def test_success_is_never_overwritten(backend: Any, rb: redis.Redis, encode: Any
 
 
 def test_celery_written_success_is_kept(backend: Any, rb: redis.Redis) -> None:
-    sample = json.loads((SAMPLES / "backend-success.json").read_text())["stored"]
-    rb.set(sample["key"], sample["value"])
-    task_id = sample["key"].removeprefix("celery-task-meta-")
+    stored = sample("backend-success")["stored"]
+    rb.set(stored["key"], stored["value"])
+    task_id = stored["key"].removeprefix("celery-task-meta-")
     backend.store(task_id, "FAILURE", b'{"status": "FAILURE"}', expires=60)
-    assert backend.get(task_id) == sample["value"].encode()
+    assert backend.get(task_id) == stored["value"].encode()
 
 
 def test_forget(backend: Any, rb: redis.Redis) -> None:

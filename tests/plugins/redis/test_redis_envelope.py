@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import json
 from typing import Any
 
@@ -11,13 +10,11 @@ from conveyor.exceptions import ConfigurationError
 from conveyor.interfaces import Message, Route
 from conveyor_redis.envelope import TRANSPORT_PROPERTIES, decode, encode
 from conveyor_redis.layout import Layout, from_wire, to_wire
-from redis_support import SAMPLES, b64, client_samples
+from redis_support import b64, client_samples
+from wire_samples import sample
 
 SEP = "\x06\x16"
 SAMPLE_MESSAGES = list(client_samples())
-if not SAMPLE_MESSAGES and os.environ.get("CONVEYOR_REQUIRE_SERVICES") == "1":
-    raise RuntimeError(f"no wire samples in {SAMPLES} (CONVEYOR_REQUIRE_SERVICES=1)")
-pytestmark = pytest.mark.skipif(not SAMPLE_MESSAGES, reason=f"no wire samples in {SAMPLES}")
 
 
 # ----------------------------------------------------------------- priority mapping
@@ -39,7 +36,7 @@ def test_wire_priority_maps_back_higher_first(wire: Any, conveyor: int) -> None:
 
 def test_celery_sample_lists_match_our_layout() -> None:
     """Each Celery priority landed in the list our layout computes for it."""
-    data = json.loads((SAMPLES / "redis-priority-steps.json").read_text())
+    data = sample("redis-priority-steps")
     layout = Layout()
     for m in data["messages"]:
         wire = m["envelope"]["properties"]["priority"]
@@ -122,7 +119,7 @@ def test_decode_celery_envelopes(name: str, sample: dict[str, Any]) -> None:
 
 
 def test_decode_handcrafted_envelopes_that_celery_accepts() -> None:
-    data = json.loads((SAMPLES / "interop-handcrafted-redis.json").read_text())
+    data = sample("interop-handcrafted-redis")
     for case in data["cases"]:
         d = decode(case["pushed"].encode())
         assert d.valid, case["name"]
@@ -153,14 +150,14 @@ def test_redelivered_flag_and_literal_body() -> None:
 def test_envelope_through_the_transport_matches_sample(make_transport: Any,
                                                        r: Any) -> None:
     """End to end: what lands in Redis is Celery's envelope, in Celery's list."""
-    sample = json.loads((SAMPLES / "redis-json-queue.json").read_text())["messages"][0]
-    env = sample["envelope"]
+    captured = sample("redis-json-queue")["messages"][0]
+    env = captured["envelope"]
     t = make_transport()
     t.publish(_as_conveyor(env), Route("proto.math"))
-    (raw,) = r.lrange(sample["list_key"], 0, -1)
+    (raw,) = r.lrange(captured["list_key"], 0, -1)
     ours = json.loads(raw)
     tag = ours["properties"]["delivery_tag"]
-    assert raw.decode() == sample["raw"].replace(env["properties"]["delivery_tag"], tag)
+    assert raw.decode() == captured["raw"].replace(env["properties"]["delivery_tag"], tag)
     assert r.smembers("_kombu.binding.proto.math") == {f"proto.math{SEP}{SEP}proto.math".encode()}
     assert r.smembers("_kombu.binding_permanent.proto.math") == \
         {f"proto.math{SEP}{SEP}proto.math".encode()}
