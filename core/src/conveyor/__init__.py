@@ -8,6 +8,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from .app import Conveyor, current_app
+from .discovery import shared_task
 from .canvas import Signature, chain, group, signature
 from .hookspecs import hookimpl
 from .result import AsyncResult, GroupResult
@@ -19,6 +20,6 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
-    "Conveyor", "current_app", "Task", "Signature", "signature", "chain", "group",
+    "Conveyor", "current_app", "shared_task", "Task", "Signature", "signature", "chain", "group",
     "AsyncResult", "GroupResult", "hookimpl", "__version__",
 ]

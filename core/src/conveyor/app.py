@@ -22,6 +22,7 @@ from . import hookspecs
 from .utils import mask_url
 from .codecs import Codecs
 from .connection import ConnectionPool, Publisher, scheme_of
+from .discovery import Packages, TaskRegistry, bind_shared, import_tasks
 from .envelope import UTC, Template
 from .exceptions import ConfigurationError, PluginError
 from .interfaces import Backend, Message, Route, Transport
@@ -71,7 +72,8 @@ class Conveyor:
             self.conf.broker_url = broker
         if backend is not None:
             self.conf.result_backend = backend
-        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.tasks = TaskRegistry(self)
+        self._discover: list[tuple[Packages, str]] = []
         self.loader = _loader
         self.codecs = Codecs(self)
         self.results = ResultStore(self)
@@ -237,6 +239,41 @@ class Conveyor:
         if fn is not None:
             return register(fn)
         return register
+
+    def config_from_object(self, obj: Any, namespace: str | None = None) -> None:
+        """Read settings from a module, an object, a mapping or a text naming one
+        (``"django.conf:settings"``, ``"proj.celeryconfig"``), as Celery does.
+
+        With ``namespace="CELERY"`` only ``CELERY_``-prefixed keys are read
+        (``CELERY_BROKER_URL`` → ``broker_url``); the framework's other keys are
+        ignored. Without one, the lower-case names are read. A key that names no
+        setting raises :class:`~conveyor.exceptions.UnknownOptionError` ("did you
+        mean …") and nothing is applied. The settings found replace current values.
+        """
+        from .configsource import settings_from
+        self.conf.update(settings_from(obj, namespace))
+
+    def autodiscover_tasks(self, packages: Packages = None, related_name: str = "tasks",
+                           force: bool = False) -> None:
+        """Import ``<package>.tasks`` of each package when the app is finalized.
+
+        ``packages`` is a list, a callable returning one (Django's
+        ``lambda: settings.INSTALLED_APPS``), or None for Django's installed apps.
+        Discovery is lazy, as in Celery: the modules are imported when a worker
+        starts or a task name is first looked up and not found (``force=True``: now).
+        """
+        self._discover.append((packages, related_name))
+        if force:
+            self.finalize()
+
+    def finalize(self) -> None:
+        """Import the modules ``autodiscover_tasks`` noted and register the shared
+        tasks this app lacks; a worker does this before it consumes."""
+        with self._lock:
+            pending, self._discover = self._discover, []
+            for packages, related_name in pending:
+                import_tasks(packages, related_name)
+            bind_shared(self)
 
     # ------------------------------------------------------------------ publishing
     def send_task(self, name: str, args: Sequence[Any] | None = None,

@@ -50,6 +50,7 @@ class Worker:
             raise ConfigurationError(
                 f"Unknown pool {pool!r}.{did_you_mean(pool, POOLS)} Choose one of "
                 f"{', '.join(sorted(POOLS))}.")
+        app.finalize()  # import autodiscovered tasks modules, bind shared tasks
         conf = app.conf
         if isinstance(queues, str):
             queues = [q for q in queues.split(",") if q]
