@@ -20,6 +20,7 @@ import pluggy
 
 from . import hookspecs
 from .utils import mask_url
+from .canvas import sig_list
 from .codecs import Codecs
 from .connection import ConnectionPool, Publisher, scheme_of
 from .discovery import Packages, TaskRegistry, bind_shared, import_tasks
@@ -560,7 +561,7 @@ class _Plan:
         chain, chord = opts.get("chain"), opts.get("chord")
         self.embed: dict[str, Any] | None = None
         if link or link_error or chain or chord:
-            self.embed = {"callbacks": _sig_list(link), "errbacks": _sig_list(link_error),
+            self.embed = {"callbacks": _embedded(link), "errbacks": _embedded(link_error),
                           "chain": chain, "chord": chord}
         self.template = Template(name, app.codecs, opts)
         self.route = Route(opts["queue"], opts["exchange"] or "", opts["routing_key"])
@@ -598,9 +599,6 @@ class _Run:
             and (policy is self.policy or policy == self.policy)
 
 
-def _sig_list(value: Any) -> list[dict[str, Any]] | None:
-    if not value:
-        return None
-    if isinstance(value, Mapping):
-        value = [value]
-    return [dict(v) for v in value]
+def _embedded(value: Any) -> list[dict[str, Any]] | None:
+    """``link``/``link_error`` as the plain dicts the message embeds."""
+    return [dict(v) for v in sig_list(value)] or None

@@ -109,13 +109,14 @@ class Signature(dict, Generic[R]):  # type: ignore[type-arg]
         return self
 
     def link(self, callback: Signature[Any]) -> Signature[Any]:
-        self.options.setdefault("link", [])
-        _as_list(self.options, "link").append(callback)
+        """Apply ``callback`` with this task's return value after it succeeds."""
+        # A new list: a clone shares its options' values with the original.
+        self.options["link"] = [*sig_list(self.options.get("link")), callback]
         return callback
 
     def link_error(self, errback: Signature[Any]) -> Signature[Any]:
-        self.options.setdefault("link_error", [])
-        _as_list(self.options, "link_error").append(errback)
+        """Call ``errback`` after this task fails."""
+        self.options["link_error"] = [*sig_list(self.options.get("link_error")), errback]
         return errback
 
     def __or__(self, other: Signature[Any]) -> chain:  # type: ignore[override]
@@ -154,11 +155,11 @@ class Signature(dict, Generic[R]):  # type: ignore[type-arg]
         return f"{self.name}({', '.join(parts)})"
 
 
-def _as_list(options: dict[str, Any], key: str) -> list[Any]:
-    value = options[key]
-    if not isinstance(value, list):
-        value = options[key] = [value]
-    return value
+def sig_list(value: Any) -> list[Any]:
+    """A ``link``/``link_error`` option as a list (it takes one signature or several)."""
+    if not value:
+        return []
+    return [value] if isinstance(value, Mapping) else list(value)
 
 
 def _rebuild(data: dict[str, Any]) -> Signature[Any]:
@@ -212,6 +213,18 @@ class chain(Signature[Any]):
     def __or__(self, other: Signature[Any]) -> chain:  # type: ignore[override]
         return chain(*self.tasks, other, app=self._app)
 
+    def link(self, callback: Signature[Any]) -> Signature[Any]:
+        """Call ``callback`` with the chain's result: it links the last task."""
+        return self.tasks[-1].link(callback)
+
+    def link_error(self, errback: Signature[Any]) -> Signature[Any]:
+        """Call ``errback`` when any task of the chain fails (Celery's rule): a
+        chain stops at its first failure, so it runs once, for the task that
+        failed."""
+        for task in self.tasks:
+            task.link_error(errback)
+        return errback
+
     def apply_async(self, args: Sequence[Any] | None = None,
                     kwargs: Mapping[str, Any] | None = None, **options: Any
                     ) -> AsyncResult[Any]:
@@ -221,12 +234,18 @@ class chain(Signature[Any]):
             sig.options.setdefault("task_id", str(uuid.uuid4()))
         if options.get("task_id"):
             tasks[-1].options["task_id"] = options.pop("task_id")
+        first_opts = {**self.options, **options}
+        # ``link``/``link_error`` given to the chain itself go where they belong.
+        for callback in sig_list(first_opts.pop("link", None)):
+            tasks[-1].link(callback)
+        for errback in sig_list(first_opts.pop("link_error", None)):
+            for sig in tasks:
+                sig.link_error(errback)
         first, rest = tasks[0], tasks[1:]
         results: list[AsyncResult[Any]] = [AsyncResult(s.options["task_id"], self.app)
                                            for s in tasks]
         for parent, child in zip(results, results[1:]):
             child.parent = parent
-        first_opts = {**self.options, **options}
         if rest:
             first_opts["chain"] = [dict(s) for s in reversed(rest)]
         sent = first.apply_async(args, kwargs, **first_opts)

@@ -17,6 +17,7 @@
     ├── SoftTimeLimitExceeded               raised inside a task at soft_time_limit
     ├── TimeLimitExceeded                   the task was killed at time_limit
     ├── WorkerLostError                     the pool process died running the task
+    ├── MaxRetriesExceededError             Task.retry() past max_retries (no exc)
     └── Retry                               raised by Task.retry() to re-schedule
 
 Messages say what was wrong, with the value, and what to do next.
@@ -91,6 +92,11 @@ class WorkerLostError(ConveyorError):
     """The pool process running the task died (crash, OOM kill, signal)."""
 
 
+class MaxRetriesExceededError(ConveyorError):
+    """``self.retry()`` was called past ``max_retries`` without an ``exc`` to raise:
+    the task fails with this (Celery's name), so waiters get an answer."""
+
+
 class Retry(ConveyorError):
     """Raised by :meth:`Task.retry` so the worker re-schedules the task."""
 
@@ -107,5 +113,6 @@ __all__ = [
     "ConveyorError", "ConfigurationError", "UnknownOptionError", "PluginError",
     "OperationalError", "TimeoutError", "TaskRevokedError", "DecodeError",
     "ContentDisallowed", "SecurityError", "NotRegistered", "DeliveryLimitExceeded",
-    "SoftTimeLimitExceeded", "TimeLimitExceeded", "WorkerLostError", "Retry",
+    "SoftTimeLimitExceeded", "TimeLimitExceeded", "WorkerLostError",
+    "MaxRetriesExceededError", "Retry",
 ]

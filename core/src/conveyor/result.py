@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 
+def _stored(key: str, doc: str) -> Any:
+    """A read-only property giving ``key`` of the stored state document."""
+    return property(lambda self: self._meta().get(key), doc=doc)
+
+
 class AsyncResult(Generic[R]):
     """The pending result of a task call, by task id."""
 
@@ -95,6 +100,15 @@ class AsyncResult(Generic[R]):
     @property
     def date_done(self) -> str | None:
         return self._meta().get("date_done")
+
+    # With ``result_extended=True`` the worker stores what it ran (Celery's
+    # properties); otherwise, and before a worker stored a state, these are None.
+    name = _stored("name", "The task's name.")
+    args = _stored("args", "The positional arguments it ran with.")
+    kwargs = _stored("kwargs", "The keyword arguments it ran with.")
+    worker = _stored("worker", "The host name of the worker that ran it.")
+    queue = _stored("queue", "The queue it was delivered from.")
+    retries = _stored("retries", "How many times it had been retried then.")
 
     @property
     def children(self) -> list[AsyncResult[Any]]:

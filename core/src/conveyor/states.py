@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
-import importlib
+import sys
 import traceback as tb
 from typing import Any
 
@@ -31,6 +31,7 @@ _CELERY_ERRORS = {
     "ContentDisallowed": errors.ContentDisallowed,
     "SecurityError": errors.SecurityError,
     "TimeoutError": errors.TimeoutError,
+    "MaxRetriesExceededError": errors.MaxRetriesExceededError,
 }
 
 
@@ -61,8 +62,13 @@ def revoked_dict(reason: str) -> dict[str, Any]:
 
 
 def dict_to_exception(data: Any) -> BaseException:
-    """Rebuild a stored exception: the real class where importable and an exception,
-    Conveyor's own for Celery's names, else a synthesized class of that name."""
+    """Rebuild a stored exception: the real class when its module is already
+    imported, Conveyor's own for Celery's names, else a synthesized class of that
+    name keeping the message.
+
+    Never imports what ``exc_module`` names: a result backend may be shared with
+    other clients, and importing a module runs its code (Celery's CVE-2021-23727).
+    """
     if isinstance(data, BaseException):
         return data
     if not isinstance(data, dict) or "exc_type" not in data:
@@ -78,12 +84,9 @@ def dict_to_exception(data: Any) -> BaseException:
     elif module == "builtins":
         cls = getattr(builtins, name, None)
     else:
-        try:
-            cls = importlib.import_module(module)
-            for part in name.split("."):
-                cls = getattr(cls, part)
-        except Exception:  # noqa: BLE001 - missing module/class: synthesize below
-            cls = None
+        cls = sys.modules.get(module)
+        for part in name.split("."):
+            cls = getattr(cls, part, None)
     if not (isinstance(cls, type) and issubclass(cls, BaseException)):
         cls = type(name.rsplit(".", 1)[-1], (Exception,), {"__module__": module})
     try:

@@ -189,7 +189,10 @@ class Task(Generic[P, R]):
         """Re-send this task (same id, ``retries + 1``) and stop the current run.
 
         Raises :class:`~conveyor.exceptions.Retry` for the worker to record ``RETRY``;
-        past ``max_retries`` raises ``exc`` (or a ``Retry`` saying so) instead.
+        past ``max_retries`` raises ``exc``, or without one
+        :class:`~conveyor.exceptions.MaxRetriesExceededError`: either way the task
+        ends in ``FAILURE``, so ``get()`` returns (a ``RETRY`` nobody re-sends would
+        leave every waiter waiting for ever).
         """
         request = self.request
         if request is None:
@@ -198,7 +201,9 @@ class Task(Generic[P, R]):
         if limit is not None and request.retries >= limit:
             if exc is not None:
                 raise exc
-            raise Retry(f"Can't retry {self.name}[{request.id}]: max_retries={limit} exceeded.")
+            raise exceptions.MaxRetriesExceededError(
+                f"Can't retry {self.name}[{request.id}]: max_retries={limit} exceeded "
+                f"(retries={request.retries}).")
         if countdown is None and eta is None:
             countdown = self.default_retry_delay
         call = {
