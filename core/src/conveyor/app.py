@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar,
 
 import pluggy
 
-from . import hookspecs
+from . import hookplugins
 from .utils import mask_url
 from .canvas import sig_list
 from .codecs import Codecs
@@ -79,6 +79,8 @@ class Conveyor:
         self.codecs = Codecs(self)
         self.results = ResultStore(self)
         self._plugins = list(plugins)
+        for plugin in self._plugins:  # the caller's own mistake: say so here and now
+            hookplugins.validate(plugin, _plugin_name(plugin))
         #: Inner serializer of the ``auth`` serializer (set by ``setup_security``).
         self.security_inner_serializer = "json"
         self._hooks: pluggy.PluginManager | None = None
@@ -130,7 +132,11 @@ class Conveyor:
             with self._lock:
                 if self._hooks is None:
                     self._hooks = self._make_plugin_manager()
-                    self._hooks.hook.app_configured.call_historic(kwargs={"app": self})
+                    try:
+                        self._hooks.hook.app_configured.call_historic(
+                            kwargs={"app": self})
+                    except Exception:  # noqa: BLE001 - an observer (see hookplugins)
+                        log.exception("Hook app_configured raised; ignored")
         return self._hooks.hook
 
     @property
@@ -139,23 +145,31 @@ class Conveyor:
         assert self._hooks is not None
         return self._hooks
 
+    def notify(self, hook: str, **kwargs: Any) -> None:
+        """Call the observer hook ``hook``: an implementation that raises is logged
+        with its plugin's name and ignored (see :mod:`conveyor.hookplugins`)."""
+        hookplugins.notify(self.plugin_manager, hook, kwargs)
+
     def _make_plugin_manager(self) -> pluggy.PluginManager:
-        pm = pluggy.PluginManager("conveyor")
-        pm.add_hookspecs(hookspecs)
+        pm = hookplugins.new_manager()
         for plugin in self._plugins:
-            pm.register(plugin)
+            pm.register(plugin)  # validated when given
         if os.environ.get("CONVEYOR_DISABLE_PLUGIN_AUTOLOAD") != "1":
             for info in find("conveyor.hooks"):
                 try:
-                    pm.register(self.loader.load("conveyor.hooks", info.name), info.name)
-                except PluginError as exc:
+                    plugin = self.loader.load("conveyor.hooks", info.name)
+                    if pm.is_registered(plugin):
+                        continue  # also passed explicitly
+                    hookplugins.register(pm, plugin, info.name)
+                except (PluginError, ValueError) as exc:  # ValueError: name taken
                     log.error("Hook plugin %s not registered: %s", info.display_name, exc)
-                except ValueError:
-                    pass  # already registered explicitly
+        pm.check_pending()
         return pm
 
     def register_plugin(self, plugin: Any, name: str | None = None) -> None:
-        """Register a hook implementation object/module on this app."""
+        """Register a hook implementation object/module on this app (raises
+        :class:`PluginError` when it does not fit the hook specs)."""
+        hookplugins.validate(plugin, name or _plugin_name(plugin))
         self._plugins.append(plugin)
         if self._hooks is not None:
             self._hooks.register(plugin, name)
@@ -381,11 +395,12 @@ class Conveyor:
 
     def _published(self, names: Sequence[str],
                    batch: Sequence[tuple[Message, Route, float | None]]) -> None:
-        """Run ``after_task_publish`` for messages the broker took."""
-        hook = self.hooks.after_task_publish
-        if hook.get_hookimpls():
+        """Run ``after_task_publish`` for messages the broker took (an observer: a
+        raising one is logged, the publish stands)."""
+        if self.hooks.after_task_publish.get_hookimpls():
             for name, (message, route, _due) in zip(names, batch):
-                hook(app=self, name=name, message=message, route=route)
+                self.notify("after_task_publish", app=self, name=name, message=message,
+                            route=route)
 
     def _how(self, name: str, plan: _Plan, per: Mapping[str, Any] | None,
              message: Message, task_id: str, before: Any
@@ -503,6 +518,10 @@ class Conveyor:
             self.conf.result_accept_content = [self.conf.result_serializer]
         self.codecs.reset()
         self.codecs.serializer("auth")  # load now: bad keys fail here, not at publish
+
+
+def _plugin_name(plugin: Any) -> str:
+    return getattr(plugin, "__name__", None) or type(plugin).__name__
 
 
 #: Random hex text for task ids, 32 digits each, drawn from ``os.urandom`` in blocks.

@@ -18,8 +18,9 @@ from typing import Any
 from stevedore import DriverManager
 from stevedore.exception import MultipleMatches, NoMatches
 
-from .utils import closest
 from .exceptions import PluginError
+from .hookplugins import validate
+from .utils import closest
 
 GROUPS: dict[str, str] = {
     "serializers": "conveyor.serializers",
@@ -150,16 +151,19 @@ class PluginStatus:
 
 
 def describe() -> list[PluginStatus]:
-    """Every installed plugin of every group with whether it loads (never raises)."""
+    """Every installed plugin of every group with whether it loads, and for a hook
+    plugin whether it fits the hook specs (never raises)."""
     rows = []
     for group in GROUPS.values():
         for info in find(group):
             try:
-                load(group, info.name)
+                target = load(group, info.name)
+                if group == GROUPS["hooks"]:
+                    validate(target, info.name)
             except PluginError as exc:
                 cause = exc.__cause__
-                rows.append(PluginStatus(info, False, f"{type(cause).__name__}: {cause}"
-                                         if cause is not None else str(exc)))
+                text = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+                rows.append(PluginStatus(info, False, " ".join(text.split())))
             else:
                 rows.append(PluginStatus(info, True, None))
     return rows

@@ -27,16 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.worker")
 
 
-def _safe_hook(app: Conveyor, name: str, **kwargs: Any) -> None:
-    hook = getattr(app.hooks, name)
-    if not hook.get_hookimpls():
-        return
-    try:
-        hook(**kwargs)
-    except Exception:  # noqa: BLE001 - observers must not break the task
-        log.exception("Hook %s raised", name)
-
-
 class EventLoopThread:
     """One long-lived event loop per process for ``async def`` tasks."""
 
@@ -88,11 +78,11 @@ def execute(app: Conveyor, request: Request, hostname: str) -> str:
         log.info("Task %s[%s] expired before it ran; marked REVOKED", request.name, request.id)
         app.results.store(request.id, states.REVOKED, states.revoked_dict("expired"),
                           request=request, hostname=hostname)
-        _safe_hook(app, "task_revoked", request=request, expired=True)
+        app.notify("task_revoked", request=request, expired=True)
         return states.REVOKED
     ignore = request.ignore_result if request.ignore_result is not None else (
         task.ignore_result if task.ignore_result is not None else app.conf.task_ignore_result)
-    _safe_hook(app, "task_prerun", task=task, task_id=request.id, args=request.args,
+    app.notify("task_prerun", task=task, task_id=request.id, args=request.args,
                kwargs=request.kwargs, request=request)
     track = task.track_started if task.track_started is not None else app.conf.task_track_started
     if track and not ignore:
@@ -111,7 +101,7 @@ def execute(app: Conveyor, request: Request, hostname: str) -> str:
                               children=[[[request.id, None], None]],
                               request=request, hostname=hostname)
         log.info("Task %s[%s] retry: %s", request.name, request.id, exc)
-        _safe_hook(app, "task_retry", task=task, request=request, reason=reason)
+        app.notify("task_retry", task=task, request=request, reason=reason)
     except BaseException as exc:  # noqa: BLE001 - a task may raise anything
         if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not isinstance(
                 exc, TaskRevokedError):
@@ -125,10 +115,10 @@ def execute(app: Conveyor, request: Request, hostname: str) -> str:
             app.results.store(request.id, states.SUCCESS, retval, children=children,
                               request=request, hostname=hostname)
         log.info("Task %s[%s] succeeded", request.name, request.id)
-        _safe_hook(app, "task_success", task=task, result=retval, request=request)
+        app.notify("task_success", task=task, result=retval, request=request)
     finally:
         current_request.reset(token)
-    _safe_hook(app, "task_postrun", task=task, task_id=request.id, args=request.args,
+    app.notify("task_postrun", task=task, task_id=request.id, args=request.args,
                kwargs=request.kwargs, retval=retval, state=state, request=request)
     return state
 
@@ -149,7 +139,7 @@ def on_failure(app: Conveyor, task: Any, request: Request, exc: BaseException,
             log.exception("Errback %s of %s[%s] failed", errback.get("task"),
                           request.name, request.id)
     if task is not None:
-        _safe_hook(app, "task_failure", task=task, task_id=request.id, exception=exc,
+        app.notify("task_failure", task=task, task_id=request.id, exception=exc,
                    traceback=text, request=request)
 
 

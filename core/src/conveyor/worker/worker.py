@@ -131,7 +131,7 @@ class Worker:
     def run(self) -> None:
         """Consume until :meth:`stop`; then shut down warm or cold."""
         app = self.app
-        app.hooks.worker_start(worker=self)
+        app.notify("worker_start", worker=self)
         self.pool.start()
         transport = self._connect()
         if transport is None:
@@ -152,7 +152,7 @@ class Worker:
                  self.hostname, ",".join(self.queues), mask_url(app.broker_url),
                  self.pool_name, self.concurrency, self.prefetch)
         self.ready.set()
-        app.hooks.worker_ready(worker=self)
+        app.notify("worker_ready", worker=self)
         self._ready: deque[Job] = deque()
         self._held: list[tuple[float, int, Job]] = []
         self._running: dict[int, Job] = {}
@@ -203,11 +203,10 @@ class Worker:
     def _receive(self, transport: Transport, deliveries: list[Delivery]) -> None:
         app = self.app
         now = time.time()
-        hook = app.hooks.message_received
-        observe = bool(hook.get_hookimpls())
+        observe = bool(app.hooks.message_received.get_hookimpls())
         for d in deliveries:
             if observe:
-                hook(message=d.message, queue=d.queue)
+                app.notify("message_received", message=d.message, queue=d.queue)
             self._lease(d)
             if d.deliveries > self.max_deliveries:
                 self._dead(transport, d, DeliveryLimitExceeded(
@@ -261,12 +260,8 @@ class Worker:
                                                  hostname=self.hostname)
             except Exception:  # noqa: BLE001 - the dead letter is what matters
                 log.exception("Could not record FAILURE for dead-lettered %s", task_id)
-        hook = self.app.hooks.message_dead_lettered
-        if hook.get_hookimpls():
-            try:
-                hook(message=d.message, queue=d.queue, reason=reason)
-            except Exception:  # noqa: BLE001
-                log.exception("Hook message_dead_lettered raised")
+        self.app.notify("message_dead_lettered", message=d.message, queue=d.queue,
+                        reason=reason)
 
     # ------------------------------------------------------------------ running
     def _release_due(self) -> None:
@@ -400,7 +395,7 @@ class Worker:
                 transport.close()
             except Exception:  # noqa: BLE001
                 pass
-        self.app.hooks.worker_shutdown(worker=self)
+        self.app.notify("worker_shutdown", worker=self)
 
 
 __all__ = ["Worker"]
