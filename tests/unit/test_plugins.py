@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
@@ -33,11 +34,37 @@ def test_misspelt_name_gets_did_you_mean_and_the_installed_list() -> None:
     assert "Did you mean 'json'" in text and "Installed: " in text and "pickle" in text
 
 
-def test_first_party_name_not_installed_gets_the_extra(fake_plugins: Make,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    # A first-party name absent from the group: the message names the extra.
-    with pytest.raises(PluginError, match=r"pip install 'conveyor\[kombu\]'"):
-        load("conveyor.transports", "kombu")
+def test_install_hints_name_only_extras_that_exist() -> None:
+    # No extra provides amqp or kombu transports (yet): no hint, never a fake extra.
+    for name in ("amqp", "kombu"):
+        with pytest.raises(PluginError) as info:
+            load("conveyor.transports", name)
+        assert "pip install" not in str(info.value), str(info.value)
+
+
+def test_install_hints_come_from_the_distributions_extras(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_plugins: Make) -> None:
+    # A conveyor distribution declaring a "nats" extra (as a later release would),
+    # found first on sys.path, and the plugin of that extra installed broken.
+    info = tmp_path / "conveyor-9.9.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: conveyor\nVersion: 9.9\n"
+        "Requires-Dist: conveyor-core\n"
+        "Requires-Dist: conveyor-nats==9.9; extra == 'nats'\n"
+        "Requires-Dist: conveyor-nats==9.9; extra == 'all'\n"
+        "Requires-Dist: conveyor-redis==9.9; extra == 'all'\n"
+        "Provides-Extra: nats\nProvides-Extra: all\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match=r"pip install 'conveyor\[nats\]'"):
+        load("conveyor.transports", "nats")
+    with pytest.raises(PluginError, match=r"pip install 'conveyor\[nats\]'"):
+        load("conveyor.transports", "natss")  # a name extending the extra's (as rediss)
+    fake_plugins("conveyor-nats", {"conveyor.transports": {"jetstream": "nats_mod:T"}},
+                 {"nats_mod.py": "import nats_client_not_installed_xyz\n"})
+    with pytest.raises(PluginError) as failed:
+        load("conveyor.transports", "jetstream")  # its library is missing
+    assert "pip install 'conveyor[nats]'" in str(failed.value)
 
 
 def test_broken_plugin_is_wrapped_with_its_cause(fake_plugins: Make) -> None:

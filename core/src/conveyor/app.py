@@ -24,7 +24,7 @@ from .canvas import sig_list
 from .codecs import Codecs
 from .connection import ConnectionPool, Publisher, scheme_of
 from .discovery import Packages, TaskRegistry, bind_shared, import_tasks
-from .envelope import UTC, Template
+from .envelope import Template
 from .exceptions import ConfigurationError, PluginError
 from .interfaces import Backend, Message, Route, Transport
 from .options import DEFAULTS, PER_CALL, due_times, resolve, split
@@ -33,7 +33,7 @@ from .result import AsyncResult
 from .result import AsyncResult as _AsyncResult
 from .result import GroupResult as _GroupResult
 from .resultstore import ResultStore
-from .settings import DEFAULT_URL, Settings
+from .settings import DEFAULT_URL, Settings, time_zone
 from .task import Task
 
 if TYPE_CHECKING:
@@ -375,7 +375,7 @@ class Conveyor:
         task_id = (per.get("task_id") if per else None) or new_id()
         now = eta = expires = None
         if plan.timed:
-            now = dt.datetime.now(UTC)
+            now = dt.datetime.now(time_zone(self.conf))
             eta, expires = due_times(plan.opts, now)
         message = plan.template.build(task_id, args, kwargs, plan.embed, eta, expires, now,
                                       per)

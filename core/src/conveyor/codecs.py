@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import ContentDisallowed, DecodeError, PluginError
+from .exceptions import ConfigurationError, ContentDisallowed, DecodeError, PluginError
 from .interfaces import Compressor, Serializer
 from .plugins import find
 
@@ -74,8 +74,8 @@ class Codecs:
                     for info in find("conveyor.serializers"):
                         try:
                             ser = self.serializer(info.name)
-                        except PluginError:
-                            continue
+                        except (PluginError, ConfigurationError):
+                            continue  # broken, or unusable here (auth without keys)
                         if ser.content_type == item:
                             table[item] = ser
                             break
@@ -84,6 +84,19 @@ class Codecs:
                     table[ser.content_type] = ser
             self._accept[key] = table
             return table
+
+    def check_accept(self, accept: Iterable[str], setting: str) -> None:
+        """Raise unless every item of ``accept`` (serializer names or content types)
+        is an installed serializer: :class:`PluginError` for a name,
+        :class:`ConfigurationError` for a content type no serializer writes."""
+        accept = tuple(accept)
+        table = self._accepted(accept)
+        for item in accept:
+            if "/" in item and item not in table:
+                names = sorted({p.name for p in find("conveyor.serializers")})
+                raise ConfigurationError(
+                    f"No installed serializer writes content type {item!r} (in {setting}). "
+                    f"Name a serializer instead: {', '.join(names) or 'none installed'}.")
 
     def decoder(self, content_type: str, accept: Iterable[str],
                 setting: str = "accept_content") -> Serializer:

@@ -185,18 +185,23 @@ def resolve(
     out.update(merged)
     if out["priority"] is not None or out["countdown"] is not None \
             or out["retry_policy"] is not DEFAULT_RETRY_POLICY:
-        validate(out)
+        validate(out, conf["task_queue_max_priority"])
     return out
 
 
-def validate(options: dict[str, Any]) -> None:
-    """Check values that would otherwise fail later, far from the call."""
+def validate(options: dict[str, Any], max_priority: int | None = None) -> None:
+    """Check values that would otherwise fail later, far from the call;
+    ``max_priority`` is ``task_queue_max_priority``."""
     priority = options.get("priority")
     if priority is not None:
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ConfigurationError(f"priority must be an int 0–255, not {priority!r}.")
         if not 0 <= priority <= 255:
             raise ConfigurationError(f"priority {priority} is outside 0–255.")
+        if max_priority is not None and priority > max_priority:
+            raise ConfigurationError(
+                f"priority {priority} is above task_queue_max_priority={max_priority}; "
+                "send 0 to that, or raise the setting.")
     if options.get("countdown") is not None and options.get("eta") is not None:
         raise ConfigurationError("Give countdown or eta, not both.")
     policy = options.get("retry_policy")

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from stevedore import DriverManager
 from stevedore.exception import MultipleMatches, NoMatches
 
@@ -31,16 +33,56 @@ GROUPS: dict[str, str] = {
     "hooks": "conveyor.hooks",
 }
 
-#: Where first-party names are published: (group, name) -> extra of ``conveyor``.
-#: Only used to tell a user what to install; the core imports none of them.
-FIRST_PARTY_EXTRAS: dict[str, dict[str, str]] = {
-    "conveyor.serializers": {"msgpack": "msgpack", "yaml": "yaml", "auth": "auth"},
-    "conveyor.compressors": {"zstd": "zstd", "zstandard": "zstd", "lz4": "lz4",
-                             "brotli": "brotli"},
-    "conveyor.transports": {"redis": "redis", "rediss": "redis", "amqp": "amqp",
-                            "amqps": "amqp", "kombu": "kombu"},
-    "conveyor.backends": {"redis": "redis", "rediss": "redis"},
-}
+#: The distributions whose extras install plugin families, the umbrella first: an
+#: install hint names an extra one of them really declares (``Provides-Extra``).
+EXTRA_PROVIDERS = ("conveyor", "conveyor-core")
+
+
+@dataclass(frozen=True, slots=True)
+class Extra:
+    """An extra of an installed Conveyor distribution and what it installs."""
+
+    distribution: str
+    name: str
+    installs: frozenset[str]
+
+    @property
+    def command(self) -> str:
+        return f"pip install '{self.distribution}[{self.name}]'"
+
+
+def extras() -> list[Extra]:
+    """The extras of the installed ``conveyor``/``conveyor-core``, read from their
+    metadata (so a hint never names an extra that does not exist)."""
+    found = []
+    for dist in EXTRA_PROVIDERS:
+        try:
+            meta = metadata.metadata(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        requirements = [Requirement(text) for text in meta.get_all("Requires-Dist") or ()]
+        for extra in meta.get_all("Provides-Extra") or ():
+            installs = frozenset(
+                canonicalize_name(req.name) for req in requirements
+                if req.marker is not None and req.marker.evaluate({"extra": extra}))
+            found.append(Extra(dist, extra, installs))
+    return found
+
+
+def _fix_hint(name: str, distribution: str | None = None) -> str:
+    """The install command for a plugin: the smallest extra that installs its
+    ``distribution`` (a plugin that failed to load), else the extra named like the
+    plugin or its prefix (``rediss`` → ``redis``), else nothing."""
+    known = extras()
+    if distribution is not None:
+        wanted = canonicalize_name(distribution)
+        fits = [e for e in known if wanted in e.installs]
+    else:
+        fits = [e for e in known if e.name == name] or \
+            [e for e in known if name.startswith(e.name)]
+    if not fits:
+        return ""
+    return f" Install it with: {min(fits, key=lambda e: len(e.installs)).command}."
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +118,6 @@ def find(group: str) -> list[PluginInfo]:
     return sorted(found, key=lambda p: (p.name, p.distribution))
 
 
-def _fix_hint(group: str, name: str) -> str:
-    extra = FIRST_PARTY_EXTRAS.get(group, {}).get(name)
-    return f" Install it with: pip install 'conveyor[{extra}]'." if extra else ""
-
-
 def not_found_message(group: str, name: str) -> str:
     """The explanation for a name with no entry point in ``group``."""
     installed = sorted({p.name for p in find(group)})
@@ -89,7 +126,7 @@ def not_found_message(group: str, name: str) -> str:
     if match:
         text += f" Did you mean {match!r}?"
     text += f" Installed: {', '.join(installed) or 'none'}."
-    return text + _fix_hint(group, name)
+    return text + _fix_hint(name)
 
 
 class Loader:
@@ -117,12 +154,13 @@ def load(group: str, name: str) -> Any:
     group = _group(group)
 
     def failed(_manager: Any, ep: Any, err: BaseException) -> None:
-        dists = ", ".join(f"{p.distribution} {p.version}" for p in find(group)
-                          if p.name == name) or "?"
+        owners = [p for p in find(group) if p.name == name]
+        dists = ", ".join(f"{p.distribution} {p.version}" for p in owners) or "?"
+        hint = _fix_hint(name, owners[0].distribution) if owners else ""
         raise PluginError(
             f"Plugin {name!r} of group {group!r} ({dists}, {ep.value}) failed to load: "
             f"{type(err).__name__}: {err}."
-            + (_fix_hint(group, name) or " Reinstall its distribution or fix the import.")
+            + (hint or " Reinstall its distribution or fix the import.")
         ) from err
 
     try:

@@ -140,7 +140,11 @@ class AsyncResult(Generic[R]):
         :class:`TaskRevokedError` when it was revoked or expired. With
         ``ignore_result`` there is nothing to wait for: returns None at once.
         ``interval`` is accepted for Celery compatibility; backends are notified.
+        Inside a running task it raises ``RuntimeError`` unless
+        ``disable_sync_subtasks=False`` (see :func:`forbid_in_task`).
         """
+        if disable_sync_subtasks:
+            forbid_in_task()
         if self._publisher is not None:
             self._settle()
         if self.ignored:
@@ -218,6 +222,22 @@ class AsyncResult(Generic[R]):
         self._cache = None
 
 
+def forbid_in_task() -> None:
+    """Raise ``RuntimeError`` when called inside a running task (Celery's rule).
+
+    A task that waits for another task holds its worker slot while it waits; when
+    every slot waits, nothing runs the awaited tasks and the workers deadlock.
+    """
+    from .task import current_request  # task.py imports this module
+    request = current_request.get()
+    if request is not None:
+        raise RuntimeError(
+            f"Never call result.get() inside a task (here: {request.name}[{request.id}]): "
+            "waiting for another task holds this worker slot, and when every slot "
+            "waits the workers deadlock. Chain the tasks (chain(a.s(), b.s())) or "
+            "link a callback; pass disable_sync_subtasks=False if you must wait.")
+
+
 class GroupResult(Generic[R]):
     """The results of a group, in order."""
 
@@ -240,14 +260,16 @@ class GroupResult(Generic[R]):
         return self.results[index]
 
     def get(self, timeout: float | None = None, propagate: bool = True,
-            on_message: Callable[[dict[str, Any]], None] | None = None) -> list[R]:
+            on_message: Callable[[dict[str, Any]], None] | None = None,
+            disable_sync_subtasks: bool = True) -> list[R]:
         """Every member's value in group order; ``timeout`` bounds the whole wait."""
         deadline = None if timeout is None else time.monotonic() + timeout
         out = []
         for result in self.results:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             out.append(result.get(timeout=remaining, propagate=propagate,
-                                  on_message=on_message))
+                                  on_message=on_message,
+                                  disable_sync_subtasks=disable_sync_subtasks))
         return out
 
     async def aget(self, timeout: float | None = None, propagate: bool = True) -> list[R]:

@@ -7,12 +7,14 @@ assignment alike.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
-from collections.abc import Iterator, Mapping, MutableMapping
+import zoneinfo
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
+from .exceptions import ConfigurationError, UnknownOptionError
 from .utils import did_you_mean
-from .exceptions import UnknownOptionError
 
 #: The embedded default used when no broker or backend is configured.
 DEFAULT_URL = "sqlite:///conveyor.sqlite3"
@@ -72,6 +74,49 @@ ENVIRONMENT = {
 }
 
 
+def _check_timezone(value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"timezone must be a time zone name such as "
+                                 f"'Europe/Paris', not {value!r}.")
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigurationError(
+            f"timezone={value!r} is not a time zone the zoneinfo database knows."
+            f"{did_you_mean(value, zoneinfo.available_timezones())} Use an IANA name "
+            "such as 'Europe/Paris' (install the tzdata package where the system has no "
+            "zone database)."
+        ) from exc
+
+
+def _check_max_priority(value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 255:
+        raise ConfigurationError(
+            f"task_queue_max_priority must be None or an int 1–255, not {value!r}.")
+
+
+#: Values checked when they are set (a wrong one is an error at configuration time).
+CHECKS: dict[str, Callable[[Any], None]] = {
+    "timezone": _check_timezone,
+    "task_queue_max_priority": _check_max_priority,
+}
+
+
+def time_zone(conf: Settings) -> dt.tzinfo:
+    """The zone of ``timezone``, in which the times Conveyor computes (``countdown``,
+    ``expires`` in seconds) are written, as Celery writes them: the same instant, the
+    app's offset. A naive ``eta`` you pass still means UTC."""
+    zone: dt.tzinfo = conf.derived("timezone", _zone)
+    return zone
+
+
+def _zone(conf: Settings) -> dt.tzinfo:
+    name = conf.timezone
+    return dt.timezone.utc if name == "UTC" else zoneinfo.ZoneInfo(name)
+
+
 def check_name(name: str) -> None:
     """Raise :class:`UnknownOptionError` for a setting name that does not exist."""
     if name not in DEFAULTS:
@@ -115,6 +160,9 @@ class Settings(MutableMapping[str, Any]):
 
     def __setitem__(self, name: str, value: Any) -> None:
         check_name(name)
+        check_value = CHECKS.get(name)
+        if check_value is not None:
+            check_value(value)
         self._values[name] = value
         object.__setattr__(self, "version", self.version + 1)
         self._derived.clear()

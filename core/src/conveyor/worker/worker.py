@@ -30,6 +30,7 @@ from ..envelope import parse_message, peek_ids
 from ..exceptions import (
     ConfigurationError, ConveyorError, DecodeError, DeliveryLimitExceeded, NotRegistered,
 )
+from . import preflight
 from .pool import POOLS, Job, Pool
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class Worker:
                 f"Unknown pool {pool!r}.{did_you_mean(pool, POOLS)} Choose one of "
                 f"{', '.join(sorted(POOLS))}.")
         app.finalize()  # import autodiscovered tasks modules, bind shared tasks
+        preflight.check(app)  # a bad setting stops the worker here, naming it
         conf = app.conf
         if isinstance(queues, str):
             queues = [q for q in queues.split(",") if q]
