@@ -13,6 +13,7 @@
     │   ├── ContentDisallowed               content type not in accept_content
     │   └── SecurityError                   bad or missing signature
     ├── NotRegistered (KeyError)            no task of that name in the worker
+    ├── NotSupported                        a message asks for what is not built yet
     ├── DeliveryLimitExceeded               delivered worker_max_deliveries times
     ├── SoftTimeLimitExceeded               raised inside a task at soft_time_limit
     ├── TimeLimitExceeded                   the task was killed at time_limit
@@ -76,6 +77,11 @@ class NotRegistered(ConveyorError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class NotSupported(ConveyorError):
+    """A message asks for something Conveyor does not do yet (a Celery chord): the
+    worker dead-letters it with the reason rather than half-run it."""
+
+
 class DeliveryLimitExceeded(ConveyorError):
     """A message was delivered more than ``worker_max_deliveries`` times."""
 
@@ -112,7 +118,8 @@ class Retry(ConveyorError):
 __all__ = [
     "ConveyorError", "ConfigurationError", "UnknownOptionError", "PluginError",
     "OperationalError", "TimeoutError", "TaskRevokedError", "DecodeError",
-    "ContentDisallowed", "SecurityError", "NotRegistered", "DeliveryLimitExceeded",
+    "ContentDisallowed", "SecurityError", "NotRegistered", "NotSupported",
+    "DeliveryLimitExceeded",
     "SoftTimeLimitExceeded", "TimeLimitExceeded", "WorkerLostError",
     "MaxRetriesExceededError", "Retry",
 ]

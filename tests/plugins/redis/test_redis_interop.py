@@ -278,3 +278,28 @@ def test_direct_transport_message_is_run_by_celery(celery_consumer: Proc,
     assert app.AsyncResult(task_id).get(timeout=20) == 11
     t.close()
     app.close()
+
+
+def test_a_celery_chord_is_dead_lettered_until_chords_exist(conveyor_worker: Conveyor,
+                                                            celery_client: Any) -> None:
+    """A chord's header tasks carry its body (embed.chord): run without the counter,
+    the body would never be called, so each header is dead-lettered, saying why."""
+    header = [celery_client.signature("interop.add", args=(i, i),
+                                      options={"queue": "t.redis.conveyor"})
+              for i in (1, 2)]
+    body = celery_client.signature("interop.add", args=(0,),
+                                   options={"queue": "t.redis.conveyor"})
+    celery.chord(header)(body)
+    transport = conveyor_worker.transport_factory()
+    transport.connect()
+    try:
+        dead = wait_for(lambda: [d for d in transport.dead_letters("t.redis.conveyor")
+                                 if "chord" in d.reason] or None, 15, what="dead letters")
+        assert len(dead) == 2
+        assert all("NotSupported: Chords are not supported yet" in d.reason for d in dead)
+        for d in dead:
+            result = conveyor_worker.AsyncResult(d.message.task_id)
+            with pytest.raises(Exception, match="Chords are not supported yet"):
+                result.get(timeout=5)
+    finally:
+        transport.close()
