@@ -1,4 +1,4 @@
-"""The resolution order, option by option and layer by layer (DESIGN.md)."""
+"""The resolution order, option by option and layer by layer (docs/architecture.md, "The core")."""
 
 from __future__ import annotations
 

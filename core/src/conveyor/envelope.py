@@ -1,4 +1,5 @@
-"""Celery protocol v2 messages: build them and parse them (PROTOCOL.md §2–§4, §7).
+"""Celery protocol v2 messages: build them and parse them (docs/architecture.md,
+"Wire format": headers, body, serializers, compression, times).
 
 This is the hot path of every publish and every delivery, so it builds plain dicts in
 the order Celery writes them and does nothing twice.

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------- data
 @dataclass(slots=True)
 class Message:
-    """One task message as every transport carries it (PROTOCOL.md §1).
+    """One task message as every transport carries it (docs/architecture.md, "The message").
 
     ``properties`` holds the AMQP-style basic properties other than the content type
     and encoding: ``correlation_id``, ``reply_to``, ``delivery_mode``, ``priority``

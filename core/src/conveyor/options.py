@@ -15,7 +15,7 @@ from .utils import did_you_mean
 from .exceptions import ConfigurationError, UnknownOptionError
 from .settings import DEFAULT_RETRY_POLICY
 
-#: Public execution options (DESIGN.md, "Calling API") and their built-in defaults.
+#: Public execution options (docs/architecture.md, "The core") and their built-in defaults.
 DEFAULTS: dict[str, Any] = {
     "countdown": None,
     "eta": None,

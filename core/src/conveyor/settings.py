@@ -27,7 +27,7 @@ DEFAULT_RETRY_POLICY: dict[str, Any] = {
     "retry_errors": None,
 }
 
-#: Every known setting and its default. Order follows DESIGN.md.
+#: Every known setting and its default; docs/settings.md is rendered from this table.
 DEFAULTS: dict[str, Any] = {
     "broker_url": None,
     "result_backend": None,
@@ -71,6 +71,73 @@ DEFAULTS: dict[str, Any] = {
 ENVIRONMENT = {
     "broker_url": "CONVEYOR_BROKER_URL",
     "result_backend": "CONVEYOR_RESULT_BACKEND",
+}
+
+#: What each setting does, for docs/settings.md (rendered by
+#: :mod:`conveyor.settings_reference`); a test keeps its keys equal to DEFAULTS'.
+DESCRIPTIONS: dict[str, str] = {
+    "broker_url": "Where task messages go: a URL whose scheme names the transport plugin "
+                  "(`redis://`, `sqlite:///`, `memory://`). Unset: "
+                  f"`{DEFAULT_URL}` in the working directory.",
+    "result_backend": "Where task states are stored: a URL whose scheme names the backend "
+                      "plugin. Unset: the broker's URL when that scheme has a backend, "
+                      "else the SQLite default.",
+    "task_serializer": "The serializer of task bodies (`json`, `pickle`, `msgpack`, "
+                       "`yaml`, `auth`, …).",
+    "result_serializer": "The serializer of stored results; independent of the task's.",
+    "accept_content": "Serializer names or content types a worker decodes; any other "
+                      "message is dead-lettered.",
+    "result_accept_content": "Content types accepted when reading results. Unset: "
+                             "`accept_content`.",
+    "task_compression": "Compression of task bodies (`zlib`, `bzip2`, `lzma`, `zstd`, "
+                        "`brotli`, `lz4`); unset: none.",
+    "result_compression": "Compression of stored results; unset: none.",
+    "task_routes": "Celery's routes for the `routes` router: a dict of task name or glob "
+                   "to options, a callable, or a list of them.",
+    "task_routers": "The router plugins asked for options, in order "
+                    "(entry-point group `conveyor.routers`).",
+    "task_default_queue": "The queue of a task nothing routes elsewhere.",
+    "task_default_exchange": "The exchange of a task nothing routes elsewhere "
+                             "(`\"\"`: the queue name is the routing key).",
+    "task_default_routing_key": "The routing key of a task nothing routes elsewhere. "
+                                "Unset: the queue name.",
+    "task_default_priority": "The priority of a task that sets none "
+                             "(0–255, larger runs first; unset: lowest).",
+    "task_queue_max_priority": "The highest priority queues are declared for, on "
+                               "brokers that declare it.",
+    "task_ignore_result": "Store no result unless a task or call asks for one.",
+    "task_track_started": "Store STARTED when a worker begins a task.",
+    "task_acks_late": "Acknowledge a message after its task ran instead of before, so a "
+                      "worker that dies mid-task leaves it to be redelivered.",
+    "task_time_limit": "Seconds after which a running task is killed "
+                       "(`time_limit` of a task or call overrides it).",
+    "task_soft_time_limit": "Seconds after which `SoftTimeLimitExceeded` is raised inside "
+                            "a running task.",
+    "task_publish_retry": "Retry a publish that fails with a connection error.",
+    "task_publish_retry_policy": "How publishes are retried: `max_retries`, "
+                                 "`interval_start`, `interval_step`, `interval_max` "
+                                 "(seconds), `retry_errors`.",
+    "result_extended": "Also store the task's name, args, kwargs, worker, retries and "
+                       "queue with its result.",
+    "result_expires": "Seconds a stored result is kept; `0` or `None`: for ever.",
+    "broker_pool_limit": "Most publishing connections an app keeps open.",
+    "broker_transport_options": "Options of the transport plugin (its README lists them); "
+                                "an unknown one is an error naming the plugin's.",
+    "broker_connection_timeout": "Seconds to wait for a broker or backend connection.",
+    "worker_concurrency": "Tasks a worker runs at once (`-c`). Unset: the number of CPUs.",
+    "worker_prefetch_multiplier": "A worker holds up to this times its concurrency of "
+                                  "messages it has not started.",
+    "worker_max_deliveries": "A message delivered this many times without being "
+                             "acknowledged is dead-lettered.",
+    "worker_eta_horizon": "Seconds ahead a worker holds an ETA task in memory; later ones "
+                          "are parked on the broker (at most half the visibility timeout).",
+    "security_key": "Path of the PEM RSA private key the `auth` serializer signs with.",
+    "security_key_password": "Password of an encrypted `security_key`.",
+    "security_certificate": "Path of the PEM certificate of `security_key`.",
+    "security_cert_store": "Directory or glob of the PEM certificates the `auth` "
+                           "serializer trusts.",
+    "security_digest": "The digest of `auth` signatures (`sha256`, `sha512`, …).",
+    "timezone": "The timezone of the times Conveyor writes.",
 }
 
 
@@ -122,7 +189,7 @@ def check_name(name: str) -> None:
     if name not in DEFAULTS:
         raise UnknownOptionError(
             f"Unknown setting {name!r}.{did_you_mean(name, DEFAULTS)} "
-            "Known settings are listed in DESIGN.md (Settings)."
+            "Known settings are listed in docs/settings.md."
         )
 
 

@@ -1,4 +1,5 @@
-"""Task states and the stored state document (PROTOCOL.md §8.2, §8.3)."""
+"""Task states and the stored state document (docs/architecture.md, "Result
+documents" and "Stored exceptions")."""
 
 from __future__ import annotations
 

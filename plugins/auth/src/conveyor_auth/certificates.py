@@ -104,8 +104,9 @@ def load_certificate(path: Any) -> Certificate:
 
 
 def signer_id(cert: x509.Certificate) -> str:
-    """How Celery names a certificate on the wire (PROTOCOL.md §4.2): the issuer's
-    attribute values in RDN order joined by spaces, a space, the decimal serial."""
+    """How Celery names a certificate on the wire: the issuer's attribute values in
+    RDN order joined by spaces, a space, the decimal serial (docs/architecture.md,
+    "Signed messages")."""
     issuer = " ".join(str(attr.value) for attr in cert.issuer)
     return f"{issuer} {cert.serial_number}"
 

@@ -1,4 +1,5 @@
-"""The ``auth`` serializer: Celery's signed-message format (PROTOCOL.md §4.2).
+"""The ``auth`` serializer: Celery's signed-message format
+(docs/architecture.md, "Signed messages").
 
 A body is serialized with an inner serializer (``json`` unless told otherwise), the
 serialized bytes are signed with RSASSA-PSS (MGF1, maximum salt length, the

@@ -3,7 +3,7 @@
 kombu calls ``brotli.compress`` with the library's defaults (quality 11, the
 slowest and densest); Conveyor defaults to quality 5, which compresses a task body
 almost as well at a fraction of the cost. The stream format does not depend on the
-quality, so Celery peers read either (PROTOCOL.md §4.1).
+quality, so Celery peers read either (docs/architecture.md, "Compression").
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """lz4 frames named ``application/x-lz4``: fast, but Conveyor-only.
 
-kombu registers no lz4 compressor (PROTOCOL.md §4.1), so a Celery worker cannot read
-these bodies: use lz4 only where every consumer is a Conveyor worker with this plugin
+kombu registers no lz4 compressor (docs/architecture.md, "Compression"), so a
+Celery worker cannot read these bodies: use lz4 only where every consumer is a Conveyor worker with this plugin
 installed, and ``zstd``, ``brotli`` or ``zlib`` where Celery peers read the queue.
 There is no header value to be compatible with, so the name follows the MIME-like
 ids kombu uses for the others. The frame format (not raw blocks) is used because it

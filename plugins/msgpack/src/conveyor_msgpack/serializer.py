@@ -2,8 +2,8 @@
 
 kombu packs with ``use_bin_type=True`` and unpacks with ``raw=False``; doing the same
 keeps bodies byte-identical with Celery's, so either side decodes the other's
-messages (PROTOCOL.md §4). No extension types are registered: a Celery peer could not
-read them, so a ``datetime`` or ``Decimal`` is refused at encode time with a hint
+messages (docs/architecture.md, "Serializers"). No extension types are registered:
+a Celery peer could not read them, so a ``datetime`` or ``Decimal`` is refused at encode time with a hint
 instead of arriving as something the worker cannot decode.
 """
 

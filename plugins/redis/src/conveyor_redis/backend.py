@@ -1,4 +1,5 @@
-"""The ``redis://`` result backend, byte-compatible with Celery's (PROTOCOL.md §8).
+"""The ``redis://`` result backend, byte-compatible with Celery's
+(docs/architecture.md, "Result documents").
 
 * key ``celery-task-meta-<task id>``; the value is what the core serialized with
   ``result_serializer`` (this backend never decodes it, except to protect SUCCESS);

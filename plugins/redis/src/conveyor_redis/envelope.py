@@ -1,4 +1,5 @@
-"""kombu's JSON envelope for one message on a Redis list (PROTOCOL.md §5.1).
+"""kombu's JSON envelope for one message on a Redis list
+(docs/architecture.md, "Redis broker").
 
 Field order is kombu's: ``body``, ``content-encoding``, ``content-type``, ``headers``,
 ``properties``; in ``properties`` the message's own properties come first in the order

@@ -1,4 +1,5 @@
-"""Key names and priority mapping: kombu's Redis layout (PROTOCOL.md §5.3–§5.5).
+"""Key names and priority mapping: kombu's Redis layout
+(docs/architecture.md, "Redis broker").
 
 Conveyor's priority means "higher runs first" (0–255, ``None`` = lowest); kombu's
 Redis lists mean the opposite (wire 0 is served first). The mapping lives here and

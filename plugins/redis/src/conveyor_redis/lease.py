@@ -1,7 +1,7 @@
 """Leases: taking messages with kombu's unacked bookkeeping, giving them back, sweeping.
 
-kombu emulates acknowledgements with two db-wide keys (PROTOCOL.md §5.5): the hash
-``unacked`` (delivery tag → JSON ``[envelope, exchange, routing_key]``) and the sorted
+kombu emulates acknowledgements with two db-wide keys (docs/architecture.md,
+"Redis broker", leases): the hash ``unacked`` (delivery tag → JSON ``[envelope, exchange, routing_key]``) and the sorted
 set ``unacked_index`` (delivery tag → unix time of delivery). A Celery worker's sweep
 restores any entry older than its ``visibility_timeout``, and ours restores theirs, so
 both sides must write exactly these entries. Conveyor records ``exchange`` ``""`` and

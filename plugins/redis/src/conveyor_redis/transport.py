@@ -1,6 +1,6 @@
 """The ``redis://`` transport: kombu's Redis layout, so Celery peers interoperate.
 
-What goes where (PROTOCOL.md §5; key names in :mod:`.layout`):
+What goes where (docs/architecture.md, "Redis broker"; key names in :mod:`.layout`):
 
 * a message is kombu's JSON envelope (:mod:`.envelope`), ``LPUSH``\\ ed onto the list
   of its priority step; consumers take from the other end, steps in kombu's order;

@@ -16,7 +16,8 @@ from conveyor.exceptions import DecodeError
 
 
 def _tag(obj: Any) -> Any:
-    """kombu ≥ 5.3's ``{"__type__": T, "__value__": V}`` form (PROTOCOL.md §4)."""
+    """kombu ≥ 5.3's ``{"__type__": T, "__value__": V}`` form
+    (docs/architecture.md, "Serializers")."""
     if isinstance(obj, dt.datetime):
         return {"__type__": "datetime", "__value__": obj.isoformat()}
     if isinstance(obj, dt.date):

@@ -3,7 +3,8 @@
 ``yaml.load`` with the full loader can build arbitrary Python objects, so a message
 could run code in the worker; the safe loader builds plain data only. A safe dump
 with PyYAML's defaults (block style, keys sorted, non-ASCII escaped) is what kombu
-writes (PROTOCOL.md §4), so task bodies are byte-identical with Celery's.
+writes (docs/architecture.md, "Serializers"), so task bodies are byte-identical
+with Celery's.
 
 perf: the libyaml-backed ``CSafeDumper``/``CSafeLoader`` are used when PyYAML has them
 (about 4x faster per message). libyaml folds long non-ASCII strings at other points

@@ -3,8 +3,8 @@
 kombu 5.7 compresses with ``compression.zstd`` (``backports.zstd`` before Python 3.14)
 and kombu ≤ 5.5 with the ``zstandard`` package; all write the standard zstd frame
 (magic ``28 b5 2f fd``), so this plugin reads and writes bodies any Celery peer with
-zstd support understands (PROTOCOL.md §4.1). Frames carry their content size, which
-the one-shot ``zstandard.decompress`` of kombu ≤ 5.5 requires.
+zstd support understands (docs/architecture.md, "Compression"). Frames carry their
+content size, which the one-shot ``zstandard.decompress`` of kombu ≤ 5.5 requires.
 
 Decompression reads every frame and does not need the content size in the frame
 header: a one-shot ``ZstdDecompressor.decompress`` would refuse frames written in
