@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conveyor_pytest.fixtures import worker_process
@@ -80,11 +81,86 @@ def test_dead_letters_list_requeue_purge(proj: dict[str, str]) -> None:
 
     assert "requeued 1" in conveyor(proj, "-A", "proj_cli", "dead", "requeue", "--all").stdout
     assert conveyor(proj, "-A", "proj_cli", "dead", "list").stdout == ""
-    # Without -f and without a terminal, purge refuses.
-    refused = conveyor(proj, "-A", "proj_cli", "purge", "-Q", "celery", stdin="")
-    assert refused.returncode == 1 and "-f" in refused.stderr
     purged = conveyor(proj, "-A", "proj_cli", "purge", "-Q", "celery", "-f")
     assert "purged 1" in purged.stdout
+
+
+@pytest.mark.parametrize(("answer", "deleted"), [("y\n", True), ("yes\n", True),
+                                                 ("n\n", False), ("", False)])
+def test_purge_reads_its_answer_from_a_pipe(proj: dict[str, str], answer: str,
+                                            deleted: bool) -> None:
+    """``echo y | conveyor -A proj purge``: the answer comes from the pipe; end of
+    input is no."""
+    conveyor(proj, "-A", "proj_cli", "call", "proj_cli.add", "--args", "[1, 1]")
+    out = conveyor(proj, "-A", "proj_cli", "purge", "-Q", "celery", stdin=answer)
+    assert "Delete every waiting message of celery? [y/N]" in out.stderr
+    if deleted:
+        assert out.returncode == 0 and "celery: purged 1 message(s)" in out.stdout
+    else:
+        assert out.returncode == 1 and out.stdout == "" and "Nothing deleted" in out.stderr
+        again = conveyor(proj, "-A", "proj_cli", "purge", "-Q", "celery", "-f")
+        assert "purged 1" in again.stdout  # the message was still there
+
+
+def test_loglevel_is_taken_after_the_subcommand_as_well(proj: dict[str, str]) -> None:
+    before = conveyor(proj, "-l", "DEBUG", "-A", "proj_cli", "purge", "-f")
+    after = conveyor(proj, "-A", "proj_cli", "purge", "-l", "debug", "-f")
+    nested = conveyor(proj, "-A", "proj_cli", "dead", "list", "-l", "DEBUG")
+    quiet = conveyor(proj, "-A", "proj_cli", "purge", "-f")
+    for out in (before, after, nested):
+        assert out.returncode == 0 and " DEBUG " in out.stderr, out.stderr
+    assert " DEBUG " not in quiet.stderr
+    bad = conveyor(proj, "-A", "proj_cli", "purge", "-l", "LOUD", "-f")
+    assert bad.returncode == 2 and "LOUD" in bad.stderr and "INFO" in bad.stderr
+
+
+def _dead_rows(proj: dict[str, str], count: int, queue: str) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 20
+    while True:
+        out = conveyor(proj, "-A", "proj_cli", "dead", "list", "-Q", queue, "--json")
+        rows = [json.loads(line) for line in out.stdout.splitlines()]
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
+
+
+def test_dead_list_lines_and_requeue_by_task_id(proj: dict[str, str]) -> None:
+    env = {k: v for k, v in proj.items() if k != "cwd"}
+    task_ids = [conveyor(proj, "-A", "proj_cli", "call", "proj_cli.nope", "--queue",
+                         "byid").stdout.strip() for _ in range(2)]
+    with worker_process("proj_cli", env=env, cwd=proj["cwd"], queues=["byid"]):
+        rows = _dead_rows(proj, 2, "byid")
+    assert sorted(r["task_id"] for r in rows) == sorted(task_ids)
+    assert all(set(r) == {"id", "task_id", "task", "queue", "time", "reason"} for r in rows)
+    lines = conveyor(proj, "-A", "proj_cli", "dead", "list", "-Q", "byid").stdout.splitlines()
+    assert [line.split("  ")[:4] for line in lines] == \
+        [[r["id"], r["task_id"], "proj_cli.nope", "byid"] for r in rows]
+    assert all(line.split("  ")[4] == r["time"] and r["reason"] in line
+               for line, r in zip(lines, rows))
+
+    unknown = conveyor(proj, "-A", "proj_cli", "dead", "requeue", task_ids[0], "no-such-id")
+    assert unknown.returncode == 1 and "no-such-id" in unknown.stderr
+    assert len(_dead_rows(proj, 2, "byid")) == 2  # all or nothing
+    by_task = conveyor(proj, "-A", "proj_cli", "dead", "requeue", task_ids[0])
+    assert by_task.returncode == 0 and "requeued 1" in by_task.stdout
+    (left,) = _dead_rows(proj, 1, "byid")
+    assert left["task_id"] == task_ids[1]
+    by_dead_id = conveyor(proj, "-A", "proj_cli", "dead", "requeue", left["id"])
+    assert "requeued 1" in by_dead_id.stdout
+    assert conveyor(proj, "-A", "proj_cli", "dead", "list", "-Q", "byid").stdout == ""
+    both = conveyor(proj, "-A", "proj_cli", "dead", "requeue", "--all", task_ids[0])
+    assert both.returncode == 2
+
+
+def test_dead_purge_asks_and_reads_a_piped_answer(proj: dict[str, str]) -> None:
+    env = {k: v for k, v in proj.items() if k != "cwd"}
+    conveyor(proj, "-A", "proj_cli", "call", "proj_cli.nope", "--queue", "dpurge")
+    with worker_process("proj_cli", env=env, cwd=proj["cwd"], queues=["dpurge"]):
+        assert len(_dead_rows(proj, 1, "dpurge")) == 1
+    kept = conveyor(proj, "-A", "proj_cli", "dead", "purge", "-Q", "dpurge", stdin="")
+    assert kept.returncode == 1 and len(_dead_rows(proj, 1, "dpurge")) == 1
+    gone = conveyor(proj, "-A", "proj_cli", "dead", "purge", "-Q", "dpurge", stdin="y\n")
+    assert gone.returncode == 0 and "purged 1 dead letter(s)" in gone.stdout
 
 
 def test_dead_requeue_by_id_and_purge_by_queue(proj: dict[str, str]) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from . import __version__
 from .app import Conveyor
 from .exceptions import ConveyorError
+from .interfaces import DeadLetter
 
 EXAMPLES = """\
 examples:
@@ -54,23 +55,40 @@ def load_app(spec: str | None) -> Conveyor:
                         f"name it 'app' or pass -A {module_name}:<attribute>.")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _loglevel(value: str) -> str:
+    level = value.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"unknown log level {value!r}; choose one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
 def _parser() -> argparse.ArgumentParser:
+    # Every subcommand takes -l after its name too, where Celery users type it; given
+    # there it overrides the one before the subcommand (SUPPRESS: unset otherwise).
+    level = argparse.ArgumentParser(add_help=False)
+    level.add_argument("-l", "--loglevel", type=_loglevel, default=argparse.SUPPRESS,
+                       help="DEBUG, INFO, WARNING, …")
     p = argparse.ArgumentParser(prog="conveyor", epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Conveyor: tasks over the Celery protocol.")
     p.add_argument("-A", "--app", help="the app: module or module:attribute")
-    p.add_argument("-l", "--loglevel", default="WARNING", help="DEBUG, INFO, WARNING, …")
+    p.add_argument("-l", "--loglevel", type=_loglevel, default="WARNING",
+                   help="DEBUG, INFO, WARNING, … (also accepted after the command)")
     p.add_argument("--version", action="version", version=f"conveyor {__version__}")
     sub = p.add_subparsers(dest="command", metavar="command")
 
-    w = sub.add_parser("worker", help="consume queues and run tasks")
+    w = sub.add_parser("worker", parents=[level], help="consume queues and run tasks")
     w.add_argument("-Q", "--queues", help="comma-separated queues (default: task_default_queue)")
     w.add_argument("-c", "--concurrency", type=int)
     w.add_argument("-P", "--pool", default="threads", help="solo, threads or processes")
     w.add_argument("--prefetch-multiplier", type=int)
     w.add_argument("-n", "--hostname")
 
-    c = sub.add_parser("call", help="send a task by name and print its id")
+    c = sub.add_parser("call", parents=[level], help="send a task by name and print its id")
     c.add_argument("name")
     c.add_argument("--args", default="[]", help="JSON list")
     c.add_argument("--kwargs", default="{}", help="JSON object")
@@ -82,40 +100,50 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--serializer")
     c.add_argument("--wait", type=float, metavar="SECONDS", help="wait for the result")
 
-    r = sub.add_parser("result", help="print a task's state and value")
+    r = sub.add_parser("result", parents=[level], help="print a task's state and value")
     r.add_argument("task_id")
     r.add_argument("--wait", type=float, metavar="SECONDS")
 
-    pg = sub.add_parser("purge", help="delete waiting messages of queues")
+    pg = sub.add_parser("purge", parents=[level], help="delete waiting messages of queues")
     pg.add_argument("-Q", "--queues")
     pg.add_argument("-f", "--force", action="store_true", help="do not ask")
 
-    d = sub.add_parser("dead", help="list, requeue or purge dead letters")
+    d = sub.add_parser("dead", parents=[level], help="list, requeue or purge dead letters")
     dsub = d.add_subparsers(dest="dead_command", metavar="action", required=True)
-    dl = dsub.add_parser("list")
+    dl = dsub.add_parser("list", parents=[level],
+                         help="one line per dead letter: id, task id, task, queue, time, "
+                              "reason")
     dl.add_argument("-Q", "--queue")
     dl.add_argument("--json", action="store_true", help="one JSON object per line")
-    dr = dsub.add_parser("requeue")
-    dr.add_argument("ids", nargs="*")
-    dr.add_argument("--all", action="store_true")
+    dr = dsub.add_parser("requeue", parents=[level],
+                         help="put dead letters back on their queue")
+    dr.add_argument("ids", nargs="*", metavar="ID", help="task ids or dead-letter ids")
+    dr.add_argument("--all", action="store_true", help="every dead letter (of -Q)")
     dr.add_argument("-Q", "--queue")
-    dp = dsub.add_parser("purge")
+    dp = dsub.add_parser("purge", parents=[level], help="delete dead letters")
     dp.add_argument("-Q", "--queue")
-    dp.add_argument("-f", "--force", action="store_true")
+    dp.add_argument("-f", "--force", action="store_true", help="do not ask")
 
-    sub.add_parser("plugins", help="list installed plugins and whether they load")
-    dm = sub.add_parser("demo", help="run a worker and the calling examples on SQLite")
+    sub.add_parser("plugins", parents=[level],
+                   help="list installed plugins and whether they load")
+    dm = sub.add_parser("demo", parents=[level],
+                        help="run a worker and the calling examples on SQLite")
     dm.add_argument("--keep", action="store_true", help="keep the temporary directory")
     return p
 
 
 def _confirm(question: str, force: bool) -> bool:
+    """Ask on stderr and read the answer from stdin, a terminal or a pipe alike
+    (``echo y | conveyor -A proj purge``); end of input means no."""
     if force:
         return True
-    if not sys.stdin.isatty():
-        print(f"{question} Refusing without a terminal: pass -f.", file=sys.stderr)
-        return False
-    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    if answer.strip().lower() in ("y", "yes"):
+        return True
+    print(("" if answer else "\n") + "Nothing deleted (pass -f to skip the question).",
+          file=sys.stderr)
+    return False
 
 
 def cmd_worker(app: Conveyor, ns: argparse.Namespace) -> int:
@@ -176,19 +204,22 @@ def cmd_dead(app: Conveyor, ns: argparse.Namespace) -> int:
     try:
         if ns.dead_command == "list":
             for dl in transport.dead_letters(ns.queue):
-                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(dl.time))
-                row = {"id": dl.id, "task_id": dl.message.headers.get("id"),
-                       "task": dl.message.headers.get("task"), "queue": dl.queue,
-                       "reason": dl.reason, "time": when}
+                row = _dead_row(dl)
                 if ns.json:
                     print(json.dumps(row))
                 else:
-                    print(f"{dl.id}  {row['task'] or '?'}  {dl.queue}  {when}  {dl.reason}")
+                    print("  ".join(str(row[k] or "-") for k in DEAD_FIELDS))
         elif ns.dead_command == "requeue":
-            if not ns.ids and not ns.all:
-                print("error: give dead-letter ids or --all", file=sys.stderr)
+            if bool(ns.ids) == ns.all:
+                print("error: give task ids or dead-letter ids, or --all (not both)",
+                      file=sys.stderr)
                 return 2
-            count = transport.requeue_dead(None if ns.all else ns.ids, ns.queue)
+            ids = None
+            if ns.ids:
+                ids = _dead_ids(transport.dead_letters(ns.queue), ns.ids)
+                if ids is None:
+                    return 1
+            count = transport.requeue_dead(ids, ns.queue)
             print(f"requeued {count} message(s)")
         else:
             where = f" of queue {ns.queue}" if ns.queue else ""
@@ -198,6 +229,34 @@ def cmd_dead(app: Conveyor, ns: argparse.Namespace) -> int:
     finally:
         transport.close()
     return 0
+
+
+#: The fields of ``dead list``, in the order of its columns and JSON keys.
+DEAD_FIELDS = ("id", "task_id", "task", "queue", "time", "reason")
+
+
+def _dead_row(dl: DeadLetter) -> dict[str, Any]:
+    headers = dl.message.headers if isinstance(dl.message.headers, dict) else {}
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(dl.time))
+    values = (dl.id, headers.get("id"), headers.get("task"), dl.queue, when, dl.reason)
+    return dict(zip(DEAD_FIELDS, values))
+
+
+def _dead_ids(letters: list[DeadLetter], wanted: list[str]) -> list[str] | None:
+    """The dead-letter ids that ``wanted`` names, each either a dead-letter id or a
+    task id (users hold task ids); None, after saying which, if one names nothing."""
+    found: dict[str, list[str]] = {}
+    for dl in letters:
+        task_id = dl.message.headers.get("id") if isinstance(dl.message.headers, dict) \
+            else None
+        for key in {dl.id, task_id} - {None}:
+            found.setdefault(str(key), []).append(dl.id)
+    missing = [w for w in wanted if w not in found]
+    if missing:
+        print(f"error: no dead letter has the id or task id {', '.join(missing)}; "
+              "nothing requeued (see `conveyor dead list`)", file=sys.stderr)
+        return None
+    return list(dict.fromkeys(i for w in wanted for i in found[w]))
 
 
 def cmd_plugins(_app: Conveyor | None, _ns: argparse.Namespace) -> int:
