@@ -1,115 +1,23 @@
 """Built wheels install the right plugins, and an outside plugin works from its wheel.
 
-Each test makes a fresh virtual environment with ``python -m venv`` and plain pip.
-Third-party dependencies come from the package index; Conveyor's own distributions
-come only from the wheels built here (``--no-index``), so a same-named project on
-the index can never be picked up instead. Every subprocess is bounded.
+Each test makes a fresh virtual environment with ``python -m venv`` and plain pip
+(see ``packaging_support``).
 """
 
 from __future__ import annotations
 
-import email.parser
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 import textwrap
-import zipfile
 from pathlib import Path
 
 import pytest
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
+from packaging_support import EXAMPLE, installed, make_venv, run
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "contrib" / "example-plugin"
 FIRST_PARTY_CODECS = {"conveyor-msgpack", "conveyor-yaml", "conveyor-auth", "conveyor-zstd",
                       "conveyor-lz4", "conveyor-brotli"}
-
-
-def run(cmd: list[str | Path], *, timeout: float, cwd: Path | None = None,
-        env: dict[str, str] | None = None) -> str:
-    """Run a command; on failure show its output (pytest would hide a bare exit code)."""
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
-    if proc.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n"
-                    f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}", pytrace=False)
-    return proc.stdout
-
-
-def uv() -> list[str]:
-    """The uv running this session (``uv run`` exports it as UV), else the one on PATH."""
-    found = os.environ.get("UV") or shutil.which("uv")
-    if not found:
-        pytest.fail("uv is needed to build the wheels: python -m pip install uv",
-                    pytrace=False)
-    return [found]
-
-
-@pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Wheels of every workspace member and of the example plugin."""
-    out = tmp_path_factory.mktemp("wheelhouse")
-    run([*uv(), "build", "--all-packages", "--wheel", "-o", out], cwd=REPO, timeout=180)
-    run([*uv(), "build", EXAMPLE, "--wheel", "-o", out], cwd=REPO, timeout=120)
-    return out
-
-
-def wheel_requirements(wheelhouse: Path) -> dict[str, list[Requirement]]:
-    """Requires-Dist of every wheel in the wheelhouse, by canonical project name."""
-    found: dict[str, list[Requirement]] = {}
-    for wheel in wheelhouse.glob("*.whl"):
-        with zipfile.ZipFile(wheel) as archive:
-            name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
-            meta = email.parser.Parser().parsestr(archive.read(name).decode())
-        found[canonicalize_name(meta["Name"])] = [
-            Requirement(r) for r in meta.get_all("Requires-Dist") or []]
-    return found
-
-
-def third_party(wheelhouse: Path, roots: list[str]) -> list[str]:
-    """The non-Conveyor requirements that installing ``roots`` pulls in, transitively."""
-    reqs = wheel_requirements(wheelhouse)
-    todo = [Requirement(r) for r in roots]
-    seen: set[tuple[str, frozenset[str]]] = set()
-    external: set[str] = set()
-    while todo:
-        req = todo.pop()
-        name, extras = canonicalize_name(req.name), frozenset(req.extras)
-        if name not in reqs:
-            external.add(f"{req.name}{req.specifier}")
-            continue
-        if (name, extras) in seen:
-            continue
-        seen.add((name, extras))
-        for dep in reqs[name]:
-            wanted = [{"extra": e} for e in extras] or [{"extra": ""}]
-            if dep.marker is None or any(dep.marker.evaluate(env) for env in wanted):
-                todo.append(dep)
-    return sorted(external)
-
-
-def make_venv(path: Path, wheelhouse: Path, roots: list[str]) -> Path:
-    """A fresh venv with ``roots`` installed: third-party deps from the index, then
-    Conveyor's distributions from the wheelhouse only. Returns its bin directory."""
-    run([sys.executable, "-m", "venv", path], timeout=120)
-    bindir = path / "bin"
-    pip = [bindir / "python", "-m", "pip", "--disable-pip-version-check", "-q"]
-    deps = third_party(wheelhouse, roots)
-    if deps:
-        run([*pip, "install", *deps], timeout=300)
-    run([*pip, "install", "--no-index", "--find-links", wheelhouse, *roots], timeout=180)
-    return bindir
-
-
-def installed(bindir: Path) -> set[str]:
-    out = run([bindir / "python", "-m", "pip", "list", "--format=json"], timeout=60)
-    return {canonicalize_name(p["name"]) for p in json.loads(out)}
 
 
 def test_extras_install_exactly_their_plugins(tmp_path: Path, wheelhouse: Path) -> None:

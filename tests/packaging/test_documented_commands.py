@@ -1,0 +1,229 @@
+"""Every command line printed in the Markdown files and in ``conveyor --help`` runs as
+printed, so the documentation cannot drift from the code.
+
+Each printed command must have a handler below. A command nobody handles fails
+``test_every_printed_command_has_a_handler`` (add a handler when you print a new
+one), and so does a handler whose command is no longer printed. Commands run through
+``bash -c`` exactly as printed, with this environment's ``bin`` first on PATH; those
+needing an app ``proj`` get one written into a temporary directory. The few lines
+that cannot run inside the suite (installing uv, the suite itself) are checked by
+what they must achieve, each with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from packaging_support import installed, make_venv
+from printed_commands import REPO, Printed, from_help, from_markdown
+
+from conveyor.cli import EXAMPLES
+
+BIN = Path(sys.executable).parent
+PROJ = """
+from conveyor import Conveyor
+
+app = Conveyor("proj")
+
+@app.task
+def add(x, y):
+    return x + y
+"""
+
+
+def shell(command: str, *, cwd: Path, timeout: float, env: dict[str, str] | None = None,
+          path: Path = BIN) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` as printed; fail with its output when it exits non-zero."""
+    proc = subprocess.run(["bash", "-c", command], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout,
+                          env={**os.environ, **(env or {}),
+                               "PATH": f"{path}{os.pathsep}{os.environ['PATH']}"})
+    if proc.returncode != 0:
+        pytest.fail(f"`{command}` exited {proc.returncode}:\n{proc.stdout[-3000:]}\n"
+                    f"{proc.stderr[-3000:]}", pytrace=False)
+    return proc
+
+
+@pytest.fixture
+def proj(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A directory holding ``proj.py``, and the environment that gives it a broker."""
+    (tmp_path / "proj.py").write_text(textwrap.dedent(PROJ))
+    url = f"sqlite:///{tmp_path / 'proj.sqlite3'}"
+    return tmp_path, {"CONVEYOR_BROKER_URL": url, "CONVEYOR_RESULT_BACKEND": url}
+
+
+# ------------------------------------------------------------------ the handlers
+Ctx = tuple[Path, dict[str, str]]
+
+
+def uv_is_installed(printed: Printed, proj: Ctx) -> None:
+    """``python -m pip install uv`` is not run (no install from the index inside the
+    suite; the environment running this test was made by uv): uv is there and runs."""
+    assert re.match(r"uv \d", shell("uv --version", cwd=REPO, timeout=30).stdout)
+
+
+def install_uv_then_demo(printed: Printed, proj: Ctx) -> None:
+    first, _, rest = printed.command.partition(" && ")
+    uv_is_installed(Printed(first, printed.where), proj)
+    out = shell(rest, cwd=REPO, timeout=120).stdout
+    assert "examples behaved" in out and "FAIL" not in out
+
+
+def the_suite_itself(printed: Printed, proj: Ctx) -> None:
+    """``uv run pytest`` is this very run (running it here would recurse): CI runs
+    the same line, and this test runs under the repository's pytest configuration."""
+    assert printed.key in (REPO / ".ci" / "run").read_text().splitlines()
+
+
+def uv_sync(printed: Printed, proj: Ctx) -> None:
+    """Run with ``--dry-run``: syncing the environment this suite runs in, while it
+    runs, would change it under the other tests. Resolving is what can break."""
+    out = shell(f"{printed.key} --dry-run", cwd=REPO, timeout=120)
+    assert "error" not in (out.stdout + out.stderr).lower()
+
+
+def core_tests(printed: Printed, proj: Ctx) -> None:
+    summary = shell(printed.command, cwd=REPO, timeout=600).stdout.strip().splitlines()[-1]
+    assert re.search(r"\d+ passed", summary) and "skipped" not in summary, summary
+
+
+def worker_serves(printed: Printed, proj: Ctx) -> None:
+    """Start the worker as printed, have it serve both of its queues, stop it warm."""
+    cwd, env = proj
+    log = cwd / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            ["bash", "-c", printed.command], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
+            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while b"consuming" not in log.read_bytes():
+            assert worker.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        client = ("import proj; "
+                  "print(proj.add.apply_async((2, 2), queue='priority.high').get(timeout=20)); "
+                  "print(proj.add.delay(20, 22).get(timeout=20))")
+        served = shell(f"python -c \"{client}\"", cwd=cwd, env=env, timeout=60).stdout
+        assert served.split() == ["4", "42"]
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+        code = worker.wait(30)
+    assert code == 0, log.read_text()
+    assert b"INFO" in log.read_bytes()  # -l INFO, after the subcommand, took effect
+
+
+def in_proj(check: Callable[[str], bool]) -> Callable[[Printed, Ctx], None]:
+    """Run the command in the ``proj`` directory and check its standard output."""
+    def handler(printed: Printed, proj: Ctx) -> None:
+        cwd, env = proj
+        out = shell(printed.command, cwd=cwd, env=env, timeout=120).stdout
+        assert check(out), out
+    return handler
+
+
+def _is_task_id(out: str) -> bool:
+    return str(uuid.UUID(out.strip())) == out.strip()
+
+
+def example_plugin_readme(printed: list[Printed], wheelhouse: Path, tmp_path: Path) -> None:
+    """The example plugin's README, line after line, in a fresh environment holding
+    Conveyor's wheels, from the repository root (where its paths start)."""
+    bindir = make_venv(tmp_path / "venv", wheelhouse, ["conveyor", "conveyor-pytest"])
+    for line in printed:
+        out = shell(line.command, cwd=REPO, timeout=300, path=bindir,
+                    env={"PYTHONDONTWRITEBYTECODE": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+        if line.key == "conveyor plugins":
+            for name in ("compactjson", "deflate", "example-trace"):  # what its comment says
+                assert re.search(rf"^  {name} +conveyor-example-plugin .* ok$", out.stdout,
+                                 re.M), out.stdout
+        if line.key.startswith("pytest"):
+            summary = out.stdout.strip().splitlines()[-1]
+            assert re.search(r"\d+ passed", summary) and "skipped" not in summary, summary
+    assert "conveyor-example-plugin" in installed(bindir)
+
+
+COMMANDS: dict[str, Callable[[Printed, Ctx], None]] = {
+    "python -m pip install uv && uv run conveyor demo": install_uv_then_demo,
+    "python -m pip install uv": uv_is_installed,
+    "uv run pytest": the_suite_itself,
+    "uv sync --all-extras": uv_sync,
+    "uv run pytest tests/unit": core_tests,
+    "conveyor -A proj worker -l INFO -Q celery,priority.high -c 4 --pool threads":
+        worker_serves,
+    "conveyor -A proj dead list": in_proj(lambda out: out == ""),
+    "conveyor -A proj dead list --json": in_proj(lambda out: out == ""),
+    "conveyor plugins": in_proj(lambda out: re.search(r"^  json +conveyor-std .* ok$", out,
+                                                      re.M) is not None),
+    "conveyor -A proj call proj.add --args '[2, 2]' --countdown 10": in_proj(_is_task_id),
+    "conveyor -A proj result 6f1c…": in_proj(
+        lambda out: json.loads(out)["status"] == "PENDING"),
+    "conveyor -A proj purge -Q celery -f": in_proj(lambda out: "celery: purged" in out),
+    "conveyor -A proj dead requeue --all -Q celery": in_proj(
+        lambda out: out.strip() == "requeued 0 message(s)"),
+    "conveyor demo": in_proj(lambda out: "examples behaved" in out and "FAIL" not in out),
+}
+#: Files whose commands make one sequence, run together by one handler.
+FILES: dict[str, Callable[[list[Printed], Path, Path], None]] = {
+    "contrib/example-plugin/README.md": example_plugin_readme,
+}
+
+
+def _printed() -> list[Printed]:
+    found, _ = from_markdown()
+    return found + from_help(EXAMPLES)
+
+
+def _in_files(printed: Printed) -> str | None:
+    return next((f for f in FILES if printed.where.startswith(f + ":")), None)
+
+
+def _single() -> dict[str, list[Printed]]:
+    """Printed commands not in FILES, by key (a command printed twice runs once)."""
+    found: dict[str, list[Printed]] = {}
+    for printed in _printed():
+        if _in_files(printed) is None:
+            found.setdefault(printed.key, []).append(printed)
+    return found
+
+
+def test_every_fenced_block_says_its_language() -> None:
+    _, untagged = from_markdown()
+    assert not untagged, ("fenced blocks without a language (use ```sh for commands, "
+                          f"```text for anything else): {untagged}")
+
+
+def test_every_printed_command_has_a_handler() -> None:
+    single = _single()
+    unhandled = {k: [p.where for p in v] for k, v in single.items() if k not in COMMANDS}
+    assert not unhandled, f"printed but run by no test (add a handler): {unhandled}"
+    stale = set(COMMANDS) - set(single)
+    assert not stale, f"handlers for commands no longer printed: {stale}"
+    files = {_in_files(p) for p in _printed()} - {None}
+    assert files == set(FILES), f"FILES entries without printed commands: {set(FILES) - files}"
+
+
+@pytest.mark.parametrize("key", sorted(_single()))
+def test_printed_command_runs(key: str, proj: Ctx) -> None:
+    if key not in COMMANDS:
+        pytest.fail(f"no handler for {key!r}", pytrace=False)
+    COMMANDS[key](_single()[key][0], proj)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_printed_command_sequence_runs(name: str, wheelhouse: Path, tmp_path: Path) -> None:
+    FILES[name]([p for p in _printed() if _in_files(p) == name], wheelhouse, tmp_path)
