@@ -49,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "task_acks_late": False,
     "task_time_limit": None,
     "task_soft_time_limit": None,
+    "task_default_rate_limit": None,
     "task_publish_retry": True,
     "task_publish_retry_policy": DEFAULT_RETRY_POLICY,
     "result_extended": False,
@@ -60,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "worker_prefetch_multiplier": 4,
     "worker_max_deliveries": 5,
     "worker_eta_horizon": 30.0,
+    "worker_disable_rate_limits": False,
     "security_key": None,
     "security_key_password": None,
     "security_certificate": None,
@@ -110,9 +112,13 @@ DESCRIPTIONS: dict[str, str] = {
     "task_acks_late": "Acknowledge a message after its task ran instead of before, so a "
                       "worker that dies mid-task leaves it to be redelivered.",
     "task_time_limit": "Seconds after which a running task is killed "
-                       "(`time_limit` of a task or call overrides it).",
+                       "(`time_limit` of a task or call overrides it). On every pool: "
+                       "`threads` and `solo` run such a task in a child process.",
     "task_soft_time_limit": "Seconds after which `SoftTimeLimitExceeded` is raised inside "
-                            "a running task.",
+                            "a running task, on every pool.",
+    "task_default_rate_limit": "The `rate_limit` of tasks that set none: `\"10/s\"`, "
+                               "`\"100/m\"`, `\"1000/h\"` or a number per second, "
+                               "per worker. Unset: none.",
     "task_publish_retry": "Retry a publish that fails with a connection error.",
     "task_publish_retry_policy": "How publishes are retried: `max_retries`, "
                                  "`interval_start`, `interval_step`, `interval_max` "
@@ -131,6 +137,8 @@ DESCRIPTIONS: dict[str, str] = {
                              "acknowledged is dead-lettered.",
     "worker_eta_horizon": "Seconds ahead a worker holds an ETA task in memory; later ones "
                           "are parked on the broker (at most half the visibility timeout).",
+    "worker_disable_rate_limits": "Ignore every `rate_limit` (a worker starts tasks as "
+                                  "fast as its pool frees).",
     "security_key": "Path of the PEM RSA private key the `auth` serializer signs with.",
     "security_key_password": "Password of an encrypted `security_key`.",
     "security_certificate": "Path of the PEM certificate of `security_key`.",

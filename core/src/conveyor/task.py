@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
@@ -19,7 +20,8 @@ from .utils import did_you_mean
 from .canvas import Signature
 from .connection import DEFAULT_BUFFER
 from .connection import Publisher as Publisher  # where it lived first; re-exported
-from .exceptions import Retry, UnknownOptionError
+from .exceptions import ConfigurationError, Retry, UnknownOptionError
+from .ratelimit import parse_rate
 from .result import AsyncResult
 
 if TYPE_CHECKING:
@@ -39,7 +41,8 @@ TASK_OPTIONS = frozenset({
     "name", "bind", "serializer", "compression", "queue", "exchange", "routing_key",
     "priority", "ignore_result", "time_limit", "soft_time_limit", "expires", "shadow",
     "retry_policy", "acks_late", "max_retries", "default_retry_delay",
-    "track_started", "typing",
+    "track_started", "typing", "rate_limit", "autoretry_for", "dont_autoretry_for",
+    "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter",
 })
 
 
@@ -65,6 +68,18 @@ class Task(Generic[P, R]):
     default_retry_delay: float = 180
     track_started: bool | None = None
     typing: bool = True
+    #: Celery's ``"10/s"``, ``"100/m"``, ``"1000/h"``: starts per worker.
+    rate_limit: str | float | None = None
+    #: Exceptions that re-send the task (``retry(exc=...)``) instead of failing it.
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    dont_autoretry_for: tuple[type[BaseException], ...] = ()
+    #: Extra ``retry()`` arguments for automatic retries (``max_retries``, ``countdown``).
+    retry_kwargs: Mapping[str, Any] | None = None
+    #: True or a factor: automatic retries wait ``factor * 2**retries`` seconds.
+    retry_backoff: bool | int = False
+    retry_backoff_max: int = 600
+    #: Draw each backoff countdown uniformly from ``[0, countdown]``.
+    retry_jitter: bool = True
 
     OperationalError = exceptions.OperationalError
 
@@ -81,6 +96,14 @@ class Task(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         for key, value in attrs.items():
             setattr(self, key, value)
+        parse_rate(self.rate_limit)  # a bad rate fails here, not in the worker
+        for key in ("autoretry_for", "dont_autoretry_for"):
+            classes = getattr(self, key)
+            if not isinstance(classes, tuple) or not all(
+                    isinstance(c, type) and issubclass(c, BaseException) for c in classes):
+                raise ConfigurationError(
+                    f"@task({key}=...) of {name!r} takes a tuple of exception classes, "
+                    f"not {classes!r}.")
         functools.update_wrapper(self, fn)
         sig = inspect.signature(fn)
         if bind:
@@ -183,6 +206,21 @@ class Task(Generic[P, R]):
         self.app.results.store(task_id, state or states.PROGRESS, meta,
                                request=request if request and request.id == task_id else None)
 
+    def autoretry(self, exc: BaseException) -> None:
+        """Re-send the running task when ``exc`` is one ``autoretry_for`` names
+        (raising :class:`~conveyor.exceptions.Retry`, or ``exc`` past
+        ``max_retries``); return when it is not. The worker calls this for every
+        exception a task raises."""
+        if not isinstance(exc, self.autoretry_for) or isinstance(
+                exc, (Retry, *self.dont_autoretry_for)):
+            return
+        options = dict(self.retry_kwargs or {})
+        request = self.request
+        if self.retry_backoff and request is not None:
+            options["countdown"] = backoff(self.retry_backoff, request.retries,
+                                           self.retry_backoff_max, self.retry_jitter)
+        self.retry(exc=exc, **options)
+
     def retry(self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
               exc: BaseException | None = None, countdown: float | None = None,
               eta: Any = None, max_retries: int | None = None, **options: Any) -> NoReturn:
@@ -219,6 +257,15 @@ class Task(Generic[P, R]):
         self.app.publish(self.name, args if args is not None else request.args,
                          kwargs if kwargs is not None else request.kwargs, call, {}, self)
         raise Retry(exc=exc, when=countdown if countdown is not None else eta)
+
+
+def backoff(factor: bool | int, retries: int, maximum: int, jitter: bool) -> int:
+    """Celery's exponential countdown: ``factor * 2**retries`` seconds (``True`` is a
+    factor of 1), at most ``maximum``, drawn from ``[0, that]`` with ``jitter``."""
+    countdown: int = min(maximum, int(max(1, factor)) << retries)
+    if jitter:
+        countdown = random.randrange(countdown + 1)
+    return max(0, countdown)
 
 
 def _task_by_name(app_main: str | None, name: str) -> Task[Any, Any]:

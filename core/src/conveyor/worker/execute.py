@@ -19,6 +19,7 @@ from .. import states
 from ..canvas import Signature
 from ..exceptions import Retry, TaskRevokedError, TimeLimitExceeded
 from ..task import current_request
+from .limits import SoftLimit
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -45,11 +46,25 @@ class EventLoopThread:
 
 
 def _call(task: Any, request: Request) -> Any:
+    try:
+        return _invoke(task, request)
+    except Exception as exc:
+        if task.autoretry_for:
+            task.autoretry(exc)  # raises Retry, or exc past max_retries
+        raise
+
+
+def _invoke(task: Any, request: Request) -> Any:
     args = request.args
     if task.bind:
         args = [task, *args]
     if not task.is_async:
-        return task.run(*args, **request.kwargs)
+        soft = request.soft_time_limit or task.soft_time_limit \
+            or task.app.conf.task_soft_time_limit
+        if not soft:
+            return task.run(*args, **request.kwargs)
+        with SoftLimit(soft, f"Task {task.name}[{request.id}]"):
+            return task.run(*args, **request.kwargs)
     limit = request.time_limit or task.time_limit
 
     async def runner() -> Any:

@@ -2,9 +2,12 @@
 
 A pool runs :func:`~conveyor.worker.execute.execute` for each job and reports the
 job on ``done`` when it is finished, so the consumer thread — the only one that
-touches the broker connection — can settle its delivery. ``processes`` also
-enforces ``time_limit`` (kill and replace the child) and ``soft_time_limit``
-(``SoftTimeLimitExceeded`` raised inside the task).
+touches the broker connection — can settle its delivery. Every pool raises
+``SoftTimeLimitExceeded`` inside a task past its ``soft_time_limit`` (see
+``limits.py``). ``time_limit`` is enforced by killing the process running the task:
+``processes`` kills and replaces the child; ``threads`` and ``solo`` cannot kill a
+thread, so they run a (non-async) task that has a ``time_limit`` in a child process of
+their own — never ignoring the limit.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from .. import states
 from ..envelope import refresh_origin
-from ..exceptions import ConfigurationError, SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
+from ..exceptions import ConfigurationError, TimeLimitExceeded, WorkerLostError
 from .execute import EventLoopThread, execute, on_failure
+from .limits import SoftLimit
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -70,10 +74,62 @@ class Pool(abc.ABC):
     def stop(self, timeout: float | None = None) -> None:
         """Finish running jobs and stop workers; the solo pool has nothing running."""
 
+    def limit(self, job: Job, name: str) -> Any:
+        """``time_limit``/``soft_time_limit`` of a job: the message's, the task's,
+        else the app's ``task_<name>`` setting."""
+        value = getattr(job.request, name)
+        if value:
+            return value
+        task = self.app.tasks.get(job.request.name)
+        value = getattr(task, name, None) if task is not None else None
+        if value is None:
+            value = self.app.conf[f"task_{name}"]
+        return value
+
+    def _killable(self, job: Job) -> bool:
+        """True for a job a thread cannot bound: a sync task with a ``time_limit``
+        (``async def`` tasks are cancelled on their event loop instead)."""
+        task = self.app.tasks.get(job.request.name)
+        return bool(self.limit(job, "time_limit")) and not getattr(task, "is_async", False)
+
+    def _fork(self, job: Job, done: queue.Queue[Job]) -> bool:
+        """Hand a time-limited job to this pool's child processes (started on first
+        use; finished jobs go to ``done``). False when children cannot share the
+        broker (``memory://``): the job then runs here, and ``TimeLimitExceeded`` is
+        raised inside it at its limit, as ``soft_time_limit`` is."""
+        forked: ProcessPool | None = getattr(self, "_forked_pool", None)
+        if forked is None and not getattr(self, "_no_fork", False):
+            candidate = ProcessPool(self.app, self.concurrency, self.hostname)
+            candidate.done = done
+            try:
+                candidate.start()
+                forked = self._forked_pool = candidate
+            except ConfigurationError as exc:
+                self._no_fork = True
+                log.warning("time_limit cannot kill a task here (%s); TimeLimitExceeded "
+                            "is raised inside the task instead", exc)
+        if forked is None:
+            job.extra["time_limit"] = self.limit(job, "time_limit")
+            return False
+        forked.submit(job)
+        return True
+
+    def _stop_forked(self, timeout: float | None) -> None:
+        forked: ProcessPool | None = getattr(self, "_forked_pool", None)
+        if forked is not None:
+            forked.stop(timeout)
+
     def _run(self, job: Job) -> None:
         job.started = time.monotonic()
+        request = job.request
         try:
-            job.state = execute(self.app, job.request, self.hostname)
+            limit = job.extra.get("time_limit")
+            if limit:
+                with SoftLimit(limit, f"Task {request.name}[{request.id}]",
+                               TimeLimitExceeded, "time_limit"):
+                    job.state = execute(self.app, request, self.hostname)
+            else:
+                job.state = execute(self.app, request, self.hostname)
         except BaseException as exc:  # noqa: BLE001 - keep the worker alive
             log.exception("Internal error running %s[%s]", job.request.name, job.request.id)
             job.state = states.FAILURE
@@ -84,12 +140,23 @@ class Pool(abc.ABC):
 class SoloPool(Pool):
     """Runs each task in the consumer thread: no concurrency, least overhead."""
 
+    def __init__(self, app: Conveyor, concurrency: int, hostname: str) -> None:
+        super().__init__(app, concurrency, hostname)
+        #: Where its child processes report (a task with a ``time_limit`` runs there).
+        self._forked_done: queue.Queue[Job] = queue.Queue()
+
     def submit(self, job: Job) -> None:
+        if self._killable(job) and self._fork(job, self._forked_done):
+            self.done.put(self._forked_done.get())  # solo: submit returns when it is done
+            return
         self._run(job)
+
+    def stop(self, timeout: float | None = None) -> None:
+        self._stop_forked(timeout)
 
 
 class ThreadPool(Pool):
-    """``concurrency`` threads; time limits apply to ``async def`` tasks only."""
+    """``concurrency`` threads (jobs with a ``time_limit``: child processes)."""
 
     def __init__(self, app: Conveyor, concurrency: int, hostname: str) -> None:
         super().__init__(app, concurrency, hostname)
@@ -110,10 +177,12 @@ class ThreadPool(Pool):
             self._run(job)
 
     def submit(self, job: Job) -> None:
-        self._work.put(job)
+        if not (self._killable(job) and self._fork(job, self.done)):
+            self._work.put(job)
 
     def take_unstarted(self) -> list[Job]:
-        taken: list[Job] = []
+        forked: ProcessPool | None = getattr(self, "_forked_pool", None)
+        taken: list[Job] = forked.take_unstarted() if forked is not None else []
         while True:
             try:
                 job = self._work.get_nowait()
@@ -128,6 +197,7 @@ class ThreadPool(Pool):
         deadline = None if timeout is None else time.monotonic() + timeout
         for t in self._threads:
             t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self._stop_forked(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
 
 def _child_main(app: Conveyor, conn: Connection, hostname: str) -> None:
@@ -136,11 +206,6 @@ def _child_main(app: Conveyor, conn: Connection, hostname: str) -> None:
     EventLoopThread._loop = None
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-    def soft_limit(_signum: int, _frame: Any) -> None:
-        raise SoftTimeLimitExceeded("soft time limit exceeded")
-
-    signal.signal(signal.SIGALRM, soft_limit)
     while True:
         try:
             item = conn.recv()
@@ -148,16 +213,11 @@ def _child_main(app: Conveyor, conn: Connection, hostname: str) -> None:
             return
         if item is None:
             return
-        request, soft = item
-        if soft:
-            signal.setitimer(signal.ITIMER_REAL, soft)
         try:
-            state = execute(app, request, hostname)
+            state = execute(app, item, hostname)
         except BaseException:  # noqa: BLE001
             log.exception("Internal error in pool child")
             state = states.FAILURE
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
         conn.send(state)
 
 
@@ -214,15 +274,7 @@ class ProcessPool(Pool):
                 job = self._backlog.pop(0)
                 child.job = job
                 job.started = time.monotonic()
-                soft = job.request.soft_time_limit or self._task_attr(job, "soft_time_limit")
-                child.conn.send((job.request, soft))
-
-    def _task_attr(self, job: Job, name: str) -> Any:
-        task = self.app.tasks.get(job.request.name)
-        value = getattr(task, name, None) if task is not None else None
-        if value is None:
-            value = self.app.conf[f"task_{name}"]
-        return value
+                child.conn.send(job.request)
 
     def _supervise(self) -> None:
         while not self._stop.is_set():
@@ -256,7 +308,7 @@ class ProcessPool(Pool):
             job = child.job
             if job is None:
                 continue
-            limit = job.request.time_limit or self._task_attr(job, "time_limit")
+            limit = self.limit(job, "time_limit")
             if limit and now - job.started > limit:
                 self._replace(child, TimeLimitExceeded(
                     f"time_limit={limit}s exceeded; the pool child was killed"))

@@ -31,6 +31,7 @@ from ..exceptions import (
     ConfigurationError, ConveyorError, DecodeError, DeliveryLimitExceeded, NotRegistered,
     NotSupported,
 )
+from ..ratelimit import Throttle, parse_rate
 from . import preflight
 from .pool import POOLS, Job, Pool
 
@@ -176,6 +177,10 @@ class Worker:
         app.notify("worker_ready", worker=self)
         self._ready: deque[Job] = deque()
         self._held: list[tuple[float, int, Job]] = []
+        #: Jobs waiting for their rate-limit slot: in memory, not in a pool slot, and
+        #: not counted against the prefetch limit (other tasks keep coming).
+        self._throttled: list[tuple[float, int, Job]] = []
+        self._throttles = self._make_throttles()
         self._running: dict[int, Job] = {}
         try:
             while not self._stop.is_set():
@@ -201,8 +206,9 @@ class Worker:
         room = self.prefetch - len(self._ready) - len(self._held) - len(self._running)
         busy = len(self._running) >= self.concurrency
         timeout = self.poll_interval
-        if self._held:
-            timeout = min(timeout, max(0.0, self._held[0][0] - time.time()))
+        for heap in (self._held, self._throttled):
+            if heap:
+                timeout = min(timeout, max(0.0, heap[0][0] - time.time()))
         if self._running:
             timeout = min(timeout, 0.05)  # settle finished jobs promptly
         if self._ready and not busy:
@@ -292,11 +298,52 @@ class Worker:
         now = time.time()
         while self._held and self._held[0][0] <= now:
             self._ready.append(heapq.heappop(self._held)[2])
+        due = []
+        while self._throttled and self._throttled[0][0] <= now:
+            due.append(heapq.heappop(self._throttled)[2])
+        self._ready.extendleft(reversed(due))  # their slots have come: they go first
+
+    def _make_throttles(self) -> dict[str, Throttle]:
+        """A throttle per task with a ``rate_limit`` (or ``task_default_rate_limit``)."""
+        conf = self.app.conf
+        if conf.worker_disable_rate_limits:
+            return {}
+        throttles = {}
+        for name, task in self.app.tasks.items():
+            limit = task.rate_limit if task.rate_limit is not None \
+                else conf.task_default_rate_limit
+            rate = parse_rate(limit)
+            if rate is not None:
+                throttles[name] = Throttle(rate)
+        return throttles
+
+    def _may_start(self, transport: Transport, job: Job, now: float) -> bool:
+        """True when ``job`` may start now under its task's rate limit; otherwise
+        it waits for its slot in memory, or broker-side when that is further away
+        than the ETA horizon (as a far ETA is parked)."""
+        throttle = self._throttles.get(job.request.name)
+        if throttle is None or job.extra.pop("slot", None) is not None:
+            return True
+        slot = throttle.reserve(now)
+        if slot <= now:
+            return True
+        if slot - now > self._horizon:
+            throttle.give_back(slot)
+            self._unlease(job.delivery)
+            transport.defer(job.delivery, slot)
+        else:
+            job.extra["slot"] = slot
+            heapq.heappush(self._throttled, (slot, next(self._seq), job))
+        return False
 
     def _start_jobs(self, transport: Transport) -> None:
         starting: list[Job] = []
+        throttles = self._throttles
+        now = time.time() if throttles else 0.0
         while self._ready and len(self._running) + len(starting) < self.concurrency:
-            starting.append(self._ready.popleft())
+            job = self._ready.popleft()
+            if not throttles or self._may_start(transport, job, now):
+                starting.append(job)
         if not starting:
             return
         early = [job.delivery for job in starting if not job.acks_late]
@@ -385,19 +432,24 @@ class Worker:
         # Waiting deliveries come back by the broker's visibility timeout; running
         # ones stay leased (the lease keeper renews them) and are acked when done.
         with self._lease_lock:
-            for job in [*self._ready, *(j for _, _, j in self._held)]:
+            for job in self._waiting():
                 self._leased.pop(job.delivery.tag, None)
         self._ready.clear()
         self._held.clear()
+        self._throttled.clear()
         return self._connect()
+
+    def _waiting(self) -> list[Job]:
+        """Jobs received but not started: ready, held for an ETA or a rate limit."""
+        return [*self._ready, *(j for _, _, j in self._held),
+                *(j for _, _, j in self._throttled)]
 
     # ------------------------------------------------------------------ shutdown
     def _shutdown(self, transport: Transport | None) -> None:
         cold = self._cold.is_set()
         log.info("Worker %s stopping (%s)", self.hostname, "cold" if cold else "warm")
         if transport is not None:
-            giveback = list(self._ready) + [j for _, _, j in self._held] \
-                + self.pool.take_unstarted()
+            giveback = self._waiting() + self.pool.take_unstarted()
             for job in giveback:
                 try:
                     transport.requeue(job.delivery)
@@ -406,6 +458,7 @@ class Worker:
                 self._unlease(job.delivery)
             self._ready.clear()
             self._held.clear()
+            self._throttled.clear()
         if not cold:
             self.pool.stop(timeout=None)
             if transport is not None:
