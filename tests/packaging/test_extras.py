@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from packaging_support import EXAMPLE, installed, make_venv, run
+from packaging_support import EXAMPLE, installed, make_venv, run, third_party, uv
 
 pytestmark = pytest.mark.slow
 
@@ -94,3 +94,50 @@ def test_example_plugin_works_from_its_wheel(tmp_path: Path, wheelhouse: Path) -
     summary = report.strip().splitlines()[-1]
     assert re.search(r"\b\d+ passed\b", summary), report
     assert not re.search(r"\b(failed|errors?|skipped)\b", summary), report
+
+
+def test_core_extras_install_what_the_umbrella_extras_do(tmp_path: Path,
+                                                         wheelhouse: Path) -> None:
+    """``conveyor-core[redis,zstd]`` (pip resolves the extra's reference to its own
+    ``std`` extra and the cycle through conveyor-redis) is conveyor[redis,zstd]
+    without the umbrella distribution."""
+    bindir = make_venv(tmp_path / "venv", wheelhouse, ["conveyor-core[redis,zstd]"])
+    names = installed(bindir)
+    assert {"conveyor-core", "conveyor-std", "conveyor-sqlite", "conveyor-redis",
+            "conveyor-zstd"} <= names
+    assert "conveyor" not in names
+    assert not (FIRST_PARTY_CODECS - {"conveyor-zstd"}) & names
+    listing = run([bindir / "conveyor", "plugins"], timeout=60)
+    for name, dist in [("redis", "conveyor-redis"), ("zstd", "conveyor-zstd"),
+                       ("json", "conveyor-std"), ("sqlite", "conveyor-sqlite")]:
+        assert re.search(rf"^  {name} +{dist} .* ok$", listing, re.M), listing
+    assert "None installed" not in listing
+
+
+def test_bare_core_says_what_to_install_then_uv_adds_extras(tmp_path: Path,
+                                                            wheelhouse: Path) -> None:
+    bindir = make_venv(tmp_path / "venv", wheelhouse, ["conveyor-core"])
+    assert not {n for n in installed(bindir) if n.startswith("conveyor-")} - {"conveyor-core"}
+    hint = "pip install conveyor or pip install 'conveyor-core[std]'"
+    listing = run([bindir / "conveyor", "plugins"], timeout=60)
+    assert "None installed in conveyor.serializers" in listing and hint in listing, listing
+
+    send = textwrap.dedent("""
+        from conveyor import Conveyor
+        from conveyor.exceptions import PluginError
+        app = Conveyor("bare", broker="memory://bare")
+        try:
+            app.send_task("bare.add", (2, 2))
+        except PluginError as exc:
+            print(exc)
+    """)
+    error = run([bindir / "python", "-c", send], timeout=60, cwd=tmp_path)
+    assert "Installed: none." in error and hint in error, error
+
+    # uv resolves the same self-referencing extras (Conveyor's wheels only).
+    deps = third_party(wheelhouse, ["conveyor-core[redis,zstd]"])
+    run([bindir / "python", "-m", "pip", "install", "-q", *deps], timeout=300)
+    run([*uv(), "pip", "install", "--python", bindir / "python", "--no-index",
+         "--find-links", wheelhouse, "conveyor-core[redis,zstd]"], timeout=120)
+    assert {"conveyor-std", "conveyor-redis", "conveyor-zstd"} <= installed(bindir)
+    assert "None installed" not in run([bindir / "conveyor", "plugins"], timeout=60)

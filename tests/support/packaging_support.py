@@ -67,7 +67,8 @@ def third_party(wheelhouse: Path, roots: list[str]) -> list[str]:
         req = todo.pop()
         name, extras = canonicalize_name(req.name), frozenset(req.extras)
         if name not in reqs:
-            external.add(f"{req.name}{req.specifier}")
+            extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+            external.add(f"{req.name}{extras}{req.specifier}")
             continue
         if (name, extras) in seen:
             continue

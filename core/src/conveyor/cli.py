@@ -260,8 +260,10 @@ def _dead_ids(letters: list[DeadLetter], wanted: list[str]) -> list[str] | None:
 
 
 def cmd_plugins(_app: Conveyor | None, _ns: argparse.Namespace) -> int:
-    from .plugins import describe
+    from .plugins import GROUPS, bare_core_hint, describe
     rows = describe()
+    missing = [g for g in GROUPS.values() if g != GROUPS["hooks"]
+               and not any(r.info.group == g for r in rows)]
     width = max((len(r.info.name) for r in rows), default=4)
     group = None
     for row in rows:
@@ -270,6 +272,8 @@ def cmd_plugins(_app: Conveyor | None, _ns: argparse.Namespace) -> int:
             print(f"{group}:")
         status = "ok" if row.ok else f"FAILS: {row.error}"
         print(f"  {row.info.name:<{width}}  {row.info.distribution} {row.info.version}  {status}")
+    if missing:
+        print(f"None installed in {', '.join(missing)}. {bare_core_hint()}")
     return 0
 
 

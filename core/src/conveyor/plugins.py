@@ -118,6 +118,15 @@ def find(group: str) -> list[PluginInfo]:
     return sorted(found, key=lambda p: (p.name, p.distribution))
 
 
+def bare_core_hint() -> str:
+    """What to install when ``conveyor-core`` came alone: it brings no plugin, not
+    even a serializer, so nothing can be sent until the standard ones are there."""
+    core_extras = {e.name for e in extras() if e.distribution == "conveyor-core"}
+    also = " or pip install 'conveyor-core[std]'" if "std" in core_extras else ""
+    return ("conveyor-core alone installs no plugins; install the standard ones "
+            f"(serializers, routers, the SQLite default) with: pip install conveyor{also}.")
+
+
 def not_found_message(group: str, name: str) -> str:
     """The explanation for a name with no entry point in ``group``."""
     installed = sorted({p.name for p in find(group)})
@@ -126,6 +135,8 @@ def not_found_message(group: str, name: str) -> str:
     if match:
         text += f" Did you mean {match!r}?"
     text += f" Installed: {', '.join(installed) or 'none'}."
+    if not installed:
+        return f"{text} {bare_core_hint()}"
     return text + _fix_hint(name)
 
 
