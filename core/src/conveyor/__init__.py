@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .app import Conveyor, current_app
 from .discovery import shared_task
-from .canvas import Signature, chain, group, signature
+from .canvas import Signature, chain, chord, group, signature
 from .hookspecs import hookimpl
 from .result import AsyncResult, GroupResult
 from .task import Task
@@ -20,6 +20,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
-    "Conveyor", "current_app", "shared_task", "Task", "Signature", "signature", "chain", "group",
+    "Conveyor", "current_app", "shared_task", "Task", "Signature", "signature", "chain",
+    "chord", "group",
     "AsyncResult", "GroupResult", "hookimpl", "__version__",
 ]

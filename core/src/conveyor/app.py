@@ -20,7 +20,7 @@ import pluggy
 
 from . import hookplugins
 from .utils import mask_url
-from .canvas import sig_list
+from .canvas import Signature, sig_list
 from .codecs import Codecs
 from .connection import ConnectionPool, Publisher, scheme_of
 from .discovery import Packages, TaskRegistry, bind_shared, import_tasks
@@ -303,6 +303,13 @@ class Conveyor:
                          ) -> AsyncResult[Any]:
         import asyncio
         return await asyncio.to_thread(self.send_task, name, args, kwargs, **options)
+
+    def signature(self, name: str, args: Sequence[Any] | None = None,
+                  kwargs: Mapping[str, Any] | None = None, **options: Any
+                  ) -> Signature[Any]:
+        """A signature of a task by name, registered here or not (Celery's
+        ``app.signature``): for canvases of tasks another process defines."""
+        return Signature(name, args, kwargs, options, app=self)
 
     def _route(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
                task: Any) -> Callable[[Mapping[str, Any]], Mapping[str, Any] | None] | None:

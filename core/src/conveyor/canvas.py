@@ -1,17 +1,22 @@
-"""Signatures and the canvas: ``signature``, ``chain``, ``group``.
+"""Signatures and the canvas: ``signature``, ``chain``, ``group``, ``chord``.
 
 A :class:`Signature` is a dict with Celery's six keys (``task``, ``args``, ``kwargs``,
 ``options``, ``subtask_type``, ``immutable``), so it is JSON-able and picklable as it
-is, and travels inside messages (``link``, ``chain``) exactly as Celery writes it.
+is, and travels inside messages (``link``, ``chain``, ``chord``) exactly as Celery
+writes it; :func:`from_dict` turns one back into a chain, group or chord by its
+``subtask_type``.
+
+``freeze()`` fixes a canvas's task ids before anything is sent, so the result a
+call returns (and its ``parent`` links) can be waited on at once.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from .options import check
+from . import chainstore
+from .options import KNOWN, check
 from .result import AsyncResult, GroupResult
 
 if TYPE_CHECKING:
@@ -98,6 +103,13 @@ class Signature(dict, Generic[R]):  # type: ignore[type-arg]
             return list(self.args), dict(self.kwargs)
         return [*(args or ()), *self.args], {**self.kwargs, **(kwargs or {})}
 
+    def freeze(self, task_id: str | None = None) -> AsyncResult[R]:
+        """Fix this call's task id (``task_id``, the one set, or a new one) and
+        return its result, before it is sent."""
+        fixed = task_id or self.options.get("task_id") or new_id()
+        self.options["task_id"] = fixed
+        return AsyncResult(fixed, self._app)
+
     def set(self, **options: Any) -> Signature[R]:
         """Add execution options in place; returns the signature."""
         check(options, "set")
@@ -155,6 +167,11 @@ class Signature(dict, Generic[R]):  # type: ignore[type-arg]
         return f"{self.name}({', '.join(parts)})"
 
 
+def new_id() -> str:
+    from .app import new_id as make
+    return make()
+
+
 def sig_list(value: Any) -> list[Any]:
     """A ``link``/``link_error`` option as a list (it takes one signature or several)."""
     if not value:
@@ -163,7 +180,7 @@ def sig_list(value: Any) -> list[Any]:
 
 
 def _rebuild(data: dict[str, Any]) -> Signature[Any]:
-    return signature(data)
+    return from_dict(data)
 
 
 def signature(task: Any, args: Sequence[Any] | None = None,
@@ -171,47 +188,124 @@ def signature(task: Any, args: Sequence[Any] | None = None,
               **options: Any) -> Signature[Any]:
     """A signature by task, name or dict: ``signature("tasks.add", args=(2, 2))``."""
     if isinstance(task, Mapping) and not isinstance(task, Signature):
-        return Signature(task, app=app)
+        return from_dict(task, app)
     if isinstance(task, Signature):
         return task.clone() if app is None else task.clone().bind(app)
     return Signature(task, args, kwargs, options, app=app)
 
 
 def maybe_signature(value: Any, app: Conveyor | None = None) -> Signature[Any] | None:
+    """``value`` as a signature of the right kind (a dict from a message becomes a
+    chain, group or chord by its ``subtask_type``), or None."""
     if value is None:
         return None
-    sig = value if isinstance(value, Signature) else Signature(value, app=app)
+    sig = value if isinstance(value, Signature) else from_dict(value, app)
     if app is not None:
         sig.bind(app)
     return sig
 
 
+def from_dict(data: Mapping[str, Any], app: Conveyor | None = None) -> Signature[Any]:
+    """Rebuild a signature written by Conveyor or Celery, of the class its
+    ``subtask_type`` names.
+
+    Options Conveyor does not know (a newer Celery's) are dropped rather than refused:
+    the dict came off the wire, where the sender's options are not the user's typo.
+    """
+    options = {k: v for k, v in (data.get("options") or {}).items() if k in KNOWN}
+    kind = data.get("subtask_type")
+    kwargs = data.get("kwargs") or {}
+    if kind == "chain":
+        return chain(*kwargs.get("tasks") or (), app=app, **options)
+    if kind == "group":
+        return group(*kwargs.get("tasks") or (), app=app, **options)
+    if kind == "chord":
+        return chord(kwargs.get("header") or (), kwargs.get("body"), app=app, **options)
+    return Signature(data.get("task"), data.get("args"), kwargs, options,
+                     immutable=bool(data.get("immutable")), app=app)
+
+
+def _members(tasks: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``chain(a, b)`` and ``chain([a, b])`` both mean the same tasks."""
+    if len(tasks) == 1 and not isinstance(tasks[0], Mapping) and isinstance(tasks[0], Iterable):
+        return tuple(tasks[0])
+    return tasks
+
+
+def _app_of(sigs: Iterable[Signature[Any] | None]) -> Conveyor | None:
+    return next((s._app for s in sigs if s is not None and s._app is not None), None)
+
+
+#: Options that place a task inside an enclosing group or chord: a chain gives them
+#: to its last task, a chord to its body (what reports to the enclosing join).
+_MEMBERSHIP = ("group_id", "group_index", "chord")
+
+
 class chain(Signature[Any]):
-    """Run signatures one after another, each getting the previous result first."""
+    """Run signatures one after another, each getting the previous result first.
+
+    As in Celery, a group followed by another step is a chord (the step gets the
+    list of the group's results), and a chord followed by steps runs them after its
+    body.
+    """
 
     def __init__(self, *tasks: Any, app: Conveyor | None = None, **options: Any) -> None:
-        if len(tasks) == 1 and not isinstance(tasks[0], Mapping) and isinstance(tasks[0], Iterable):
-            tasks = tuple(tasks[0])
         flat: list[Signature[Any]] = []
-        for t in tasks:
+        for t in _members(tasks):
             sig = maybe_signature(t, app)
             assert sig is not None
-            if isinstance(sig, chain) or sig.get("subtask_type") == "chain":
-                flat.extend(maybe_signature(s, app) for s in sig.kwargs["tasks"])  # type: ignore[misc]
+            if isinstance(sig, chain):
+                flat.extend(sig.tasks)
             else:
                 flat.append(sig)
         if not flat:
             raise ValueError("chain() needs at least one signature")
-        app = app or next((s._app for s in flat if s._app is not None), None)
         super().__init__("celery.chain", (), {"tasks": flat}, options,
-                         subtask_type="chain", app=app)
+                         subtask_type="chain", app=app or _app_of(flat))
 
     @property
     def tasks(self) -> list[Signature[Any]]:
         return self.kwargs["tasks"]  # type: ignore[no-any-return]
 
+    def clone(self, args: Sequence[Any] | None = None,
+              kwargs: Mapping[str, Any] | None = None, **options: Any) -> chain:
+        """A copy with its own copies of the steps (partial args go to the first)."""
+        tasks = [t.clone() for t in self.tasks]
+        if args or kwargs:
+            tasks[0] = tasks[0].clone(args, kwargs)
+        return chain(*tasks, app=self._app, **{**self.options, **options})
+
     def __or__(self, other: Signature[Any]) -> chain:  # type: ignore[override]
-        return chain(*self.tasks, other, app=self._app)
+        return chain(*self.tasks, other, app=self._app, **self.options)
+
+    def steps(self) -> list[Signature[Any]]:
+        """Copies of the steps as they are sent: a group followed by a step becomes a
+        chord with that step as its body; a chord whose body is a chain keeps only
+        the chain's first task as its body and the rest become steps after it (so
+        the rest is not copied into every header message)."""
+        pending = [t.clone() for t in self.tasks]
+        out: list[Signature[Any]] = []
+        while pending:
+            step = pending.pop(0)
+            if isinstance(step, group) and pending:
+                nxt = pending.pop(0)
+                step = chord(step, nxt, app=self._app)
+            if isinstance(step, chord) and isinstance(step.body, chain):
+                body_steps = step.body.tasks
+                step.kwargs["body"] = body_steps[0]
+                pending[:0] = body_steps[1:]
+            out.append(step)
+        return out
+
+    def freeze(self, task_id: str | None = None) -> Any:
+        """Fix the ids of every step (``task_id``: the last one's) and return the
+        result of the last step, its ``parent`` chain leading back to the first."""
+        if task_id:
+            self.tasks[-1].options["task_id"] = task_id
+        results = [t.freeze() for t in self.tasks]
+        for parent, child in zip(results, results[1:]):
+            _set_parent(child, parent)
+        return results[-1]
 
     def link(self, callback: Signature[Any]) -> Signature[Any]:
         """Call ``callback`` with the chain's result: it links the last task."""
@@ -227,30 +321,40 @@ class chain(Signature[Any]):
 
     def apply_async(self, args: Sequence[Any] | None = None,
                     kwargs: Mapping[str, Any] | None = None, **options: Any
-                    ) -> AsyncResult[Any]:
-        """Publish the first task; the rest travel in its ``chain`` (reversed)."""
-        tasks = [t.clone() for t in self.tasks]
-        for sig in tasks:
-            sig.options.setdefault("task_id", str(uuid.uuid4()))
-        if options.get("task_id"):
-            tasks[-1].options["task_id"] = options.pop("task_id")
-        first_opts = {**self.options, **options}
-        # ``link``/``link_error`` given to the chain itself go where they belong.
-        for callback in sig_list(first_opts.pop("link", None)):
-            tasks[-1].link(callback)
-        for errback in sig_list(first_opts.pop("link_error", None)):
-            for sig in tasks:
-                sig.link_error(errback)
-        first, rest = tasks[0], tasks[1:]
-        results: list[AsyncResult[Any]] = [AsyncResult(s.options["task_id"], self.app)
-                                           for s in tasks]
+                    ) -> Any:
+        """Publish the first step; the rest travel in its ``chain`` (reversed).
+
+        Returns the last step's result (an :class:`AsyncResult`, or a
+        :class:`GroupResult` when the chain ends with a group).
+        """
+        opts = {**self.options, **options}
+        steps = self.steps()
+        last = steps[-1]
+        task_id = opts.pop("task_id", None)
+        if task_id:
+            last.options["task_id"] = task_id
+        for key in _MEMBERSHIP:  # the last step is what an enclosing join counts
+            if opts.get(key) is not None:
+                last.options[key] = opts.pop(key)
+        for callback in sig_list(opts.pop("link", None)):
+            last.link(callback)
+        for errback in sig_list(opts.pop("link_error", None)):
+            for step in steps:
+                step.link_error(errback)
+        results = [s.freeze() for s in steps]
         for parent, child in zip(results, results[1:]):
-            child.parent = parent
-        if rest:
-            first_opts["chain"] = [dict(s) for s in reversed(rest)]
-        sent = first.apply_async(args, kwargs, **first_opts)
+            _set_parent(child, parent)
+        first, rest = steps[0], steps[1:]
+        if rest and chainstore.in_backend(self.app, steps):
+            headers = opts.get("headers") or {}
+            opts["headers"] = {**headers, chainstore.HEADER: chainstore.park(self.app, rest)}
+        elif rest:
+            opts["chain"] = [dict(s) for s in reversed(rest)]
+        sent = first.apply_async(args, kwargs, **opts)
+        publisher = getattr(sent, "_publisher", None)
         for result in results:  # reading any of them flushes a buffering publisher
-            result._publisher = sent._publisher
+            if isinstance(result, AsyncResult) and result._publisher is None:
+                result._publisher = publisher
         return results[-1]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -260,33 +364,204 @@ class chain(Signature[Any]):
         return value
 
 
+def _set_parent(result: Any, parent: Any) -> None:
+    """Point the first result of ``result``'s own lineage at ``parent``."""
+    node = result
+    while getattr(node, "parent", None) is not None:
+        node = node.parent
+    node.parent = parent
+
+
 class group(Signature[Any]):
-    """Run signatures in parallel; ``.get()`` returns their results in order."""
+    """Run signatures in parallel; ``.get()`` returns their results in order.
+
+    ``group(...) | task`` is a chord: ``task`` gets the list of results.
+    """
 
     def __init__(self, *tasks: Any, app: Conveyor | None = None, **options: Any) -> None:
-        if len(tasks) == 1 and not isinstance(tasks[0], Mapping) and isinstance(tasks[0], Iterable):
-            tasks = tuple(tasks[0])
-        sigs = [maybe_signature(t, app) for t in tasks]
-        app = app or next((s._app for s in sigs if s is not None and s._app is not None), None)
+        sigs = [maybe_signature(t, app) for t in _members(tasks)]
+        for sig in sigs:
+            if isinstance(sig, group):
+                raise TypeError(
+                    "A group directly inside a group is not supported: list its "
+                    "tasks in the outer group, or wrap it in a chain or chord.")
         super().__init__("celery.group", (), {"tasks": sigs}, options,
-                         subtask_type="group", app=app)
+                         subtask_type="group", app=app or _app_of(sigs))
 
     @property
     def tasks(self) -> list[Signature[Any]]:
         return self.kwargs["tasks"]  # type: ignore[no-any-return]
 
+    def clone(self, args: Sequence[Any] | None = None,
+              kwargs: Mapping[str, Any] | None = None, **options: Any) -> group:
+        """A copy with copies of the members (partial args go to every member)."""
+        return group(*[t.clone(args, kwargs) for t in self.tasks], app=self._app,
+                     **{**self.options, **options})
+
+    def __or__(self, other: Signature[Any]) -> Any:  # type: ignore[override]
+        if isinstance(other, group):
+            return chain(self, other, app=self._app)
+        return chord(self, other, app=self._app)
+
+    def link(self, callback: Signature[Any]) -> Signature[Any]:
+        raise TypeError("A group cannot be linked (its members finish apart): "
+                        "use a chord, `group(...) | callback`, to run a task after all.")
+
+    def freeze(self, task_id: str | None = None  # type: ignore[override]
+               ) -> GroupResult[Any]:
+        """Fix the group id and every member's id; return the group's result."""
+        group_id = task_id or self.options.get("task_id") or new_id()
+        self.options["task_id"] = group_id
+        return GroupResult(group_id, [t.freeze() for t in self.tasks], self._app)
+
     def apply_async(  # type: ignore[override]  # a group's result is a GroupResult
             self, args: Sequence[Any] | None = None,
             kwargs: Mapping[str, Any] | None = None, **options: Any) -> GroupResult[Any]:
-        """Publish every member in one batch, tagged with the group id and index."""
-        group_id = options.pop("task_id", None) or str(uuid.uuid4())
+        """Publish every member, tagged with the group id and its index.
+
+        Plain members go out in one batch; a chain or chord member is sent on its
+        own and reports to the group through its last task (or body).
+        """
+        opts = {**self.options, **options}
+        if opts.pop("link", None):
+            self.link(None)  # type: ignore[arg-type]  # raises, naming the chord
+        group_id = opts.pop("task_id", None) or new_id()
+        opts.pop("chain", None)  # nothing follows a group: a following step made a chord
         calls = []
+        nested: list[tuple[int, Signature[Any]]] = []
         for index, sig in enumerate(self.tasks):
+            if isinstance(sig, (chain, chord)):
+                nested.append((index, sig))
+                continue
             new_args, new_kwargs = sig._merged(args, kwargs)
-            call = {**self.options, **options, "group_id": group_id, "group_index": index}
+            call = {**opts, "group_id": group_id, "group_index": index}
             calls.append((sig.name, new_args, new_kwargs, call, sig.options))
-        results = self.app.publish_batch(calls)
+        sent = iter(self.app.publish_batch(calls) if calls else ())
+        results: list[Any] = []
+        nested_at = dict(nested)
+        for index in range(len(self.tasks)):
+            member = nested_at.get(index)
+            if member is None:
+                results.append(next(sent))
+            else:
+                results.append(member.apply_async(
+                    args, kwargs, **{**opts, "group_id": group_id, "group_index": index}))
         return GroupResult(group_id, results, self.app)
 
     def __call__(self, *args: Any, **kwargs: Any) -> list[Any]:
         return [sig(*args, **kwargs) for sig in self.tasks]
+
+
+class chord(Signature[Any]):
+    """A group (the header) whose results, in order, feed one task (the body).
+
+    Each header task reports to a counter in the result backend; the one that
+    completes the count sends the body (no polling ``chord_unlock`` task). A failed
+    header task fails the chord: the body is stored FAILURE with a
+    :class:`~conveyor.exceptions.ChordError` naming the task, and the body's
+    ``link_error`` callbacks run.
+    """
+
+    def __init__(self, header: Any, body: Any = None, app: Conveyor | None = None,
+                 **options: Any) -> None:
+        head = maybe_signature(header, app) if isinstance(header, Mapping) else header
+        if not isinstance(head, group):  # Celery writes a header as a list of tasks
+            members = [head] if isinstance(head, Signature) else list(cast(Iterable[Any], head))
+            head = group(*members, app=app)
+        body_sig = maybe_signature(body, app)
+        super().__init__("celery.chord", (),
+                         {"kwargs": {}, "header": head, "body": body_sig}, options,
+                         subtask_type="chord",
+                         app=app or head._app or (body_sig._app if body_sig else None))
+
+    @property
+    def header(self) -> group:
+        return self.kwargs["header"]  # type: ignore[no-any-return]
+
+    tasks = header
+
+    @property
+    def body(self) -> Signature[Any] | None:
+        return self.kwargs["body"]  # type: ignore[no-any-return]
+
+    def clone(self, args: Sequence[Any] | None = None,
+              kwargs: Mapping[str, Any] | None = None, **options: Any) -> chord:
+        """A copy with copies of header and body (partial args go to the header)."""
+        body = self.body.clone() if self.body is not None else None
+        return chord(self.header.clone(args, kwargs), body, app=self._app,
+                     **{**self.options, **options})
+
+    def __or__(self, other: Signature[Any]) -> Any:  # type: ignore[override]
+        if isinstance(other, (group, chord)) or self.body is None:
+            return chain(self, other, app=self._app)
+        new = self.clone()
+        new.kwargs["body"] = new.body | other  # type: ignore[operator]
+        return new
+
+    def link(self, callback: Signature[Any]) -> Signature[Any]:
+        """Run ``callback`` with the body's result."""
+        assert self.body is not None
+        return self.body.link(callback)
+
+    def link_error(self, errback: Signature[Any]) -> Signature[Any]:
+        """Call ``errback`` when the body fails, or a header task fails the chord."""
+        assert self.body is not None
+        return self.body.link_error(errback)
+
+    def freeze(self, task_id: str | None = None) -> Any:
+        """Fix the header's ids and the body's (``task_id``); return the body's
+        result, whose parent is the header's :class:`GroupResult`."""
+        if self.body is None:
+            raise TypeError("chord() needs a body: chord(header, body) or "
+                            "chord(header)(body)")
+        header = self.header.freeze()
+        result = self.body.freeze(task_id or self.options.get("task_id"))
+        _set_parent(result, header)
+        return result
+
+    def __call__(self, body: Signature[Any] | None = None, **options: Any) -> Any:
+        """Celery's ``chord(header)(body)``: send it now."""
+        if body is not None:
+            return chord(self.header, body, app=self._app, **self.options).apply_async(
+                **options)
+        return self.apply_async(**options)
+
+    def apply_async(self, args: Sequence[Any] | None = None,
+                    kwargs: Mapping[str, Any] | None = None, **options: Any) -> Any:
+        """Set the join's size in the backend, then publish the header tasks, each
+        carrying the body; return the body's result (``.parent``: the header's).
+
+        Raises :class:`~conveyor.exceptions.ConfigurationError` when the result
+        backend cannot count a chord's results (it names one that can).
+        """
+        from .chords import check_backend, set_size
+        if self.body is None:
+            raise TypeError("chord() needs a body: chord(header, body)")
+        app = self.app
+        check_backend(app)
+        opts = {**self.options, **options}
+        header = self.header.clone()
+        body = self.body.clone()
+        group_id = header.options.get("task_id") or new_id()
+        body_id = opts.pop("task_id", None) or body.options.get("task_id") or new_id()
+        for callback in sig_list(opts.pop("link", None)):
+            body.link(callback)
+        for errback in sig_list(opts.pop("link_error", None)):
+            body.link_error(errback)
+        for key in (*_MEMBERSHIP, "chain"):  # they belong to what the body reports to
+            if opts.get(key) is not None:
+                body.options[key] = opts.pop(key)
+        body.options.setdefault("group_id", group_id)
+        result = body.freeze(body_id)
+        header_result = header.freeze(group_id)
+        _set_parent(result, header_result)
+        if not header.tasks:
+            body.apply_async(([],), **{k: v for k, v in opts.items()
+                                       if k in ("root_id", "parent_id")})
+            return result
+        set_size(app, group_id, len(header.tasks))
+        sent = header.apply_async(args, kwargs, task_id=group_id, chord=dict(body), **opts)
+        for member, frozen in zip(sent.results, header_result.results):
+            if isinstance(frozen, AsyncResult):
+                frozen._publisher = getattr(member, "_publisher", None)
+        return result

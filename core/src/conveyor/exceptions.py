@@ -58,6 +58,11 @@ class TaskRevokedError(ConveyorError):
     """The task was revoked or had expired before a worker could run it."""
 
 
+class ChordError(ConveyorError):
+    """A chord's body did not run: a header task failed (the message names it and its
+    exception), or the body could not be sent."""
+
+
 class DecodeError(ConveyorError):
     """A message whose envelope or body cannot be decoded."""
 

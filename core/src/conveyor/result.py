@@ -239,13 +239,15 @@ def forbid_in_task() -> None:
 
 
 class GroupResult(Generic[R]):
-    """The results of a group, in order."""
+    """The results of a group, in order (also a chord header's, as the body's
+    ``parent``)."""
 
     def __init__(self, id: str, results: Sequence[AsyncResult[R]],
-                 app: Conveyor | None = None) -> None:
+                 app: Conveyor | None = None, *, parent: Any = None) -> None:
         self.id = id
         self.results = list(results)
         self.app = app
+        self.parent = parent
 
     def __repr__(self) -> str:
         return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
@@ -259,10 +261,23 @@ class GroupResult(Generic[R]):
     def __getitem__(self, index: int) -> AsyncResult[R]:
         return self.results[index]
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GroupResult) and other.id == self.id \
+            and other.results == self.results
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like a list
+
+    @property
+    def children(self) -> list[AsyncResult[R]]:
+        return self.results
+
     def get(self, timeout: float | None = None, propagate: bool = True,
             on_message: Callable[[dict[str, Any]], None] | None = None,
             disable_sync_subtasks: bool = True) -> list[R]:
-        """Every member's value in group order; ``timeout`` bounds the whole wait."""
+        """Every member's value in group order; ``timeout`` bounds the whole wait.
+
+        With ``propagate`` the first failed member (in order) raises its exception;
+        without, its place in the list holds the exception."""
         deadline = None if timeout is None else time.monotonic() + timeout
         out = []
         for result in self.results:
@@ -272,14 +287,37 @@ class GroupResult(Generic[R]):
                                   disable_sync_subtasks=disable_sync_subtasks))
         return out
 
+    join = get  # Celery's name for waiting on every member
+
     async def aget(self, timeout: float | None = None, propagate: bool = True) -> list[R]:
         return await asyncio.to_thread(self.get, timeout, propagate)
 
     def ready(self) -> bool:
+        """Every member finished (succeeded, failed or was revoked)."""
         return all(r.ready() for r in self.results)
 
+    def waiting(self) -> bool:
+        """Some member has not finished yet."""
+        return not self.ready()
+
     def successful(self) -> bool:
+        """Every member succeeded."""
         return all(r.successful() for r in self.results)
 
+    def failed(self) -> bool:
+        """Some member failed."""
+        return any(r.failed() for r in self.results)
+
     def completed_count(self) -> int:
+        """How many members succeeded."""
         return sum(1 for r in self.results if r.successful())
+
+    def revoke(self) -> None:
+        """Revoke every member (see :meth:`AsyncResult.revoke` for what that does)."""
+        for result in self.results:
+            result.revoke()
+
+    def forget(self) -> None:
+        """Delete every member's stored result."""
+        for result in self.results:
+            result.forget()

@@ -25,7 +25,7 @@ class ResultStore:
         conf = self.app.conf
         return list(conf.result_accept_content or conf.accept_content)
 
-    def dumps(self, doc: dict[str, Any]) -> bytes:
+    def dumps(self, doc: Any) -> bytes:
         conf = self.app.conf
         data, _ctype, _enc, _comp = self.app.codecs.dumps(
             doc, conf.result_serializer, conf.result_compression)
@@ -35,14 +35,18 @@ class ResultStore:
         """Decode a stored payload; None (nothing stored) is PENDING."""
         if payload is None:
             return {"status": states.PENDING, "result": None}
+        doc = self.decode(payload)
+        return doc if isinstance(doc, dict) else {"status": states.PENDING, "result": doc}
+
+    def decode(self, payload: bytes) -> Any:
+        """Decode bytes written by :meth:`dumps` (with ``result_serializer``)."""
         conf = self.app.conf
         ser = self.app.codecs.serializer(conf.result_serializer)
         compression = None
         if conf.result_compression:
             compression = self.app.codecs.compressor(conf.result_compression).content_type
-        doc = self.app.codecs.loads(payload, ser.content_type, compression,
-                                    self._accept(), "result_accept_content")
-        return doc if isinstance(doc, dict) else {"status": states.PENDING, "result": doc}
+        return self.app.codecs.loads(payload, ser.content_type, compression,
+                                     self._accept(), "result_accept_content")
 
     def store(self, task_id: str, state: str, result: Any, *,
               traceback: str | None = None, children: list[Any] | None = None,
@@ -63,10 +67,16 @@ class ResultStore:
             task_id, state, result, traceback=traceback, children=children,
             group_id=request.group if request else None,
             parent_id=request.parent_id if request else None, extended=extended)
-        expires = conf.result_expires
-        if hasattr(expires, "total_seconds"):
-            expires = expires.total_seconds()
-        self.app.backend.store(task_id, state, self.dumps(doc), expires=expires or None)
+        self.app.backend.store(task_id, state, self.dumps(doc), expires=self.expires())
+
+    def expires(self, setting: str = "result_expires") -> float | None:
+        """Seconds a stored result lives (``setting``, then ``result_expires``);
+        None: for ever."""
+        conf = self.app.conf
+        value = getattr(conf, setting) or conf.result_expires
+        if hasattr(value, "total_seconds"):
+            value = value.total_seconds()
+        return float(value) if value else None
 
     def store_exception(self, task_id: str, state: str, exc: BaseException, *,
                         traceback: str | None = None, request: Request | None = None,

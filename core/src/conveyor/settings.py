@@ -54,6 +54,8 @@ DEFAULTS: dict[str, Any] = {
     "task_publish_retry_policy": DEFAULT_RETRY_POLICY,
     "result_extended": False,
     "result_expires": 86400,
+    "result_chord_expires": None,
+    "task_chain_embed": "message",
     "broker_pool_limit": 10,
     "broker_transport_options": {},
     "broker_connection_timeout": 4.0,

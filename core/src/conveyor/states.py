@@ -33,6 +33,7 @@ _CELERY_ERRORS = {
     "SecurityError": errors.SecurityError,
     "TimeoutError": errors.TimeoutError,
     "MaxRetriesExceededError": errors.MaxRetriesExceededError,
+    "ChordError": errors.ChordError,
 }
 
 

@@ -15,7 +15,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
-from . import exceptions, states
+from . import chainstore, exceptions, states
 from .utils import did_you_mean
 from .canvas import Signature
 from .connection import DEFAULT_BUFFER
@@ -254,6 +254,9 @@ class Task(Generic[P, R]):
         embed = {"link": request.callbacks, "link_error": request.errbacks,
                  "chain": request.chain}
         call.update({k: v for k, v in embed.items() if v})
+        if request.headers.get(chainstore.HEADER):  # the chain goes on after a retry too
+            call["headers"] = {**(call.get("headers") or {}),
+                               chainstore.HEADER: request.headers[chainstore.HEADER]}
         self.app.publish(self.name, args if args is not None else request.args,
                          kwargs if kwargs is not None else request.kwargs, call, {}, self)
         raise Retry(exc=exc, when=countdown if countdown is not None else eta)

@@ -15,8 +15,8 @@ import threading
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from .. import states
-from ..canvas import Signature
+from .. import chainstore, chords, states
+from ..canvas import Signature, maybe_signature
 from ..exceptions import Retry, TaskRevokedError, TimeLimitExceeded
 from ..task import current_request
 from .limits import SoftLimit
@@ -94,6 +94,7 @@ def execute(app: Conveyor, request: Request, hostname: str) -> str:
         app.results.store(request.id, states.REVOKED, states.revoked_dict("expired"),
                           request=request, hostname=hostname)
         app.notify("task_revoked", request=request, expired=True)
+        chords.part_returned(app, request, states.REVOKED, TaskRevokedError("expired"))
         return states.REVOKED
     ignore = request.ignore_result if request.ignore_result is not None else (
         task.ignore_result if task.ignore_result is not None else app.conf.task_ignore_result)
@@ -123,12 +124,14 @@ def execute(app: Conveyor, request: Request, hostname: str) -> str:
             raise
         state = states.FAILURE
         on_failure(app, task, request, exc, hostname, store=not ignore)
+        chords.part_returned(app, request, state, exc)
     else:
         state = states.SUCCESS
         children = apply_callbacks(app, request, retval)
         if not ignore:
             app.results.store(request.id, states.SUCCESS, retval, children=children,
                               request=request, hostname=hostname)
+        chords.part_returned(app, request, state, retval)
         log.info("Task %s[%s] succeeded", request.name, request.id)
         app.notify("task_success", task=task, result=retval, request=request)
     finally:
@@ -149,7 +152,7 @@ def on_failure(app: Conveyor, task: Any, request: Request, exc: BaseException,
                                     request=request, hostname=hostname)
     for errback in request.errbacks or ():
         try:
-            _errback(app, Signature(errback, app=app), request, exc, text)
+            _errback(app, _sig(app, errback), request, exc, text)
         except Exception:  # noqa: BLE001 - one broken errback must not stop the others
             log.exception("Errback %s of %s[%s] failed", errback.get("task"),
                           request.name, request.id)
@@ -184,18 +187,28 @@ def apply_callbacks(app: Conveyor, request: Request, retval: Any) -> list[Any]:
     children: list[Any] = []
     root = request.root_id or request.id
     for callback in request.callbacks or ():
-        sig: Signature[Any] = Signature(callback, app=app)
+        sig = _sig(app, callback)
         task_id = sig.options.get("task_id") or str(uuid.uuid4())
         sig.apply_async((retval,), task_id=task_id, parent_id=request.id, root_id=root)
         children.append([[task_id, None], None])
+    after = chainstore.send_next(app, request, retval)
+    if after is not None:
+        children.append([[after, None], None])
     if request.chain:
         rest = list(request.chain)
-        nxt: Signature[Any] = Signature(rest.pop(), app=app)
+        nxt = _sig(app, rest.pop())
         task_id = nxt.options.get("task_id") or str(uuid.uuid4())
         nxt.apply_async((retval,), task_id=task_id, chain=rest or None,
                         parent_id=request.id, root_id=root)
         children.append([[task_id, None], None])
     return children
+
+
+def _sig(app: Conveyor, data: Any) -> Signature[Any]:
+    """A signature from a message (a chain, group or chord by its subtask_type)."""
+    sig = maybe_signature(data, app)
+    assert sig is not None
+    return sig
 
 
 def _pid() -> int:

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .. import states
+from .. import chords, states
 from ..utils import did_you_mean, mask_url
 from ..envelope import parse_message, peek_ids
 from ..exceptions import (
@@ -290,8 +290,19 @@ class Worker:
                                                  hostname=self.hostname)
             except Exception:  # noqa: BLE001 - the dead letter is what matters
                 log.exception("Could not record FAILURE for dead-lettered %s", task_id)
+            self._count_in_chord(d, exc)
         self.app.notify("message_dead_lettered", message=d.message, queue=d.queue,
                         reason=reason)
+
+    def _count_in_chord(self, d: Delivery, exc: BaseException) -> None:
+        """A dead-lettered chord header task counts as failed, so the chord fails
+        instead of waiting for it forever (when its body can still be read)."""
+        try:
+            request = parse_message(d.message, self.app.codecs, self.app.conf.accept_content)
+        except Exception:  # noqa: BLE001 - undecodable: no chord to tell
+            return
+        request.hostname = self.hostname
+        chords.part_returned(self.app, request, states.FAILURE, exc)
 
     # ------------------------------------------------------------------ running
     def _release_due(self) -> None:

@@ -1,0 +1,137 @@
+"""Canvas interop with real Celery 5.7 on Redis (broker db 4, results db 5: these
+tests' own, flushed before and after; queue names start with ``t.redis.canvas``).
+
+* a chain sent by a Celery client is run, step by step, by a Conveyor worker, and a
+  chain sent by Conveyor is run by a Celery worker.
+
+Celery is a test-only dependency; Conveyor never imports it.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conveyor import Conveyor, chain
+from redis_dbs import flush_dbs
+from redis_support import Proc
+
+celery = pytest.importorskip("celery")
+
+BROKER_DB, RESULT_DB = 4, 5
+
+#: The same tasks on both sides, after each side's app line; ``side`` says who ran one.
+TASKS = """
+@app.task(name="cv.add")
+def add(x, y):
+    return x + y
+
+
+@app.task(name="cv.side")
+def side(i):
+    time.sleep(0.05)
+    return [i, SIDE]
+
+
+@app.task(name="cv.collect")
+def collect(values):
+    return values
+"""
+
+CELERY_APP = """
+import os, time
+from celery import Celery
+
+SIDE = "celery"
+app = Celery("canvas_celery", broker=os.environ["C_BROKER"], backend=os.environ["C_BACKEND"])
+app.conf.update(task_default_queue=os.environ["C_QUEUE"], worker_prefetch_multiplier=1,
+                broker_connection_retry_on_startup=True, worker_hijack_root_logger=False)
+"""
+
+CONVEYOR_APP = """
+import os, time
+from conveyor import Conveyor
+
+SIDE = "conveyor"
+app = Conveyor("canvas_conveyor", broker=os.environ["C_BROKER"],
+               backend=os.environ["C_BACKEND"])
+app.conf.update(task_default_queue=os.environ["C_QUEUE"])
+"""
+
+
+@pytest.fixture(scope="module")
+def urls() -> Iterator[tuple[str, str]]:
+    broker, backend = flush_dbs(BROKER_DB, RESULT_DB)
+    yield broker, backend
+    flush_dbs(BROKER_DB, RESULT_DB)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: Any) -> Path:
+    path = tmp_path_factory.mktemp("canvas-celery")
+    (path / "canvas_celery.py").write_text(CELERY_APP + TASKS)
+    (path / "canvas_conveyor.py").write_text(CONVEYOR_APP + TASKS)
+    return path
+
+
+def _env(urls: tuple[str, str], queue: str) -> dict[str, str]:
+    return {"C_BROKER": urls[0], "C_BACKEND": urls[1], "C_QUEUE": queue}
+
+
+def celery_worker(workdir: Path, urls: tuple[str, str], queue: str) -> Proc:
+    proc = Proc([sys.executable, "-m", "celery", "-A", "canvas_celery", "worker",
+                 "-P", "solo", "-c", "1", "-Q", queue, "-l", "INFO", "--without-gossip",
+                 "--without-mingle", "--without-heartbeat", "-n", f"{queue}@%h"],
+                workdir, env=_env(urls, queue))
+    proc.wait_output("ready.", 40)
+    return proc
+
+
+def conveyor_worker(workdir: Path, urls: tuple[str, str], queue: str) -> Proc:
+    proc = Proc([sys.executable, "-m", "conveyor.cli", "-A", "canvas_conveyor", "-l",
+                 "INFO", "worker", "-Q", queue, "--pool", "solo",
+                 "--prefetch-multiplier", "1"], workdir, env=_env(urls, queue))
+    return proc
+
+
+def celery_client(urls: tuple[str, str], queue: str) -> Any:
+    app = celery.Celery("canvas_client", broker=urls[0], backend=urls[1])
+    app.conf.update(task_default_queue=queue, broker_connection_retry_on_startup=True)
+    return app
+
+
+def conveyor_client(urls: tuple[str, str], queue: str) -> Conveyor:
+    return Conveyor("canvas_client", broker=urls[0], backend=urls[1],
+                    task_default_queue=queue)
+
+
+def _queue() -> str:
+    return f"t.redis.canvas.{uuid.uuid4().hex[:6]}"
+
+
+def test_conveyor_worker_runs_a_chain_a_celery_client_sent(urls: tuple[str, str],
+                                                           workdir: Path) -> None:
+    queue = _queue()
+    client = celery_client(urls, queue)
+    add = client.signature("cv.add")
+    with conveyor_worker(workdir, urls, queue) as proc:
+        result = celery.chain(add.clone((1, 1)), add.clone((2,)), add.clone((3,))).apply_async()
+        assert result.get(timeout=20) == 7, proc.output()[-3000:]
+        assert result.parent.get(timeout=5) == 4
+    client.close()
+
+
+def test_celery_worker_runs_a_chain_conveyor_sent(urls: tuple[str, str],
+                                                  workdir: Path) -> None:
+    queue = _queue()
+    app = conveyor_client(urls, queue)
+    with celery_worker(workdir, urls, queue) as proc:
+        result = chain(app.signature("cv.add", (1, 1)), app.signature("cv.add", (2,)),
+                       app.signature("cv.add", (3,))).apply_async()
+        assert result.get(timeout=20) == 7, proc.output()[-3000:]
+        assert result.parent.get(timeout=5) == 4
+    app.close()

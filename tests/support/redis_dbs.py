@@ -1,0 +1,34 @@
+"""Redis dbs a test module owns: flushed on the suite's Redis, or the test skips
+(fails when ``CONVEYOR_REQUIRE_SERVICES=1``, as in CI).
+
+``CONVEYOR_TEST_REDIS_PORT`` points the suite at another local Redis, so parallel
+runs on one machine cannot flush each other's dbs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import redis
+
+HOST, PORT = "127.0.0.1", int(os.environ.get("CONVEYOR_TEST_REDIS_PORT", "6379"))
+
+
+def flush_dbs(*dbs: int) -> list[str]:
+    """Empty ``dbs`` and return their URLs, in order."""
+    try:
+        for db in dbs:
+            client = redis.Redis(HOST, PORT, db=db, socket_connect_timeout=1)
+            try:
+                client.flushdb()
+            finally:
+                client.close()
+    except redis.RedisError as exc:
+        reason = (f"Redis on {HOST}:{PORT} does not answer ({exc}); start it with "
+                  f"`redis-server --daemonize yes --bind 127.0.0.1 --port {PORT} "
+                  "--save '' --appendonly no`")
+        if os.environ.get("CONVEYOR_REQUIRE_SERVICES") == "1":
+            pytest.fail(reason + " (CONVEYOR_REQUIRE_SERVICES=1)", pytrace=False)
+        pytest.skip(reason)
+    return [f"redis://{HOST}:{PORT}/{db}" for db in dbs]
