@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import states
-from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from .app import Conveyor
@@ -33,17 +32,11 @@ log = logging.getLogger("conveyor.chains")
 
 #: The message header naming the next step's task id.
 HEADER = "conveyor_chain"
-MODES = ("message", "backend")
 
 
 def in_backend(app: Conveyor, steps: Sequence[Signature[Any]]) -> bool:
     """Whether this chain's later steps go to the backend (setting and shape)."""
-    mode = app.conf.task_chain_embed
-    if mode not in MODES:
-        raise ConfigurationError(
-            f"task_chain_embed must be 'message' (Celery's format, the default) or "
-            f"'backend' (small messages, Conveyor workers only), not {mode!r}.")
-    return mode == "backend" and len(steps) > 1 and all(
+    return app.conf.task_chain_embed == "backend" and len(steps) > 1 and all(
         not s.get("subtask_type") for s in steps)
 
 

@@ -81,8 +81,13 @@ def part_returned(app: Conveyor, request: Request, state: str, result: Any) -> N
 
 
 def _part_returned(app: Conveyor, request: Request, state: str, result: Any) -> None:
-    backend = check_backend(app)
     group_id = cast(str, request.group)
+    backend = joins(app)
+    if backend is None:
+        log.error("Chord %s: header task %s[%s] ended %s, but the result backend "
+                  "(%s) cannot count a chord's results, so its body never runs.",
+                  group_id, request.name, request.id, state, type(app.backend).__name__)
+        return
     value = states.exception_to_dict(result) if isinstance(result, BaseException) \
         else result
     payload = app.results.dumps([1, request.id, state, value])

@@ -128,6 +128,12 @@ DESCRIPTIONS: dict[str, str] = {
     "result_extended": "Also store the task's name, args, kwargs, worker, retries and "
                        "queue with its result.",
     "result_expires": "Seconds a stored result is kept; `0` or `None`: for ever.",
+    "result_chord_expires": "Seconds a chord's join counters are kept after their last "
+                            "write. Unset: `result_expires`.",
+    "task_chain_embed": "How a chain's later steps travel: `message` (Celery's format: "
+                        "each message carries the rest of the chain, O(N²) bytes for "
+                        "N steps) or `backend` (each step stored once in the result "
+                        "backend, messages name the next: O(N); Conveyor workers only).",
     "broker_pool_limit": "Most publishing connections an app keeps open.",
     "broker_transport_options": "Options of the transport plugin (its README lists them); "
                                 "an unknown one is an error naming the plugin's.",
@@ -174,9 +180,17 @@ def _check_max_priority(value: Any) -> None:
             f"task_queue_max_priority must be None or an int 1–255, not {value!r}.")
 
 
+def _check_chain_embed(value: Any) -> None:
+    if value not in ("message", "backend"):
+        raise ConfigurationError(
+            f"task_chain_embed must be 'message' (Celery's format, the default) or "
+            f"'backend' (small messages, Conveyor workers only), not {value!r}.")
+
+
 #: Values checked when they are set (a wrong one is an error at configuration time).
 CHECKS: dict[str, Callable[[Any], None]] = {
     "timezone": _check_timezone,
+    "task_chain_embed": _check_chain_embed,
     "task_queue_max_priority": _check_max_priority,
 }
 
