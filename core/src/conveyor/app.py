@@ -14,7 +14,9 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
+from typing import (
+    TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, cast, overload,
+)
 
 import pluggy
 
@@ -25,9 +27,11 @@ from .codecs import Codecs
 from .connection import ConnectionPool, Publisher, scheme_of
 from .discovery import Packages, TaskRegistry, bind_shared, import_tasks
 from .envelope import Template
-from .exceptions import ConfigurationError, PluginError
-from .interfaces import Backend, Message, Route, Transport
-from .options import DEFAULTS, PER_CALL, due_times, resolve, split
+from .exceptions import CapabilityError, ConfigurationError, PluginError
+from .interfaces import (
+    Backend, LeaseTransport, Message, Route, Router, Transport, unsupported,
+)
+from .options import DEFAULTS, PER_CALL, due_times, eta_horizon, resolve, split
 from .plugins import Loader, find
 from .result import AsyncResult
 from .result import AsyncResult as _AsyncResult
@@ -86,7 +90,7 @@ class Conveyor:
         self._hooks: pluggy.PluginManager | None = None
         self._pool: ConnectionPool | None = None
         self._backend: Backend | None = None
-        self._routers: list[Any] | None = None
+        self._routers: list[Router] | None = None
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self.conf.on_change(self._setting_changed)
@@ -225,10 +229,19 @@ class Conveyor:
         """Close publishing connections and the backend."""
         self._close_connections()
 
-    def routers(self) -> list[Any]:
+    def routers(self) -> list[Router]:
+        """The ``task_routers`` plugins, each checked against :class:`Router`."""
         if self._routers is None:
-            self._routers = [self.loader.load("conveyor.routers", name)(self)
-                             for name in self.conf.task_routers]
+            routers = []
+            for name in self.conf.task_routers:
+                router = self.loader.load("conveyor.routers", name)(self)
+                if not isinstance(router, Router):
+                    raise PluginError(
+                        f"Router plugin {name!r} ({type(router).__name__}) does not "
+                        "satisfy conveyor.interfaces.Router: it needs an 'enabled' "
+                        "property and a 'route(name, args, kwargs, options, task)' method.")
+                routers.append(router)
+            self._routers = routers
         return self._routers
 
     # ------------------------------------------------------------------ tasks
@@ -335,7 +348,7 @@ class Conveyor:
         return routers
 
     def _find_enabled(self, _conf: Any) -> list[Any]:
-        return [r for r in self.routers() if getattr(r, "enabled", True)]
+        return [r for r in self.routers() if r.enabled]
 
     def _plan(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
               call: Mapping[str, Any], sig: Mapping[str, Any], task: Any
@@ -384,6 +397,8 @@ class Conveyor:
         if plan.timed:
             now = dt.datetime.now(time_zone(self.conf))
             eta, expires = due_times(plan.opts, now)
+            if eta is not None and plan.horizon is not None:
+                plan.check_eta(eta, now)
         message = plan.template.build(task_id, args, kwargs, plan.embed, eta, expires, now,
                                       per)
         due = eta.timestamp() if eta is not None and plan.delays else None
@@ -397,8 +412,12 @@ class Conveyor:
         message, task_id, due = self._build(plan, per, args, kwargs)
         return message, plan.route, due, plan.options(per, task_id)
 
-    def _broker_delays(self) -> bool:
-        return dict(self.conf.broker_transport_options).get("delayed_delivery") == "broker"
+    def broker_probe(self) -> Transport:
+        """An unconnected transport for the broker URL, kept until a setting changes:
+        what the publish path reads ``capabilities`` and ``visibility_timeout`` from."""
+        probe: Transport = self.conf.derived("broker.probe",
+                                             lambda _conf: self.transport_factory())
+        return probe
 
     def _published(self, names: Sequence[str],
                    batch: Sequence[tuple[Message, Route, float | None]]) -> None:
@@ -570,7 +589,7 @@ class _Plan:
     """
 
     __slots__ = ("task", "defaults", "opts", "template", "route", "embed", "timed",
-                 "delays", "retry", "policy", "ignored", "cacheable")
+                 "delays", "horizon", "broker", "retry", "policy", "ignored", "cacheable")
 
     def __init__(self, app: Conveyor, name: str, task: Any,
                  defaults: Mapping[str, Any] | None, opts: dict[str, Any]) -> None:
@@ -593,12 +612,45 @@ class _Plan:
         self.route = Route(opts["queue"], opts["exchange"] or "", opts["routing_key"])
         self.timed = opts["countdown"] is not None or opts["eta"] is not None \
             or opts["expires"] is not None
-        self.delays = self.timed and app._broker_delays()
+        #: Whether the broker parks the message (``due``), and, for a transport
+        #: without delays, how far ahead an ETA may be (the worker's horizon).
+        self.delays = False
+        self.horizon: float | None = None
+        self.broker: Transport | None = None
+        if opts["priority"] is not None or self.timed:
+            self._check_broker(app, opts)
         self.retry, self.policy = opts["retry"], opts["retry_policy"]
         self.ignored = bool(opts["ignore_result"])
         #: Only plans of plain values are kept: embedded signatures and ``headers``
         #: are mutable, so they are read afresh for every call.
         self.cacheable = self.embed is None and not opts.get("headers")
+
+    def _check_broker(self, app: Conveyor, opts: Mapping[str, Any]) -> None:
+        """Fail now, naming option and transport, for what the transport cannot do."""
+        broker = self.broker = app.broker_probe()
+        caps = broker.capabilities
+        if opts["priority"] is not None and not caps.priorities:
+            raise CapabilityError(unsupported(broker, "priorities",
+                                              f"priority={opts['priority']!r}"))
+        if not self.timed:
+            return
+        parked = dict(app.conf.broker_transport_options).get("delayed_delivery") == "broker"
+        if caps.delays:
+            self.delays = parked
+        elif parked:
+            raise CapabilityError(unsupported(
+                broker, "delays", "broker_transport_options delayed_delivery='broker'"))
+        else:
+            vt = cast(LeaseTransport, broker).visibility_timeout if caps.leases else None
+            self.horizon = eta_horizon(app.conf, vt)
+
+    def check_eta(self, eta: dt.datetime, now: dt.datetime) -> None:
+        """An ETA beyond the worker's horizon needs a transport that parks messages."""
+        if self.horizon is not None and (eta - now).total_seconds() > self.horizon:
+            raise CapabilityError(unsupported(
+                self.broker, "delays",
+                f"countdown/eta {(eta - now).total_seconds():.0f}s ahead (beyond the "
+                f"worker's horizon of {self.horizon:g}s, worker_eta_horizon)"))
 
     def options(self, per: Mapping[str, Any] | None, task_id: str) -> dict[str, Any]:
         """Every resolved option of one call (what ``before_task_publish`` sees)."""

@@ -9,12 +9,12 @@ import logging
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 from . import __version__
 from .app import Conveyor
 from .exceptions import ConveyorError
-from .interfaces import DeadLetter
+from .interfaces import DeadLetter, DeadLetterTransport, PurgeTransport, require
 
 EXAMPLES = """\
 examples:
@@ -186,20 +186,23 @@ def _queues(app: Conveyor, value: str | None) -> list[str]:
 
 def cmd_purge(app: Conveyor, ns: argparse.Namespace) -> int:
     queues = _queues(app, ns.queues)
+    transport = app.transport_factory()
+    require(transport, "purge", "conveyor purge")
     if not _confirm(f"Delete every waiting message of {', '.join(queues)}?", ns.force):
         return 1
-    transport = app.transport_factory()
     transport.connect()
     try:
         for q in queues:
-            print(f"{q}: purged {transport.purge(q)} message(s)")
+            print(f"{q}: purged {cast(PurgeTransport, transport).purge(q)} message(s)")
     finally:
         transport.close()
     return 0
 
 
 def cmd_dead(app: Conveyor, ns: argparse.Namespace) -> int:
-    transport = app.transport_factory()
+    found = app.transport_factory()
+    require(found, "dead_letters", f"conveyor dead {ns.dead_command}")
+    transport = cast(DeadLetterTransport, found)
     transport.connect()
     try:
         if ns.dead_command == "list":

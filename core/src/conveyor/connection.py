@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .utils import mask_url
 from .exceptions import ConfigurationError, ConveyorError, OperationalError
-from .interfaces import Message, Route, Transport
+from .interfaces import Message, Outgoing, Route, Transport
 from .settings import DEFAULT_RETRY_POLICY
 
 if TYPE_CHECKING:
@@ -52,13 +52,18 @@ def retry_sleeps(policy: Mapping[str, Any]) -> Iterator[float]:
 
 
 class Connection:
-    """One transport connection with the retry policy around its calls."""
+    """One transport connection with the retry policy around its calls.
+
+    It declares each route once (``transport.declare``) before the first message
+    to it, and again after a reconnect.
+    """
 
     def __init__(self, app: Conveyor, url: str) -> None:
         self.app = app
         self.url = url
         self.transport: Transport = app.transport_factory(url)
         self._connected = False
+        self._declared: set[Route] = set()
 
     def _connect(self) -> None:
         if not self._connected:
@@ -71,11 +76,24 @@ class Connection:
         except Exception:  # noqa: BLE001 - the connection is being replaced anyway
             pass
         self._connected = False
+        self._declared.clear()
         self.transport = self.app.transport_factory(self.url)
+
+    def _send(self, transport: Transport, batch: Sequence[Outgoing]) -> None:
+        declared = self._declared
+        for _message, route, _due in batch:
+            if route not in declared:
+                transport.declare(route)
+                declared.add(route)
+        transport.publish_many(batch)
 
     def ensure(self, fn: Callable[[Transport], T], *, retry: bool = True,
                policy: Mapping[str, Any] | None = None, what: str = "publish") -> T:
-        """Run ``fn(transport)``, retrying connection errors by ``policy``."""
+        """Run ``fn(transport)``, retrying connection errors by ``policy``.
+
+        Whatever fails for good comes out as :class:`OperationalError` naming the
+        broker (password masked) and the cause, retried or not.
+        """
         policy = policy or DEFAULT_RETRY_POLICY
         errors = policy.get("retry_errors") or self.transport.connection_errors
         sleeps = retry_sleeps(policy) if retry else iter(())
@@ -101,14 +119,22 @@ class Connection:
                 self._reset()
                 if delay:
                     time.sleep(delay)
+            except Exception as exc:
+                self._reset()
+                raise OperationalError(
+                    f"Cannot {what} to broker {mask_url(self.url)}: "
+                    f"{type(exc).__name__}: {exc} (not retried: only the transport's "
+                    "connection errors are, or retry_policy['retry_errors'])."
+                ) from exc
 
     def publish(self, message: Message, route: Route, due: float | None = None, *,
                 retry: bool = True, policy: Mapping[str, Any] | None = None) -> None:
-        self.ensure(lambda t: t.publish(message, route, due=due), retry=retry, policy=policy)
+        batch = [(message, route, due)]
+        self.ensure(lambda t: self._send(t, batch), retry=retry, policy=policy)
 
-    def publish_many(self, batch: Sequence[tuple[Message, Route, float | None]], *,
+    def publish_many(self, batch: Sequence[Outgoing], *,
                      retry: bool = True, policy: Mapping[str, Any] | None = None) -> None:
-        self.ensure(lambda t: t.publish_many(batch), retry=retry, policy=policy)
+        self.ensure(lambda t: self._send(t, batch), retry=retry, policy=policy)
 
     def close(self) -> None:
         try:

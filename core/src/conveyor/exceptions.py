@@ -46,6 +46,10 @@ class PluginError(ConveyorError, ImportError):
     """A plugin that cannot be found or loaded (names group, name and the fix)."""
 
 
+class CapabilityError(ConfigurationError):
+    """An option or command needs a capability the transport or backend lacks."""
+
+
 class OperationalError(ConveyorError):
     """The broker or backend could not be reached (after the retry policy)."""
 
@@ -121,7 +125,8 @@ class Retry(ConveyorError):
 
 
 __all__ = [
-    "ConveyorError", "ConfigurationError", "UnknownOptionError", "PluginError",
+    "ConveyorError", "ConfigurationError", "UnknownOptionError", "CapabilityError",
+    "PluginError",
     "OperationalError", "TimeoutError", "TaskRevokedError", "DecodeError",
     "ContentDisallowed", "SecurityError", "NotRegistered", "NotSupported",
     "DeliveryLimitExceeded",

@@ -16,6 +16,12 @@ conveyor.hooks         registered with pluggy as it is          ``@hookimpl`` fu
 =====================  =======================================  ==========================
 
 ``app`` may be ``None`` when a codec is used outside an app (benchmarks, tools).
+``conveyor.async_transports`` and ``conveyor.async_backends`` hold the asyncio twins
+(:class:`AsyncTransport`, :class:`AsyncBackend`) under the same names.
+
+A transport or backend implements a small required protocol (:class:`Transport`,
+:class:`Backend`) and, for each flag it sets in its ``capabilities``, the optional
+protocol that flag names (:class:`Capabilities`, :class:`BackendCapabilities`).
 """
 
 from __future__ import annotations
@@ -24,8 +30,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
-from .utils import did_you_mean
-from .exceptions import ConfigurationError, UnknownOptionError
+from .exceptions import CapabilityError, ConfigurationError, UnknownOptionError
+from .utils import did_you_mean, mask_url
 
 if TYPE_CHECKING:
     from .app import Conveyor
@@ -94,15 +100,74 @@ class Delivery:
     routing_key: str = ""
 
 
+#: Settlement models (``Capabilities.settlement``); see :class:`Transport`.
+LEASE = "lease"
+CHANNEL = "channel"
+
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
-    """What a transport can do natively."""
+    """What a transport does beyond the required :class:`Transport` protocol.
 
-    native_delay: bool = False
+    Each flag announces an optional protocol (or, for ``priorities``, a promise about
+    ``fetch``). The core reads these flags, never ``hasattr``: it skips what a
+    transport lacks, and an option that needs a missing capability fails with
+    :class:`~conveyor.exceptions.CapabilityError` naming the option and the
+    transport. Every flag defaults to off, so the smallest transport declares
+    ``Capabilities()``.
+
+    ``settlement`` says which connection may settle a delivery:
+
+    * ``"lease"`` — a delivery is a lease recorded broker-side (SQLite rows, Redis
+      ``unacked``). Any connection of any process may ack, requeue or extend it, so
+      after a reconnect the worker acks deliveries it fetched on the old connection
+      through the new one, and renews leases from a connection of its own.
+    * ``"channel"`` (default) — a delivery is bound to the channel that received it
+      (AMQP delivery tags). When that channel is lost the broker redelivers every
+      unsettled delivery by itself; the worker must never settle an old delivery on
+      a new channel (AMQP would close the channel for an unknown tag). Tasks still
+      running on such deliveries finish, and their deliveries are forgotten.
+    """
+
+    #: :class:`DelayTransport`: ``publish_many`` honours ``due`` (parks the message
+    #: broker-side until then) and ``defer`` parks a delivered one. Without it the
+    #: core never passes a ``due`` and the worker holds ETAs in memory.
+    delays: bool = False
+    #: :class:`LeaseTransport`: deliveries expire after ``visibility_timeout`` unless
+    #: ``extend``\ ed; the worker keeps the leases of what it holds.
+    leases: bool = False
+    #: :class:`DeadLetterTransport`: ``dead_letter`` and the dead-letter listing.
+    dead_letters: bool = False
+    #: ``fetch`` returns higher ``Message.priority`` first; ``priority=`` needs it.
     priorities: bool = False
-    confirms: bool = False
-    dead_letters: bool = True
-    leases: bool = True
+    #: :class:`PurgeTransport`: ``purge(queue)`` (``conveyor purge``).
+    purge: bool = False
+    #: :class:`InspectTransport`: ``depth(queue)``.
+    inspect: bool = False
+    #: :class:`AbandonTransport`: ``abandon()`` drops a broken connection without
+    #: giving running deliveries back (the worker calls it when it reconnects;
+    #: otherwise it calls ``close()``).
+    abandon: bool = False
+    #: ``"lease"`` or ``"channel"``: who may settle a delivery (see above).
+    settlement: str = CHANNEL
+
+    def __post_init__(self) -> None:
+        if self.settlement not in (LEASE, CHANNEL):
+            raise ConfigurationError(
+                f"Capabilities.settlement must be {LEASE!r} or {CHANNEL!r}, "
+                f"not {self.settlement!r}.")
+        if self.leases and self.settlement != LEASE:
+            raise ConfigurationError(
+                "Capabilities(leases=True) needs settlement='lease': the worker renews "
+                "leases from a connection of its own.")
+
+
+@dataclass(frozen=True, slots=True)
+class BackendCapabilities:
+    """What a result backend does beyond the required :class:`Backend` protocol."""
+
+    #: :class:`JoinBackend`: group/chord join counters (``join_*``).
+    joins: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,69 +210,170 @@ class Compressor(Protocol):
 
 
 # --------------------------------------------------------------------------- transport
+#: One message to publish: the message, its route, and when it is due (unix time;
+#: always None for a transport without ``Capabilities.delays``).
+Outgoing = tuple[Message, Route, "float | None"]
+
+
 @runtime_checkable
 class Transport(Protocol):
-    """A connection to one broker, used by one thread at a time.
+    """A connection to one broker, used by one thread at a time: the required part.
 
-    Blocking calls live here only; the asyncio API runs them off the event loop.
-    Driver errors must surface as one of ``connection_errors`` (for retry and
-    reconnect) or be wrapped in :class:`~conveyor.exceptions.OperationalError`.
+    This is all a transport must do; each optional protocol below adds methods for
+    what only some brokers do, announced by a flag in :attr:`capabilities`.
+    Blocking calls live here; :class:`AsyncTransport` is the asyncio twin with the
+    same semantics. Driver errors must surface as one of ``connection_errors`` (the
+    core retries those by the publish retry policy and the worker reconnects on
+    them) or as :class:`~conveyor.exceptions.OperationalError`; the core turns any
+    other error of a publish into ``OperationalError`` naming the broker.
+
+    Settlement (``ack``/``requeue`` and the optional ``defer``/``dead_letter``)
+    follows one of two models, named by ``capabilities.settlement`` (see
+    :class:`Capabilities`): a *lease* any connection may settle, or a delivery
+    bound to the *channel* that received it. Either way a delivery that is never
+    settled comes back: after its lease lapses, or when its channel closes.
     """
 
     scheme: ClassVar[str]
     capabilities: ClassVar[Capabilities]
     connection_errors: tuple[type[BaseException], ...]
-    #: Seconds an unacked delivery stays leased; None where the broker tracks it.
-    visibility_timeout: float | None
 
     def connect(self) -> None:
-        """Open the connection; check ``broker_transport_options`` keys."""
+        """Open the connection (or check it can be opened); idempotent."""
 
     def close(self) -> None:
-        """Release the connection; return unsettled deliveries to their queues."""
+        """Release the connection; unsettled deliveries go back to their queues
+        (at once or by their lease), counted as delivered."""
 
     def declare(self, route: Route) -> None:
-        """Make sure the queue (and its exchange/binding) exists."""
+        """Make sure the queue, its exchange and the binding between them exist.
 
-    def publish(self, message: Message, route: Route, *, due: float | None = None) -> None:
-        """Send one message; with ``due`` (unix time) park it broker-side until then."""
+        The core calls it once per route a connection publishes to and once per
+        queue a worker consumes (``Route(queue)``), before using it; it must be
+        idempotent and cheap to repeat."""
 
-    def publish_many(self, batch: Sequence[tuple[Message, Route, float | None]]) -> None:
-        """Send several messages in as few round trips as possible, all or error."""
+    def publish_many(self, batch: Sequence[Outgoing]) -> None:
+        """Send messages in as few round trips as possible: all, or none and an error.
+
+        The core sends a single message as a batch of one. ``due`` is None unless
+        the transport declares ``delays``."""
 
     def fetch(self, queues: Sequence[str], *, limit: int, timeout: float) -> list[Delivery]:
-        """Up to ``limit`` deliveries, highest priority first, waiting at most
-        ``timeout`` seconds for the first. Moves due parked messages first."""
+        """Up to ``limit`` deliveries from ``queues``, waiting at most ``timeout``
+        seconds for the first (an empty list then; never longer).
+
+        Also returns messages that came back: deliveries whose lease lapsed or
+        whose channel closed, with ``deliveries`` counting every delivery (so the
+        worker can dead-letter a message that keeps killing it), and, with
+        ``delays``, parked messages now due. With ``priorities``, higher
+        ``Message.priority`` first, FIFO within a priority."""
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """Settle deliveries for good."""
+        """Settle deliveries for good. Acking a delivery whose lease lapsed and
+        that nobody else holds yet still removes it (it ran)."""
 
     def requeue(self, delivery: Delivery) -> None:
-        """Give a delivery back to its queue (warm shutdown, reject with requeue)."""
+        """Give an unstarted delivery back to its queue (warm shutdown), not
+        counted as a delivery."""
+
+
+@runtime_checkable
+class DelayTransport(Transport, Protocol):
+    """``Capabilities.delays``: messages parked broker-side until they are due."""
 
     def defer(self, delivery: Delivery, due: float) -> None:
-        """Park a delivered message broker-side until ``due``, atomically with its ack."""
+        """Park a delivered message until ``due`` (unix time), atomically with its
+        settlement; not counted as a delivery. The worker defers ETAs beyond its
+        horizon, so a task due next month costs broker storage, not worker memory."""
+
+
+@runtime_checkable
+class LeaseTransport(Transport, Protocol):
+    """``Capabilities.leases``: a delivery is a lease of ``visibility_timeout``."""
+
+    #: Seconds an unsettled delivery stays leased before it comes back.
+    visibility_timeout: float | None
 
     def extend(self, deliveries: Sequence[Delivery]) -> None:
-        """Renew the lease of deliveries a live worker still holds."""
+        """Renew the leases of deliveries a live worker still holds. Called from
+        another connection than the one that fetched them (lease settlement)."""
+
+
+@runtime_checkable
+class DeadLetterTransport(Transport, Protocol):
+    """``Capabilities.dead_letters``: messages the worker cannot handle, kept with why."""
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        """Move a delivery to the dead letters with ``reason``, atomically with its ack."""
+        """Move a delivery to the dead letters with ``reason``, atomically with its
+        settlement."""
 
     def dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
         """Every dead letter (of ``queue``), oldest first."""
 
     def requeue_dead(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
-        """Put dead letters back on their queue (all of ``queue`` when ids is None)."""
+        """Put dead letters back on their queue (all of ``queue`` when ids is None);
+        return how many."""
 
     def purge_dead(self, queue: str | None = None) -> int:
         """Delete dead letters (of ``queue``); return how many."""
 
+
+@runtime_checkable
+class PurgeTransport(Transport, Protocol):
+    """``Capabilities.purge``."""
+
     def purge(self, queue: str) -> int:
-        """Delete every waiting message of ``queue``; return how many."""
+        """Delete every message of ``queue`` that could be delivered now; return
+        how many (what :meth:`InspectTransport.depth` counts)."""
+
+
+@runtime_checkable
+class InspectTransport(Transport, Protocol):
+    """``Capabilities.inspect``: how much waits where."""
 
     def depth(self, queue: str) -> int:
-        """How many messages wait in ``queue`` (parked delayed ones excluded)."""
+        """How many messages of ``queue`` could be delivered now (parked delayed
+        ones and leased ones excluded)."""
+
+
+@runtime_checkable
+class AbandonTransport(Transport, Protocol):
+    """``Capabilities.abandon``: a way to drop a broken connection without settling."""
+
+    def abandon(self) -> None:
+        """Drop the connection after a connection error, giving nothing back.
+
+        With lease settlement, deliveries whose tasks still run stay leased and the
+        worker acks them through a new connection when they finish (``close()``
+        would give them back and run them twice)."""
+
+
+#: The optional protocol behind each method-bearing capability flag.
+CAPABILITY_PROTOCOLS: Mapping[str, type] = {
+    "delays": DelayTransport, "leases": LeaseTransport,
+    "dead_letters": DeadLetterTransport, "purge": PurgeTransport,
+    "inspect": InspectTransport, "abandon": AbandonTransport,
+}
+
+
+def require(transport: Transport, capability: str, wanted: str) -> None:
+    """Raise :class:`CapabilityError` unless ``transport`` declares ``capability``.
+
+    ``wanted`` names what asked for it (an option, a command), so the message says
+    both what cannot be done and on which transport.
+    """
+    if not getattr(transport.capabilities, capability):
+        raise CapabilityError(unsupported(transport, capability, wanted))
+
+
+def unsupported(transport: Any, capability: str, wanted: str) -> str:
+    """The sentence of a :class:`CapabilityError`: what, which transport, what to do."""
+    url = getattr(transport, "url", None)
+    where = f" at {mask_url(url)}" if isinstance(url, str) else ""
+    name = transport.scheme or type(transport).__name__
+    return (f"{wanted} needs a transport with {capability!r} "
+            f"(Capabilities.{capability}); the {name!r} transport{where} does not "
+            f"support it. Use a transport that does, or leave the option out.")
 
 
 #: ``broker_transport_options`` keys the core reads, valid for every transport.
@@ -218,14 +384,17 @@ COMMON_OPTIONS: Mapping[str, Any] = {"delayed_delivery": "worker"}
 
 
 class BaseTransport:
-    """Optional base: option checking, ``publish_many`` and connection-error defaults."""
+    """Optional base: option checking, ``publish`` of one message, defaults.
+
+    Subclasses implement the required :class:`Transport` methods and, for each flag
+    they set in ``capabilities``, that optional protocol's methods.
+    """
 
     scheme: ClassVar[str] = ""
     capabilities: ClassVar[Capabilities] = Capabilities()
     connection_errors: tuple[type[BaseException], ...] = (ConnectionError, OSError)
     #: Known ``broker_transport_options`` keys and their defaults.
     default_options: ClassVar[Mapping[str, Any]] = {}
-    visibility_timeout: float | None = None
 
     def __init__(self, url: str, app: Conveyor | None = None) -> None:
         self.url = url
@@ -259,18 +428,9 @@ class BaseTransport:
                 )
         return {**known, **given}
 
-    def publish_many(self, batch: Sequence[tuple[Message, Route, float | None]]) -> None:
-        for message, route, due in batch:
-            self.publish(message, route, due=due)  # type: ignore[attr-defined]
-
-    def abandon(self) -> None:
-        """Drop the connection after a connection error, settling nothing.
-
-        Deliveries whose tasks still run stay leased: the worker acks them through a
-        new connection when they finish, or they come back by the visibility
-        timeout. The default closes; override where ``close()`` gives deliveries back.
-        """
-        self.close()
+    def publish(self, message: Message, route: Route, *, due: float | None = None) -> None:
+        """Send one message: a batch of one (a subclass may have a faster way)."""
+        self.publish_many([(message, route, due)])  # type: ignore[attr-defined]
 
     def __enter__(self) -> BaseTransport:
         return self
@@ -290,7 +450,10 @@ class Backend(Protocol):
     The core serializes the state dict (``status``, ``result``, ``traceback``,
     ``children``, ``date_done``, ``task_id``, …) with ``result_serializer`` and hands
     over the bytes with the state name, so a backend never needs a serializer.
+    Used from many threads at once: it must be thread-safe.
     """
+
+    capabilities: ClassVar[BackendCapabilities]
 
     def get(self, task_id: str) -> bytes | None:
         """The stored payload, or None (PENDING)."""
@@ -312,16 +475,191 @@ class Backend(Protocol):
         """Release connections."""
 
 
+class Join(NamedTuple):
+    """Where a group's join stands after :meth:`JoinBackend.join_add`.
+
+    ``claim`` is set for exactly one caller: the one whose member completed the join
+    (``done == size``) and who therefore runs what follows (a chord's callback), then
+    calls :meth:`JoinBackend.join_finish` with it. The claim lapses after
+    ``claim_for`` seconds, so a worker that dies holding it does not lose the join
+    for good: a redelivered member claims it again.
+    """
+
+    done: int
+    size: int | None
+    claim: str | None
+
+
+@runtime_checkable
+class JoinBackend(Backend, Protocol):
+    """``BackendCapabilities.joins``: counters for a group's join (a chord's header).
+
+    Each member's result is added once (a redelivered member is not counted twice:
+    members are told apart by task id and index), and adding it says how many are in,
+    atomically, across processes. Every key expires ``expires`` seconds after the
+    last write. On Redis the keys are Celery's (``<group key>.j``, ``.s``, ``.t``,
+    ``.d``, ``.c``), so a Celery worker and a Conveyor worker share one join.
+    """
+
+    def join_size(self, group_id: str, size: int, *, expires: float | None) -> None:
+        """Set how many members the join waits for; a join of this id that already
+        finished may run again (a chord applied twice)."""
+
+    def join_add(self, group_id: str, task_id: str, index: int | None, payload: bytes, *,
+                 expires: float | None, claim_for: float) -> Join:
+        """Record one member's encoded result (Celery's ``[1, task_id, state,
+        result]`` with the result serializer) once, at ``index`` (None: after the
+        indexed ones), and say where the join stands. After :meth:`join_finish` a
+        late duplicate returns ``Join(-1, None, None)`` and changes nothing."""
+
+    def join_results(self, group_id: str) -> list[bytes]:
+        """The recorded payloads, by index."""
+
+    def join_finish(self, group_id: str, claim: str, *, expires: float | None) -> bool:
+        """Delete the join's data if ``claim`` still holds it and remember, for
+        ``expires`` seconds, that it is done; False when the claim was lost."""
+
+
 # --------------------------------------------------------------------------- router
 @runtime_checkable
 class Router(Protocol):
-    """Chooses execution options (usually ``queue``) for a task by name."""
+    """Chooses execution options (usually ``queue``) for a task by name.
+
+    ``enabled`` is read again whenever a setting changes: a router with nothing to
+    route (no ``task_routes``) says False, and the core skips routing altogether.
+    """
+
+    @property
+    def enabled(self) -> bool: ...
 
     def route(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
               options: Mapping[str, Any], task: Any) -> dict[str, Any] | None: ...
 
 
+# --------------------------------------------------------------------------- asyncio
+# The asyncio twins: the same methods with the same semantics as coroutines. The
+# envelope, option resolution, routing and hooks are shared with the blocking path;
+# only the broker and backend I/O differ. A plugin offers them through the entry
+# point groups ``conveyor.async_transports`` and ``conveyor.async_backends`` (same
+# names as the blocking ones, same ``factory(url, app)``), with the same
+# ``capabilities`` as its blocking twin.
+@runtime_checkable
+class AsyncTransport(Protocol):
+    """Twin of :class:`Transport`; one task uses it at a time."""
+
+    scheme: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    connection_errors: tuple[type[BaseException], ...]
+
+    async def connect(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def declare(self, route: Route) -> None: ...
+
+    async def publish_many(self, batch: Sequence[Outgoing]) -> None: ...
+
+    async def fetch(self, queues: Sequence[str], *, limit: int,
+                    timeout: float) -> list[Delivery]: ...
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None: ...
+
+    async def requeue(self, delivery: Delivery) -> None: ...
+
+
+@runtime_checkable
+class AsyncDelayTransport(AsyncTransport, Protocol):
+    """Twin of :class:`DelayTransport`."""
+
+    async def defer(self, delivery: Delivery, due: float) -> None: ...
+
+
+@runtime_checkable
+class AsyncLeaseTransport(AsyncTransport, Protocol):
+    """Twin of :class:`LeaseTransport`."""
+
+    visibility_timeout: float | None
+
+    async def extend(self, deliveries: Sequence[Delivery]) -> None: ...
+
+
+@runtime_checkable
+class AsyncDeadLetterTransport(AsyncTransport, Protocol):
+    """Twin of :class:`DeadLetterTransport`."""
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None: ...
+
+    async def dead_letters(self, queue: str | None = None) -> list[DeadLetter]: ...
+
+    async def requeue_dead(self, ids: Sequence[str] | None = None,
+                           queue: str | None = None) -> int: ...
+
+    async def purge_dead(self, queue: str | None = None) -> int: ...
+
+
+@runtime_checkable
+class AsyncPurgeTransport(AsyncTransport, Protocol):
+    """Twin of :class:`PurgeTransport`."""
+
+    async def purge(self, queue: str) -> int: ...
+
+
+@runtime_checkable
+class AsyncInspectTransport(AsyncTransport, Protocol):
+    """Twin of :class:`InspectTransport`."""
+
+    async def depth(self, queue: str) -> int: ...
+
+
+@runtime_checkable
+class AsyncAbandonTransport(AsyncTransport, Protocol):
+    """Twin of :class:`AbandonTransport`."""
+
+    async def abandon(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncBackend(Protocol):
+    """Twin of :class:`Backend`; ``wait`` awaits a notification, never blocks the loop."""
+
+    capabilities: ClassVar[BackendCapabilities]
+
+    async def get(self, task_id: str) -> bytes | None: ...
+
+    async def store(self, task_id: str, state: str, payload: bytes, *,
+                    expires: float | None) -> None: ...
+
+    async def wait(self, task_id: str, *, timeout: float | None,
+                   previous: bytes | None) -> bytes | None: ...
+
+    async def forget(self, task_id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncJoinBackend(AsyncBackend, Protocol):
+    """Twin of :class:`JoinBackend`."""
+
+    async def join_size(self, group_id: str, size: int, *, expires: float | None) -> None: ...
+
+    async def join_add(self, group_id: str, task_id: str, index: int | None,
+                       payload: bytes, *, expires: float | None,
+                       claim_for: float) -> Join: ...
+
+    async def join_results(self, group_id: str) -> list[bytes]: ...
+
+    async def join_finish(self, group_id: str, claim: str, *,
+                          expires: float | None) -> bool: ...
+
+
 __all__ = [
-    "COMMON_OPTIONS", "Message", "Route", "Delivery", "Capabilities", "DeadLetter", "Serializer",
-    "Compressor", "Transport", "BaseTransport", "Backend", "Router",
+    "COMMON_OPTIONS", "LEASE", "CHANNEL", "CAPABILITY_PROTOCOLS", "Message", "Route",
+    "Delivery", "Outgoing", "Capabilities", "BackendCapabilities", "DeadLetter", "Join",
+    "Serializer", "Compressor", "Transport", "DelayTransport", "LeaseTransport",
+    "DeadLetterTransport", "PurgeTransport", "InspectTransport", "AbandonTransport",
+    "BaseTransport", "Backend", "JoinBackend", "Router", "AsyncTransport",
+    "AsyncDelayTransport", "AsyncLeaseTransport", "AsyncDeadLetterTransport",
+    "AsyncPurgeTransport", "AsyncInspectTransport", "AsyncAbandonTransport",
+    "AsyncBackend", "AsyncJoinBackend", "require", "unsupported",
 ]

@@ -231,3 +231,16 @@ def due_times(options: Mapping[str, Any], now: dt.datetime
                 f"expires must be seconds or a datetime, not {expires!r}.")
         expires = now + dt.timedelta(seconds=float(expires))
     return eta, expires
+
+
+def eta_horizon(conf: Any, visibility_timeout: float | None) -> float:
+    """How far ahead a worker holds an ETA in memory (``worker_eta_horizon``).
+
+    With a lease it is at most half the visibility timeout, so a held message is
+    parked broker-side before its lease could lapse.
+    """
+    horizon = float(conf.worker_eta_horizon)
+    if visibility_timeout:
+        horizon = min(horizon, visibility_timeout / 2)
+    return horizon
+

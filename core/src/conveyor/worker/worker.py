@@ -6,6 +6,13 @@ cannot handle, parks far-future ETAs broker-side, holds near ones in memory, sta
 jobs as pool slots free up (acking first unless ``acks_late``) and acks late jobs
 when they finish. A lease keeper, on its own connection, renews the lease of every
 delivery the worker still holds, so a healthy long task is never redelivered.
+
+What the transport cannot do the worker does without, reading its
+``capabilities``: without ``delays`` every ETA is held in memory; without
+``leases`` nothing is renewed; without ``dead_letters`` a message it cannot handle
+is logged with its reason and acked; with ``"channel"`` settlement a reconnect
+forgets the deliveries of tasks still running (the broker redelivers them) instead
+of acking them on the new channel.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import chords, states
 from ..utils import did_you_mean, mask_url
@@ -32,6 +39,11 @@ from ..exceptions import (
     NotSupported,
 )
 from ..ratelimit import Throttle, parse_rate
+from ..interfaces import (
+    LEASE, AbandonTransport, Capabilities, DeadLetterTransport, DelayTransport,
+    LeaseTransport, Route,
+)
+from ..options import eta_horizon
 from . import preflight
 from .pool import POOLS, Job, Pool
 
@@ -96,6 +108,9 @@ class Worker:
         self._leased: dict[Any, Delivery] = {}
         self._lease_lock = threading.Lock()
         self._seq = itertools.count()
+        #: Running jobs whose channel was lost (``"channel"`` settlement): when they
+        #: finish their deliveries are not acked, the broker has redelivered them.
+        self._orphans: set[int] = set()
         self.processed = 0
 
     # ------------------------------------------------------------------ control
@@ -160,11 +175,10 @@ class Worker:
             self.pool.stop(0)
             self.stopped.set()
             return
-        vt = transport.visibility_timeout
-        horizon = float(app.conf.worker_eta_horizon)
-        if vt:
-            horizon = min(horizon, vt / 2)
-        self._horizon = horizon
+        caps: Capabilities = transport.capabilities
+        self._caps = caps
+        vt = cast(LeaseTransport, transport).visibility_timeout if caps.leases else None
+        self._horizon = eta_horizon(app.conf, vt)
         keeper = None
         if vt:
             keeper = threading.Thread(target=self._keep_leases, args=(vt,),
@@ -266,9 +280,9 @@ class Worker:
             job = Job(request, d, acks_late)
             if request.eta is not None:
                 due = request.eta.timestamp()
-                if due - now > self._horizon:
+                if due - now > self._horizon and self._caps.delays:
                     self._unlease(d)
-                    transport.defer(d, due)
+                    cast(DelayTransport, transport).defer(d, due)
                     log.debug("Parked %s[%s] until %s", request.name, request.id,
                               request.eta.isoformat())
                     continue
@@ -283,7 +297,13 @@ class Worker:
         log.error("Dead-lettered message %s (task %s) from queue %r: %s",
                   task_id or "?", name or "?", d.queue, reason)
         self._unlease(d)
-        transport.dead_letter(d, reason)
+        if self._caps.dead_letters:
+            cast(DeadLetterTransport, transport).dead_letter(d, reason)
+        else:
+            log.error("The %s transport keeps no dead letters: message %s acked and "
+                      "dropped (headers %r)", transport.scheme, task_id or "?",
+                      d.message.headers)
+            transport.ack([d])
         if task_id:
             try:
                 self.app.results.store_exception(task_id, states.FAILURE, exc,
@@ -377,7 +397,9 @@ class Worker:
                 break
             self._running.pop(id(job), None)
             self.processed += 1
-            if job.acks_late:
+            if id(job) in self._orphans:
+                self._orphans.discard(id(job))
+            elif job.acks_late:
                 late.append(job.delivery)
         if late:
             try:
@@ -408,7 +430,7 @@ class Worker:
                 if transport is None:
                     transport = self.app.transport_factory()
                     transport.connect()
-                transport.extend(held)
+                cast(LeaseTransport, transport).extend(held)
             except Exception as exc:  # noqa: BLE001 - retried next round
                 log.warning("Could not renew leases: %s", exc)
                 transport = None
@@ -425,6 +447,8 @@ class Worker:
             transport = self.app.transport_factory()
             try:
                 transport.connect()
+                for name in self.queues:
+                    transport.declare(Route(name))
                 return transport
             except tuple(transport.connection_errors) as exc:
                 log.error("Cannot connect to %s: %s; retrying in %.1fs",
@@ -435,15 +459,25 @@ class Worker:
 
     def _reconnect(self, transport: Transport, exc: BaseException) -> Transport | None:
         log.error("Lost the broker connection (%s); reconnecting", exc)
-        abandon = getattr(transport, "abandon", transport.close)
+        caps = transport.capabilities
         try:
-            abandon()
+            if caps.abandon:
+                cast(AbandonTransport, transport).abandon()
+            else:
+                transport.close()
         except Exception:  # noqa: BLE001 - the connection is gone anyway
             pass
-        # Waiting deliveries come back by the broker's visibility timeout; running
-        # ones stay leased (the lease keeper renews them) and are acked when done.
+        # Waiting deliveries come back by the broker's visibility timeout (or with
+        # the lost channel). Running ones: with lease settlement they stay leased
+        # (the lease keeper renews them) and are acked through the new connection
+        # when done; bound to the lost channel, they were redelivered, so they are
+        # never acked (a new channel would reject their tags).
+        lost = self._waiting()
+        if caps.settlement != LEASE:
+            lost += self._running.values()
+            self._orphans.update(self._running)
         with self._lease_lock:
-            for job in self._waiting():
+            for job in lost:
                 self._leased.pop(job.delivery.tag, None)
         self._ready.clear()
         self._held.clear()
@@ -460,7 +494,8 @@ class Worker:
         cold = self._cold.is_set()
         log.info("Worker %s stopping (%s)", self.hostname, "cold" if cold else "warm")
         if transport is not None:
-            giveback = self._waiting() + self.pool.take_unstarted()
+            giveback = [*self._waiting(), *(j for j in self.pool.take_unstarted()
+                                             if id(j) not in self._orphans)]
             for job in giveback:
                 try:
                     transport.requeue(job.delivery)

@@ -12,7 +12,8 @@
 * a wait subscribes to the exact channel, waits for the subscription to be
   confirmed, then GETs (so a result stored before the subscription is not missed),
   then sleeps on the subscription. Redis pub/sub ignores db numbers, so a
-  notification only wakes the waiter: the value is always re-read from our db.
+  notification only wakes the waiter: the value is always re-read from our db;
+* group joins live in Celery's chord keys (:mod:`.joins`).
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import redis
+from conveyor.interfaces import BackendCapabilities
 
 from .connection import Backoff, Lines, client_for
 from .errors import CONNECTION_ERRORS, retrying, translate, wrap
+from .joins import JoinsMixin
 from .scripts import Script
 
 log = logging.getLogger("conveyor.redis")
@@ -74,8 +77,10 @@ return 1
 """)
 
 
-class RedisBackend:
+class RedisBackend(JoinsMixin):
     """Celery-compatible Redis result backend (see the module docstring)."""
+
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(joins=True)
 
     def __init__(self, url: str = "redis://", app: Any = None) -> None:
         self.url = url

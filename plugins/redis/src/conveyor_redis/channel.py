@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis
-from conveyor.interfaces import Message, Route
+from conveyor.interfaces import Message, Outgoing, Route
 
 from . import delay
 from .connection import Line
@@ -91,8 +91,12 @@ class PublisherMixin:
                 self._declared.add(route)
         self._producer_move()
 
-    def publish_many(self, batch: Sequence[tuple[Message, Route, float | None]]) -> None:
+    def publish_many(self, batch: Sequence[Outgoing]) -> None:
         """One MULTI/EXEC round trip: every message is stored, or none and an error."""
+        if len(batch) == 1:
+            message, route, due = batch[0]
+            self.publish(message, route, due=due)  # perf: one command, no MULTI/EXEC
+            return
         if not batch:
             return
         now = time.time()

@@ -31,7 +31,9 @@ from typing import Any, ClassVar, TypeVar
 
 import redis
 from conveyor.exceptions import ConfigurationError
-from conveyor.interfaces import BaseTransport, Capabilities, DeadLetter, Delivery, Route
+from conveyor.interfaces import (
+    LEASE, BaseTransport, Capabilities, DeadLetter, Delivery, Route,
+)
 
 from . import deadletter, delay, lease
 from .channel import PublisherMixin, check
@@ -55,7 +57,8 @@ class RedisTransport(PublisherMixin, ConsumerMixin, BaseTransport):
 
     scheme = "redis"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        native_delay=True, priorities=True, confirms=False, dead_letters=True, leases=True)
+        delays=True, leases=True, dead_letters=True, priorities=True, purge=True,
+        inspect=True, abandon=True, settlement=LEASE)
     connection_errors = CONNECTION_ERRORS
     default_options: ClassVar[dict[str, Any]] = {
         "visibility_timeout": 3600,

@@ -16,8 +16,11 @@ import sqlite3
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
+from conveyor.interfaces import BackendCapabilities, Join
+
+from . import _joins
 from ._db import Connection, ForkSafe, Notifier, database_path, mapped_errors, open_connection
 
 if TYPE_CHECKING:
@@ -31,6 +34,7 @@ SCHEMA: tuple[str, ...] = (
         expires REAL)""",
     """CREATE INDEX IF NOT EXISTS conveyor_results_expires
         ON conveyor_results (expires) WHERE expires IS NOT NULL""",
+    *_joins.SCHEMA,
 )
 _GET = ("SELECT payload FROM conveyor_results "
         "WHERE task_id = ? AND (expires IS NULL OR expires > ?)")
@@ -50,6 +54,8 @@ FIRST_POLL, MAX_POLL = 0.005, 0.05
 
 class SQLiteBackend:
     """Result backend in a SQLite file (see the module docstring)."""
+
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(joins=True)
 
     def __init__(self, url: str = "sqlite:///conveyor.sqlite3",
                  app: Conveyor | None = None) -> None:
@@ -129,6 +135,25 @@ class SQLiteBackend:
         with mapped_errors(self.path, "result backend (forget)"):
             conn.execute("DELETE FROM conveyor_results WHERE task_id = ?", (task_id,))
         self._notifier.notify()
+
+    # ------------------------------------------------------------------ joins
+    def join_size(self, group_id: str, size: int, *, expires: float | None) -> None:
+        with mapped_errors(self.path, "result backend (join)"):
+            _joins.set_size(self._conn(), group_id, size, expires)
+
+    def join_add(self, group_id: str, task_id: str, index: int | None, payload: bytes, *,
+                 expires: float | None, claim_for: float) -> Join:
+        with mapped_errors(self.path, "result backend (join)"):
+            return _joins.add(self._conn(), group_id, task_id, index, payload, expires,
+                              claim_for)
+
+    def join_results(self, group_id: str) -> list[bytes]:
+        with mapped_errors(self.path, "result backend (join)"):
+            return _joins.results(self._conn(), group_id)
+
+    def join_finish(self, group_id: str, claim: str, *, expires: float | None) -> bool:
+        with mapped_errors(self.path, "result backend (join)"):
+            return _joins.finish(self._conn(), group_id, claim, expires)
 
     def close(self) -> None:
         """Close every thread's connection; the next call from a thread reopens."""

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from conveyor.exceptions import ConfigurationError
 from conveyor.interfaces import (
-    BaseTransport, Capabilities, DeadLetter, Delivery, Message, Route,
+    LEASE, BaseTransport, Capabilities, DeadLetter, Delivery, Message, Outgoing, Route,
 )
 
 from . import _dead
@@ -65,7 +65,9 @@ class SQLiteTransport(BaseTransport):
     """Broker in a SQLite file (see the module docstring for how and why)."""
 
     scheme = "sqlite"
-    capabilities: ClassVar[Capabilities] = Capabilities(native_delay=True, priorities=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        delays=True, leases=True, dead_letters=True, priorities=True, purge=True,
+        inspect=True, abandon=True, settlement=LEASE)
     #: Only "cannot open" and "locked" errors surface as these (see ``_db``); others
     #: become :class:`~conveyor.exceptions.OperationalError`, as retrying won't help.
     connection_errors: tuple[type[BaseException], ...] = (sqlite3.OperationalError,)
@@ -150,8 +152,12 @@ class SQLiteTransport(BaseTransport):
             conn.execute(_INSERT, row)
         self._notifier.notify()
 
-    def publish_many(self, batch: Sequence[tuple[Message, Route, float | None]]) -> None:
+    def publish_many(self, batch: Sequence[Outgoing]) -> None:
         """All in one transaction: every message is stored, or none is."""
+        if len(batch) == 1:
+            message, route, due = batch[0]
+            self.publish(message, route, due=due)  # perf: no transaction around one statement
+            return
         now = time.time()
         rows = [self._row(message, route, due, now) for message, route, due in batch]
         conn = self._conn()

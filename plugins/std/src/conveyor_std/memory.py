@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from conveyor.interfaces import (
-    BaseTransport, Capabilities, DeadLetter, Delivery, Message, Route,
+    LEASE, BaseTransport, Capabilities, DeadLetter, Delivery, Message, Outgoing, Route,
 )
 
 
@@ -90,7 +90,9 @@ class MemoryTransport(BaseTransport):
     """In-process transport with broker semantics (see module docstring)."""
 
     scheme = "memory"
-    capabilities: ClassVar[Capabilities] = Capabilities(native_delay=True, priorities=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        delays=True, leases=True, dead_letters=True, priorities=True, purge=True,
+        inspect=True, settlement=LEASE)
     default_options: ClassVar[dict[str, Any]] = {"visibility_timeout": 3600.0}
 
     def __init__(self, url: str = "memory://", app: Any = None) -> None:
@@ -109,15 +111,17 @@ class MemoryTransport(BaseTransport):
         with self._broker.cond:
             self._broker.queues.setdefault(route.queue, [])
 
-    def publish(self, message: Message, route: Route, *, due: float | None = None) -> None:
-        entry = _Entry(_copy(message), route.queue)
+    def publish_many(self, batch: Sequence[Outgoing]) -> None:
         b = self._broker
+        now = time.time()
         with b.cond:
-            if due is not None and due > time.time():
-                heapq.heappush(b.delayed, (due, next(b.seq), entry))
-                b.cond.notify_all()
-            else:
-                b.push(entry)
+            for message, route, due in batch:
+                entry = _Entry(_copy(message), route.queue)
+                if due is not None and due > now:
+                    heapq.heappush(b.delayed, (due, next(b.seq), entry))
+                    b.cond.notify_all()
+                else:
+                    b.push(entry)
 
     def fetch(self, queues: Sequence[str], *, limit: int, timeout: float) -> list[Delivery]:
         b = self._broker

@@ -1,23 +1,55 @@
-"""The ``memory://`` result backend: a dict and a condition variable."""
+"""The ``memory://`` result backend: a dict and a condition variable.
+
+Group joins (:class:`~conveyor.interfaces.JoinBackend`) keep the same rules as on
+Redis and SQLite — each member counted once, one claim, a "done" mark that outlives
+the join — in a dict under the same lock.
+"""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from typing import Any
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
-_stores: dict[str, tuple[dict[str, tuple[bytes, str, float | None]], threading.Condition]] = {}
+from conveyor.interfaces import BackendCapabilities, Join
+
+
+@dataclass
+class _JoinState:
+    """One group's join: members by ``task_id:index``, size, claim, expiry."""
+
+    members: dict[str, tuple[float, bytes]] = field(default_factory=dict)
+    size: int | None = None
+    claim: str | None = None
+    claim_until: float = 0.0
+    done: bool = False
+    deadline: float | None = None
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.data: dict[str, tuple[bytes, str, float | None]] = {}
+        self.joins: dict[str, _JoinState] = {}
+        self.cond = threading.Condition()
+
+
+_stores: dict[str, _Store] = {}
 _lock = threading.Lock()
 
 
 class MemoryBackend:
     """In-process results shared per URL; waiters sleep on a condition, never spin."""
 
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(joins=True)
+
     def __init__(self, url: str = "memory://", app: Any = None) -> None:
         name = url.split("://", 1)[1] if "://" in url else url
         with _lock:
-            self._data, self._cond = _stores.setdefault(name or "default",
-                                                        ({}, threading.Condition()))
+            store = _stores.setdefault(name or "default", _Store())
+        self._data, self._joins, self._cond = store.data, store.joins, store.cond
 
     def _live(self, task_id: str) -> bytes | None:
         found = self._data.get(task_id)
@@ -62,3 +94,54 @@ class MemoryBackend:
 
     def close(self) -> None:
         pass
+
+    # ------------------------------------------------------------------ joins
+    def _join(self, group_id: str) -> _JoinState:
+        state = self._joins.get(group_id)
+        now = time.monotonic()
+        if state is None or (state.deadline is not None and state.deadline <= now):
+            state = self._joins[group_id] = _JoinState()
+        return state
+
+    @staticmethod
+    def _touch(state: _JoinState, expires: float | None) -> None:
+        if expires:
+            state.deadline = time.monotonic() + expires
+
+    def join_size(self, group_id: str, size: int, *, expires: float | None) -> None:
+        with self._cond:
+            state = self._join(group_id)
+            state.size, state.done, state.claim = int(size), False, None
+            self._touch(state, expires)
+
+    def join_add(self, group_id: str, task_id: str, index: int | None, payload: bytes, *,
+                 expires: float | None, claim_for: float) -> Join:
+        with self._cond:
+            state = self._join(group_id)
+            if state.done:
+                return Join(-1, None, None)
+            score = math.inf if index is None else float(index)
+            state.members.setdefault(f"{task_id}:{'+inf' if index is None else index}",
+                                     (score, bytes(payload)))
+            self._touch(state, expires)
+            done, now = len(state.members), time.monotonic()
+            claim = None
+            if state.size is not None and done == state.size \
+                    and (state.claim is None or state.claim_until <= now):
+                claim = state.claim = uuid.uuid4().hex
+                state.claim_until = now + claim_for
+            return Join(done, state.size, claim)
+
+    def join_results(self, group_id: str) -> list[bytes]:
+        with self._cond:
+            members = self._join(group_id).members
+            return [payload for _score, payload in sorted(members.values())]
+
+    def join_finish(self, group_id: str, claim: str, *, expires: float | None) -> bool:
+        with self._cond:
+            state = self._joins.get(group_id)
+            if state is None or state.claim != claim:
+                return False
+            done = self._joins[group_id] = _JoinState(done=True)
+            self._touch(done, expires)
+            return True
