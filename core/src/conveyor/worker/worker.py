@@ -351,17 +351,18 @@ class Worker:
     def _may_start(self, transport: Transport, job: Job, now: float) -> bool:
         """True when ``job`` may start now under its task's rate limit; otherwise
         it waits for its slot in memory, or broker-side when that is further away
-        than the ETA horizon (as a far ETA is parked)."""
+        than the ETA horizon and the transport has ``delays`` (as a far ETA is
+        parked)."""
         throttle = self._throttles.get(job.request.name)
         if throttle is None or job.extra.pop("slot", None) is not None:
             return True
         slot = throttle.reserve(now)
         if slot <= now:
             return True
-        if slot - now > self._horizon:
+        if slot - now > self._horizon and self._caps.delays:
             throttle.give_back(slot)
             self._unlease(job.delivery)
-            transport.defer(job.delivery, slot)
+            cast(DelayTransport, transport).defer(job.delivery, slot)
         else:
             job.extra["slot"] = slot
             heapq.heappush(self._throttled, (slot, next(self._seq), job))
