@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 from conveyor_pytest.contract import (
-    BackendContract, CompressorContract, SerializerContract, TransportContract,
+    BackendContract, CompressorContract, DeadLetterContract, DelayContract,
+    FullTransportContract, InspectContract, JoinContract, LeaseContract, PriorityContract,
+    PurgeContract, SerializerContract, TransportContract,
 )
 from conveyor_pytest.fixtures import require_service
 
@@ -65,13 +67,21 @@ class TestCompressors(CompressorContract):
         return Conveyor("contract", broker="memory://c").codecs.compressor(request.param)
 
 
-class TestMemoryTransport(TransportContract):
+class TestMemoryTransport(TransportContract, PriorityContract, DelayContract,
+                          LeaseContract, DeadLetterContract, PurgeContract,
+                          InspectContract):
+    """Everything but ``abandon``: closing an in-process broker gives nothing back."""
+
+    covers = ("memory",)
+
     @pytest.fixture
     def broker_url(self) -> str:
         return f"memory://contract-{uuid.uuid4().hex[:8]}"
 
 
-class TestSqliteTransport(TransportContract):
+class TestSqliteTransport(FullTransportContract):
+    covers = ("sqlite",)
+
     @pytest.fixture
     def broker_url(self, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'contract.sqlite3'}"
@@ -92,25 +102,52 @@ def redis_contract_url() -> Iterator[str]:
     client.close()
 
 
-class TestRedisTransport(TransportContract):
+class TestRedisTransport(FullTransportContract):
+    # rediss:// is the same class over TLS (SecureRedisTransport changes the scheme only)
+    covers = ("redis", "rediss")
+
     @pytest.fixture
     def broker_url(self, redis_contract_url: str) -> str:
         return redis_contract_url
 
 
-class TestMemoryBackend(BackendContract):
+class TestMemoryBackend(BackendContract, JoinContract):
+    covers = ("memory",)
+
     @pytest.fixture
     def backend_url(self) -> str:
         return f"memory://contract-{uuid.uuid4().hex[:8]}"
 
 
-class TestSqliteBackend(BackendContract):
+class TestSqliteBackend(BackendContract, JoinContract):
+    covers = ("sqlite",)
+
     @pytest.fixture
     def backend_url(self, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'contract.sqlite3'}"
 
 
-class TestRedisBackend(BackendContract):
+class TestRedisBackend(BackendContract, JoinContract):
+    covers = ("redis", "rediss")
+
     @pytest.fixture
     def backend_url(self, redis_contract_url: str) -> str:
         return redis_contract_url
+
+
+def _covered(kind: type) -> set[str]:
+    found: set[str] = set()
+    for cls in list(globals().values()):
+        if isinstance(cls, type) and issubclass(cls, kind) and cls.__name__.startswith("Test"):
+            found.update(cls.covers)
+    return found
+
+
+@pytest.mark.parametrize(("group", "kind"), [("conveyor.transports", TransportContract),
+                                             ("conveyor.backends", BackendContract)])
+def test_every_installed_transport_and_backend_has_a_contract_class(
+        group: str, kind: type) -> None:
+    installed = {p.name for p in find(group)}
+    missing = installed - _covered(kind)
+    assert not missing, (f"{group} entry points without a {kind.__name__} test class "
+                         f"in {__name__}: {sorted(missing)} (add one, with covers=...)")

@@ -462,3 +462,18 @@ def test_wrong_key_type_is_an_operational_error(make_transport: Any, r: redis.Re
     r.set(queue, "not a list")
     with pytest.raises(OperationalError, match="WRONGTYPE"):
         make_transport().publish(make_message(1, priority=9), Route(queue))
+
+
+def test_a_publish_error_outside_retry_errors_is_still_operational_error() -> None:
+    """``retry_errors`` narrows what is retried, not what the caller gets: a refused
+    connection is reported as OperationalError naming the masked URL, not retried."""
+    from conveyor import Conveyor
+    app = Conveyor("h15-unretried", broker="redis://:s3cret@127.0.0.1:1/0",
+                   backend="memory://h15-unretried", broker_connection_timeout=2)
+    with pytest.raises(OperationalError) as info:
+        app.send_task("any.task", retry_policy={"retry_errors": (TimeoutError,),
+                                                "max_retries": 5})
+    text = str(info.value)
+    assert "s3cret" not in text and "redis://:**@127.0.0.1:1/0" in text
+    assert "not retried" in text and isinstance(info.value.__cause__, redis.ConnectionError)
+    app.close()

@@ -28,7 +28,7 @@ def test_entry_point_and_protocol(transport):
     found = entry_points(group="conveyor.transports", name="sqlite")
     assert [ep.load() for ep in found] == [SQLiteTransport]
     assert isinstance(transport, Transport)
-    assert transport.capabilities.native_delay and transport.capabilities.priorities
+    assert transport.capabilities.delays and transport.capabilities.priorities
     assert sqlite3.OperationalError in transport.connection_errors
 
 

@@ -2,12 +2,18 @@
 
 A plugin author subclasses the class for their kind and provides one fixture::
 
-    from conveyor_pytest.contract import TransportContract
+    from conveyor_pytest.contract import DelayContract, TransportContract
 
-    class TestMyTransport(TransportContract):
+    class TestMyTransport(TransportContract, DelayContract):
+        covers = ("mybroker",)
+
         @pytest.fixture
         def broker_url(self, tmp_path):
             return "mybroker://localhost/0"
+
+A transport's contract is its required part (:class:`TransportContract`) plus one
+class per capability it declares (:data:`CAPABILITY_CONTRACTS`); a backend's is
+:class:`BackendContract` plus :class:`JoinContract` when it declares ``joins``.
 
 Conveyor's own plugins are tested with exactly these classes (``tests/contract``).
 """
@@ -17,12 +23,16 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar, cast
 
 import pytest
 
 from conveyor import Conveyor
-from conveyor.interfaces import Backend, Compressor, Message, Route, Serializer, Transport
+from conveyor.interfaces import (
+    CAPABILITY_PROTOCOLS, LEASE, AbandonTransport, Backend, Compressor,
+    DeadLetterTransport, DelayTransport, Delivery, InspectTransport, JoinBackend,
+    LeaseTransport, Message, PurgeTransport, Route, Serializer, Transport,
+)
 
 TASK_BODY = [[2, 2], {"k": "v", "n": [1, 2.5, None, True]},
              {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
@@ -77,16 +87,16 @@ class CompressorContract:
             compressor.decompress(b"\x00\x01definitely not compressed\xff" * 3)
 
 
-class TransportContract:
-    """Provide ``broker_url``; override ``transport_options`` to add options.
+class _TransportKit:
+    """Fixtures and helpers shared by the transport contract classes."""
 
-    Uses ``visibility_timeout`` of 1 s (leasing transports) so redelivery is quick.
-    """
-
+    #: Seconds of ``visibility_timeout`` (leasing transports): short, so a lapsed
+    #: lease comes back quickly.
     visibility_timeout = 1.0
 
     @pytest.fixture
     def transport_options(self) -> dict[str, Any]:
+        """``broker_transport_options`` for the app; override to add or drop keys."""
         return {"visibility_timeout": self.visibility_timeout}
 
     @pytest.fixture
@@ -103,39 +113,87 @@ class TransportContract:
 
     @pytest.fixture
     def transport(self, app: Conveyor, queue: str) -> Iterator[Transport]:
+        transport = self.connect(app, queue)
+        yield transport
+        try:
+            caps = transport.capabilities
+            if caps.purge:
+                cast(PurgeTransport, transport).purge(queue)
+            else:
+                self.drain(transport, queue, 10_000, timeout=0.5)
+            if caps.dead_letters:
+                cast(DeadLetterTransport, transport).purge_dead(queue)
+        finally:
+            transport.close()
+
+    def connect(self, app: Conveyor, queue: str) -> Transport:
+        """A new connected transport with ``queue`` declared."""
         transport = app.transport_factory()
         transport.connect()
         transport.declare(Route(queue))
-        yield transport
-        try:
-            transport.purge(queue)
-            transport.purge_dead(queue)
-        finally:
-            transport.close()
+        return transport
 
     def message(self, n: int, priority: int | None = None) -> Message:
         return Message({"task": "contract.t", "id": f"m{n}-{uuid.uuid4().hex[:6]}",
                         "x-n": n}, f"[[{n}], {{}}, {{}}]".encode(), "application/json",
                        "utf-8", {"priority": priority, "correlation_id": f"m{n}"})
 
+    def send(self, transport: Transport, queue: str, *messages: Message,
+             due: float | None = None) -> None:
+        transport.publish_many([(m, Route(queue), due) for m in messages])
+
     def drain(self, transport: Transport, queue: str, expect: int,
-              timeout: float = 5) -> list[Any]:
-        got: list[Any] = []
+              timeout: float = 5) -> list[Delivery]:
+        """Fetch and ack until ``expect`` deliveries came or ``timeout`` passed."""
+        got: list[Delivery] = []
         deadline = time.monotonic() + timeout
         while len(got) < expect and time.monotonic() < deadline:
-            batch = transport.fetch([queue], limit=expect - len(got), timeout=0.5)
+            batch = transport.fetch([queue], limit=min(expect - len(got), 100), timeout=0.3)
             transport.ack(batch)
             got.extend(batch)
         return got
 
-    def test_publish_fetch_ack_keeps_the_message(self, transport: Transport, queue: str) -> None:
+    def ids(self, deliveries: list[Delivery]) -> list[Any]:
+        return [d.message.headers["x-n"] for d in deliveries]
+
+
+class TransportContract(_TransportKit):
+    """What every transport must do (the required :class:`Transport` protocol).
+
+    Provide a ``broker_url`` fixture, and mix in the contract class of every
+    capability the transport declares (:data:`CAPABILITY_CONTRACTS`;
+    :class:`FullTransportContract` has them all). A declared capability without its
+    contract class, or a contract class for a capability not declared, fails
+    ``test_declared_capabilities_are_tested``. Set ``covers`` to the entry-point
+    names the class tests (Conveyor's suite checks every installed one is covered).
+    """
+
+    covers: ClassVar[tuple[str, ...]] = ()
+
+    def test_declared_capabilities_are_tested(self, transport: Transport) -> None:
+        caps = transport.capabilities
+        for flag, contract in CAPABILITY_CONTRACTS.items():
+            declared, tested = getattr(caps, flag), isinstance(self, contract)
+            assert declared == tested, (
+                f"{type(transport).__name__} {'declares' if declared else 'does not declare'}"
+                f" Capabilities.{flag}, but {type(self).__name__} "
+                f"{'does not mix in' if declared else 'mixes in'} {contract.__name__}.")
+            protocol = CAPABILITY_PROTOCOLS.get(flag)
+            if declared and protocol is not None:
+                assert isinstance(transport, protocol), (
+                    f"{type(transport).__name__} declares Capabilities.{flag} but lacks "
+                    f"methods of {protocol.__name__}.")
+        assert isinstance(transport, Transport)
+
+    def test_publish_fetch_ack_keeps_the_message(self, transport: Transport,
+                                                 queue: str) -> None:
         sent = self.message(1, priority=3)
-        transport.publish(sent, Route(queue))
+        self.send(transport, queue, sent)
         [got] = self.drain(transport, queue, 1)
         m = got.message
         assert (m.headers["id"], m.headers["x-n"], m.body) == (sent.headers["id"], 1, sent.body)
         assert (m.content_type, m.content_encoding) == ("application/json", "utf-8")
-        assert m.properties.get("priority") == 3 and got.queue == queue
+        assert m.properties.get("correlation_id") == "m1" and got.queue == queue
         assert got.deliveries == 1 and not got.redelivered
         assert transport.fetch([queue], limit=1, timeout=0.2) == []
 
@@ -144,44 +202,97 @@ class TransportContract:
         assert transport.fetch([queue], limit=5, timeout=0.3) == []
         assert time.monotonic() - start < 2.5
 
-    def test_higher_priority_first_fifo_within(self, transport: Transport, queue: str) -> None:
-        # Levels distinct on every transport (Redis has four: 0, 1–3, 4–6, 7–255).
-        for n, priority in enumerate([None, 5, 9, 5, 0, 2]):
-            transport.publish(self.message(n, priority), Route(queue))
-        order = [d.message.headers["x-n"] for d in self.drain(transport, queue, 6)]
-        assert order == [2, 1, 3, 5, 0, 4]
+    def test_declare_is_idempotent(self, transport: Transport, queue: str) -> None:
+        transport.declare(Route(queue))
+        transport.declare(Route(queue))
+        self.send(transport, queue, self.message(1))
+        assert self.ids(self.drain(transport, queue, 1)) == [1]
 
-    def test_publish_many_and_depth(self, transport: Transport, queue: str) -> None:
-        transport.publish_many([(self.message(n), Route(queue), None) for n in range(25)])
-        assert transport.depth(queue) == 25
-        assert transport.purge(queue) == 25 and transport.depth(queue) == 0
+    def test_a_batch_arrives_whole_and_in_order(self, transport: Transport,
+                                                queue: str) -> None:
+        self.send(transport, queue, *(self.message(n) for n in range(25)))
+        assert self.ids(self.drain(transport, queue, 25)) == list(range(25))
 
-    def test_due_messages_wait_until_due(self, transport: Transport, queue: str) -> None:
-        transport.publish(self.message(1), Route(queue), due=time.time() + 1.0)
-        assert transport.fetch([queue], limit=1, timeout=0.3) == []
-        got = self.drain(transport, queue, 1, timeout=5)
-        assert [d.message.headers["x-n"] for d in got] == [1]
+    def test_limit_is_respected(self, transport: Transport, queue: str) -> None:
+        self.send(transport, queue, *(self.message(n) for n in range(5)))
+        first = transport.fetch([queue], limit=2, timeout=2)
+        assert 1 <= len(first) <= 2
+        transport.ack(first)
+        assert len(first) + len(self.drain(transport, queue, 5)) == 5
 
-    def test_defer_parks_a_delivery_until_due(self, transport: Transport, queue: str) -> None:
-        transport.publish(self.message(1), Route(queue))
-        [d] = transport.fetch([queue], limit=1, timeout=2)
-        transport.defer(d, time.time() + 1.0)
-        assert transport.fetch([queue], limit=1, timeout=0.3) == []
-        [again] = self.drain(transport, queue, 1, timeout=5)
-        assert again.message.headers["id"] == d.message.headers["id"]
-
-    def test_requeue_gives_it_back(self, transport: Transport, queue: str) -> None:
-        transport.publish(self.message(1), Route(queue))
+    def test_requeue_gives_it_back_uncounted(self, transport: Transport, queue: str) -> None:
+        self.send(transport, queue, self.message(1))
         [d] = transport.fetch([queue], limit=1, timeout=2)
         transport.requeue(d)
         [again] = self.drain(transport, queue, 1)
         assert again.message.headers["id"] == d.message.headers["id"]
+        assert again.deliveries == 1
+
+    def test_close_gives_unsettled_deliveries_back(self, app: Conveyor, transport: Transport,
+                                                  queue: str) -> None:
+        other = self.connect(app, queue)
+        self.send(other, queue, self.message(1))
+        [d] = other.fetch([queue], limit=1, timeout=2)
+        other.close()
+        [again] = self.drain(transport, queue, 1)
+        assert again.message.headers["id"] == d.message.headers["id"]
+        assert again.deliveries == 2 and again.redelivered
+
+    def test_settlement_model(self, app: Conveyor, transport: Transport, queue: str) -> None:
+        """Lease: another connection may ack a delivery, and it is gone. Channel: a
+        delivery whose channel is lost comes back to another one, redelivered."""
+        first = self.connect(app, queue)
+        self.send(first, queue, self.message(1))
+        [d] = first.fetch([queue], limit=1, timeout=2)
+        if transport.capabilities.settlement == LEASE:
+            transport.ack([d])
+            first.close()
+            assert transport.fetch([queue], limit=1, timeout=0.5) == []
+        else:
+            first.close()
+            [again] = self.drain(transport, queue, 1)
+            assert again.message.headers["id"] == d.message.headers["id"]
+            assert again.redelivered
+
+
+class PriorityContract(_TransportKit):
+    """``Capabilities.priorities``: higher ``priority`` first, FIFO within one."""
+
+    def test_higher_priority_first_fifo_within(self, transport: Transport,
+                                               queue: str) -> None:
+        # Levels distinct on every transport (Redis has four: 0, 1–3, 4–6, 7–255).
+        for n, priority in enumerate([None, 5, 9, 5, 0, 2]):
+            self.send(transport, queue, self.message(n, priority))
+        assert self.ids(self.drain(transport, queue, 6)) == [2, 1, 3, 5, 0, 4]
+        self.send(transport, queue, self.message(9, 7))
+        [d] = self.drain(transport, queue, 1)
+        assert d.message.priority == 7
+
+
+class DelayContract(_TransportKit):
+    """``Capabilities.delays``: ``due`` parks a message; ``defer`` parks a delivery."""
+
+    def test_due_messages_wait_until_due(self, transport: Transport, queue: str) -> None:
+        self.send(transport, queue, self.message(1), due=time.time() + 1.0)
+        assert transport.fetch([queue], limit=1, timeout=0.3) == []
+        assert self.ids(self.drain(transport, queue, 1, timeout=5)) == [1]
+
+    def test_defer_parks_a_delivery_until_due(self, transport: Transport, queue: str) -> None:
+        self.send(transport, queue, self.message(1))
+        [d] = transport.fetch([queue], limit=1, timeout=2)
+        cast(DelayTransport, transport).defer(d, time.time() + 1.0)
+        assert transport.fetch([queue], limit=1, timeout=0.3) == []
+        [again] = self.drain(transport, queue, 1, timeout=5)
+        assert again.message.headers["id"] == d.message.headers["id"]
+        assert again.deliveries == 1
+
+
+class LeaseContract(_TransportKit):
+    """``Capabilities.leases``: a lapsed lease comes back; ``extend`` keeps one."""
 
     def test_unacked_delivery_comes_back_after_visibility_timeout(
             self, transport: Transport, queue: str) -> None:
-        if not transport.visibility_timeout:
-            pytest.skip("the broker itself redelivers on connection loss (no lease)")
-        transport.publish(self.message(1), Route(queue))
+        self.send(transport, queue, self.message(1))
         [d] = transport.fetch([queue], limit=1, timeout=2)
         again = _wait_for(lambda: transport.fetch([queue], limit=1, timeout=0.3),
                           timeout=self.visibility_timeout * 8 + 5)
@@ -189,33 +300,96 @@ class TransportContract:
         assert again[0].deliveries == 2 and again[0].redelivered
         transport.ack(again)
 
-    def test_extend_keeps_a_live_lease(self, transport: Transport, queue: str) -> None:
-        if not transport.visibility_timeout:
-            pytest.skip("the broker itself redelivers on connection loss (no lease)")
-        transport.publish(self.message(1), Route(queue))
+    def test_extend_keeps_a_live_lease(self, app: Conveyor, transport: Transport,
+                                       queue: str) -> None:
+        keeper = cast(LeaseTransport, self.connect(app, queue))
+        assert cast(LeaseTransport, transport).visibility_timeout == self.visibility_timeout
+        self.send(transport, queue, self.message(1))
         [d] = transport.fetch([queue], limit=1, timeout=2)
         deadline = time.monotonic() + self.visibility_timeout * 2.5
-        while time.monotonic() < deadline:
-            transport.extend([d])
-            assert transport.fetch([queue], limit=1, timeout=self.visibility_timeout / 4) == []
+        try:
+            while time.monotonic() < deadline:
+                keeper.extend([d])  # from another connection, as the worker does
+                assert transport.fetch([queue], limit=1,
+                                       timeout=self.visibility_timeout / 4) == []
+        finally:
+            keeper.close()
         transport.ack([d])
+
+
+class DeadLetterContract(_TransportKit):
+    """``Capabilities.dead_letters``: kept with reason and time, listed, requeued."""
 
     def test_dead_letters_keep_message_reason_and_can_be_requeued(
             self, transport: Transport, queue: str) -> None:
+        dl = cast(DeadLetterTransport, transport)
         sent = self.message(7)
-        transport.publish(sent, Route(queue))
+        self.send(transport, queue, sent)
         [d] = transport.fetch([queue], limit=1, timeout=2)
-        transport.dead_letter(d, "DecodeError: broken body")
-        [dead] = transport.dead_letters(queue)
+        dl.dead_letter(d, "DecodeError: broken body")
+        [dead] = dl.dead_letters(queue)
         assert dead.queue == queue and dead.reason == "DecodeError: broken body"
         assert dead.message.headers["id"] == sent.headers["id"] and dead.message.body == sent.body
         assert abs(dead.time - time.time()) < 60
-        assert transport.depth(queue) == 0
-        assert transport.requeue_dead([dead.id]) == 1
-        assert transport.dead_letters(queue) == []
+        assert transport.fetch([queue], limit=1, timeout=0.3) == []
+        assert dl.requeue_dead([dead.id]) == 1
+        assert dl.dead_letters(queue) == []
         [back] = transport.fetch([queue], limit=1, timeout=2)
-        transport.dead_letter(back, "again")
-        assert transport.purge_dead(queue) == 1 and transport.dead_letters(queue) == []
+        dl.dead_letter(back, "again")
+        assert dl.purge_dead(queue) == 1 and dl.dead_letters(queue) == []
+
+
+class PurgeContract(_TransportKit):
+    """``Capabilities.purge``: ``purge`` deletes what waits and says how much."""
+
+    def test_purge(self, transport: Transport, queue: str) -> None:
+        self.send(transport, queue, *(self.message(n) for n in range(12)))
+        assert cast(PurgeTransport, transport).purge(queue) == 12
+        assert transport.fetch([queue], limit=1, timeout=0.3) == []
+
+
+class InspectContract(_TransportKit):
+    """``Capabilities.inspect``: ``depth`` counts what could be delivered now."""
+
+    def test_depth(self, transport: Transport, queue: str) -> None:
+        inspect = cast(InspectTransport, transport)
+        assert inspect.depth(queue) == 0
+        self.send(transport, queue, *(self.message(n) for n in range(25)))
+        assert inspect.depth(queue) == 25
+        transport.ack(transport.fetch([queue], limit=5, timeout=2))
+        assert inspect.depth(queue) == 20
+
+
+class AbandonContract(_TransportKit):
+    """``Capabilities.abandon``: dropping a broken connection gives nothing back."""
+
+    def test_abandon_keeps_running_deliveries(self, app: Conveyor, transport: Transport,
+                                              queue: str) -> None:
+        lost = self.connect(app, queue)
+        self.send(lost, queue, self.message(1))
+        [d] = lost.fetch([queue], limit=1, timeout=2)
+        cast(AbandonTransport, lost).abandon()
+        if transport.capabilities.settlement == LEASE:
+            # still leased: not handed to anyone, and the new connection acks it
+            assert transport.fetch([queue], limit=1, timeout=0.3) == []
+            transport.ack([d])
+        else:  # the broker redelivers what the lost channel held
+            [again] = self.drain(transport, queue, 1)
+            assert again.message.headers["id"] == d.message.headers["id"]
+
+
+#: The contract class of each capability flag.
+CAPABILITY_CONTRACTS: dict[str, type] = {
+    "priorities": PriorityContract, "delays": DelayContract, "leases": LeaseContract,
+    "dead_letters": DeadLetterContract, "purge": PurgeContract,
+    "inspect": InspectContract, "abandon": AbandonContract,
+}
+
+
+class FullTransportContract(TransportContract, PriorityContract, DelayContract,
+                            LeaseContract, DeadLetterContract, PurgeContract,
+                            InspectContract, AbandonContract):
+    """Every part, for a transport that declares every capability."""
 
 
 def _doc(status: str, result: Any) -> bytes:
@@ -227,7 +401,10 @@ def _doc(status: str, result: Any) -> bytes:
 
 class BackendContract:
     """Provide ``backend_url``. Payloads are JSON state documents, as the core
-    writes them with the default ``result_serializer``."""
+    writes them with the default ``result_serializer``. Mix in :class:`JoinContract`
+    when the backend declares ``BackendCapabilities.joins``."""
+
+    covers: ClassVar[tuple[str, ...]] = ()
 
     @pytest.fixture
     def backend(self, backend_url: str) -> Iterator[Backend]:
@@ -242,6 +419,13 @@ class BackendContract:
         task_id = f"contract-{uuid.uuid4()}"
         yield task_id
         backend.forget(task_id)
+
+    def test_declared_capabilities_are_tested(self, backend: Backend) -> None:
+        declared = backend.capabilities.joins
+        assert declared == isinstance(self, JoinContract), (
+            f"{type(backend).__name__} joins={declared}, but {type(self).__name__} "
+            f"{'does not mix in' if declared else 'mixes in'} JoinContract.")
+        assert isinstance(backend, JoinBackend if declared else Backend)
 
     def test_pending_is_none_then_stored(self, backend: Backend, task_id: str) -> None:
         assert backend.get(task_id) is None
@@ -279,3 +463,72 @@ class BackendContract:
     def test_expiry(self, backend: Backend, task_id: str) -> None:
         backend.store(task_id, "SUCCESS", _doc("SUCCESS", "short"), expires=1)
         assert _wait_for(lambda: backend.get(task_id) is None, timeout=5, interval=0.2)
+
+
+class JoinContract:
+    """``BackendCapabilities.joins``: each member counted once, exactly one claim."""
+
+    @pytest.fixture
+    def joins(self, backend: Backend) -> JoinBackend:
+        return cast(JoinBackend, backend)
+
+    @pytest.fixture
+    def group_id(self) -> str:
+        return f"contract-group-{uuid.uuid4()}"
+
+    def test_members_counted_once_and_one_claim(self, joins: JoinBackend,
+                                                group_id: str) -> None:
+        joins.join_size(group_id, 3, expires=60)
+        seen = [joins.join_add(group_id, f"t{i}", i, f"r{i}".encode(), expires=60,
+                               claim_for=10) for i in (2, 0, 0, 1)]
+        assert [(j.done, j.size) for j in seen] == [(1, 3), (2, 3), (2, 3), (3, 3)]
+        assert [j.claim is not None for j in seen] == [False, False, False, True]
+        again = joins.join_add(group_id, "t1", 1, b"r1", expires=60, claim_for=10)
+        assert (again.done, again.claim) == (3, None)  # a redelivered member
+        assert joins.join_results(group_id) == [b"r0", b"r1", b"r2"]  # by index
+
+    def test_concurrent_members_make_one_claim(self, joins: JoinBackend,
+                                               group_id: str) -> None:
+        import threading
+        n = 20
+        joins.join_size(group_id, n, expires=60)
+        claims: list[str] = []
+        start = threading.Barrier(n)
+
+        def member(i: int) -> None:
+            start.wait(10)
+            claim = joins.join_add(group_id, f"t{i}", i, b"x%d" % i, expires=60,
+                                   claim_for=10).claim
+            if claim:
+                claims.append(claim)
+
+        threads = [threading.Thread(target=member, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(claims) == 1 and len(joins.join_results(group_id)) == n
+
+    def test_finish_needs_the_claim_and_ignores_late_members(
+            self, joins: JoinBackend, group_id: str) -> None:
+        joins.join_size(group_id, 1, expires=60)
+        claim = joins.join_add(group_id, "t0", 0, b"r0", expires=60, claim_for=10).claim
+        assert claim is not None
+        assert not joins.join_finish(group_id, "not-the-claim", expires=60)
+        assert joins.join_finish(group_id, claim, expires=60)
+        late = joins.join_add(group_id, "t0", 0, b"r0", expires=60, claim_for=10)
+        assert late.done == -1 and late.claim is None
+        assert joins.join_results(group_id) == []
+        joins.join_size(group_id, 1, expires=60)  # the same chord applied again
+        assert joins.join_add(group_id, "t9", 0, b"r9", expires=60, claim_for=10).claim
+
+    def test_join_without_size_counts_but_never_claims(self, joins: JoinBackend,
+                                                       group_id: str) -> None:
+        got = joins.join_add(group_id, "t0", None, b"r", expires=60, claim_for=10)
+        assert (got.done, got.size, got.claim) == (1, None, None)
+
+    def test_join_expires(self, joins: JoinBackend, group_id: str) -> None:
+        joins.join_size(group_id, 2, expires=1)
+        joins.join_add(group_id, "t0", 0, b"r0", expires=1, claim_for=10)
+        assert _wait_for(lambda: joins.join_results(group_id) == [], timeout=5,
+                         interval=0.2)
