@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conveyor import Conveyor
+from conveyor.interfaces import Message, Route
 from conveyor_pytest.fixtures import worker_process
 
 PROJ = '''
@@ -132,7 +134,8 @@ def test_dead_list_lines_and_requeue_by_task_id(proj: dict[str, str]) -> None:
         rows = _dead_rows(proj, 2, "byid")
     assert sorted(r["task_id"] for r in rows) == sorted(task_ids)
     assert all(set(r) == {"id", "task_id", "task", "queue", "time", "reason"} for r in rows)
-    lines = conveyor(proj, "-A", "proj_cli", "dead", "list", "-Q", "byid").stdout.splitlines()
+    human = conveyor(proj, "-A", "proj_cli", "dead", "list", "-Q", "byid").stdout
+    lines = human.splitlines()
     assert [line.split("  ")[:4] for line in lines] == \
         [[r["id"], r["task_id"], "proj_cli.nope", "byid"] for r in rows]
     assert all(line.split("  ")[4] == r["time"] and r["reason"] in line
@@ -150,6 +153,23 @@ def test_dead_list_lines_and_requeue_by_task_id(proj: dict[str, str]) -> None:
     assert conveyor(proj, "-A", "proj_cli", "dead", "list", "-Q", "byid").stdout == ""
     both = conveyor(proj, "-A", "proj_cli", "dead", "requeue", "--all", task_ids[0])
     assert both.returncode == 2
+
+
+def test_dead_list_shows_a_dash_for_a_message_without_task_id(proj: dict[str, str]) -> None:
+    app = Conveyor("garbage", broker=proj["CONVEYOR_BROKER_URL"])
+    transport = app.transport_factory()
+    transport.connect()
+    try:
+        transport.publish_many([(Message({}, b"not a task message"), Route("unread"), None)])
+    finally:
+        transport.close()
+    env = {k: v for k, v in proj.items() if k != "cwd"}
+    with worker_process("proj_cli", env=env, cwd=proj["cwd"], queues=["unread"]):
+        (row,) = _dead_rows(proj, 1, "unread")
+    assert (row["task_id"], row["task"], row["queue"]) == (None, None, "unread")
+    listed = conveyor(proj, "-A", "proj_cli", "dead", "list", "-Q", "unread").stdout
+    (line,) = listed.splitlines()
+    assert line.split("  ")[:4] == [row["id"], "-", "-", "unread"]
 
 
 def test_dead_purge_asks_and_reads_a_piped_answer(proj: dict[str, str]) -> None:
