@@ -26,7 +26,8 @@ protocol that flag names (:class:`Capabilities`, :class:`BackendCapabilities`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
@@ -71,7 +72,10 @@ class Message:
 class Route(NamedTuple):
     """Where a message goes: a queue, and the exchange/routing key that reach it.
 
-    With the default exchange ``""`` the routing key is the queue name.
+    With the default exchange ``""`` (or the queue's own, named like the queue) the
+    message goes to ``queue``. With another exchange it goes through that exchange's
+    bindings (:meth:`destinations`), as on an AMQP broker: to every queue bound with
+    a matching routing key.
     """
 
     queue: str
@@ -81,6 +85,51 @@ class Route(NamedTuple):
     @property
     def key(self) -> str:
         return self.routing_key if self.routing_key is not None else self.queue
+
+    @property
+    def routed(self) -> bool:
+        """True when the message goes through ``exchange``'s bindings."""
+        return bool(self.exchange) and self.exchange != self.queue
+
+    def own_binding(self) -> Binding:
+        """What declaring this route binds: ``queue`` on its own direct exchange
+        (named like the queue), with the routing key it is published with there.
+
+        That is Celery's automatic queue, so ``apply_async(exchange="high",
+        routing_key="high")`` reaches a worker consuming queue ``high`` on every
+        transport, Celery's workers and Conveyor's alike.
+        """
+        key = self.queue if self.routed else self.key
+        return Binding(key, "", self.queue)
+
+    def destinations(self, bindings: Iterable[Binding]) -> list[str]:
+        """The queues a message on this route goes to, given the bindings of its
+        exchange: each queue bound with a matching key once, in order; ``queue``
+        itself when the exchange is its own or nothing matches (never dropped)."""
+        if not self.routed:
+            return [self.queue]
+        key = self.key
+        found = list(dict.fromkeys(b.queue for b in bindings if b.matches(key)))
+        return found or [self.queue]
+
+
+class Binding(NamedTuple):
+    """One row of an exchange's binding table, in the layout kombu's virtual
+    transports share (on Redis, a member of ``_kombu.binding.<exchange>``:
+    ``routing_key``, ``pattern`` and ``queue`` joined by ``\\x06\\x16``).
+
+    A direct binding has no ``pattern`` and matches a routing key equal to its own;
+    a topic binding's ``pattern`` is the regular expression kombu wrote for it.
+    """
+
+    routing_key: str
+    pattern: str
+    queue: str
+
+    def matches(self, key: str) -> bool:
+        if self.pattern:
+            return re.match(self.pattern, key) is not None
+        return key == self.routing_key
 
 
 @dataclass(slots=True)
@@ -246,7 +295,9 @@ class Transport(Protocol):
         (at once or by their lease), counted as delivered."""
 
     def declare(self, route: Route) -> None:
-        """Make sure the queue, its exchange and the binding between them exist.
+        """Make sure ``route.queue`` exists, bound to its own exchange
+        (:meth:`Route.own_binding`, in the binding table of the exchange named
+        ``route.queue``).
 
         The core calls it once per route a connection publishes to and once per
         queue a worker consumes (``Route(queue)``), before using it; it must be
@@ -255,8 +306,10 @@ class Transport(Protocol):
     def publish_many(self, batch: Sequence[Outgoing]) -> None:
         """Send messages in as few round trips as possible: all, or none and an error.
 
-        The core sends a single message as a batch of one. ``due`` is None unless
-        the transport declares ``delays``."""
+        A message goes to ``route.queue``, or, when ``route.routed``, to each of
+        ``route.destinations(bindings of route.exchange)``. The core sends a single
+        message as a batch of one. ``due`` is None unless the transport declares
+        ``delays``."""
 
     def fetch(self, queues: Sequence[str], *, limit: int, timeout: float) -> list[Delivery]:
         """Up to ``limit`` deliveries from ``queues``, waiting at most ``timeout``
@@ -654,7 +707,7 @@ class AsyncJoinBackend(AsyncBackend, Protocol):
 
 
 __all__ = [
-    "COMMON_OPTIONS", "LEASE", "CHANNEL", "CAPABILITY_PROTOCOLS", "Message", "Route",
+    "COMMON_OPTIONS", "LEASE", "CHANNEL", "CAPABILITY_PROTOCOLS", "Message", "Route", "Binding",
     "Delivery", "Outgoing", "Capabilities", "BackendCapabilities", "DeadLetter", "Join",
     "Serializer", "Compressor", "Transport", "DelayTransport", "LeaseTransport",
     "DeadLetterTransport", "PurgeTransport", "InspectTransport", "AbandonTransport",

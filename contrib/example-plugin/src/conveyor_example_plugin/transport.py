@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from conveyor.interfaces import BaseTransport, Capabilities, Delivery, Message, Outgoing, Route
+from conveyor.interfaces import (
+    BaseTransport, Binding, Capabilities, Delivery, Message, Outgoing, Route,
+)
 
 
 @dataclass
@@ -27,6 +29,8 @@ class _Broker:
     """The queues of one ``example://`` broker; touched only under ``cond``."""
 
     queues: dict[str, deque[tuple[Message, int]]] = field(default_factory=dict)
+    #: exchange -> its bindings, in the order they were declared
+    bindings: dict[str, dict[Binding, None]] = field(default_factory=dict)
     cond: threading.Condition = field(default_factory=threading.Condition)
 
 
@@ -61,14 +65,19 @@ class ExampleTransport(BaseTransport):
             self._broker.cond.notify_all()
 
     def declare(self, route: Route) -> None:
+        """The queue, bound to its own exchange (what ``route.own_binding()`` says)."""
         with self._broker.cond:
             self._broker.queues.setdefault(route.queue, deque())
+            self._broker.bindings.setdefault(route.queue, {})[route.own_binding()] = None
 
     def publish_many(self, batch: Sequence[Outgoing]) -> None:
-        with self._broker.cond:
+        """Each message to its queue, or through its exchange's bindings."""
+        broker = self._broker
+        with broker.cond:
             for message, route, _due in batch:  # due is always None: no delays
-                self._broker.queues.setdefault(route.queue, deque()).append((message, 0))
-            self._broker.cond.notify_all()
+                for queue in route.destinations(broker.bindings.get(route.exchange, ())):
+                    broker.queues.setdefault(queue, deque()).append((message, 0))
+            broker.cond.notify_all()
 
     def fetch(self, queues: Sequence[str], *, limit: int, timeout: float) -> list[Delivery]:
         """Up to ``limit`` deliveries, one queue after the other, FIFO in each."""

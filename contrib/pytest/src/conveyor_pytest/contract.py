@@ -208,6 +208,20 @@ class TransportContract(_TransportKit):
         self.send(transport, queue, self.message(1))
         assert self.ids(self.drain(transport, queue, 1)) == [1]
 
+    def test_a_named_exchange_routes_through_bindings(self, transport: Transport,
+                                                      queue: str) -> None:
+        """Declaring queue X binds it to exchange X with key X (Celery's automatic
+        queue), so a message published to exchange X reaches X whatever its route's
+        queue; through an exchange nobody bound, it goes to the route's queue."""
+        high = f"{queue}.high"
+        transport.declare(Route(high))
+        transport.publish_many([(self.message(1), Route(queue, high, high), None),
+                                (self.message(2), Route(queue, high, "other-key"), None)])
+        assert self.ids(self.drain(transport, high, 1)) == [1]
+        assert self.ids(self.drain(transport, queue, 1)) == [2]  # no binding matched
+        transport.publish_many([(self.message(3), Route(queue, high, high), None)])
+        assert self.ids(self.drain(transport, high, 1)) == [3]  # a batch of one too
+
     def test_a_batch_arrives_whole_and_in_order(self, transport: Transport,
                                                 queue: str) -> None:
         self.send(transport, queue, *(self.message(n) for n in range(25)))

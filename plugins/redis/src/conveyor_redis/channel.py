@@ -1,4 +1,5 @@
-"""Publishing: kombu's envelope onto the list of its priority step, Celery's bindings.
+"""Publishing: kombu's envelope onto the list of its priority step, through Celery's
+bindings (``_kombu.binding.<exchange>``) when published to a named exchange.
 
 A mixin of :class:`~.transport.RedisTransport` (which provides ``line``, ``layout``,
 ``url`` and the bookkeeping attributes declared below), kept apart so each module
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis
-from conveyor.interfaces import Message, Outgoing, Route
+from conveyor.interfaces import Binding, Message, Outgoing, Route
 
 from . import delay
 from .connection import Line
@@ -45,15 +46,12 @@ class PublisherMixin:
         def line(self) -> Line: ...
 
     def _binding(self, route: Route) -> list[tuple[Any, ...]]:
-        """Celery's binding for a queue on its own exchange (written on first use).
-
-        Only the queue's own exchange (or the anonymous one) is bound: the type of a
-        named exchange is not stored in Redis, and a direct-style binding on a topic
-        exchange would match every routing key for kombu publishers.
-        """
-        if route.exchange not in ("", route.queue):
-            return []
-        member = self.layout.binding_member(route.key, route.queue)
+        """The route's own binding (:meth:`Route.own_binding`), as kombu writes it:
+        in ``_kombu.binding.<queue>`` and, as the binding of a queue without
+        ``x-expires``, in ``_kombu.binding_permanent.<queue>``, which keeps kombu's
+        sweep from deleting the table."""
+        bound = route.own_binding()
+        member = self.layout.binding_member(bound.routing_key, bound.queue, bound.pattern)
         return [("SADD", self.layout.binding(route.queue), member),
                 ("SADD", self.layout.binding_permanent(route.queue), member)]
 
@@ -61,16 +59,19 @@ class PublisherMixin:
         if route in self._declared:
             return
         with translate(self.url, f"declaring queue {route.queue!r}"):
-            check(self.line.pipeline(self._binding(route) or [("PING",)]))
+            check(self.line.pipeline(self._binding(route)))
         self._declared.add(route)
 
-    def _envelope(self, message: Message, route: Route) -> tuple[str, str]:
+    def _envelope(self, message: Message, route: Route,
+                  queue: str | None = None) -> tuple[str, str]:
+        """The envelope and the list it goes on (``queue``, default the route's)."""
+        queue = queue or route.queue
         wire = to_wire(message.properties.get("priority"))
         raw = encode(message, route.exchange, route.key, wire, new_tag())
-        key = (route.queue, wire)
+        key = (queue, wire)
         list_key = self._lists.get(key)
         if list_key is None:
-            list_key = self._lists[key] = self.layout.list_for(route.queue, wire)
+            list_key = self._lists[key] = self.layout.list_for(queue, wire)
         return raw, list_key
 
     def _push(self, list_key: str, raw: str, due: float | None) -> tuple[Any, ...]:
@@ -78,7 +79,26 @@ class PublisherMixin:
             return ("ZADD", self.layout.delayed, due, delay.member(list_key, raw))
         return ("LPUSH", list_key, raw)
 
+    def _tables(self, batch: Sequence[Outgoing]) -> dict[str, list[Binding]]:
+        """The binding tables of the exchanges routed messages go through (one round
+        trip, only when there are any): kombu's ``_kombu.binding.<exchange>`` sets."""
+        exchanges = list(dict.fromkeys(r.exchange for _m, r, _d in batch if r.routed))
+        if not exchanges:
+            return {}
+        with translate(self.url, "reading exchange bindings", retryable_raw=True):
+            replies = check(self.line.pipeline(
+                [("SMEMBERS", self.layout.binding(e)) for e in exchanges]))
+        sep = self.layout.sep
+        tables: dict[str, list[Binding]] = {}
+        for exchange, members in zip(exchanges, replies):
+            rows = (_text(m).split(sep) for m in members)
+            tables[exchange] = sorted(Binding(*row) for row in rows if len(row) == 3)
+        return tables
+
     def publish(self, message: Message, route: Route, *, due: float | None = None) -> None:
+        if route.routed:
+            self.publish_many([(message, route, due)])
+            return
         raw, list_key = self._envelope(message, route)
         command = self._push(list_key, raw, due)
         with translate(self.url, f"publishing to queue {route.queue!r}",
@@ -92,23 +112,30 @@ class PublisherMixin:
         self._producer_move()
 
     def publish_many(self, batch: Sequence[Outgoing]) -> None:
-        """One MULTI/EXEC round trip: every message is stored, or none and an error."""
-        if len(batch) == 1:
+        """One MULTI/EXEC round trip: every message is stored, or none and an error.
+
+        A routed message goes to every queue its exchange's bindings name (read
+        first, in one more round trip)."""
+        if len(batch) == 1 and not batch[0][1].routed:
             message, route, due = batch[0]
             self.publish(message, route, due=due)  # perf: one command, no MULTI/EXEC
             return
         if not batch:
             return
         now = time.time()
+        tables = self._tables(batch)
         pushes: dict[str, list[str]] = {}
         parks: list[Any] = []
         routes: set[Route] = set()
         for message, route, due in batch:
-            raw, list_key = self._envelope(message, route)
-            if due is not None and due > now:
-                parks += (due, delay.member(list_key, raw))
-            else:
-                pushes.setdefault(list_key, []).append(raw)
+            queues = route.destinations(tables[route.exchange]) if route.routed \
+                else (route.queue,)
+            for queue in queues:
+                raw, list_key = self._envelope(message, route, queue)
+                if due is not None and due > now:
+                    parks += (due, delay.member(list_key, raw))
+                else:
+                    pushes.setdefault(list_key, []).append(raw)
             if route not in self._declared:
                 routes.add(route)
         commands: list[tuple[Any, ...]] = [("MULTI",)]
@@ -150,3 +177,7 @@ def check(replies: list[Any]) -> list[Any]:
                 if isinstance(item, Exception):
                     raise item
     return replies
+
+
+def _text(member: bytes | str) -> str:
+    return member.decode("utf-8", "replace") if isinstance(member, bytes) else member

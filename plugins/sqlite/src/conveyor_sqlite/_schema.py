@@ -20,6 +20,9 @@ range seek (a consumer only ever moves messages of its own queues). ``lease`` is
 set by each claim: settling a delivery names ``(id, lease)``, so a consumer whose
 lease ran out cannot settle a message another consumer now holds.
 
+``conveyor_bindings`` holds each exchange's bindings (declared with a queue), through
+which a message published to a named exchange reaches its queues.
+
 The tables are prefixed ``conveyor_`` so a broker and a result backend may share one
 file.
 """
@@ -70,6 +73,14 @@ SCHEMA: tuple[str, ...] = (
         routing_key TEXT NOT NULL)""",
     """CREATE INDEX IF NOT EXISTS conveyor_dead_letters_queue
         ON conveyor_dead_letters (queue, id)""",
+    # An exchange's bindings, as kombu's virtual transports keep them: a message
+    # published to ``exchange`` with a matching routing key goes to ``queue``.
+    """CREATE TABLE IF NOT EXISTS conveyor_bindings (
+        exchange TEXT NOT NULL,
+        routing_key TEXT NOT NULL,
+        pattern TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        PRIMARY KEY (exchange, routing_key, pattern, queue))""",
 )
 
 #: The columns that carry a message, in the order :func:`message_columns` fills them.

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from conveyor.exceptions import ConfigurationError
 from conveyor.interfaces import (
-    LEASE, BaseTransport, Capabilities, DeadLetter, Delivery, Message, Outgoing, Route,
+    LEASE, BaseTransport, Binding, Capabilities, DeadLetter, Delivery, Message, Outgoing,
+    Route,
 )
 
 from . import _dead
@@ -39,7 +40,7 @@ from ._schema import (
 )
 
 if TYPE_CHECKING:
-    from conveyor.app import Conveyor
+    from conveyor import Conveyor
 
 _INSERT = (f"INSERT INTO conveyor_messages (queue, priority, state, due, {MESSAGE_COLUMNS})"
            f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
@@ -56,6 +57,10 @@ _RELEASE = (f"UPDATE conveyor_messages SET state = {READY}, lease = NULL "
             f"WHERE id = ? AND lease = ? AND state = {LEASED}")
 _EXTEND = (f"UPDATE conveyor_messages SET due = ? "
            f"WHERE id = ? AND lease = ? AND state = {LEASED}")
+_BIND = ("INSERT OR IGNORE INTO conveyor_bindings (exchange, routing_key, pattern, queue) "
+         "VALUES (?, ?, ?, ?)")
+_BINDINGS = ("SELECT routing_key, pattern, queue FROM conveyor_bindings "
+             "WHERE exchange = ? ORDER BY rowid")
 _FIRST_SLEEP = 0.002
 #: While busy, how often a consumer still looks for due parked messages (seconds).
 _PROBE_EVERY = 0.05
@@ -135,33 +140,50 @@ class SQLiteTransport(BaseTransport):
         self.close()
 
     def declare(self, route: Route) -> None:
-        """Queues need no declaring: a queue is the set of rows naming it."""
-        self._conn()
+        """A queue is the set of rows naming it; declaring records its binding."""
+        conn = self._conn()
+        with self._errors("declare"):
+            conn.execute(_BIND, (route.queue, *route.own_binding()))
 
     # ------------------------------------------------------------ publishing
-    def _row(self, message: Message, route: Route, due: float | None,
-             now: float) -> tuple[Any, ...]:
+    def _row(self, message: Message, route: Route, due: float | None, now: float,
+             queue: str) -> tuple[Any, ...]:
         parked = due is not None and due > now
-        return (route.queue, priority_of(message), PARKED if parked else READY,
+        return (queue, priority_of(message), PARKED if parked else READY,
                 due if parked else 0.0, *message_columns(message, route))
 
     def publish(self, message: Message, route: Route, *, due: float | None = None) -> None:
-        row = self._row(message, route, due, time.time())
+        if route.routed:
+            self.publish_many([(message, route, due)])
+            return
+        row = self._row(message, route, due, time.time(), route.queue)
         conn = self._conn()
         with self._errors("publish"):
             conn.execute(_INSERT, row)
         self._notifier.notify()
 
     def publish_many(self, batch: Sequence[Outgoing]) -> None:
-        """All in one transaction: every message is stored, or none is."""
-        if len(batch) == 1:
+        """All in one transaction: every message is stored, or none is. A routed
+        message gets a row in each queue its exchange's bindings name."""
+        if len(batch) == 1 and not batch[0][1].routed:
             message, route, due = batch[0]
             self.publish(message, route, due=due)  # perf: no transaction around one statement
             return
         now = time.time()
-        rows = [self._row(message, route, due, now) for message, route, due in batch]
         conn = self._conn()
         with self._errors("publish"), transaction(conn):
+            tables: dict[str, list[Binding]] = {}
+            rows = []
+            for message, route, due in batch:
+                if not route.routed:
+                    rows.append(self._row(message, route, due, now, route.queue))
+                    continue
+                table = tables.get(route.exchange)
+                if table is None:
+                    table = tables[route.exchange] = [
+                        Binding(*row) for row in conn.execute(_BINDINGS, (route.exchange,))]
+                rows += [self._row(message, route, due, now, queue)
+                         for queue in route.destinations(table)]
             conn.executemany(_INSERT, rows)
         self._notifier.notify()
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from conveyor.interfaces import (
-    LEASE, BaseTransport, Capabilities, DeadLetter, Delivery, Message, Outgoing, Route,
+    LEASE, BaseTransport, Binding, Capabilities, DeadLetter, Delivery, Message, Outgoing,
+    Route,
 )
 
 
@@ -28,6 +29,8 @@ class _Entry:
     queue: str
     deliveries: int = 0
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    exchange: str = ""
+    routing_key: str = ""
 
 
 class _Broker:
@@ -40,6 +43,8 @@ class _Broker:
         self.delayed: list[tuple[float, int, _Entry]] = []
         self.unacked: dict[str, tuple[_Entry, float]] = {}
         self.dead: list[DeadLetter] = []
+        #: exchange -> its bindings (a dict for order; values unused)
+        self.bindings: dict[str, dict[Binding, None]] = {}
 
     def push(self, entry: _Entry) -> None:
         level = entry.message.properties.get("priority") or 0
@@ -110,18 +115,21 @@ class MemoryTransport(BaseTransport):
     def declare(self, route: Route) -> None:
         with self._broker.cond:
             self._broker.queues.setdefault(route.queue, [])
+            self._broker.bindings.setdefault(route.queue, {})[route.own_binding()] = None
 
     def publish_many(self, batch: Sequence[Outgoing]) -> None:
         b = self._broker
         now = time.time()
         with b.cond:
             for message, route, due in batch:
-                entry = _Entry(_copy(message), route.queue)
-                if due is not None and due > now:
-                    heapq.heappush(b.delayed, (due, next(b.seq), entry))
-                    b.cond.notify_all()
-                else:
-                    b.push(entry)
+                for queue in route.destinations(b.bindings.get(route.exchange, ())):
+                    entry = _Entry(_copy(message), queue, exchange=route.exchange,
+                                   routing_key=route.key)
+                    if due is not None and due > now:
+                        heapq.heappush(b.delayed, (due, next(b.seq), entry))
+                        b.cond.notify_all()
+                    else:
+                        b.push(entry)
 
     def fetch(self, queues: Sequence[str], *, limit: int, timeout: float) -> list[Delivery]:
         b = self._broker
@@ -140,7 +148,8 @@ class MemoryTransport(BaseTransport):
                     out.append(Delivery(_copy(entry.message), entry.queue, tag,
                                         redelivered=entry.deliveries > 1,
                                         deliveries=entry.deliveries,
-                                        routing_key=entry.queue))
+                                        exchange=entry.exchange,
+                                        routing_key=entry.routing_key))
                 remaining = deadline - time.monotonic()
                 if out or remaining <= 0:
                     return out
