@@ -447,3 +447,27 @@ def test_a_bad_call_in_a_batch_sends_nothing(app: Conveyor) -> None:
     with pytest.raises(UnknownOptionError):
         app.publish_batch([*calls, ("p.add", (), {}, {"nope": 1}, {})])
     assert depth(app) == 300
+
+
+def test_each_route_is_declared_once_per_connection(app: Conveyor,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from conveyor.interfaces import Route
+    from conveyor_std.memory import MemoryTransport
+    declared: list[Route] = []
+    real = MemoryTransport.declare
+
+    def spy(self: MemoryTransport, route: Route) -> None:
+        declared.append(route)
+        real(self, route)
+
+    monkeypatch.setattr(MemoryTransport, "declare", spy)
+    add = app.tasks["p.add"]
+    for i in range(5):
+        add.apply_async((i, i))
+    group(add.s(1, 1), add.s(2, 2)).apply_async(queue="other")
+    add.apply_async((1, 1), queue="other")
+    assert declared == [Route("celery"), Route("other")]
+    with app.pool.acquire() as conn:
+        conn._reset()  # a reconnect declares again
+    add.apply_async((1, 1))
+    assert declared[2:] == [Route("celery")]

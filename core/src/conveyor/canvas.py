@@ -168,7 +168,7 @@ class Signature(dict, Generic[R]):  # type: ignore[type-arg]
 
 
 def new_id() -> str:
-    from .app import new_id as make
+    from .publish import new_id as make
     return make()
 
 
@@ -351,10 +351,10 @@ class chain(Signature[Any]):
         elif rest:
             opts["chain"] = [dict(s) for s in reversed(rest)]
         sent = first.apply_async(args, kwargs, **opts)
-        publisher = getattr(sent, "_publisher", None)
+        publisher = getattr(sent, "publisher", None)
         for result in results:  # reading any of them flushes a buffering publisher
-            if isinstance(result, AsyncResult) and result._publisher is None:
-                result._publisher = publisher
+            if isinstance(result, AsyncResult) and result.publisher is None:
+                result.publisher = publisher
         return results[-1]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -563,5 +563,5 @@ class chord(Signature[Any]):
         sent = header.apply_async(args, kwargs, task_id=group_id, chord=dict(body), **opts)
         for member, frozen in zip(sent.results, header_result.results):
             if isinstance(frozen, AsyncResult):
-                frozen._publisher = getattr(member, "_publisher", None)
+                frozen.publisher = getattr(member, "publisher", None)
         return result

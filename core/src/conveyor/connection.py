@@ -1,10 +1,8 @@
-"""Broker connections for publishing: a bounded pool, the publish retry policy, and
-the :class:`Publisher` that sends many messages through one connection.
+"""Broker connections for publishing: a bounded pool and the publish retry policy.
 
-``apply_async`` borrows a connection, publishes, and gives it back; a ``publisher``
-keeps one for many sends, and inside its ``with`` block buffers them and sends each
-buffer as one pipelined batch. A publish that fails with one of the transport's
-``connection_errors`` is retried by the policy (``max_retries``, ``interval_start``,
+``apply_async`` borrows a connection, publishes, and gives it back; a
+:class:`Publisher` keeps one for many sends, through the app's publish path
+(:mod:`conveyor.publish`). A publish that fails with one of the transport's ``connection_errors`` is retried by the policy (``max_retries``, ``interval_start``,
 ``interval_step``, ``interval_max``), reconnecting in between; when it is exhausted
 the caller gets :class:`OperationalError` naming the broker (password masked) and
 the cause. No call returns a task id for a message the broker did not take, except
@@ -250,18 +248,18 @@ class Publisher:
             exc.add_note(f"A publisher's batch of {n} buffered message{'s' if n > 1 else ''} "
                          "failed; reading their results raises OperationalError.")
             raise
-        conn.app._published(names, batch)
+        conn.app.publishing.published(names, batch)
 
     def _accepts(self, retry: bool, policy: Mapping[str, Any] | None) -> bool:
         return retry == self._retry and (policy is self._policy or policy == self._policy)
 
-    def _put(self, name: str, message: Message, route: Route, due: float | None,
+    def put(self, name: str, message: Message, route: Route, due: float | None,
              retry: bool, policy: Mapping[str, Any] | None) -> bool:
         """Send or buffer one message; True when it waits in the buffer."""
         with self._lock:
             if not self._depth:
                 self.connection.publish(message, route, due, retry=retry, policy=policy)
-                self.connection.app._published([name], [(message, route, due)])
+                self.connection.app.publishing.published([name], [(message, route, due)])
                 return False
             if self._batch and not self._accepts(retry, policy):
                 self._send()
@@ -273,7 +271,7 @@ class Publisher:
                 return False
             return True
 
-    def _put_many(self, names: list[str], batch: list[tuple[Message, Route, float | None]],
+    def put_many(self, names: list[str], batch: list[tuple[Message, Route, float | None]],
                   retry: bool, policy: Mapping[str, Any] | None) -> int:
         """Send or buffer several messages (a group): pipelined either way.
 
@@ -282,7 +280,7 @@ class Publisher:
         with self._lock:
             if not self._depth:
                 self.connection.publish_many(batch, retry=retry, policy=policy)
-                self.connection.app._published(names, batch)
+                self.connection.app.publishing.published(names, batch)
                 return 0
             if self._batch and not self._accepts(retry, policy):
                 self._send()
@@ -297,7 +295,7 @@ class Publisher:
                     self._send()
             return min(len(self._batch), len(batch))
 
-    def _settle(self, task_id: str) -> None:
+    def settle(self, task_id: str) -> None:
         """Before a result is read: send the buffer, and fail for a message that
         could not be sent."""
         with self._lock:

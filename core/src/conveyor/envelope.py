@@ -103,7 +103,7 @@ class Template:
     The headers and properties are laid out once, in Celery's order, with the
     serializer and compressor looked up; :meth:`build` copies them and fills in what
     differs per message (id, times, group, parent, reprs, origin). perf: the publish
-    path keeps one template per distinct set of options (``Conveyor._plan``), so a
+    path keeps one template per distinct set of options (``PublishPath.plan``), so a
     batch of similar calls builds each message from a copy instead of from scratch.
     """
 

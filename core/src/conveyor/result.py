@@ -31,7 +31,7 @@ class AsyncResult(Generic[R]):
 
     # perf: a bulk publish makes one per message; without a __dict__ each costs the
     # garbage collector one object less.
-    __slots__ = ("id", "app", "ignored", "parent", "_cache", "_publisher")
+    __slots__ = ("id", "app", "ignored", "parent", "_cache", "publisher")
 
     def __init__(self, id: str, app: Conveyor | None = None, *, ignored: bool = False,
                  parent: AsyncResult[Any] | None = None,
@@ -46,15 +46,15 @@ class AsyncResult(Generic[R]):
         self._cache: dict[str, Any] | None = None
         #: The buffering publisher that may still hold this task's message: every
         #: read flushes it first, so waiting on the result cannot wait forever.
-        self._publisher = publisher
+        self.publisher = publisher
 
     def _settle(self) -> None:
         """Make sure the message went out (flush its publisher's buffer); raise
         :class:`OperationalError` if it never can."""
-        publisher = self._publisher
+        publisher = self.publisher
         if publisher is not None:
-            publisher._settle(self.id)
-            self._publisher = None
+            publisher.settle(self.id)
+            self.publisher = None
 
     def __repr__(self) -> str:
         return f"<AsyncResult: {self.id}>"
@@ -67,7 +67,7 @@ class AsyncResult(Generic[R]):
 
     # ---------------------------------------------------------------- meta
     def _meta(self) -> dict[str, Any]:
-        if self._publisher is not None:
+        if self.publisher is not None:
             self._settle()
         if self._cache is not None:
             return self._cache
@@ -145,7 +145,7 @@ class AsyncResult(Generic[R]):
         """
         if disable_sync_subtasks:
             forbid_in_task()
-        if self._publisher is not None:
+        if self.publisher is not None:
             self._settle()
         if self.ignored:
             return None  # type: ignore[return-value]
@@ -156,7 +156,7 @@ class AsyncResult(Generic[R]):
 
     def _wait(self, timeout: float | None,
               on_message: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
-        if self._publisher is not None:
+        if self.publisher is not None:
             self._settle()
         if self._cache is not None:
             return self._cache
@@ -205,7 +205,7 @@ class AsyncResult(Generic[R]):
     # ---------------------------------------------------------------- control
     def forget(self) -> None:
         """Delete the stored result."""
-        if self._publisher is not None:
+        if self.publisher is not None:
             self._settle()
         self._cache = None
         self.app.backend.forget(self.id)
@@ -216,7 +216,7 @@ class AsyncResult(Generic[R]):
         This does not yet reach workers: a worker that runs the task anyway stores
         its outcome over the REVOKED state (remote control is future work).
         """
-        if self._publisher is not None:
+        if self.publisher is not None:
             self._settle()
         self.app.results.store(self.id, states.REVOKED, states.revoked_dict("revoked"))
         self._cache = None

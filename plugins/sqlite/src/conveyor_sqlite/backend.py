@@ -24,7 +24,7 @@ from . import _joins
 from ._db import Connection, ForkSafe, Notifier, database_path, mapped_errors, open_connection
 
 if TYPE_CHECKING:
-    from conveyor.app import Conveyor
+    from conveyor import Conveyor
 
 SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS conveyor_results (
