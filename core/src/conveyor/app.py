@@ -157,7 +157,7 @@ class Conveyor:
         if os.environ.get("CONVEYOR_DISABLE_PLUGIN_AUTOLOAD") != "1":
             for info in find("conveyor.hooks"):
                 try:
-                    plugin = self.loader.load("conveyor.hooks", info.name)
+                    plugin = self.loader.make("conveyor.hooks", info.name, self)
                     if pm.is_registered(plugin):
                         continue  # also passed explicitly
                     hookplugins.register(pm, plugin, info.name)
@@ -230,7 +230,7 @@ class Conveyor:
         if self._routers is None:
             routers = []
             for name in self.conf.task_routers:
-                router = self.loader.load("conveyor.routers", name)(self)
+                router = self.loader.make("conveyor.routers", name, self)
                 if not isinstance(router, Router):
                     raise PluginError(
                         f"Router plugin {name!r} ({type(router).__name__}) does not "

@@ -44,8 +44,8 @@ class Codecs:
             pass
         with self._lock:
             if name not in self._serializers:
-                factory = self.app.loader.load("conveyor.serializers", name)
-                self._serializers[name] = factory(self.app)
+                self._serializers[name] = self.app.loader.make(
+                    "conveyor.serializers", name, self.app)
             return self._serializers[name]
 
     def compressor(self, name: str) -> Compressor:
@@ -55,8 +55,7 @@ class Codecs:
             pass
         with self._lock:
             if name not in self._compressors:
-                factory = self.app.loader.load("conveyor.compressors", name)
-                instance = factory(self.app)
+                instance = self.app.loader.make("conveyor.compressors", name, self.app)
                 self._compressors[name] = instance
                 self._by_header.setdefault(instance.content_type, instance)
             return self._compressors[name]

@@ -10,6 +10,7 @@ error chained as ``__cause__``. One broken plugin never breaks another.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from dataclasses import dataclass
 from importlib import metadata
@@ -19,6 +20,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from stevedore import DriverManager
 from stevedore.exception import MultipleMatches, NoMatches
+from stevedore.extension import ExtensionManager
 
 from .exceptions import PluginError
 from .hookplugins import validate
@@ -32,6 +34,10 @@ GROUPS: dict[str, str] = {
     "routers": "conveyor.routers",
     "hooks": "conveyor.hooks",
 }
+
+#: Groups whose entry points give one object per app (see :func:`make`); a transport
+#: or backend entry point is a factory taking ``(url, app)``.
+PER_APP = frozenset(GROUPS[g] for g in ("serializers", "compressors", "routers", "hooks"))
 
 #: The distributions whose extras install plugin families, the umbrella first: an
 #: install hint names an extra one of them really declares (``Provides-Extra``).
@@ -105,11 +111,17 @@ def _group(group: str) -> str:
 
 
 def find(group: str) -> list[PluginInfo]:
-    """Installed plugins of ``group``, sorted by name, without importing any."""
+    """Installed plugins of ``group``, sorted by name, without importing any.
+
+    The entry points are the ones stevedore's ``DriverManager`` will search (its
+    cache), so a plugin listed here is one :func:`load` finds; the distribution and
+    version come from the package metadata.
+    """
     group = _group(group)
+    owners = {(ep.name, ep.value): ep.dist for ep in metadata.entry_points(group=group)}
     found = []
-    for ep in metadata.entry_points(group=group):
-        dist = ep.dist
+    for ep in ExtensionManager.make_test_instance([], namespace=group).list_entry_points():
+        dist = owners.get((ep.name, ep.value))
         found.append(PluginInfo(
             group=group, name=ep.name, value=ep.value,
             distribution=dist.metadata["Name"] if dist is not None else "?",
@@ -159,6 +171,11 @@ class Loader:
                 self._cache[key] = load(*key)
             return self._cache[key]
 
+    def make(self, group: str, name: str, app: Any) -> Any:
+        """The plugin ``name`` of a per-app group (serializers, compressors, routers,
+        hooks) for ``app``: the entry point's object, or what its factory returns."""
+        return make(self.load(group, name), app, _group(group), name)
+
 
 def load(group: str, name: str) -> Any:
     """Import exactly one plugin; every failure becomes a :class:`PluginError`."""
@@ -190,6 +207,44 @@ def load(group: str, name: str) -> Any:
     return manager.driver
 
 
+#: What an entry point of a per-app plugin group may name.
+EXPECTED = ("the plugin object itself (a module, an instance, a class whose methods are "
+            "static), a factory taking no argument, or a factory taking the app")
+
+
+def takes_app(target: Any, group: str, name: str) -> bool | None:
+    """How to get the plugin from an entry point's ``target``: None when it is the
+    object itself (a module or an instance), else whether the factory (a class or a
+    function) takes the app. Told apart by the signature; a factory that fits
+    neither form is a :class:`PluginError` saying what was expected."""
+    if not (inspect.isclass(target) or inspect.isroutine(target)):
+        return None
+    try:
+        params = list(inspect.signature(target).parameters.values())
+    except (TypeError, ValueError) as exc:
+        raise PluginError(f"Plugin {name!r} of group {group!r} names {target!r}, whose "
+                          f"signature cannot be read; expected {EXPECTED}.") from exc
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY,
+                                                   p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    required = [p for p in params if p.default is p.empty
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if len(required) > 1 or any(p.kind == p.KEYWORD_ONLY for p in required):
+        shown = ", ".join(p.name for p in required)
+        raise PluginError(
+            f"Plugin {name!r} of group {group!r} names {getattr(target, '__qualname__', target)}"
+            f", which requires ({shown}); expected {EXPECTED}.")
+    return bool(positional)
+
+
+def make(target: Any, app: Any, group: str, name: str) -> Any:
+    """The plugin object an entry point's ``target`` gives for ``app`` (see
+    :func:`takes_app`)."""
+    how = takes_app(target, group, name)
+    if how is None:
+        return target
+    return target(app) if how else target()
+
+
 @dataclass(frozen=True, slots=True)
 class PluginStatus:
     """One row of ``conveyor plugins``."""
@@ -207,6 +262,8 @@ def describe() -> list[PluginStatus]:
         for info in find(group):
             try:
                 target = load(group, info.name)
+                if group in PER_APP:
+                    takes_app(target, group, info.name)
                 if group == GROUPS["hooks"]:
                     validate(target, info.name)
             except PluginError as exc:
