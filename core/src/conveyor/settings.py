@@ -107,8 +107,9 @@ DESCRIPTIONS: dict[str, str] = {
                                 "Unset: the queue name.",
     "task_default_priority": "The priority of a task that sets none "
                              "(0–255, larger runs first; unset: lowest).",
-    "task_queue_max_priority": "The highest priority queues are declared for, on "
-                               "brokers that declare it.",
+    "task_queue_max_priority": "The highest priority (an int 1–255) this app may send: "
+                               "a larger one is an error at `apply_async`; brokers that "
+                               "declare priority queues declare them for it.",
     "task_ignore_result": "Store no result unless a task or call asks for one.",
     "task_track_started": "Store STARTED when a worker begins a task.",
     "task_acks_late": "Acknowledge a message after its task ran instead of before, so a "
@@ -153,7 +154,10 @@ DESCRIPTIONS: dict[str, str] = {
     "security_cert_store": "Directory or glob of the PEM certificates the `auth` "
                            "serializer trusts.",
     "security_digest": "The digest of `auth` signatures (`sha256`, `sha512`, …).",
-    "timezone": "The timezone of the times Conveyor writes.",
+    "timezone": "The IANA zone (`Europe/Paris`) in which Conveyor writes the times it "
+                "computes for `countdown` and numeric `expires` (the same instant, that "
+                "zone's offset, as Celery writes them); a naive `eta` means UTC. "
+                "Checked when set.",
 }
 
 
