@@ -56,6 +56,11 @@ def boom(x):
     raise ValueError(f"boom {x}")
 
 
+@app.task(name="canvas.remember")
+def remember(value):
+    return value
+
+
 @app.task(name="canvas.echo")
 def echo(*args):
     return list(args)

@@ -12,6 +12,7 @@ import pytest
 
 from conveyor import Conveyor, Signature, chain, chord, group, signature
 from conveyor.canvas import from_dict
+from conveyor.exceptions import ConfigurationError
 from wire_samples import sample
 
 _n = iter(range(10**6))
@@ -127,3 +128,25 @@ def test_freeze_fixes_ids_before_sending(app: Conveyor) -> None:
     assert result.parent.id == c.header.options["task_id"]
     chained = chain(sig(app, 1, 1), sig(app, 2)).freeze()
     assert chained.parent is not None and chained.parent.parent is None
+
+
+def test_backend_without_join_counters_refuses_a_chord_naming_one_that_can(
+        fake_plugins: Any) -> None:
+    fake_plugins("conveyor-plainbackend",
+                 {"conveyor.backends": {"plainstore": "plain_mod:Plain"}},
+                 {"plain_mod.py": """
+                     class Plain:
+                         def __init__(self, url, app):
+                             pass
+                         def get(self, task_id):
+                             return None
+                         def close(self):
+                             pass
+                 """})
+    app = Conveyor("plain", broker="memory://plain", backend="plainstore://")
+    c = chord([app.signature("c.add", (1, 1))], app.signature("c.tsum"))
+    with pytest.raises(ConfigurationError, match=r"plainstore://.*redis://"):
+        c.apply_async()
+    with pytest.raises(ConfigurationError, match="redis://"):
+        group(app.signature("c.add", (1, 1))).freeze().save()
+    app.close()

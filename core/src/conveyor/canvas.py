@@ -516,6 +516,9 @@ class chord(Signature[Any]):
                             "chord(header)(body)")
         header = self.header.freeze()
         result = self.body.freeze(task_id or self.options.get("task_id"))
+        # A chord's own task_id is its body's (Celery's rule): a worker that applies
+        # this chord from a chain passes it back, so the frozen result is the one sent.
+        self.options["task_id"] = result.id
         _set_parent(result, header)
         return result
 

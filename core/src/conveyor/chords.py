@@ -24,10 +24,7 @@ from .exceptions import ChordError, ConfigurationError
 
 if TYPE_CHECKING:
     from .app import Conveyor
-
-#: A backend with join counters (``capabilities.joins``); typed loosely until the
-#: ``JoinBackend`` protocol is in :mod:`conveyor.interfaces`.
-JoinBackend = Any
+    from .interfaces import JoinBackend
 
 log = logging.getLogger("conveyor.chords")
 
@@ -42,7 +39,7 @@ def joins(app: Conveyor) -> JoinBackend | None:
     """The app's backend if it can count a join, else None."""
     backend = app.backend
     caps = getattr(backend, "capabilities", None)
-    return backend if caps is not None and caps.joins else None
+    return cast("JoinBackend", backend) if caps is not None and caps.joins else None
 
 
 def check_backend(app: Conveyor) -> JoinBackend:

@@ -217,6 +217,8 @@ class BackendCapabilities:
 
     #: :class:`JoinBackend`: group/chord join counters (``join_*``).
     joins: bool = False
+    #: :class:`GroupBackend`: saved groups (``GroupResult.save``/``restore``).
+    groups: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -573,6 +575,23 @@ class JoinBackend(Backend, Protocol):
         ``expires`` seconds, that it is done; False when the claim was lost."""
 
 
+@runtime_checkable
+class GroupBackend(Backend, Protocol):
+    """``BackendCapabilities.groups``: what ``GroupResult.save()`` stores, by group id
+    (the core's encoded ``{"result": [[group_id, null], [member tuples]]}``; on
+    Redis in Celery's ``celery-taskset-meta-<group id>``, so either side restores
+    it). Expires ``expires`` seconds after it is saved (None: never)."""
+
+    def save_group(self, group_id: str, payload: bytes, *, expires: float | None) -> None:
+        """Store (or replace) the group's payload."""
+
+    def get_group(self, group_id: str) -> bytes | None:
+        """The saved payload, or None."""
+
+    def forget_group(self, group_id: str) -> None:
+        """Delete what :meth:`save_group` stored."""
+
+
 # --------------------------------------------------------------------------- router
 @runtime_checkable
 class Router(Protocol):
@@ -711,7 +730,7 @@ __all__ = [
     "Delivery", "Outgoing", "Capabilities", "BackendCapabilities", "DeadLetter", "Join",
     "Serializer", "Compressor", "Transport", "DelayTransport", "LeaseTransport",
     "DeadLetterTransport", "PurgeTransport", "InspectTransport", "AbandonTransport",
-    "BaseTransport", "Backend", "JoinBackend", "Router", "AsyncTransport",
+    "BaseTransport", "Backend", "JoinBackend", "GroupBackend", "Router", "AsyncTransport",
     "AsyncDelayTransport", "AsyncLeaseTransport", "AsyncDeadLetterTransport",
     "AsyncPurgeTransport", "AsyncInspectTransport", "AsyncAbandonTransport",
     "AsyncBackend", "AsyncJoinBackend", "require", "unsupported",

@@ -321,3 +321,31 @@ class GroupResult(Generic[R]):
         """Delete every member's stored result."""
         for result in self.results:
             result.forget()
+
+    def save(self) -> GroupResult[R]:
+        """Store the member ids under the group id, so :meth:`restore` finds them in
+        another process (on Redis in Celery's ``celery-taskset-meta-<id>``, so Celery
+        restores it too). Needs a backend that stores groups."""
+        self._app().results.save_group(self.id, [r.id for r in self.results])
+        return self
+
+    @classmethod
+    def restore(cls, id: str, app: Conveyor | None = None) -> GroupResult[Any] | None:
+        """The group saved under ``id``, or None when nothing is saved."""
+        if app is None:
+            from .app import current_app
+            app = current_app()
+        ids = app.results.restore_group(id)
+        if ids is None:
+            return None
+        return cls(id, [AsyncResult(task_id, app) for task_id in ids], app)
+
+    def delete(self) -> None:
+        """Remove what :meth:`save` stored."""
+        self._app().results.forget_group(self.id)
+
+    def _app(self) -> Conveyor:
+        if self.app is None:
+            from .app import current_app
+            self.app = current_app()
+        return self.app

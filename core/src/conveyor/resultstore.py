@@ -6,13 +6,16 @@ keys and order) and its encoding with ``result_serializer``/``result_compression
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from . import states
+from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from .app import Conveyor
     from .envelope import Request
+    from .interfaces import GroupBackend
 
 
 class ResultStore:
@@ -77,6 +80,35 @@ class ResultStore:
         if hasattr(value, "total_seconds"):
             value = value.total_seconds()
         return float(value) if value else None
+
+    # ------------------------------------------------------------ saved groups
+    def _groups(self) -> GroupBackend:
+        backend = self.app.backend
+        caps = getattr(backend, "capabilities", None)
+        if caps is None or not caps.groups:
+            raise ConfigurationError(
+                f"GroupResult.save()/restore() need a result backend that stores "
+                f"groups; {type(backend).__name__} does not. Use redis://, sqlite:// "
+                f"or memory:// as result_backend.")
+        return cast("GroupBackend", backend)
+
+    def save_group(self, group_id: str, member_ids: Sequence[str]) -> None:
+        """Store a group's member ids as Celery does: ``{"result": [[group_id,
+        null], [[[id, null], null], ...]]}``."""
+        members = [[[task_id, None], None] for task_id in member_ids]
+        self._groups().save_group(group_id, self.dumps({"result": [[group_id, None], members]}),
+                                  expires=self.expires())
+
+    def restore_group(self, group_id: str) -> list[str] | None:
+        """The member ids saved under ``group_id``, or None."""
+        payload = self._groups().get_group(group_id)
+        if payload is None:
+            return None
+        saved = self.decode(payload).get("result") or [None, []]
+        return [member[0][0] for member in saved[1]]
+
+    def forget_group(self, group_id: str) -> None:
+        self._groups().forget_group(group_id)
 
     def store_exception(self, task_id: str, state: str, exc: BaseException, *,
                         traceback: str | None = None, request: Request | None = None,

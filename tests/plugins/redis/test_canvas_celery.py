@@ -2,7 +2,10 @@
 tests' own, flushed before and after; queue names start with ``t.redis.canvas``).
 
 * a chain sent by a Celery client is run, step by step, by a Conveyor worker, and a
-  chain sent by Conveyor is run by a Celery worker.
+  chain sent by Conveyor is run by a Celery worker;
+* one chord's header runs on a Celery worker and a Conveyor worker at once, and the
+  join (Celery's ``.j``/``.s`` keys) fires the body exactly once, whichever client
+  sent the chord.
 
 Celery is a test-only dependency; Conveyor never imports it.
 """
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conveyor import Conveyor, chain
+from conveyor import Conveyor, chain, chord
 from redis_dbs import flush_dbs
 from redis_support import Proc
 
@@ -33,7 +36,7 @@ def add(x, y):
 
 @app.task(name="cv.side")
 def side(i):
-    time.sleep(0.05)
+    time.sleep(0.1)
     return [i, SIDE]
 
 
@@ -95,6 +98,7 @@ def conveyor_worker(workdir: Path, urls: tuple[str, str], queue: str) -> Proc:
     proc = Proc([sys.executable, "-m", "conveyor.cli", "-A", "canvas_conveyor", "-l",
                  "INFO", "worker", "-Q", queue, "--pool", "solo",
                  "--prefetch-multiplier", "1"], workdir, env=_env(urls, queue))
+    proc.wait_output("consuming", 40)
     return proc
 
 
@@ -135,3 +139,30 @@ def test_celery_worker_runs_a_chain_conveyor_sent(urls: tuple[str, str],
         assert result.get(timeout=20) == 7, proc.output()[-3000:]
         assert result.parent.get(timeout=5) == 4
     app.close()
+
+
+@pytest.mark.parametrize("sender", ["conveyor", "celery"])
+def test_one_chord_header_shared_by_a_celery_and_a_conveyor_worker(
+        urls: tuple[str, str], workdir: Path, sender: str) -> None:
+    queue = _queue()
+    size = 40
+    with celery_worker(workdir, urls, queue) as cel, \
+            conveyor_worker(workdir, urls, queue) as conv:
+        if sender == "conveyor":
+            app = conveyor_client(urls, queue)
+            result = chord([app.signature("cv.side", (i,)) for i in range(size)],
+                           app.signature("cv.collect")).apply_async()
+        else:
+            app = celery_client(urls, queue)
+            result = celery.chord([app.signature("cv.side", (i,)) for i in range(size)],
+                                  app.signature("cv.collect")).apply_async()
+        try:
+            values = result.get(timeout=60)
+        except Exception:
+            print(cel.output()[-3000:], conv.output()[-3000:])
+            raise
+        finally:
+            app.close()
+    assert [v[0] for v in values] == list(range(size))
+    # Both workers ran part of the header, so the join crossed between them.
+    assert {v[1] for v in values} == {"celery", "conveyor"}

@@ -280,26 +280,16 @@ def test_direct_transport_message_is_run_by_celery(celery_consumer: Proc,
     app.close()
 
 
-def test_a_celery_chord_is_dead_lettered_until_chords_exist(conveyor_worker: Conveyor,
-                                                            celery_client: Any) -> None:
-    """A chord's header tasks carry its body (embed.chord): run without the counter,
-    the body would never be called, so each header is dead-lettered, saying why."""
+def test_a_celery_clients_chord_is_joined_by_a_conveyor_worker(conveyor_worker: Conveyor,
+                                                             celery_client: Any) -> None:
+    """A Celery client sets the join size (``.s``) and sends the header with the body
+    in embed.chord; the Conveyor worker counts the header in Celery's keys and sends
+    the body once, after both."""
     header = [celery_client.signature("interop.add", args=(i, i),
                                       options={"queue": "t.redis.conveyor"})
               for i in (1, 2)]
-    body = celery_client.signature("interop.add", args=(0,),
+    body = celery_client.signature("interop.add", args=(10, 20), immutable=True,
                                    options={"queue": "t.redis.conveyor"})
-    celery.chord(header)(body)
-    transport = conveyor_worker.transport_factory()
-    transport.connect()
-    try:
-        dead = wait_for(lambda: [d for d in transport.dead_letters("t.redis.conveyor")
-                                 if "chord" in d.reason] or None, 15, what="dead letters")
-        assert len(dead) == 2
-        assert all("NotSupported: Chords are not supported yet" in d.reason for d in dead)
-        for d in dead:
-            result = conveyor_worker.AsyncResult(d.message.task_id)
-            with pytest.raises(Exception, match="Chords are not supported yet"):
-                result.get(timeout=5)
-    finally:
-        transport.close()
+    result = celery.chord(header)(body)
+    assert result.get(timeout=20) == 30
+    assert result.parent.get(timeout=5) == [2, 4]

@@ -36,7 +36,6 @@ from ..utils import did_you_mean, mask_url
 from ..envelope import parse_message, peek_ids
 from ..exceptions import (
     ConfigurationError, ConveyorError, DecodeError, DeliveryLimitExceeded, NotRegistered,
-    NotSupported,
 )
 from ..ratelimit import Throttle, parse_rate
 from ..interfaces import (
@@ -53,23 +52,6 @@ if TYPE_CHECKING:
     from ..interfaces import Delivery, Transport
 
 log = logging.getLogger("conveyor.worker")
-
-
-def chord_refusal(request: Request) -> NotSupported:
-    """CHORDS ARE NOT IMPLEMENTED YET: the one place a chord is refused.
-
-    A header task of a chord (Celery's ``embed.chord``: the body to call once every
-    header task is done) is dead-lettered with this reason, rather than run without
-    ever calling its body. When chords are implemented (the backend's chord counter,
-    the body applied after the last header), this function and its call in
-    ``Worker._receive`` go away.
-    """
-    body = (request.chord or {}).get("task")
-    return NotSupported(
-        f"Chords are not supported yet: task {request.name}[{request.id}] is a header of "
-        f"chord group {request.group} whose body {body!r} would never be called. Send "
-        "the header tasks as a group and the body after their results, or run chords "
-        "on a Celery worker.")
 
 
 class Worker:
@@ -261,9 +243,6 @@ class Worker:
                 continue
             except Exception as exc:  # noqa: BLE001 - any garbage is a decode error
                 self._dead(transport, d, DecodeError(f"{type(exc).__name__}: {exc}"))
-                continue
-            if request.chord is not None:
-                self._dead(transport, d, chord_refusal(request))
                 continue
             task = app.tasks.get(request.name)
             if task is None:

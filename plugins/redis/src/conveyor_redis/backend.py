@@ -28,6 +28,7 @@ from conveyor.interfaces import BackendCapabilities
 
 from .connection import Backoff, Lines, client_for
 from .errors import CONNECTION_ERRORS, retrying, translate, wrap
+from .groups import GroupsMixin
 from .joins import JoinsMixin
 from .scripts import Script
 
@@ -77,10 +78,11 @@ return 1
 """)
 
 
-class RedisBackend(JoinsMixin):
+class RedisBackend(JoinsMixin, GroupsMixin):
     """Celery-compatible Redis result backend (see the module docstring)."""
 
-    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(joins=True)
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(joins=True,
+                                                                      groups=True)
 
     def __init__(self, url: str = "redis://", app: Any = None) -> None:
         self.url = url

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from conveyor.interfaces import BackendCapabilities, Join
 
-from . import _joins
+from . import _groups, _joins
 from ._db import Connection, ForkSafe, Notifier, database_path, mapped_errors, open_connection
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ SCHEMA: tuple[str, ...] = (
     """CREATE INDEX IF NOT EXISTS conveyor_results_expires
         ON conveyor_results (expires) WHERE expires IS NOT NULL""",
     *_joins.SCHEMA,
+    *_groups.SCHEMA,
 )
 _GET = ("SELECT payload FROM conveyor_results "
         "WHERE task_id = ? AND (expires IS NULL OR expires > ?)")
@@ -55,7 +56,8 @@ FIRST_POLL, MAX_POLL = 0.005, 0.05
 class SQLiteBackend:
     """Result backend in a SQLite file (see the module docstring)."""
 
-    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(joins=True)
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(joins=True,
+                                                                      groups=True)
 
     def __init__(self, url: str = "sqlite:///conveyor.sqlite3",
                  app: Conveyor | None = None) -> None:
@@ -154,6 +156,19 @@ class SQLiteBackend:
     def join_finish(self, group_id: str, claim: str, *, expires: float | None) -> bool:
         with mapped_errors(self.path, "result backend (join)"):
             return _joins.finish(self._conn(), group_id, claim, expires)
+
+    # ------------------------------------------------------------------ groups
+    def save_group(self, group_id: str, payload: bytes, *, expires: float | None) -> None:
+        with mapped_errors(self.path, "result backend (save group)"):
+            _groups.save(self._conn(), group_id, payload, expires)
+
+    def get_group(self, group_id: str) -> bytes | None:
+        with mapped_errors(self.path, "result backend (get group)"):
+            return _groups.get(self._conn(), group_id)
+
+    def forget_group(self, group_id: str) -> None:
+        with mapped_errors(self.path, "result backend (forget group)"):
+            _groups.forget(self._conn(), group_id)
 
     def close(self) -> None:
         """Close every thread's connection; the next call from a thread reopens."""

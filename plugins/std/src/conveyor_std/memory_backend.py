@@ -33,6 +33,7 @@ class _Store:
     def __init__(self) -> None:
         self.data: dict[str, tuple[bytes, str, float | None]] = {}
         self.joins: dict[str, _JoinState] = {}
+        self.groups: dict[str, tuple[bytes, float | None]] = {}
         self.cond = threading.Condition()
 
 
@@ -43,13 +44,15 @@ _lock = threading.Lock()
 class MemoryBackend:
     """In-process results shared per URL; waiters sleep on a condition, never spin."""
 
-    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(joins=True)
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(joins=True,
+                                                                      groups=True)
 
     def __init__(self, url: str = "memory://", app: Any = None) -> None:
         name = url.split("://", 1)[1] if "://" in url else url
         with _lock:
             store = _stores.setdefault(name or "default", _Store())
         self._data, self._joins, self._cond = store.data, store.joins, store.cond
+        self._groups = store.groups
 
     def _live(self, task_id: str) -> bytes | None:
         found = self._data.get(task_id)
@@ -94,6 +97,24 @@ class MemoryBackend:
 
     def close(self) -> None:
         pass
+
+    # ------------------------------------------------------------------ groups
+    def save_group(self, group_id: str, payload: bytes, *, expires: float | None) -> None:
+        with self._cond:
+            self._groups[group_id] = (payload, time.monotonic() + expires if expires
+                                      else None)
+
+    def get_group(self, group_id: str) -> bytes | None:
+        with self._cond:
+            payload, deadline = self._groups.get(group_id, (None, None))
+            if deadline is not None and deadline <= time.monotonic():
+                del self._groups[group_id]
+                return None
+            return payload
+
+    def forget_group(self, group_id: str) -> None:
+        with self._cond:
+            self._groups.pop(group_id, None)
 
     # ------------------------------------------------------------------ joins
     def _join(self, group_id: str) -> _JoinState:
