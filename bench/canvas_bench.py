@@ -82,7 +82,7 @@ class PushedBytes:
 
     def __init__(self, url: str, key: str) -> None:
         self.client = redis.Redis.from_url(url)
-        self.conn = self.client.connection_pool.get_connection("MONITOR")
+        self.conn = self.client.connection_pool.get_connection()
         self.conn.send_command("MONITOR")
         assert self.conn.read_response() in (b"OK", "OK")
         self.key = key.encode()
