@@ -65,13 +65,14 @@ def count(values):
 
 CONVEYOR_APP = '''
 from conveyor import Conveyor
-app = Conveyor("bench", broker="{broker}", backend="{backend}")
+app = Conveyor("bench", broker="{broker}", backend="{backend}",
+               task_default_queue="bench.canvas")
 '''
 
 CELERY_APP = '''
 from celery import Celery
 app = Celery("bench", broker="{broker}", backend="{backend}")
-app.conf.worker_hijack_root_logger = False
+app.conf.update(worker_hijack_root_logger=False, task_default_queue="bench.canvas")
 '''
 
 _ARG = re.compile(rb'"((?:[^"\\]|\\.)*)"')
