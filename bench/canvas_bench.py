@@ -79,7 +79,7 @@ _ARG = re.compile(rb'"((?:[^"\\]|\\.)*)"')
 
 
 class PushedBytes:
-    """Sums the payloads LPUSHed onto one list key, read from Redis ``MONITOR``."""
+    """Sums the payloads LPUSHed onto one queue's lists, read from Redis ``MONITOR``."""
 
     def __init__(self, url: str, key: str) -> None:
         self.client = redis.Redis.from_url(url)
@@ -102,7 +102,9 @@ class PushedBytes:
             if not isinstance(line, bytes) or b'"LPUSH"' not in line:
                 continue
             args = [codecs.escape_decode(a)[0] for a in _ARG.findall(line)]
-            if len(args) >= 3 and args[0] == b"LPUSH" and args[1] == self.key:
+            # the queue's list, or one of its priority step lists (``<queue>\x06\x16<n>``)
+            if len(args) >= 3 and args[0] == b"LPUSH" and (
+                    args[1] == self.key or args[1].startswith(self.key + b"\x06\x16")):
                 with self.lock:
                     self.total += sum(len(a) for a in args[2:])
 
