@@ -44,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
     "task_default_routing_key": None,
     "task_default_priority": None,
     "task_queue_max_priority": None,
+    "task_default_queue_type": "classic",
+    "task_create_missing_queue_type": "classic",
     "task_ignore_result": False,
     "task_track_started": False,
     "task_acks_late": False,

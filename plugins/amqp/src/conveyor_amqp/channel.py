@@ -1,0 +1,298 @@
+"""One pika connection and channel, with what Conveyor does on it.
+
+The channel is what AMQP binds deliveries to: an ack or a reject is only valid on
+the channel that received the message, so every delivery tag handed out is paired
+with the channel's *generation*; after a reconnect, tags of the old generation are
+dead (RabbitMQ has already given those messages back to their queues) and settling
+one is a no-op rather than settling an unrelated message that reuses the number.
+
+Publisher confirms are on when ``confirm_publish`` is set. Parking and
+dead-lettering always publish with a confirm, then ack: on a second channel of the
+same connection when the first has confirms off, so plain publishes stay one-way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pika
+import pika.exceptions as pe
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.spec import Basic, BasicProperties
+
+from .connection import open_connection
+from .errors import ChannelError, translate, unroutable
+from .layout import Delays, QueueShape
+
+log = logging.getLogger("conveyor.amqp")
+
+#: A delivery as pika hands it over: queue, method frame, properties, body.
+Raw = tuple[str, Basic.Deliver, BasicProperties, bytes]
+
+
+class Channel:
+    """A connection and its one channel (see the module docstring)."""
+
+    def __init__(self, url: str, params: pika.URLParameters, shape: QueueShape, *,
+                 confirm: bool) -> None:
+        self.url = url
+        self.params = params
+        self.shape = shape
+        self.confirm = confirm
+        self.generation = 0
+        self._conn: pika.BlockingConnection | None = None
+        self._ch: BlockingChannel | None = None
+        self._cch: BlockingChannel | None = None
+        self._declared: set[Any] = set()
+        self._buffer: deque[Raw] = deque()
+        self._consuming: tuple[str, ...] = ()
+        self._prefetch = 0
+        #: Tags received and not yet settled, in order (tags only grow on a channel).
+        self._unsettled: dict[int, None] = {}
+
+    # ------------------------------------------------------------- lifecycle
+    @property
+    def channel(self) -> BlockingChannel:
+        if self._ch is None or not self._ch.is_open:
+            self.open()
+        assert self._ch is not None
+        return self._ch
+
+    @property
+    def confirmed(self) -> BlockingChannel:
+        """A channel with confirms on (the main one when it has them)."""
+        ch = self.channel
+        if self.confirm:
+            return ch
+        if self._cch is None or not self._cch.is_open:
+            assert self._conn is not None
+            with translate(self.url, "opening a channel"):
+                self._cch = self._conn.channel()
+                self._cch.confirm_delivery()
+        return self._cch
+
+    @property
+    def is_open(self) -> bool:
+        return self._ch is not None and self._ch.is_open
+
+    def open(self) -> None:
+        """A new channel (and connection, unless it still answers): a new
+        generation, nothing held over from the last one."""
+        self._forget()
+        if self._conn is None or not self._conn.is_open:
+            self.drop()
+            self._conn = open_connection(self.url, self.params)
+        with translate(self.url, "opening a channel"):
+            ch = self._conn.channel()
+            if self.confirm:
+                ch.confirm_delivery()
+        self._ch = ch
+        self.generation += 1
+
+    def _forget(self) -> None:
+        self._ch = self._cch = None
+        self._declared.clear()
+        self._buffer.clear()
+        self._unsettled.clear()
+        self._consuming = ()
+        self._prefetch = 0
+
+    def drop(self) -> None:
+        """Forget the connection (closing it if it still answers)."""
+        conn, self._conn = self._conn, None
+        self._forget()
+        if conn is not None and conn.is_open:
+            try:
+                conn.close()
+            except (pe.AMQPError, OSError):
+                pass  # already broken: RabbitMQ gives unsettled messages back anyway
+
+    # ------------------------------------------------------------- declaring
+    def once(self, key: Any) -> bool:
+        """True the first time ``key`` is asked about on this connection."""
+        if key in self._declared:
+            return False
+        self._declared.add(key)
+        return True
+
+    def declare_queue(self, queue: str, exchange: str) -> None:
+        """The task queue ``queue`` bound to the direct ``exchange``, as Celery does."""
+        if not self.once(("queue", queue, exchange)):
+            return
+        ch = self.channel
+        with translate(self.url, f"declaring queue {queue!r}"):
+            ch.exchange_declare(exchange, "direct", durable=True)
+            ch.queue_declare(queue, durable=True, arguments=self.shape.arguments(queue))
+            ch.queue_bind(queue, exchange, routing_key=queue)
+
+    def declare_delays(self, delays: Delays) -> None:
+        """Every exchange, queue and binding of the delay layout (idempotent)."""
+        if not self.once("delays"):
+            return
+        ch = self.channel
+        with translate(self.url, "declaring the delayed-delivery layout"):
+            for n in range(27, -1, -1):
+                name = delays.level(n)
+                ch.exchange_declare(name, "topic", durable=True)
+                ch.queue_declare(name, durable=True, arguments=delays.queue_arguments(n))
+                ch.queue_bind(name, name, routing_key=delays.queue_key(n))
+            for destination, source, key in delays.bindings():
+                if destination == delays.delivery:
+                    ch.exchange_declare(destination, "topic", durable=True)
+                ch.exchange_bind(destination, source, routing_key=key)
+
+    def bind_return(self, delays: Delays, queue: str) -> None:
+        """Route parked messages of ``queue`` back to it when they are due."""
+        if not self.once(("return", queue)):
+            return
+        with translate(self.url, f"binding queue {queue!r} to the delayed delivery"):
+            self.channel.queue_bind(queue, delays.delivery,
+                                    routing_key=delays.return_key(queue))
+
+    def declare_plain(self, queue: str) -> None:
+        """A durable classic queue with no arguments (dead letters, the index)."""
+        if self.once(("plain", queue)):
+            with translate(self.url, f"declaring queue {queue!r}"):
+                self.channel.queue_declare(queue, durable=True)
+
+    # ------------------------------------------------------------- publishing
+    def publish(self, exchange: str, routing_key: str, props: BasicProperties,
+                body: bytes, *, confirm: bool = False) -> None:
+        """Send one message; with confirms, raise unless RabbitMQ stored it.
+
+        ``confirm`` asks for one even when ``confirm_publish`` is off. A message
+        sent with confirms is ``mandatory``, so one no queue takes is an error too.
+        """
+        confirmed = confirm or self.confirm
+        ch = self.confirmed if confirmed else self.channel
+        try:
+            with translate(self.url, f"publishing to exchange {exchange!r}"):
+                try:
+                    ch.basic_publish(exchange, routing_key, body, props,
+                                     mandatory=confirmed)
+                except (pe.UnroutableError, pe.NackError) as exc:
+                    raise unroutable(self.url, exchange, routing_key,
+                                     isinstance(exc, pe.NackError)) from exc
+        except ChannelError:
+            if not ch.is_open and ch is self._cch:
+                self._cch = None
+            raise
+
+    # ------------------------------------------------------------- consuming
+    def consume(self, queues: Sequence[str], prefetch: int) -> None:
+        """Subscribe to ``queues`` with ``prefetch`` unacked messages at most."""
+        if tuple(queues) == self._consuming and prefetch == self._prefetch:
+            return
+        ch = self.channel
+        with translate(self.url, "starting to consume"):
+            if self._prefetch != prefetch:
+                ch.basic_qos(prefetch_count=prefetch)
+                self._prefetch = prefetch
+            for queue in queues:
+                if queue not in self._consuming:
+                    ch.basic_consume(queue, self._on_message(queue))
+        self._consuming = tuple(dict.fromkeys((*self._consuming, *queues)))
+
+    def _on_message(self, queue: str) -> Any:
+        buffer = self._buffer
+        unsettled = self._unsettled
+
+        def on_message(_ch: Any, method: Basic.Deliver, props: BasicProperties,
+                       body: bytes) -> None:
+            unsettled[method.delivery_tag] = None
+            buffer.append((queue, method, props, body))
+        return on_message
+
+    def take(self, limit: int, timeout: float) -> list[Raw]:
+        """Up to ``limit`` received messages, waiting at most ``timeout`` for one."""
+        buffer = self._buffer
+        if not buffer:
+            conn = self._conn
+            if conn is None:
+                self.open()
+                conn = self._conn
+                assert conn is not None
+            with translate(self.url, "waiting for messages"):
+                conn.process_data_events(time_limit=timeout)
+        out = []
+        while buffer and len(out) < limit:
+            out.append(buffer.popleft())
+        return out
+
+    def idle(self) -> None:
+        """Answer heartbeats and read what arrived, without waiting."""
+        if self._conn is not None:
+            with translate(self.url, "reading from the connection"):
+                self._conn.process_data_events(time_limit=0)
+
+    # ------------------------------------------------------------- settling
+    def ack(self, tags: Iterable[int]) -> None:
+        """Ack ``tags``: the oldest unsettled run in one ``multiple`` ack, the rest
+        one by one (tasks finish out of order)."""
+        done = set(tags) & self._unsettled.keys()
+        if not done:
+            return
+        ch = self.channel
+        top = None
+        for tag in self._unsettled:
+            if tag not in done:
+                break
+            top = tag
+        with translate(self.url, "acknowledging messages"):
+            if top is not None:
+                ch.basic_ack(top, multiple=True)
+                for tag in list(self._unsettled):
+                    if tag > top:
+                        break
+                    del self._unsettled[tag]
+                    done.discard(tag)
+            for tag in sorted(done):
+                ch.basic_ack(tag)
+                del self._unsettled[tag]
+
+    def reject(self, tag: int, *, requeue: bool) -> None:
+        if self._unsettled.pop(tag, 0) is None:
+            with translate(self.url, "giving a message back"):
+                self.channel.basic_reject(tag, requeue=requeue)
+
+    def get(self, queue: str) -> tuple[Basic.GetOk, BasicProperties, bytes] | None:
+        """One message from ``queue`` without consuming (listing, requeueing)."""
+        with translate(self.url, f"reading queue {queue!r}"):
+            method, props, body = self.channel.basic_get(queue)
+        if method is None:
+            return None
+        return method, props, body
+
+    def settle_got(self, tag: int, *, ack: bool) -> None:
+        """Settle a message taken with :meth:`get` (ack it, or give it back)."""
+        with translate(self.url, "settling a message"):
+            if ack:
+                self.channel.basic_ack(tag)
+            else:
+                self.channel.basic_nack(tag, requeue=True)
+
+    def count(self, queue: str) -> int:
+        """Messages ready in ``queue`` (0 when it does not exist)."""
+        try:
+            with translate(self.url, f"measuring queue {queue!r}"):
+                ok = self.channel.queue_declare(queue, passive=True)
+        except ChannelError as exc:
+            self._ch = None  # closed by the broker: the next call opens a new one
+            if exc.reply_code == 404:
+                return 0
+            raise
+        return int(ok.method.message_count)
+
+    def purge(self, queue: str) -> int:
+        try:
+            with translate(self.url, f"purging queue {queue!r}"):
+                ok = self.channel.queue_purge(queue)
+        except ChannelError as exc:
+            self._ch = None  # closed by the broker: the next call opens a new one
+            if exc.reply_code == 404:
+                return 0
+            raise
+        return int(ok.method.message_count)

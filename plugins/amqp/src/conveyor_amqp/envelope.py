@@ -1,0 +1,125 @@
+"""A Conveyor :class:`~conveyor.interfaces.Message` as AMQP basic properties, and back.
+
+Celery 5.7 sends a task as: body = the serialized ``[args, kwargs, embed]``;
+properties ``content_type``, ``content_encoding``, ``headers`` (the protocol v2
+headers), ``delivery_mode`` 2, ``priority`` (0 when none was given),
+``correlation_id`` (the task id), ``reply_to`` and, with ``expires``, ``expiration``
+(milliseconds as text). The mapping here produces exactly that, so a message a
+Conveyor client sends is byte for byte what a Celery worker expects.
+
+Headers RabbitMQ or Conveyor add in transit are not task headers: they are read
+(delivery counts) and dropped before a message is published again.
+
+pika cannot write a float into a header table (py-amqp writes a double), so a float
+header value (a ``time_limit`` of 1.5) travels as an AMQP decimal and is read back as
+a float.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from conveyor.interfaces import Message
+from pika.spec import BasicProperties
+
+#: Conveyor's own delivery count on classic queues (quorum queues count natively).
+COUNT = "x-conveyor-deliveries"
+#: What RabbitMQ adds: a quorum queue's count, and dead-lettering's history.
+TRANSIT = ("x-delivery-count", "x-death", "x-first-death-exchange",
+           "x-first-death-queue", "x-first-death-reason", "x-last-death-exchange",
+           "x-last-death-queue", "x-last-death-reason", COUNT)
+
+#: Message properties copied to AMQP as they are.
+_PLAIN = ("correlation_id", "reply_to", "expiration", "message_id", "type", "app_id",
+          "user_id", "timestamp")
+
+
+def _to_wire(value: Any) -> Any:
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: _to_wire(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_wire(v) for v in value]
+    return value
+
+
+def _from_wire(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _from_wire(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_wire(v) for v in value]
+    return value
+
+
+def _has(kind: type, value: Any) -> bool:
+    """Whether ``value`` holds a ``kind`` anywhere (cheap for the usual flat headers)."""
+    if isinstance(value, kind):
+        return True
+    if isinstance(value, dict):
+        return any(_has(kind, v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has(kind, v) for v in value)
+    return False
+
+
+def properties(message: Message, priority: int | None,
+               extra: dict[str, Any] | None = None) -> BasicProperties:
+    """The basic properties for ``message``; ``priority`` is already capped."""
+    props = message.properties
+    headers = message.headers
+    if extra:
+        headers = {**headers, **extra}
+    if _has(float, headers):
+        headers = _to_wire(headers)
+    return BasicProperties(
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        headers=headers,
+        delivery_mode=props.get("delivery_mode", 2),
+        priority=priority or 0,
+        correlation_id=props.get("correlation_id"),
+        reply_to=props.get("reply_to"),
+        expiration=props.get("expiration"),
+    )
+
+
+def message(props: BasicProperties, body: bytes) -> Message:
+    """The Conveyor message of a delivery (headers as the sender wrote them)."""
+    headers = props.headers
+    if headers is None:
+        headers = {}
+    elif any(key in headers for key in TRANSIT):
+        headers = {k: v for k, v in headers.items() if k not in TRANSIT}
+    if _has(Decimal, headers):
+        headers = _from_wire(headers)
+    extra: dict[str, Any] = {}
+    for name in _PLAIN:
+        value = getattr(props, name)
+        if value is not None:
+            extra[name] = value
+    extra["delivery_mode"] = props.delivery_mode
+    extra["priority"] = props.priority
+    return Message(headers, body, props.content_type or "", props.content_encoding or "",
+                   extra)
+
+
+def counted(props: BasicProperties) -> bool:
+    """Whether RabbitMQ counts this message's deliveries (a quorum queue's)."""
+    return bool(props.headers) and "x-delivery-count" in props.headers
+
+
+def deliveries(props: BasicProperties) -> int:
+    """How many times this message has been delivered, counting this time.
+
+    Quorum queues say it in ``x-delivery-count`` (earlier deliveries); on classic
+    queues a redelivered message carries Conveyor's own count (:data:`COUNT`).
+    """
+    headers = props.headers or {}
+    native = headers.get("x-delivery-count")
+    if native is not None:
+        return int(native) + 1
+    return int(headers.get(COUNT) or 1)

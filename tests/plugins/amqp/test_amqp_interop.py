@@ -1,0 +1,237 @@
+"""Interop with real Celery 5.7 / kombu 5.7 on RabbitMQ, in this session's vhost.
+
+* a Celery worker subprocess (``celery worker -P solo``) runs what Conveyor publishes
+  (json, msgpack, compression, link, expires, priority, countdown);
+* a Conveyor worker runs what a Celery client publishes (json, msgpack, link,
+  countdown parked in the delay layout);
+* both declare the same queues: neither side's declaration fails with
+  ``PRECONDITION_FAILED`` after the other's.
+
+Results go through the Redis backend here (``CONVEYOR_TEST_REDIS_PORT``, db 7);
+``test_amqp_rpc.py`` covers ``rpc://``. Celery is a test-only dependency.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from amqp_support import Proc, depth, queue_info, wait_for
+from conveyor import Conveyor, signature
+from conveyor.exceptions import TaskRevokedError
+
+celery = pytest.importorskip("celery")
+
+pytestmark = pytest.mark.amqp
+
+REDIS_PORT = int(os.environ.get("CONVEYOR_TEST_REDIS_PORT", "6379"))
+RESULTS = f"redis://127.0.0.1:{REDIS_PORT}/7"
+CELERY_QUEUE = "t.amqp.celery"
+CELERY_APP = '''
+import os
+from celery import Celery
+
+app = Celery("interop", broker=os.environ["C_BROKER"], backend=os.environ["C_BACKEND"])
+app.conf.update(accept_content=["json", "msgpack"], task_default_queue=os.environ["C_QUEUE"],
+                worker_prefetch_multiplier=1, broker_connection_retry_on_startup=True,
+                worker_hijack_root_logger=False)
+if os.environ.get("C_MAXPRI"):
+    app.conf.task_queue_max_priority = int(os.environ["C_MAXPRI"])
+if os.environ.get("C_QUORUM"):
+    app.conf.task_default_queue_type = "quorum"
+
+
+@app.task(name="interop.add")
+def add(x, y):
+    return x + y
+
+
+@app.task(name="interop.record")
+def record(path, n):
+    with open(path, "a") as f:
+        f.write(f"{n}\\n")
+    return n
+'''
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: Any) -> Path:
+    path = tmp_path_factory.mktemp("celery-amqp")
+    (path / "celery_interop.py").write_text(textwrap.dedent(CELERY_APP))
+    return path
+
+
+def celery_worker(workdir: Path, broker: str, queue: str, **env: str) -> Proc:
+    proc = Proc([sys.executable, "-m", "celery", "-A", "celery_interop", "worker",
+                 "-P", "solo", "-c", "1", "-Q", queue, "-l", "INFO", "--without-gossip",
+                 "--without-mingle", "--without-heartbeat", "-n", f"{queue}@%h"],
+                workdir, env={"C_BROKER": broker, "C_BACKEND": RESULTS, "C_QUEUE": queue,
+                              **env})
+    proc.wait_output("ready.", 40)
+    return proc
+
+
+def conveyor_app(broker: str, **conf: Any) -> Conveyor:
+    return Conveyor("interop", broker=broker, backend=RESULTS,
+                    accept_content=["json", "msgpack"], **conf)
+
+
+@pytest.fixture(scope="module")
+def celery_consumer(amqp_url: str, workdir: Path) -> Iterator[Proc]:
+    with celery_worker(workdir, amqp_url, CELERY_QUEUE) as proc:
+        yield proc
+
+
+# ----------------------------------------------------------------- Conveyor -> Celery
+@pytest.mark.parametrize(("serializer", "compression"), [
+    ("json", None), ("msgpack", None), ("json", "zlib"), ("msgpack", "lzma")])
+def test_celery_worker_runs_what_conveyor_publishes(celery_consumer: Proc, amqp_url: str,
+                                                    serializer: str,
+                                                    compression: str | None) -> None:
+    app = conveyor_app(amqp_url)
+    result = app.send_task("interop.add", (2, 3), queue=CELERY_QUEUE,
+                           serializer=serializer, compression=compression)
+    assert result.get(timeout=20) == 5
+    app.close()
+
+
+def test_celery_worker_applies_conveyor_link(celery_consumer: Proc, amqp_url: str) -> None:
+    app = conveyor_app(amqp_url)
+    callback = signature("interop.add", args=(10,), app=app, queue=CELERY_QUEUE)
+    result = app.send_task("interop.add", (2, 2), queue=CELERY_QUEUE, link=callback)
+    assert result.get(timeout=20) == 4
+    (child,) = wait_for(lambda: app.AsyncResult(result.id).children, 10, what="children")
+    assert child.get(timeout=20) == 14
+    app.close()
+
+
+def test_celery_worker_revokes_conveyor_expired_task(celery_consumer: Proc,
+                                                     amqp_url: str) -> None:
+    app = conveyor_app(amqp_url)
+    result = app.send_task("interop.add", (1, 1), queue=CELERY_QUEUE, countdown=1.0,
+                           expires=0.5)
+    with pytest.raises(TaskRevokedError):
+        result.get(timeout=20)
+    app.close()
+
+
+def test_celery_worker_runs_conveyor_countdown_not_early(celery_consumer: Proc,
+                                                         amqp_url: str) -> None:
+    app = conveyor_app(amqp_url)
+    start = time.monotonic()
+    result = app.send_task("interop.add", (4, 4), queue=CELERY_QUEUE, countdown=2)
+    assert result.get(timeout=20) == 8
+    assert time.monotonic() - start >= 1.9
+    app.close()
+
+
+def test_conveyor_priority_means_the_same_to_a_celery_worker(amqp_url: str,
+                                                             workdir: Path) -> None:
+    """Sent while nobody consumes, to a queue both declare with x-max-priority 10:
+    the Celery worker takes the higher first, 200 counting as 10, unprioritised last."""
+    queue = "t.amqp.celery.prio"
+    path = workdir / "prio.txt"
+    app = conveyor_app(amqp_url, task_queue_max_priority=10)
+    sent = [(0, None), (1, 3), (2, 200), (3, 7), (4, 9)]
+    results = [app.send_task("interop.record", (str(path), n), queue=queue, priority=p)
+               for n, p in sent]
+    with celery_worker(workdir, amqp_url, queue, C_MAXPRI="10"):
+        for r in results:
+            r.get(timeout=20)
+    order = [int(x) for x in path.read_text().split()]
+    assert order[:2] in ([2, 4], [4, 2]) and order[2:] == [3, 1, 0]
+    app.close()
+
+
+@pytest.mark.parametrize("order", ["conveyor first", "celery first"])
+def test_declarations_match_celery(amqp_url: str, amqp_vhost: str, order: str) -> None:
+    """Celery's declaration of a queue (what its worker and client declare, through
+    kombu) and Conveyor's are the same: whichever comes first, the other is accepted
+    (no PRECONDITION_FAILED), for classic, priority and quorum queues."""
+    cases = [("classic", {}, {}),
+             ("prio", {"task_queue_max_priority": 10}, {"x-max-priority": 10}),
+             ("quorum", {"task_create_missing_queue_type": "quorum"},
+              {"x-queue-type": "quorum"})]
+    for kind, conf, arguments in cases:
+        queue = f"t.amqp.decl.{kind}.{order[0:2]}"
+        capp = celery.Celery("decl", broker=amqp_url, backend=RESULTS, **conf)
+        app = conveyor_app(amqp_url, **conf)
+        with capp.connection_for_write() as conn:
+            declare = capp.amqp.queues[queue](conn.default_channel).declare
+            if order == "celery first":
+                declare()
+            assert app.send_task("interop.add", (1, 2), queue=queue).id
+            if order == "conveyor first":
+                declare()
+        app.close()
+        capp.close()
+        row = queue_info(amqp_vhost)[queue]
+        assert row["arguments"] == arguments
+        assert row["durable"] and not row["auto_delete"]
+        assert row["type"] == ("quorum" if kind == "quorum" else "classic")
+        assert depth(amqp_url, queue) == 1
+
+
+# ----------------------------------------------------------------- Celery -> Conveyor
+@pytest.fixture
+def celery_client(amqp_url: str) -> Iterator[Any]:
+    capp = celery.Celery("client", broker=amqp_url, backend=RESULTS)
+    capp.conf.update(accept_content=["json", "msgpack"], broker_connection_retry=False,
+                     broker_connection_retry_on_startup=False)
+    yield capp
+    capp.close()
+
+
+@pytest.fixture
+def conveyor_worker(amqp_url: str) -> Iterator[Conveyor]:
+    app = conveyor_app(amqp_url, worker_eta_horizon=0.5)
+
+    @app.task(name="interop.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    with app.Worker(queues=["t.amqp.conveyor"], concurrency=2, pool="threads").running():
+        yield app
+    app.close()
+
+
+@pytest.mark.parametrize(("serializer", "compression"), [
+    ("json", None), ("msgpack", None), ("json", "gzip")])
+def test_conveyor_worker_runs_what_celery_publishes(conveyor_worker: Conveyor,
+                                                    celery_client: Any, serializer: str,
+                                                    compression: str | None) -> None:
+    result = celery_client.send_task("interop.add", (20, 22), queue="t.amqp.conveyor",
+                                     serializer=serializer, compression=compression)
+    assert result.get(timeout=15) == 42
+    assert conveyor_worker.AsyncResult(result.id).get(timeout=5) == 42
+
+
+def test_celery_countdown_is_parked_by_the_conveyor_worker(
+        conveyor_worker: Conveyor, celery_client: Any, amqp_url: str) -> None:
+    """Due in 3 s, past the worker's 0.5 s horizon: parked in celery_delayed_*
+    (nothing unacked in the worker), back when due, run once, never early."""
+    start = time.monotonic()
+    result = celery_client.send_task("interop.add", (1, 2), queue="t.amqp.conveyor",
+                                     countdown=3)
+    wait_for(lambda: sum(depth(amqp_url, f"celery_delayed_{n}") for n in range(3)) == 1,
+             5, what="the message parked in the delay layout")
+    assert result.get(timeout=15) == 3
+    assert time.monotonic() - start >= 2.9
+
+
+def test_celery_link_runs_on_the_conveyor_worker(conveyor_worker: Conveyor,
+                                                 celery_client: Any) -> None:
+    callback = celery_client.signature("interop.add", args=(100,),
+                                       options={"queue": "t.amqp.conveyor"})
+    result = celery_client.send_task("interop.add", (1, 1), queue="t.amqp.conveyor",
+                                     link=callback)
+    assert result.get(timeout=15) == 2
+    children = wait_for(lambda: celery_client.AsyncResult(result.id).children, 10,
+                        what="children")
+    assert children[0].get(timeout=15) == 102

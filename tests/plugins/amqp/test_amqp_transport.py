@@ -1,0 +1,177 @@
+"""The amqp:// transport on the real RabbitMQ: publishing, confirms, errors, the delay
+layout, declarations (this session's vhost; queues named ``t.amqp.*``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pika
+import pytest
+from amqp_support import depth, queue_info, wait_for
+from conveyor import Conveyor
+from conveyor.exceptions import ConfigurationError, OperationalError
+from conveyor_amqp.errors import ChannelError, UnroutableError
+from conveyor_amqp.layout import Delays, strip
+from kombu.transport import native_delayed_delivery as kombu_delays
+
+pytestmark = pytest.mark.amqp
+
+
+@pytest.fixture
+def make_app(amqp_url: str) -> Iterator[Any]:
+    apps: list[Conveyor] = []
+
+    def make(**conf: Any) -> Conveyor:
+        app = Conveyor("t", broker=amqp_url, backend="memory://t-amqp", **conf)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()
+
+
+def test_delay_routing_keys_are_kombus() -> None:
+    for seconds in (1, 2, 3, 30, 3600, 86400 * 365, 2 ** 28 - 1):
+        assert Delays.routing_key(seconds, "celery") == \
+            kombu_delays.calculate_routing_key(seconds, "celery")
+    # a fraction of a second rounds up: a parked message never comes back early
+    assert Delays.routing_key(2.1, "q") == kombu_delays.calculate_routing_key(3, "q")
+    again = Delays.routing_key(5, Delays.routing_key(9, "q"))
+    assert again == kombu_delays.calculate_routing_key(5, "q") and strip(again) == "q"
+
+
+def test_delay_layout_is_declared_as_kombu_declares_it(make_app: Any, amqp_vhost: str,
+                                                      queue: str) -> None:
+    """Conveyor's declarations, then kombu's own over them: RabbitMQ accepts both
+    (no PRECONDITION_FAILED), so Celery ≥ 5.5 workers share the layout."""
+    app = make_app(broker_transport_options={"delayed_delivery": "broker"})
+    app.send_task("t.x", queue=queue, countdown=60)
+    import kombu
+    with kombu.Connection(app.broker_url) as conn:
+        kombu_delays.declare_native_delayed_delivery_exchanges_and_queues(conn, "quorum")
+    info = queue_info(amqp_vhost)
+    for n in range(28):
+        row = info[f"celery_delayed_{n}"]
+        assert row["type"] == "quorum"
+        assert row["arguments"]["x-message-ttl"] == 2 ** n * 1000
+    assert sum(depth(app.broker_url, f"celery_delayed_{n}") for n in range(28)) == 1
+
+
+def test_broker_parked_countdown_is_never_early_and_runs_once(make_app: Any,
+                                                             queue: str) -> None:
+    app = make_app(broker_transport_options={"delayed_delivery": "broker"})
+    runs: list[float] = []
+
+    @app.task(name="t.stamp")
+    def stamp() -> None:
+        runs.append(time.time())
+
+    sent = time.time()
+    result = stamp.apply_async(queue=queue, countdown=2.5)
+    assert depth(app.broker_url, queue) == 0  # parked at the producer
+    with app.Worker(queues=[queue], concurrency=1, pool="threads").running():
+        result.get(timeout=15)
+        time.sleep(1.5)
+    assert len(runs) == 1 and runs[0] - sent >= 2.5
+
+
+def test_confirm_publish_refuses_an_unroutable_message(make_app: Any) -> None:
+    app = make_app(broker_transport_options={"confirm_publish": True})
+    with pytest.raises(UnroutableError) as info:
+        app.send_task("t.x", exchange="amq.direct", routing_key="t.amqp.nobody.home")
+    text = str(info.value)
+    assert "'amq.direct'" in text and "'t.amqp.nobody.home'" in text
+    assert "not stored" in text
+
+
+def test_without_confirms_the_same_publish_is_fire_and_forget(make_app: Any) -> None:
+    app = make_app()
+    assert app.send_task("t.x", exchange="amq.direct", routing_key="t.amqp.nobody").id
+
+
+def test_a_channel_error_carries_rabbitmqs_reply(make_app: Any, queue: str) -> None:
+    make_app(task_queue_max_priority=10).send_task("t.x", queue=queue)
+    with pytest.raises(ChannelError) as info:
+        make_app().send_task("t.x", queue=queue)
+    assert info.value.reply_code == 406
+    assert "PRECONDITION_FAILED" in str(info.value) and "x-max-priority" in str(info.value)
+    assert "task_queue_max_priority" in str(info.value)  # what to change
+
+
+def test_unreachable_broker_names_the_url_and_masks_the_password() -> None:
+    app = Conveyor("t", broker="amqp://guest:secret@127.0.0.1:1/x",
+                   backend="memory://t-amqp", task_publish_retry=False)
+    with pytest.raises(OperationalError) as info:
+        app.send_task("t.x")
+    assert "127.0.0.1:1" in str(info.value) and "secret" not in str(info.value)
+
+
+def test_bad_settings_are_refused_with_the_fix() -> None:
+    with pytest.raises(ConfigurationError, match="quorum"):
+        Conveyor("t", broker="amqp://", task_queue_max_priority=10,
+                 task_default_queue_type="quorum").transport_factory()
+    with pytest.raises(ConfigurationError, match="amqps"):
+        Conveyor("t", broker="amqp://",
+                 broker_transport_options={"ssl": {"ca_certs": "x"}}).transport_factory()
+    with pytest.raises(ConfigurationError, match="cert_reqs"):
+        Conveyor("t", broker="amqps://",
+                 broker_transport_options={"ssl": {"cert_req": 0}}).transport_factory()
+
+
+def test_amqps_speaks_tls(make_app: Any) -> None:
+    """RabbitMQ here has no TLS listener: the TLS handshake on the plain port fails,
+    which shows amqps:// really starts TLS (on 5671 by default, port kept here)."""
+    app = Conveyor("t", broker="amqps://guest:guest@127.0.0.1:5672/x",
+                   backend="memory://t-amqp", task_publish_retry=False,
+                   broker_transport_options={"ssl": {"cert_reqs": "none"}})
+    with pytest.raises(OperationalError):
+        app.send_task("t.x")
+    transport = app.transport_factory()
+    assert transport.params.ssl_options is not None and transport.params.port == 5672
+
+
+def test_priority_above_the_queue_maximum_counts_as_the_maximum(make_app: Any,
+                                                               queue: str) -> None:
+    app = make_app(task_queue_max_priority=5)
+    app.send_task("t.x", queue=queue, priority=200)
+    conn = pika.BlockingConnection(pika.URLParameters(app.broker_url))
+    method, props, _body = conn.channel().basic_get(queue, auto_ack=True)
+    conn.close()
+    assert method is not None and props.priority == 5
+
+
+def test_celery_wire_properties(make_app: Any, queue: str) -> None:
+    """What a Celery 5.7 client sends (tests/data wire samples, amqp-json-*)."""
+    app = make_app()
+    result = app.send_task("t.x", (2, 2), queue=queue, expires=60, time_limit=1.5)
+    conn = pika.BlockingConnection(pika.URLParameters(app.broker_url))
+    method, props, body = conn.channel().basic_get(queue, auto_ack=True)
+    conn.close()
+    assert method.exchange == "" and method.routing_key == queue
+    assert props.content_type == "application/json" and props.content_encoding == "utf-8"
+    assert props.delivery_mode == 2 and props.priority == 0
+    assert props.correlation_id == result.id
+    assert 59000 <= int(props.expiration) <= 60000
+    assert props.headers["id"] == result.id and props.headers["task"] == "t.x"
+    assert float(props.headers["timelimit"][0]) == 1.5
+    assert body.startswith(b"[[2, 2], {}, ")
+
+
+def test_routed_to_an_exchange_that_does_not_exist(make_app: Any) -> None:
+    with pytest.raises(ChannelError) as info:
+        make_app().send_task("t.x", exchange="t.amqp.no-such-exchange", routing_key="k")
+    assert info.value.reply_code == 404 and "t.amqp.no-such-exchange" in str(info.value)
+
+
+def test_depth_and_purge(make_app: Any, queue: str) -> None:
+    app = make_app()
+    for _ in range(3):
+        app.send_task("t.x", queue=queue)
+    transport = app.transport_factory()
+    transport.connect()
+    wait_for(lambda: transport.depth(queue) == 3, 5, what="three waiting")
+    assert transport.purge(queue) == 3 and transport.depth(queue) == 0
+    transport.close()

@@ -1,0 +1,256 @@
+"""The core worker on RabbitMQ: what a user of the amqp:// transport would notice.
+
+In-process workers for behaviour; CLI worker subprocesses for what needs a process
+to die (SIGKILL, a task that kills its worker) or the connection to go away.
+Results go through the Redis backend (``CONVEYOR_TEST_REDIS_PORT``, db 6).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+from amqp_support import Proc, depth, rabbitmqctl, wait_for
+from conveyor import Conveyor
+from conveyor.exceptions import DeliveryLimitExceeded, NotRegistered
+
+pytestmark = pytest.mark.amqp
+
+REDIS_PORT = int(os.environ.get("CONVEYOR_TEST_REDIS_PORT", "6379"))
+RESULTS = f"redis://127.0.0.1:{REDIS_PORT}/6"
+CONVEYOR_BIN = str(Path(sys.executable).parent / "conveyor")
+
+TASKS = '''
+import os, time
+from conveyor import Conveyor
+
+app = Conveyor("t", broker=os.environ["T_BROKER"], backend=os.environ["T_BACKEND"],
+               worker_max_deliveries=int(os.environ.get("T_MAX", "5")),
+               task_default_queue_type=os.environ.get("T_QTYPE", "classic"),
+               task_create_missing_queue_type=os.environ.get("T_QTYPE", "classic"))
+
+
+@app.task(name="t.slow_once", acks_late=True)
+def slow_once(marker):
+    with open(marker, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    with open(marker) as f:
+        first = len(f.read().split()) == 1
+    time.sleep(60 if first else 0)
+    return "done"
+
+
+@app.task(name="t.die", acks_late=True)
+def die(marker):
+    with open(marker, "a") as f:
+        f.write("run\\n")
+    os._exit(1)
+
+
+@app.task(name="t.log", acks_late=True)
+def log(path, n):
+    time.sleep(0.005)
+    with open(path, "a") as f:
+        f.write(f"{n}\\n")
+    return n
+
+
+@app.task(name="t.add")
+def add(x, y):
+    return x + y
+'''
+
+
+@pytest.fixture
+def task_module(tmp_path: Path) -> Path:
+    (tmp_path / "t_amqp_tasks.py").write_text(textwrap.dedent(TASKS))
+    return tmp_path
+
+
+def worker_proc(cwd: Path, broker: str, queue: str, *extra: str, **env: str) -> Proc:
+    proc = Proc([CONVEYOR_BIN, "-A", "t_amqp_tasks", "-l", "INFO", "worker", "-Q", queue,
+                 *extra], cwd, env={"T_BROKER": broker, "T_BACKEND": RESULTS, **env})
+    proc.wait_output("consuming", 30)
+    return proc
+
+
+def cli(cwd: Path, broker: str, *args: str) -> str:
+    proc = subprocess.run([CONVEYOR_BIN, "-A", "t_amqp_tasks", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "T_BROKER": broker, "T_BACKEND": RESULTS})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture
+def app(amqp_url: str) -> Iterator[Conveyor]:
+    app = Conveyor("t", broker=amqp_url, backend=RESULTS)
+    yield app
+    app.close()
+
+
+def test_delay_get_and_batch_through_the_worker(app: Conveyor, queue: str) -> None:
+    @app.task(name="t.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    with app.Worker(queues=[queue], concurrency=2, pool="threads").running():
+        assert add.apply_async((2, 2), queue=queue).get(timeout=10) == 4
+        results = app.publish_batch([("t.add", (i, i), {}, {"queue": queue}, {})
+                                     for i in range(50)])
+        assert [r.get(timeout=10) for r in results] == [2 * i for i in range(50)]
+
+
+def test_priorities_run_higher_first(amqp_url: str, queue: str) -> None:
+    app = Conveyor("t", broker=amqp_url, backend=RESULTS, task_queue_max_priority=10)
+    order: list[int] = []
+
+    @app.task(name="t.record")
+    def record(n: int) -> None:
+        order.append(n)
+
+    sent = [(0, None), (1, 3), (2, 200), (3, 0), (4, 9)]
+    results = [record.apply_async((n,), queue=queue, priority=p) for n, p in sent]
+    with app.Worker(queues=[queue], concurrency=1, pool="solo",
+                    prefetch_multiplier=1).running():
+        for r in results:
+            r.get(timeout=10)
+    assert order[:2] in ([2, 4], [4, 2]) and order[2] == 1
+    assert sorted(order[3:]) == [0, 3]
+    app.close()
+
+
+def test_garbage_is_dead_lettered_while_the_worker_keeps_serving(
+        app: Conveyor, amqp_url: str, queue: str, task_module: Path) -> None:
+    @app.task(name="t.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    first = add.apply_async((1, 1), queue=queue)  # declares the queue
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    ch = conn.channel()
+    ch.basic_publish("", queue, b"\x00\xffnot a task")
+    ch.basic_publish("", queue, b"[[1], {}, {}]", pika.BasicProperties(
+        content_type="application/json", content_encoding="utf-8",
+        headers={"id": "t-unknown", "task": "t.nobody", "lang": "py"}))
+    conn.close()
+    unknown = app.AsyncResult("t-unknown")
+    with app.Worker(queues=[queue], concurrency=2, pool="threads").running():
+        assert first.get(timeout=10) == 2
+        with pytest.raises(NotRegistered):
+            unknown.get(timeout=10)
+        assert add.apply_async((2, 3), queue=queue).get(timeout=10) == 5
+    lines = [json.loads(x) for x in cli(task_module, amqp_url, "dead", "list", "-Q", queue,
+                                        "--json").splitlines()]
+    assert len(lines) == 2
+    by_task = {d["task_id"]: d for d in lines}
+    assert "NotRegistered" in by_task["t-unknown"]["reason"]
+    assert all(d["queue"] == queue for d in lines)
+    assert depth(amqp_url, queue) == 0
+    out = cli(task_module, amqp_url, "dead", "requeue", "t-unknown")
+    assert "1" in out
+    assert depth(amqp_url, queue) == 1
+    assert "purged 1" in cli(task_module, amqp_url, "dead", "purge", "-Q", queue, "-f")
+    assert cli(task_module, amqp_url, "dead", "list", "-Q", queue) == ""
+
+
+@pytest.mark.slow
+def test_acks_late_task_of_a_killed_worker_is_redelivered_and_run(
+        app: Conveyor, amqp_url: str, task_module: Path, queue: str) -> None:
+    marker = task_module / "marker.txt"
+    result = app.send_task("t.slow_once", (str(marker),), queue=queue)
+    with worker_proc(task_module, amqp_url, queue, "-c", "1", "-P", "solo") as a:
+        wait_for(marker.exists, 20, what="the first run to start")
+        a.kill()
+        a.popen.wait(5)
+    with worker_proc(task_module, amqp_url, queue, "-c", "1", "-P", "solo"):
+        assert result.get(timeout=20) == "done"
+    assert len(marker.read_text().split()) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+def test_delivery_limit_dead_letters_a_task_that_kills_its_worker(
+        amqp_url: str, task_module: Path, queue: str, queue_type: str) -> None:
+    """worker_max_deliveries=2: the task runs twice, each run killing its worker; the
+    third delivery is dead-lettered and get() raises DeliveryLimitExceeded."""
+    app = Conveyor("t", broker=amqp_url, backend=RESULTS,
+                   task_default_queue_type=queue_type,
+                   task_create_missing_queue_type=queue_type)
+    marker = task_module / "died.txt"
+    result = app.send_task("t.die", (str(marker),), queue=queue)
+    env = {"T_MAX": "2", "T_QTYPE": queue_type}
+    for runs in (1, 2):
+        with worker_proc(task_module, amqp_url, queue, "-c", "1", "-P", "solo",
+                         **env) as w:
+            wait_for(lambda: w.popen.poll() is not None, 20, what="the task to kill it")
+        assert marker.read_text().split() == ["run"] * runs
+    with worker_proc(task_module, amqp_url, queue, "-c", "1", "-P", "solo", **env):
+        with pytest.raises(DeliveryLimitExceeded):
+            result.get(timeout=20)
+    assert marker.read_text().split() == ["run", "run"]
+    dead = json.loads(cli(task_module, amqp_url, "dead", "list", "-Q", queue, "--json"))
+    assert dead["task_id"] == result.id and "Delivery limit" in dead["reason"]
+    app.close()
+
+
+@pytest.mark.slow
+def test_lost_connections_mid_drain_lose_nothing(app: Conveyor, amqp_url: str,
+                                                 amqp_vhost: str, task_module: Path,
+                                                 queue: str) -> None:
+    """RabbitMQ closes every connection of the vhost twice while a worker drains:
+    the worker reconnects by itself and every task runs (acks_late)."""
+    log = task_module / "log.txt"
+    log.touch()
+    total = 300
+    results = app.publish_batch([("t.log", (str(log), n), {}, {"queue": queue}, {})
+                                 for n in range(total)])
+
+    def done() -> set[int]:
+        return {int(x) for x in log.read_text().split()}
+
+    with worker_proc(task_module, amqp_url, queue, "-c", "4", "-P", "threads") as w:
+        for fraction in (4, 2):
+            wait_for(lambda: len(done()) > total // fraction, 30, what="progress")
+            rabbitmqctl("close_all_connections", "-p", amqp_vhost, "conveyor test")
+        wait_for(lambda: len(done()) == total, 60, what="every task to run")
+        assert "Lost the broker" in w.output()
+    app.close()
+    values = [r.get(timeout=30) for r in results]
+    assert values == list(range(total))
+
+
+@pytest.mark.broker_restart
+def test_broker_restart_mid_drain_loses_nothing(app: Conveyor, amqp_url: str,
+                                                task_module: Path, queue: str) -> None:
+    """``rabbitmqctl stop_app``/``start_app`` while a worker drains: the worker
+    reconnects with backoff and every task runs. It stops the shared RabbitMQ for
+    every user on the machine, so it only runs when asked: ``-m broker_restart``."""
+    log = task_module / "log.txt"
+    log.touch()
+    total = 300
+    results = app.publish_batch([("t.log", (str(log), n), {}, {"queue": queue}, {})
+                                 for n in range(total)])
+
+    def done() -> set[int]:
+        return {int(x) for x in log.read_text().split()}
+
+    with worker_proc(task_module, amqp_url, queue, "-c", "4", "-P", "threads"):
+        wait_for(lambda: len(done()) > total // 4, 30, what="a quarter drained")
+        try:
+            rabbitmqctl("stop_app")
+            time.sleep(1.0)
+        finally:
+            rabbitmqctl("start_app")
+        wait_for(lambda: len(done()) == total, 90, what="every task to run")
+    app.close()
+    assert [r.get(timeout=30) for r in results] == list(range(total))
