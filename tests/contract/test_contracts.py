@@ -135,6 +135,69 @@ class TestRedisBackend(BackendContract, JoinContract):
         return redis_contract_url
 
 
+@pytest.fixture(scope="module")
+def amqp_contract_url() -> Iterator[str]:
+    """A RabbitMQ vhost of the contract's own, deleted afterwards."""
+    import subprocess
+
+    def ctl(*args: str) -> None:
+        subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+
+    require_service("RabbitMQ", "127.0.0.1", 5672)
+    vhost = f"conveyor-contract-{uuid.uuid4().hex[:8]}"
+    ctl("add_vhost", vhost)
+    ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    ctl("delete_vhost", vhost)
+
+
+class TestAmqpTransport(TransportContract, PriorityContract, DelayContract,
+                        DeadLetterContract, PurgeContract):
+    """Channel settlement; no leases (RabbitMQ holds a delivery while its channel
+    lives) and no abandon (a lost channel's deliveries come back by themselves).
+    amqps:// is the same class over TLS. No ``inspect``: RabbitMQ cannot count what
+    a consumer's prefetch holds. With publisher confirms, as ``purge`` right after
+    a one-way publish may not see it yet (RabbitMQ routes it asynchronously)."""
+
+    covers = ("amqp", "amqps")
+
+    @pytest.fixture
+    def transport_options(self) -> dict[str, Any]:
+        return {"confirm_publish": True}
+
+    @pytest.fixture
+    def app(self, broker_url: str, transport_options: dict[str, Any]) -> Iterator[Conveyor]:
+        """RabbitMQ orders by priority only in queues declared with x-max-priority
+        (``task_queue_max_priority``), as with Celery."""
+        app = Conveyor(f"contract-{uuid.uuid4().hex[:6]}", broker=broker_url,
+                       backend="memory://contract", task_queue_max_priority=10,
+                       broker_transport_options=transport_options)
+        yield app
+        app.close()
+
+    @pytest.fixture
+    def broker_url(self, amqp_contract_url: str) -> str:
+        return amqp_contract_url
+
+
+class TestRpcBackend(BackendContract):
+    """Results sent to this process's own reply queue (a store without a request's
+    ``reply_to`` goes there), on the contract's RabbitMQ vhost."""
+
+    covers = ("rpc",)
+
+    @pytest.fixture
+    def backend(self, amqp_contract_url: str) -> Iterator[Any]:
+        app = Conveyor(f"contract-{uuid.uuid4().hex[:6]}", broker=amqp_contract_url,
+                       backend="rpc://")
+        yield app.backend
+        app.close()
+
+    @pytest.fixture
+    def backend_url(self) -> str:
+        return "rpc://"
+
+
 def _covered(kind: type) -> set[str]:
     found: set[str] = set()
     for cls in list(globals().values()):

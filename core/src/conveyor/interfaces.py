@@ -219,6 +219,11 @@ class BackendCapabilities:
     joins: bool = False
     #: :class:`GroupBackend`: saved groups (``GroupResult.save``/``restore``).
     groups: bool = False
+    #: :class:`ReplyBackend`: results go back to the caller's own queue (``rpc://``),
+    #: not to a store others can read. The core names :attr:`ReplyBackend.reply_to`
+    #: in every task message it publishes, and a worker's ``store`` passes the
+    #: request's ``reply_to`` on.
+    replies: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -592,6 +597,20 @@ class GroupBackend(Backend, Protocol):
         """Delete what :meth:`save_group` stored."""
 
 
+@runtime_checkable
+class ReplyBackend(Backend, Protocol):
+    """``BackendCapabilities.replies``: each result is sent to the caller's queue."""
+
+    @property
+    def reply_to(self) -> str:
+        """This process's reply queue, ready to receive before it is named."""
+
+    def store(self, task_id: str, state: str, payload: bytes, *,
+              expires: float | None, reply_to: str | None = None) -> None:
+        """Send a state to ``reply_to`` (the request's); without one, to this
+        process's own queue."""
+
+
 # --------------------------------------------------------------------------- router
 @runtime_checkable
 class Router(Protocol):
@@ -730,7 +749,8 @@ __all__ = [
     "Delivery", "Outgoing", "Capabilities", "BackendCapabilities", "DeadLetter", "Join",
     "Serializer", "Compressor", "Transport", "DelayTransport", "LeaseTransport",
     "DeadLetterTransport", "PurgeTransport", "InspectTransport", "AbandonTransport",
-    "BaseTransport", "Backend", "JoinBackend", "GroupBackend", "Router", "AsyncTransport",
+    "BaseTransport", "Backend", "JoinBackend", "GroupBackend", "ReplyBackend", "Router",
+    "AsyncTransport",
     "AsyncDelayTransport", "AsyncLeaseTransport", "AsyncDeadLetterTransport",
     "AsyncPurgeTransport", "AsyncInspectTransport", "AsyncAbandonTransport",
     "AsyncBackend", "AsyncJoinBackend", "require", "unsupported",

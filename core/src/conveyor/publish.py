@@ -23,7 +23,7 @@ from .canvas import sig_list
 from .connection import Publisher
 from .envelope import Template
 from .exceptions import CapabilityError
-from .interfaces import LeaseTransport, Message, Route, Transport, unsupported
+from .interfaces import LeaseTransport, Message, ReplyBackend, Route, Transport, unsupported
 from .options import DEFAULTS, PER_CALL, due_times, eta_horizon, resolve, split
 from .result import AsyncResult
 from .settings import time_zone
@@ -126,6 +126,14 @@ class PublishPath:
         plan, per = self.plan(name, args, kwargs, call, sig, task)
         message, task_id, due = self.build(plan, per, args, kwargs)
         return message, plan.route, due, plan.options(per, task_id)
+
+    def reply_to(self) -> str | None:
+        """The queue results come back to, with a result backend that sends them to
+        the caller (``BackendCapabilities.replies``, ``rpc://``); else None."""
+        backend = self.app.backend
+        if backend.capabilities.replies:
+            return cast(ReplyBackend, backend).reply_to
+        return None
 
     def broker_probe(self) -> Transport:
         """An unconnected transport for the broker URL, kept until a setting changes:
@@ -287,6 +295,10 @@ class Plan:
         if link or link_error or chain or chord:
             self.embed = {"callbacks": _embedded(link), "errbacks": _embedded(link_error),
                           "chain": chain, "chord": chord}
+        if opts.get("reply_to") is None and not opts["ignore_result"]:
+            reply_to = app.publishing.reply_to()
+            if reply_to is not None:
+                opts = {**opts, "reply_to": reply_to}
         self.template = Template(name, app.codecs, opts)
         self.route = Route(opts["queue"], opts["exchange"] or "", opts["routing_key"])
         self.timed = opts["countdown"] is not None or opts["eta"] is not None \

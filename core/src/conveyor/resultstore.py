@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from . import states
 from .exceptions import ConfigurationError
+from .interfaces import ReplyBackend
 
 if TYPE_CHECKING:
     from .app import Conveyor
@@ -53,8 +54,13 @@ class ResultStore:
 
     def store(self, task_id: str, state: str, result: Any, *,
               traceback: str | None = None, children: list[Any] | None = None,
-              request: Request | None = None, hostname: str | None = None) -> None:
-        """Write a state. ``result`` is the value, progress meta or exception dict."""
+              request: Request | None = None, hostname: str | None = None,
+              reply_to: str | None = None) -> None:
+        """Write a state. ``result`` is the value, progress meta or exception dict.
+
+        A backend with ``replies`` (``rpc://``) sends it to the caller's queue: the
+        request's ``reply_to``, or ``reply_to`` when there is no request (a message
+        the worker could not read into one)."""
         conf = self.app.conf
         extended = None
         if conf.result_extended:
@@ -70,7 +76,13 @@ class ResultStore:
             task_id, state, result, traceback=traceback, children=children,
             group_id=request.group if request else None,
             parent_id=request.parent_id if request else None, extended=extended)
-        self.app.backend.store(task_id, state, self.dumps(doc), expires=self.expires())
+        backend = self.app.backend
+        if backend.capabilities.replies:
+            cast(ReplyBackend, backend).store(
+                task_id, state, self.dumps(doc), expires=self.expires(),
+                reply_to=request.reply_to if request is not None else reply_to)
+        else:
+            backend.store(task_id, state, self.dumps(doc), expires=self.expires())
 
     def expires(self, setting: str = "result_expires") -> float | None:
         """Seconds a stored result lives (``setting``, then ``result_expires``);
@@ -112,6 +124,6 @@ class ResultStore:
 
     def store_exception(self, task_id: str, state: str, exc: BaseException, *,
                         traceback: str | None = None, request: Request | None = None,
-                        hostname: str | None = None) -> None:
+                        hostname: str | None = None, reply_to: str | None = None) -> None:
         self.store(task_id, state, states.exception_to_dict(exc), traceback=traceback,
-                   request=request, hostname=hostname)
+                   request=request, hostname=hostname, reply_to=reply_to)

@@ -93,7 +93,8 @@ class Proc:
                                       start_new_session=True)
 
     def output(self) -> str:
-        self._out.flush()
+        if not self._out.closed:
+            self._out.flush()
         return self.log.read_text(errors="replace")
 
     def wait_output(self, text: str, timeout: float) -> None:

@@ -143,7 +143,7 @@ def test_conveyor_priority_means_the_same_to_a_celery_worker(amqp_url: str,
                for n, p in sent]
     with celery_worker(workdir, amqp_url, queue, C_MAXPRI="10"):
         for r in results:
-            r.get(timeout=20)
+            r.get(timeout=45)
     order = [int(x) for x in path.read_text().split()]
     assert order[:2] in ([2, 4], [4, 2]) and order[2:] == [3, 1, 0]
     app.close()
@@ -235,3 +235,44 @@ def test_celery_link_runs_on_the_conveyor_worker(conveyor_worker: Conveyor,
     children = wait_for(lambda: celery_client.AsyncResult(result.id).children, 10,
                         what="children")
     assert children[0].get(timeout=15) == 102
+
+
+# ----------------------------------------------------------------- the delay layout
+def test_celery_quorum_worker_and_conveyor_worker_share_the_delay_layout(
+        amqp_url: str, workdir: Path) -> None:
+    """A Celery 5.7 worker on quorum queues sets up native delayed delivery
+    (``celery_delayed_*``, quorum); a Conveyor worker on the same queue parks a
+    countdown in that same layout, and it comes back when due, run once, never
+    early. Then a Celery worker starts over what Conveyor declared: no error."""
+    queue = "t.amqp.shared.delays"
+    path = workdir / "shared.txt"
+    with celery_worker(workdir, amqp_url, queue, C_QUORUM="1") as celery_proc:
+        wait_for(lambda: depth(amqp_url, "celery_delayed_27") == 0
+                 and "delayed delivery" in celery_proc.output().lower(), 20,
+                 what="Celery to set up native delayed delivery")
+    assert "Failed to setup delayed delivery" not in celery_proc.output()
+
+    app = conveyor_app(amqp_url, task_default_queue=queue, task_default_queue_type="quorum",
+                       worker_eta_horizon=0.5)
+
+    @app.task(name="interop.record")
+    def record(p: str, n: int) -> int:
+        with open(p, "a") as f:
+            f.write(f"{n}\n")
+        return n
+
+    start = time.monotonic()
+    result = record.apply_async((str(path), 1), countdown=3)
+    with app.Worker(queues=[queue], concurrency=1, pool="threads").running():
+        wait_for(lambda: sum(depth(amqp_url, f"celery_delayed_{n}") for n in range(3)) == 1,
+                 5, what="the Conveyor worker to park it in Celery's layout")
+        assert result.get(timeout=20) == 1
+        assert time.monotonic() - start >= 2.9
+        time.sleep(1)
+    assert path.read_text().split() == ["1"]
+    with celery_worker(workdir, amqp_url, queue, C_QUORUM="1") as again:
+        result = app.send_task("interop.record", (str(path), 2), queue=queue)
+        assert result.get(timeout=20) == 2
+    assert "Failed to setup delayed delivery" not in again.output()
+    assert "PRECONDITION" not in again.output()
+    app.close()

@@ -285,8 +285,9 @@ class Worker:
             transport.ack([d])
         if task_id:
             try:
-                self.app.results.store_exception(task_id, states.FAILURE, exc,
-                                                 hostname=self.hostname)
+                self.app.results.store_exception(
+                    task_id, states.FAILURE, exc, hostname=self.hostname,
+                    reply_to=d.message.properties.get("reply_to"))
             except Exception:  # noqa: BLE001 - the dead letter is what matters
                 log.exception("Could not record FAILURE for dead-lettered %s", task_id)
             self._count_in_chord(d, exc)

@@ -7,14 +7,17 @@ As Celery's ``rpc`` backend does it, so Celery clients and workers interoperate:
   ``result_expires`` without a consumer (``x-expires``), one per client process;
 * a worker publishes each state of the task to the default exchange with the
   ``reply_to`` as routing key and the task id as ``correlation_id``; the body is the
-  state document serialized with ``result_serializer`` (Celery's keys), sent
-  transient (``delivery_mode`` 1);
-* the client consumes its queue (auto-ack) and keeps the latest state per task.
+  state document serialized with ``result_serializer`` (Celery's keys), transient
+  (``delivery_mode`` 1). A state stored without a ``reply_to`` (no request: this
+  process stored it) goes to this process's own queue;
+* the client consumes its queue (auto-ack) and keeps the latest state per task; a
+  ``SUCCESS`` is final, and a state expires ``result_expires`` after it arrived
+  (sent as the message's ``expiration``, so an unread one expires in the queue too).
 
-What rpc cannot do: results live only in the caller's queue, so another process
-cannot read them, they vanish when read, and there is no shared state to count a
-chord's header down; a chord with this backend is an error naming backends that
-can (``redis://``, ``sqlite://``).
+What rpc cannot do: results live only in the caller's process, so another process
+cannot read them, and there is no shared state to count a chord's header down
+(``BackendCapabilities.joins`` is off, so a chord is refused naming the backends
+that can: ``redis://``, ``sqlite://``).
 
 It rides on the broker's connection settings: ``rpc://`` takes the ``amqp://`` or
 ``amqps://`` ``broker_url`` and its ``broker_transport_options``.
@@ -22,31 +25,24 @@ It rides on the broker's connection settings: ``rpc://`` takes the ``amqp://`` o
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 import pika
 from conveyor.exceptions import ConfigurationError
+from conveyor.interfaces import BackendCapabilities
 from conveyor.utils import mask_url
+from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import BasicProperties
 
-from .connection import Backoff, open_connection, parameters, retrying
+from .connection import open_connection, parameters, retrying
 from .errors import CONNECTION_ERRORS, translate
 from .transport import AmqpTransport
 
-log = logging.getLogger("conveyor.amqp")
-
-NO_CHORDS = (
-    "The rpc:// result backend cannot join chords: results go only to the caller's "
-    "reply queue, so no process can count the header's results down. Use a result "
-    "backend with shared state, such as result_backend='redis://…' or "
-    "'sqlite:///results.sqlite3'.")
-
-#: How long a store keeps retrying through a broken connection.
+#: How long a store or a read keeps retrying through a broken connection.
 _PATIENCE = 15.0
 #: The longest slice a waiter holds the connection before letting others read.
 _SLICE = 0.05
@@ -54,6 +50,8 @@ _SLICE = 0.05
 
 class RpcBackend:
     """Celery-compatible ``rpc://`` result backend (see the module docstring)."""
+
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(replies=True)
 
     def __init__(self, url: str = "rpc://", app: Any = None) -> None:
         if app is None:
@@ -73,28 +71,34 @@ class RpcBackend:
             expires = expires.total_seconds()
         self.expires_ms = int(float(expires) * 1000) if expires else None
         self._lock = threading.RLock()
-        self._pid = 0
-        self._latest: dict[str, bytes] = {}
+        self._pid = os.getpid()
+        #: task id -> (payload, monotonic deadline or None, final)
+        self._latest: dict[str, tuple[bytes, float | None, bool]] = {}
         self._reader: pika.BlockingConnection | None = None
-        self._writer: pika.BlockingConnection | None = None
+        self._writer: BlockingChannel | None = None
         self._writer_lock = threading.Lock()
-        self._queue = ""
+        self._queue = str(uuid.uuid4())
 
     # ------------------------------------------------------------- the reply queue
     @property
     def reply_to(self) -> str:
-        """This process's reply queue (declared and consumed on first use)."""
+        """This process's reply queue, declared and consumed before it is named (so
+        no result sent to it can be lost)."""
         with self._lock:
-            self._reading()
+            self._read(0)
             return self._queue
+
+    def _check_fork(self) -> None:
+        """A forked child starts afresh: its own queue, no inherited connection."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._reader, self._writer = None, None
+            self._latest.clear()
+            self._queue = str(uuid.uuid4())
 
     def _reading(self) -> pika.BlockingConnection:
         """The consuming connection, (re)opened for this process."""
-        if self._pid != os.getpid():  # a forked child starts afresh
-            self._pid = os.getpid()
-            self._reader = self._writer = None
-            self._latest.clear()
-            self._queue = str(uuid.uuid4())
+        self._check_fork()
         if self._reader is None or not self._reader.is_open:
             self._reader = None
             conn = open_connection(self.url, self.params, "opening the rpc reply queue")
@@ -109,9 +113,27 @@ class RpcBackend:
 
     def _on_reply(self, _ch: Any, _method: Any, props: BasicProperties, body: bytes) -> None:
         if props.correlation_id:
-            self._latest[props.correlation_id] = body
+            ttl = int(props.expiration) / 1000 if props.expiration else None
+            self._keep(props.correlation_id, body, ttl)
 
-    def _drain(self, timeout: float) -> None:
+    def _keep(self, task_id: str, payload: bytes, ttl: float | None) -> None:
+        held = self._latest.get(task_id)
+        if held is not None and held[2] and not self._lapsed(held):
+            return  # a SUCCESS is final
+        deadline = time.monotonic() + ttl if ttl else None
+        self._latest[task_id] = (payload, deadline, self._succeeded(payload))
+
+    def _succeeded(self, body: bytes) -> bool:
+        try:
+            return bool(self.app.results.load(body).get("status") == "SUCCESS")
+        except Exception:  # noqa: BLE001 - an undecodable state is simply not final
+            return False
+
+    @staticmethod
+    def _lapsed(held: tuple[bytes, float | None, bool]) -> bool:
+        return held[1] is not None and time.monotonic() >= held[1]
+
+    def _read(self, timeout: float) -> None:
         def read() -> None:
             with translate(self.url, "reading results"):
                 self._reading().process_data_events(time_limit=timeout)
@@ -122,44 +144,57 @@ class RpcBackend:
         retrying(read, url=self.url, doing="reading results", patience=_PATIENCE,
                  on_error=reset)
 
+    def _current(self, task_id: str) -> bytes | None:
+        held = self._latest.get(task_id)
+        if held is None:
+            return None
+        if self._lapsed(held):
+            del self._latest[task_id]
+            return None
+        return held[0]
+
     # ------------------------------------------------------------- Backend protocol
     def get(self, task_id: str) -> bytes | None:
         with self._lock:
-            self._drain(0)
-            return self._latest.get(task_id)
+            self._read(0)
+            return self._current(task_id)
 
     def wait(self, task_id: str, *, timeout: float | None,
              previous: bytes | None) -> bytes | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
-                latest = self._latest.get(task_id)
+                latest = self._current(task_id)
                 if latest is not None and latest != previous:
                     return latest
                 left = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
                 if left <= 0:
                     return None
-                self._drain(left)
+                self._read(left)
 
     def store(self, task_id: str, state: str, payload: bytes, *,
-              expires: float | None, reply_to: str | None = None,
-              correlation_id: str | None = None) -> None:
-        """Send ``payload`` to the caller's reply queue (none named: nobody waits)."""
-        if not reply_to:
+              expires: float | None, reply_to: str | None = None) -> None:
+        """Send ``payload`` to ``reply_to`` (the request's); a state for this
+        process (no ``reply_to``, or our own queue) is kept here at once."""
+        with self._lock:
+            self._check_fork()
+        if not reply_to or reply_to == self._queue:
+            with self._lock:
+                self._keep(task_id, payload, expires)
             return
+        destination = reply_to
         ser = self.app.codecs.serializer(self.app.conf.result_serializer)
-        props = BasicProperties(content_type=ser.content_type,
-                                content_encoding=ser.content_encoding,
-                                delivery_mode=1, priority=0,
-                                correlation_id=correlation_id or task_id)
+        props = BasicProperties(
+            content_type=ser.content_type, content_encoding=ser.content_encoding,
+            delivery_mode=1, priority=0, correlation_id=task_id,
+            expiration=str(int(expires * 1000)) if expires else None)
 
         def send() -> None:
             with translate(self.url, "sending a result"):
                 if self._writer is None or not self._writer.is_open:
-                    self._writer = open_connection(self.url, self.params,
-                                                   "sending a result")
-                    self._wch = self._writer.channel()
-                self._wch.basic_publish("", reply_to, payload, props)
+                    conn = open_connection(self.url, self.params, "sending a result")
+                    self._writer = conn.channel()
+                self._writer.basic_publish("", destination, payload, props)
 
         def reset() -> None:
             self._writer = None
@@ -173,16 +208,14 @@ class RpcBackend:
             self._latest.pop(task_id, None)
 
     def close(self) -> None:
-        for conn in (self._reader, self._writer):
+        writer, self._writer = self._writer, None
+        reader, self._reader = self._reader, None
+        for conn in (reader, writer.connection if writer is not None else None):
             if conn is not None and conn.is_open:
                 try:
                     conn.close()
                 except CONNECTION_ERRORS:
                     pass
-        self._reader = self._writer = None
-
-    def chord_unsupported(self) -> ConfigurationError:
-        return ConfigurationError(NO_CHORDS)
 
 
-__all__ = ["RpcBackend", "NO_CHORDS", "Backoff"]
+__all__ = ["RpcBackend"]

@@ -49,7 +49,6 @@ class Channel:
         self._declared: set[Any] = set()
         self._buffer: deque[Raw] = deque()
         self._consuming: tuple[str, ...] = ()
-        self._prefetch = 0
         #: Tags received and not yet settled, in order (tags only grow on a channel).
         self._unsettled: dict[int, None] = {}
 
@@ -98,7 +97,6 @@ class Channel:
         self._buffer.clear()
         self._unsettled.clear()
         self._consuming = ()
-        self._prefetch = 0
 
     def drop(self) -> None:
         """Forget the connection (closing it if it still answers)."""
@@ -183,18 +181,18 @@ class Channel:
 
     # ------------------------------------------------------------- consuming
     def consume(self, queues: Sequence[str], prefetch: int) -> None:
-        """Subscribe to ``queues`` with ``prefetch`` unacked messages at most."""
-        if tuple(queues) == self._consuming and prefetch == self._prefetch:
+        """Subscribe to ``queues`` (once per channel) with ``prefetch`` unacked
+        messages at most, set at the first subscription."""
+        ch = self.channel  # first: a reopened channel consumes nothing yet
+        new = [q for q in queues if q not in self._consuming]
+        if not new:
             return
-        ch = self.channel
         with translate(self.url, "starting to consume"):
-            if self._prefetch != prefetch:
+            if not self._consuming:
                 ch.basic_qos(prefetch_count=prefetch)
-                self._prefetch = prefetch
-            for queue in queues:
-                if queue not in self._consuming:
-                    ch.basic_consume(queue, self._on_message(queue))
-        self._consuming = tuple(dict.fromkeys((*self._consuming, *queues)))
+            for queue in new:
+                ch.basic_consume(queue, self._on_message(queue))
+        self._consuming = (*self._consuming, *new)
 
     def _on_message(self, queue: str) -> Any:
         buffer = self._buffer

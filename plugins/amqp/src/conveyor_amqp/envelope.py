@@ -23,7 +23,8 @@ from typing import Any
 from conveyor.interfaces import Message
 from pika.spec import BasicProperties
 
-#: Conveyor's own delivery count on classic queues (quorum queues count natively).
+#: Deliveries a message had before it was last published (Conveyor's own count;
+#: quorum queues add theirs, ``x-delivery-count``, for deliveries since).
 COUNT = "x-conveyor-deliveries"
 #: What RabbitMQ adds: a quorum queue's count, and dead-lettering's history.
 TRANSIT = ("x-delivery-count", "x-death", "x-first-death-exchange",
@@ -113,13 +114,17 @@ def counted(props: BasicProperties) -> bool:
 
 
 def deliveries(props: BasicProperties) -> int:
-    """How many times this message has been delivered, counting this time.
-
-    Quorum queues say it in ``x-delivery-count`` (earlier deliveries); on classic
-    queues a redelivered message carries Conveyor's own count (:data:`COUNT`).
-    """
+    """How many times this message has been delivered, counting this time: the
+    deliveries before it was last published (:data:`COUNT`), plus those since —
+    counted by a quorum queue in ``x-delivery-count``; on a classic queue this one."""
     headers = props.headers or {}
-    native = headers.get("x-delivery-count")
-    if native is not None:
-        return int(native) + 1
-    return int(headers.get(COUNT) or 1)
+    return int(headers.get(COUNT) or 0) + int(headers.get("x-delivery-count") or 0) + 1
+
+
+def recount(headers: dict[str, Any] | None, before: int) -> dict[str, Any]:
+    """Headers for publishing a delivered message again: RabbitMQ's transit headers
+    dropped, :data:`COUNT` set to ``before`` (left out when 0)."""
+    out = {k: v for k, v in (headers or {}).items() if k not in TRANSIT}
+    if before:
+        out[COUNT] = before
+    return out

@@ -12,9 +12,15 @@ What goes where (names in :mod:`.layout`):
   when due, so nothing waits unacked past RabbitMQ's ``consumer_timeout``;
 * dead letters wait in ``<queue>.conveyor.dead`` (:mod:`.deadletter`).
 
+Settlement is bound to the channel (``Capabilities.settlement == "channel"``): when
+the connection is lost RabbitMQ gives every unsettled delivery back by itself, and a
+tag of a lost channel is never settled on a new one.
+
 Delivery counts: quorum queues count natively (``x-delivery-count``). On a classic
 queue a *redelivered* message is published again with Conveyor's count incremented
-and the original acked, so only redeliveries pay a publish.
+and the original acked, so only redeliveries pay a publish. A message given back
+uncounted (``requeue`` at a warm shutdown, ``defer``, a requeued dead letter) is
+published again with its count as it was, then acked.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from conveyor.exceptions import ConfigurationError
-from conveyor.interfaces import BaseTransport, Capabilities, DeadLetter, Delivery, Message, Route
+from conveyor.interfaces import (
+    CHANNEL, BaseTransport, Capabilities, DeadLetter, Delivery, Outgoing, Route,
+)
 
 from . import deadletter, envelope
 from .channel import Channel, Raw
@@ -60,7 +68,7 @@ class AmqpTransport(BaseTransport):
 
     scheme = "amqp"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        native_delay=True, priorities=True, confirms=True, dead_letters=True, leases=False)
+        delays=True, dead_letters=True, priorities=True, purge=True, settlement=CHANNEL)
     connection_errors = CONNECTION_ERRORS
     default_options: ClassVar[dict[str, Any]] = {
         "confirm_publish": False,
@@ -116,40 +124,43 @@ class AmqpTransport(BaseTransport):
         self.line.declare_queue(route.queue, self.exchange_for(route.queue))
 
     # ------------------------------------------------------------- publishing
-    def publish(self, message: Message, route: Route, *, due: float | None = None) -> None:
-        self.declare(route)
-        props = envelope.properties(message, self.shape.wire_priority(message.priority))
-        if route.exchange:
-            exchange, key = route.exchange, route.key
-        else:
-            exchange, key = "", route.queue
-        if due is not None and due > time.time():
-            self._park(route.queue, key if route.exchange else route.queue, props,
-                       message.body, due, confirm=self.line.confirm)
-            return
-        self.line.publish(exchange, key, props, message.body)
-
-    def publish_many(self, batch: Sequence[tuple[Message, Route, float | None]]) -> None:
+    def publish_many(self, batch: Sequence[Outgoing]) -> None:
+        """Send each message on the held channel (one-way unless ``confirm_publish``);
+        with ``due`` (``delayed_delivery: "broker"``) into the delay layout."""
+        line = self.line
+        cap = self.shape.wire_priority
+        now = time.time()
         for message, route, due in batch:
-            self.publish(message, route, due=due)
+            self.declare(route)
+            props = envelope.properties(message, cap(message.priority))
+            if route.exchange:
+                exchange, key = route.exchange, route.key
+            else:
+                exchange, key = "", route.queue
+            if due is not None and due > now:
+                self._park(route.queue, props, message.body, due)
+            else:
+                line.publish(exchange, key, props, message.body)
 
-    def _park(self, queue: str, key: str, props: Any, body: bytes, due: float, *,
-              confirm: bool) -> None:
-        """Send a message into the delay layout, to come back to ``queue`` at ``due``."""
+    def _park(self, queue: str, props: Any, body: bytes, due: float) -> None:
+        """Send a message into the delay layout (confirmed), to come back to
+        ``queue`` at ``due``: keyed by the queue's name, which is bound to the
+        delivery exchange, so it comes back to that queue (not through an exchange
+        the route named)."""
         line = self.line
         line.declare_delays(self.delays)
         line.declare_queue(queue, self.exchange_for(queue))
         line.bind_return(self.delays, queue)
-        line.publish(self.delays.entry, self.delays.routing_key(due - time.time(), key),
-                     props, body, confirm=confirm)
+        line.publish(self.delays.entry, self.delays.routing_key(due - time.time(), queue),
+                     props, body, confirm=True)
 
     # ------------------------------------------------------------- consuming
     def fetch(self, queues: Sequence[str], *, limit: int, timeout: float) -> list[Delivery]:
+        """Deliveries RabbitMQ pushed; the first call subscribes with a prefetch of
+        ``limit`` (the worker's first ``limit`` is its whole prefetch: pool size ×
+        ``worker_prefetch_multiplier``)."""
         line = self.line
-        if not line.is_open or line._consuming != tuple(queues):
-            for queue in queues:
-                line.declare_queue(queue, self.exchange_for(queue))
-            line.consume(queues, limit)
+        line.consume(queues, limit)
         out = []
         for raw in line.take(limit, timeout):
             d = self._delivery(raw)
@@ -160,21 +171,29 @@ class AmqpTransport(BaseTransport):
     def _delivery(self, raw: Raw) -> Delivery | None:
         queue, method, props, body = raw
         line = self.line
-        tag = Tag(line.generation, method.delivery_tag, raw)
         count = envelope.deliveries(props)
         if method.redelivered and not envelope.counted(props):
+            # A classic queue does not count: this is at least the second delivery
+            # of this copy. Publish it again carrying the count, then ack.
             count += 1
             if count <= self._max_deliveries:
-                # Count this delivery: publish again with the count, then ack.
-                headers = {**(props.headers or {}), envelope.COUNT: count}
-                props.headers = headers
-                line.publish("", queue, props, body, confirm=True)
+                self._again(raw, count - 1)
                 line.ack([method.delivery_tag])
                 return None
-        message = envelope.message(props, body)
-        return Delivery(message, queue, tag, redelivered=method.redelivered,
-                        deliveries=count, exchange=method.exchange,
-                        routing_key=strip(method.routing_key))
+        return Delivery(envelope.message(props, body), queue,
+                        Tag(line.generation, method.delivery_tag, raw),
+                        redelivered=method.redelivered or count > 1, deliveries=count,
+                        exchange=method.exchange, routing_key=strip(method.routing_key))
+
+    def _again(self, raw: Raw, before: int, *, due: float | None = None) -> None:
+        """Publish a delivered message again (confirmed), counting ``before``
+        earlier deliveries; parked until ``due`` if given."""
+        queue, _method, props, body = raw
+        props.headers = envelope.recount(props.headers, before)
+        if due is not None:
+            self._park(queue, props, body, due)
+        else:
+            self.line.publish("", queue, props, body, confirm=True)
 
     @property
     def _max_deliveries(self) -> int:
@@ -191,19 +210,20 @@ class AmqpTransport(BaseTransport):
         self.line.ack(self._live(deliveries))
 
     def requeue(self, delivery: Delivery) -> None:
-        for tag in self._live([delivery]):
-            self.line.reject(tag, requeue=True)
+        """Give an unstarted delivery back uncounted: published again with its count
+        as it was, then acked (a reject would count as a delivery)."""
+        tags = self._live([delivery])
+        if tags:
+            self._again(delivery.tag.raw, delivery.deliveries - 1)
+            self.line.ack(tags)
 
     def defer(self, delivery: Delivery, due: float) -> None:
+        """Park until ``due``: a confirmed publish into the delay layout, then the
+        ack (a crash in between leaves a duplicate parked, never a loss)."""
         tags = self._live([delivery])
-        if not tags:
-            return
-        queue, method, props, body = delivery.tag.raw
-        self._park(queue, queue, props, body, due, confirm=True)
-        self.line.ack(tags)
-
-    def extend(self, deliveries: Sequence[Delivery]) -> None:
-        """Nothing to do: a delivery stays ours while the channel is open."""
+        if tags:
+            self._again(delivery.tag.raw, delivery.deliveries - 1, due=due)
+            self.line.ack(tags)
 
     # ------------------------------------------------------------- dead letters
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
@@ -211,6 +231,7 @@ class AmqpTransport(BaseTransport):
         if not tags:
             return
         queue, _method, props, body = delivery.tag.raw
+        props.headers = envelope.recount(props.headers, 0)
         deadletter.bury(self.line, queue, props, body, reason)
         self.line.ack(tags)
 
@@ -228,6 +249,10 @@ class AmqpTransport(BaseTransport):
         return self.line.purge(queue)
 
     def depth(self, queue: str) -> int:
+        """Messages ready in ``queue``, as RabbitMQ counts them: not those already
+        pushed to a consumer's prefetch, nor, for a few milliseconds, one just
+        published without confirms. That is why ``Capabilities.inspect`` is off:
+        the count cannot be exact while consumers hold prefetched messages."""
         return self.line.count(queue)
 
 
