@@ -27,22 +27,21 @@ import sys
 # `python bench/amqp_bench.py` puts bench/ first on sys.path; keep real packages first.
 if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
     del sys.path[0]
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench_support, last
 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import signal  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import textwrap  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import redis  # noqa: E402
+from bench_support import enqueue_drain_roundtrip  # noqa: E402
 
 QUEUE = "bench.amqp"
 TASKS = {
@@ -70,38 +69,6 @@ def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bench: timed out after {timeout}s waiting for {what}")
-        time.sleep(0.005)
-
-
-class Worker:
-    """A worker subprocess in its own process group; always killed on exit."""
-
-    def __init__(self, args: list[str], cwd: Path) -> None:
-        self.log = (cwd / f"worker-{time.time_ns()}.log").open("w+b")
-        self.proc = subprocess.Popen(args, cwd=cwd, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self.log.close()
-
-    def tail(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-2000:]
-
-
 def measure(system: str, n: int, workdir: Path, broker: str, backend: str,
             roundtrips: int) -> dict[str, Any]:
     """Every number for one system (``conveyor`` or ``celery``)."""
@@ -126,32 +93,8 @@ def measure(system: str, n: int, workdir: Path, broker: str, backend: str,
     noop.apply_async(queue=QUEUE)  # warm up: connection, declarations, plugin loading
     results.flushdb()
 
-    start = time.perf_counter()
-    for _ in range(n):
-        noop.apply_async(queue=QUEUE)
-    out["enqueue_per_s"] = round(n / (time.perf_counter() - start))
-
-    worker = Worker(worker_args, workdir)
-    try:
-        wait_until(lambda: results.dbsize() > 0, 60, f"{system} worker to start")
-        first = time.perf_counter()
-        wait_until(lambda: results.dbsize() >= n, 600, f"{system} to drain {n} tasks")
-        out["drain_per_s"] = round((n - 1) / (time.perf_counter() - first))
-
-        for _ in range(20):
-            noop.apply_async(queue=QUEUE).get(timeout=30)
-        times = []
-        for _ in range(roundtrips):
-            t0 = time.perf_counter()
-            noop.apply_async(queue=QUEUE).get(timeout=30)
-            times.append(time.perf_counter() - t0)
-        out["roundtrip_p50_ms"] = round(statistics.median(times) * 1000, 3)
-        out["roundtrip_p90_ms"] = round(sorted(times)[int(len(times) * 0.9)] * 1000, 3)
-    except BaseException:
-        print(worker.tail(), file=sys.stderr)
-        raise
-    finally:
-        worker.stop()
+    out.update(enqueue_drain_roundtrip(system, noop, QUEUE, n, results, worker_args,
+                                       workdir, roundtrips))
     results.flushdb()
     app.close()
     return out

@@ -78,18 +78,50 @@ def test_broker_parked_countdown_is_never_early_and_runs_once(make_app: Any,
     assert len(runs) == 1 and runs[0] - sent >= 2.5
 
 
-def test_confirm_publish_refuses_an_unroutable_message(make_app: Any) -> None:
+def test_confirm_publish_refuses_an_unroutable_message(make_app: Any, amqp_url: str,
+                                                       queue: str) -> None:
+    """The queue is deleted under a running producer (which declared it once): with
+    confirms the publish fails naming exchange and routing key, never a silent loss."""
     app = make_app(broker_transport_options={"confirm_publish": True})
+    app.send_task("t.x", queue=queue)
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    conn.channel().queue_delete(queue)
+    conn.close()
     with pytest.raises(UnroutableError) as info:
-        app.send_task("t.x", exchange="amq.direct", routing_key="t.amqp.nobody.home")
+        app.send_task("t.x", queue=queue, retry=False)
     text = str(info.value)
-    assert "'amq.direct'" in text and "'t.amqp.nobody.home'" in text
-    assert "not stored" in text
+    assert "exchange '(default)'" in text and f"routing key {queue!r}" in text
+    assert "not stored" in text and not info.value.nacked
 
 
-def test_without_confirms_the_same_publish_is_fire_and_forget(make_app: Any) -> None:
+def test_without_confirms_the_same_publish_is_fire_and_forget(make_app: Any, amqp_url: str,
+                                                             queue: str) -> None:
     app = make_app()
-    assert app.send_task("t.x", exchange="amq.direct", routing_key="t.amqp.nobody").id
+    app.send_task("t.x", queue=queue)
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    conn.channel().queue_delete(queue)
+    conn.close()
+    assert app.send_task("t.x", queue=queue).id
+
+
+def test_exchange_and_routing_key_route_through_rabbitmqs_bindings(
+        make_app: Any, amqp_url: str, queue: str) -> None:
+    """A topic exchange bound to two queues by someone else (Celery, an operator):
+    a message published to it reaches each matching queue; one that matches no
+    binding goes to the route's own queue, never dropped."""
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    ch = conn.channel()
+    ch.exchange_declare(f"{queue}.topic", "topic", durable=True)
+    for name, pattern in ((f"{queue}.a", "jobs.#"), (f"{queue}.b", "jobs.urgent.*")):
+        ch.queue_declare(name, durable=True)
+        ch.queue_bind(name, f"{queue}.topic", routing_key=pattern)
+    app = make_app()
+    app.send_task("t.x", exchange=f"{queue}.topic", routing_key="jobs.urgent.now")
+    app.send_task("t.x", exchange=f"{queue}.topic", routing_key="jobs.later", queue=queue)
+    app.send_task("t.x", exchange=f"{queue}.topic", routing_key="nothing.here", queue=queue)
+    wait_for(lambda: (depth(amqp_url, f"{queue}.a"), depth(amqp_url, f"{queue}.b"),
+                      depth(amqp_url, queue)) == (2, 1, 1), 5, what="routing")
+    conn.close()
 
 
 def test_a_channel_error_carries_rabbitmqs_reply(make_app: Any, queue: str) -> None:
@@ -131,16 +163,6 @@ def test_amqps_speaks_tls(make_app: Any) -> None:
         app.send_task("t.x")
     transport = app.transport_factory()
     assert transport.params.ssl_options is not None and transport.params.port == 5672
-
-
-def test_priority_above_the_queue_maximum_counts_as_the_maximum(make_app: Any,
-                                                               queue: str) -> None:
-    app = make_app(task_queue_max_priority=5)
-    app.send_task("t.x", queue=queue, priority=200)
-    conn = pika.BlockingConnection(pika.URLParameters(app.broker_url))
-    method, props, _body = conn.channel().basic_get(queue, auto_ack=True)
-    conn.close()
-    assert method is not None and props.priority == 5
 
 
 def test_celery_wire_properties(make_app: Any, queue: str) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import pika
 import pika.exceptions as pe
@@ -200,7 +200,7 @@ class Channel:
 
         def on_message(_ch: Any, method: Basic.Deliver, props: BasicProperties,
                        body: bytes) -> None:
-            unsettled[method.delivery_tag] = None
+            unsettled[cast(int, method.delivery_tag)] = None
             buffer.append((queue, method, props, body))
         return on_message
 
@@ -215,7 +215,7 @@ class Channel:
                 assert conn is not None
             with translate(self.url, "waiting for messages"):
                 conn.process_data_events(time_limit=timeout)
-        out = []
+        out: list[Raw] = []
         while buffer and len(out) < limit:
             out.append(buffer.popleft())
         return out
@@ -260,9 +260,9 @@ class Channel:
         """One message from ``queue`` without consuming (listing, requeueing)."""
         with translate(self.url, f"reading queue {queue!r}"):
             method, props, body = self.channel.basic_get(queue)
-        if method is None:
+        if method is None or props is None:
             return None
-        return method, props, body
+        return method, props, body or b""
 
     def settle_got(self, tag: int, *, ack: bool) -> None:
         """Settle a message taken with :meth:`get` (ack it, or give it back)."""
@@ -293,4 +293,4 @@ class Channel:
             if exc.reply_code == 404:
                 return 0
             raise
-        return int(ok.method.message_count)
+        return int(cast(int, ok.method.message_count))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from conveyor.interfaces import DeadLetter
 from pika.spec import BasicProperties
@@ -87,7 +87,7 @@ def _drain(line: Channel, queue: str) -> list[tuple[int, BasicProperties, bytes]
         if got is None:
             break
         method, props, body = got
-        out.append((method.delivery_tag, props, body))
+        out.append((cast(int, method.delivery_tag), props, body))
     return out
 
 
@@ -97,7 +97,7 @@ def _give_back(line: Channel, tags: list[int]) -> None:
 
 
 def _letter(props: BasicProperties, body: bytes) -> DeadLetter:
-    headers = props.headers or {}
+    headers: dict[str, Any] = cast("dict[str, Any]", props.headers or {})
     message = envelope.message(props, body)
     message.headers = {k: v for k, v in message.headers.items() if k not in _OWN}
     return DeadLetter(str(headers.get(ID, "")), str(headers.get(QUEUE, "")),

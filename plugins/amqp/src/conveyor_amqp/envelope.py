@@ -17,8 +17,9 @@ a float.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from conveyor.interfaces import Message
 from pika.spec import BasicProperties
@@ -67,13 +68,11 @@ def _has(kind: type, value: Any) -> bool:
     return False
 
 
-def properties(message: Message, priority: int | None,
-               extra: dict[str, Any] | None = None) -> BasicProperties:
-    """The basic properties for ``message``; ``priority`` is already capped."""
+def properties(message: Message) -> BasicProperties:
+    """The basic properties for ``message`` (``priority`` 0 when it has none, as
+    Celery sends it; RabbitMQ's meaning is Conveyor's: larger first)."""
     props = message.properties
     headers = message.headers
-    if extra:
-        headers = {**headers, **extra}
     if _has(float, headers):
         headers = _to_wire(headers)
     return BasicProperties(
@@ -81,7 +80,7 @@ def properties(message: Message, priority: int | None,
         content_encoding=message.content_encoding,
         headers=headers,
         delivery_mode=props.get("delivery_mode", 2),
-        priority=priority or 0,
+        priority=props.get("priority") or 0,
         correlation_id=props.get("correlation_id"),
         reply_to=props.get("reply_to"),
         expiration=props.get("expiration"),
@@ -90,7 +89,7 @@ def properties(message: Message, priority: int | None,
 
 def message(props: BasicProperties, body: bytes) -> Message:
     """The Conveyor message of a delivery (headers as the sender wrote them)."""
-    headers = props.headers
+    headers = cast("dict[str, Any] | None", props.headers)
     if headers is None:
         headers = {}
     elif any(key in headers for key in TRANSIT):
@@ -110,18 +109,19 @@ def message(props: BasicProperties, body: bytes) -> Message:
 
 def counted(props: BasicProperties) -> bool:
     """Whether RabbitMQ counts this message's deliveries (a quorum queue's)."""
-    return bool(props.headers) and "x-delivery-count" in props.headers
+    headers = props.headers
+    return headers is not None and "x-delivery-count" in headers
 
 
 def deliveries(props: BasicProperties) -> int:
     """How many times this message has been delivered, counting this time: the
     deliveries before it was last published (:data:`COUNT`), plus those since —
     counted by a quorum queue in ``x-delivery-count``; on a classic queue this one."""
-    headers = props.headers or {}
+    headers: dict[str, Any] = cast("dict[str, Any]", props.headers or {})
     return int(headers.get(COUNT) or 0) + int(headers.get("x-delivery-count") or 0) + 1
 
 
-def recount(headers: dict[str, Any] | None, before: int) -> dict[str, Any]:
+def recount(headers: Mapping[str, Any] | None, before: int) -> dict[str, Any]:
     """Headers for publishing a delivered message again: RabbitMQ's transit headers
     dropped, :data:`COUNT` set to ``before`` (left out when 0)."""
     out = {k: v for k, v in (headers or {}).items() if k not in TRANSIT}

@@ -30,6 +30,8 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     pe.AMQPConnectionError, pe.ConnectionWrongStateError, pe.ChannelWrongStateError,
     ConnectionError, OSError)
 
+_PIKA_ERRORS: tuple[type[BaseException], ...] = (pe.AMQPError, *CONNECTION_ERRORS)
+
 #: Reply codes worth a hint of their own.
 _HINTS = {
     403: "Check the user's permissions on this vhost (rabbitmqctl set_permissions).",
@@ -57,10 +59,12 @@ class ChannelError(OperationalError):
 class UnroutableError(OperationalError):
     """A confirmed publish that RabbitMQ returned or refused: nothing took it."""
 
-    def __init__(self, message: str, exchange: str, routing_key: str) -> None:
+    def __init__(self, message: str, exchange: str, routing_key: str, nacked: bool) -> None:
         super().__init__(message)
         self.exchange = exchange
         self.routing_key = routing_key
+        #: True when RabbitMQ refused it (nack), False when no queue was bound.
+        self.nacked = nacked
 
 
 def unroutable(url: str, exchange: str, routing_key: str, nacked: bool) -> UnroutableError:
@@ -74,7 +78,7 @@ def unroutable(url: str, exchange: str, routing_key: str, nacked: bool) -> Unrou
         text = (f"RabbitMQ at {mask_url(url)} could not route the message published to "
                 f"{where}: no queue is bound for it, so it was not stored. Declare the "
                 "queue (start a worker for it) or fix the route.")
-    return UnroutableError(text, exchange, routing_key)
+    return UnroutableError(text, exchange, routing_key, nacked)
 
 
 def wrap(exc: BaseException, url: str, doing: str) -> OperationalError:
@@ -113,5 +117,5 @@ def translate(url: str, doing: str) -> Iterator[None]:
         yield
     except OperationalError:
         raise
-    except (pe.AMQPError, *CONNECTION_ERRORS) as exc:
+    except _PIKA_ERRORS as exc:
         raise wrap(exc, url, doing) from exc

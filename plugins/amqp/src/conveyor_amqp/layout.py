@@ -86,12 +86,6 @@ class QueueShape:
             args["x-max-priority"] = self.max_priority
         return args or None
 
-    def wire_priority(self, priority: int | None) -> int | None:
-        """The ``priority`` property to send: above the queue's maximum counts as it."""
-        if priority is None or self.max_priority is None:
-            return priority
-        return min(priority, self.max_priority)
-
 
 class Delays:
     """kombu 5.5+'s native delayed-delivery layout (``celery_delayed_0…27``).

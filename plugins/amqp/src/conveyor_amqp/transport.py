@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from conveyor.exceptions import ConfigurationError
 from conveyor.interfaces import (
@@ -38,7 +38,7 @@ from conveyor.interfaces import (
 from . import deadletter, envelope
 from .channel import Channel, Raw
 from .connection import parameters
-from .errors import CONNECTION_ERRORS, translate
+from .errors import CONNECTION_ERRORS, UnroutableError, translate
 from .layout import Delays, QueueShape, strip
 
 log = logging.getLogger("conveyor.amqp")
@@ -116,31 +116,42 @@ class AmqpTransport(BaseTransport):
         return self.default_exchange if queue == self.default_queue else queue
 
     def declare(self, route: Route) -> None:
-        if route.exchange:
+        """The route's queue on its own direct exchange (Celery's automatic queue);
+        for a routed message, also check that its exchange exists (publishing to a
+        missing one would close the channel)."""
+        line = self.line
+        line.declare_queue(route.queue, self.exchange_for(route.queue))
+        if route.routed and line.once(("exchange", route.exchange)):
             with translate(self.url, f"checking exchange {route.exchange!r}"):
-                if self.line.once(("exchange", route.exchange)):
-                    self.line.channel.exchange_declare(route.exchange, passive=True)
-            return
-        self.line.declare_queue(route.queue, self.exchange_for(route.queue))
+                line.channel.exchange_declare(route.exchange, passive=True)
 
     # ------------------------------------------------------------- publishing
     def publish_many(self, batch: Sequence[Outgoing]) -> None:
-        """Send each message on the held channel (one-way unless ``confirm_publish``);
-        with ``due`` (``delayed_delivery: "broker"``) into the delay layout."""
+        """Send each message on the held channel (one-way unless ``confirm_publish``).
+
+        A routed message (an ``exchange`` other than its queue's) goes through
+        RabbitMQ's bindings of that exchange, confirmed and ``mandatory``: one that
+        no binding matches comes back and is sent to the route's queue instead, so
+        it is never dropped. With ``due`` (``delayed_delivery: "broker"``) a message
+        goes into the delay layout.
+        """
         line = self.line
-        cap = self.shape.wire_priority
         now = time.time()
         for message, route, due in batch:
             self.declare(route)
-            props = envelope.properties(message, cap(message.priority))
-            if route.exchange:
-                exchange, key = route.exchange, route.key
-            else:
-                exchange, key = "", route.queue
+            props = envelope.properties(message)
             if due is not None and due > now:
                 self._park(route.queue, props, message.body, due)
+            elif route.routed:
+                try:
+                    line.publish(route.exchange, route.key, props, message.body,
+                                 confirm=True)
+                except UnroutableError as exc:
+                    if exc.nacked:
+                        raise
+                    line.publish("", route.queue, props, message.body)
             else:
-                line.publish(exchange, key, props, message.body)
+                line.publish("", route.queue, props, message.body)
 
     def _park(self, queue: str, props: Any, body: bytes, due: float) -> None:
         """Send a message into the delay layout (confirmed), to come back to
@@ -171,6 +182,7 @@ class AmqpTransport(BaseTransport):
     def _delivery(self, raw: Raw) -> Delivery | None:
         queue, method, props, body = raw
         line = self.line
+        tag = cast(int, method.delivery_tag)
         count = envelope.deliveries(props)
         if method.redelivered and not envelope.counted(props):
             # A classic queue does not count: this is at least the second delivery
@@ -178,12 +190,13 @@ class AmqpTransport(BaseTransport):
             count += 1
             if count <= self._max_deliveries:
                 self._again(raw, count - 1)
-                line.ack([method.delivery_tag])
+                line.ack([tag])
                 return None
         return Delivery(envelope.message(props, body), queue,
-                        Tag(line.generation, method.delivery_tag, raw),
-                        redelivered=method.redelivered or count > 1, deliveries=count,
-                        exchange=method.exchange, routing_key=strip(method.routing_key))
+                        Tag(line.generation, tag, raw),
+                        redelivered=bool(method.redelivered) or count > 1,
+                        deliveries=count, exchange=method.exchange or "",
+                        routing_key=strip(method.routing_key or ""))
 
     def _again(self, raw: Raw, before: int, *, due: float | None = None) -> None:
         """Publish a delivered message again (confirmed), counting ``before``
