@@ -58,13 +58,16 @@ def _from_wire(value: Any) -> Any:
 
 
 def _has(kind: type, value: Any) -> bool:
-    """Whether ``value`` holds a ``kind`` anywhere (cheap for the usual flat headers)."""
-    if isinstance(value, kind):
-        return True
-    if isinstance(value, dict):
-        return any(_has(kind, v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(_has(kind, v) for v in value)
+    """Whether ``value`` holds a ``kind`` anywhere.
+
+    perf: runs on every message both ways; task headers are a flat dict of strings,
+    ints and None with one short list (``timelimit``), so only containers recurse.
+    """
+    items = value.values() if type(value) is dict else value
+    for item in items:
+        t = type(item)
+        if t is kind or ((t is dict or t is list or t is tuple) and _has(kind, item)):
+            return True
     return False
 
 
