@@ -126,6 +126,54 @@ def worker_serves(printed: Printed, proj: Ctx) -> None:
     assert b"INFO" in log.read_bytes()  # -l INFO, after the subcommand, took effect
 
 
+AMQP_PROJ = """
+import os
+from conveyor import Conveyor
+
+app = Conveyor("proj", broker=os.environ["T_AMQP_URL"], backend="rpc://")
+
+@app.task
+def add(x, y):
+    return x + y
+"""
+
+
+def amqp_worker_serves(printed: Printed, proj: Ctx) -> None:
+    """The AMQP plugin's quick start: the worker as printed, on a RabbitMQ vhost of
+    its own, answers ``add.delay(2, 2).get()`` over ``rpc://``; then it stops warm."""
+    cwd, _ = proj
+    (cwd / "proj.py").write_text(textwrap.dedent(AMQP_PROJ))
+    vhost = f"conveyor-doc-{uuid.uuid4().hex[:8]}"
+    ctl = ["rabbitmqctl", "-q"]
+    subprocess.run([*ctl, "add_vhost", vhost], check=True, timeout=60, capture_output=True)
+    try:
+        subprocess.run([*ctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+                       check=True, timeout=60, capture_output=True)
+        env = {"T_AMQP_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}"}
+        log = cwd / "worker.log"
+        with log.open("wb") as out:
+            worker = subprocess.Popen(
+                ["bash", "-c", printed.command], cwd=cwd, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
+        try:
+            deadline = time.monotonic() + 30
+            while b"consuming" not in log.read_bytes():
+                assert worker.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            client = "import proj; print(proj.add.delay(2, 2).get(timeout=20))"
+            served = shell(f"python -c \"{client}\"", cwd=cwd, env=env, timeout=60).stdout
+            assert served.split() == ["4"]
+        finally:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGTERM)
+            code = worker.wait(30)
+        assert code == 0, log.read_text()
+    finally:
+        subprocess.run([*ctl, "delete_vhost", vhost], timeout=60, capture_output=True)
+
+
 def in_proj(check: Callable[[str], bool]) -> Callable[[Printed, Ctx], None]:
     """Run the command in the ``proj`` directory and check its standard output."""
     def handler(printed: Printed, proj: Ctx) -> None:
@@ -164,6 +212,7 @@ COMMANDS: dict[str, Callable[[Printed, Ctx], None]] = {
     "uv run pytest tests/unit": core_tests,
     "conveyor -A proj worker -l INFO -Q celery,priority.high -c 4 --pool threads":
         worker_serves,
+    "conveyor -A proj worker -l INFO": amqp_worker_serves,
     "conveyor -A proj dead list": in_proj(lambda out: out == ""),
     "conveyor -A proj dead list --json": in_proj(lambda out: out == ""),
     "conveyor plugins": in_proj(lambda out: re.search(r"^  json +conveyor-std .* ok$", out,

@@ -112,6 +112,10 @@ DESCRIPTIONS: dict[str, str] = {
     "task_queue_max_priority": "The highest priority (an int 1–255) this app may send: "
                                "a larger one is an error at `apply_async`; brokers that "
                                "declare priority queues declare them for it.",
+    "task_default_queue_type": "RabbitMQ: 'classic' or 'quorum' (replicated) for the "
+                               "default queue, as in Celery.",
+    "task_create_missing_queue_type": "RabbitMQ: 'classic' or 'quorum' for every other "
+                                      "queue, as in Celery.",
     "task_ignore_result": "Store no result unless a task or call asks for one.",
     "task_track_started": "Store STARTED when a worker begins a task.",
     "task_acks_late": "Acknowledge a message after its task ran instead of before, so a "
@@ -193,11 +197,20 @@ def _check_chain_embed(value: Any) -> None:
             f"'backend' (small messages, Conveyor workers only), not {value!r}.")
 
 
+def _queue_type(name: str) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        if value not in ("classic", "quorum"):
+            raise ConfigurationError(f"{name} must be 'classic' or 'quorum', not {value!r}.")
+    return check
+
+
 #: Values checked when they are set (a wrong one is an error at configuration time).
 CHECKS: dict[str, Callable[[Any], None]] = {
     "timezone": _check_timezone,
     "task_chain_embed": _check_chain_embed,
     "task_queue_max_priority": _check_max_priority,
+    "task_default_queue_type": _queue_type("task_default_queue_type"),
+    "task_create_missing_queue_type": _queue_type("task_create_missing_queue_type"),
 }
 
 

@@ -33,9 +33,6 @@ def dead_queue(queue: str) -> str:
     return queue + DEAD_SUFFIX
 
 
-_QUEUE_TYPES = ("classic", "quorum")
-
-
 @dataclass(frozen=True, slots=True)
 class QueueShape:
     """The arguments task queues are declared with (from the app's settings).
@@ -53,26 +50,14 @@ class QueueShape:
     def from_conf(cls, conf: Any) -> QueueShape:
         if conf is None:
             return cls()
-        shape = cls(conf.task_default_queue, conf.task_default_queue_type or "classic",
-                    conf.task_create_missing_queue_type or "classic",
-                    conf.task_queue_max_priority)
-        for name, value in (("task_default_queue_type", shape.default_type),
-                            ("task_create_missing_queue_type", shape.missing_type)):
-            if value not in _QUEUE_TYPES:
-                raise ConfigurationError(
-                    f"{name} must be 'classic' or 'quorum', not {value!r}.")
-        pri = shape.max_priority
-        if pri is not None:
-            if not isinstance(pri, int) or not 1 <= pri <= 255:
-                raise ConfigurationError(
-                    f"task_queue_max_priority must be an int from 1 to 255 (RabbitMQ's "
-                    f"x-max-priority), not {pri!r}.")
-            if "quorum" in (shape.default_type, shape.missing_type):
-                raise ConfigurationError(
-                    "task_queue_max_priority cannot be used with quorum queues "
-                    "(task_default_queue_type / task_create_missing_queue_type): "
-                    "RabbitMQ quorum queues take no x-max-priority. Use classic queues "
-                    "for priorities.")
+        shape = cls(conf.task_default_queue, conf.task_default_queue_type,
+                    conf.task_create_missing_queue_type, conf.task_queue_max_priority)
+        if shape.max_priority is not None and "quorum" in (shape.default_type,
+                                                           shape.missing_type):
+            raise ConfigurationError(
+                "task_queue_max_priority cannot be used with quorum queues "
+                "(task_default_queue_type / task_create_missing_queue_type): RabbitMQ "
+                "quorum queues take no x-max-priority. Use classic queues for priorities.")
         return shape
 
     def queue_type(self, queue: str) -> str:
