@@ -141,3 +141,14 @@ def test_bare_core_says_what_to_install_then_uv_adds_extras(tmp_path: Path,
          "--find-links", wheelhouse, "conveyor-core[redis,zstd]"], timeout=120)
     assert {"conveyor-std", "conveyor-redis", "conveyor-zstd"} <= installed(bindir)
     assert "None installed" not in run([bindir / "conveyor", "plugins"], timeout=60)
+
+
+def test_amqp_extra_installs_the_rabbitmq_plugins(tmp_path: Path, wheelhouse: Path) -> None:
+    """``conveyor[amqp]`` brings conveyor-amqp and pika; ``conveyor plugins`` lists the
+    amqp/amqps transports and the rpc backend as loading."""
+    bindir = make_venv(tmp_path / "venv", wheelhouse, ["conveyor[amqp]"])
+    names = installed(bindir)
+    assert {"conveyor-amqp", "pika"} <= names and "conveyor-redis" not in names
+    listing = run([bindir / "conveyor", "plugins"], timeout=60)
+    for name in ("amqp", "amqps", "rpc"):
+        assert re.search(rf"^  {name} +conveyor-amqp .* ok$", listing, re.M), listing
