@@ -15,7 +15,7 @@ from typing import Any
 import pika
 import pytest
 from amqp_support import Proc
-from conveyor import Conveyor
+from conveyor import Conveyor, chord, signature
 from conveyor.exceptions import ConfigurationError
 
 celery = pytest.importorskip("celery")
@@ -88,6 +88,16 @@ def test_reply_queue_is_celerys(app: Conveyor, amqp_url: str, queue: str) -> Non
     ch.queue_declare(props.reply_to, durable=True, auto_delete=True,
                      arguments={"x-expires": 86400 * 1000})  # Celery's declaration
     conn.close()
+
+
+def test_a_chord_with_rpc_is_refused_naming_backends_that_can(app: Conveyor,
+                                                               queue: str) -> None:
+    """rpc:// has no shared state to count a chord's header down (no ``joins``)."""
+    header = [signature("rpc.add", (i, i), app=app, queue=queue) for i in range(3)]
+    body = signature("rpc.add", (0,), app=app, queue=queue)
+    with pytest.raises(ConfigurationError) as info:
+        chord(header, body).apply_async()
+    assert "rpc://" in str(info.value) and "redis://" in str(info.value)
 
 
 def test_rpc_needs_an_amqp_broker() -> None:
