@@ -98,13 +98,13 @@ def core_tests(printed: Printed, proj: Ctx) -> None:
     assert re.search(r"\d+ passed", summary) and "skipped" not in summary, summary
 
 
-def worker_serves(printed: Printed, proj: Ctx) -> None:
-    """Start the worker as printed, have it serve both of its queues, stop it warm."""
-    cwd, env = proj
+def serve(command: str, cwd: Path, env: dict[str, str], client: str) -> str:
+    """Start a worker command as printed, run ``client`` (Python) against it once it
+    consumes, stop it warm; the client's output. The worker must exit 0."""
     log = cwd / "worker.log"
     with log.open("wb") as out:
         worker = subprocess.Popen(
-            ["bash", "-c", printed.command], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+            ["bash", "-c", command], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
             start_new_session=True)
     try:
@@ -113,17 +113,23 @@ def worker_serves(printed: Printed, proj: Ctx) -> None:
             assert worker.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
-        client = ("import proj; "
-                  "print(proj.add.apply_async((2, 2), queue='priority.high').get(timeout=20)); "
-                  "print(proj.add.delay(20, 22).get(timeout=20))")
         served = shell(f"python -c \"{client}\"", cwd=cwd, env=env, timeout=60).stdout
-        assert served.split() == ["4", "42"]
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGTERM)
         code = worker.wait(30)
     assert code == 0, log.read_text()
     assert b"INFO" in log.read_bytes()  # -l INFO, after the subcommand, took effect
+    return served
+
+
+def worker_serves(printed: Printed, proj: Ctx) -> None:
+    """Start the worker as printed, have it serve both of its queues, stop it warm."""
+    cwd, env = proj
+    client = ("import proj; "
+              "print(proj.add.apply_async((2, 2), queue='priority.high').get(timeout=20)); "
+              "print(proj.add.delay(20, 22).get(timeout=20))")
+    assert serve(printed.command, cwd, env, client).split() == ["4", "42"]
 
 
 AMQP_PROJ = """
@@ -140,7 +146,7 @@ def add(x, y):
 
 def amqp_worker_serves(printed: Printed, proj: Ctx) -> None:
     """The AMQP plugin's quick start: the worker as printed, on a RabbitMQ vhost of
-    its own, answers ``add.delay(2, 2).get()`` over ``rpc://``; then it stops warm."""
+    its own, answers ``add.delay(2, 2).get()`` over ``rpc://``."""
     cwd, _ = proj
     (cwd / "proj.py").write_text(textwrap.dedent(AMQP_PROJ))
     vhost = f"conveyor-doc-{uuid.uuid4().hex[:8]}"
@@ -150,26 +156,8 @@ def amqp_worker_serves(printed: Printed, proj: Ctx) -> None:
         subprocess.run([*ctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
                        check=True, timeout=60, capture_output=True)
         env = {"T_AMQP_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}"}
-        log = cwd / "worker.log"
-        with log.open("wb") as out:
-            worker = subprocess.Popen(
-                ["bash", "-c", printed.command], cwd=cwd, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
-        try:
-            deadline = time.monotonic() + 30
-            while b"consuming" not in log.read_bytes():
-                assert worker.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
-            client = "import proj; print(proj.add.delay(2, 2).get(timeout=20))"
-            served = shell(f"python -c \"{client}\"", cwd=cwd, env=env, timeout=60).stdout
-            assert served.split() == ["4"]
-        finally:
-            if worker.poll() is None:
-                os.killpg(worker.pid, signal.SIGTERM)
-            code = worker.wait(30)
-        assert code == 0, log.read_text()
+        client = "import proj; print(proj.add.delay(2, 2).get(timeout=20))"
+        assert serve(printed.command, cwd, env, client).split() == ["4"]
     finally:
         subprocess.run([*ctl, "delete_vhost", vhost], timeout=60, capture_output=True)
 
