@@ -100,34 +100,42 @@ def core_tests(printed: Printed, proj: Ctx) -> None:
 
 def serve(command: str, cwd: Path, env: dict[str, str], client: str) -> str:
     """Start a worker command as printed, run ``client`` (Python) against it once it
-    consumes, stop it warm; the client's output. The worker must exit 0."""
-    log = cwd / "worker.log"
-    with log.open("wb") as out:
+    consumes, stop it warm; the client's output. The worker must exit 0. Its log is
+    what it prints plus ``worker.log`` when printed with ``--logfile worker.log``."""
+    printed_out = cwd / "worker.out"
+
+    def log() -> bytes:
+        return b"".join(p.read_bytes() for p in (printed_out, cwd / "worker.log")
+                        if p.exists())
+
+    with printed_out.open("wb") as out:
         worker = subprocess.Popen(
             ["bash", "-c", command], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
             start_new_session=True)
     try:
         deadline = time.monotonic() + 30
-        while b"consuming" not in log.read_bytes():
-            assert worker.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
+        while b"consuming" not in log():
+            assert worker.poll() is None, log().decode()
+            assert time.monotonic() < deadline, log().decode()
             time.sleep(0.1)
         served = shell(f"python -c \"{client}\"", cwd=cwd, env=env, timeout=60).stdout
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGTERM)
         code = worker.wait(30)
-    assert code == 0, log.read_text()
-    assert b"INFO" in log.read_bytes()  # -l INFO, after the subcommand, took effect
+    assert code == 0, log().decode()
+    assert b"INFO" in log()  # -l INFO, after the subcommand, took effect
     return served
 
 
 def worker_serves(printed: Printed, proj: Ctx) -> None:
-    """Start the worker as printed, have it serve both of its queues, stop it warm."""
+    """Start the worker as printed, have it serve its queues (``priority.high`` when
+    it names it, and the default one), stop it warm."""
     cwd, env = proj
+    queue = "priority.high" if "priority.high" in printed.command else "celery"
     client = ("import proj; "
-              "print(proj.add.apply_async((2, 2), queue='priority.high').get(timeout=20)); "
+              f"print(proj.add.apply_async((2, 2), queue='{queue}').get(timeout=20)); "
               "print(proj.add.delay(20, 22).get(timeout=20))")
     assert serve(printed.command, cwd, env, client).split() == ["4", "42"]
 
@@ -201,6 +209,9 @@ COMMANDS: dict[str, Callable[[Printed, Ctx], None]] = {
     "conveyor -A proj worker -l INFO -Q celery,priority.high -c 4 --pool threads":
         worker_serves,
     "conveyor -A proj worker -l INFO": amqp_worker_serves,
+    "conveyor -A proj worker -l INFO --logfile worker.log": worker_serves,
+    "conveyor -A proj worker -l INFO --pool processes --autoscale 8,2 "
+    "--max-tasks-per-child 100 --max-memory-per-child 200000": worker_serves,
     "conveyor -A proj dead list": in_proj(lambda out: out == ""),
     "conveyor -A proj dead list --json": in_proj(lambda out: out == ""),
     "conveyor plugins": in_proj(lambda out: re.search(r"^  json +conveyor-std .* ok$", out,

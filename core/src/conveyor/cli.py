@@ -29,6 +29,9 @@ examples:
 """
 
 
+LOG_FORMAT = "[%(asctime)s %(levelname)s %(name)s] %(message)s"
+
+
 def load_app(spec: str | None) -> Conveyor:
     """``module`` or ``module:attribute`` → the app; no spec → a default app."""
     if not spec:
@@ -87,6 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("-P", "--pool", default="threads", help="solo, threads or processes")
     w.add_argument("--prefetch-multiplier", type=int)
     w.add_argument("-n", "--hostname")
+    w.add_argument("-f", "--logfile", help="write the log to this file (default: stderr)")
+    w.add_argument("--autoscale", metavar="MAX,MIN",
+                   help="grow the pool up to MAX under load, shrink back to MIN")
+    w.add_argument("--max-tasks-per-child", type=int, metavar="N",
+                   help="replace a processes-pool child after N tasks")
+    w.add_argument("--max-memory-per-child", type=int, metavar="KIB",
+                   help="replace a processes-pool child once it used more memory (KiB)")
 
     c = sub.add_parser("call", parents=[level], help="send a task by name and print its id")
     c.add_argument("name")
@@ -147,8 +157,20 @@ def _confirm(question: str, force: bool) -> bool:
 
 
 def cmd_worker(app: Conveyor, ns: argparse.Namespace) -> int:
+    from .worker.banner import banner
+    if ns.logfile:
+        root = logging.getLogger()
+        handler = logging.FileHandler(ns.logfile)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        for old in list(root.handlers):
+            root.removeHandler(old)
+        root.addHandler(handler)
     worker = app.Worker(queues=ns.queues, concurrency=ns.concurrency, pool=ns.pool,
-                        prefetch_multiplier=ns.prefetch_multiplier, hostname=ns.hostname)
+                        prefetch_multiplier=ns.prefetch_multiplier, hostname=ns.hostname,
+                        autoscale=ns.autoscale, max_tasks_per_child=ns.max_tasks_per_child,
+                        max_memory_per_child=ns.max_memory_per_child)
+    print(banner(worker, app_spec=ns.app,
+                 show_tasks=logging.getLogger().isEnabledFor(logging.INFO)), flush=True)
     worker.install_signal_handlers()
     worker.run()
     app.close()
@@ -282,8 +304,7 @@ def cmd_plugins(_app: Conveyor | None, _ns: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=str(ns.loglevel).upper(),
-                        format="[%(asctime)s %(levelname)s %(name)s] %(message)s")
+    logging.basicConfig(stream=sys.stderr, level=str(ns.loglevel).upper(), format=LOG_FORMAT)
     if ns.command is None:
         _parser().print_help()
         return 2

@@ -66,6 +66,8 @@ DEFAULTS: dict[str, Any] = {
     "worker_max_deliveries": 5,
     "worker_eta_horizon": 30.0,
     "worker_disable_rate_limits": False,
+    "worker_max_tasks_per_child": None,
+    "worker_max_memory_per_child": None,
     "security_key": None,
     "security_key_password": None,
     "security_certificate": None,
@@ -154,6 +156,11 @@ DESCRIPTIONS: dict[str, str] = {
                           "are parked on the broker (at most half the visibility timeout).",
     "worker_disable_rate_limits": "Ignore every `rate_limit` (a worker starts tasks as "
                                   "fast as its pool frees).",
+    "worker_max_tasks_per_child": "Replace a `processes` pool child after it ran this "
+                                  "many tasks (`--max-tasks-per-child`). Unset: never.",
+    "worker_max_memory_per_child": "Replace a `processes` pool child once its resident "
+                                   "memory passed this many KiB, checked after each task "
+                                   "(`--max-memory-per-child`). Unset: never.",
     "security_key": "Path of the PEM RSA private key the `auth` serializer signs with.",
     "security_key_password": "Password of an encrypted `security_key`.",
     "security_certificate": "Path of the PEM certificate of `security_key`.",

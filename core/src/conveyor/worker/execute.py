@@ -11,7 +11,9 @@ import asyncio
 import datetime as dt
 import inspect
 import logging
+import reprlib
 import threading
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -106,6 +108,7 @@ def execute(app: Conveyor, request: Request, hostname: str) -> str:
                           request=request, hostname=hostname)
     token = current_request.set(request)
     retval: Any = None
+    started = time.perf_counter()
     try:
         retval = _call(task, request)
     except Retry as exc:
@@ -116,7 +119,8 @@ def execute(app: Conveyor, request: Request, hostname: str) -> str:
                               traceback=states.format_traceback(reason),
                               children=[[[request.id, None], None]],
                               request=request, hostname=hostname)
-        log.info("Task %s[%s] retry: %s", request.name, request.id, exc)
+        log.info("Task %s[%s] retry: %s%s", request.name, request.id, exc,
+                 f": {exc.exc!r}" if exc.exc is not None else "")
         app.notify("task_retry", task=task, request=request, reason=reason)
     except BaseException as exc:  # noqa: BLE001 - a task may raise anything
         if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not isinstance(
@@ -132,7 +136,9 @@ def execute(app: Conveyor, request: Request, hostname: str) -> str:
             app.results.store(request.id, states.SUCCESS, retval, children=children,
                               request=request, hostname=hostname)
         chords.part_returned(app, request, state, retval)
-        log.info("Task %s[%s] succeeded", request.name, request.id)
+        if log.isEnabledFor(logging.INFO):
+            log.info("Task %s[%s] succeeded in %.3fs: %s", request.name, request.id,
+                     time.perf_counter() - started, _short_repr(retval))
         app.notify("task_success", task=task, result=retval, request=request)
     finally:
         current_request.reset(token)
@@ -145,8 +151,8 @@ def on_failure(app: Conveyor, task: Any, request: Request, exc: BaseException,
                hostname: str, *, store: bool = True) -> None:
     """Record FAILURE, then run errbacks (directly when they take the request)."""
     text = states.format_traceback(exc)
-    log.error("Task %s[%s] raised %s: %s", request.name, request.id,
-              type(exc).__name__, exc)
+    log.error("Task %s[%s] raised unexpected: %r\n%s", request.name, request.id, exc,
+              text.rstrip() or "(no traceback)")
     if store:
         app.results.store_exception(request.id, states.FAILURE, exc, traceback=text,
                                     request=request, hostname=hostname)
@@ -209,6 +215,17 @@ def _sig(app: Conveyor, data: Any) -> Signature[Any]:
     sig = maybe_signature(data, app)
     assert sig is not None
     return sig
+
+
+#: Longest result shown in a "succeeded" log line (Celery cuts long ones too).
+_REPR_LIMIT = 256
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = _REPR_LIMIT
+
+
+def _short_repr(value: Any) -> str:
+    text = _repr.repr(value)
+    return text if len(text) <= _REPR_LIMIT else f"{text[:_REPR_LIMIT - 3]}..."
 
 
 def _pid() -> int:

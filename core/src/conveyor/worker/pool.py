@@ -17,6 +17,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import resource
 import signal
 import threading
 import time
@@ -54,6 +55,11 @@ class Job:
 class Pool(abc.ABC):
     """Base: ``submit`` jobs, collect finished ones from ``done``."""
 
+    #: Replace a ``processes`` child after this many tasks / past this much resident
+    #: memory in KiB (Celery's ``--max-tasks-per-child``, ``--max-memory-per-child``).
+    max_tasks_per_child: int | None = None
+    max_memory_per_child: int | None = None
+
     def __init__(self, app: Conveyor, concurrency: int, hostname: str) -> None:
         self.app = app
         self.concurrency = max(1, concurrency)
@@ -73,6 +79,10 @@ class Pool(abc.ABC):
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish running jobs and stop workers; the solo pool has nothing running."""
+
+    def resize(self, concurrency: int) -> None:
+        """Run up to ``concurrency`` jobs at once from now on (``--autoscale``)."""
+        self.concurrency = concurrency
 
     def limit(self, job: Job, name: str) -> Any:
         """``time_limit``/``soft_time_limit`` of a job: the message's, the task's,
@@ -164,10 +174,23 @@ class ThreadPool(Pool):
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        for i in range(self.concurrency):
-            t = threading.Thread(target=self._loop, name=f"conveyor-pool-{i}", daemon=True)
+        self._add_threads(self.concurrency)
+
+    def _add_threads(self, count: int) -> None:
+        for _ in range(count):
+            t = threading.Thread(target=self._loop, name=f"conveyor-pool-{len(self._threads)}",
+                                 daemon=True)
             t.start()
             self._threads.append(t)
+
+    def resize(self, concurrency: int) -> None:
+        self._threads = [t for t in self._threads if t.is_alive()]
+        alive = len(self._threads)
+        if concurrency > alive:
+            self._add_threads(concurrency - alive)
+        for _ in range(alive - concurrency):
+            self._work.put(None)  # one thread ends per marker, after the work before it
+        self.concurrency = concurrency
 
     def _loop(self) -> None:
         while True:
@@ -218,7 +241,8 @@ def _child_main(app: Conveyor, conn: Connection, hostname: str) -> None:
         except BaseException:  # noqa: BLE001
             log.exception("Internal error in pool child")
             state = states.FAILURE
-        conn.send(state)
+        # Peak resident memory (KiB on Linux), for --max-memory-per-child.
+        conn.send((state, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
 
 
 @dataclass(slots=True)
@@ -226,6 +250,7 @@ class _Child:
     process: Any
     conn: Connection
     job: Job | None = None
+    tasks: int = 0
 
 
 class ProcessPool(Pool):
@@ -294,13 +319,47 @@ class ProcessPool(Pool):
         if job is None:
             return
         try:
-            job.state = child.conn.recv()
+            job.state, memory = child.conn.recv()
         except (EOFError, OSError):
             self._replace(child, WorkerLostError(
                 f"Pool child {child.process.pid} died while running the task"))
             return
         child.job = None
+        child.tasks += 1
         self.done.put(job)
+        why = None
+        if self.max_tasks_per_child and child.tasks >= self.max_tasks_per_child:
+            why = f"it ran {child.tasks} tasks (max_tasks_per_child)"
+        elif self.max_memory_per_child and memory > self.max_memory_per_child:
+            why = (f"it used {memory} KiB, over max_memory_per_child="
+                   f"{self.max_memory_per_child} KiB")
+        if why is not None:
+            log.info("Replacing pool child %d: %s", child.process.pid, why)
+            self._retire(child)
+            self._children[self._children.index(child)] = self._spawn()
+
+    def _retire(self, child: _Child) -> None:
+        """Stop an idle child: it exits after its last task, or is killed."""
+        try:
+            child.conn.send(None)
+        except OSError:
+            pass
+        child.process.join(2)
+        if child.process.is_alive():
+            child.process.kill()
+            child.process.join(2)
+        child.conn.close()
+
+    def resize(self, concurrency: int) -> None:
+        with self._lock:
+            while len(self._children) < concurrency:
+                self._children.append(self._spawn())
+            for child in [c for c in self._children if c.job is None][
+                    :max(0, len(self._children) - concurrency)]:
+                self._children.remove(child)
+                self._retire(child)
+            self.concurrency = concurrency
+            self._dispatch()
 
     def _enforce_limits(self) -> None:
         now = time.monotonic()
@@ -345,13 +404,7 @@ class ProcessPool(Pool):
         if self._supervisor is not None:
             self._supervisor.join(2)
         for child in self._children:
-            try:
-                child.conn.send(None)
-            except OSError:
-                pass
-            child.process.join(2)
-            if child.process.is_alive():
-                child.process.kill()
+            self._retire(child)
 
 
 POOLS: dict[str, Callable[[Conveyor, int, str], Pool]] = {

@@ -44,7 +44,7 @@ from ..interfaces import (
 )
 from ..options import eta_horizon
 from . import preflight
-from .pool import POOLS, Job, Pool
+from .pool import POOLS, Job, Pool, ProcessPool
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -53,6 +53,30 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.worker")
 
+#: Seconds a slot of an autoscaled worker stays idle before the pool shrinks.
+AUTOSCALE_KEEPALIVE = 30.0
+
+
+def parse_autoscale(value: tuple[int, int] | str | None, pool: str
+                    ) -> tuple[int, int] | None:
+    """``"MAX,MIN"`` (Celery's order; ``"MAX"`` alone: MIN is 1) → ``(max, min)``."""
+    if value is None or value == "":
+        return None
+    try:
+        parts = [int(p) for p in value.split(",")] if isinstance(value, str) \
+            else [int(p) for p in value]
+        most, least = (parts + [1])[:2] if len(parts) in (1, 2) else (0, 0)
+    except (TypeError, ValueError):
+        most = least = 0
+    if not 1 <= least <= most:
+        raise ConfigurationError(
+            f"Bad autoscale {value!r}: give MAX,MIN with 1 <= MIN <= MAX, e.g. "
+            "--autoscale 10,3.")
+    if pool == "solo":
+        raise ConfigurationError("--autoscale needs --pool threads or processes: the "
+                                 "solo pool runs one task at a time.")
+    return most, least
+
 
 class Worker:
     """Consumes ``queues`` and runs their tasks; ``run()`` blocks until stopped."""
@@ -60,7 +84,10 @@ class Worker:
     def __init__(self, app: Conveyor, *, queues: Sequence[str] | str | None = None,
                  concurrency: int | None = None, pool: str = "threads",
                  prefetch_multiplier: int | None = None, hostname: str | None = None,
-                 poll_interval: float = 0.5) -> None:
+                 poll_interval: float = 0.5,
+                 autoscale: tuple[int, int] | str | None = None,
+                 max_tasks_per_child: int | None = None,
+                 max_memory_per_child: int | None = None) -> None:
         if pool not in POOLS:
             raise ConfigurationError(
                 f"Unknown pool {pool!r}.{did_you_mean(pool, POOLS)} Choose one of "
@@ -75,14 +102,22 @@ class Worker:
         self.concurrency = int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
         if pool == "solo":
             self.concurrency = 1
+        #: ``(max, min)`` concurrency with ``--autoscale``: start at min, grow while
+        #: messages wait for a free slot, shrink after AUTOSCALE_KEEPALIVE idle seconds.
+        self.autoscale = parse_autoscale(autoscale, pool)
+        if self.autoscale is not None:
+            self.concurrency = self.autoscale[1]
+        most = self.autoscale[0] if self.autoscale is not None else self.concurrency
         multiplier = conf.worker_prefetch_multiplier if prefetch_multiplier is None \
             else prefetch_multiplier
-        self.prefetch = max(1, int(multiplier) * self.concurrency)
+        self.prefetch = max(1, int(multiplier) * most)
         self.hostname = hostname or f"conveyor{os.getpid()}@{socket.gethostname()}"
         self.pool_name = pool
         self.poll_interval = poll_interval
         self.max_deliveries = int(conf.worker_max_deliveries)
         self.pool: Pool = POOLS[pool](app, self.concurrency, self.hostname)
+        self._recycle(max_tasks_per_child, max_memory_per_child)
+        self._idle_since: float | None = None
         self.ready = threading.Event()
         self.stopped = threading.Event()
         self._stop = threading.Event()
@@ -94,6 +129,20 @@ class Worker:
         #: finish their deliveries are not acked, the broker has redelivered them.
         self._orphans: set[int] = set()
         self.processed = 0
+
+    def _recycle(self, max_tasks: int | None, max_memory: int | None) -> None:
+        conf = self.app.conf
+        max_tasks = max_tasks or conf.worker_max_tasks_per_child
+        max_memory = max_memory or conf.worker_max_memory_per_child
+        if not (max_tasks or max_memory):
+            return
+        if not isinstance(self.pool, ProcessPool):
+            log.warning("max_tasks_per_child/max_memory_per_child replace pool children: "
+                        "they apply to --pool processes, not %s (no child to replace)",
+                        self.pool_name)
+            return
+        self.pool.max_tasks_per_child = max_tasks
+        self.pool.max_memory_per_child = max_memory
 
     # ------------------------------------------------------------------ control
     def stop(self, warm: bool = True) -> None:
@@ -199,6 +248,8 @@ class Worker:
         self._settle(transport)
         self._release_due()
         self._start_jobs(transport)
+        if self.autoscale is not None:
+            self._scale()
         room = self.prefetch - len(self._ready) - len(self._held) - len(self._running)
         busy = len(self._running) >= self.concurrency
         timeout = self.poll_interval
@@ -227,6 +278,7 @@ class Worker:
         app = self.app
         now = time.time()
         observe = bool(app.hooks.message_received.get_hookimpls())
+        info = log.isEnabledFor(logging.INFO)
         for d in deliveries:
             if observe:
                 app.notify("message_received", message=d.message, queue=d.queue)
@@ -250,6 +302,8 @@ class Worker:
                     f"Task of name {request.name!r} is not registered in this worker "
                     f"(app {app.main!r}); import the module that defines it."))
                 continue
+            if info:
+                log.info("Task %s[%s] received", request.name, request.id)
             request.delivery_info = {"queue": d.queue, "exchange": d.exchange,
                                      "routing_key": d.routing_key or d.queue,
                                      "redelivered": d.redelivered,
@@ -313,6 +367,31 @@ class Worker:
         while self._throttled and self._throttled[0][0] <= now:
             due.append(heapq.heappop(self._throttled)[2])
         self._ready.extendleft(reversed(due))  # their slots have come: they go first
+
+    def _scale(self) -> None:
+        """``--autoscale``: grow when messages wait and every slot is busy; shrink
+        to what runs (not below min) after AUTOSCALE_KEEPALIVE idle seconds."""
+        assert self.autoscale is not None
+        most, least = self.autoscale
+        running, waiting = len(self._running), len(self._ready)
+        if waiting and running >= self.concurrency and self.concurrency < most:
+            self._resize(min(most, self.concurrency + waiting))
+            self._idle_since = None
+        elif running < self.concurrency and self.concurrency > least:
+            now = time.monotonic()
+            if self._idle_since is None:
+                self._idle_since = now
+            elif now - self._idle_since > AUTOSCALE_KEEPALIVE:
+                self._resize(max(least, running))
+                self._idle_since = None
+        else:
+            self._idle_since = None
+
+    def _resize(self, concurrency: int) -> None:
+        log.info("Autoscale: %s from %d to %d", "scaling up" if concurrency >
+                 self.concurrency else "scaling down", self.concurrency, concurrency)
+        self.pool.resize(concurrency)
+        self.concurrency = concurrency
 
     def _make_throttles(self) -> dict[str, Throttle]:
         """A throttle per task with a ``rate_limit`` (or ``task_default_rate_limit``)."""
