@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from conveyor import AsyncResult, Conveyor, chain, group, signature
+from conveyor.aio import AsyncUnsupportedError
 from conveyor.exceptions import OperationalError, TaskRevokedError, TimeoutError
 from conveyor.interfaces import Route
 
@@ -314,6 +315,28 @@ def test_async_api_and_async_task(app: Conveyor) -> None:
 
     with app.Worker(pool="threads").running():
         assert asyncio.run(main()) == [4, 6, 8]
+
+
+def test_a_broker_without_an_asyncio_path_says_so_instead_of_blocking(
+        fake_plugins: Any) -> None:
+    fake_plugins("conveyor-syncbroker", {"conveyor.transports": {"syncbroker": "sync_mod:T"}},
+                 {"sync_mod.py": '''
+                     from conveyor.interfaces import BaseTransport
+                     class T(BaseTransport):
+                         scheme = "syncbroker"
+                 '''})
+    app = Conveyor("sync", broker="syncbroker://127.0.0.1/0", backend="memory://sync")
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    async def main() -> None:
+        with pytest.raises(AsyncUnsupportedError,
+                           match="'syncbroker' transport .* has no asyncio path"):
+            await add.adelay(1, 1)
+
+    asyncio.run(main())
 
 
 def test_retry_policy_gives_up_with_operational_error(fake_plugins: Any) -> None:

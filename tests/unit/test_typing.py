@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
+import typing
 from pathlib import Path
 
 import pytest
+
+from conveyor.options import KNOWN, ExecutionOptions
+
+FIXTURES = Path(__file__).parent / "typing_fixtures"
 
 SNIPPET = '''
 from conveyor import AsyncResult, Conveyor
@@ -51,6 +57,45 @@ def test_mypy_checks_task_calls_against_the_function(tmp_path: Path) -> None:
     assert [line.split(":")[1] for line in errors] == ["20", "21"], out.stdout
     assert 'incompatible type "str"; expected "int"' in errors[0]
     assert 'Too many arguments for "s"' in errors[1]
+
+
+def _mypy(tmp_path: Path, *files: Path) -> list[str]:
+    out = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", "--strict",
+                          "--cache-dir", str(tmp_path / ".mypy"), *map(str, files)],
+                         capture_output=True, text=True, timeout=240)
+    assert "error: " in out.stdout or out.returncode == 0, out.stdout + out.stderr
+    return [line for line in out.stdout.splitlines() if ": error:" in line]
+
+
+@pytest.mark.slow
+def test_mypy_reports_each_misuse_of_the_calling_api_and_nothing_once_corrected(
+        tmp_path: Path) -> None:
+    misuse, correct = FIXTURES / "calling_misuse.py", FIXTURES / "calling_correct.py"
+    expected = {
+        number: match.group(1)
+        for number, line in enumerate(misuse.read_text().splitlines(), start=1)
+        if (match := re.search(r"# E: (.+)$", line))
+    }
+    assert len(expected) >= 15
+    got: dict[int, list[str]] = {}
+    for line in _mypy(tmp_path, misuse):
+        got.setdefault(int(line.split(":")[1]), []).append(line)
+    assert sorted(got) == sorted(expected), "\n".join(sum(got.values(), []))
+    for number, text in expected.items():
+        assert len(got[number]) == 1 and text in got[number][0], (number, got[number])
+    assert _mypy(tmp_path, correct) == []
+
+
+def test_the_typed_options_are_exactly_the_known_ones() -> None:
+    # The TypedDict is what a type checker sees; DEFAULTS is what the runtime checks.
+    assert set(typing.get_type_hints(ExecutionOptions, localns=_hint_names())) == KNOWN
+    assert ExecutionOptions.__required_keys__ == frozenset()
+
+
+def _hint_names() -> dict[str, object]:
+    from conveyor.canvas import Signature
+    from conveyor.connection import Publisher
+    return {"Signature": Signature, "Publisher": Publisher}
 
 
 @pytest.mark.slow

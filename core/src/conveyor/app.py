@@ -13,7 +13,8 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
+from typing import (TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, Unpack,
+                    overload)
 
 import pluggy
 
@@ -35,6 +36,7 @@ from .settings import DEFAULT_URL, Settings
 from .task import Task
 
 if TYPE_CHECKING:
+    from .options import ExecutionOptions
     from .worker.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -225,6 +227,11 @@ class Conveyor:
         """Close publishing connections and the backend."""
         self._close_connections()
 
+    async def aclose(self) -> None:
+        """Close the asyncio connections this app opened on the running loop."""
+        from . import aio
+        await aio.aclose(self)
+
     def routers(self) -> list[Router]:
         """The ``task_routers`` plugins, each checked against :class:`Router`."""
         if self._routers is None:
@@ -301,17 +308,19 @@ class Conveyor:
 
     # ------------------------------------------------------------------ publishing
     def send_task(self, name: str, args: Sequence[Any] | None = None,
-                  kwargs: Mapping[str, Any] | None = None, **options: Any
-                  ) -> AsyncResult[Any]:
+                  kwargs: Mapping[str, Any] | None = None,
+                  **options: Unpack[ExecutionOptions]) -> AsyncResult[Any]:
         """Send a task by name; it need not be registered in this process."""
         return self.publish(name, args or (), kwargs or {}, options, {},
                             self.tasks.get(name))
 
     async def asend_task(self, name: str, args: Sequence[Any] | None = None,
-                         kwargs: Mapping[str, Any] | None = None, **options: Any
-                         ) -> AsyncResult[Any]:
-        import asyncio
-        return await asyncio.to_thread(self.send_task, name, args, kwargs, **options)
+                         kwargs: Mapping[str, Any] | None = None,
+                         **options: Unpack[ExecutionOptions]) -> AsyncResult[Any]:
+        """``send_task`` for asyncio code (see :mod:`conveyor.aio`)."""
+        from . import aio
+        return await aio.publish(self, name, args or (), kwargs or {}, options, {},
+                                 self.tasks.get(name))
 
     def signature(self, name: str, args: Sequence[Any] | None = None,
                   kwargs: Mapping[str, Any] | None = None, **options: Any

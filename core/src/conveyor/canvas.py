@@ -13,14 +13,15 @@ call returns (and its ``parent`` links) can be waited on at once.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack, cast
 
-from . import chainstore
+from . import aio, chainstore
 from .options import KNOWN, check
 from .result import AsyncResult, GroupResult
 
 if TYPE_CHECKING:
     from .app import Conveyor
+    from .options import ExecutionOptions
 
 R = TypeVar("R")
 
@@ -32,7 +33,8 @@ class Signature(dict, Generic[R]):  # type: ignore[type-arg]
                  kwargs: Mapping[str, Any] | None = None,
                  options: Mapping[str, Any] | None = None,
                  subtask_type: str | None = None, immutable: bool = False,
-                 app: Conveyor | None = None, **extra_options: Any) -> None:
+                 app: Conveyor | None = None,
+                 **extra_options: Unpack[ExecutionOptions]) -> None:
         if isinstance(task, Mapping):  # rebuilt from a message or dict
             data = dict(task)
             task, args, kwargs = data.get("task"), data.get("args"), data.get("kwargs")
@@ -89,7 +91,8 @@ class Signature(dict, Generic[R]):  # type: ignore[type-arg]
 
     # ----------------------------------------------------------- building
     def clone(self, args: Sequence[Any] | None = None,
-              kwargs: Mapping[str, Any] | None = None, **options: Any) -> Signature[R]:
+              kwargs: Mapping[str, Any] | None = None,
+              **options: Unpack[ExecutionOptions]) -> Signature[R]:
         """A copy with args prepended-merged (unless immutable) and options added."""
         new_args, new_kwargs = self._merged(args, kwargs)
         sig: Signature[R] = Signature(self["task"], new_args, new_kwargs,
@@ -110,7 +113,7 @@ class Signature(dict, Generic[R]):  # type: ignore[type-arg]
         self.options["task_id"] = fixed
         return AsyncResult(fixed, self._app)
 
-    def set(self, **options: Any) -> Signature[R]:
+    def set(self, **options: Unpack[ExecutionOptions]) -> Signature[R]:
         """Add execution options in place; returns the signature."""
         check(options, "set")
         self.options.update(options)
@@ -137,8 +140,8 @@ class Signature(dict, Generic[R]):  # type: ignore[type-arg]
 
     # ----------------------------------------------------------- calling
     def apply_async(self, args: Sequence[Any] | None = None,
-                    kwargs: Mapping[str, Any] | None = None, **options: Any
-                    ) -> AsyncResult[R]:
+                    kwargs: Mapping[str, Any] | None = None,
+                    **options: Unpack[ExecutionOptions]) -> AsyncResult[R]:
         """Publish the call; given args are prepended (partial application)."""
         new_args, new_kwargs = self._merged(args, kwargs)
         app = self.app
@@ -153,9 +156,11 @@ class Signature(dict, Generic[R]):  # type: ignore[type-arg]
 
     async def aapply_async(self, args: Sequence[Any] | None = None,
                            kwargs: Mapping[str, Any] | None = None,
-                           **options: Any) -> AsyncResult[R]:
-        import asyncio
-        return await asyncio.to_thread(self.apply_async, args, kwargs, **options)
+                           **options: Unpack[ExecutionOptions]) -> AsyncResult[R]:
+        """``apply_async`` for asyncio code, for any canvas: the same steps run, and
+        the messages they build are sent on the running loop (:func:`aio.deferred`)."""
+        return await aio.deferred(self.app, lambda: self.apply_async(args, kwargs,
+                                                                     **options))
 
     def __call__(self, *args: Any, **kwargs: Any) -> R:
         """Run the task here, in this process (no message)."""
@@ -185,7 +190,7 @@ def _rebuild(data: dict[str, Any]) -> Signature[Any]:
 
 def signature(task: Any, args: Sequence[Any] | None = None,
               kwargs: Mapping[str, Any] | None = None, app: Conveyor | None = None,
-              **options: Any) -> Signature[Any]:
+              **options: Unpack[ExecutionOptions]) -> Signature[Any]:
     """A signature by task, name or dict: ``signature("tasks.add", args=(2, 2))``."""
     if isinstance(task, Mapping) and not isinstance(task, Signature):
         return from_dict(task, app)
@@ -320,14 +325,14 @@ class chain(Signature[Any]):
         return errback
 
     def apply_async(self, args: Sequence[Any] | None = None,
-                    kwargs: Mapping[str, Any] | None = None, **options: Any
-                    ) -> Any:
+                    kwargs: Mapping[str, Any] | None = None,
+                    **options: Unpack[ExecutionOptions]) -> Any:
         """Publish the first step; the rest travel in its ``chain`` (reversed).
 
         Returns the last step's result (an :class:`AsyncResult`, or a
         :class:`GroupResult` when the chain ends with a group).
         """
-        opts = {**self.options, **options}
+        opts: dict[str, Any] = {**self.options, **options}
         steps = self.steps()
         last = steps[-1]
         task_id = opts.pop("task_id", None)
@@ -415,14 +420,14 @@ class group(Signature[Any]):
         return GroupResult(group_id, [t.freeze() for t in self.tasks], self._app)
 
     def apply_async(  # type: ignore[override]  # a group's result is a GroupResult
-            self, args: Sequence[Any] | None = None,
-            kwargs: Mapping[str, Any] | None = None, **options: Any) -> GroupResult[Any]:
+            self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
+            **options: Unpack[ExecutionOptions]) -> GroupResult[Any]:
         """Publish every member, tagged with the group id and its index.
 
         Plain members go out in one batch; a chain or chord member is sent on its
         own and reports to the group through its last task (or body).
         """
-        opts = {**self.options, **options}
+        opts: dict[str, Any] = {**self.options, **options}
         if opts.pop("link", None):
             self.link(None)  # type: ignore[arg-type]  # raises, naming the chord
         group_id = opts.pop("task_id", None) or new_id()
@@ -447,6 +452,13 @@ class group(Signature[Any]):
                 results.append(member.apply_async(
                     args, kwargs, **{**opts, "group_id": group_id, "group_index": index}))
         return GroupResult(group_id, results, self.app)
+
+    async def aapply_async(  # type: ignore[override]  # a group's result is a GroupResult
+            self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
+            **options: Unpack[ExecutionOptions]) -> GroupResult[Any]:
+        """``apply_async`` for asyncio code (see :meth:`Signature.aapply_async`)."""
+        return await aio.deferred(self.app, lambda: self.apply_async(args, kwargs,
+                                                                     **options))
 
     def __call__(self, *args: Any, **kwargs: Any) -> list[Any]:
         return [sig(*args, **kwargs) for sig in self.tasks]
@@ -530,7 +542,8 @@ class chord(Signature[Any]):
         return self.apply_async(**options)
 
     def apply_async(self, args: Sequence[Any] | None = None,
-                    kwargs: Mapping[str, Any] | None = None, **options: Any) -> Any:
+                    kwargs: Mapping[str, Any] | None = None,
+                    **options: Unpack[ExecutionOptions]) -> Any:
         """Set the join's size in the backend, then publish the header tasks, each
         carrying the body; return the body's result (``.parent``: the header's).
 
@@ -542,7 +555,7 @@ class chord(Signature[Any]):
             raise TypeError("chord() needs a body: chord(header, body)")
         app = self.app
         check_backend(app)
-        opts = {**self.options, **options}
+        opts: dict[str, Any] = {**self.options, **options}
         header = self.header.clone()
         body = self.body.clone()
         group_id = header.options.get("task_id") or new_id()

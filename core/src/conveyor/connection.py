@@ -49,6 +49,15 @@ def retry_sleeps(policy: Mapping[str, Any]) -> Iterator[float]:
         interval += step
 
 
+def gave_up(url: str, what: str, exc: BaseException, attempts: int) -> OperationalError:
+    """The error once the retry policy is exhausted: the broker (password masked),
+    the cause, and how many attempts were made."""
+    return OperationalError(
+        f"Cannot {what} to broker {mask_url(url)}: {type(exc).__name__}: {exc} "
+        f"(gave up after {attempts} attempt{'s' if attempts > 1 else ''}; "
+        "see retry_policy).")
+
+
 class Connection:
     """One transport connection with the retry policy around its calls.
 
@@ -107,11 +116,7 @@ class Connection:
                 delay = next(sleeps, None)
                 if delay is None:
                     self._reset()
-                    raise OperationalError(
-                        f"Cannot {what} to broker {mask_url(self.url)}: "
-                        f"{type(exc).__name__}: {exc} (gave up after {attempts} "
-                        f"attempt{'s' if attempts > 1 else ''}; see retry_policy)."
-                    ) from exc
+                    raise gave_up(self.url, what, exc, attempts) from exc
                 log.warning("%s to %s failed (%s); retrying in %.2fs", what,
                             mask_url(self.url), exc, delay)
                 self._reset()

@@ -8,12 +8,70 @@ gives a value other than ``None`` wins. An unknown option name is an error namin
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from .utils import did_you_mean
 from .exceptions import ConfigurationError, UnknownOptionError
 from .settings import DEFAULT_RETRY_POLICY
+
+if TYPE_CHECKING:
+    from .canvas import Signature
+    from .connection import Publisher
+
+
+class RetryPolicy(TypedDict, total=False):
+    """``retry_policy``: how often and how fast a publish is retried."""
+
+    max_retries: int | None
+    interval_start: float
+    interval_step: float
+    interval_max: float
+    retry_errors: tuple[type[BaseException], ...] | None
+
+
+class ExecutionOptions(TypedDict, total=False):
+    """Every execution option of the calling API, typed.
+
+    ``**options: Unpack[ExecutionOptions]`` on ``apply_async``, ``send_task``,
+    ``signature``, ``.set()`` and their ``a…`` twins makes a misspelt option or a
+    value of the wrong type a type-checker error; :func:`check` still raises
+    :class:`UnknownOptionError` at run time for callers without one. ``None`` is
+    accepted everywhere: it means "not given here", so the next layer of the
+    resolution order decides. The keys are those of :data:`KNOWN`.
+    """
+
+    countdown: float | None
+    eta: dt.datetime | None
+    expires: float | dt.datetime | None
+    task_id: str | None
+    link: Signature[Any] | Sequence[Signature[Any]] | None
+    link_error: Signature[Any] | Sequence[Signature[Any]] | None
+    retry: bool | None
+    retry_policy: RetryPolicy | None
+    serializer: str | None
+    compression: str | None
+    queue: str | None
+    exchange: str | None
+    routing_key: str | None
+    priority: int | None
+    ignore_result: bool | None
+    headers: Mapping[str, Any] | None
+    publisher: Publisher | None
+    shadow: str | None
+    time_limit: float | None
+    soft_time_limit: float | None
+    # Set by canvas and the worker (a child's lineage, a group member's place, the
+    # rest of a chain, a chord's body); accepted from callers as Celery accepts them.
+    parent_id: str | None
+    root_id: str | None
+    group_id: str | None
+    group_index: int | None
+    chain: Sequence[Mapping[str, Any]] | None
+    chord: Mapping[str, Any] | None
+    reply_to: str | None
+    retries: int | None
+
 
 #: Public execution options (docs/architecture.md, "The core") and their built-in defaults.
 DEFAULTS: dict[str, Any] = {

@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from .aio import HELD
 from .canvas import sig_list
 from .connection import Publisher
 from .envelope import Template
@@ -181,6 +182,13 @@ class PublishPath:
         hook = self.app.hooks.before_task_publish
         publisher, retry, policy, ignored = self._how(
             name, plan, per, message, task_id, hook if hook.get_hookimpls() else None)
+        held = HELD.get()
+        if held is not None:  # built for an asyncio caller, who sends it (aio.deferred)
+            run = Run(publisher, retry, policy, 0)
+            run.names.append(name)
+            run.batch.append((message, route, due))
+            held.append(run)
+            return AsyncResult(task_id, self.app, ignored=ignored)
         if publisher is not None:
             pending = publisher.put(name, message, route, due, retry, policy)
             return AsyncResult(task_id, self.app, ignored=ignored,
@@ -220,6 +228,10 @@ class PublishPath:
             run.names.append(name)
             run.batch.append((message, plan.route, due))
             results.append(AsyncResult(task_id, self.app, ignored=ignored))
+        held = HELD.get()
+        if held is not None:  # built for an asyncio caller, who sends it (aio.deferred)
+            held.extend(runs)
+            return results
         with contextlib.ExitStack() as stack:
             conn = None
             for run in runs:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from . import states
-from .exceptions import TaskRevokedError, TimeoutError
+from .exceptions import ConveyorError, TaskRevokedError, TimeoutError
 
 if TYPE_CHECKING:
     from .app import Conveyor
@@ -161,29 +161,78 @@ class AsyncResult(Generic[R]):
         if self._cache is not None:
             return self._cache
         backend = self.app.backend
-        results = self.app.results
+        steps = self._waiting(timeout, on_message)
+        try:
+            ask = next(steps)
+            while True:
+                ask = steps.send(backend.wait(self.id, timeout=ask[0], previous=ask[1]))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    async def _await(self, timeout: float | None,
+                     on_message: Callable[[dict[str, Any]], None] | None
+                     ) -> dict[str, Any]:
+        """:meth:`_wait` on the app's asyncio backend: the same steps, awaited."""
+        from . import aio
+        if self.publisher is not None:
+            raise ConveyorError(
+                f"Task {self.id} may still sit in a buffering publisher: call "
+                "pub.flush() (or leave its with block) before awaiting aget().")
+        if self._cache is not None:
+            return self._cache
+        backend = aio.backend(self.app)
+        steps = self._waiting(timeout, on_message)
+        try:
+            ask = next(steps)
+            while True:
+                ask = steps.send(await backend.wait(self.id, timeout=ask[0],
+                                                    previous=ask[1]))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def _waiting(self, timeout: float | None,
+                 on_message: Callable[[dict[str, Any]], None] | None
+                 ) -> Generator[tuple[float | None, bytes | None], bytes | None,
+                                dict[str, Any]]:
+        """The steps of a wait, without its I/O: yields ``(timeout, previous)`` for
+        the backend's ``wait`` and is sent what it returned, until the state is
+        ready (returned) or the time is up (:class:`TimeoutError`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         # wait() returns a stored state at once, so no get() first (one round trip less)
-        payload = backend.wait(self.id, timeout=timeout, previous=None)
+        payload = yield timeout, None
         seen: bytes | None = None
         while True:
             if payload is not None and payload != seen:
                 seen = payload
-                meta = results.load(payload)
-                if on_message is not None:
-                    on_message({"task_id": self.id, "status": meta.get("status"),
-                                "result": meta.get("result"),
-                                "traceback": meta.get("traceback"),
-                                "children": meta.get("children")})
-                if meta.get("status") in states.READY_STATES:
-                    self._cache = meta
+                meta = self._observe(payload, on_message)
+                if meta is not None:
                     return meta
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(
-                    f"Task {self.id} did not finish within {timeout}s "
-                    f"(state {self.state}). Is a worker consuming its queue?")
-            payload = backend.wait(self.id, timeout=remaining, previous=seen)
+            payload = yield self._remaining(deadline, timeout), seen
+
+    def _observe(self, payload: bytes,
+                 on_message: Callable[[dict[str, Any]], None] | None
+                 ) -> dict[str, Any] | None:
+        """Decode a new state, report it to ``on_message``; its meta once ready."""
+        meta = self.app.results.load(payload)
+        if on_message is not None:
+            on_message({"task_id": self.id, "status": meta.get("status"),
+                        "result": meta.get("result"), "traceback": meta.get("traceback"),
+                        "children": meta.get("children")})
+        if meta.get("status") in states.READY_STATES:
+            self._cache = meta
+            return meta
+        return None
+
+    def _remaining(self, deadline: float | None, timeout: float | None) -> float | None:
+        """Seconds left to wait; raises :class:`TimeoutError` once none are."""
+        if deadline is None:
+            return None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(
+                f"Task {self.id} did not finish within {timeout}s. "
+                "Is a worker consuming its queue?")
+        return remaining
 
     def _outcome(self, meta: dict[str, Any], propagate: bool) -> R:
         status = meta.get("status")
@@ -199,8 +248,11 @@ class AsyncResult(Generic[R]):
 
     async def aget(self, timeout: float | None = None, propagate: bool = True,
                    on_message: Callable[[dict[str, Any]], None] | None = None) -> R:
-        """``get()`` for asyncio code: the blocking wait runs off the event loop."""
-        return await asyncio.to_thread(self.get, timeout, propagate, on_message)
+        """``get()`` for asyncio code: waits on the backend's asyncio twin (Redis
+        pub/sub, …), so the event loop runs on while it waits."""
+        if self.ignored:
+            return None  # type: ignore[return-value]
+        return self._outcome(await self._await(timeout, on_message), propagate)
 
     # ---------------------------------------------------------------- control
     def forget(self) -> None:
@@ -289,8 +341,16 @@ class GroupResult(Generic[R]):
 
     join = get  # Celery's name for waiting on every member
 
-    async def aget(self, timeout: float | None = None, propagate: bool = True) -> list[R]:
-        return await asyncio.to_thread(self.get, timeout, propagate)
+    async def aget(self, timeout: float | None = None, propagate: bool = True,
+                   on_message: Callable[[dict[str, Any]], None] | None = None
+                   ) -> list[R]:
+        """``get()`` for asyncio code: the members are awaited together."""
+        waits = [r.aget(propagate=propagate, on_message=on_message) for r in self.results]
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*waits), timeout))
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"Group {self.id} did not finish within {timeout}s. "
+                               "Is a worker consuming its queue?") from None
 
     def ready(self) -> bool:
         """Every member finished (succeeded, failed or was revoked)."""

@@ -7,15 +7,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import functools
 import inspect
 import random
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar, Unpack
 
-from . import chainstore, exceptions, states
+from . import aio, chainstore, exceptions, states
 from .utils import did_you_mean
 from .canvas import Signature
 from .connection import DEFAULT_BUFFER
@@ -28,6 +27,7 @@ if TYPE_CHECKING:
     from .app import Conveyor
     from .connection import Connection
     from .envelope import Request
+    from .options import ExecutionOptions
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -145,20 +145,22 @@ class Task(Generic[P, R]):
         return self.app.publish(self.name, args, kwargs, {}, {}, self)
 
     def apply_async(self, args: Sequence[Any] | None = None,
-                    kwargs: Mapping[str, Any] | None = None, **options: Any
-                    ) -> AsyncResult[R]:
+                    kwargs: Mapping[str, Any] | None = None,
+                    **options: Unpack[ExecutionOptions]) -> AsyncResult[R]:
         """Send the task with execution options (``countdown``, ``queue``, …)."""
         return self.app.publish(self.name, args or (), kwargs or {}, options, {}, self)
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
-        """``delay`` for asyncio code; same message, publish off the event loop."""
-        return await asyncio.to_thread(self.app.publish, self.name, args, kwargs, {}, {}, self)
+        """``delay`` for asyncio code: the same message, sent by the loop's own
+        connection (see :mod:`conveyor.aio`)."""
+        return await aio.publish(self.app, self.name, args, kwargs, {}, {}, self)
 
     async def aapply_async(self, args: Sequence[Any] | None = None,
                            kwargs: Mapping[str, Any] | None = None,
-                           **options: Any) -> AsyncResult[R]:
+                           **options: Unpack[ExecutionOptions]) -> AsyncResult[R]:
         """``apply_async`` for asyncio code."""
-        return await asyncio.to_thread(self.apply_async, args, kwargs, **options)
+        return await aio.publish(self.app, self.name, args or (), kwargs or {}, options, {},
+                                 self)
 
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
         """A signature of this call (``add.s(2, 2)``)."""
@@ -169,7 +171,8 @@ class Task(Generic[P, R]):
         return Signature(self, args, kwargs, immutable=True, app=self.app)
 
     def signature(self, args: Sequence[Any] | None = None,
-                  kwargs: Mapping[str, Any] | None = None, **options: Any) -> Signature[R]:
+                  kwargs: Mapping[str, Any] | None = None,
+                  **options: Unpack[ExecutionOptions]) -> Signature[R]:
         """A signature with partial args (e.g. a callback ``add.signature((10,))``)."""
         return Signature(self, args, kwargs, options, app=self.app)
 

@@ -9,6 +9,15 @@ Override ``conveyor_config`` in a conftest to pick a broker/backend::
     @pytest.fixture
     def conveyor_config():
         return {"broker_url": "redis://localhost:6379/5", "result_backend": "..."}
+
+``async def`` tests (pytest-asyncio) take ``async_conveyor_app`` instead: the same app,
+whose asyncio connections (``adelay``, ``aget``) belong to the test's event loop and
+are closed on it when the test ends::
+
+    @pytest.mark.asyncio
+    async def test_add(async_conveyor_app, conveyor_worker):
+        result = await add.adelay(2, 2)
+        assert await result.aget(timeout=10) == 4
 """
 
 from __future__ import annotations
@@ -20,11 +29,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from conveyor import Conveyor
 from conveyor.worker import Worker
@@ -68,6 +78,15 @@ def conveyor_app(conveyor_config: Mapping[str, Any]) -> Iterator[Conveyor]:
     app = Conveyor(f"pytest-app-{next(_counter)}", config=dict(conveyor_config))
     yield app
     app.close()
+
+
+@pytest_asyncio.fixture
+async def async_conveyor_app(conveyor_app: Conveyor) -> AsyncIterator[Conveyor]:
+    """``conveyor_app`` for ``async def`` tests: the asyncio connections it opens on
+    the test's event loop are closed on that loop after the test (a loop that
+    closes first would leave them dangling)."""
+    yield conveyor_app
+    await conveyor_app.aclose()
 
 
 @pytest.fixture

@@ -31,7 +31,12 @@ log = logging.getLogger("conveyor.worker")
 
 
 class EventLoopThread:
-    """One long-lived event loop per process for ``async def`` tasks."""
+    """The process's one long-lived event loop for ``async def`` tasks.
+
+    Every coroutine task of this process runs on it (a forked pool child starts its
+    own: :meth:`reset`), so tasks may share loop-bound objects such as an
+    ``aiohttp`` session or a ``redis.asyncio`` pool.
+    """
 
     _lock = threading.Lock()
     _loop: asyncio.AbstractEventLoop | None = None
@@ -46,41 +51,54 @@ class EventLoopThread:
                 cls._loop = loop
             return cls._loop
 
+    @classmethod
+    def reset(cls) -> None:
+        """Forget the parent's loop (its thread did not survive the fork)."""
+        cls._loop = None
+
+
+def _arguments(task: Any, request: Request) -> list[Any]:
+    return [task, *request.args] if task.bind else list(request.args)
+
+
+def _autoretry(task: Any, exc: Exception) -> None:
+    if task.autoretry_for:
+        task.autoretry(exc)  # raises Retry, or exc past max_retries
+
 
 def _call(task: Any, request: Request) -> Any:
     try:
         return _invoke(task, request)
     except Exception as exc:
-        if task.autoretry_for:
-            task.autoretry(exc)  # raises Retry, or exc past max_retries
+        _autoretry(task, exc)
         raise
 
 
 def _invoke(task: Any, request: Request) -> Any:
-    args = request.args
-    if task.bind:
-        args = [task, *args]
-    if not task.is_async:
-        soft = request.soft_time_limit or task.soft_time_limit \
-            or task.app.conf.task_soft_time_limit
-        if not soft:
-            return task.run(*args, **request.kwargs)
-        with SoftLimit(soft, f"Task {task.name}[{request.id}]"):
-            return task.run(*args, **request.kwargs)
+    if task.is_async:  # a blocking caller (solo, a pool child): wait for the loop
+        return asyncio.run_coroutine_threadsafe(
+            _await(task, request), EventLoopThread.loop()).result()
+    args = _arguments(task, request)
+    soft = request.soft_time_limit or task.soft_time_limit \
+        or task.app.conf.task_soft_time_limit
+    if not soft:
+        return task.run(*args, **request.kwargs)
+    with SoftLimit(soft, f"Task {task.name}[{request.id}]"):
+        return task.run(*args, **request.kwargs)
+
+
+async def _await(task: Any, request: Request) -> Any:
+    """Run a coroutine task; ``time_limit`` cancels it."""
+    current_request.set(request)  # this asyncio task's own context
+    coro = task.run(*_arguments(task, request), **request.kwargs)
     limit = request.time_limit or task.time_limit
-
-    async def runner() -> Any:
-        current_request.set(request)
-        coro = task.run(*args, **request.kwargs)
-        if limit:
-            try:
-                return await asyncio.wait_for(coro, limit)
-            except asyncio.TimeoutError:
-                raise TimeLimitExceeded(f"Task {task.name}[{request.id}] exceeded "
-                                        f"time_limit={limit}s and was cancelled") from None
+    if not limit:
         return await coro
-
-    return asyncio.run_coroutine_threadsafe(runner(), EventLoopThread.loop()).result()
+    try:
+        return await asyncio.wait_for(coro, limit)
+    except asyncio.TimeoutError:
+        raise TimeLimitExceeded(f"Task {task.name}[{request.id}] exceeded "
+                                f"time_limit={limit}s and was cancelled") from None
 
 
 def expired(request: Request) -> bool:
@@ -89,62 +107,111 @@ def expired(request: Request) -> bool:
 
 def execute(app: Conveyor, request: Request, hostname: str) -> str:
     """Run ``request`` to completion and record its outcome; return the state."""
-    task = app.tasks[request.name]
-    request.hostname = hostname
-    if expired(request):
-        log.info("Task %s[%s] expired before it ran; marked REVOKED", request.name, request.id)
-        app.results.store(request.id, states.REVOKED, states.revoked_dict("expired"),
-                          request=request, hostname=hostname)
-        app.notify("task_revoked", request=request, expired=True)
-        chords.part_returned(app, request, states.REVOKED, TaskRevokedError("expired"))
+    run = _Execution(app, request, hostname)
+    if not run.begin():
         return states.REVOKED
-    ignore = request.ignore_result if request.ignore_result is not None else (
-        task.ignore_result if task.ignore_result is not None else app.conf.task_ignore_result)
-    app.notify("task_prerun", task=task, task_id=request.id, args=request.args,
-               kwargs=request.kwargs, request=request)
-    track = task.track_started if task.track_started is not None else app.conf.task_track_started
-    if track and not ignore:
-        app.results.store(request.id, states.STARTED, {"pid": _pid(), "hostname": hostname},
-                          request=request, hostname=hostname)
     token = current_request.set(request)
-    retval: Any = None
-    started = time.perf_counter()
     try:
-        retval = _call(task, request)
-    except Retry as exc:
-        state = states.RETRY
-        reason = exc.exc if exc.exc is not None else exc
-        if not ignore:
-            app.results.store(request.id, states.RETRY, states.exception_to_dict(reason),
-                              traceback=states.format_traceback(reason),
-                              children=[[[request.id, None], None]],
-                              request=request, hostname=hostname)
-        log.info("Task %s[%s] retry: %s%s", request.name, request.id, exc,
-                 f": {exc.exc!r}" if exc.exc is not None else "")
-        app.notify("task_retry", task=task, request=request, reason=reason)
-    except BaseException as exc:  # noqa: BLE001 - a task may raise anything
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not isinstance(
-                exc, TaskRevokedError):
-            raise
-        state = states.FAILURE
-        on_failure(app, task, request, exc, hostname, store=not ignore)
-        chords.part_returned(app, request, state, exc)
-    else:
-        state = states.SUCCESS
-        children = apply_callbacks(app, request, retval)
-        if not ignore:
-            app.results.store(request.id, states.SUCCESS, retval, children=children,
-                              request=request, hostname=hostname)
-        chords.part_returned(app, request, state, retval)
-        if log.isEnabledFor(logging.INFO):
-            log.info("Task %s[%s] succeeded in %.3fs: %s", request.name, request.id,
-                     time.perf_counter() - started, _short_repr(retval))
-        app.notify("task_success", task=task, result=retval, request=request)
+        return run.finish(_call, None)
     finally:
         current_request.reset(token)
-    app.notify("task_postrun", task=task, task_id=request.id, args=request.args,
-               kwargs=request.kwargs, retval=retval, state=state, request=request)
-    return state
+
+
+async def execute_async(app: Conveyor, request: Request, hostname: str) -> str:
+    """:func:`execute` for a coroutine task, on the process's event loop: it awaits
+    the task, so it holds no pool thread while the task waits."""
+    run = _Execution(app, request, hostname)
+    if not run.begin():
+        return states.REVOKED
+    current_request.set(request)
+    try:
+        try:
+            retval = await _await(run.task, request)
+        except Exception as exc:
+            _autoretry(run.task, exc)
+            raise
+    except BaseException as exc:  # noqa: BLE001 - sorted out by finish()
+        return run.finish(None, exc)
+    return run.finish(None, None, retval)
+
+
+class _Execution:
+    """One run of a request, split around the call itself so that the blocking and
+    the asyncio paths share every step before and after it."""
+
+    def __init__(self, app: Conveyor, request: Request, hostname: str) -> None:
+        self.app, self.request, self.hostname = app, request, hostname
+        self.task = app.tasks[request.name]
+        request.hostname = hostname
+        self.ignore = False
+        self.started = time.perf_counter()
+
+    def begin(self) -> bool:
+        """Prerun steps; False when the request expired (recorded REVOKED)."""
+        app, request, task, hostname = self.app, self.request, self.task, self.hostname
+        if expired(request):
+            log.info("Task %s[%s] expired before it ran; marked REVOKED",
+                     request.name, request.id)
+            app.results.store(request.id, states.REVOKED, states.revoked_dict("expired"),
+                              request=request, hostname=hostname)
+            app.notify("task_revoked", request=request, expired=True)
+            chords.part_returned(app, request, states.REVOKED, TaskRevokedError("expired"))
+            return False
+        self.ignore = request.ignore_result if request.ignore_result is not None else (
+            task.ignore_result if task.ignore_result is not None
+            else app.conf.task_ignore_result)
+        app.notify("task_prerun", task=task, task_id=request.id, args=request.args,
+                   kwargs=request.kwargs, request=request)
+        track = task.track_started if task.track_started is not None \
+            else app.conf.task_track_started
+        if track and not self.ignore:
+            app.results.store(request.id, states.STARTED,
+                              {"pid": _pid(), "hostname": hostname},
+                              request=request, hostname=hostname)
+        self.started = time.perf_counter()
+        return True
+
+    def finish(self, call: Any, error: BaseException | None, retval: Any = None) -> str:
+        """Run ``call(task, request)`` when given, else take ``error``/``retval``
+        as its outcome; record it and run the postrun steps. Returns the state."""
+        app, request, task, hostname = self.app, self.request, self.task, self.hostname
+        try:
+            if call is not None:
+                retval = call(task, request)
+            elif error is not None:
+                raise error
+        except Retry as exc:
+            state = states.RETRY
+            reason = exc.exc if exc.exc is not None else exc
+            if not self.ignore:
+                app.results.store(request.id, states.RETRY, states.exception_to_dict(reason),
+                                  traceback=states.format_traceback(reason),
+                                  children=[[[request.id, None], None]],
+                                  request=request, hostname=hostname)
+            log.info("Task %s[%s] retry: %s%s", request.name, request.id, exc,
+                     f": {exc.exc!r}" if exc.exc is not None else "")
+            app.notify("task_retry", task=task, request=request, reason=reason)
+        except BaseException as exc:  # noqa: BLE001 - a task may raise anything
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not isinstance(
+                    exc, TaskRevokedError):
+                raise
+            state = states.FAILURE
+            on_failure(app, task, request, exc, hostname, store=not self.ignore)
+            chords.part_returned(app, request, state, exc)
+        else:
+            state = states.SUCCESS
+            children = apply_callbacks(app, request, retval)
+            if not self.ignore:
+                app.results.store(request.id, states.SUCCESS, retval, children=children,
+                                  request=request, hostname=hostname)
+            chords.part_returned(app, request, state, retval)
+            if log.isEnabledFor(logging.INFO):
+                log.info("Task %s[%s] succeeded in %.3fs: %s", request.name, request.id,
+                         time.perf_counter() - self.started, _short_repr(retval))
+            app.notify("task_success", task=task, result=retval, request=request)
+        app.notify("task_postrun", task=task, task_id=request.id, args=request.args,
+                   kwargs=request.kwargs, retval=retval, state=state, request=request)
+        return state
 
 
 def on_failure(app: Conveyor, task: Any, request: Request, exc: BaseException,

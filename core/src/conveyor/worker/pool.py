@@ -13,6 +13,8 @@ their own — never ignoring the limit.
 from __future__ import annotations
 
 import abc
+import asyncio
+import concurrent.futures
 import logging
 import multiprocessing
 import os
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from .. import states
 from ..envelope import refresh_origin
 from ..exceptions import ConfigurationError, TimeLimitExceeded, WorkerLostError
-from .execute import EventLoopThread, execute, on_failure
+from .execute import EventLoopThread, execute, execute_async, on_failure
 from .limits import SoftLimit
 
 if TYPE_CHECKING:
@@ -65,6 +67,8 @@ class Pool(abc.ABC):
         self.concurrency = max(1, concurrency)
         self.hostname = hostname
         self.done: queue.Queue[Job] = queue.Queue()
+        #: Coroutine tasks running on this process's event loop (see ``_start_async``).
+        self._coroutines: set[concurrent.futures.Future[str]] = set()
 
     def start(self) -> None:
         """Start workers (threads, children); the solo pool needs none."""
@@ -129,6 +133,41 @@ class Pool(abc.ABC):
         if forked is not None:
             forked.stop(timeout)
 
+    def _is_async(self, job: Job) -> bool:
+        task = self.app.tasks.get(job.request.name)
+        return bool(getattr(task, "is_async", False))
+
+    def _start_async(self, job: Job) -> None:
+        """Start a coroutine task on the process's event loop and return at once.
+
+        It holds no pool thread while it awaits; the consumer never runs more than
+        ``concurrency`` jobs at once, so at most that many coroutines run.
+        """
+        job.started = time.monotonic()
+        future = asyncio.run_coroutine_threadsafe(
+            execute_async(self.app, job.request, self.hostname), EventLoopThread.loop())
+        self._coroutines.add(future)
+
+        def finished(done: concurrent.futures.Future[str]) -> None:
+            self._coroutines.discard(done)
+            try:
+                job.state = done.result()
+            except BaseException as exc:  # noqa: BLE001 - keep the worker alive
+                log.error("Internal error running %s[%s]: %r", job.request.name,
+                          job.request.id, exc)
+                job.state = states.FAILURE
+                job.extra["error"] = exc
+            self.done.put(job)
+
+        future.add_done_callback(finished)
+
+    def _wait_coroutines(self, deadline: float | None) -> None:
+        """Let running coroutine tasks finish (warm shutdown), until ``deadline``."""
+        pending = set(self._coroutines)
+        if pending:
+            concurrent.futures.wait(
+                pending, None if deadline is None else max(0.0, deadline - time.monotonic()))
+
     def _run(self, job: Job) -> None:
         job.started = time.monotonic()
         request = job.request
@@ -166,7 +205,8 @@ class SoloPool(Pool):
 
 
 class ThreadPool(Pool):
-    """``concurrency`` threads (jobs with a ``time_limit``: child processes)."""
+    """``concurrency`` threads (jobs with a ``time_limit``: child processes);
+    ``async def`` tasks run on the process's event loop instead, holding no thread."""
 
     def __init__(self, app: Conveyor, concurrency: int, hostname: str) -> None:
         super().__init__(app, concurrency, hostname)
@@ -200,7 +240,9 @@ class ThreadPool(Pool):
             self._run(job)
 
     def submit(self, job: Job) -> None:
-        if not (self._killable(job) and self._fork(job, self.done)):
+        if self._is_async(job):
+            self._start_async(job)
+        elif not (self._killable(job) and self._fork(job, self.done)):
             self._work.put(job)
 
     def take_unstarted(self) -> list[Job]:
@@ -221,12 +263,13 @@ class ThreadPool(Pool):
         for t in self._threads:
             t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         self._stop_forked(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self._wait_coroutines(deadline)
 
 
 def _child_main(app: Conveyor, conn: Connection, hostname: str) -> None:
     """A pool child: run jobs from ``conn`` until told to stop."""
     refresh_origin()
-    EventLoopThread._loop = None
+    EventLoopThread.reset()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     while True:

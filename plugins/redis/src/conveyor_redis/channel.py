@@ -122,6 +122,16 @@ class PublisherMixin:
             return
         if not batch:
             return
+        commands, routes = self.commands(batch)
+        with translate(self.url, f"publishing {len(batch)} messages", retryable_raw=True):
+            check(self.line.pipeline([("MULTI",), *commands, ("EXEC",)]))
+            self._declared |= routes
+        self._producer_move()
+
+    def commands(self, batch: Sequence[tuple[Message, Route, float | None]]
+                 ) -> tuple[list[tuple[Any, ...]], set[Route]]:
+        """The commands that store ``batch`` (bindings of routes not declared yet,
+        pushes, parks), to run in one transaction; and those routes."""
         now = time.time()
         tables = self._tables(batch)
         pushes: dict[str, list[str]] = {}
@@ -138,7 +148,7 @@ class PublisherMixin:
                     pushes.setdefault(list_key, []).append(raw)
             if route not in self._declared:
                 routes.add(route)
-        commands: list[tuple[Any, ...]] = [("MULTI",)]
+        commands: list[tuple[Any, ...]] = []
         for route in routes:
             commands += self._binding(route)
         for list_key, raws in pushes.items():
@@ -146,11 +156,7 @@ class PublisherMixin:
                 commands.append(("LPUSH", list_key, *raws[i:i + _PUSH_CHUNK]))
         if parks:
             commands.append(("ZADD", self.layout.delayed, *parks))
-        commands.append(("EXEC",))
-        with translate(self.url, f"publishing {len(batch)} messages", retryable_raw=True):
-            check(self.line.pipeline(commands))
-            self._declared |= routes
-        self._producer_move()
+        return commands, routes
 
     def _producer_move(self) -> None:
         """Move due parked messages back, at most once a second per producer.

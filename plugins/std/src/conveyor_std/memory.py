@@ -230,3 +230,29 @@ class MemoryTransport(BaseTransport):
     def depth(self, queue: str) -> int:
         with self._broker.cond:
             return len(self._broker.queues.get(queue, []))
+
+
+class AsyncMemoryTransport:
+    """The asyncio twin of :class:`MemoryTransport`: a publish is a few list and heap
+    operations under a lock held only by publishers and a fetch's short checks, so
+    it runs on the loop as it is."""
+
+    scheme: ClassVar[str] = "memory"
+    capabilities: ClassVar[Capabilities] = MemoryTransport.capabilities
+    connection_errors = MemoryTransport.connection_errors
+
+    def __init__(self, url: str = "memory://", app: Any = None) -> None:
+        self._sync = MemoryTransport(url, app)
+
+    async def connect(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def declare(self, route: Route) -> None:
+        self._sync.declare(route)
+
+    async def publish_many(self, batch: Sequence[tuple[Message, Route, float | None]]
+                           ) -> None:
+        self._sync.publish_many(batch)

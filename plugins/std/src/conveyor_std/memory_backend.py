@@ -3,14 +3,19 @@
 Group joins (:class:`~conveyor.interfaces.JoinBackend`) keep the same rules as on
 Redis and SQLite — each member counted once, one claim, a "done" mark that outlives
 the join — in a dict under the same lock.
+
+:class:`AsyncMemoryBackend` is its asyncio twin: the same store, and a waiter on an
+event loop is woken by the writing thread through ``call_soon_threadsafe``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -35,6 +40,8 @@ class _Store:
         self.joins: dict[str, _JoinState] = {}
         self.groups: dict[str, tuple[bytes, float | None]] = {}
         self.cond = threading.Condition()
+        #: How to wake each asyncio waiter (called with ``cond`` held).
+        self.wakers: set[Callable[[], None]] = set()
 
 
 _stores: dict[str, _Store] = {}
@@ -53,6 +60,7 @@ class MemoryBackend:
             store = _stores.setdefault(name or "default", _Store())
         self._data, self._joins, self._cond = store.data, store.joins, store.cond
         self._groups = store.groups
+        self._wakers = store.wakers
 
     def _live(self, task_id: str) -> bytes | None:
         found = self._data.get(task_id)
@@ -77,6 +85,8 @@ class MemoryBackend:
             deadline = time.monotonic() + expires if expires else None
             self._data[task_id] = (payload, state, deadline)
             self._cond.notify_all()
+            for wake in self._wakers:
+                wake()
 
     def wait(self, task_id: str, *, timeout: float | None,
              previous: bytes | None) -> bytes | None:
@@ -166,3 +176,54 @@ class MemoryBackend:
             done = self._joins[group_id] = _JoinState(done=True)
             self._touch(done, expires)
             return True
+
+
+class AsyncMemoryBackend:
+    """The asyncio twin of :class:`MemoryBackend` (same store, nothing blocks)."""
+
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities()
+
+    def __init__(self, url: str = "memory://", app: Any = None) -> None:
+        self._sync = MemoryBackend(url, app)
+
+    async def get(self, task_id: str) -> bytes | None:
+        return self._sync.get(task_id)
+
+    async def store(self, task_id: str, state: str, payload: bytes, *,
+                    expires: float | None) -> None:
+        self._sync.store(task_id, state, payload, expires=expires)
+
+    async def forget(self, task_id: str) -> None:
+        self._sync.forget(task_id)
+
+    async def wait(self, task_id: str, *, timeout: float | None,
+                   previous: bytes | None) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(changed.set)
+
+        sync = self._sync
+        with sync._cond:
+            sync._wakers.add(wake)
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            while True:
+                current = sync.get(task_id)
+                if current is not None and current != previous:
+                    return current
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    return None
+                try:
+                    await asyncio.wait_for(changed.wait(), remaining)
+                except asyncio.TimeoutError:
+                    pass
+                changed.clear()
+        finally:
+            with sync._cond:
+                sync._wakers.discard(wake)
+
+    async def close(self) -> None:
+        pass

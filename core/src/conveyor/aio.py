@@ -1,0 +1,204 @@
+"""The asyncio client's I/O: publishing and result waits awaited on the running loop.
+
+Only the I/O differs from the blocking client. Options resolve through the same plan,
+messages come from the same template, ``before_task_publish``/``after_task_publish``
+run as they do, the publish retry policy is the same (its pauses are
+``asyncio.sleep``). The I/O goes to the scheme's asyncio twins, found by URL scheme in
+the entry point groups ``conveyor.async_transports`` and ``conveyor.async_backends``.
+Each is made once per event loop, since asyncio connections belong to the loop that
+opened them. A scheme without a twin raises :class:`AsyncUnsupportedError`: the loop
+is never blocked behind the caller's back, and no thread pool stands in front of a
+network broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import weakref
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .connection import gave_up, retry_sleeps, scheme_of
+from .exceptions import ConfigurationError, ConveyorError
+from .interfaces import Message, Route
+from .plugins import find
+from .result import AsyncResult
+from .settings import DEFAULT_RETRY_POLICY
+from .utils import mask_url
+
+if TYPE_CHECKING:
+    from .app import Conveyor
+
+log = logging.getLogger(__name__)
+
+TRANSPORTS = "conveyor.async_transports"
+BACKENDS = "conveyor.async_backends"
+
+T = TypeVar("T")
+
+#: Where :meth:`Conveyor.publish` and ``publish_batch`` put what they built instead of
+#: sending it, inside :func:`deferred` (None: send as usual).
+HELD: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "conveyor_held_publishes", default=None)
+
+
+class AsyncUnsupportedError(ConfigurationError):
+    """The broker's or backend's plugin has no asyncio path."""
+
+
+def _twin(app: Conveyor, group: str, url: str, kind: str) -> Any:
+    scheme = scheme_of(url)
+    if not any(info.name == scheme for info in find(group)):
+        raise AsyncUnsupportedError(
+            f"The {scheme!r} {kind} ({mask_url(url)}) has no asyncio path: no plugin "
+            f"in the {group!r} entry point group is named {scheme!r}. Call the blocking "
+            f"API (delay, apply_async, get) from a thread of your own, or use a "
+            f"{kind} that has one (redis, sqlite).")
+    return app.loader.load(group, scheme)(url, app)
+
+
+class _Sender:
+    """One async transport with the publish retry policy around it."""
+
+    def __init__(self, app: Conveyor, url: str) -> None:
+        self.app, self.url = app, url
+        self.transport: Any = _twin(app, TRANSPORTS, url, "transport")
+        self.connected = False
+
+    async def _reset(self) -> None:
+        with contextlib.suppress(Exception):  # being replaced anyway
+            await self.transport.close()
+        self.connected = False
+        self.transport = _twin(self.app, TRANSPORTS, self.url, "transport")
+
+    async def publish_many(self, batch: Sequence[tuple[Message, Route, float | None]], *,
+                           retry: bool, policy: Mapping[str, Any] | None) -> None:
+        policy = policy or DEFAULT_RETRY_POLICY
+        errors = tuple(policy.get("retry_errors") or self.transport.connection_errors)
+        sleeps = retry_sleeps(policy) if retry else iter(())
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                if not self.connected:
+                    await self.transport.connect()
+                    self.connected = True
+                await self.transport.publish_many(batch)
+                return
+            except ConveyorError:
+                raise
+            except errors as exc:
+                pause = next(sleeps, None)
+                await self._reset()
+                if pause is None:
+                    raise gave_up(self.url, "publish", exc, attempts) from exc
+                log.warning("publish to %s failed (%s); retrying in %.2fs",
+                            mask_url(self.url), exc, pause)
+                await asyncio.sleep(pause)
+
+
+class _LoopClients:
+    """What one app uses on one event loop: a bounded pool of senders (as
+    ``broker_pool_limit`` bounds the blocking pool) and one backend."""
+
+    def __init__(self, app: Conveyor) -> None:
+        self.app = app
+        self.idle: list[_Sender] = []
+        self.slots = asyncio.Semaphore(max(1, int(app.conf.broker_pool_limit or 1)))
+        self._backend: Any = None
+
+    @contextlib.asynccontextmanager
+    async def sender(self) -> AsyncIterator[_Sender]:
+        async with self.slots:
+            sender = self.idle.pop() if self.idle else _Sender(self.app, self.app.broker_url)
+            try:
+                yield sender
+            finally:
+                self.idle.append(sender)
+
+    @property
+    def backend(self) -> Any:
+        if self._backend is None:
+            self._backend = _twin(self.app, BACKENDS, self.app.backend_url, "result backend")
+        return self._backend
+
+    async def close(self) -> None:
+        senders, self.idle = self.idle, []
+        for sender in senders:
+            if sender.connected:
+                await sender.transport.close()
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            await backend.close()
+
+
+_clients: weakref.WeakKeyDictionary[Conveyor, weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, _LoopClients]] = weakref.WeakKeyDictionary()
+
+
+def clients(app: Conveyor) -> _LoopClients:
+    """The app's async clients on the running loop (made on first use)."""
+    loop = asyncio.get_running_loop()
+    per_loop = _clients.get(app)
+    if per_loop is None:
+        per_loop = _clients[app] = weakref.WeakKeyDictionary()
+    found = per_loop.get(loop)
+    if found is None:
+        found = per_loop[loop] = _LoopClients(app)
+    return found
+
+
+def backend(app: Conveyor) -> Any:
+    """The app's async result backend on the running loop."""
+    return clients(app).backend
+
+
+async def aclose(app: Conveyor) -> None:
+    """Close the app's async connections on the running loop."""
+    per_loop = _clients.get(app)
+    found = per_loop.pop(asyncio.get_running_loop(), None) if per_loop is not None else None
+    if found is not None:
+        await found.close()
+
+
+def _no_publisher(publisher: Any) -> None:
+    if publisher is not None:
+        raise ConfigurationError(
+            "publisher= holds a blocking connection; the asyncio calls (adelay, "
+            "aapply_async, asend_task) publish through the loop's own connections. "
+            "Leave publisher out, or call apply_async.")
+
+
+async def publish(app: Conveyor, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
+                  call: Mapping[str, Any], sig: Mapping[str, Any], task: Any
+                  ) -> AsyncResult[Any]:
+    """:meth:`Conveyor.publish` with the send awaited."""
+    return await deferred(app, lambda: app.publish(name, args, kwargs, call, sig, task))
+
+
+async def deferred(app: Conveyor, build: Callable[[], T]) -> T:
+    """Run a blocking call (a canvas's ``apply_async``) with its publishes held, then
+    send what it built on the running loop; return what it returned.
+
+    So every canvas (chains of groups, chords, …) is sent by its own code, and only
+    the sending is awaited. What such a call writes to the result backend itself (a
+    chord's counter, a chain parked in the backend) is one blocking write, made
+    before anything is sent.
+    """
+    held: list[Any] = []
+    token = HELD.set(held)
+    try:
+        result = build()
+    finally:
+        HELD.reset(token)
+    for run in held:
+        _no_publisher(run.publisher)
+    if held:
+        async with clients(app).sender() as sender:
+            for run in held:
+                await sender.publish_many(run.batch, retry=run.retry, policy=run.policy)
+                app.publishing.published(run.names, run.batch)
+    return result
