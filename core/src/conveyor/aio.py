@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .connection import gave_up, retry_sleeps, scheme_of
 from .exceptions import ConfigurationError, ConveyorError
-from .interfaces import Message, Route
+from .interfaces import Outgoing
 from .plugins import find
 from .result import AsyncResult
 from .settings import DEFAULT_RETRY_POLICY
@@ -74,7 +74,7 @@ class _Sender:
         self.connected = False
         self.transport = _twin(self.app, TRANSPORTS, self.url, "transport")
 
-    async def publish_many(self, batch: Sequence[tuple[Message, Route, float | None]], *,
+    async def publish_many(self, batch: Sequence[Outgoing], *,
                            retry: bool, policy: Mapping[str, Any] | None) -> None:
         policy = policy or DEFAULT_RETRY_POLICY
         errors = tuple(policy.get("retry_errors") or self.transport.connection_errors)

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, cast
 
 import redis
 import redis.asyncio as aioredis
-from conveyor.interfaces import BaseTransport, Capabilities, Message, Route
+from conveyor.interfaces import BackendCapabilities, Capabilities, Outgoing, Route
 
 from .backend import KEY_PREFIX, STORE, _REREAD_EVERY
 from .channel import PublisherMixin
@@ -44,21 +44,22 @@ class _Shaper(PublisherMixin):
         self._next_move = float("inf")  # producers here leave moving to consumers
 
 
-class AsyncRedisTransport(BaseTransport):
+class AsyncRedisTransport:
     """Publishes for the asyncio client; workers consume with :class:`RedisTransport`.
 
     Takes the same ``broker_transport_options`` (checked the same way), so a message
     sent here is byte-for-byte what ``apply_async`` sends.
     """
 
-    scheme = "redis"
+    scheme: ClassVar[str] = "redis"
     capabilities: ClassVar[Capabilities] = RedisTransport.capabilities
     connection_errors = CONNECTION_ERRORS
-    default_options: ClassVar[dict[str, Any]] = RedisTransport.default_options
 
     def __init__(self, url: str = "redis://", app: Any = None) -> None:
-        super().__init__(url, app)
-        o = self.options
+        self.url = url
+        given = dict(app.conf.broker_transport_options) if app is not None else {}
+        self.options = o = RedisTransport.check_options(given)
+        self.connect_timeout = app.conf.broker_connection_timeout if app is not None else None
         self._shaper = _Shaper(url, Layout(o["global_keyprefix"], o["sep"],
                                            o["priority_steps"]))
         self._client: aioredis.Redis | None = None
@@ -73,7 +74,7 @@ class AsyncRedisTransport(BaseTransport):
                 else self.connect_timeout, socket_keepalive=bool(o["socket_keepalive"]),
                 max_connections=o["max_connections"], protocol=2, **(o["ssl"] or {}))
 
-    async def close(self) -> None:  # type: ignore[override]  # the asyncio twin
+    async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -81,8 +82,7 @@ class AsyncRedisTransport(BaseTransport):
     async def declare(self, route: Route) -> None:
         await self.publish_many([])  # bindings are written with the first message
 
-    async def publish_many(  # type: ignore[override]  # the asyncio twin
-            self, batch: Sequence[tuple[Message, Route, float | None]]) -> None:
+    async def publish_many(self, batch: Sequence[Outgoing]) -> None:
         """One MULTI/EXEC: every message is stored, or none and an error."""
         if not batch:
             return
@@ -101,6 +101,8 @@ class AsyncRedisTransport(BaseTransport):
 
 class AsyncRedisBackend:
     """Celery-compatible Redis result backend for the asyncio client."""
+
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities()
 
     def __init__(self, url: str = "redis://", app: Any = None) -> None:
         self.url = url

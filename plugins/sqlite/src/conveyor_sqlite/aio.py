@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, TypeVar
 
-from conveyor.interfaces import Capabilities, Message, Route
+from conveyor.interfaces import BackendCapabilities, Capabilities, Outgoing, Route
 
 from .backend import FIRST_POLL, MAX_POLL, SQLiteBackend
 from .transport import SQLiteTransport
@@ -54,8 +54,7 @@ class AsyncSQLiteTransport:
     async def declare(self, route: Route) -> None:
         await self._io.run(self._sync.declare, route)
 
-    async def publish_many(self, batch: Sequence[tuple[Message, Route, float | None]]
-                           ) -> None:
+    async def publish_many(self, batch: Sequence[Outgoing]) -> None:
         await self._io.run(self._sync.publish_many, batch)
 
     async def close(self) -> None:
@@ -67,6 +66,8 @@ class AsyncSQLiteTransport:
 
 class AsyncSQLiteBackend:
     """Reads and writes results through :class:`SQLiteBackend` on a helper thread."""
+
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities()
 
     def __init__(self, url: str, app: Any = None) -> None:
         self._io = _Helper()

@@ -253,6 +253,5 @@ class AsyncMemoryTransport:
     async def declare(self, route: Route) -> None:
         self._sync.declare(route)
 
-    async def publish_many(self, batch: Sequence[tuple[Message, Route, float | None]]
-                           ) -> None:
+    async def publish_many(self, batch: Sequence[Outgoing]) -> None:
         self._sync.publish_many(batch)
