@@ -257,9 +257,9 @@ def validate(options: dict[str, Any], max_priority: int | None = None) -> None:
         if not 0 <= priority <= 255:
             raise ConfigurationError(f"priority {priority} is outside 0–255.")
         if max_priority is not None and priority > max_priority:
-            raise ConfigurationError(
-                f"priority {priority} is above task_queue_max_priority={max_priority}; "
-                "send 0 to that, or raise the setting.")
+            # As on a RabbitMQ priority queue: above the maximum counts as the maximum,
+            # on every transport (one meaning of priority everywhere).
+            options["priority"] = max_priority
     if options.get("countdown") is not None and options.get("eta") is not None:
         raise ConfigurationError("Give countdown or eta, not both.")
     policy = options.get("retry_policy")

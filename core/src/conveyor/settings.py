@@ -111,9 +111,10 @@ DESCRIPTIONS: dict[str, str] = {
                                 "Unset: the queue name.",
     "task_default_priority": "The priority of a task that sets none "
                              "(0–255, larger runs first; unset: lowest).",
-    "task_queue_max_priority": "The highest priority (an int 1–255) this app may send: "
-                               "a larger one is an error at `apply_async`; brokers that "
-                               "declare priority queues declare them for it.",
+    "task_queue_max_priority": "The highest priority level (an int 1–255): a larger "
+                               "priority counts as this one on every transport, as on "
+                               "a RabbitMQ priority queue, which is declared with it "
+                               "(`x-max-priority`).",
     "task_default_queue_type": "RabbitMQ: 'classic' or 'quorum' (replicated) for the "
                                "default queue, as in Celery.",
     "task_create_missing_queue_type": "RabbitMQ: 'classic' or 'quorum' for every other "
