@@ -111,6 +111,48 @@ class TestRedisTransport(FullTransportContract):
         return redis_contract_url
 
 
+class _KombuBridge(TransportContract, DeadLetterContract, PurgeContract, InspectContract):
+    """The kombu bridge (conveyor-kombu): what it declares on every kombu transport."""
+
+    covers = ("kombu",)
+
+    @pytest.fixture
+    def transport_options(self) -> dict[str, Any]:
+        return {"polling_interval": 0.01}
+
+
+class TestKombuMemoryTransport(_KombuBridge):
+    @pytest.fixture
+    def broker_url(self) -> str:
+        return "kombu+memory://"
+
+
+class TestKombuFilesystemTransport(_KombuBridge):
+    @pytest.fixture
+    def broker_url(self) -> str:
+        return "kombu+filesystem://"
+
+    @pytest.fixture
+    def transport_options(self, tmp_path: Path) -> dict[str, Any]:
+        return {"polling_interval": 0.01, "data_folder_in": str(tmp_path),
+                "data_folder_out": str(tmp_path), "control_folder": str(tmp_path)}
+
+    def test_a_batch_arrives_whole_and_in_order(self, transport: Any, queue: str) -> None:
+        """kombu names each message file by the millisecond it was written (and a
+        random id), so messages written within one millisecond come in any order:
+        the whole batch arrives, ordered only to the millisecond."""
+        self.send(transport, queue, *(self.message(n) for n in range(25)))
+        assert sorted(self.ids(self.drain(transport, queue, 25))) == list(range(25))
+
+
+class TestKombuRedisTransport(_KombuBridge, PriorityContract):
+    """kombu's Redis transport orders by priority, so the bridge declares it there."""
+
+    @pytest.fixture
+    def broker_url(self, redis_contract_url: str) -> str:
+        return "kombu+" + redis_contract_url
+
+
 class TestMemoryBackend(BackendContract, JoinContract):
     covers = ("memory",)
 
