@@ -297,6 +297,8 @@ def cmd_plugins(_app: Conveyor | None, _ns: argparse.Namespace) -> int:
             print(f"{group}:")
         status = "ok" if row.ok else f"FAILS: {row.error}"
         print(f"  {row.info.name:<{width}}  {row.info.distribution} {row.info.version}  {status}")
+        for note in row.notes:
+            print(f"  {'':<{width}}    {note}")
     if missing:
         print(f"None installed in {', '.join(missing)}. {bare_core_hint()}")
     return 0

@@ -252,6 +252,9 @@ class PluginStatus:
     info: PluginInfo
     ok: bool
     error: str | None
+    #: Lines the plugin adds about itself (its factory's optional ``plugin_notes()``),
+    #: e.g. what a bridge does on each backend it was tested on.
+    notes: tuple[str, ...] = ()
 
 
 def describe() -> list[PluginStatus]:
@@ -271,5 +274,7 @@ def describe() -> list[PluginStatus]:
                 text = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
                 rows.append(PluginStatus(info, False, " ".join(text.split())))
             else:
-                rows.append(PluginStatus(info, True, None))
+                notes = getattr(target, "plugin_notes", None)
+                rows.append(PluginStatus(info, True, None,
+                                         tuple(notes()) if callable(notes) else ()))
     return rows

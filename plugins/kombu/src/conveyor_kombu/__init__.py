@@ -6,6 +6,6 @@ kombu's Connection, Producer and Consumer, so every broker kombu speaks is a Con
 broker without a Conveyor transport of its own.
 """
 
-from .transport import KombuTransport, bridge
+from .transport import KombuTransport, PriorityKombuTransport
 
-__all__ = ["KombuTransport", "bridge"]
+__all__ = ["KombuTransport", "PriorityKombuTransport"]

@@ -39,7 +39,7 @@ from conveyor.interfaces import (
 )
 from conveyor.utils import did_you_mean, mask_url
 
-from . import options
+from . import features, options
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -91,14 +91,6 @@ def orders_by_priority(transport_cls: type) -> bool:
     return transport_cls.__module__ == "kombu.transport.redis"
 
 
-def bridge(url: str, app: Conveyor | None = None) -> KombuTransport:
-    """The entry point's factory: the bridge class whose capabilities fit the kombu
-    transport the URL names (capabilities are per class, read before connecting)."""
-    _name, transport_cls = kombu_transport(kombu_url(url))
-    cls = PriorityKombuTransport if orders_by_priority(transport_cls) else KombuTransport
-    return cls(url, app)
-
-
 class KombuTransport:
     """A Conveyor :class:`~conveyor.interfaces.Transport` over one kombu connection.
 
@@ -109,6 +101,20 @@ class KombuTransport:
     scheme: ClassVar[str] = "kombu"
     capabilities: ClassVar[Capabilities] = Capabilities(dead_letters=True, purge=True,
                                                         inspect=True)
+
+    def __new__(cls, url: str, app: Conveyor | None = None) -> KombuTransport:
+        """The bridge class whose capabilities fit the kombu transport the URL names
+        (capabilities are per class: the core reads them before connecting)."""
+        if cls is KombuTransport:
+            _name, transport_cls = kombu_transport(kombu_url(url))
+            if orders_by_priority(transport_cls):
+                cls = PriorityKombuTransport
+        return super().__new__(cls)
+
+    @staticmethod
+    def plugin_notes() -> list[str]:
+        """What ``conveyor plugins`` prints under the plugin: the tested features."""
+        return features.notes()
 
     def __init__(self, url: str, app: Conveyor | None = None) -> None:
         self.url = url

@@ -1,0 +1,64 @@
+"""A Celery 5.7 worker and a Conveyor worker on one kombu Redis queue: each runs what
+the other side's client sends, and each reads the results the other wrote.
+
+Celery is a test-only dependency; the bridge never imports it.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+from kombu_lab import Lab
+from processes import Proc
+
+celery = pytest.importorskip("celery")
+
+CELERY_APP = '''
+import os
+from celery import Celery
+
+app = Celery("kombu-interop", broker=os.environ["C_BROKER"], backend=os.environ["C_BACKEND"])
+app.conf.update(worker_prefetch_multiplier=1, broker_connection_retry_on_startup=True,
+                worker_hijack_root_logger=False)
+
+
+@app.task(name="k.add")
+def add(x, y):
+    return x + y
+'''
+
+
+def celery_worker(lab: Lab) -> Proc:
+    (lab.path / "celery_kombu.py").write_text(textwrap.dedent(CELERY_APP))
+    proc = Proc([sys.executable, "-m", "celery", "-A", "celery_kombu", "worker", "-P", "solo",
+                 "-c", "1", "-Q", lab.queue, "-l", "INFO", "--without-gossip",
+                 "--without-mingle", "--without-heartbeat", "-n", f"{lab.queue}@%h"],
+                lab.path, env={"C_BROKER": lab.broker.removeprefix("kombu+"),
+                               "C_BACKEND": lab.backend})
+    proc.wait_output("ready.", 40)
+    return proc
+
+
+@pytest.mark.parametrize("lab", ["redis"], indirect=True)
+def test_celery_worker_runs_what_conveyor_sends_through_the_bridge(lab: Lab) -> None:
+    app = lab.app()
+    with celery_worker(lab):
+        assert app.send_task("k.add", (2, 3), queue=lab.queue).get(timeout=20) == 5
+        later = app.send_task("k.add", (4, 4), queue=lab.queue, countdown=1.0)
+        assert later.get(timeout=20) == 8
+
+
+@pytest.mark.parametrize("lab", ["redis"], indirect=True)
+def test_conveyor_worker_runs_what_a_celery_client_sends(lab: Lab) -> None:
+    client = celery.Celery("kombu-client", broker=lab.broker.removeprefix("kombu+"),
+                           backend=lab.backend)
+    try:
+        with lab.process("-c", "1", "-P", "solo"):
+            result = client.send_task("k.add", (20, 22), queue=lab.queue)
+            assert result.get(timeout=20) == 42
+            later = client.send_task("k.add", (1, 2), queue=lab.queue, countdown=1)
+            assert later.get(timeout=20) == 3
+    finally:
+        client.close()
