@@ -35,7 +35,7 @@ from kombu.message import Message as KombuMessage
 
 from conveyor.exceptions import ConfigurationError
 from conveyor.interfaces import (
-    Capabilities, DeadLetter, Delivery, Message, Outgoing, Route,
+    Binding, Capabilities, DeadLetter, Delivery, Message, Outgoing, Route,
 )
 from conveyor.utils import did_you_mean, mask_url
 
@@ -135,7 +135,8 @@ class KombuTransport:
         self._buffer: list[tuple[str, KombuMessage]] = []
         #: Deliveries handed out and not settled yet, by their kombu delivery tag.
         self._held: dict[Any, KombuMessage] = {}
-        self._declared: set[Route] = set()
+        #: (queue, exchange, routing key) declared on this connection.
+        self._declared: set[tuple[str, str, str]] = set()
 
     # ------------------------------------------------------------------ connection
     def connect(self) -> None:
@@ -163,26 +164,48 @@ class KombuTransport:
 
     # ------------------------------------------------------------------ publishing
     def declare(self, route: Route) -> None:
-        """The queue, its exchange and binding, declared as Celery declares them
-        (a direct exchange named as given, the routing key bound to the queue)."""
-        if route not in self._declared:
-            self._queue(route)(self._channel).declare()
-            self._declared.add(route)
+        """The queue, bound to its own direct exchange (named like the queue) as
+        Celery's automatic queues are (``Route.own_binding``)."""
+        own = route.own_binding()
+        self._declare(Queue(route.queue, Exchange(route.queue, type="direct"),
+                            routing_key=own.routing_key))
 
-    @staticmethod
-    def _queue(route: Route) -> Queue:
-        if not route.exchange:
-            return Queue(route.queue, routing_key=route.queue)
-        return Queue(route.queue, Exchange(route.exchange, type="direct"),
-                     routing_key=route.key)
+    def _declare(self, queue: Queue) -> None:
+        key = (queue.name, queue.exchange.name, queue.routing_key)
+        if key not in self._declared:
+            queue(self._channel).declare()
+            self._declared.add(key)
 
     def publish_many(self, batch: Sequence[Outgoing]) -> None:
         """One kombu publish per message (kombu has no batch publish); ``due`` is
-        always None (no ``delays`` capability)."""
-        if self._producer is None:
-            self._producer = Producer(self._channel)
+        always None (no ``delays`` capability).
+
+        A message on a named exchange goes to the queues its bindings name
+        (``Route.destinations``, read from kombu's binding table), or to its route's
+        queue when none matches, never dropped; a kombu transport without a table
+        the bridge can read (AMQP) routes it broker-side."""
         for message, route, _due in batch:
-            self._send(message, route.exchange, route.key, message.headers)
+            if not route.routed:
+                self._send(message, "", route.queue, message.headers)
+                continue
+            bindings = self._bindings(route.exchange)
+            if bindings is None:
+                self._send(message, route.exchange, route.key, message.headers)
+                continue
+            for queue in route.destinations(bindings):
+                self._send(message, "", queue, message.headers)
+
+    def _bindings(self, exchange: str) -> list[Binding] | None:
+        """The binding table of ``exchange`` on kombu's virtual transports (memory,
+        filesystem, Redis, SQS, …), [] when it has none; None elsewhere."""
+        get_table = getattr(self._channel, "get_table", None)
+        if get_table is None:
+            return None
+        try:
+            return [Binding(str(key), str(pattern or ""), str(queue))
+                    for key, pattern, queue in get_table(exchange)]
+        except (KeyError, OSError, InconsistencyError):  # nothing bound yet
+            return []
 
     def _send(self, message: Message, exchange: str, routing_key: str,
               headers: dict[str, Any]) -> None:
@@ -261,7 +284,8 @@ class KombuTransport:
     def _consumer_of(self, queue: str) -> Consumer:
         def arrived(raw: KombuMessage) -> None:
             self._buffer.append((queue, raw))
-        consumer = Consumer(self._channel, [self._queue(Route(queue))],
+        self.declare(Route(queue))
+        consumer = Consumer(self._channel, [Queue(queue, no_declare=True)],
                             on_message=arrived, no_ack=False)
         consumer.consume()
         return consumer
@@ -316,7 +340,7 @@ class KombuTransport:
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Into ``<queue>.dead`` with why, then acked (publish first: never lost)."""
         dead = f"{delivery.queue}{DEAD_SUFFIX}"
-        self.declare(Route(dead, DEAD_EXCHANGE.name))
+        self._declare_dead(dead)
         self._republish(delivery, dead, {DEAD: {"id": uuid.uuid4().hex, "queue": delivery.queue,
                                                 "reason": reason, "time": time.time()}})
 
@@ -343,7 +367,7 @@ class KombuTransport:
         read: list[DeadLetter] = []
         taken: list[DeadLetter] = []
         for name in self._dead_queues(queue):
-            self.declare(Route(name, DEAD_EXCHANGE.name))
+            self._declare_dead(name)
             drained: list[KombuMessage] = []
             while (raw := self._channel.basic_get(name, no_ack=False)) is not None:
                 drained.append(raw)
@@ -362,14 +386,12 @@ class KombuTransport:
         :data:`DEAD_EXCHANGE` when None, on transports that keep one)."""
         if queue is not None:
             return [queue + DEAD_SUFFIX]
-        names = {r.queue for r in self._declared if r.exchange == DEAD_EXCHANGE.name}
-        get_table = getattr(self._channel, "get_table", None)
-        if get_table is not None:
-            try:
-                names.update(str(row[2]) for row in get_table(DEAD_EXCHANGE.name))
-            except (KeyError, OSError, InconsistencyError):  # no dead letter yet
-                pass
+        names = {q for q, exchange, _key in self._declared if exchange == DEAD_EXCHANGE.name}
+        names.update(b.queue for b in self._bindings(DEAD_EXCHANGE.name) or ())
         return sorted(names)
+
+    def _declare_dead(self, name: str) -> None:
+        self._declare(Queue(name, DEAD_EXCHANGE, routing_key=name))
 
     def _dead_letter_of(self, raw: KombuMessage, dead_queue: str) -> DeadLetter:
         headers = dict(raw.headers or {})
