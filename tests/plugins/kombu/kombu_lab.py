@@ -21,7 +21,7 @@ from types import ModuleType
 from typing import Any
 
 from processes import Proc
-from redis_dbs import HOST, PORT, flush_dbs
+from redis_dbs import flush_dbs
 
 from conveyor import Conveyor
 
@@ -146,4 +146,4 @@ def make_lab(kind: str, tmp_path: Path) -> Lab:
                 "unacked_restore_throttle": 1}, tmp_path)
 
 
-__all__ = ["HOST", "PORT", "TRANSPORTS", "Lab", "make_lab"]
+__all__ = ["CONVEYOR_BIN", "TRANSPORTS", "Lab", "make_lab"]

@@ -3,10 +3,12 @@ filesystem and Redis with real ``conveyor worker`` processes)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 
 import pytest
-from kombu_lab import Lab
+from kombu_lab import CONVEYOR_BIN, Lab
 from processes import wait_for
 
 from conveyor.canvas import signature
@@ -104,3 +106,36 @@ def test_acks_late_task_of_a_killed_worker_is_redelivered_on_redis(lab: Lab) -> 
     with lab.process("-c", "1", "-P", "solo"):
         assert result.get(timeout=30) == "done"
     assert len(marker.read_text().split()) == 2
+
+
+@pytest.mark.parametrize("lab", ["filesystem", "redis"], indirect=True)
+def test_conveyor_dead_commands_work_on_the_bridge(lab: Lab) -> None:
+    """``conveyor dead list/requeue/purge`` from another process, no -Q needed: the
+    dead-letter queues are found through kombu's binding table."""
+    app = lab.app()
+    transport = app.transport_factory()
+    result = app.send_task("k.add", (1, 1), queue=lab.queue)
+    (d,) = transport.fetch([lab.queue], limit=1, timeout=5)
+    transport.dead_letter(d, "ValueError: by hand")
+    transport.close()
+
+    def dead(*args: str) -> str:
+        out = subprocess.run([CONVEYOR_BIN, "-A", "k_tasks", "dead", *args], cwd=lab.path,
+                             env={**os.environ, **lab.env}, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.stdout
+
+    listed = dead("list")
+    assert result.id in listed and "ValueError: by hand" in listed and lab.queue in listed
+    assert "requeued 1 message(s)" in dead("requeue", result.id)
+    assert result.id not in dead("list")
+    again = app.transport_factory()
+    try:
+        (back,) = again.fetch([lab.queue], limit=1, timeout=5)
+        assert back.message.task_id == result.id
+        again.dead_letter(back, "again")
+    finally:
+        again.close()
+    assert "purged 1 dead letter(s)" in dead("purge", "-f")
+    assert dead("list") == ""
