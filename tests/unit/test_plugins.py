@@ -35,9 +35,9 @@ def test_misspelt_name_gets_did_you_mean_and_the_installed_list() -> None:
 
 
 def test_install_hints_name_only_extras_that_exist() -> None:
-    # No extra provides a kombu transport (yet): no hint, never a fake extra.
+    # No extra provides a nats transport: no hint, never a fake extra.
     with pytest.raises(PluginError) as info:
-        load("conveyor.transports", "kombu")
+        load("conveyor.transports", "nats")
     assert "pip install" not in str(info.value), str(info.value)
 
 
