@@ -222,6 +222,11 @@ COMMANDS: dict[str, Callable[[Printed, Ctx], None]] = {
     "conveyor -A proj purge -Q celery -f": in_proj(lambda out: "celery: purged" in out),
     "conveyor -A proj dead requeue --all -Q celery": in_proj(
         lambda out: out.strip() == "requeued 0 message(s)"),
+    "conveyor -A proj inspect queues --json": in_proj(
+        lambda out: json.loads(out)["queue"] == "celery"),
+    "conveyor -A proj inspect queues -Q celery,priority.high": in_proj(
+        lambda out: [line.split()[:2] for line in out.splitlines()]
+        == [["queue", "ready"], ["celery", "0"], ["priority.high", "0"]]),
     "conveyor demo": in_proj(lambda out: "examples behaved" in out and "FAIL" not in out),
 }
 #: Files whose commands make one sequence, run together by one handler.

@@ -14,7 +14,9 @@ from typing import Any, cast
 from . import __version__
 from .app import Conveyor
 from .exceptions import ConveyorError
-from .interfaces import DeadLetter, DeadLetterTransport, PurgeTransport, require
+from .interfaces import (
+    DeadLetter, DeadLetterTransport, InspectTransport, PurgeTransport, QueueStats, require,
+)
 
 EXAMPLES = """\
 examples:
@@ -24,6 +26,7 @@ examples:
   conveyor -A proj purge -Q celery -f
   conveyor -A proj dead list --json        # messages the worker could not handle
   conveyor -A proj dead requeue --all -Q celery
+  conveyor -A proj inspect queues --json  # waiting, delayed, leased, dead per queue
   conveyor plugins                         # every installed plugin and whether it loads
   conveyor demo                            # worker + client on the embedded SQLite default
 """
@@ -133,6 +136,14 @@ def _parser() -> argparse.ArgumentParser:
     dp = dsub.add_parser("purge", parents=[level], help="delete dead letters")
     dp.add_argument("-Q", "--queue")
     dp.add_argument("-f", "--force", action="store_true", help="do not ask")
+
+    i = sub.add_parser("inspect", parents=[level], help="look at queues")
+    isub = i.add_subparsers(dest="inspect_command", metavar="what", required=True)
+    iq = isub.add_parser("queues", parents=[level],
+                         help="per queue: waiting by priority, delayed and next due, "
+                              "leased, dead letters, age of the oldest waiting")
+    iq.add_argument("-Q", "--queues", help="comma-separated (default: the default queue)")
+    iq.add_argument("--json", action="store_true", help="one JSON object per line")
 
     sub.add_parser("plugins", parents=[level],
                    help="list installed plugins and whether they load")
@@ -256,14 +267,62 @@ def cmd_dead(app: Conveyor, ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(app: Conveyor, ns: argparse.Namespace) -> int:
+    queues = _queues(app, ns.queues)
+    found = app.transport_factory()
+    require(found, "inspect", "conveyor inspect queues")
+    transport = cast(InspectTransport, found)
+    transport.connect()
+    try:
+        rows = [_stats_row(transport.stats(q)) for q in queues]
+    finally:
+        transport.close()
+    if ns.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    table = [STATS_FIELDS, *([_cell(row[k]) for k in STATS_FIELDS] for row in rows)]
+    widths = [max(len(line[n]) for line in table) for n in range(len(STATS_FIELDS))]
+    for line in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+    return 0
+
+
+#: The fields of ``inspect queues``, in the order of its columns and JSON keys.
+STATS_FIELDS = ("queue", "ready", "waiting", "delayed", "next_due", "leased", "dead",
+                "oldest_age")
+
+
+def _stats_row(stats: QueueStats) -> dict[str, Any]:
+    due = stats.next_due
+    age = stats.oldest_age
+    return {"queue": stats.queue, "ready": stats.ready,
+            "waiting": {str(p): n for p, n in sorted(stats.waiting.items(), reverse=True)},
+            "delayed": stats.delayed,
+            "next_due": None if due is None else _utc(due),
+            "leased": stats.leased, "dead": stats.dead,
+            "oldest_age": None if age is None else round(age, 3)}
+
+
+def _cell(value: Any) -> str:
+    """A table cell: ``-`` for nothing, ``priority:count`` pairs for ``waiting``."""
+    if isinstance(value, dict):
+        return ",".join(f"{p}:{n}" for p, n in value.items()) or "-"
+    return "-" if value is None else str(value)
+
+
+def _utc(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+
+
 #: The fields of ``dead list``, in the order of its columns and JSON keys.
 DEAD_FIELDS = ("id", "task_id", "task", "queue", "time", "reason")
 
 
 def _dead_row(dl: DeadLetter) -> dict[str, Any]:
     headers = dl.message.headers if isinstance(dl.message.headers, dict) else {}
-    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(dl.time))
-    values = (dl.id, headers.get("id"), headers.get("task"), dl.queue, when, dl.reason)
+    values = (dl.id, headers.get("id"), headers.get("task"), dl.queue, _utc(dl.time),
+              dl.reason)
     return dict(zip(DEAD_FIELDS, values))
 
 
@@ -318,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(keep=ns.keep)
         app = load_app(ns.app)
         handler = {"worker": cmd_worker, "call": cmd_call, "result": cmd_result,
-                   "purge": cmd_purge, "dead": cmd_dead}[ns.command]
+                   "purge": cmd_purge, "dead": cmd_dead,
+                   "inspect": cmd_inspect}[ns.command]
         return handler(app, ns)
     except ConveyorError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -191,7 +191,7 @@ class Capabilities:
     priorities: bool = False
     #: :class:`PurgeTransport`: ``purge(queue)`` (``conveyor purge``).
     purge: bool = False
-    #: :class:`InspectTransport`: ``depth(queue)``.
+    #: :class:`InspectTransport`: ``depth(queue)`` and ``stats(queue)``.
     inspect: bool = False
     #: :class:`AbandonTransport`: ``abandon()`` drops a broken connection without
     #: giving running deliveries back (the worker calls it when it reconnects;
@@ -235,6 +235,37 @@ class DeadLetter:
     reason: str
     time: float
     message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """What one queue holds, by state (``conveyor inspect queues``).
+
+    Operators watch these to see congestion before countdown and ETA tasks run late:
+    a growing ``ready`` count or ``oldest_age`` means the workers do not keep up.
+    """
+
+    queue: str
+    #: Messages deliverable now, by priority (Conveyor's meaning, ``None`` counted
+    #: as 0). A broker that groups priorities in steps keys each step by the lowest
+    #: priority it holds.
+    waiting: Mapping[int, int]
+    #: Messages parked broker-side until they are due (countdown/ETA), and the
+    #: earliest due time (unix time) among them.
+    delayed: int
+    next_due: float | None
+    #: Messages delivered to a consumer and not yet settled.
+    leased: int
+    #: Dead letters kept for this queue.
+    dead: int
+    #: Seconds the longest-waiting deliverable message has waited; ``None`` when
+    #: nothing waits or the broker keeps no arrival time.
+    oldest_age: float | None
+
+    @property
+    def ready(self) -> int:
+        """Every message deliverable now, whatever its priority."""
+        return sum(self.waiting.values())
 
 
 # --------------------------------------------------------------------------- codecs
@@ -394,6 +425,9 @@ class InspectTransport(Transport, Protocol):
     def depth(self, queue: str) -> int:
         """How many messages of ``queue`` could be delivered now (parked delayed
         ones and leased ones excluded)."""
+
+    def stats(self, queue: str) -> QueueStats:
+        """What ``queue`` holds, by state; ``stats(q).ready == depth(q)``."""
 
 
 @runtime_checkable
@@ -701,6 +735,8 @@ class AsyncInspectTransport(AsyncTransport, Protocol):
 
     async def depth(self, queue: str) -> int: ...
 
+    async def stats(self, queue: str) -> QueueStats: ...
+
 
 @runtime_checkable
 class AsyncAbandonTransport(AsyncTransport, Protocol):
@@ -746,8 +782,8 @@ class AsyncJoinBackend(AsyncBackend, Protocol):
 
 __all__ = [
     "COMMON_OPTIONS", "LEASE", "CHANNEL", "CAPABILITY_PROTOCOLS", "Message", "Route", "Binding",
-    "Delivery", "Outgoing", "Capabilities", "BackendCapabilities", "DeadLetter", "Join",
-    "Serializer", "Compressor", "Transport", "DelayTransport", "LeaseTransport",
+    "Delivery", "Outgoing", "Capabilities", "BackendCapabilities", "DeadLetter", "QueueStats",
+    "Join", "Serializer", "Compressor", "Transport", "DelayTransport", "LeaseTransport",
     "DeadLetterTransport", "PurgeTransport", "InspectTransport", "AbandonTransport",
     "BaseTransport", "Backend", "JoinBackend", "GroupBackend", "ReplyBackend", "Router",
     "AsyncTransport",

@@ -373,6 +373,34 @@ class InspectContract(_TransportKit):
         transport.ack(transport.fetch([queue], limit=5, timeout=2))
         assert inspect.depth(queue) == 20
 
+    def test_stats_count_each_state(self, transport: Transport, queue: str) -> None:
+        """Waiting by priority, leased, parked with its due time, dead letters."""
+        inspect = cast(InspectTransport, transport)
+        empty = inspect.stats(queue)
+        assert (empty.queue, empty.ready, empty.delayed, empty.leased, empty.dead,
+                empty.next_due, empty.oldest_age) == (queue, 0, 0, 0, 0, None, None)
+        caps = transport.capabilities
+        urgent = 9 if caps.priorities else None
+        self.send(transport, queue, *(self.message(n) for n in range(4)))
+        self.send(transport, queue, self.message(9, priority=urgent))
+        due = time.time() + 3600
+        if caps.delays:
+            self.send(transport, queue, self.message(10), self.message(11), due=due)
+        held = transport.fetch([queue], limit=2, timeout=2)
+        if caps.dead_letters:
+            cast(DeadLetterTransport, transport).dead_letter(held.pop(), "broken")
+        stats = inspect.stats(queue)
+        assert stats.ready == inspect.depth(queue) == 3
+        if caps.priorities:  # the urgent one went first; plain ones wait at the lowest
+            assert stats.waiting == {0: 3}
+        assert stats.leased == len(held)
+        assert stats.dead == (1 if caps.dead_letters else 0)
+        if caps.delays:
+            assert stats.delayed == 2 and stats.next_due == pytest.approx(due, abs=1)
+        assert stats.oldest_age is None or 0 <= stats.oldest_age < 60
+        transport.ack(held)
+        assert inspect.stats(queue).leased == 0
+
 
 class AbandonContract(_TransportKit):
     """``Capabilities.abandon``: dropping a broken connection gives nothing back."""

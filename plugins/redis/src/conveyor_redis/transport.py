@@ -32,10 +32,11 @@ from typing import Any, ClassVar, TypeVar
 import redis
 from conveyor.exceptions import ConfigurationError
 from conveyor.interfaces import (
-    LEASE, BaseTransport, Capabilities, DeadLetter, Delivery, Route,
+    LEASE, BaseTransport, Capabilities, DeadLetter, Delivery, QueueStats, Route,
 )
 
 from . import deadletter, delay, lease
+from .stats import read as read_stats
 from .channel import PublisherMixin, check
 from .connection import Backoff, Line, client_for
 from .consumer import ConsumerMixin, Lease, _Poll
@@ -264,6 +265,10 @@ class RedisTransport(PublisherMixin, ConsumerMixin, BaseTransport):
         with translate(self.url, f"measuring queue {queue!r}"):
             return sum(check(self.line.pipeline([("LLEN", k)
                                                   for k in self.layout.lists(queue)])))
+
+    def stats(self, queue: str) -> QueueStats:
+        with translate(self.url, f"reading the statistics of queue {queue!r}"):
+            return read_stats(self.client, self.layout, queue)
 
 
 class SecureRedisTransport(RedisTransport):

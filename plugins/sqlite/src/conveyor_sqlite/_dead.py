@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from conveyor.interfaces import DeadLetter
 
 from ._db import transaction
-from ._schema import MESSAGE_COLUMNS, READY, message_from, priority_of
+from ._schema import MESSAGE_COLUMNS, NOW, READY, message_from, priority_of
 
 _INSERT_DEAD = (f"INSERT INTO conveyor_dead_letters (queue, reason, time, "
                 f"{MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _INSERT_READY = (f"INSERT INTO conveyor_messages (queue, priority, state, due, "
-                 f"{MESSAGE_COLUMNS}) VALUES (?, ?, {READY}, 0, ?, ?, ?, ?, ?, ?, ?)")
+                 f"{MESSAGE_COLUMNS}) VALUES (?, ?, {READY}, {NOW}, ?, ?, ?, ?, ?, ?, ?)")
 
 
 def bury(conn: sqlite3.Connection, msg_id: int, lease: int, reason: str) -> bool:

@@ -7,8 +7,9 @@ body:
 ====  =======  ==============================================================
 state name     ``due`` means
 ====  =======  ==============================================================
-0     ready    unused; served by ``(queue, priority DESC, id)`` — higher first,
-               FIFO within a priority (``id`` grows with every insert)
+0     ready    when it became ready (the age ``stats`` reports); served by
+               ``(queue, priority DESC, id)`` — higher first, FIFO within a
+               priority (``id`` grows with every insert)
 1     leased   when the lease ends; then it is ready again (visibility timeout)
 2     parked   when a delayed message becomes ready (countdown/eta)
 ====  =======  ==============================================================
@@ -36,6 +37,9 @@ from typing import Any, NamedTuple
 from conveyor.interfaces import Message, Route
 
 READY, LEASED, PARKED = 0, 1, 2
+
+#: The current unix time in SQL (``unixepoch('subsec')`` needs SQLite 3.42).
+NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
 SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS conveyor_messages (

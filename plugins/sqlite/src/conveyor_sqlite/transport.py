@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from conveyor.exceptions import ConfigurationError
 from conveyor.interfaces import (
     LEASE, BaseTransport, Binding, Capabilities, DeadLetter, Delivery, Message, Outgoing,
-    Route,
+    QueueStats, Route,
 )
 
 from . import _dead
 from ._db import ForkSafe, Notifier, database_path, mapped_errors, open_connection, transaction
 from ._schema import (
-    LEASED, MESSAGE_COLUMNS, PARKED, READY, SCHEMA, Queries, message_columns,
+    LEASED, MESSAGE_COLUMNS, NOW, PARKED, READY, SCHEMA, Queries, message_columns,
     message_from, priority_of, queries_for,
 )
 
@@ -50,10 +50,10 @@ _OURS = f"id = ? AND (lease = ? OR state = {READY})"
 _ACK = f"DELETE FROM conveyor_messages WHERE {_OURS}"
 _DEFER = (f"UPDATE conveyor_messages SET state = {PARKED}, due = ?, lease = NULL, "
           f"deliveries = max(deliveries - 1, 0) WHERE {_OURS}")
-_REQUEUE = (f"UPDATE conveyor_messages SET state = {READY}, lease = NULL, "
+_REQUEUE = (f"UPDATE conveyor_messages SET state = {READY}, lease = NULL, due = {NOW}, "
             f"deliveries = max(deliveries - 1, 0) WHERE id = ? AND lease = ? "
             f"AND state = {LEASED}")
-_RELEASE = (f"UPDATE conveyor_messages SET state = {READY}, lease = NULL "
+_RELEASE = (f"UPDATE conveyor_messages SET state = {READY}, lease = NULL, due = {NOW} "
             f"WHERE id = ? AND lease = ? AND state = {LEASED}")
 _EXTEND = (f"UPDATE conveyor_messages SET due = ? "
            f"WHERE id = ? AND lease = ? AND state = {LEASED}")
@@ -150,7 +150,7 @@ class SQLiteTransport(BaseTransport):
              queue: str) -> tuple[Any, ...]:
         parked = due is not None and due > now
         return (queue, priority_of(message), PARKED if parked else READY,
-                due if parked else 0.0, *message_columns(message, route))
+                due if parked else now, *message_columns(message, route))
 
     def publish(self, message: Message, route: Route, *, due: float | None = None) -> None:
         if route.routed:
@@ -334,6 +334,33 @@ class SQLiteTransport(BaseTransport):
                 f"state != {READY} AND queue = ? AND due <= ?)",
                 (queue, queue, time.time())).fetchone()
         return int(row[0])
+
+
+    def stats(self, queue: str) -> QueueStats:
+        """Counts by state in one read; parked or leased rows now due count as ready,
+        as :meth:`depth` counts them."""
+        conn = self._conn()
+        now = time.time()
+        with self._errors("stats"):
+            rows = conn.execute(
+                f"SELECT CASE WHEN state = {READY} OR due <= :now THEN priority END, "
+                "state, count(*), min(due) FROM conveyor_messages WHERE queue = :q "
+                "GROUP BY 1, 2", {"q": queue, "now": now}).fetchall()
+            dead = conn.execute("SELECT count(*) FROM conveyor_dead_letters "
+                                "WHERE queue = ?", (queue,)).fetchone()[0]
+        waiting: dict[int, int] = {}
+        delayed = leased = 0
+        next_due = since = None
+        for priority, state, count, first in rows:
+            if priority is not None:
+                waiting[priority] = waiting.get(priority, 0) + count
+                since = first if since is None else min(since, first)
+            elif state == PARKED:
+                delayed, next_due = count, first
+            else:
+                leased = count
+        return QueueStats(queue, waiting, delayed, next_due, leased, int(dead),
+                          max(now - since, 0.0) if since is not None else None)
 
 
 def _positive(options: dict[str, Any], key: str) -> float:

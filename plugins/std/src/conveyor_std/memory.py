@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from conveyor.interfaces import (
     LEASE, BaseTransport, Binding, Capabilities, DeadLetter, Delivery, Message, Outgoing,
-    Route,
+    QueueStats, Route,
 )
 
 
@@ -31,6 +31,8 @@ class _Entry:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     exchange: str = ""
     routing_key: str = ""
+    #: When it last became deliverable (unix time): the age ``stats`` reports.
+    ready_at: float = 0.0
 
 
 class _Broker:
@@ -48,6 +50,7 @@ class _Broker:
 
     def push(self, entry: _Entry) -> None:
         level = entry.message.properties.get("priority") or 0
+        entry.ready_at = time.time()
         heapq.heappush(self.queues.setdefault(entry.queue, []),
                        (-level, next(self.seq), entry))
         self.cond.notify_all()
@@ -230,6 +233,22 @@ class MemoryTransport(BaseTransport):
     def depth(self, queue: str) -> int:
         with self._broker.cond:
             return len(self._broker.queues.get(queue, []))
+
+    def stats(self, queue: str) -> QueueStats:
+        b = self._broker
+        now = time.time()
+        with b.cond:
+            b.tick(self._lease)
+            heap = b.queues.get(queue, [])
+            waiting: dict[int, int] = {}
+            for level, _, _entry in heap:
+                waiting[-level] = waiting.get(-level, 0) + 1
+            parked = [due for due, _, e in b.delayed if e.queue == queue]
+            return QueueStats(
+                queue, waiting, len(parked), min(parked, default=None),
+                sum(1 for e, _ in b.unacked.values() if e.queue == queue),
+                sum(1 for d in b.dead if d.queue == queue),
+                now - min(e.ready_at for _, _, e in heap) if heap else None)
 
 
 class AsyncMemoryTransport:
