@@ -254,8 +254,9 @@ class QueueStats:
     #: earliest due time (unix time) among them.
     delayed: int
     next_due: float | None
-    #: Messages delivered to a consumer and not yet settled.
-    leased: int
+    #: Messages delivered to a consumer and not yet settled; ``None`` when the
+    #: broker does not say (a channel-bound delivery seen only by its channel).
+    leased: int | None
     #: Dead letters kept for this queue.
     dead: int
     #: Seconds the longest-waiting deliverable message has waited; ``None`` when

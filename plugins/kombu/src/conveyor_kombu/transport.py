@@ -35,7 +35,7 @@ from kombu.message import Message as KombuMessage
 
 from conveyor.exceptions import ConfigurationError
 from conveyor.interfaces import (
-    Binding, Capabilities, DeadLetter, Delivery, Message, Outgoing, Route,
+    Binding, Capabilities, DeadLetter, Delivery, Message, Outgoing, QueueStats, Route,
 )
 from conveyor.utils import did_you_mean, mask_url
 
@@ -412,6 +412,16 @@ class KombuTransport:
     def depth(self, queue: str) -> int:
         self.declare(Route(queue))
         return int(self._channel.queue_declare(queue).message_count)
+
+    def stats(self, queue: str) -> QueueStats:
+        """kombu counts a queue only as a whole: every waiting message is counted
+        under priority 0, and what a consumer holds unacked is not visible (``None``)."""
+        waiting = self.depth(queue)
+        dead = self._dead_queues(queue)[0]
+        self._declare_dead(dead)
+        dead_count = int(self._channel.queue_declare(dead).message_count)
+        return QueueStats(queue, {0: waiting} if waiting else {}, 0, None, None,
+                          dead_count, None)
 
 
 class PriorityKombuTransport(KombuTransport):
