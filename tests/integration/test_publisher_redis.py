@@ -7,10 +7,7 @@ A small TCP proxy in front of Redis stands in for a broker that goes away.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +16,7 @@ import pytest
 
 from conveyor import Conveyor, group
 from conveyor.exceptions import OperationalError
+from conveyor_pytest.proxy import TcpProxy
 from redis_dbs import flush_dbs
 
 HOST, PORT, DB = "127.0.0.1", int(os.environ.get("CONVEYOR_TEST_REDIS_PORT", "6379")), 15
@@ -68,44 +66,6 @@ def depth(app: Conveyor, queue: str) -> int:
         return transport.depth(queue)
     finally:
         transport.close()
-
-
-class Proxy:
-    """Forwards 127.0.0.1:<port> to Redis until :meth:`stop` (the outage)."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection((HOST, PORT))
-            self.sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_RDWR)
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):  # wakes the accept() and stops listening
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        for s in self.sockets:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
 
 
 def test_buffers_go_out_as_one_pipeline_each(make_app: Any, queue: str,
@@ -162,7 +122,7 @@ def test_get_inside_the_block_flushes_and_does_not_hang(make_app: Any, queue: st
 
 def test_a_broker_outage_during_the_flush_raises_operational_error(
         make_app: Any, queue: str) -> None:
-    proxy = Proxy()
+    proxy = TcpProxy(HOST, PORT)
     policy = {"max_retries": 2, "interval_start": 0, "interval_step": 0.05,
               "interval_max": 0.1}
     app = make_app(broker=f"redis://127.0.0.1:{proxy.port}/{DB}",
@@ -174,7 +134,7 @@ def test_a_broker_outage_during_the_flush_raises_operational_error(
                 sent = [add.apply_async((i, i), queue=queue, publisher=pub)
                         for i in range(3)]
             assert depth(app, queue) == 3
-            proxy.stop()
+            proxy.cut()
             with pytest.raises(OperationalError) as info:
                 with add.get_publisher(conn) as pub:
                     lost = add.apply_async((9, 9), queue=queue, publisher=pub)
@@ -184,5 +144,5 @@ def test_a_broker_outage_during_the_flush_raises_operational_error(
             with pytest.raises(OperationalError, match="may never have reached the broker"):
                 lost.get(timeout=1)
     finally:
-        proxy.stop()
+        proxy.cut()
     assert depth(app, queue) == 3 and len(sent) == 3

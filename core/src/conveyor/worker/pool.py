@@ -8,6 +8,11 @@ touches the broker connection — can settle its delivery. Every pool raises
 ``processes`` kills and replaces the child; ``threads`` and ``solo`` cannot kill a
 thread, so they run a (non-async) task that has a ``time_limit`` in a child process of
 their own — never ignoring the limit.
+
+Child processes die with their worker, however it dies (SIGKILL included): each child
+watches a pipe whose only writer is the worker process and exits at its end of file.
+An orphan would otherwise finish its task unacked, and the task would run again
+after the visibility timeout.
 """
 
 from __future__ import annotations
@@ -266,8 +271,28 @@ class ThreadPool(Pool):
         self._wait_coroutines(deadline)
 
 
-def _child_main(app: Conveyor, conn: Connection, hostname: str) -> None:
-    """A pool child: run jobs from ``conn`` until told to stop."""
+def _watch_parent(lifeline: int) -> None:
+    """Exit this child at once when the lifeline's reader sees end of file, which
+    happens only when the worker process is gone (nobody else holds the write end)."""
+    def watch() -> None:
+        while True:
+            try:
+                if not os.read(lifeline, 1):
+                    break
+            except InterruptedError:
+                continue
+            except OSError:
+                break
+        os._exit(70)  # no cleanup: the parent that would settle this task is gone
+
+    threading.Thread(target=watch, name="conveyor-lifeline", daemon=True).start()
+
+
+def _child_main(app: Conveyor, conn: Connection, hostname: str,
+                lifeline: tuple[int, int]) -> None:
+    """A pool child: run jobs from ``conn`` until told to stop or orphaned."""
+    os.close(lifeline[1])  # only the worker may hold the write end
+    _watch_parent(lifeline[0])
     refresh_origin()
     EventLoopThread.reset()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -307,10 +332,13 @@ class ProcessPool(Pool):
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._supervisor: threading.Thread | None = None
+        self._lifeline: tuple[int, int] | None = None
 
     def _spawn(self) -> _Child:
+        assert self._lifeline is not None, "start() opens the lifeline first"
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_child_main, args=(self.app, child, self.hostname),
+        proc = self._ctx.Process(target=_child_main,
+                                 args=(self.app, child, self.hostname, self._lifeline),
                                  name="conveyor-child", daemon=True)
         proc.start()
         child.close()
@@ -324,6 +352,7 @@ class ProcessPool(Pool):
                     f"The processes pool needs a broker and backend shared between "
                     f"processes, but {url!r} is per process (memory://). Use "
                     "--pool threads, or a sqlite://, redis:// … URL.")
+        self._lifeline = os.pipe()
         self._children = [self._spawn() for _ in range(self.concurrency)]
         self._supervisor = threading.Thread(target=self._supervise,
                                             name="conveyor-supervisor", daemon=True)
@@ -448,6 +477,10 @@ class ProcessPool(Pool):
             self._supervisor.join(2)
         for child in self._children:
             self._retire(child)
+        if self._lifeline is not None:
+            for fd in self._lifeline:
+                os.close(fd)
+            self._lifeline = None
 
 
 POOLS: dict[str, Callable[[Conveyor, int, str], Pool]] = {
