@@ -13,9 +13,11 @@ from typing import Any, cast
 
 from . import __version__
 from .app import Conveyor
+from .connection import Connection
 from .exceptions import ConveyorError
 from .interfaces import (
-    DeadLetter, DeadLetterTransport, InspectTransport, PurgeTransport, QueueStats, require,
+    DeadLetter, DeadLetterTransport, InspectTransport, PurgeTransport, QueueStats, Transport,
+    require,
 )
 
 EXAMPLES = """\
@@ -42,7 +44,16 @@ def load_app(spec: str | None) -> Conveyor:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     module_name, _, attr = spec.partition(":")
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise ConveyorError(
+                f"Cannot import the app module {module_name!r} (-A {spec}): {exc}. Run "
+                f"conveyor from the directory that holds it, or check the name.") from exc
+        raise ConveyorError(
+            f"Importing the app module {module_name!r} (-A {spec}) failed: "
+            f"{type(exc).__name__}: {exc}.") from exc
     if attr:
         found = getattr(module, attr)
         if callable(found) and not isinstance(found, Conveyor):
@@ -217,13 +228,20 @@ def _queues(app: Conveyor, value: str | None) -> list[str]:
     return [q for q in (value or app.conf.task_default_queue).split(",") if q]
 
 
+def _connected(app: Conveyor) -> Transport:
+    """A transport connected to the broker by the publish retry policy: a broker that
+    is down is an :class:`OperationalError` naming the (masked) URL, as for ``call``."""
+    return Connection(app, app.broker_url).ensure(lambda transport: transport,
+                                                  what="connect")
+
+
 def cmd_purge(app: Conveyor, ns: argparse.Namespace) -> int:
     queues = _queues(app, ns.queues)
     transport = app.transport_factory()
     require(transport, "purge", "conveyor purge")
     if not _confirm(f"Delete every waiting message of {', '.join(queues)}?", ns.force):
         return 1
-    transport.connect()
+    transport = _connected(app)
     try:
         for q in queues:
             print(f"{q}: purged {cast(PurgeTransport, transport).purge(q)} message(s)")
@@ -235,8 +253,7 @@ def cmd_purge(app: Conveyor, ns: argparse.Namespace) -> int:
 def cmd_dead(app: Conveyor, ns: argparse.Namespace) -> int:
     found = app.transport_factory()
     require(found, "dead_letters", f"conveyor dead {ns.dead_command}")
-    transport = cast(DeadLetterTransport, found)
-    transport.connect()
+    transport = cast(DeadLetterTransport, _connected(app))
     try:
         if ns.dead_command == "list":
             for dl in transport.dead_letters(ns.queue):

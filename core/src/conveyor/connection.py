@@ -118,7 +118,7 @@ class Connection:
                     self._reset()
                     raise gave_up(self.url, what, exc, attempts) from exc
                 log.warning("%s to %s failed (%s); retrying in %.2fs", what,
-                            mask_url(self.url), exc, delay)
+                            mask_url(self.url), mask_url(str(exc)), delay)
                 self._reset()
                 if delay:
                     time.sleep(delay)

@@ -15,6 +15,7 @@
     ├── NotRegistered (KeyError)            no task of that name in the worker
     ├── NotSupported                        a message asks for what is not built yet
     ├── DeliveryLimitExceeded               delivered worker_max_deliveries times
+    ├── MessageSizeExceeded (ValueError)    a body over task_message_max_size
     ├── SoftTimeLimitExceeded               raised inside a task at soft_time_limit
     ├── TimeLimitExceeded                   the task was killed at time_limit
     ├── WorkerLostError                     the pool process died running the task
@@ -28,6 +29,8 @@ from __future__ import annotations
 
 import builtins
 from typing import Any
+
+from .utils import mask_url
 
 
 class ConveyorError(Exception):
@@ -51,7 +54,14 @@ class CapabilityError(ConfigurationError):
 
 
 class OperationalError(ConveyorError):
-    """The broker or backend could not be reached (after the retry policy)."""
+    """The broker or backend could not be reached (after the retry policy).
+
+    Its message is masked as it is made (:func:`conveyor.utils.mask_url`): it quotes
+    URLs and driver errors, and ends up in logs and on terminals.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(mask_url(a) if isinstance(a, str) else a for a in args))
 
 
 class TimeoutError(ConveyorError, builtins.TimeoutError):  # noqa: A001 - Celery's name
@@ -95,6 +105,11 @@ class DeliveryLimitExceeded(ConveyorError):
     """A message was delivered more than ``worker_max_deliveries`` times."""
 
 
+class MessageSizeExceeded(ConveyorError, ValueError):
+    """A message body larger than ``task_message_max_size``: refused at
+    ``apply_async``, and dead-lettered by the worker when another client sent it."""
+
+
 class SoftTimeLimitExceeded(ConveyorError):
     """Raised inside a running task when its ``soft_time_limit`` passes."""
 
@@ -129,7 +144,7 @@ __all__ = [
     "PluginError",
     "OperationalError", "TimeoutError", "TaskRevokedError", "DecodeError",
     "ContentDisallowed", "SecurityError", "NotRegistered", "NotSupported",
-    "DeliveryLimitExceeded",
+    "DeliveryLimitExceeded", "MessageSizeExceeded",
     "SoftTimeLimitExceeded", "TimeLimitExceeded", "WorkerLostError",
     "MaxRetriesExceededError", "Retry",
 ]

@@ -138,6 +138,11 @@ class Delivery:
 
     ``deliveries`` counts how many times this message has been delivered, this time
     included; the worker dead-letters it past ``worker_max_deliveries``.
+
+    ``error`` is set by a transport that took a stored message it cannot make into a
+    :class:`Message` (a corrupt row, garbage on a list): it says why, and the worker
+    dead-letters the delivery with that reason. Decoding one message at a time this
+    way means one bad message never holds up the rest of its batch.
     """
 
     message: Message
@@ -147,6 +152,7 @@ class Delivery:
     deliveries: int = 1
     exchange: str = ""
     routing_key: str = ""
+    error: str | None = None
 
 
 #: Settlement models (``Capabilities.settlement``); see :class:`Transport`.
@@ -297,6 +303,42 @@ class Compressor(Protocol):
     def decompress(self, data: bytes) -> bytes: ...
 
 
+def _check_type(transport: str, key: str, value: Any, default: Any) -> None:
+    """A ``broker_transport_options`` value must have its default's kind (a number
+    where the default is a number — numeric text allowed —, a bool for a bool, text
+    for text, a list for a list), so a typo fails at connect, naming the key, instead
+    of deep in a driver. Options whose default is None take whatever their driver
+    does."""
+    if default is None or value is None:
+        return
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "True or False"
+    elif isinstance(default, (int, float)):
+        ok, kind = _is_number(value), "a number"
+    elif isinstance(default, str):
+        ok, kind = isinstance(value, str), "text"
+    elif isinstance(default, (list, tuple)):
+        ok, kind = isinstance(value, (list, tuple)), "a list"
+    else:
+        return
+    if not ok:
+        raise ConfigurationError(
+            f"broker_transport_options[{key!r}] for the {transport} transport must be "
+            f"{kind} (default {default!r}), not {value!r}.")
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(value, str)
+
+
 # --------------------------------------------------------------------------- transport
 #: One message to publish: the message, its route, and when it is due (unix time;
 #: always None for a transport without ``Capabilities.delays``).
@@ -389,6 +431,12 @@ class LeaseTransport(Transport, Protocol):
     def extend(self, deliveries: Sequence[Delivery]) -> None:
         """Renew the leases of deliveries a live worker still holds. Called from
         another connection than the one that fetched them (lease settlement)."""
+
+    def started(self, deliveries: Sequence[Delivery]) -> None:
+        """The worker is about to run these unacked deliveries (``acks_late``). A
+        transport that charges deliveries when a task starts rather than when it is
+        taken counts them here, so a message that only waited in a dead worker's
+        prefetch is not charged a delivery it never ran (``BaseTransport``: no-op)."""
 
 
 @runtime_checkable
@@ -521,11 +569,18 @@ class BaseTransport:
                     f"{did_you_mean(key, cls.default_options)} "
                     f"Known keys: {', '.join(sorted(known))}."
                 )
+        for key, value in given.items():
+            _check_type(cls.scheme or cls.__name__, key, value, known[key])
         return {**known, **given}
 
     def publish(self, message: Message, route: Route, *, due: float | None = None) -> None:
         """Send one message: a batch of one (a subclass may have a faster way)."""
         self.publish_many([(message, route, due)])  # type: ignore[attr-defined]
+
+    def started(self, deliveries: Sequence[Delivery]) -> None:
+        """The worker is about to run these (``acks_late``) deliveries (see
+        :meth:`LeaseTransport.started`). The default does nothing: the transport
+        counts deliveries when they are taken."""
 
     def __enter__(self) -> BaseTransport:
         return self

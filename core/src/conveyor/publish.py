@@ -23,7 +23,7 @@ from .aio import HELD
 from .canvas import sig_list
 from .connection import Publisher
 from .envelope import Template
-from .exceptions import CapabilityError
+from .exceptions import CapabilityError, MessageSizeExceeded
 from .interfaces import LeaseTransport, Message, ReplyBackend, Route, Transport, unsupported
 from .options import DEFAULTS, PER_CALL, due_times, eta_horizon, resolve, split
 from .result import AsyncResult
@@ -117,6 +117,12 @@ class PublishPath:
                 plan.check_eta(eta, now)
         message = plan.template.build(task_id, args, kwargs, plan.embed, eta, expires, now,
                                       per)
+        if plan.max_size is not None and len(message.body) > plan.max_size:
+            raise MessageSizeExceeded(
+                f"Task {message.headers['task']!r}: its message body is "
+                f"{len(message.body):,} bytes, over task_message_max_size "
+                f"({plan.max_size:,} bytes). Pass a reference to the data (a path, a key) "
+                f"instead, or raise the setting on the client and the workers alike.")
         due = eta.timestamp() if eta is not None and plan.delays else None
         return message, task_id, due
 
@@ -288,7 +294,8 @@ class Plan:
     """
 
     __slots__ = ("task", "defaults", "opts", "template", "route", "embed", "timed",
-                 "delays", "horizon", "broker", "retry", "policy", "ignored", "cacheable")
+                 "delays", "horizon", "broker", "retry", "policy", "ignored", "cacheable",
+                 "max_size")
 
     def __init__(self, app: Conveyor, name: str, task: Any,
                  defaults: Mapping[str, Any] | None, opts: dict[str, Any]) -> None:
@@ -312,6 +319,7 @@ class Plan:
             if reply_to is not None:
                 opts = {**opts, "reply_to": reply_to}
         self.template = Template(name, app.codecs, opts)
+        self.max_size: int | None = app.conf.task_message_max_size
         self.route = Route(opts["queue"], opts["exchange"] or "", opts["routing_key"])
         self.timed = opts["countdown"] is not None or opts["eta"] is not None \
             or opts["expires"] is not None

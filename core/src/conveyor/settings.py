@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 from .exceptions import ConfigurationError, UnknownOptionError
-from .utils import did_you_mean
+from .utils import did_you_mean, mask_secrets
 
 #: The embedded default used when no broker or backend is configured.
 DEFAULT_URL = "sqlite:///conveyor.sqlite3"
@@ -64,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "worker_concurrency": None,
     "worker_prefetch_multiplier": 4,
     "worker_max_deliveries": 5,
+    "task_message_max_size": 4 * 1024 * 1024,
     "worker_eta_horizon": 30.0,
     "worker_disable_rate_limits": False,
     "worker_max_tasks_per_child": None,
@@ -147,12 +148,17 @@ DESCRIPTIONS: dict[str, str] = {
     "broker_pool_limit": "Most publishing connections an app keeps open.",
     "broker_transport_options": "Options of the transport plugin (its README lists them); "
                                 "an unknown one is an error naming the plugin's.",
-    "broker_connection_timeout": "Seconds to wait for a broker or backend connection.",
+    "broker_connection_timeout": "Seconds to wait for a broker or backend connection "
+                                 "(on SQLite: for the write lock, per attempt).",
     "worker_concurrency": "Tasks a worker runs at once (`-c`). Unset: the number of CPUs.",
     "worker_prefetch_multiplier": "A worker holds up to this times its concurrency of "
                                   "messages it has not started.",
     "worker_max_deliveries": "A message delivered this many times without being "
                              "acknowledged is dead-lettered.",
+    "task_message_max_size": "Most bytes of an encoded message body (serialized and "
+                             "compressed): `apply_async` refuses a larger one, a worker "
+                             "dead-letters it. `None`: no limit. Bulk data belongs in "
+                             "storage, its key in the task.",
     "worker_eta_horizon": "Seconds ahead a worker holds an ETA task in memory; later ones "
                           "are parked on the broker (at most half the visibility timeout).",
     "worker_disable_rate_limits": "Ignore every `rate_limit` (a worker starts tasks as "
@@ -334,5 +340,6 @@ class Settings(MutableMapping[str, Any]):
         self._frozen_listeners.append(listener)
 
     def __repr__(self) -> str:
-        changed = {k: v for k, v in self._values.items() if v != DEFAULTS[k]}
+        changed = {k: mask_secrets(v, k) for k, v in self._values.items()
+                   if v != DEFAULTS[k]}
         return f"<Settings {changed!r}>"

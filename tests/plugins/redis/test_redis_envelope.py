@@ -129,12 +129,22 @@ def test_decode_handcrafted_envelopes_that_celery_accepts() -> None:
             assert isinstance(json.loads(d.message.body), list), case["name"]
 
 
-@pytest.mark.parametrize("raw", [b"not json", b"[1, 2]", b'{"body": "x"}',
-                                 b'{"body": 1, "properties": {}, "headers": []}'])
-def test_garbage_decodes_to_an_undeliverable_message_not_an_exception(raw: bytes) -> None:
+@pytest.mark.parametrize(("raw", "why"), [
+    (b"not json", "not JSON"), (b"[1, 2]", "JSON list, not an object"),
+    (b'{"body": "x"}', "no 'properties' object"),
+    (b'{"body": 1, "properties": {}, "headers": []}', "'headers' is list"),
+    (b'{"body": 1, "properties": {}}', "unreadable 'body'")])
+def test_garbage_decodes_to_an_undeliverable_message_not_an_exception(
+        raw: bytes, why: str) -> None:
     d = decode(raw)
-    assert not d.valid
+    assert not d.valid and d.error is not None and why in d.error
     assert d.message.headers == {} and d.message.body == raw
+
+
+def test_an_envelope_without_properties_keeps_its_headers() -> None:
+    d = decode(b'{"body": "", "headers": {"id": "t-1", "task": "x"}}')
+    assert d.error is not None and "properties" in d.error
+    assert d.message.headers == {"id": "t-1", "task": "x"}
 
 
 def test_redelivered_flag_and_literal_body() -> None:

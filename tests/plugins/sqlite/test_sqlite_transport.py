@@ -191,6 +191,7 @@ def test_unacked_delivery_comes_back_after_visibility_timeout(make_transport, ne
     dead, alive = make_transport(visibility_timeout=0.5), make_transport()
     dead.publish(new_message(0), Q)
     (lost,) = dead.fetch(["celery"], limit=1, timeout=0)
+    dead.started([lost])
     assert alive.fetch(["celery"], limit=1, timeout=0.2) == []
     (back,) = alive.fetch(["celery"], limit=1, timeout=2)
     assert back.redelivered and back.deliveries == 2
@@ -199,6 +200,20 @@ def test_unacked_delivery_comes_back_after_visibility_timeout(make_transport, ne
     alive.ack([back])
     assert alive.fetch(["celery"], limit=1, timeout=0) == []
     assert alive._conn().execute("SELECT count(*) FROM conveyor_messages").fetchone() == (0,)
+
+
+def test_a_lapsed_delivery_that_never_started_is_not_charged(make_transport, new_message):
+    """Only a delivery whose task started counts towards worker_max_deliveries: one
+    that merely waited in a dead worker's prefetch comes back uncharged."""
+    dead, alive = make_transport(visibility_timeout=0.3), make_transport()
+    dead.publish(new_message(0), Q)
+    dead.publish(new_message(1), Q)
+    ran, waited = dead.fetch(["celery"], limit=2, timeout=0)
+    dead.started([ran])
+    time.sleep(0.4)
+    back = {d.message.headers["n"]: d for d in alive.fetch(["celery"], limit=2, timeout=2)}
+    assert (back[0].deliveries, back[0].redelivered) == (2, True)
+    assert (back[1].deliveries, back[1].redelivered) == (1, False)
 
 
 def test_late_ack_wins_while_nobody_else_holds_it(make_transport, new_message):
@@ -215,6 +230,7 @@ def test_extend_keeps_a_live_lease(make_transport, new_message):
     holder, other = make_transport(visibility_timeout=0.4), make_transport()
     holder.publish(new_message(0), Q)
     (held,) = holder.fetch(["celery"], limit=1, timeout=0)
+    holder.started([held])
     for _ in range(4):
         time.sleep(0.2)
         holder.extend([held])
@@ -238,6 +254,7 @@ def test_close_returns_unsettled_deliveries(make_transport, new_message):
     first = make_transport()
     first.publish(new_message(0), Q)
     (held,) = first.fetch(["celery"], limit=1, timeout=0)
+    first.started([held])
     first.close()
     (back,) = make_transport().fetch(["celery"], limit=1, timeout=0)
     assert back.message == held.message and back.deliveries == 2

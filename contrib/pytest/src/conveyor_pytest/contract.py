@@ -308,6 +308,7 @@ class LeaseContract(_TransportKit):
             self, transport: Transport, queue: str) -> None:
         self.send(transport, queue, self.message(1))
         [d] = transport.fetch([queue], limit=1, timeout=2)
+        cast(LeaseTransport, transport).started([d])  # an unstarted one need not count
         again = _wait_for(lambda: transport.fetch([queue], limit=1, timeout=0.3),
                           timeout=self.visibility_timeout * 8 + 5)
         assert again and again[0].message.headers["id"] == d.message.headers["id"]

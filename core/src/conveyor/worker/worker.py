@@ -13,6 +13,11 @@ What the transport cannot do the worker does without, reading its
 is logged with its reason and acked; with ``"channel"`` settlement a reconnect
 forgets the deliveries of tasks still running (the broker redelivers them) instead
 of acking them on the new channel.
+
+With lease settlement, settlement is never dropped: an ack that fails because the
+broker went away, and the give-back of deliveries that were waiting when it did, are
+owed and paid through the next connection (their leases are renewed meanwhile), so a
+broker outage or a lock held for long costs a reconnect, not a task run twice.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from .. import chords, states
 from ..utils import did_you_mean, mask_url
 from ..envelope import parse_message, peek_ids
 from ..exceptions import (
-    ConfigurationError, ConveyorError, DecodeError, DeliveryLimitExceeded, NotRegistered,
+    ConfigurationError, ConveyorError, DecodeError, DeliveryLimitExceeded,
+    MessageSizeExceeded, NotRegistered,
 )
 from ..ratelimit import Throttle, parse_rate
 from ..interfaces import (
@@ -115,6 +121,7 @@ class Worker:
         self.pool_name = pool
         self.poll_interval = poll_interval
         self.max_deliveries = int(conf.worker_max_deliveries)
+        self.max_size: int | None = conf.task_message_max_size
         self.pool: Pool = POOLS[pool](app, self.concurrency, self.hostname)
         self._recycle(max_tasks_per_child, max_memory_per_child)
         self._idle_since: float | None = None
@@ -128,6 +135,10 @@ class Worker:
         #: Running jobs whose channel was lost (``"channel"`` settlement): when they
         #: finish their deliveries are not acked, the broker has redelivered them.
         self._orphans: set[int] = set()
+        #: Lease settlement: acks and give-backs that failed with a connection error,
+        #: paid through the next connection (see :meth:`_pay`).
+        self._owed_acks: list[Delivery] = []
+        self._owed_requeues: list[Delivery] = []
         self.processed = 0
 
     def _recycle(self, max_tasks: int | None, max_memory: int | None) -> None:
@@ -283,6 +294,14 @@ class Worker:
             if observe:
                 app.notify("message_received", message=d.message, queue=d.queue)
             self._lease(d)
+            if d.error is not None:
+                self._dead(transport, d, DecodeError(d.error))
+                continue
+            if self.max_size is not None and len(d.message.body) > self.max_size:
+                self._dead(transport, d, MessageSizeExceeded(
+                    f"Message body of {len(d.message.body):,} bytes is over "
+                    f"task_message_max_size ({self.max_size:,} bytes); not decoded."))
+                continue
             if d.deliveries > self.max_deliveries:
                 self._dead(transport, d, DeliveryLimitExceeded(
                     f"Delivery limit reached: delivered {d.deliveries} times without an "
@@ -442,6 +461,9 @@ class Worker:
             transport.ack(early)
             for d in early:
                 self._unlease(d)
+        if len(early) < len(starting) and self._caps.leases:
+            cast(LeaseTransport, transport).started(
+                [job.delivery for job in starting if job.acks_late])
         for job in starting:
             self._running[id(job)] = job
             self.pool.submit(job)
@@ -461,12 +483,25 @@ class Worker:
                 self._orphans.discard(id(job))
             elif job.acks_late:
                 late.append(job.delivery)
-        if late:
-            try:
-                transport.ack(late)
-            finally:
-                for d in late:
-                    self._unlease(d)
+        self._owed_acks.extend(late)
+        if self._owed_acks or self._owed_requeues:
+            self._pay(transport)
+
+    def _pay(self, transport: Transport) -> None:
+        """Settle what is owed: acks of finished tasks, then waiting deliveries given
+        back. What fails with a connection error stays owed (and leased, so the lease
+        keeper renews it) for the next connection; nothing is forgotten."""
+        if self._owed_acks:
+            acks = list(self._owed_acks)
+            transport.ack(acks)
+            del self._owed_acks[:len(acks)]
+            for d in acks:
+                self._unlease(d)
+        while self._owed_requeues:
+            d = self._owed_requeues[0]
+            transport.requeue(d)
+            self._owed_requeues.pop(0)
+            self._unlease(d)
 
     # ------------------------------------------------------------------ leases
     def _lease(self, d: Delivery) -> None:
@@ -492,7 +527,9 @@ class Worker:
                     transport.connect()
                 cast(LeaseTransport, transport).extend(held)
             except Exception as exc:  # noqa: BLE001 - retried next round
-                log.warning("Could not renew leases: %s", exc)
+                log.warning("Could not renew leases: %s", mask_url(str(exc)))
+                if transport is not None:
+                    _abandon(transport)  # what its connection still owed is handed on
                 transport = None
         if transport is not None:
             try:
@@ -511,34 +548,31 @@ class Worker:
                     transport.declare(Route(name))
                 return transport
             except tuple(transport.connection_errors) as exc:
+                _abandon(transport)  # hands on what a failed attempt took over
                 log.error("Cannot connect to %s: %s; retrying in %.1fs",
-                          mask_url(self.app.broker_url), exc, delay)
+                          mask_url(self.app.broker_url), mask_url(str(exc)), delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)
         return None
 
     def _reconnect(self, transport: Transport, exc: BaseException) -> Transport | None:
-        log.error("Lost the broker connection (%s); reconnecting", exc)
-        caps = transport.capabilities
-        try:
-            if caps.abandon:
-                cast(AbandonTransport, transport).abandon()
-            else:
-                transport.close()
-        except Exception:  # noqa: BLE001 - the connection is gone anyway
-            pass
-        # Waiting deliveries come back by the broker's visibility timeout (or with
-        # the lost channel). Running ones: with lease settlement they stay leased
-        # (the lease keeper renews them) and are acked through the new connection
-        # when done; bound to the lost channel, they were redelivered, so they are
-        # never acked (a new channel would reject their tags).
-        lost = self._waiting()
-        if caps.settlement != LEASE:
-            lost += self._running.values()
+        log.error("Lost the broker connection to %s (%s); reconnecting",
+                  mask_url(self.app.broker_url), mask_url(str(exc)))
+        _abandon(transport)
+        if transport.capabilities.settlement == LEASE:
+            # Waiting deliveries are given back through the next connection (they
+            # stay leased, and renewed, until then); running ones are acked when done.
+            self._owed_requeues.extend(job.delivery for job in self._waiting())
+        else:
+            # Bound to the lost channel, waiting and running deliveries were
+            # redelivered: never settled on a new channel (it would reject the tags).
+            lost = [*self._waiting(), *self._running.values()]
             self._orphans.update(self._running)
-        with self._lease_lock:
-            for job in lost:
-                self._leased.pop(job.delivery.tag, None)
+            self._owed_acks.clear()
+            self._owed_requeues.clear()
+            with self._lease_lock:
+                for job in lost:
+                    self._leased.pop(job.delivery.tag, None)
         self._ready.clear()
         self._held.clear()
         self._throttled.clear()
@@ -556,22 +590,19 @@ class Worker:
         if transport is not None:
             giveback = [*self._waiting(), *(j for j in self.pool.take_unstarted()
                                              if id(j) not in self._orphans)]
-            for job in giveback:
-                try:
-                    transport.requeue(job.delivery)
-                except Exception:  # noqa: BLE001
-                    log.exception("Could not requeue %s", job.request.id)
-                self._unlease(job.delivery)
+            self._owed_requeues.extend(job.delivery for job in giveback)
             self._ready.clear()
             self._held.clear()
             self._throttled.clear()
         if not cold:
             self.pool.stop(timeout=None)
-            if transport is not None:
-                try:
-                    self._settle(transport)
-                except Exception:  # noqa: BLE001
-                    log.exception("Could not ack finished tasks")
+        if transport is not None:
+            try:
+                self._settle(transport)
+            except Exception:  # noqa: BLE001
+                log.exception("Could not settle %d finished and %d waiting deliveries; "
+                              "their leases run out after the visibility timeout",
+                              len(self._owed_acks), len(self._owed_requeues))
         self.stopped.set()
         if transport is not None:
             try:
@@ -579,6 +610,18 @@ class Worker:
             except Exception:  # noqa: BLE001
                 pass
         self.app.notify("worker_shutdown", worker=self)
+
+
+def _abandon(transport: Transport) -> None:
+    """Drop a transport after a connection error, settling nothing where it can
+    (``Capabilities.abandon``: what its connection still owed is handed on)."""
+    try:
+        if transport.capabilities.abandon:
+            cast(AbandonTransport, transport).abandon()
+        else:
+            transport.close()
+    except Exception:  # noqa: BLE001 - the connection is gone anyway
+        pass
 
 
 __all__ = ["Worker"]

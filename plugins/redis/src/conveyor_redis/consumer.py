@@ -162,7 +162,8 @@ class ConsumerMixin:
             token = held[tag] = Lease(tag, raw, keys[i - 1])
             deliveries.append(Delivery(
                 d.message, queue, token, redelivered=d.redelivered or count > 1,
-                deliveries=count, exchange=d.exchange, routing_key=d.routing_key or queue))
+                deliveries=count, exchange=d.exchange, routing_key=d.routing_key or queue,
+                error=d.error))
         if deliveries and len(names) > len(self.layout.steps):
             self._rr += 1
         return deliveries

@@ -91,41 +91,67 @@ def encode(message: Message, exchange: str, routing_key: str, wire_priority: int
 
 
 class Decoded:
-    """A parsed envelope: the Message plus what the transport keeps aside."""
+    """A parsed envelope: the Message plus what the transport keeps aside.
 
-    __slots__ = ("message", "exchange", "routing_key", "redelivered", "valid", "tag")
+    ``error`` says why the entry is not a usable envelope (``None`` when it is).
+    """
+
+    __slots__ = ("message", "exchange", "routing_key", "redelivered", "error", "tag")
 
     def __init__(self, message: Message, exchange: str, routing_key: str,
-                 redelivered: bool, valid: bool, tag: str | None) -> None:
+                 redelivered: bool, error: str | None, tag: str | None) -> None:
         self.message, self.exchange, self.routing_key = message, exchange, routing_key
-        self.redelivered, self.valid, self.tag = redelivered, valid, tag
+        self.redelivered, self.error, self.tag = redelivered, error, tag
+
+    @property
+    def valid(self) -> bool:
+        return self.error is None
+
+
+def _undeliverable(raw: bytes | str, why: str, headers: dict[str, Any]) -> Decoded:
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "replace")
+    return Decoded(Message(headers, data, "application/octet-stream", "binary", {}),
+                   "", "", False, f"Not a kombu message envelope: {why}", None)
 
 
 def decode(raw: bytes | str) -> Decoded:
     """Parse an envelope; never raises.
 
-    Something that is not a kombu envelope comes back as a Message with no headers
-    and the raw bytes as body (``valid`` false), so the worker dead-letters it with a
-    reason instead of the consumer crashing or silently dropping it.
+    Something that is not a kombu envelope comes back as a Message with the raw bytes
+    as body and ``error`` saying what is wrong, so the worker dead-letters it with
+    that reason instead of the consumer crashing or silently dropping it. Its headers
+    are kept when they are an object, so the task id is known and its FAILURE
+    recorded (a client waiting on it is answered).
     """
     try:
         env = json.loads(raw)
-        props = env["properties"]
-        body = env["body"]
-        if not isinstance(props, dict) or not isinstance(env.get("headers", {}), dict):
-            raise TypeError("properties and headers must be objects")
-        if props.get("body_encoding") == "base64":
+    except ValueError as exc:
+        return _undeliverable(raw, f"not JSON ({exc})", {})
+    if not isinstance(env, dict):
+        return _undeliverable(raw, f"JSON {type(env).__name__}, not an object", {})
+    headers = env.get("headers")
+    if headers is None:
+        headers = {}
+    if not isinstance(headers, dict):
+        return _undeliverable(raw, f"'headers' is {type(headers).__name__}, not an "
+                              "object", {})
+    props = env.get("properties")
+    if not isinstance(props, dict):
+        return _undeliverable(raw, "no 'properties' object", headers)
+    body = env.get("body")
+    if not isinstance(body, str):
+        return _undeliverable(raw, f"unreadable 'body' ({type(body).__name__}, not "
+                              "text)", headers)
+    if props.get("body_encoding") == "base64":
+        try:
             data = b64decode(body)
-        else:
-            data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
-    except (ValueError, TypeError, KeyError, AttributeError):
-        data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "replace")
-        return Decoded(Message({}, data, "application/octet-stream", "binary", {}),
-                       "", "", False, False, None)
+        except ValueError as exc:
+            return _undeliverable(raw, f"unreadable 'body' ({exc})", headers)
+    else:
+        data = body.encode("utf-8")
     info = props.get("delivery_info")
     if not isinstance(info, dict):
         info = {}
-    headers = env.get("headers") or {}
     own = {k: v for k, v in props.items() if k not in TRANSPORT_PROPERTIES}
     own["priority"] = from_wire(props.get("priority"))
     message = Message(headers, data, env.get("content-type") or "application/json",
@@ -133,4 +159,4 @@ def decode(raw: bytes | str) -> Decoded:
     redelivered = bool(info.get("redelivered") or headers.get("redelivered"))
     tag = props.get("delivery_tag")
     return Decoded(message, info.get("exchange") or "", info.get("routing_key") or "",
-                   redelivered, True, tag if isinstance(tag, str) else None)
+                   redelivered, None, tag if isinstance(tag, str) else None)

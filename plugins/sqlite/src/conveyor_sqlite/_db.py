@@ -26,7 +26,8 @@ from contextlib import contextmanager
 
 from conveyor.exceptions import ConfigurationError, OperationalError
 
-#: Seconds a writer waits for the lock before SQLite reports "database is locked".
+#: Seconds a writer waits for the lock before SQLite reports "database is locked",
+#: unless the caller bounds it (the transport: ``broker_connection_timeout``).
 BUSY_TIMEOUT = 10.0
 
 #: OperationalError texts that mean "cannot reach the database right now" (retry),
@@ -97,27 +98,30 @@ class mapped_errors:  # noqa: N801 - used like a function: ``with mapped_errors(
                  tb: object) -> None:
         if exc is None or not isinstance(exc, sqlite3.Error) or is_transient(exc):
             return
+        if "readonly" in str(exc).lower():
+            raise OperationalError(
+                f"SQLite {self.what} at {self.path!r} failed: {exc}. The file (or its "
+                f"directory) is read-only for this process; make both writable by the "
+                f"user running Conveyor.") from exc
         raise OperationalError(
             f"SQLite {self.what} at {self.path!r} failed: {exc}. Check that the URL "
             f"points at a database Conveyor created (or a new file) and that it is not "
             f"damaged.") from exc
 
 
-def open_connection(path: str, schema: Sequence[str]) -> Connection:
+def open_connection(path: str, schema: Sequence[str],
+                    busy_timeout: float = BUSY_TIMEOUT) -> Connection:
     """A connection to ``path`` in WAL mode with ``schema`` created if missing.
 
     Autocommit (``isolation_level=None``): every statement commits on its own unless
-    wrapped in :func:`transaction`, which takes the write lock up front.
+    wrapped in :func:`transaction`, which takes the write lock up front. A writer
+    waits up to ``busy_timeout`` seconds for the lock.
     """
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        raise ConfigurationError(
-            f"Cannot open SQLite database {path!r}: directory {directory!r} does not "
-            f"exist. Create it, or point the URL at an existing directory.")
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None,
+    _check_writable(path)
+    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
                            check_same_thread=False, factory=Connection)
     try:
-        _enable_wal(conn)
+        _enable_wal(conn, busy_timeout)
         conn.execute("PRAGMA synchronous=NORMAL")
         with transaction(conn):  # not executescript: it would commit first
             for statement in schema:
@@ -128,13 +132,37 @@ def open_connection(path: str, schema: Sequence[str]) -> Connection:
     return conn
 
 
-def _enable_wal(conn: sqlite3.Connection) -> None:
+def _check_writable(path: str) -> None:
+    """A clear, final error for a database this process cannot write.
+
+    SQLite reports these as "unable to open database file" or "attempt to write a
+    readonly database", which read like a passing problem; retrying cannot help, so
+    they are configuration errors (the worker exits non-zero saying so). WAL mode
+    needs to create files beside the database, so its directory must be writable too.
+    """
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        raise ConfigurationError(
+            f"Cannot open SQLite database {path!r}: directory {directory!r} does not "
+            f"exist. Create it, or point the URL at an existing directory.")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigurationError(
+            f"Cannot open SQLite database {path!r}: directory {directory!r} is not "
+            f"writable by this process (SQLite keeps its -wal and -shm files beside "
+            f"the database). Make it writable, or point the URL elsewhere.")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise ConfigurationError(
+            f"Cannot open SQLite database {path!r}: the file is read-only for this "
+            f"process. Make it writable by the user running Conveyor.")
+
+
+def _enable_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
     """Switch to WAL (persistent in the file), retrying while another process holds it.
 
     Turning a fresh database to WAL needs a moment of exclusive access, which the busy
     handler does not cover, so several processes starting at once retry here.
     """
-    deadline = time.monotonic() + BUSY_TIMEOUT
+    deadline = time.monotonic() + busy_timeout
     delay = 0.005
     while True:
         try:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from conveyor.interfaces import DeadLetter
 
 from ._db import transaction
-from ._schema import MESSAGE_COLUMNS, NOW, READY, message_from, priority_of
+from ._schema import MESSAGE_COLUMNS, NOW, READY, decode_row, priority_of
 
 _INSERT_DEAD = (f"INSERT INTO conveyor_dead_letters (queue, reason, time, "
                 f"{MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
@@ -58,7 +58,9 @@ def listing(conn: sqlite3.Connection, queue: str | None) -> list[DeadLetter]:
     where, params = _where(None, queue)
     rows = conn.execute(f"SELECT id, queue, reason, time, {MESSAGE_COLUMNS} "
                         f"FROM conveyor_dead_letters{where} ORDER BY id", params)
-    return [DeadLetter(str(r[0]), r[1], r[2], r[3], message_from(r[4:])) for r in rows]
+    # Leniently: one hand-written row must not make every dead letter unlistable.
+    return [DeadLetter(str(r[0]), r[1], r[2], r[3], decode_row(r[0], r[4:])[0])
+            for r in rows]
 
 
 def revive(conn: sqlite3.Connection, ids: Sequence[str] | None,
@@ -72,7 +74,7 @@ def revive(conn: sqlite3.Connection, ids: Sequence[str] | None,
                             f"FROM conveyor_dead_letters{where} ORDER BY id",
                             params).fetchall()
         conn.executemany(_INSERT_READY, [
-            (row[1], priority_of(message_from(row[2:])), *row[2:]) for row in rows])
+            (row[1], priority_of(decode_row(row[0], row[2:])[0]), *row[2:]) for row in rows])
         conn.executemany("DELETE FROM conveyor_dead_letters WHERE id = ?",
                          [(row[0],) for row in rows])
     return len(rows)

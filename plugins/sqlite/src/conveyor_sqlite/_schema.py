@@ -128,8 +128,8 @@ def queries_for(queues: Sequence[str]) -> Queries:
         walks = " UNION ALL ".join(f"SELECT * FROM (SELECT id, priority {walk})"
                                    for _ in queues)
         chosen = f"SELECT id FROM ({walks}) ORDER BY priority DESC, id LIMIT ?"
-    claim = (f"UPDATE conveyor_messages SET state = {LEASED}, due = ?, lease = ?, "
-             f"deliveries = deliveries + 1 WHERE id IN ({chosen}) "
+    claim = (f"UPDATE conveyor_messages SET state = {LEASED}, due = ?, lease = ? "
+             f"WHERE id IN ({chosen}) "
              f"RETURNING id, priority, queue, deliveries, {MESSAGE_COLUMNS}")
     return Queries(probe, release, claim)
 
@@ -160,7 +160,36 @@ def message_columns(message: Message, route: Route) -> tuple[Any, ...]:
 
 
 def message_from(row: Sequence[Any]) -> Message:
-    """A :class:`Message` from the seven :data:`MESSAGE_COLUMNS`, in order."""
+    """A :class:`Message` from the seven :data:`MESSAGE_COLUMNS`, in order.
+
+    Raises ``ValueError``/``TypeError`` for a row Conveyor did not write (headers or
+    properties not a JSON object, a body that is not bytes): see :func:`decode_row`.
+    """
     headers, body, content_type, content_encoding, properties = row[:5]
-    return Message(json.loads(headers), bytes(body), content_type, content_encoding,
-                   json.loads(properties))
+    return Message(_object(headers, "headers"), bytes(body), content_type,
+                   content_encoding, _object(properties, "properties"))
+
+
+def _object(text: Any, column: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise TypeError(f"its {column} column holds JSON {type(value).__name__}, not an "
+                        f"object")
+    return value
+
+
+def decode_row(msg_id: int, row: Sequence[Any]) -> tuple[Message, str | None]:
+    """The row's message and ``None``; or, for a row that is not a valid message, as
+    much of it as can be read (headers when they are an object, so the task id is
+    known; the raw body) and the reason to dead-letter it with."""
+    try:
+        return message_from(row), None
+    except (ValueError, TypeError) as exc:
+        reason = f"stored message {msg_id} cannot be decoded: {exc}"
+    try:
+        headers = _object(row[0], "headers")
+    except (ValueError, TypeError):
+        headers = {}
+    body = row[1]
+    raw = body.encode("utf-8", "replace") if isinstance(body, str) else bytes(body or b"")
+    return Message(headers, raw, str(row[2]), str(row[3]), {}), reason

@@ -33,10 +33,13 @@ from conveyor.interfaces import (
 )
 
 from . import _dead
-from ._db import ForkSafe, Notifier, database_path, mapped_errors, open_connection, transaction
+from ._db import (
+    BUSY_TIMEOUT, ForkSafe, Notifier, database_path, mapped_errors, open_connection,
+    transaction,
+)
 from ._schema import (
-    LEASED, MESSAGE_COLUMNS, NOW, PARKED, READY, SCHEMA, Queries, message_columns,
-    message_from, priority_of, queries_for,
+    LEASED, MESSAGE_COLUMNS, NOW, PARKED, READY, SCHEMA, Queries, decode_row,
+    message_columns, priority_of, queries_for,
 )
 
 if TYPE_CHECKING:
@@ -48,11 +51,13 @@ _INSERT = (f"INSERT INTO conveyor_messages (queue, priority, state, due, {MESSAG
 # the ready state after the lease lapsed (nobody else holds it yet).
 _OURS = f"id = ? AND (lease = ? OR state = {READY})"
 _ACK = f"DELETE FROM conveyor_messages WHERE {_OURS}"
-_DEFER = (f"UPDATE conveyor_messages SET state = {PARKED}, due = ?, lease = NULL, "
-          f"deliveries = max(deliveries - 1, 0) WHERE {_OURS}")
-_REQUEUE = (f"UPDATE conveyor_messages SET state = {READY}, lease = NULL, due = {NOW}, "
-            f"deliveries = max(deliveries - 1, 0) WHERE id = ? AND lease = ? "
-            f"AND state = {LEASED}")
+_DEFER = f"UPDATE conveyor_messages SET state = {PARKED}, due = ?, lease = NULL WHERE {_OURS}"
+_REQUEUE = (f"UPDATE conveyor_messages SET state = {READY}, lease = NULL, due = {NOW} "
+            f"WHERE id = ? AND lease = ? AND state = {LEASED}")
+# A delivery is charged when its task starts, not when it is taken: a message that
+# only waited in a worker's prefetch when that worker died did not run.
+_STARTED = (f"UPDATE conveyor_messages SET deliveries = deliveries + 1 "
+            f"WHERE id = ? AND lease = ? AND state = {LEASED}")
 _RELEASE = (f"UPDATE conveyor_messages SET state = {READY}, lease = NULL, due = {NOW} "
             f"WHERE id = ? AND lease = ? AND state = {LEASED}")
 _EXTEND = (f"UPDATE conveyor_messages SET due = ? "
@@ -88,6 +93,10 @@ class SQLiteTransport(BaseTransport):
         self.visibility_timeout = self._lease_time = _positive(self.options,
                                                                "visibility_timeout")
         self.polling_interval = _positive(self.options, "polling_interval")
+        # The caller's bound on one attempt (a publish, a claim) waiting for the write
+        # lock; the publish retry policy decides how many attempts.
+        self.busy_timeout = BUSY_TIMEOUT if self.connect_timeout is None \
+            else float(self.connect_timeout)
         self._db: sqlite3.Connection | None = None
         self._fork = ForkSafe()
         self._notifier = Notifier.for_path(self.path)
@@ -109,7 +118,7 @@ class SQLiteTransport(BaseTransport):
         conn = self._db
         if conn is None:
             with self._errors("connect"):
-                conn = self._db = open_connection(self.path, SCHEMA)
+                conn = self._db = open_connection(self.path, SCHEMA, self.busy_timeout)
         return conn
 
     def _errors(self, what: str) -> mapped_errors:
@@ -254,9 +263,10 @@ class SQLiteTransport(BaseTransport):
         out = []
         for row in rows:
             self._unsettled[row[0]] = token
-            out.append(Delivery(message_from(row[4:]), row[2], (row[0], token),
-                                redelivered=row[3] > 1, deliveries=row[3],
-                                exchange=row[9], routing_key=row[10]))
+            message, error = decode_row(row[0], row[4:])
+            out.append(Delivery(message, row[2], (row[0], token),
+                                redelivered=row[3] > 0, deliveries=row[3] + 1,
+                                exchange=row[9], routing_key=row[10], error=error))
         return out, None
 
     # ------------------------------------------------------------ settling
@@ -277,13 +287,18 @@ class SQLiteTransport(BaseTransport):
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         self._settle(_ACK, self._tags(deliveries))
 
+    def started(self, deliveries: Sequence[Delivery]) -> None:
+        """Charge these deliveries (see ``_STARTED``); what a lapsed lease gives back
+        then counts towards ``worker_max_deliveries``."""
+        self._settle(_STARTED, [d.tag for d in deliveries])
+
     def requeue(self, delivery: Delivery) -> None:
-        """Back to the head of its priority, not counted as a delivery."""
+        """Back to the head of its priority (unstarted, so not counted)."""
         self._settle(_REQUEUE, self._tags([delivery]))
         self._notifier.notify()
 
     def defer(self, delivery: Delivery, due: float) -> None:
-        """Park until ``due``; the delivery it ends is not counted (it did not run)."""
+        """Park until ``due`` (the delivery it ends did not run, so is not counted)."""
         self._settle(_DEFER, [(due, *tag) for tag in self._tags([delivery])])
 
     def extend(self, deliveries: Sequence[Delivery]) -> None:

@@ -1,0 +1,116 @@
+"""Settlement is never dropped: acks that fail in a broker outage longer than the
+ack retry limit, or while another process holds the SQLite write lock past the busy
+timeout, are carried to the next connection; every task runs once, none stays leased."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+
+from conveyor.exceptions import OperationalError
+from fault_lab import Lab
+
+#: How long the Redis transport retries an ack before giving it up to the worker.
+ACK_PATIENCE = 15.0
+
+
+def _drain_through_a_fault(lab: Lab, fault: str, hurt: Callable[[], float]) -> None:
+    lab.vt = 60.0  # a dropped ack or forgotten lease would hold its task a minute
+    worker = lab.worker(pool="threads", concurrency=2, prefetch=4)
+    lab.wait_consuming(worker)
+    for n in range(12):
+        lab.send(n, 0.3)
+    lab.wait_for(lambda: len(lab.runs("S")) >= 2, 30, "the first tasks to start")
+    lasted = hurt()
+    healed = time.monotonic()
+    lab.wait_for(lambda: len(lab.ended()) == 12 and lab.waiting() == 0, 40,
+                 "every task to run and be settled")
+    settled = time.monotonic() - healed
+    ended = lab.ended()
+    duplicates = sum(count - 1 for count in ended.values())
+    print(f"\n[fault] {lab.broker}: {fault} for {lasted:.1f}s; 12 tasks, "
+          f"{sum(ended.values())} runs, {duplicates} duplicates; all settled "
+          f"{settled:.1f}s after it ended")
+    assert ended == {n: 1 for n in range(12)}
+    assert lab.leased() == 0
+    assert worker.poll() is None, lab.stderr()
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_acks_survive_a_redis_outage_longer_than_the_ack_retry_limit(lab: Lab) -> None:
+    proxy = lab.through_proxy()
+
+    def outage() -> float:
+        proxy.cut()
+        time.sleep(ACK_PATIENCE + 2)
+        proxy.restore()
+        return ACK_PATIENCE + 2
+
+    _drain_through_a_fault(lab, "broker outage", outage)
+    assert "Lost the broker connection" in lab.stderr()
+
+
+@pytest.mark.parametrize("broker", ["sqlite"], indirect=True)
+def test_acks_survive_a_lock_held_past_the_busy_timeout(lab: Lab) -> None:
+    # Held past SQLite's default busy timeout (10 s) and the workers' own bound
+    # (broker_connection_timeout, 1 s in faulttasks).
+    def lock() -> float:
+        holder = lab.hold_lock(11.0)
+        holder.wait(30)
+        return 11.0
+
+    _drain_through_a_fault(lab, "write lock held by another process", lock)
+
+
+@pytest.mark.parametrize("broker", ["sqlite"], indirect=True)
+def test_publishing_under_a_held_lock_honours_the_callers_bounds(lab: Lab) -> None:
+    lab.app.conf.broker_connection_timeout = 0.5
+    lab.send(0)  # creates the database
+    holder = lab.hold_lock(30.0)
+    try:
+        start = time.monotonic()
+        with pytest.raises(OperationalError, match="locked"):
+            lab.send(1, retry=False)
+        alone = time.monotonic() - start
+        start = time.monotonic()
+        with pytest.raises(OperationalError, match="gave up after 4 attempts"):
+            lab.send(2)  # the default policy: 4 attempts, 0.6 s of sleeps between
+        policy = time.monotonic() - start
+    finally:
+        holder.kill()
+    print(f"\n[fault] sqlite: publish under a held lock gave up after {alone:.2f}s "
+          f"(retry=False) and {policy:.2f}s (default policy), "
+          f"broker_connection_timeout=0.5")
+    assert 0.4 < alone < 1.5
+    assert policy < 4.0
+
+
+@pytest.mark.parametrize("broker", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("target", ["directory", "file"])
+def test_a_database_this_process_cannot_write_stops_the_worker(lab: Lab,
+                                                               target: str) -> None:
+    lab.send(0)  # the database exists
+    path = lab.root / "broker.db"
+    if target == "directory":
+        lab.root.chmod(0o500)
+    else:
+        path.chmod(0o444)
+    # As root, permissions bind only without CAP_DAC_OVERRIDE: drop every capability.
+    drop = ["setpriv", "--inh-caps=-all", "--bounding-set=-all"] \
+        if os.geteuid() == 0 else []
+    try:
+        out = subprocess.run(
+            [*drop, sys.executable, "-m", "conveyor.cli", "-A", "faulttasks", "worker"],
+            cwd=lab.root, env=lab.env(), capture_output=True, text=True, timeout=30)
+    finally:
+        lab.root.chmod(0o755)
+        path.chmod(0o644)
+    assert out.returncode == 2, out.stderr
+    said = "is not writable" if target == "directory" else "read-only"
+    assert f"error: Cannot open SQLite database {str(path)!r}" in out.stderr
+    assert said in out.stderr and "Traceback" not in out.stderr
