@@ -458,12 +458,20 @@ class Worker:
             return
         early = [job.delivery for job in starting if not job.acks_late]
         if early:
-            transport.ack(early)
+            try:
+                transport.ack(early)
+            except BaseException:
+                self._ready.extendleft(reversed(starting))  # given back at reconnect
+                raise
             for d in early:
                 self._unlease(d)
         if len(early) < len(starting) and self._caps.leases:
-            cast(LeaseTransport, transport).started(
-                [job.delivery for job in starting if job.acks_late])
+            try:
+                cast(LeaseTransport, transport).started(
+                    [job.delivery for job in starting if job.acks_late])
+            except Exception as exc:  # noqa: BLE001 - accounting; the task still runs
+                log.warning("Could not count %d deliveries as started: %s",
+                            len(starting) - len(early), mask_url(str(exc)))
         for job in starting:
             self._running[id(job)] = job
             self.pool.submit(job)
