@@ -1,7 +1,7 @@
 """The fault suite: real worker processes on real brokers, hurt on purpose.
 
 Every test here is marked ``fault`` (``uv run pytest -m fault -s`` runs just these and
-shows their figures). Redis tests use db 14 of the suite's Redis
+shows their figures). Redis tests use db 3 of the suite's Redis
 (``CONVEYOR_TEST_REDIS_PORT``), flushed before and after each test.
 """
 
