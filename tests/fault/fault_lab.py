@@ -86,7 +86,7 @@ def redis_or_fail() -> None:
 
 
 class Lab:
-    """A task module in ``root``, its broker (SQLite file or Redis db 14), workers."""
+    """A task module in ``root``, its broker (SQLite file or Redis db 3), workers."""
 
     def __init__(self, root: Path, broker: str, vt: float = 1.0) -> None:
         self.root, self.broker, self.vt = root, broker, vt
