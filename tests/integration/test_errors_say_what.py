@@ -68,13 +68,19 @@ def test_commands_with_the_broker_down_say_so_and_exit_2(tmp_path: Path,
 
 def test_a_worker_whose_broker_is_down_logs_no_password(tmp_path: Path) -> None:
     (tmp_path / "errapp.py").write_text(APP)
-    proc = subprocess.Popen([sys.executable, "-m", "conveyor.cli", "-A", "errapp",
-                             "-l", "INFO", "worker"], cwd=tmp_path,
-                            env={**os.environ, "ERR_BROKER": DOWN},
-                            stderr=subprocess.PIPE, text=True)
-    time.sleep(2.5)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=20)
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "conveyor.cli", "-A", "errapp",
+                                 "-l", "INFO", "worker"], cwd=tmp_path,
+                                env={**os.environ, "ERR_BROKER": DOWN}, stderr=out)
+    try:
+        deadline = time.monotonic() + 30
+        while b"Cannot connect" not in log.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    err = log.read_text()
     assert f"Cannot connect to {DOWN_MASKED}" in err
     assert SECRET not in err
 
