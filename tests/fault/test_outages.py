@@ -52,7 +52,10 @@ def test_acks_survive_a_redis_outage_longer_than_the_ack_retry_limit(lab: Lab) -
         return ACK_PATIENCE + 2
 
     _drain_through_a_fault(lab, "broker outage", outage)
-    assert "Lost the broker connection" in lab.stderr()
+    # The outage reached the worker (a fetch that lost its connection, or a reconnect
+    # refused while the proxy was cut), and yet every task ran once and was settled.
+    said = lab.stderr()
+    assert "Lost the broker connection" in said or "Cannot connect to" in said
 
 
 @pytest.mark.parametrize("broker", ["sqlite"], indirect=True)
