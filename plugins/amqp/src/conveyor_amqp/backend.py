@@ -70,7 +70,11 @@ class RpcBackend:
         if hasattr(expires, "total_seconds"):
             expires = expires.total_seconds()
         self.expires_ms = int(float(expires) * 1000) if expires else None
+        #: Guards the reply connection (pika is not thread-safe); held while reading.
         self._lock = threading.RLock()
+        #: Guards the states kept here, never held while waiting on the broker, so a
+        #: state stored by another thread is not starved by a waiter's read loop.
+        self._state = threading.Lock()
         self._pid = os.getpid()
         #: task id -> (payload, monotonic deadline or None, final)
         self._latest: dict[str, tuple[bytes, float | None, bool]] = {}
@@ -93,7 +97,8 @@ class RpcBackend:
         if self._pid != os.getpid():
             self._pid = os.getpid()
             self._reader, self._writer = None, None
-            self._latest.clear()
+            with self._state:
+                self._latest.clear()
             self._queue = str(uuid.uuid4())
 
     def _reading(self) -> pika.BlockingConnection:
@@ -117,11 +122,13 @@ class RpcBackend:
             self._keep(props.correlation_id, body, ttl)
 
     def _keep(self, task_id: str, payload: bytes, ttl: float | None) -> None:
-        held = self._latest.get(task_id)
-        if held is not None and held[2] and not self._lapsed(held):
-            return  # a SUCCESS is final
+        final = self._succeeded(payload)
         deadline = time.monotonic() + ttl if ttl else None
-        self._latest[task_id] = (payload, deadline, self._succeeded(payload))
+        with self._state:
+            held = self._latest.get(task_id)
+            if held is not None and held[2] and not self._lapsed(held):
+                return  # a SUCCESS is final
+            self._latest[task_id] = (payload, deadline, final)
 
     def _succeeded(self, body: bytes) -> bool:
         try:
@@ -145,42 +152,43 @@ class RpcBackend:
                  on_error=reset)
 
     def _current(self, task_id: str) -> bytes | None:
-        held = self._latest.get(task_id)
-        if held is None:
-            return None
-        if self._lapsed(held):
-            del self._latest[task_id]
-            return None
-        return held[0]
+        with self._state:
+            held = self._latest.get(task_id)
+            if held is None:
+                return None
+            if self._lapsed(held):
+                del self._latest[task_id]
+                return None
+            return held[0]
 
     # ------------------------------------------------------------- Backend protocol
     def get(self, task_id: str) -> bytes | None:
         with self._lock:
             self._read(0)
-            return self._current(task_id)
+        return self._current(task_id)
 
     def wait(self, task_id: str, *, timeout: float | None,
              previous: bytes | None) -> bytes | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            latest = self._current(task_id)
+            if latest is not None and latest != previous:
+                return latest
+            left = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
+            if left <= 0:
+                return None
             with self._lock:
-                latest = self._current(task_id)
-                if latest is not None and latest != previous:
-                    return latest
-                left = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
-                if left <= 0:
-                    return None
                 self._read(left)
 
     def store(self, task_id: str, state: str, payload: bytes, *,
               expires: float | None, reply_to: str | None = None) -> None:
         """Send ``payload`` to ``reply_to`` (the request's); a state for this
         process (no ``reply_to``, or our own queue) is kept here at once."""
-        with self._lock:
-            self._check_fork()
-        if not reply_to or reply_to == self._queue:
+        if self._pid != os.getpid():  # not the reader's lock otherwise: see _state
             with self._lock:
-                self._keep(task_id, payload, expires)
+                self._check_fork()
+        if not reply_to or reply_to == self._queue:
+            self._keep(task_id, payload, expires)
             return
         destination = reply_to
         ser = self.app.codecs.serializer(self.app.conf.result_serializer)
@@ -204,7 +212,7 @@ class RpcBackend:
                      on_error=reset)
 
     def forget(self, task_id: str) -> None:
-        with self._lock:
+        with self._state:
             self._latest.pop(task_id, None)
 
     def close(self) -> None:
