@@ -37,7 +37,7 @@ from conveyor.interfaces import (
 
 from . import deadletter, delay, lease
 from .stats import read as read_stats
-from .channel import PublisherMixin, check
+from .channel import MOVE_BATCH, PublisherMixin, check
 from .connection import Backoff, Line, client_for
 from .consumer import ConsumerMixin, Lease, _Poll
 from .errors import CONNECTION_ERRORS, retrying, translate
@@ -262,7 +262,10 @@ class RedisTransport(PublisherMixin, ConsumerMixin, BaseTransport):
             return sum(replies[-1][:-1])
 
     def depth(self, queue: str) -> int:
+        """Messages that could be delivered now: due parked ones are moved back first
+        (what any consumer's next claim would do), then the step lists counted."""
         with translate(self.url, f"measuring queue {queue!r}"):
+            delay.MOVE_DUE(self.line, [self.layout.delayed], [time.time(), MOVE_BATCH])
             return sum(check(self.line.pipeline([("LLEN", k)
                                                   for k in self.layout.lists(queue)])))
 

@@ -231,7 +231,9 @@ class MemoryTransport(BaseTransport):
             return count
 
     def depth(self, queue: str) -> int:
+        """Ready messages, counting parked ones that fell due (as :meth:`stats` does)."""
         with self._broker.cond:
+            self._broker.tick(self._lease)
             return len(self._broker.queues.get(queue, []))
 
     def stats(self, queue: str) -> QueueStats:
