@@ -14,15 +14,15 @@ Results go through the Redis backend here (``CONVEYOR_TEST_REDIS_PORT``, db 7);
 from __future__ import annotations
 
 import os
-import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import celery_peer
 import pytest
 from amqp_support import Proc, depth, queue_info, wait_for
+from celery_peer import write_celery_app
 from conveyor import Conveyor, signature
 from conveyor.exceptions import TaskRevokedError, TimeoutError
 
@@ -33,48 +33,15 @@ pytestmark = pytest.mark.amqp
 REDIS_PORT = int(os.environ.get("CONVEYOR_TEST_REDIS_PORT", "6379"))
 RESULTS = f"redis://127.0.0.1:{REDIS_PORT}/7"
 CELERY_QUEUE = "t.amqp.celery"
-CELERY_APP = '''
-import os
-from celery import Celery
-
-app = Celery("interop", broker=os.environ["C_BROKER"], backend=os.environ["C_BACKEND"])
-app.conf.update(accept_content=["json", "msgpack"], task_default_queue=os.environ["C_QUEUE"],
-                worker_prefetch_multiplier=1, broker_connection_retry_on_startup=True,
-                worker_hijack_root_logger=False)
-if os.environ.get("C_MAXPRI"):
-    app.conf.task_queue_max_priority = int(os.environ["C_MAXPRI"])
-if os.environ.get("C_QUORUM"):
-    app.conf.task_default_queue_type = "quorum"
-
-
-@app.task(name="interop.add")
-def add(x, y):
-    return x + y
-
-
-@app.task(name="interop.record")
-def record(path, n):
-    with open(path, "a") as f:
-        f.write(f"{n}\\n")
-    return n
-'''
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: Any) -> Path:
-    path = tmp_path_factory.mktemp("celery-amqp")
-    (path / "celery_interop.py").write_text(textwrap.dedent(CELERY_APP))
-    return path
+    return write_celery_app(tmp_path_factory.mktemp("celery-amqp"))
 
 
 def celery_worker(workdir: Path, broker: str, queue: str, **env: str) -> Proc:
-    proc = Proc([sys.executable, "-m", "celery", "-A", "celery_interop", "worker",
-                 "-P", "solo", "-c", "1", "-Q", queue, "-l", "INFO", "--without-gossip",
-                 "--without-mingle", "--without-heartbeat", "-n", f"{queue}@%h"],
-                workdir, env={"C_BROKER": broker, "C_BACKEND": RESULTS, "C_QUEUE": queue,
-                              **env})
-    proc.wait_output("ready.", 40)
-    return proc
+    return celery_peer.celery_worker(workdir, broker, RESULTS, queue, **env)
 
 
 def conveyor_app(broker: str, **conf: Any) -> Conveyor:

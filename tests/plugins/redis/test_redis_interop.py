@@ -13,15 +13,15 @@ Celery is a test-only dependency; the plugin never imports it.
 from __future__ import annotations
 
 import json
-import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import celery_peer
 import pytest
 import redis
+from celery_peer import write_celery_app
 from conveyor import Conveyor, signature
 from conveyor.exceptions import TaskRevokedError
 from conveyor.interfaces import Route
@@ -32,28 +32,6 @@ celery = pytest.importorskip("celery")
 
 BROKER_DB, RESULT_DB = 11, 12
 CELERY_QUEUE = "t.redis.celery"
-CELERY_APP = '''
-import os, time
-from celery import Celery
-
-app = Celery("interop", broker=os.environ["C_BROKER"], backend=os.environ["C_BACKEND"])
-app.conf.update(accept_content=["json", "msgpack"], task_default_queue=os.environ["C_QUEUE"],
-                worker_prefetch_multiplier=1, broker_connection_retry_on_startup=True,
-                broker_transport_options={"visibility_timeout": float(os.environ["C_VT"])},
-                worker_hijack_root_logger=False)
-
-
-@app.task(name="interop.add")
-def add(x, y):
-    return x + y
-
-
-@app.task(name="interop.record")
-def record(path, n):
-    with open(path, "a") as f:
-        f.write(f"{n}\\n")
-    return n
-'''
 
 
 @pytest.fixture(scope="module")
@@ -70,19 +48,11 @@ def urls(redis_server: str) -> Iterator[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: Any) -> Path:
-    path = tmp_path_factory.mktemp("celery-interop")
-    (path / "celery_interop.py").write_text(textwrap.dedent(CELERY_APP))
-    return path
+    return write_celery_app(tmp_path_factory.mktemp("celery-interop"))
 
 
 def celery_worker(workdir: Path, urls: tuple[str, str], queue: str, vt: float) -> Proc:
-    proc = Proc([sys.executable, "-m", "celery", "-A", "celery_interop", "worker",
-                 "-P", "solo", "-c", "1", "-Q", queue, "-l", "INFO", "--without-gossip",
-                 "--without-mingle", "--without-heartbeat", "-n", f"{queue}@%h"],
-                workdir, env={"C_BROKER": urls[0], "C_BACKEND": urls[1], "C_QUEUE": queue,
-                              "C_VT": str(vt)})
-    proc.wait_output("ready.", 40)
-    return proc
+    return celery_peer.celery_worker(workdir, urls[0], urls[1], queue, C_VT=str(vt))
 
 
 def conveyor_app(urls: tuple[str, str], **conf: Any) -> Conveyor:
