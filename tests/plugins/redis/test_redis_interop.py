@@ -208,9 +208,10 @@ def test_conveyor_restores_what_a_killed_celery_worker_held(urls: tuple[str, str
     queue = "t.redis.celery.killed"
     path = workdir / "killed.txt"
     capp = celery.Celery("client", broker=urls[0], backend=urls[1])
-    result = capp.send_task("interop.record", (str(path), 7), queue=queue, countdown=4)
     client = redis.Redis.from_url(urls[0])
     with celery_worker(workdir, urls, queue, vt=60) as held:
+        # sent once the worker consumes (a slow start must not let the ETA pass first)
+        result = capp.send_task("interop.record", (str(path), 7), queue=queue, countdown=5)
         wait_for(lambda: client.hlen("unacked") >= 1 and client.llen(queue) == 0, 15,
                  what="the Celery worker to hold the ETA task")
         entry = json.loads(next(iter(client.hvals("unacked"))))
