@@ -7,7 +7,8 @@ JSON object. Uses dbs 14 (broker) and 15 (results) of ``--url`` (default
 
 * ``blocking`` — ``noop.delay().get()`` one after another: p50/p99 and throughput;
 * ``async_c1`` — ``await (await noop.adelay()).aget()`` one after another;
-* ``async_c100`` — ``--n`` round trips, at most 100 in flight (a semaphore);
+* ``async_c100`` — ``--n`` round trips, at most 100 in flight (100 coroutines, each
+  one round trip after another: the loop is never handed ``--n`` tasks at once);
 * ``async_gather`` — ``--n`` round trips started at once with ``asyncio.gather``;
 * ``debug`` — ``async_c100`` again (``--debug-n`` round trips) with the loop in
   asyncio debug mode and ``slow_callback_duration`` 0.1 s: every slow callback the
@@ -77,24 +78,21 @@ def blocking(noop: Any, n: int) -> dict[str, float]:
 
 async def concurrent(noop: Any, n: int, limit: int | None) -> dict[str, float]:
     latencies: list[float] = []
-    slots = asyncio.Semaphore(limit) if limit else None
 
     async def one() -> None:
         t = time.perf_counter()
         await (await noop.adelay()).aget(timeout=60)
         latencies.append(time.perf_counter() - t)
 
-    async def bounded() -> None:
-        assert slots is not None
-        async with slots:
+    async def lane(share: int) -> None:
+        for _ in range(share):
             await one()
 
     start = time.perf_counter()
-    if limit == 1:
-        for _ in range(n):
-            await one()
+    if limit:  # `limit` lanes, each one round trip after another: at most limit in flight
+        await asyncio.gather(*(lane(n // limit + (k < n % limit)) for k in range(limit)))
     else:
-        await asyncio.gather(*(bounded() if slots else one() for _ in range(n)))
+        await asyncio.gather(*(one() for _ in range(n)))
     return summary(latencies, time.perf_counter() - start)
 
 

@@ -49,9 +49,17 @@ class AsyncUnsupportedError(ConfigurationError):
     """The broker's or backend's plugin has no asyncio path."""
 
 
+#: (group, scheme) → whether a plugin offers it (reading entry points takes ms).
+_offered: dict[tuple[str, str], bool] = {}
+
+
 def _twin(app: Conveyor, group: str, url: str, kind: str) -> Any:
     scheme = scheme_of(url)
-    if not any(info.name == scheme for info in find(group)):
+    offered = _offered.get((group, scheme))
+    if offered is None:
+        offered = _offered[group, scheme] = any(info.name == scheme
+                                                for info in find(group))
+    if not offered:
         raise AsyncUnsupportedError(
             f"The {scheme!r} {kind} ({mask_url(url)}) has no asyncio path: no plugin "
             f"in the {group!r} entry point group is named {scheme!r}. Call the blocking "
@@ -68,11 +76,13 @@ class _Sender:
         self.transport: Any = _twin(app, TRANSPORTS, url, "transport")
         self.connected = False
 
-    async def _reset(self) -> None:
-        with contextlib.suppress(Exception):  # being replaced anyway
-            await self.transport.close()
+    async def _reset(self, broken: Any) -> None:
+        if self.transport is not broken:
+            return  # another coroutine sharing it replaced it already
         self.connected = False
         self.transport = _twin(self.app, TRANSPORTS, self.url, "transport")
+        with contextlib.suppress(Exception):  # being replaced anyway
+            await broken.close()
 
     async def publish_many(self, batch: Sequence[Outgoing], *,
                            retry: bool, policy: Mapping[str, Any] | None) -> None:
@@ -82,17 +92,18 @@ class _Sender:
         attempts = 0
         while True:
             attempts += 1
+            transport = self.transport
             try:
                 if not self.connected:
-                    await self.transport.connect()
+                    await transport.connect()
                     self.connected = True
-                await self.transport.publish_many(batch)
+                await transport.publish_many(batch)
                 return
             except ConveyorError:
                 raise
             except errors as exc:
                 pause = next(sleeps, None)
-                await self._reset()
+                await self._reset(transport)
                 if pause is None:
                     raise gave_up(self.url, "publish", exc, attempts) from exc
                 log.warning("publish to %s failed (%s); retrying in %.2fs",
@@ -102,22 +113,30 @@ class _Sender:
 
 class _LoopClients:
     """What one app uses on one event loop: a bounded pool of senders (as
-    ``broker_pool_limit`` bounds the blocking pool) and one backend."""
+    ``broker_pool_limit`` bounds the blocking pool), or one sender for a transport
+    that serves every coroutine at once (``multiplexed``); and one backend."""
 
     def __init__(self, app: Conveyor) -> None:
         self.app = app
         self.idle: list[_Sender] = []
         self.slots = asyncio.Semaphore(max(1, int(app.conf.broker_pool_limit or 1)))
+        self.shared: _Sender | None = None
         self._backend: Any = None
 
     @contextlib.asynccontextmanager
     async def sender(self) -> AsyncIterator[_Sender]:
+        if self.shared is not None:
+            yield self.shared
+            return
         async with self.slots:
             sender = self.idle.pop() if self.idle else _Sender(self.app, self.app.broker_url)
             try:
                 yield sender
             finally:
-                self.idle.append(sender)
+                if getattr(sender.transport, "multiplexed", False):
+                    self.shared = sender  # perf: no pool, no semaphore from now on
+                else:
+                    self.idle.append(sender)
 
     @property
     def backend(self) -> Any:
@@ -127,6 +146,9 @@ class _LoopClients:
 
     async def close(self) -> None:
         senders, self.idle = self.idle, []
+        if self.shared is not None:
+            senders.append(self.shared)
+            self.shared = None
         for sender in senders:
             if sender.connected:
                 await sender.transport.close()
@@ -197,8 +219,16 @@ async def deferred(app: Conveyor, build: Callable[[], T]) -> T:
     for run in held:
         _no_publisher(run.publisher)
     if held:
-        async with clients(app).sender() as sender:
-            for run in held:
-                await sender.publish_many(run.batch, retry=run.retry, policy=run.policy)
-                app.publishing.published(run.names, run.batch)
+        loop_clients = clients(app)
+        if loop_clients.shared is not None:  # perf: no context manager
+            await _send(app, loop_clients.shared, held)
+        else:
+            async with loop_clients.sender() as sender:
+                await _send(app, sender, held)
     return result
+
+
+async def _send(app: Conveyor, sender: _Sender, held: list[Any]) -> None:
+    for run in held:
+        await sender.publish_many(run.batch, retry=run.retry, policy=run.policy)
+        app.publishing.published(run.names, run.batch)

@@ -726,7 +726,9 @@ class Router(Protocol):
 # ``capabilities`` as its blocking twin.
 @runtime_checkable
 class AsyncTransport(Protocol):
-    """Twin of :class:`Transport`; one task uses it at a time."""
+    """Twin of :class:`Transport`; one task uses it at a time, unless its class sets
+    ``multiplexed = True`` (optional): then the core shares one instance between
+    every coroutine of the loop instead of keeping a pool of them."""
 
     scheme: ClassVar[str]
     capabilities: ClassVar[Capabilities]

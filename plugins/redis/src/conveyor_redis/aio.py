@@ -2,13 +2,19 @@
 
 The same bytes as the blocking classes: messages are shaped by the blocking
 transport's own code (:meth:`.PublisherMixin.commands`) and stored in one MULTI/EXEC;
-results are the same keys, written by the same Lua script. Only the I/O is awaited.
+results are the same keys, written by the same Lua script. Only the I/O is awaited,
+over one pipelined connection per twin (:class:`.aiopipe.Pipe`).
 
 Waiting for results shares one subscription connection per backend: a reader task
-wakes the waiters of a channel when its key is published, so ten thousand
+hands each waiter of a channel the state published on it, so ten thousand
 concurrent ``aget()`` calls cost one connection, not ten thousand. Each wait
 subscribes, waits for the subscription to be confirmed, then reads the key (so a
 result stored before the subscription is not missed), as the blocking backend does.
+Unlike the blocking backend, a notification is used as it comes (the payload
+published is the one stored, by the same script), as Celery's result consumer does:
+one round trip less per result. Redis pub/sub ignores db numbers, so this trusts the
+task id (a UUID) to name one task across the server's dbs; the key is read again
+every few seconds, and after a lost connection, whatever the notifications say.
 """
 
 from __future__ import annotations
@@ -16,22 +22,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
+import math
 from collections.abc import Sequence
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 import redis
 import redis.asyncio as aioredis
 from conveyor.interfaces import BackendCapabilities, Capabilities, Outgoing, Route
 
+from .aiopipe import Pipe
 from .backend import KEY_PREFIX, STORE, _REREAD_EVERY
-from .channel import PublisherMixin
+from .channel import PublisherMixin, check, routed_exchanges
 from .connection import CONNECTION_ERRORS, driver_url
 from .errors import wrap
 from .layout import Layout
 from .transport import RedisTransport
 
 log = logging.getLogger("conveyor.redis")
+_BROKEN: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, OSError)
+#: Pause before the subscription connection is opened again after it broke.
+_RESUBSCRIBE_PAUSE = 0.2
+
+
+def _pool(url: str, *, socket_timeout: float | None, connect_timeout: float | None,
+          keepalive: bool = True, ssl: dict[str, Any] | None = None
+          ) -> aioredis.ConnectionPool:
+    return aioredis.ConnectionPool.from_url(
+        driver_url(url), socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout, socket_keepalive=keepalive,
+        protocol=2, **(ssl or {}))
 
 
 class _Shaper(PublisherMixin):
@@ -54,30 +73,31 @@ class AsyncRedisTransport:
     scheme: ClassVar[str] = "redis"
     capabilities: ClassVar[Capabilities] = RedisTransport.capabilities
     connection_errors = CONNECTION_ERRORS
+    #: One instance serves every coroutine of its loop at once (one pipelined
+    #: connection), so the core keeps no pool of them.
+    multiplexed: ClassVar[bool] = True
 
     def __init__(self, url: str = "redis://", app: Any = None) -> None:
         self.url = url
         given = dict(app.conf.broker_transport_options) if app is not None else {}
         self.options = o = RedisTransport.check_options(given)
-        self.connect_timeout = app.conf.broker_connection_timeout if app is not None else None
+        connect = o["socket_connect_timeout"]
+        if connect is None and app is not None:
+            connect = app.conf.broker_connection_timeout
+        self._pool_args = {"socket_timeout": o["socket_timeout"], "connect_timeout": connect,
+                           "keepalive": bool(o["socket_keepalive"]), "ssl": o["ssl"]}
         self._shaper = _Shaper(url, Layout(o["global_keyprefix"], o["sep"],
                                            o["priority_steps"]))
-        self._client: aioredis.Redis | None = None
+        self._pipe: Pipe | None = None
 
     async def connect(self) -> None:
-        if self._client is None:
-            o = self.options
-            connect = o["socket_connect_timeout"]
-            self._client = aioredis.Redis.from_url(
-                driver_url(self.url), socket_timeout=o["socket_timeout"],
-                socket_connect_timeout=connect if connect is not None
-                else self.connect_timeout, socket_keepalive=bool(o["socket_keepalive"]),
-                max_connections=o["max_connections"], protocol=2, **(o["ssl"] or {}))
+        if self._pipe is None:
+            self._pipe = Pipe(_pool(self.url, **self._pool_args))
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            await pipe.close()
 
     async def declare(self, route: Route) -> None:
         await self.publish_many([])  # bindings are written with the first message
@@ -86,17 +106,63 @@ class AsyncRedisTransport:
         """One MULTI/EXEC: every message is stored, or none and an error."""
         if not batch:
             return
-        await self.connect()
-        assert self._client is not None
-        commands, routes = self._shaper.commands(batch)
+        if self._pipe is None:
+            await self.connect()
+        pipe = self._pipe
+        assert pipe is not None
+        shaper = self._shaper
+        exchanges = routed_exchanges(batch)
+        tables = shaper.parse_tables(exchanges, check(
+            await pipe.pipeline(shaper.table_reads(exchanges)))) if exchanges else {}
+        commands, routes = shaper.commands(batch, tables)
         if len(commands) == 1:  # perf: one command is atomic as it is
-            await self._client.execute_command(*commands[0])  # type: ignore[no-untyped-call]
+            await pipe.call(*commands[0])
             return
-        async with self._client.pipeline(transaction=True) as pipe:
-            for command in commands:
-                pipe.execute_command(*command)
-            await pipe.execute()
-        self._shaper._declared |= routes
+        check(await pipe.transaction(commands))
+        shaper._declared |= routes
+
+
+class _Waiter:
+    """One ``wait()``: what was published for it, and the future it sleeps on."""
+
+    __slots__ = ("payload", "confirmed", "reread", "future")
+
+    def __init__(self, confirmed: bool) -> None:
+        self.payload: bytes | None = None
+        self.confirmed = confirmed
+        self.reread = True  # read the key once the subscription is confirmed
+        self.future: asyncio.Future[bool] | None = None
+
+    def wake(self) -> None:
+        future = self.future
+        if future is not None and not future.done():
+            future.set_result(True)
+
+    async def sleep(self, pause: float | None) -> None:
+        """Until woken, or ``pause`` seconds (then the key is read again)."""
+        loop = asyncio.get_running_loop()
+        future = self.future = loop.create_future()
+        timer = None if pause is None else loop.call_later(pause, _time_up, future)
+        try:
+            if not await future:
+                self.reread = True
+        finally:
+            self.future = None
+            if timer is not None:
+                timer.cancel()
+
+
+def _time_up(future: asyncio.Future[bool]) -> None:
+    if not future.done():
+        future.set_result(False)
+
+
+class _Channel:
+    __slots__ = ("waiters", "confirmed")
+
+    def __init__(self) -> None:
+        self.waiters: list[_Waiter] = []
+        self.confirmed = False
 
 
 class AsyncRedisBackend:
@@ -107,18 +173,20 @@ class AsyncRedisBackend:
     def __init__(self, url: str = "redis://", app: Any = None) -> None:
         self.url = url
         timeout = app.conf.broker_connection_timeout if app is not None else 4.0
-        self.client = aioredis.Redis.from_url(driver_url(url), socket_timeout=10.0,
-                                              socket_connect_timeout=timeout, protocol=2)
-        self._pubsub: Any = None
-        self._reader: asyncio.Task[None] | None = None
-        #: channel → (waiter count, set when a message or confirmation arrives)
-        self._waiters: dict[bytes, list[asyncio.Event]] = {}
-        self._confirmed: dict[bytes, asyncio.Event] = {}
-        self._connecting = asyncio.Lock()
-        #: Channels to (un)subscribe at the next flush, and the task that sends them.
+        self._pipe = Pipe(_pool(url, socket_timeout=10.0, connect_timeout=timeout))
+        #: The subscription connection reads for ever: no read timeout.
+        self._sub_pool = _pool(url, socket_timeout=None, connect_timeout=timeout)
+        self._sub_conn: Any = None
+        self._listener: asyncio.Task[None] | None = None
+        self._channels: dict[bytes, _Channel] = {}
+        #: Channels to (un)subscribe at the next flush (one command each way, so
+        #: waiters that arrive together share one write).
         self._subscribing: set[bytes] = set()
         self._unsubscribing: set[bytes] = set()
-        self._flusher: asyncio.Task[None] | None = None
+        #: UNSUBSCRIBEs sent per channel and not answered yet: a subscription
+        #: confirmed before them is not the one a new waiter asked for.
+        self._leaving: dict[bytes, int] = {}
+        self._flushing = False
 
     @staticmethod
     def key(task_id: str) -> str:
@@ -126,7 +194,7 @@ class AsyncRedisBackend:
 
     async def get(self, task_id: str) -> bytes | None:
         try:
-            return cast("bytes | None", await self.client.get(self.key(task_id)))
+            return await self._pipe.call("GET", self.key(task_id))  # type: ignore[no-any-return]
         except redis.RedisError as exc:
             raise wrap(exc, self.url, f"reading the result of task {task_id}") from exc
 
@@ -134,40 +202,38 @@ class AsyncRedisBackend:
                     expires: float | None) -> None:
         ttl, unit = (int(expires * 1000), "ms") if expires else (0, "s")
         try:
-            await self.client.eval(STORE.source, 1, self.key(task_id), payload, ttl, unit)
+            await self._pipe.call("EVAL", STORE.source, 1, self.key(task_id), payload,
+                                  ttl, unit)
         except redis.RedisError as exc:
             raise wrap(exc, self.url, f"storing the {state} result of {task_id}") from exc
 
     async def forget(self, task_id: str) -> None:
         try:
-            await self.client.delete(self.key(task_id))
+            await self._pipe.call("DEL", self.key(task_id))
         except redis.RedisError as exc:
             raise wrap(exc, self.url, f"forgetting the result of {task_id}") from exc
 
     # ------------------------------------------------------------- waiting
-    def _join(self, channel: bytes) -> asyncio.Event:
-        """One more waiter on ``channel``: the event it sleeps on."""
-        event = asyncio.Event()
-        self._waiters.setdefault(channel, []).append(event)
-        return event
-
-    async def _subscribed(self, channel: bytes) -> None:
-        """Subscribe on the first waiter; return once the server confirmed it."""
-        confirmed = self._confirmed.get(channel)
-        if confirmed is None:
-            confirmed = self._confirmed[channel] = asyncio.Event()
+    def _join(self, channel: bytes) -> _Waiter:
+        """One more waiter on ``channel`` (subscribed on the first)."""
+        found = self._channels.get(channel)
+        if found is None:
+            found = self._channels[channel] = _Channel()
             self._unsubscribing.discard(channel)
             self._subscribing.add(channel)
             self._schedule()
-        await confirmed.wait()
+        waiter = _Waiter(found.confirmed)
+        found.waiters.append(waiter)
+        return waiter
 
-    def _unsubscribe(self, channel: bytes, event: asyncio.Event) -> None:
-        waiters = self._waiters.get(channel, [])
-        if event in waiters:
-            waiters.remove(event)
-        if not waiters:
-            self._waiters.pop(channel, None)
-            self._confirmed.pop(channel, None)
+    def _leave(self, channel: bytes, waiter: _Waiter) -> None:
+        found = self._channels.get(channel)
+        if found is None:
+            return
+        with contextlib.suppress(ValueError):
+            found.waiters.remove(waiter)
+        if not found.waiters:
+            del self._channels[channel]
             if channel in self._subscribing:
                 self._subscribing.discard(channel)
             else:
@@ -175,114 +241,125 @@ class AsyncRedisBackend:
                 self._schedule()
 
     def _schedule(self) -> None:
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        loop = asyncio.get_running_loop()
+        if self._listener is None or self._listener.done():
+            self._listener = loop.create_task(self._listen())
+        if not self._flushing:
+            self._flushing = True
+            loop.call_soon(self._flush)
 
-    async def _flush(self) -> None:
-        """Send the (un)subscriptions asked for since the last flush, one command
-        each way: waiters that arrive together share one round trip."""
-        while self._subscribing or self._unsubscribing:
+    def _flush(self) -> None:
+        """Send the (un)subscriptions asked for this turn of the loop, in one write.
+        Without a connection, :meth:`_listen` subscribes everything once it has one."""
+        self._flushing = False
+        conn = self._sub_conn
+        if conn is None:
+            return
+        out: list[bytes] = []
+        gone, self._unsubscribing = self._unsubscribing, set()
+        if gone:
+            out += conn.pack_command("UNSUBSCRIBE", *gone)
+            for channel in gone:
+                self._leaving[channel] = self._leaving.get(channel, 0) + 1
+        new, self._subscribing = self._subscribing, set()
+        if new:
+            out += conn.pack_command("SUBSCRIBE", *new)
+        if out:
             try:
-                async with self._connecting:
-                    if self._pubsub is None:
-                        pubsub = self.client.pubsub()
-                        await pubsub.connect()  # type: ignore[no-untyped-call]
-                        self._pubsub = pubsub
-                if self._reader is None or self._reader.done():
-                    self._reader = asyncio.get_running_loop().create_task(self._read())
-                gone, self._unsubscribing = self._unsubscribing, set()
-                if gone:
-                    await self._pubsub.unsubscribe(*gone)
-                new, self._subscribing = self._subscribing, set()
-                if new:
-                    await self._pubsub.subscribe(*new)
-            except CONNECTION_ERRORS as exc:
-                log.warning("Subscribing to results at %s failed (%s); retrying",
-                            self.url, exc)
-                await self._resubscribe()
+                conn._writer.writelines(out)
+            except (OSError, RuntimeError, AttributeError) as exc:
+                log.debug("Writing subscriptions failed (%s); the listener reconnects", exc)
 
-    async def _read(self) -> None:
-        """Wake the waiters of each channel a message or confirmation arrives on."""
+    async def _listen(self) -> None:
+        """Read the subscription connection for ever; reconnect when it breaks."""
         while True:
+            conn = self._sub_pool.make_connection()  # type: ignore[no-untyped-call]
             try:
-                # Blocks until something arrives: a read timeout would make redis-py
-                # reconnect, losing what was in flight (a subscription confirmed then).
-                msg = await self._pubsub.get_message(timeout=None)
-            except CONNECTION_ERRORS as exc:  # wake everyone: they re-read the key
+                await conn.connect()
+                self._sub_conn = conn
+                self._subscribing.clear()
+                self._unsubscribing.clear()
+                self._leaving.clear()
+                if self._channels:
+                    conn._writer.writelines(conn.pack_command("SUBSCRIBE", *self._channels))
+                while True:
+                    self._dispatch(await conn.read_response(timeout=math.inf))
+            except _BROKEN as exc:
                 log.warning("Result subscription to %s broke (%s); resubscribing",
                             self.url, exc)
-                await self._resubscribe()
-                continue
-            if msg is None:
-                continue
-            channel = msg.get("channel")
-            if msg["type"] == "subscribe":
-                confirmed = self._confirmed.get(channel)
-                if confirmed is not None:
-                    confirmed.set()
-            elif msg["type"] == "message":
-                for event in self._waiters.get(channel, ()):
-                    event.set()
+            finally:
+                self._sub_conn = None
+                with contextlib.suppress(Exception):
+                    conn._close()
+            for found in self._channels.values():  # read again once resubscribed
+                found.confirmed = False
+                for waiter in found.waiters:
+                    waiter.confirmed, waiter.reread = False, True
+                    waiter.wake()
+            await asyncio.sleep(_RESUBSCRIBE_PAUSE)
 
-    async def _resubscribe(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._pubsub.aclose()
-        for waiters in self._waiters.values():
-            for event in waiters:
-                event.set()
-        await asyncio.sleep(0.2)
-        with contextlib.suppress(redis.RedisError):
-            pubsub = self.client.pubsub()
-            await pubsub.connect()  # type: ignore[no-untyped-call]
-            self._pubsub = pubsub
-            if self._waiters:
-                await pubsub.subscribe(*self._waiters)
-        for confirmed in self._confirmed.values():
-            confirmed.set()
+    def _dispatch(self, reply: Any) -> None:
+        kind, channel = reply[0], reply[1]
+        if kind == b"message":
+            found = self._channels.get(channel)
+            if found is not None:
+                for waiter in found.waiters:
+                    waiter.payload = reply[2]
+                    waiter.wake()
+        elif kind == b"subscribe":
+            if self._leaving.get(channel):
+                return  # confirms a subscription an UNSUBSCRIBE since ended
+            found = self._channels.get(channel)
+            if found is not None and not found.confirmed:
+                found.confirmed = True
+                for waiter in found.waiters:
+                    waiter.confirmed = True
+                    waiter.wake()
+        elif kind == b"unsubscribe":
+            left = self._leaving.get(channel, 0) - 1
+            if left > 0:
+                self._leaving[channel] = left
+            else:
+                self._leaving.pop(channel, None)
 
     async def wait(self, task_id: str, *, timeout: float | None,
                    previous: bytes | None) -> bytes | None:
-        key = self.key(task_id)
-        channel = key.encode("utf-8")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        event = self._join(channel)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        channel = self.key(task_id).encode("utf-8")
+        waiter = self._join(channel)
         try:
-            try:
-                await asyncio.wait_for(self._subscribed(channel), timeout)
-            except asyncio.TimeoutError:
-                return await self._changed(task_id, previous)
             while True:
-                found = await self._changed(task_id, previous)
-                if found is not None:
-                    return found
-                pause = _REREAD_EVERY
+                payload = waiter.payload
+                if payload is not None and payload != previous:
+                    return payload
+                if waiter.confirmed and waiter.reread:
+                    waiter.reread = False
+                    found = await self._changed(task_id, previous)
+                    if found is not None:
+                        return found
+                    continue  # a notification may have come meanwhile
+                pause: float | None = _REREAD_EVERY
                 if deadline is not None:
-                    pause = min(pause, deadline - time.monotonic())
-                    if pause <= 0:
-                        return None
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(event.wait(), pause)
-                event.clear()
-        except redis.RedisError as exc:
-            raise wrap(exc, self.url, f"waiting for task {task_id}") from exc
+                    pause = min(_REREAD_EVERY, deadline - loop.time())
+                    if pause <= 0:  # one last look, as the blocking backend does
+                        return await self._changed(task_id, previous)
+                await waiter.sleep(pause)
         finally:
-            self._unsubscribe(channel, event)
+            self._leave(channel, waiter)
 
     async def _changed(self, task_id: str, previous: bytes | None) -> bytes | None:
         current = await self.get(task_id)
         return current if current is not None and current != previous else None
 
     async def close(self) -> None:
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.cancel()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
-            self._pubsub = None
-        await self.client.aclose()
+                await listener
+        await self._pipe.close()
+        await self._sub_pool.aclose()
 
 
 class SecureAsyncRedisTransport(AsyncRedisTransport):

@@ -82,12 +82,20 @@ class PublisherMixin:
     def _tables(self, batch: Sequence[Outgoing]) -> dict[str, list[Binding]]:
         """The binding tables of the exchanges routed messages go through (one round
         trip, only when there are any): kombu's ``_kombu.binding.<exchange>`` sets."""
-        exchanges = list(dict.fromkeys(r.exchange for _m, r, _d in batch if r.routed))
+        exchanges = routed_exchanges(batch)
         if not exchanges:
             return {}
         with translate(self.url, "reading exchange bindings", retryable_raw=True):
-            replies = check(self.line.pipeline(
-                [("SMEMBERS", self.layout.binding(e)) for e in exchanges]))
+            replies = check(self.line.pipeline(self.table_reads(exchanges)))
+        return self.parse_tables(exchanges, replies)
+
+    def table_reads(self, exchanges: Sequence[str]) -> list[tuple[Any, ...]]:
+        """The commands that read ``exchanges``' binding tables."""
+        return [("SMEMBERS", self.layout.binding(e)) for e in exchanges]
+
+    def parse_tables(self, exchanges: Sequence[str], replies: Sequence[Any]
+                     ) -> dict[str, list[Binding]]:
+        """The binding tables from :meth:`table_reads`' replies."""
         sep = self.layout.sep
         tables: dict[str, list[Binding]] = {}
         for exchange, members in zip(exchanges, replies):
@@ -128,12 +136,15 @@ class PublisherMixin:
             self._declared |= routes
         self._producer_move()
 
-    def commands(self, batch: Sequence[tuple[Message, Route, float | None]]
+    def commands(self, batch: Sequence[tuple[Message, Route, float | None]],
+                 tables: dict[str, list[Binding]] | None = None
                  ) -> tuple[list[tuple[Any, ...]], set[Route]]:
         """The commands that store ``batch`` (bindings of routes not declared yet,
-        pushes, parks), to run in one transaction; and those routes."""
+        pushes, parks), to run in one transaction; and those routes. ``tables``: the
+        routed exchanges' bindings when the caller read them (else read here)."""
         now = time.time()
-        tables = self._tables(batch)
+        if tables is None:
+            tables = self._tables(batch)
         pushes: dict[str, list[str]] = {}
         parks: list[Any] = []
         routes: set[Route] = set()
@@ -171,6 +182,11 @@ class PublisherMixin:
                 delay.MOVE_DUE(self.line, [self.layout.delayed], [now, MOVE_BATCH])
             except redis.RedisError as exc:
                 log.debug("Could not move due delayed messages: %s", exc)
+
+
+def routed_exchanges(batch: Sequence[Outgoing]) -> list[str]:
+    """The exchanges whose bindings route messages of ``batch``, once each."""
+    return list(dict.fromkeys(r.exchange for _m, r, _d in batch if r.routed))
 
 
 def check(replies: list[Any]) -> list[Any]:

@@ -1,0 +1,242 @@
+"""The asyncio twins against a real Redis (transport db 8, backend db 13): one
+pipelined connection for commands, one subscription for waits, surviving killed
+connections, and the loop never blocked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis
+from conveyor.interfaces import Route
+from conveyor_redis import RedisBackend
+from conveyor_redis.aio import AsyncRedisBackend, AsyncRedisTransport
+from redis_support import make_message, stub_app
+
+SEP = "\x06\x16"
+
+
+def _state(status: str, n: int) -> bytes:
+    return json.dumps({"status": status, "result": n}).encode()
+
+
+def _kill(client: redis.Redis, kind: str) -> int:
+    """Kill every connection of ``kind`` (``pubsub`` or ``normal``) but ``client``'s."""
+    own = client.client_id()
+    killed = 0
+    for info in client.client_list(_type=kind):
+        if int(info["id"]) != own:
+            killed += client.client_kill_filter(_id=info["id"])
+    return killed
+
+
+def test_a_thousand_waits_share_two_connections_and_get_their_own_results(
+        rb: redis.Redis, redis_server: str) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(1000)]
+    writer = RedisBackend(f"{redis_server}/13")
+
+    def store_all() -> None:
+        for n, task_id in enumerate(ids):
+            writer.store(task_id, "SUCCESS", _state("SUCCESS", n), expires=60)
+        writer.flush()
+
+    async def main() -> tuple[list[bytes | None], int]:
+        backend = AsyncRedisBackend(f"{redis_server}/13")
+        try:
+            before = len(rb.client_list())
+            waits = [backend.wait(t, timeout=20, previous=None) for t in ids]
+            gathered = asyncio.gather(*waits)
+            await asyncio.sleep(0.5)  # every wait is subscribed: results come after
+            connections = len(rb.client_list()) - before
+            await asyncio.to_thread(store_all)
+            return await gathered, connections
+        finally:
+            await backend.close()
+
+    try:
+        found, connections = asyncio.run(main())
+    finally:
+        writer.close()
+    assert [json.loads(f or b"null")["result"] for f in found] == list(range(1000))
+    assert connections <= 2
+
+
+def test_a_wait_survives_its_subscription_connection_being_killed(
+        rb: redis.Redis, redis_server: str) -> None:
+    task_id = str(uuid.uuid4())
+
+    async def main() -> bytes | None:
+        backend = AsyncRedisBackend(f"{redis_server}/13")
+        try:
+            waiting = asyncio.ensure_future(backend.wait(task_id, timeout=10, previous=None))
+            await asyncio.sleep(0.3)
+            assert _kill(rb, "pubsub") >= 1
+            await asyncio.sleep(0.1)
+            rb.set(f"celery-task-meta-{task_id}", _state("SUCCESS", 7))
+            rb.publish(f"celery-task-meta-{task_id}", _state("SUCCESS", 7))
+            started = time.monotonic()
+            found = await waiting
+            assert time.monotonic() - started < 3  # resubscribed and read, not the 5 s re-read
+            return found
+        finally:
+            await backend.close()
+
+    assert json.loads(asyncio.run(main()) or b"null")["result"] == 7
+
+
+def test_progress_states_arrive_in_order_and_a_repeated_wait_sees_the_next(
+        rb: redis.Redis, redis_server: str) -> None:
+    task_id = str(uuid.uuid4())
+    key = f"celery-task-meta-{task_id}"
+
+    async def main() -> list[bytes]:
+        backend = AsyncRedisBackend(f"{redis_server}/13")
+        seen: list[bytes] = []
+        previous = None
+        try:
+            for n in range(3):
+                waiting = asyncio.ensure_future(
+                    backend.wait(task_id, timeout=10, previous=previous))
+                await asyncio.sleep(0.1)
+                state = _state("PROGRESS" if n < 2 else "SUCCESS", n)
+                rb.set(key, state)
+                rb.publish(key, state)
+                found = await waiting
+                assert found is not None
+                seen.append(found)
+                previous = found
+            return seen
+        finally:
+            await backend.close()
+
+    assert [json.loads(s)["result"] for s in asyncio.run(main())] == [0, 1, 2]
+
+
+def test_a_wait_times_out_with_none_and_never_blocks_the_loop(
+        rb: redis.Redis, redis_server: str) -> None:
+    async def main() -> tuple[bytes | None, float]:
+        backend = AsyncRedisBackend(f"{redis_server}/13")
+        ticks: list[float] = []
+
+        async def tick() -> None:
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.ensure_future(tick())
+        try:
+            found = await backend.wait(str(uuid.uuid4()), timeout=0.6, previous=None)
+            gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+            return found, max(gaps)
+        finally:
+            ticker.cancel()
+            await backend.close()
+
+    found, worst_gap = asyncio.run(main())
+    assert found is None and worst_gap < 0.1
+
+
+def test_killed_command_connection_fails_in_flight_calls_and_the_next_reconnects(
+        rb: redis.Redis, redis_server: str) -> None:
+    async def main() -> None:
+        backend = AsyncRedisBackend(f"{redis_server}/13")
+        try:
+            rb.set("celery-task-meta-here", b"x")
+            assert await backend.get("here") == b"x"
+            assert _kill(rb, "normal") >= 1
+            with pytest.raises(redis.ConnectionError):
+                await backend.get("here")  # the dead connection is found out
+            assert await backend.get("here") == b"x"  # a new one
+        finally:
+            await backend.close()
+
+    asyncio.run(main())
+
+
+def test_cancelled_calls_leave_every_other_reply_in_its_place(
+        rb: redis.Redis, redis_server: str) -> None:
+    for n in range(100):
+        rb.set(f"celery-task-meta-k{n}", str(n))
+
+    async def main() -> list[Any]:
+        backend = AsyncRedisBackend(f"{redis_server}/13")
+        try:
+            calls = [asyncio.ensure_future(backend.get(f"k{n}")) for n in range(100)]
+            await asyncio.sleep(0)  # written
+            for call in calls[::2]:
+                call.cancel()
+            kept = await asyncio.gather(*calls[1::2])
+            again = await asyncio.gather(*(backend.get(f"k{n}") for n in range(100)))
+            return [kept, again]
+        finally:
+            await backend.close()
+
+    kept, again = asyncio.run(main())
+    assert kept == [str(n).encode() for n in range(1, 100, 2)]
+    assert again == [str(n).encode() for n in range(100)]
+
+
+def test_routed_publish_goes_where_the_blocking_one_does(r: redis.Redis,
+                                                         broker_url: str) -> None:
+    queue = f"t.redis.{uuid.uuid4().hex[:8]}"
+    other = f"{queue}.other"
+    for bound in (queue, other):
+        r.sadd("_kombu.binding.tx", f"rk{SEP}{SEP}{bound}")
+
+    async def main() -> None:
+        transport = AsyncRedisTransport(broker_url, stub_app())
+        try:
+            await transport.publish_many([(make_message(1), Route(queue, "tx", "rk"), None),
+                                          (make_message(2), Route(queue), None)])
+        finally:
+            await transport.close()
+
+    asyncio.run(main())
+    lowest = f"{SEP}9"  # an unprioritised message's list
+    assert r.llen(queue + lowest) == 2 and r.llen(other + lowest) == 1
+    assert json.loads(r.lindex(other + lowest, 0))["headers"]["n"] == 1
+
+
+def test_concurrent_publishes_all_arrive_over_one_connection(r: redis.Redis,
+                                                            broker_url: str) -> None:
+    queue = f"t.redis.{uuid.uuid4().hex[:8]}"
+
+    async def main() -> int:
+        transport = AsyncRedisTransport(broker_url, stub_app())
+        try:
+            before = len(r.client_list())
+            await asyncio.gather(*(transport.publish_many([(make_message(n), Route(queue),
+                                                            None)]) for n in range(500)))
+            return len(r.client_list()) - before
+        finally:
+            await transport.close()
+
+    assert asyncio.run(main()) <= 1
+    assert sorted(json.loads(raw)["headers"]["n"]
+                  for raw in r.lrange(f"{queue}{SEP}9", 0, -1)) \
+        == list(range(500))
+
+
+def test_the_blocking_and_async_writers_agree(rb: redis.Redis, redis_server: str) -> None:
+    """What the async twin stores, the blocking backend reads (same key, same script)."""
+    task_id = str(uuid.uuid4())
+
+    async def main() -> None:
+        backend = AsyncRedisBackend(f"{redis_server}/13")
+        try:
+            await backend.store(task_id, "SUCCESS", _state("SUCCESS", 3), expires=60)
+            await backend.store(task_id, "FAILURE", _state("FAILURE", 4), expires=60)
+        finally:
+            await backend.close()
+
+    asyncio.run(main())
+    reader = RedisBackend(f"{redis_server}/13")
+    try:
+        assert json.loads(reader.get(task_id) or b"null")["result"] == 3  # SUCCESS kept
+    finally:
+        reader.close()
+    assert 0 < rb.ttl(f"celery-task-meta-{task_id}") <= 60
