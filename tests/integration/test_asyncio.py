@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sqlite3
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ from typing import Any
 
 import pytest
 import redis
-from conveyor import chain, group
+from conveyor import chain, chord, group
 from conveyor.exceptions import TaskRevokedError, TimeLimitExceeded, TimeoutError
 from conveyor_pytest.fixtures import require_service, worker_process
 
@@ -62,6 +64,11 @@ async def stuck() -> str:
 @app.task
 def add(x: int, y: int) -> int:
     return x + y
+
+
+@app.task
+def tsum(numbers: list[int]) -> int:
+    return sum(numbers)
 
 
 @app.task(bind=True)
@@ -208,3 +215,48 @@ def test_the_asyncio_client_end_to_end(project: tuple[Any, dict[str, str]]) -> N
     with worker_process(spec["app_spec"], cwd=spec["cwd"], pool="threads", concurrency=4):
         asyncio.run(main())
 
+
+
+def _hold_the_store(urls: dict[str, str], seconds: float) -> None:
+    """Make every write to the broker and backend wait ``seconds`` from now: a
+    paused Redis (``CLIENT PAUSE … WRITE``), or a SQLite file another connection
+    holds the write lock of."""
+    url = urls["T_BACKEND"]
+    if url.startswith("redis"):
+        client = redis.Redis(HOST, PORT)
+        client.execute_command("CLIENT", "PAUSE", int(seconds * 1000), "WRITE")
+        client.close()
+        return
+    holder = sqlite3.connect(url.removeprefix("sqlite:///"), check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    timer = threading.Timer(seconds, lambda: (holder.rollback(), holder.close()))
+    timer.start()
+
+
+def test_canvas_writes_to_the_backend_are_awaited_not_blocking_the_loop(
+        project: tuple[Any, dict[str, str]], urls: dict[str, str]) -> None:
+    """A chord's counter and a chain's parked steps are written through the loop's
+    backend: while the store makes writes wait, the loop keeps ticking."""
+    module, spec = project
+    module.app.conf.task_chain_embed = "backend"  # the chain's later steps are parked
+
+    async def main() -> None:
+        ticks, ticker = _ticking()
+        try:
+            await (await module.add.adelay(0, 0)).aget(timeout=20)  # connections warm
+            _hold_the_store(urls, 0.6)
+            before = len(ticks)
+            joined = await chord([module.add.s(i, i) for i in (1, 2, 3)],
+                                 module.tsum.s()).aapply_async()
+            steps = await chain(module.add.s(1, 1), module.add.s(10),
+                                module.add.s(100)).aapply_async()
+            gaps = [b - a for a, b in zip(ticks[before:], ticks[before + 1:])]
+            assert await joined.aget(timeout=20) == 12
+            assert await steps.aget(timeout=20) == 112
+            assert gaps and max(gaps) < 0.3, max(gaps)
+        finally:
+            ticker.cancel()
+            await module.app.aclose()
+
+    with worker_process(spec["app_spec"], cwd=spec["cwd"], pool="threads", concurrency=4):
+        asyncio.run(main())

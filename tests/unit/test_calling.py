@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conveyor import AsyncResult, Conveyor, chain, group, signature
+from conveyor import AsyncResult, Conveyor, chain, chord, group, signature
 from conveyor.aio import AsyncUnsupportedError
 from conveyor.exceptions import OperationalError, TaskRevokedError, TimeoutError
 from conveyor.interfaces import Route
@@ -337,6 +337,34 @@ def test_a_broker_without_an_asyncio_path_says_so_instead_of_blocking(
             await add.adelay(1, 1)
 
     asyncio.run(main())
+
+
+def test_a_backend_twin_that_cannot_count_a_chord_says_so_before_anything_is_sent(
+        fake_plugins: Any) -> None:
+    fake_plugins("conveyor-halfbackend",
+                 {"conveyor.backends": {"halfbackend": "half_mod:Blocking"},
+                  "conveyor.async_backends": {"halfbackend": "half_mod:Twin"}},
+                 {"half_mod.py": '''
+                     from conveyor_std.memory_backend import AsyncMemoryBackend, MemoryBackend
+                     class Blocking(MemoryBackend):
+                         pass
+                     class Twin(AsyncMemoryBackend):  # no join_size: no chords
+                         pass
+                 '''})
+    app = Conveyor("half", broker="memory://half", backend="halfbackend://half")
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    async def main() -> None:
+        with pytest.raises(AsyncUnsupportedError,
+                           match="'halfbackend' result backend's asyncio twin .* cannot "
+                                 "count a chord's header results"):
+            await chord([add.s(1, 1), add.s(2, 2)], add.s(0)).aapply_async()
+
+    asyncio.run(main())
+    assert app.transport_factory().depth("celery") == 0  # nothing was sent
 
 
 def test_retry_policy_gives_up_with_operational_error(fake_plugins: Any) -> None:

@@ -19,7 +19,7 @@ import contextvars
 import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from .connection import gave_up, retry_sleeps, scheme_of
 from .exceptions import ConfigurationError, ConveyorError
@@ -47,6 +47,27 @@ HELD: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
 
 class AsyncUnsupportedError(ConfigurationError):
     """The broker's or backend's plugin has no asyncio path."""
+
+
+class BackendWrite(NamedTuple):
+    """A result backend write a canvas makes before it sends (a chord's join size,
+    a chain's parked steps), held inside :func:`deferred` for the loop's backend."""
+
+    method: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    doing: str
+
+
+def hold_write(method: str, *args: Any, doing: str, **kwargs: Any) -> bool:
+    """Inside :func:`deferred`: hold the backend call ``method(*args, **kwargs)`` to
+    be awaited on the loop's asyncio backend, in order with the publishes; True.
+    Outside (a blocking caller): False, and the caller writes it itself."""
+    held = HELD.get()
+    if held is None:
+        return False
+    held.append(BackendWrite(method, args, kwargs, doing))
+    return True
 
 
 #: (group, scheme) → whether a plugin offers it (reading entry points takes ms).
@@ -202,13 +223,13 @@ async def publish(app: Conveyor, name: str, args: Sequence[Any], kwargs: Mapping
 
 
 async def deferred(app: Conveyor, build: Callable[[], T]) -> T:
-    """Run a blocking call (a canvas's ``apply_async``) with its publishes held, then
-    send what it built on the running loop; return what it returned.
+    """Run a blocking call (a canvas's ``apply_async``) with its I/O held, then send
+    what it built on the running loop; return what it returned.
 
     So every canvas (chains of groups, chords, …) is sent by its own code, and only
-    the sending is awaited. What such a call writes to the result backend itself (a
-    chord's counter, a chain parked in the backend) is one blocking write, made
-    before anything is sent.
+    the I/O is awaited: its publishes, and what it writes to the result backend
+    first (a chord's counter, a chain's steps parked in the backend; see
+    :func:`hold_write`), in the order it made them.
     """
     held: list[Any] = []
     token = HELD.set(held)
@@ -217,7 +238,8 @@ async def deferred(app: Conveyor, build: Callable[[], T]) -> T:
     finally:
         HELD.reset(token)
     for run in held:
-        _no_publisher(run.publisher)
+        if not isinstance(run, BackendWrite):
+            _no_publisher(run.publisher)
     if held:
         loop_clients = clients(app)
         if loop_clients.shared is not None:  # perf: no context manager
@@ -230,5 +252,20 @@ async def deferred(app: Conveyor, build: Callable[[], T]) -> T:
 
 async def _send(app: Conveyor, sender: _Sender, held: list[Any]) -> None:
     for run in held:
+        if isinstance(run, BackendWrite):
+            await _write(app, run)
+            continue
         await sender.publish_many(run.batch, retry=run.retry, policy=run.policy)
         app.publishing.published(run.names, run.batch)
+
+
+async def _write(app: Conveyor, write: BackendWrite) -> None:
+    backend = clients(app).backend
+    method = getattr(backend, write.method, None)
+    if method is None:
+        raise AsyncUnsupportedError(
+            f"The {scheme_of(app.backend_url)!r} result backend's asyncio twin "
+            f"({type(backend).__name__}) cannot {write.doing} ({write.method}): its "
+            f"plugin does not offer it. Call the blocking apply_async from a thread of "
+            f"your own, or use a result backend whose twin does (redis, sqlite).")
+    await method(*write.args, **write.kwargs)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import states
+from .aio import hold_write
 
 if TYPE_CHECKING:
     from .app import Conveyor
@@ -42,14 +43,17 @@ def in_backend(app: Conveyor, steps: Sequence[Signature[Any]]) -> bool:
 
 def park(app: Conveyor, rest: Sequence[Signature[Any]]) -> str:
     """Write each of ``rest`` (ids frozen) as a record naming the step after it;
-    return the first one's id, for the first message's header."""
+    return the first one's id, for the first message's header. (An asyncio caller
+    awaits the writes: :func:`conveyor.aio.hold_write`.)"""
     expires = app.results.expires()
     for index, step in enumerate(rest):
         after = rest[index + 1].options["task_id"] if index + 1 < len(rest) else None
         record = {"status": states.PENDING, "result": None, "chain_step": dict(step),
                   "chain_next": after, "task_id": step.options["task_id"]}
-        app.backend.store(step.options["task_id"], states.PENDING,
-                          app.results.dumps(record), expires=expires)
+        task_id, payload = step.options["task_id"], app.results.dumps(record)
+        if not hold_write("store", task_id, states.PENDING, payload, expires=expires,
+                          doing="park a chain's steps in the result backend"):
+            app.backend.store(task_id, states.PENDING, payload, expires=expires)
     return rest[0].options["task_id"]  # type: ignore[no-any-return]
 
 

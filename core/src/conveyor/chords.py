@@ -18,6 +18,7 @@ import logging
 from typing import TYPE_CHECKING, Any, cast
 
 from . import states
+from .aio import hold_write
 from .canvas import Signature, maybe_signature, sig_list
 from .envelope import Request
 from .exceptions import ChordError, ConfigurationError
@@ -59,8 +60,12 @@ def _expires(app: Conveyor) -> float | None:
 
 
 def set_size(app: Conveyor, group_id: str, size: int) -> None:
-    """Before the header goes out: the join of ``group_id`` waits for ``size``."""
-    check_backend(app).join_size(group_id, size, expires=_expires(app))
+    """Before the header goes out: the join of ``group_id`` waits for ``size``
+    (awaited by an asyncio caller, :func:`conveyor.aio.hold_write`)."""
+    backend = check_backend(app)
+    if not hold_write("join_size", group_id, size, expires=_expires(app),
+                      doing="count a chord's header results"):
+        backend.join_size(group_id, size, expires=_expires(app))
 
 
 def part_returned(app: Conveyor, request: Request, state: str, result: Any) -> None:

@@ -23,18 +23,20 @@ import asyncio
 import contextlib
 import logging
 import math
+import uuid
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import redis
 import redis.asyncio as aioredis
-from conveyor.interfaces import BackendCapabilities, Capabilities, Outgoing, Route
+from conveyor.interfaces import BackendCapabilities, Capabilities, Join, Outgoing, Route
 
 from .aiopipe import Pipe
 from .backend import KEY_PREFIX, STORE, _REREAD_EVERY
 from .channel import PublisherMixin, check, routed_exchanges
 from .connection import CONNECTION_ERRORS, driver_url
 from .errors import wrap
+from .joins import ADD, FINISH, _seconds, keys
 from .layout import Layout
 from .transport import RedisTransport
 
@@ -168,7 +170,7 @@ class _Channel:
 class AsyncRedisBackend:
     """Celery-compatible Redis result backend for the asyncio client."""
 
-    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities()
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(joins=True)
 
     def __init__(self, url: str = "redis://", app: Any = None) -> None:
         self.url = url
@@ -212,6 +214,45 @@ class AsyncRedisBackend:
             await self._pipe.call("DEL", self.key(task_id))
         except redis.RedisError as exc:
             raise wrap(exc, self.url, f"forgetting the result of {task_id}") from exc
+
+    # ------------------------------------------------------------- chord joins
+    async def _run(self, doing: str, group_id: str, *command: Any) -> Any:
+        try:
+            return await self._pipe.call(*command)
+        except redis.RedisError as exc:
+            raise wrap(exc, self.url, f"{doing} of group {group_id}") from exc
+
+    async def join_size(self, group_id: str, size: int, *, expires: float | None) -> None:
+        j, _t, s, _d, c = keys(group_id)
+        ttl = _seconds(expires)
+        size_set = ("SET", s, int(size), "EX", ttl) if ttl else ("SET", s, int(size))
+        try:
+            check(await self._pipe.transaction([("DEL", c), size_set]))
+        except redis.RedisError as exc:
+            raise wrap(exc, self.url, f"setting the join size of group {group_id}") from exc
+
+    async def join_add(self, group_id: str, task_id: str, index: int | None,
+                       payload: bytes, *, expires: float | None, claim_for: float) -> Join:
+        score = "+inf" if index is None else str(int(index))
+        token = uuid.uuid4().hex
+        done, size, claimed = await self._run(
+            "joining a member", group_id, "EVAL", ADD.source, 5, *keys(group_id),
+            f"{task_id}:{score}", payload, score, _seconds(expires),
+            max(1, round(claim_for)), token)
+        if done < 0:
+            return Join(-1, None, None)
+        return Join(int(done), None if size < 0 else int(size), token if claimed else None)
+
+    async def join_results(self, group_id: str) -> list[bytes]:
+        found: list[bytes] = await self._run("reading the join", group_id,
+                                             "ZRANGE", keys(group_id)[0], 0, -1)
+        return found
+
+    async def join_finish(self, group_id: str, claim: str, *,
+                          expires: float | None) -> bool:
+        return bool(await self._run("finishing the join", group_id, "EVAL",
+                                    FINISH.source, 5, *keys(group_id), claim,
+                                    _seconds(expires)))
 
     # ------------------------------------------------------------- waiting
     def _join(self, channel: bytes) -> _Waiter:

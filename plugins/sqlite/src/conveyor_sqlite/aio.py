@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, TypeVar
 
-from conveyor.interfaces import BackendCapabilities, Capabilities, Outgoing, Route
+from conveyor.interfaces import BackendCapabilities, Capabilities, Join, Outgoing, Route
 
 from .backend import FIRST_POLL, MAX_POLL, SQLiteBackend
 from .transport import SQLiteTransport
@@ -67,7 +67,7 @@ class AsyncSQLiteTransport:
 class AsyncSQLiteBackend:
     """Reads and writes results through :class:`SQLiteBackend` on a helper thread."""
 
-    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities()
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(joins=True)
 
     def __init__(self, url: str, app: Any = None) -> None:
         self._io = _Helper()
@@ -83,6 +83,24 @@ class AsyncSQLiteBackend:
 
     async def forget(self, task_id: str) -> None:
         await self._io.run(self._sync.forget, task_id)
+
+    async def join_size(self, group_id: str, size: int, *, expires: float | None) -> None:
+        await self._io.run(functools.partial(self._sync.join_size, expires=expires),
+                           group_id, size)
+
+    async def join_add(self, group_id: str, task_id: str, index: int | None,
+                       payload: bytes, *, expires: float | None, claim_for: float) -> Join:
+        return await self._io.run(functools.partial(
+            self._sync.join_add, expires=expires, claim_for=claim_for),
+            group_id, task_id, index, payload)
+
+    async def join_results(self, group_id: str) -> list[bytes]:
+        return await self._io.run(self._sync.join_results, group_id)
+
+    async def join_finish(self, group_id: str, claim: str, *,
+                          expires: float | None) -> bool:
+        return await self._io.run(functools.partial(self._sync.join_finish,
+                                                    expires=expires), group_id, claim)
 
     async def wait(self, task_id: str, *, timeout: float | None,
                    previous: bytes | None) -> bytes | None:
