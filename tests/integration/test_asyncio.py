@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
+import re
 import sqlite3
 import sys
 import threading
@@ -260,3 +262,50 @@ def test_canvas_writes_to_the_backend_are_awaited_not_blocking_the_loop(
 
     with worker_process(spec["app_spec"], cwd=spec["cwd"], pool="threads", concurrency=4):
         asyncio.run(main())
+
+
+class _SlowCallbacks(logging.Handler):
+    """asyncio debug mode's "Executing <…> took 0.123 seconds" records."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if re.search(r"took \d+\.\d+ seconds", record.getMessage()):
+            self.seen.append(record.getMessage())
+
+
+def test_debug_mode_sees_no_slow_callback_in_hundreds_of_concurrent_round_trips(
+        project: tuple[Any, dict[str, str]]) -> None:
+    """50 coroutines × 6 round trips, canvas included, with the loop in debug mode:
+    no callback (ours: connecting, publishing, waiting) holds the loop 100 ms."""
+    module, spec = project
+    slow = _SlowCallbacks()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(slow)
+
+    async def lane(n: int) -> list[int]:
+        found = []
+        for k in range(5):
+            found.append(await (await module.add.adelay(n, k)).aget(timeout=30))
+        members = await group(module.add.s(n, 0), module.aadd.s(0, n)).aapply_async()
+        found += await members.aget(timeout=30)
+        return found
+
+    async def main() -> list[list[int]]:
+        asyncio.get_running_loop().slow_callback_duration = 0.1
+        try:
+            return await asyncio.gather(*(lane(n) for n in range(50)))
+        finally:
+            await module.app.aclose()
+
+    try:
+        with worker_process(spec["app_spec"], cwd=spec["cwd"], pool="threads",
+                            concurrency=8):
+            module.add.delay(0, 0).get(timeout=20)  # the worker is up
+            found = asyncio.run(main(), debug=True)
+    finally:
+        logger.removeHandler(slow)
+    assert found == [[n + k for k in range(5)] + [n, n] for n in range(50)]
+    assert slow.seen == []
