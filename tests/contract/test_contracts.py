@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 from conveyor_pytest.contract import (
-    BackendContract, CompressorContract, DeadLetterContract, DelayContract,
+    AbandonContract, BackendContract, BroadcastContract, CompressorContract,
+    DeadLetterContract, DelayContract,
     FullTransportContract, InspectContract, JoinContract, LeaseContract, PriorityContract,
     PurgeContract, SerializerContract, TransportContract,
 )
@@ -69,7 +70,7 @@ class TestCompressors(CompressorContract):
 
 class TestMemoryTransport(TransportContract, PriorityContract, DelayContract,
                           LeaseContract, DeadLetterContract, PurgeContract,
-                          InspectContract):
+                          InspectContract, BroadcastContract):
     """Everything but ``abandon``: closing an in-process broker gives nothing back."""
 
     covers = ("memory",)
@@ -79,7 +80,11 @@ class TestMemoryTransport(TransportContract, PriorityContract, DelayContract,
         return f"memory://contract-{uuid.uuid4().hex[:8]}"
 
 
-class TestSqliteTransport(FullTransportContract):
+class TestSqliteTransport(TransportContract, PriorityContract, DelayContract,
+                          LeaseContract, DeadLetterContract, PurgeContract,
+                          InspectContract, AbandonContract):
+    """Everything but ``broadcast``: a file has no way to push to other processes."""
+
     covers = ("sqlite",)
 
     @pytest.fixture
@@ -194,7 +199,7 @@ def amqp_contract_url() -> Iterator[str]:
 
 
 class TestAmqpTransport(TransportContract, PriorityContract, DelayContract,
-                        DeadLetterContract, PurgeContract):
+                        DeadLetterContract, PurgeContract, BroadcastContract):
     """Channel settlement; no leases (RabbitMQ holds a delivery while its channel
     lives) and no abandon (a lost channel's deliveries come back by themselves).
     amqps:// is the same class over TLS. No ``inspect``: RabbitMQ cannot count what

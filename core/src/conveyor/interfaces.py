@@ -203,6 +203,11 @@ class Capabilities:
     #: giving running deliveries back (the worker calls it when it reconnects;
     #: otherwise it calls ``close()``).
     abandon: bool = False
+    #: :class:`BroadcastTransport`: ``broadcast`` to an :class:`Exchange` and
+    #: ``subscribe`` to one (remote control and events). Without it ``conveyor
+    #: inspect``/``control`` fail with a :class:`CapabilityError` and workers run no
+    #: control consumer.
+    broadcast: bool = False
     #: ``"lease"`` or ``"channel"``: who may settle a delivery (see above).
     settlement: str = CHANNEL
 
@@ -491,11 +496,134 @@ class AbandonTransport(Transport, Protocol):
         would give them back and run them twice)."""
 
 
+#: Exchange kinds (:attr:`Exchange.kind`).
+FANOUT, TOPIC, DIRECT = "fanout", "topic", "direct"
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """An exchange broadcasts go through, declared as Celery declares it.
+
+    On AMQP the flags must equal the ones every other client declares the exchange
+    with (RabbitMQ refuses a redeclaration that differs); on Redis only ``name``
+    and ``kind`` matter. Celery's (``conveyor.control.exchanges`` has them):
+
+    * ``Exchange("celery.pidbox", "fanout")`` — remote control commands, published
+      with routing key ``""``; each worker subscribes with binding key ``""`` and
+      queue ``<hostname>.celery.pidbox``;
+    * ``Exchange("reply.celery.pidbox", "direct")`` — the replies: a client
+      subscribes with binding key = its own id and queue ``<id>.reply.celery.pidbox``;
+      a worker broadcasts its reply with that id as routing key;
+    * ``Exchange("celeryev", "topic", durable=True)`` — events, published with the
+      event type as routing key (``task-succeeded`` → ``task.succeeded``,
+      ``worker-heartbeat`` → ``worker.heartbeat``); a monitor (Flower) subscribes
+      with binding key ``"#"``, Celery's (``task.#`` works too).
+    """
+
+    name: str
+    kind: str = FANOUT
+    durable: bool = False
+    auto_delete: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in (FANOUT, TOPIC, DIRECT):
+            raise ConfigurationError(
+                f"Exchange.kind must be {FANOUT!r}, {TOPIC!r} or {DIRECT!r}, "
+                f"not {self.kind!r}.")
+        if not self.name:
+            raise ConfigurationError("A broadcast needs a named exchange, not ''.")
+
+    def matches(self, binding_key: str, routing_key: str) -> bool:
+        """AMQP's rule for whether a subscription bound with ``binding_key`` gets a
+        message published with ``routing_key``: every one on a fanout exchange; on a
+        topic exchange ``*`` stands for one dot-separated word and ``#`` for any
+        number; on a direct exchange the keys are equal. (Redis follows kombu's
+        channel patterns instead; see the Redis plugin.)"""
+        if self.kind == FANOUT:
+            return True
+        if self.kind == DIRECT:
+            return binding_key == routing_key
+        return _topic_matches(binding_key.split("."), routing_key.split("."))
+
+
+def _topic_matches(pattern: list[str], words: list[str]) -> bool:
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_topic_matches(rest, words[i:]) for i in range(len(words) + 1))
+    if not words:
+        return False
+    return (head == "*" or head == words[0]) and _topic_matches(rest, words[1:])
+
+
+@runtime_checkable
+class Subscription(Protocol):
+    """Messages broadcast to one exchange while the subscription is open.
+
+    It owns its connection (it may be used from another thread than the transport
+    that made it, one thread at a time). Messages are transient and settle
+    themselves: there is nothing to ack, and what arrives while nobody reads waits
+    only as long as the broker keeps it (Redis pub/sub: not at all once the
+    subscription is closed).
+    """
+
+    def get(self, timeout: float) -> list[Delivery]:
+        """The messages received so far, waiting at most ``timeout`` seconds for the
+        first (an empty list then). Each :class:`Delivery` has ``exchange`` and
+        ``routing_key`` as published, ``tag`` None and ``deliveries`` 1."""
+
+    def close(self) -> None:
+        """Stop receiving and release the connection (and the queue, if any)."""
+
+
+@runtime_checkable
+class BroadcastTransport(Transport, Protocol):
+    """``Capabilities.broadcast``: publish to a fanout/topic/direct exchange and
+    subscribe to one — what kombu's pidbox (remote control) and Celery's events use.
+
+    A broadcast reaches every subscription open *now* whose binding key matches
+    (:meth:`Exchange.matches` on AMQP and in memory; kombu's rules on Redis) and is
+    dropped when none does: it is never parked for a later subscriber and never
+    falls back to a queue. On the wire it is what kombu sends, so Celery's workers,
+    its CLI and Flower take part:
+
+    * Redis: a fanout or topic exchange is ``PUBLISH``/``PSUBSCRIBE`` on channel
+      ``/{db}.{exchange}`` (routing key ``""``) or ``/{db}.{exchange}/{routing_key}``
+      (``fanout_prefix`` and ``fanout_patterns`` on, Celery's defaults; a binding key's
+      ``#`` becomes the glob ``*``), carrying kombu's JSON envelope; a direct
+      exchange goes through ``_kombu.binding.<exchange>`` to plain lists.
+    * AMQP: real exchanges; a subscription is an exclusive auto-delete queue bound
+      with the binding key.
+
+    For events, the sender calls ``broadcast(EVENTS, "task.succeeded", message)``
+    with the event dict as a JSON body and ``{"hostname": ...}`` as headers (see
+    ``conveyor.control.exchanges``); a monitor calls ``subscribe(EVENTS, "#")``.
+    On a fanout exchange publish with routing key ``""``: on Redis a fanout message
+    with a routing key only reaches subscribers bound with a pattern matching it.
+    """
+
+    def broadcast(self, exchange: Exchange, routing_key: str, message: Message) -> None:
+        """Send ``message`` to the subscribers of ``exchange`` that ``routing_key``
+        matches (declaring the exchange where the broker needs it)."""
+
+    def subscribe(self, exchange: Exchange, binding_key: str = "", *,
+                  queue: str | None = None,
+                  expires: float | None = None) -> Subscription:
+        """Start receiving what is broadcast to ``exchange`` with a routing key
+        ``binding_key`` matches; ready when it returns (a broadcast made after
+        that reaches it). ``queue`` names the subscription's queue where the
+        broker has one (AMQP; Redis for a direct exchange), else a unique name is
+        made; ``expires``: seconds an unused queue outlives a crashed subscriber
+        (AMQP ``x-expires``)."""
+
+
 #: The optional protocol behind each method-bearing capability flag.
 CAPABILITY_PROTOCOLS: Mapping[str, type] = {
     "delays": DelayTransport, "leases": LeaseTransport,
     "dead_letters": DeadLetterTransport, "purge": PurgeTransport,
     "inspect": InspectTransport, "abandon": AbandonTransport,
+    "broadcast": BroadcastTransport,
 }
 
 
@@ -840,6 +968,7 @@ class AsyncJoinBackend(AsyncBackend, Protocol):
 
 __all__ = [
     "COMMON_OPTIONS", "LEASE", "CHANNEL", "CAPABILITY_PROTOCOLS", "Message", "Route", "Binding",
+    "FANOUT", "TOPIC", "DIRECT", "Exchange", "Subscription", "BroadcastTransport",
     "Delivery", "Outgoing", "Capabilities", "BackendCapabilities", "DeadLetter", "QueueStats",
     "Join", "Serializer", "Compressor", "Transport", "DelayTransport", "LeaseTransport",
     "DeadLetterTransport", "PurgeTransport", "InspectTransport", "AbandonTransport",

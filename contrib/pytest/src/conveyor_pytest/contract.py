@@ -29,9 +29,10 @@ import pytest
 
 from conveyor import Conveyor
 from conveyor.interfaces import (
-    CAPABILITY_PROTOCOLS, LEASE, AbandonTransport, Backend, Compressor,
-    DeadLetterTransport, DelayTransport, Delivery, InspectTransport, JoinBackend,
-    LeaseTransport, Message, PurgeTransport, Route, Serializer, Transport,
+    CAPABILITY_PROTOCOLS, DIRECT, FANOUT, LEASE, TOPIC, AbandonTransport, Backend,
+    BroadcastTransport, Compressor, DeadLetterTransport, DelayTransport, Delivery,
+    Exchange, InspectTransport, JoinBackend, LeaseTransport, Message, PurgeTransport,
+    Route, Serializer, Subscription, Transport,
 )
 
 TASK_BODY = [[2, 2], {"k": "v", "n": [1, 2.5, None, True]},
@@ -433,17 +434,110 @@ class AbandonContract(_TransportKit):
             assert again.message.headers["id"] == d.message.headers["id"]
 
 
+class BroadcastContract(_TransportKit):
+    """``Capabilities.broadcast``: fanout, topic and direct exchanges, as kombu's
+    pidbox (remote control) and Celery's events use them."""
+
+    @pytest.fixture
+    def subscriptions(self) -> Iterator[list[Subscription]]:
+        opened: list[Subscription] = []
+        yield opened
+        for sub in opened:
+            sub.close()
+
+    def exchange(self, kind: str) -> Exchange:
+        return Exchange(f"contract.{kind}.{uuid.uuid4().hex[:8]}", kind,
+                        auto_delete=True)
+
+    def subscribe(self, transport: Transport, opened: list[Subscription],
+                  exchange: Exchange, key: str = "", queue: str | None = None) -> Subscription:
+        sub = cast(BroadcastTransport, transport).subscribe(exchange, key, queue=queue,
+                                                             expires=30)
+        opened.append(sub)
+        return sub
+
+    def receive(self, sub: Subscription, expect: int, timeout: float = 5) -> list[Delivery]:
+        got: list[Delivery] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < expect and time.monotonic() < deadline:
+            got += sub.get(timeout=0.3)
+        return got
+
+    def test_fanout_reaches_every_subscriber(self, transport: Transport,
+                                             subscriptions: list[Subscription]) -> None:
+        ex = self.exchange(FANOUT)
+        first = self.subscribe(transport, subscriptions, ex)
+        second = self.subscribe(transport, subscriptions, ex)
+        sent = self.message(1)
+        cast(BroadcastTransport, transport).broadcast(ex, "", sent)
+        for sub in (first, second):
+            [got] = self.receive(sub, 1)
+            m = got.message
+            assert (m.headers["id"], m.body, m.content_type) == (
+                sent.headers["id"], sent.body, "application/json")
+            assert got.exchange == ex.name and got.routing_key == ""
+            assert sub.get(timeout=0.2) == []
+
+    def test_nothing_is_kept_for_a_later_subscriber(
+            self, transport: Transport, subscriptions: list[Subscription]) -> None:
+        ex = self.exchange(FANOUT)
+        cast(BroadcastTransport, transport).broadcast(ex, "", self.message(1))
+        late = self.subscribe(transport, subscriptions, ex)
+        assert late.get(timeout=0.3) == []
+
+    def test_get_is_bounded(self, transport: Transport,
+                            subscriptions: list[Subscription]) -> None:
+        sub = self.subscribe(transport, subscriptions, self.exchange(FANOUT))
+        start = time.monotonic()
+        assert sub.get(timeout=0.3) == []
+        assert time.monotonic() - start < 3
+
+    def test_topic_routes_by_key_like_celery_events(
+            self, transport: Transport, subscriptions: list[Subscription]) -> None:
+        ex = self.exchange(TOPIC)
+        everything = self.subscribe(transport, subscriptions, ex, "#")
+        tasks = self.subscribe(transport, subscriptions, ex, "task.*")
+        bt = cast(BroadcastTransport, transport)
+        bt.broadcast(ex, "worker.heartbeat", self.message(1))
+        bt.broadcast(ex, "task.succeeded", self.message(2))
+        got = self.receive(everything, 2)
+        assert sorted((d.routing_key, self.ids([d])[0]) for d in got) == [
+            ("task.succeeded", 2), ("worker.heartbeat", 1)]
+        [task] = self.receive(tasks, 1)
+        assert (task.routing_key, self.ids([task])) == ("task.succeeded", [2])
+        assert tasks.get(timeout=0.2) == []
+
+    def test_direct_replies_reach_the_named_subscriber_only(
+            self, transport: Transport, subscriptions: list[Subscription]) -> None:
+        ex = self.exchange(DIRECT)
+        me, other = uuid.uuid4().hex, uuid.uuid4().hex
+        mine = self.subscribe(transport, subscriptions, ex, me, queue=f"{me}.{ex.name}")
+        theirs = self.subscribe(transport, subscriptions, ex, other,
+                                queue=f"{other}.{ex.name}")
+        bt = cast(BroadcastTransport, transport)
+        bt.broadcast(ex, me, self.message(1))
+        bt.broadcast(ex, me, self.message(2))
+        assert self.ids(self.receive(mine, 2)) == [1, 2]
+        assert theirs.get(timeout=0.2) == []
+        theirs.close()
+        bt.broadcast(ex, other, self.message(3))  # nobody bound: dropped, no error
+        again = self.subscribe(transport, subscriptions, ex, other,
+                               queue=f"{other}.{ex.name}")
+        assert again.get(timeout=0.3) == []
+
+
 #: The contract class of each capability flag.
 CAPABILITY_CONTRACTS: dict[str, type] = {
     "priorities": PriorityContract, "delays": DelayContract, "leases": LeaseContract,
     "dead_letters": DeadLetterContract, "purge": PurgeContract,
     "inspect": InspectContract, "abandon": AbandonContract,
+    "broadcast": BroadcastContract,
 }
 
 
 class FullTransportContract(TransportContract, PriorityContract, DelayContract,
                             LeaseContract, DeadLetterContract, PurgeContract,
-                            InspectContract, AbandonContract):
+                            InspectContract, AbandonContract, BroadcastContract):
     """Every part, for a transport that declares every capability."""
 
 

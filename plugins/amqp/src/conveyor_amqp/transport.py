@@ -10,7 +10,9 @@ What goes where (names in :mod:`.layout`):
 * a message due later than the worker's horizon is parked in kombu's native
   delayed-delivery layout (confirmed publish, then ack) and comes back to its queue
   when due, so nothing waits unacked past RabbitMQ's ``consumer_timeout``;
-* dead letters wait in ``<queue>.conveyor.dead`` (:mod:`.deadletter`).
+* dead letters wait in ``<queue>.conveyor.dead`` (:mod:`.deadletter`);
+* broadcasts (remote control, events) use RabbitMQ's fanout/topic/direct exchanges
+  (:mod:`.broadcast`).
 
 Settlement is bound to the channel (``Capabilities.settlement == "channel"``): when
 the connection is lost RabbitMQ gives every unsettled delivery back by itself, and a
@@ -36,6 +38,7 @@ from conveyor.interfaces import (
 )
 
 from . import deadletter, envelope
+from .broadcast import BroadcastMixin
 from .channel import Channel, Raw
 from .connection import parameters
 from .errors import CONNECTION_ERRORS, UnroutableError, translate
@@ -63,12 +66,13 @@ class Tag:
             other.generation, other.tag)
 
 
-class AmqpTransport(BaseTransport):
+class AmqpTransport(BroadcastMixin, BaseTransport):
     """RabbitMQ transport (see the module docstring)."""
 
     scheme = "amqp"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        delays=True, dead_letters=True, priorities=True, purge=True, settlement=CHANNEL)
+        delays=True, dead_letters=True, priorities=True, purge=True, broadcast=True,
+        settlement=CHANNEL)
     connection_errors = CONNECTION_ERRORS
     default_options: ClassVar[dict[str, Any]] = {
         "confirm_publish": False,

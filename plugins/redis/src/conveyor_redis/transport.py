@@ -8,7 +8,9 @@ What goes where (docs/architecture.md, "Redis broker"; key names in :mod:`.layou
   writes them (:mod:`.lease`), so Celery and Conveyor workers restore each other's
   in-flight messages after the visibility timeout;
 * delayed messages wait in a sorted set (:mod:`.delay`), dead letters in a hash per
-  queue (:mod:`.deadletter`).
+  queue (:mod:`.deadletter`);
+* broadcasts (remote control, events) are kombu's pub/sub channels
+  (:mod:`.broadcast`).
 
 Publishing lives in :mod:`.channel`, fetching in :mod:`.consumer` (mixins of the
 transport class); settling, dead letters and inspection here.
@@ -36,6 +38,7 @@ from conveyor.interfaces import (
 )
 
 from . import deadletter, delay, lease
+from .broadcast import BroadcastMixin
 from .stats import read as read_stats
 from .channel import MOVE_BATCH, PublisherMixin, check
 from .connection import Backoff, Line, client_for
@@ -53,13 +56,13 @@ _UNSETTLED: dict[str, list[tuple[Callable[[Line], Any], str]]] = {}
 _UNSETTLED_LOCK = threading.Lock()
 
 
-class RedisTransport(PublisherMixin, ConsumerMixin, BaseTransport):
+class RedisTransport(PublisherMixin, ConsumerMixin, BroadcastMixin, BaseTransport):
     """kombu-compatible Redis transport (see the module docstring)."""
 
     scheme = "redis"
     capabilities: ClassVar[Capabilities] = Capabilities(
         delays=True, leases=True, dead_letters=True, priorities=True, purge=True,
-        inspect=True, abandon=True, settlement=LEASE)
+        inspect=True, abandon=True, broadcast=True, settlement=LEASE)
     connection_errors = CONNECTION_ERRORS
     default_options: ClassVar[dict[str, Any]] = {
         "visibility_timeout": 3600,
@@ -74,6 +77,10 @@ class RedisTransport(PublisherMixin, ConsumerMixin, BaseTransport):
         "max_connections": None,
         "client_name": None,
         "ssl": None,
+        #: kombu's pub/sub channel naming for broadcasts (:mod:`.broadcast`);
+        #: keep Celery's defaults unless every peer changes them too.
+        "fanout_prefix": True,
+        "fanout_patterns": True,
     }
 
     def __init__(self, url: str = "redis://", app: Any = None) -> None:

@@ -22,6 +22,8 @@ from conveyor.interfaces import (
     QueueStats, Route,
 )
 
+from .memory_broadcast import BroadcastMixin
+
 
 @dataclass(slots=True)
 class _Entry:
@@ -94,13 +96,13 @@ def broker_for(url: str) -> _Broker:
         return _brokers.setdefault(name or "default", _Broker())
 
 
-class MemoryTransport(BaseTransport):
+class MemoryTransport(BroadcastMixin, BaseTransport):
     """In-process transport with broker semantics (see module docstring)."""
 
     scheme = "memory"
     capabilities: ClassVar[Capabilities] = Capabilities(
         delays=True, leases=True, dead_letters=True, priorities=True, purge=True,
-        inspect=True, settlement=LEASE)
+        inspect=True, broadcast=True, settlement=LEASE)
     default_options: ClassVar[dict[str, Any]] = {"visibility_timeout": 3600.0}
 
     def __init__(self, url: str = "memory://", app: Any = None) -> None:
