@@ -20,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -170,6 +171,42 @@ def amqp_worker_serves(printed: Printed, proj: Ctx) -> None:
         subprocess.run([*ctl, "delete_vhost", vhost], timeout=60, capture_output=True)
 
 
+def monitor_serves(printed: Printed, proj: Ctx) -> None:
+    """Start the monitor as printed; the page, its JSON (the queues it names) and
+    ``/metrics`` on both ports answer; SIGTERM stops it with status 0."""
+    cwd, env = proj
+    out = cwd / "monitor.out"
+    with out.open("wb") as sink:
+        monitor = subprocess.Popen(
+            ["bash", "-c", printed.command], cwd=cwd, stdout=sink, stderr=subprocess.STDOUT,
+            env={**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
+            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while b"conveyor monitor on" not in out.read_bytes():
+            assert monitor.poll() is None, out.read_text()
+            assert time.monotonic() < deadline, out.read_text()
+            time.sleep(0.1)
+        port = re.search(rb"http://127\.0\.0\.1:(\d+)/ ", out.read_bytes())
+        assert port is not None, out.read_text()
+        base = f"http://127.0.0.1:{int(port.group(1))}"
+        with urllib.request.urlopen(base + "/", timeout=10) as page:
+            assert b"Conveyor monitor" in page.read()
+        with urllib.request.urlopen(base + "/api/state", timeout=10) as state:
+            queues = [q["queue"] for q in json.loads(state.read())["queues"]]
+        assert queues == ["celery", "priority.high"]
+        metrics_port = re.search(r"--metrics-port (\d+)", printed.command)
+        for url in [base + "/metrics"] + (
+                [f"http://127.0.0.1:{metrics_port.group(1)}/metrics"] if metrics_port else []):
+            with urllib.request.urlopen(url, timeout=10) as metrics:
+                assert b"conveyor_queue_messages" in metrics.read()
+    finally:
+        if monitor.poll() is None:
+            os.killpg(monitor.pid, signal.SIGTERM)
+        code = monitor.wait(30)
+    assert code == 0, out.read_text()
+
+
 def in_proj(check: Callable[[str], bool]) -> Callable[[Printed, Ctx], None]:
     """Run the command in the ``proj`` directory and check its standard output."""
     def handler(printed: Printed, proj: Ctx) -> None:
@@ -210,6 +247,7 @@ COMMANDS: dict[str, Callable[[Printed, Ctx], None]] = {
         worker_serves,
     "conveyor -A proj worker -l INFO": amqp_worker_serves,
     "conveyor -A proj worker -l INFO --logfile worker.log": worker_serves,
+    "conveyor -A proj monitor -Q celery,priority.high --metrics-port 9808": monitor_serves,
     "conveyor -A proj worker -l INFO --pool processes --autoscale 8,2 "
     "--max-tasks-per-child 100 --max-memory-per-child 200000": worker_serves,
     "conveyor -A proj dead list": in_proj(lambda out: out == ""),

@@ -12,6 +12,11 @@ import os
 import pytest
 import redis
 
+#: Who owns which db (a module declares its own; keep this list in step):
+#: 0 test_flower_events, 1 test_monitor_page, 2-3 kombu_lab / fault_lab, 4-5
+#: test_canvas_celery, 6-7 canvas_lab, 8-13 tests/plugins/redis (9-10 also
+#: test_inspect_queues, 11-12 test_redis_interop), 14 test_asyncio, 15
+#: test_publisher_redis.
 HOST, PORT = "127.0.0.1", int(os.environ.get("CONVEYOR_TEST_REDIS_PORT", "6379"))
 
 

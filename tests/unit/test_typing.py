@@ -101,7 +101,8 @@ def _hint_names() -> dict[str, object]:
 @pytest.mark.slow
 def test_every_package_passes_mypy_strict(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
-    targets = [str(root / "core" / "src" / "conveyor"), str(root / "contrib" / "pytest" / "src")]
+    targets = [str(root / "core" / "src" / "conveyor"), str(root / "contrib" / "pytest" / "src"),
+               str(root / "contrib" / "monitor" / "src")]
     targets += sorted(str(p) for p in (root / "plugins").glob("*/src"))
     out = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--cache-dir",
                           str(tmp_path / ".mypy"), *targets],

@@ -14,6 +14,7 @@ from typing import Any, cast
 from . import __version__
 from .app import Conveyor
 from .connection import Connection
+from .clicommands import add_plugin_commands
 from .exceptions import ConveyorError
 from .interfaces import (
     DeadLetter, DeadLetterTransport, InspectTransport, PurgeTransport, QueueStats, Transport,
@@ -161,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", parents=[level],
                         help="run a worker and the calling examples on SQLite")
     dm.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    add_plugin_commands(sub, level)
     return p
 
 
@@ -361,9 +363,9 @@ def _dead_ids(letters: list[DeadLetter], wanted: list[str]) -> list[str] | None:
 
 
 def cmd_plugins(_app: Conveyor | None, _ns: argparse.Namespace) -> int:
-    from .plugins import GROUPS, bare_core_hint, describe
+    from .plugins import GROUPS, OPTIONAL, bare_core_hint, describe
     rows = describe()
-    missing = [g for g in GROUPS.values() if g != GROUPS["hooks"]
+    missing = [g for g in GROUPS.values() if g not in OPTIONAL
                and not any(r.info.group == g for r in rows)]
     width = max((len(r.info.name) for r in rows), default=4)
     group = None
@@ -393,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import run_demo
             return run_demo(keep=ns.keep)
         app = load_app(ns.app)
+        if getattr(ns, "plugin_command", None) is not None:
+            return int(ns.plugin_command.run(app, ns))
         handler = {"worker": cmd_worker, "call": cmd_call, "result": cmd_result,
                    "purge": cmd_purge, "dead": cmd_dead,
                    "inspect": cmd_inspect}[ns.command]

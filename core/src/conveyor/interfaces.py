@@ -13,6 +13,7 @@ conveyor.transports    ``factory(url, app)``                    :class:`Transpor
 conveyor.backends      ``factory(url, app)``                    :class:`Backend`
 conveyor.routers       ``factory(app)``                         :class:`Router`
 conveyor.hooks         registered with pluggy as it is          ``@hookimpl`` functions
+conveyor.commands      used as it is                            :class:`Command`
 =====================  =======================================  ==========================
 
 ``app`` may be ``None`` when a codec is used outside an app (benchmarks, tools).
@@ -35,6 +36,8 @@ from .exceptions import CapabilityError, ConfigurationError, UnknownOptionError
 from .utils import did_you_mean, mask_url
 
 if TYPE_CHECKING:
+    import argparse
+
     from .app import Conveyor
 
 
@@ -966,6 +969,24 @@ class AsyncJoinBackend(AsyncBackend, Protocol):
                           expires: float | None) -> bool: ...
 
 
+# --------------------------------------------------------------------------- commands
+@runtime_checkable
+class Command(Protocol):
+    """A ``conveyor`` subcommand a plugin adds: an object named by an entry point of
+    group ``conveyor.commands`` (the entry point's name is the subcommand's). Its
+    module is imported whenever ``conveyor`` parses its arguments, so keep heavy
+    imports inside :meth:`run`."""
+
+    #: One line for ``conveyor --help``.
+    help: str
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Declare the subcommand's options on its own ``parser``."""
+
+    def run(self, app: Conveyor, ns: argparse.Namespace) -> int:
+        """Do the work for the app given with ``-A``; return the exit status."""
+
+
 __all__ = [
     "COMMON_OPTIONS", "LEASE", "CHANNEL", "CAPABILITY_PROTOCOLS", "Message", "Route", "Binding",
     "FANOUT", "TOPIC", "DIRECT", "Exchange", "Subscription", "BroadcastTransport",
@@ -977,4 +998,5 @@ __all__ = [
     "AsyncDelayTransport", "AsyncLeaseTransport", "AsyncDeadLetterTransport",
     "AsyncPurgeTransport", "AsyncInspectTransport", "AsyncAbandonTransport",
     "AsyncBackend", "AsyncJoinBackend", "require", "unsupported",
+    "Command",
 ]

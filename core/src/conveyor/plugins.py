@@ -33,11 +33,16 @@ GROUPS: dict[str, str] = {
     "backends": "conveyor.backends",
     "routers": "conveyor.routers",
     "hooks": "conveyor.hooks",
+    "commands": "conveyor.commands",
 }
 
 #: Groups whose entry points give one object per app (see :func:`make`); a transport
 #: or backend entry point is a factory taking ``(url, app)``.
 PER_APP = frozenset(GROUPS[g] for g in ("serializers", "compressors", "routers", "hooks"))
+
+#: Groups a bare install may lack without anything being wrong (``conveyor plugins``
+#: names the others when they are empty).
+OPTIONAL = frozenset(GROUPS[g] for g in ("hooks", "commands"))
 
 #: The distributions whose extras install plugin families, the umbrella first: an
 #: install hint names an extra one of them really declares (``Provides-Extra``).
@@ -245,6 +250,17 @@ def make(target: Any, app: Any, group: str, name: str) -> Any:
     return target(app) if how else target()
 
 
+def check_command(target: Any, name: str) -> None:
+    """Raise :class:`PluginError` unless ``target`` (a ``conveyor.commands`` entry
+    point) is a :class:`~conveyor.interfaces.Command`."""
+    from .interfaces import Command
+    if not isinstance(target, Command):
+        raise PluginError(
+            f"Command plugin {name!r} names {target!r}, which is not a "
+            "conveyor.interfaces.Command (an object with help, add_arguments(parser) "
+            "and run(app, namespace) -> int).")
+
+
 @dataclass(frozen=True, slots=True)
 class PluginStatus:
     """One row of ``conveyor plugins``."""
@@ -269,6 +285,8 @@ def describe() -> list[PluginStatus]:
                     takes_app(target, group, info.name)
                 if group == GROUPS["hooks"]:
                     validate(target, info.name)
+                if group == GROUPS["commands"]:
+                    check_command(target, info.name)
             except PluginError as exc:
                 cause = exc.__cause__
                 text = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)

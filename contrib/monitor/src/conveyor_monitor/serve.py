@@ -1,0 +1,87 @@
+"""Run the monitor: the sampler and event receiver threads, and uvicorn serving the
+page (and, with ``--metrics-port``, ``/metrics`` on a port of its own)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Generator, Sequence
+from contextlib import contextmanager
+from types import FrameType
+
+import uvicorn
+from conveyor import Conveyor
+
+from .command import is_loopback
+from .metrics import make_registry
+from .sampler import Sampler
+from .state import EventState
+from .web import make_app, make_metrics_app
+
+log = logging.getLogger("conveyor.monitor")
+
+
+class Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to :func:`serve`: several servers stop
+    together, and a SIGTERM is a clean stop (exit 0), not re-raised after it."""
+
+    @contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def serve(app: Conveyor, *, host: str, port: int, metrics_port: int | None,
+          token: str | None, queues: Sequence[str], interval: float,
+          events: bool) -> int:
+    """Serve until interrupted (SIGINT/SIGTERM); returns the exit status."""
+    state = EventState()
+    sampler = Sampler(app, queues, interval)
+    registry = make_registry(sampler, state)
+    loopback = is_loopback(host)
+    receiver = None
+    if events:
+        from .events import start_receiver
+        receiver = start_receiver(app, state)
+    sampler.start()
+    web = make_app(sampler, state, registry, token=token, loopback=loopback,
+                   app_name=app.main or "__main__")
+    servers = [Server(uvicorn.Config(web, host=host, port=port,
+                                             log_level="warning", lifespan="off"))]
+    if metrics_port is not None:
+        servers.append(Server(uvicorn.Config(
+            make_metrics_app(registry, token=token, loopback=loopback), host=host,
+            port=metrics_port, log_level="warning", lifespan="off")))
+
+    def announce() -> None:
+        shown = f"[{host}]" if ":" in host else host
+        print(f"conveyor monitor on http://{shown}:{port}/ (metrics: /metrics"
+              + (f", and http://{shown}:{metrics_port}/metrics" if metrics_port else "")
+              + f"); queues {', '.join(queues)} of {sampler.broker}", flush=True)
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        for server in servers:
+            server.force_exit = server.should_exit  # a second signal: do not wait
+            server.should_exit = True
+
+    async def run_all() -> None:
+        tasks = [asyncio.create_task(s.serve()) for s in servers]
+        while not all(s.started for s in servers) and not any(t.done() for t in tasks):
+            await asyncio.sleep(0.02)
+        if all(s.started for s in servers):
+            announce()
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for server in servers:
+            server.should_exit = True
+        await asyncio.gather(*tasks)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        asyncio.run(run_all())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sampler.stop()
+        if receiver is not None:
+            receiver.stop()
+    return 0
