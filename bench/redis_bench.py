@@ -1,9 +1,16 @@
 """Conveyor vs Celery on the same Redis, same run: enqueue, drain, round trip, bulk.
 
-Run alone: ``uv run --frozen python bench/redis_bench.py [--n 10000]``. Prints one
-JSON object. Each system gets its own dbs on 127.0.0.1:6379 (defaults: Conveyor
-broker 8 / results 9, Celery broker 10 / results 11; ``--dbs``); they are flushed
-before and after, so do not run this beside the Redis test suite, which owns 8–13.
+Run alone: ``CONVEYOR_BENCH_REDIS_PORT=6390 uv run --frozen python bench/redis_bench.py
+[--n 10000] [--pools-n 20000] [--only-pools]``. Prints one JSON object. Each system
+gets its own dbs on 127.0.0.1 at ``CONVEYOR_BENCH_REDIS_PORT`` (or ``--port``; default
+6379) (defaults: Conveyor broker 8 / results 9, Celery broker 10 / results 11;
+``--dbs``); they are flushed before and after, so point it at a Redis no test suite
+is using (the Redis tests own dbs 8–13 of theirs).
+
+``pools`` (``pool_drain.py``) drains ``--pools-n`` queued tasks (one Redis ``INCR``
+each, and no-ops) with ``solo``, ``threads -c 4`` and ``processes -c 2`` beside
+Celery's ``solo``, ``threads`` and ``prefork``, with worker CPU and Redis commands a
+task.
 
 Measured for each system, with ``n`` no-op tasks and default settings (results on):
 
@@ -50,8 +57,10 @@ from typing import Any  # noqa: E402
 
 import redis  # noqa: E402
 from bench_support import enqueue_drain_roundtrip  # noqa: E402
+from pool_drain import pools  # noqa: E402
 
-HOST = "redis://127.0.0.1:6379"
+#: The Redis to use: ``CONVEYOR_BENCH_REDIS_PORT`` (or ``--port``), default 6379.
+PORT = int(os.environ.get("CONVEYOR_BENCH_REDIS_PORT", "6379"))
 QUEUE = "bench.redis"
 
 CONVEYOR_TASKS = '''
@@ -168,6 +177,12 @@ def profile(app: Any, n: int) -> dict[str, float]:
             "transport_publish_many_per_s": round(1e6 / many)}
 
 
+def _load() -> str:
+    """The machine's load averages (1, 5, 15 min): rates are only comparable within
+    a run, and this says how busy the run was."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=10_000, help="tasks per measurement")
@@ -176,9 +191,18 @@ def main() -> None:
                         help="runs of each bulk measurement (the best is reported)")
     parser.add_argument("--dbs", default="8,9,10,11",
                         help="Conveyor broker,results,Celery broker,results db numbers")
+    parser.add_argument("--port", type=int, default=PORT,
+                        help="Redis port on 127.0.0.1 (env CONVEYOR_BENCH_REDIS_PORT; "
+                             "use one no test suite runs on)")
+    parser.add_argument("--pools-n", type=int, default=20_000,
+                        help="tasks per drain in the by-pool section (0: skip it)")
+    parser.add_argument("--pools-rounds", type=int, default=1,
+                        help="rounds of the by-pool section (median reported)")
+    parser.add_argument("--only-pools", action="store_true",
+                        help="run only the by-pool drain section")
     ns = parser.parse_args()
     dbs = [int(x) for x in ns.dbs.split(",")]
-    urls = [f"{HOST}/{d}" for d in dbs]
+    urls = [f"redis://127.0.0.1:{ns.port}/{d}" for d in dbs]
     for url in urls:
         redis.Redis.from_url(url).flushdb()
     report: dict[str, Any] = {
@@ -193,6 +217,13 @@ def main() -> None:
         (workdir / "bench_celery.py").write_text(
             textwrap.dedent(CELERY_TASKS).format(broker=urls[2], backend=urls[3]))
         try:
+            if ns.pools_n:
+                report["uptime_before"] = _load()
+                report["pools"] = pools(ns.pools_n, ns.pools_rounds, workdir, urls)
+                report["uptime_after_pools"] = _load()
+            if ns.only_pools:
+                print(json.dumps(report, indent=2))
+                return
             report["conveyor"] = measure("conveyor", ns.n, workdir, urls[0], urls[1],
                                          ns.roundtrips, ns.bulk_runs)
             report["celery"] = measure("celery", ns.n, workdir, urls[2], urls[3],

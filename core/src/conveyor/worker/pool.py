@@ -23,11 +23,13 @@ import concurrent.futures
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
 import resource
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -74,6 +76,12 @@ class Pool(abc.ABC):
         self.done: queue.Queue[Job] = queue.Queue()
         #: Coroutine tasks running on this process's event loop (see ``_start_async``).
         self._coroutines: set[concurrent.futures.Future[str]] = set()
+
+    @property
+    def capacity(self) -> int:
+        """Jobs the pool takes at once (more than ``concurrency`` when jobs may wait
+        in a child's pipe behind the running one)."""
+        return self.concurrency
 
     def start(self) -> None:
         """Start workers (threads, children); the solo pool needs none."""
@@ -290,49 +298,87 @@ def _watch_parent(lifeline: int) -> None:
 
 def _child_main(app: Conveyor, conn: Connection, hostname: str,
                 lifeline: tuple[int, int]) -> None:
-    """A pool child: run jobs from ``conn`` until told to stop or orphaned."""
+    """A pool child: run requests from ``conn`` in order until told to stop or
+    orphaned. It blocks on the pipe (no poll interval); each finished request is
+    answered with its state and the child's peak resident memory, in order."""
     os.close(lifeline[1])  # only the worker may hold the write end
     _watch_parent(lifeline[0])
     refresh_origin()
     EventLoopThread.reset()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    receive, send, loads = conn.recv_bytes, conn.send_bytes, pickle.loads
+    usage, me = resource.getrusage, resource.RUSAGE_SELF
     while True:
         try:
-            item = conn.recv()
+            data = receive()
         except (EOFError, OSError):
             return
-        if item is None:
+        if data == _STOP:
             return
         try:
-            state = execute(app, item, hostname)
+            state = execute(app, loads(data), hostname)
         except BaseException:  # noqa: BLE001
             log.exception("Internal error in pool child")
             state = states.FAILURE
         # Peak resident memory (KiB on Linux), for --max-memory-per-child.
-        conn.send((state, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+        send(f"{state} {usage(me).ru_maxrss}".encode())
 
 
-@dataclass(slots=True)
+#: What a child reads as "exit now" (a pickled request never equals it).
+_STOP = b"stop"
+#: A request this small may wait in a busy child's pipe behind the one it runs; a
+#: bigger one waits in the pool until the child is free, so a send never blocks on
+#: a full pipe (Linux pipes hold 64 KiB).
+_AHEAD_BYTES = 8192
+
+
+@dataclass(slots=True, eq=False)
 class _Child:
     process: Any
     conn: Connection
-    job: Job | None = None
+    #: Jobs sent to the child, in order: the first runs, the others wait in its pipe.
+    jobs: deque[Job] = field(default_factory=deque)
     tasks: int = 0
+    #: Set when it must be replaced (memory): it takes no more jobs.
+    retiring: bool = False
 
 
 class ProcessPool(Pool):
-    """``concurrency`` forked children, each running one task at a time."""
+    """``concurrency`` forked children; each has up to ``depth`` jobs in flight.
+
+    Jobs go to a child's pipe as soon as they are submitted (the child blocks on its
+    pipe and takes the next request the moment it is done with one), and results
+    come back on the same pipes, which one supervisor thread waits on with no poll
+    interval (its only timeout is the nearest ``time_limit``). With ``depth`` > 1 a
+    child never waits for the consumer between two tasks; a job that waits in a
+    child's pipe has not started, so when ``report_starts`` is set each job is put
+    on ``began`` when it starts, for the consumer to ack it then (an early ack is
+    never given for a task that has not started). A child that dies or is killed at
+    a ``time_limit`` fails only the task it was running; the ones waiting behind it
+    go to its replacement.
+    """
+
+    #: Jobs in flight per child (the worker sets it from the prefetch multiplier).
+    depth: int = 1
+    #: Put each job on ``began`` when it starts in a child (see the class docstring).
+    report_starts: bool = False
 
     def __init__(self, app: Conveyor, concurrency: int, hostname: str) -> None:
         super().__init__(app, concurrency, hostname)
+        self.began: queue.Queue[Job] = queue.Queue()
         self._ctx = multiprocessing.get_context("fork")
         self._children: list[_Child] = []
-        self._backlog: list[Job] = []
-        self._lock = threading.Lock()
+        self._backlog: deque[Job] = deque()
+        self._lock = threading.RLock()
         self._stop = threading.Event()
         self._supervisor: threading.Thread | None = None
         self._lifeline: tuple[int, int] | None = None
+        self._wake: tuple[int, int] | None = None
+
+    @property
+    def capacity(self) -> int:
+        return self.concurrency * max(1, self.depth)
 
     def _spawn(self) -> _Child:
         assert self._lifeline is not None, "start() opens the lifeline first"
@@ -353,67 +399,153 @@ class ProcessPool(Pool):
                     f"processes, but {url!r} is per process (memory://). Use "
                     "--pool threads, or a sqlite://, redis:// … URL.")
         self._lifeline = os.pipe()
+        self._wake = os.pipe()
+        os.set_blocking(self._wake[1], False)
         self._children = [self._spawn() for _ in range(self.concurrency)]
         self._supervisor = threading.Thread(target=self._supervise,
                                             name="conveyor-supervisor", daemon=True)
         self._supervisor.start()
 
+    def _wakeup(self) -> None:
+        """Make the supervisor look again (a new time limit, a resize, stop)."""
+        if self._wake is not None:
+            try:
+                os.write(self._wake[1], b"!")
+            except (BlockingIOError, OSError):
+                pass  # already awake, or stopping
+
     def submit(self, job: Job) -> None:
+        job.extra["pickled"] = pickle.dumps(job.request, pickle.HIGHEST_PROTOCOL)
         with self._lock:
             self._backlog.append(job)
             self._dispatch()
+        if self._limit_of(job):
+            self._wakeup()  # its deadline may be the nearest one
+
+    def _limit_of(self, job: Job) -> Any:
+        """The job's ``time_limit`` (0: none), looked up once."""
+        limit = job.extra.get("limit")
+        if limit is None:
+            limit = job.extra["limit"] = self.limit(job, "time_limit") or 0
+        return limit
+
+    def _open(self, child: _Child) -> bool:
+        """True when ``child`` may take another job now."""
+        if child.retiring:
+            return False
+        most = self.max_tasks_per_child
+        if most and child.tasks + len(child.jobs) >= most:
+            return False  # it is replaced after the ones it has
+        return len(child.jobs) < max(1, self.depth)
 
     def _dispatch(self) -> None:
-        for child in self._children:
-            if not self._backlog:
+        """Send waiting jobs to children: an idle child first, then (small requests
+        only) behind a running job, the least loaded child first."""
+        while self._backlog:
+            job = self._backlog[0]
+            open_ = [c for c in self._children if self._open(c)]
+            if not open_:
                 return
-            if child.job is None:
-                job = self._backlog.pop(0)
-                child.job = job
-                job.started = time.monotonic()
-                child.conn.send(job.request)
+            child = min(open_, key=lambda c: len(c.jobs))
+            if child.jobs and len(job.extra["pickled"]) > _AHEAD_BYTES:
+                return
+            self._backlog.popleft()
+            self._send(child, job)
+
+    def _send(self, child: _Child, job: Job) -> None:
+        idle = not child.jobs
+        child.jobs.append(job)
+        if idle:
+            self._begin(job)
+        try:
+            child.conn.send_bytes(job.extra["pickled"])
+        except OSError:
+            pass  # the child is gone: the supervisor sees its end of file
+
+    def _begin(self, job: Job) -> None:
+        job.started = time.monotonic()
+        if self.report_starts:
+            self.began.put(job)
 
     def _supervise(self) -> None:
+        assert self._wake is not None
+        wake = self._wake[0]
         while not self._stop.is_set():
             with self._lock:
-                busy = {c.conn: c for c in self._children if c.job is not None}
-            ready = wait(list(busy), timeout=0.05) if busy else []
-            if not busy:
-                time.sleep(0.01)
+                by_fd = {c.conn.fileno(): c for c in self._children}
+                timeout = self._next_deadline()
+            try:
+                ready = wait([*by_fd, wake], timeout)
+            except OSError:
+                continue  # a pipe closed under us (a child replaced): look again
             with self._lock:
-                for conn in ready:
-                    self._collect(busy[conn])  # type: ignore[index]
+                for fd in ready:
+                    if fd == wake:
+                        try:
+                            os.read(wake, 4096)
+                        except OSError:
+                            pass
+                        continue
+                    child = by_fd[fd]  # type: ignore[index]
+                    if child in self._children:
+                        self._collect(child)
                 self._enforce_limits()
                 self._dispatch()
 
+    def _next_deadline(self) -> float | None:
+        """Seconds until the first running job passes its ``time_limit``."""
+        nearest = None
+        now = time.monotonic()
+        for child in self._children:
+            if child.jobs:
+                limit = self._limit_of(child.jobs[0])
+                if limit:
+                    left = max(0.0, child.jobs[0].started + limit - now)
+                    nearest = left if nearest is None else min(nearest, left)
+        return None if nearest is None else nearest + 0.01
+
     def _collect(self, child: _Child) -> None:
-        job = child.job
-        if job is None:
-            return
-        try:
-            job.state, memory = child.conn.recv()
-        except (EOFError, OSError):
-            self._replace(child, WorkerLostError(
-                f"Pool child {child.process.pid} died while running the task"))
-            return
-        child.job = None
-        child.tasks += 1
-        self.done.put(job)
-        why = None
-        if self.max_tasks_per_child and child.tasks >= self.max_tasks_per_child:
-            why = f"it ran {child.tasks} tasks (max_tasks_per_child)"
-        elif self.max_memory_per_child and memory > self.max_memory_per_child:
-            why = (f"it used {memory} KiB, over max_memory_per_child="
-                   f"{self.max_memory_per_child} KiB")
-        if why is not None:
-            log.info("Replacing pool child %d: %s", child.process.pid, why)
-            self._retire(child)
-            self._children[self._children.index(child)] = self._spawn()
+        """Take every result the child has sent; replace it if it died."""
+        conn = child.conn
+        while True:
+            try:
+                if not conn.poll():
+                    return
+                data = conn.recv_bytes()
+            except (EOFError, OSError):
+                self._replace(child, WorkerLostError(
+                    f"Pool child {child.process.pid} died while running the task"))
+                return
+            state, memory = data.split(b" ")
+            if not child.jobs:
+                continue  # nothing was sent to it: cannot happen
+            job = child.jobs.popleft()
+            job.state = state.decode()
+            child.tasks += 1
+            self.done.put(job)
+            if child.jobs:
+                self._begin(child.jobs[0])
+            if self.max_memory_per_child and int(memory) > self.max_memory_per_child \
+                    and not child.retiring:
+                log.info("Replacing pool child %d after its last task: it used %s KiB, "
+                         "over max_memory_per_child=%s KiB", child.process.pid,
+                         memory.decode(), self.max_memory_per_child)
+                child.retiring = True
+            if child.jobs:
+                continue
+            if child.retiring or (self.max_tasks_per_child
+                                  and child.tasks >= self.max_tasks_per_child):
+                if not child.retiring:
+                    log.info("Replacing pool child %d: it ran %d tasks "
+                             "(max_tasks_per_child)", child.process.pid, child.tasks)
+                self._retire(child)
+                self._children[self._children.index(child)] = self._spawn()
+                return
 
     def _retire(self, child: _Child) -> None:
         """Stop an idle child: it exits after its last task, or is killed."""
         try:
-            child.conn.send(None)
+            child.conn.send_bytes(_STOP)
         except OSError:
             pass
         child.process.join(2)
@@ -426,61 +558,71 @@ class ProcessPool(Pool):
         with self._lock:
             while len(self._children) < concurrency:
                 self._children.append(self._spawn())
-            for child in [c for c in self._children if c.job is None][
+            for child in [c for c in self._children if not c.jobs][
                     :max(0, len(self._children) - concurrency)]:
                 self._children.remove(child)
                 self._retire(child)
             self.concurrency = concurrency
             self._dispatch()
+        self._wakeup()
 
     def _enforce_limits(self) -> None:
         now = time.monotonic()
-        for child in self._children:
-            job = child.job
-            if job is None:
+        for child in list(self._children):
+            if not child.jobs:
                 continue
-            limit = self.limit(job, "time_limit")
+            job = child.jobs[0]
+            limit = self._limit_of(job)
             if limit and now - job.started > limit:
                 self._replace(child, TimeLimitExceeded(
                     f"time_limit={limit}s exceeded; the pool child was killed"))
 
     def _replace(self, child: _Child, why: BaseException) -> None:
-        job = child.job
+        """Kill ``child`` and start another; its running job fails with ``why``, the
+        jobs waiting behind it (not started) go first to the others."""
+        jobs = child.jobs
         if child.process.is_alive():
             os.kill(child.process.pid, signal.SIGKILL)
         child.process.join(5)
         child.conn.close()
         index = self._children.index(child)
         self._children[index] = self._spawn()
-        if job is not None:
+        if jobs:
+            job = jobs.popleft()
             log.error("Task %s[%s]: %s", job.request.name, job.request.id, why)
             on_failure(self.app, self.app.tasks.get(job.request.name), job.request,
                        why, self.hostname)
             job.state = states.FAILURE
             self.done.put(job)
+            self._backlog.extendleft(reversed(jobs))
+        self._dispatch()
 
     def take_unstarted(self) -> list[Job]:
         with self._lock:
-            taken, self._backlog = self._backlog, []
+            taken = list(self._backlog)
+            self._backlog.clear()
             return taken
 
     def stop(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
-                busy = any(c.job is not None for c in self._children)
+                busy = any(c.jobs for c in self._children) or bool(self._backlog)
             if not busy or (deadline is not None and time.monotonic() > deadline):
                 break
             time.sleep(0.02)
         self._stop.set()
+        self._wakeup()
         if self._supervisor is not None:
             self._supervisor.join(2)
-        for child in self._children:
-            self._retire(child)
-        if self._lifeline is not None:
-            for fd in self._lifeline:
-                os.close(fd)
-            self._lifeline = None
+        with self._lock:
+            for child in self._children:
+                self._retire(child)
+        for pipe in (self._lifeline, self._wake):
+            if pipe is not None:
+                for fd in pipe:
+                    os.close(fd)
+        self._lifeline = self._wake = None
 
 
 POOLS: dict[str, Callable[[Conveyor, int, str], Pool]] = {

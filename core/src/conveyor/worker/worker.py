@@ -123,6 +123,13 @@ class Worker:
         self.max_deliveries = int(conf.worker_max_deliveries)
         self.max_size: int | None = conf.task_message_max_size
         self.pool: Pool = POOLS[pool](app, self.concurrency, self.hostname)
+        if isinstance(self.pool, ProcessPool):
+            # Half the prefetch waits in the children's pipes (a child never waits
+            # for the consumer between tasks), half in memory for the next refill.
+            self.pool.depth = max(1, int(multiplier) // 2)
+            self.pool.report_starts = self.pool.depth > 1
+        #: Early acks are given when the pool starts a job, not when it takes it.
+        self._ack_on_start = isinstance(self.pool, ProcessPool) and self.pool.report_starts
         self._recycle(max_tasks_per_child, max_memory_per_child)
         self._idle_since: float | None = None
         self.ready = threading.Event()
@@ -262,7 +269,8 @@ class Worker:
         if self.autoscale is not None:
             self._scale()
         room = self.prefetch - len(self._ready) - len(self._held) - len(self._running)
-        busy = len(self._running) >= self.concurrency
+        capacity = self.pool.capacity
+        busy = len(self._running) >= capacity
         timeout = self.poll_interval
         for heap in (self._held, self._throttled):
             if heap:
@@ -273,7 +281,7 @@ class Worker:
             timeout = 0.0  # jobs can start now: do not block
         # perf: refill in batches (only once the ready jobs cannot fill the pool),
         # not one message per round trip.
-        if room > 0 and (room >= self.prefetch - self.concurrency or not self._ready):
+        if room > 0 and (room >= self.prefetch - capacity or not self._ready):
             deliveries = transport.fetch(self.queues, limit=room, timeout=timeout)
             if deliveries:
                 self._receive(transport, deliveries)
@@ -450,13 +458,17 @@ class Worker:
         starting: list[Job] = []
         throttles = self._throttles
         now = time.time() if throttles else 0.0
-        while self._ready and len(self._running) + len(starting) < self.concurrency:
+        capacity = self.pool.capacity
+        while self._ready and len(self._running) + len(starting) < capacity:
             job = self._ready.popleft()
             if not throttles or self._may_start(transport, job, now):
                 starting.append(job)
         if not starting:
             return
-        early = [job.delivery for job in starting if not job.acks_late]
+        # An early ack is given when the task starts: here, or (processes pool with
+        # jobs waiting in the children's pipes) when the pool reports it started.
+        early = [] if self._ack_on_start else \
+            [job.delivery for job in starting if not job.acks_late]
         if early:
             try:
                 transport.ack(early)
@@ -468,7 +480,8 @@ class Worker:
         if len(early) < len(starting) and self._caps.leases:
             try:
                 cast(LeaseTransport, transport).started(
-                    [job.delivery for job in starting if job.acks_late])
+                    [job.delivery for job in starting
+                     if job.acks_late or self._ack_on_start])
             except Exception as exc:  # noqa: BLE001 - accounting; the task still runs
                 log.warning("Could not count %d deliveries as started: %s",
                             len(starting) - len(early), mask_url(str(exc)))
@@ -480,6 +493,15 @@ class Worker:
 
     def _settle(self, transport: Transport) -> None:
         late = []
+        if self._ack_on_start:
+            began = cast(ProcessPool, self.pool).began
+            while True:
+                try:
+                    job = began.get_nowait()
+                except queue.Empty:
+                    break
+                if not job.acks_late and id(job) not in self._orphans:
+                    late.append(job.delivery)
         while True:
             try:
                 job = self.pool.done.get_nowait()
