@@ -26,13 +26,14 @@ import os
 import pickle
 import queue
 import resource
+import selectors
 import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from .. import states
@@ -93,6 +94,22 @@ class Pool(abc.ABC):
     def take_unstarted(self) -> list[Job]:
         """Jobs submitted but not started (given back on warm shutdown)."""
         return []
+
+    def collect(self) -> None:
+        """Move finished jobs onto ``done`` now (a pool whose results the consumer
+        reads itself; the others put them there as they finish)."""
+
+    def dispatch(self) -> None:
+        """Hand jobs that wait in the pool to free workers (called by the consumer
+        once the jobs it collected are settled)."""
+
+    def wait(self, timeout: float) -> None:
+        """Return when a job is on ``done``, or after ``timeout`` seconds."""
+        try:
+            job = self.done.get(timeout=timeout)
+        except queue.Empty:
+            return
+        self.done.put(job)
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish running jobs and stop workers; the solo pool has nothing running."""
@@ -363,6 +380,10 @@ class ProcessPool(Pool):
     depth: int = 1
     #: Put each job on ``began`` when it starts in a child (see the class docstring).
     report_starts: bool = False
+    #: A thread of the pool's own reads results. The worker's pool has none: its
+    #: consumer reads them in :meth:`collect` and :meth:`wait`, so a result costs
+    #: no hand-over between threads.
+    supervised: bool = True
 
     def __init__(self, app: Conveyor, concurrency: int, hostname: str) -> None:
         super().__init__(app, concurrency, hostname)
@@ -375,6 +396,7 @@ class ProcessPool(Pool):
         self._supervisor: threading.Thread | None = None
         self._lifeline: tuple[int, int] | None = None
         self._wake: tuple[int, int] | None = None
+        self._selector = selectors.DefaultSelector()
 
     @property
     def capacity(self) -> int:
@@ -388,7 +410,17 @@ class ProcessPool(Pool):
                                  name="conveyor-child", daemon=True)
         proc.start()
         child.close()
-        return _Child(proc, parent)
+        spawned = _Child(proc, parent)
+        self._selector.register(parent.fileno(), selectors.EVENT_READ, spawned)
+        return spawned
+
+    def _forget(self, child: _Child) -> None:
+        """Stop watching a child's pipe and close it."""
+        try:
+            self._selector.unregister(child.conn.fileno())
+        except (KeyError, ValueError, OSError):
+            pass
+        child.conn.close()
 
     def start(self) -> None:
         from ..connection import scheme_of
@@ -401,10 +433,12 @@ class ProcessPool(Pool):
         self._lifeline = os.pipe()
         self._wake = os.pipe()
         os.set_blocking(self._wake[1], False)
+        self._selector.register(self._wake[0], selectors.EVENT_READ, None)
         self._children = [self._spawn() for _ in range(self.concurrency)]
-        self._supervisor = threading.Thread(target=self._supervise,
-                                            name="conveyor-supervisor", daemon=True)
-        self._supervisor.start()
+        if self.supervised:
+            self._supervisor = threading.Thread(target=self._supervise,
+                                                name="conveyor-supervisor", daemon=True)
+            self._supervisor.start()
 
     def _wakeup(self) -> None:
         """Make the supervisor look again (a new time limit, a resize, stop)."""
@@ -419,8 +453,23 @@ class ProcessPool(Pool):
         with self._lock:
             self._backlog.append(job)
             self._dispatch()
-        if self._limit_of(job):
+        if self.supervised and self._limit_of(job):
             self._wakeup()  # its deadline may be the nearest one
+
+    def collect(self) -> None:
+        if not self.supervised:
+            self._poll(0)
+
+    def dispatch(self) -> None:
+        if not self.supervised:
+            with self._lock:
+                self._dispatch()
+
+    def wait(self, timeout: float) -> None:
+        if self.supervised:
+            super().wait(timeout)
+        elif self.done.empty():
+            self._poll(timeout)
 
     def _limit_of(self, job: Job) -> Any:
         """The job's ``time_limit`` (0: none), looked up once."""
@@ -429,28 +478,34 @@ class ProcessPool(Pool):
             limit = job.extra["limit"] = self.limit(job, "time_limit") or 0
         return limit
 
-    def _open(self, child: _Child) -> bool:
-        """True when ``child`` may take another job now."""
+    def _takes(self, child: _Child, job: Job) -> bool:
+        """True when ``child`` may take ``job`` now. Only a small request whose ack
+        is early waits behind another job: an ``acks_late`` one goes to an idle child,
+        so a SIGKILLed worker leaves at most one finished, unacked task a child."""
         if child.retiring:
             return False
         most = self.max_tasks_per_child
         if most and child.tasks + len(child.jobs) >= most:
             return False  # it is replaced after the ones it has
-        return len(child.jobs) < max(1, self.depth)
+        if not child.jobs:
+            return True
+        if job.acks_late or len(job.extra["pickled"]) > _AHEAD_BYTES:
+            return False
+        return len(child.jobs) < self.depth
 
     def _dispatch(self) -> None:
-        """Send waiting jobs to children: an idle child first, then (small requests
-        only) behind a running job, the least loaded child first."""
+        """Send waiting jobs, in order, each to the least loaded child that takes it."""
         while self._backlog:
             job = self._backlog[0]
-            open_ = [c for c in self._children if self._open(c)]
-            if not open_:
-                return
-            child = min(open_, key=lambda c: len(c.jobs))
-            if child.jobs and len(job.extra["pickled"]) > _AHEAD_BYTES:
+            best = None
+            for child in self._children:
+                if self._takes(child, job) and (best is None
+                                                or len(child.jobs) < len(best.jobs)):
+                    best = child
+            if best is None:
                 return
             self._backlog.popleft()
-            self._send(child, job)
+            self._send(best, job)
 
     def _send(self, child: _Child, job: Job) -> None:
         idle = not child.jobs
@@ -468,29 +523,33 @@ class ProcessPool(Pool):
             self.began.put(job)
 
     def _supervise(self) -> None:
-        assert self._wake is not None
-        wake = self._wake[0]
         while not self._stop.is_set():
-            with self._lock:
-                by_fd = {c.conn.fileno(): c for c in self._children}
-                timeout = self._next_deadline()
-            try:
-                ready = wait([*by_fd, wake], timeout)
-            except OSError:
-                continue  # a pipe closed under us (a child replaced): look again
-            with self._lock:
-                for fd in ready:
-                    if fd == wake:
-                        try:
-                            os.read(wake, 4096)
-                        except OSError:
-                            pass
-                        continue
-                    child = by_fd[fd]  # type: ignore[index]
-                    if child in self._children:
-                        self._collect(child)
-                self._enforce_limits()
-                self._dispatch()
+            self._poll(None)
+
+    def _poll(self, timeout: float | None) -> None:
+        """Read the results that came (waiting up to ``timeout`` for one, or until
+        the nearest ``time_limit``), replace dead children, kill overdue ones."""
+        with self._lock:
+            nearest = self._next_deadline()
+        if nearest is not None and (timeout is None or nearest < timeout):
+            timeout = nearest
+        try:
+            events = self._selector.select(timeout)
+        except (OSError, ValueError):
+            events = []  # a pipe closed under us (a child replaced): look again
+        with self._lock:
+            for key, _mask in events:
+                child = key.data
+                if child is None:
+                    try:
+                        os.read(key.fd, 4096)  # the wake-up pipe
+                    except OSError:
+                        pass
+                elif child in self._children:
+                    self._collect(child)
+            self._enforce_limits()
+            if self.supervised:
+                self._dispatch()  # else the consumer does, once it has settled
 
     def _next_deadline(self) -> float | None:
         """Seconds until the first running job passes its ``time_limit``."""
@@ -552,7 +611,7 @@ class ProcessPool(Pool):
         if child.process.is_alive():
             child.process.kill()
             child.process.join(2)
-        child.conn.close()
+        self._forget(child)
 
     def resize(self, concurrency: int) -> None:
         with self._lock:
@@ -584,7 +643,7 @@ class ProcessPool(Pool):
         if child.process.is_alive():
             os.kill(child.process.pid, signal.SIGKILL)
         child.process.join(5)
-        child.conn.close()
+        self._forget(child)
         index = self._children.index(child)
         self._children[index] = self._spawn()
         if jobs:
@@ -595,7 +654,8 @@ class ProcessPool(Pool):
             job.state = states.FAILURE
             self.done.put(job)
             self._backlog.extendleft(reversed(jobs))
-        self._dispatch()
+        if self.supervised:
+            self._dispatch()
 
     def take_unstarted(self) -> list[Job]:
         with self._lock:
@@ -610,7 +670,11 @@ class ProcessPool(Pool):
                 busy = any(c.jobs for c in self._children) or bool(self._backlog)
             if not busy or (deadline is not None and time.monotonic() > deadline):
                 break
-            time.sleep(0.02)
+            if self.supervised:
+                time.sleep(0.02)
+            else:
+                self._poll(0.02)
+                self.dispatch()
         self._stop.set()
         self._wakeup()
         if self._supervisor is not None:
@@ -618,6 +682,7 @@ class ProcessPool(Pool):
         with self._lock:
             for child in self._children:
                 self._retire(child)
+        self._selector.close()
         for pipe in (self._lifeline, self._wake):
             if pipe is not None:
                 for fd in pipe:

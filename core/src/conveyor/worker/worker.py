@@ -123,13 +123,12 @@ class Worker:
         self.max_deliveries = int(conf.worker_max_deliveries)
         self.max_size: int | None = conf.task_message_max_size
         self.pool: Pool = POOLS[pool](app, self.concurrency, self.hostname)
+        self._multiplier = max(1, int(multiplier))
         if isinstance(self.pool, ProcessPool):
-            # Half the prefetch waits in the children's pipes (a child never waits
-            # for the consumer between tasks), half in memory for the next refill.
-            self.pool.depth = max(1, int(multiplier) // 2)
-            self.pool.report_starts = self.pool.depth > 1
-        #: Early acks are given when the pool starts a job, not when it takes it.
-        self._ack_on_start = isinstance(self.pool, ProcessPool) and self.pool.report_starts
+            self.pool.supervised = False  # this consumer reads the results itself
+        #: Early acks are given when the pool starts a job, not when it takes it
+        #: (see :meth:`_pipeline`).
+        self._ack_on_start = False
         self._recycle(max_tasks_per_child, max_memory_per_child)
         self._idle_since: float | None = None
         self.ready = threading.Event()
@@ -226,6 +225,7 @@ class Worker:
             return
         caps: Capabilities = transport.capabilities
         self._caps = caps
+        self._pipeline(caps)
         vt = cast(LeaseTransport, transport).visibility_timeout if caps.leases else None
         self._horizon = eta_horizon(app.conf, vt)
         keeper = None
@@ -262,6 +262,15 @@ class Worker:
         finally:
             self._shutdown(transport)
 
+    def _pipeline(self, caps: Capabilities) -> None:
+        """Let jobs wait in the processes pool's child pipes (half the prefetch
+        there, half in memory for the next refill), so a child never waits for the
+        consumer between two tasks. Only with lease settlement: a job waiting in a
+        pipe cannot be taken back, and a lost channel's deliveries are redelivered."""
+        if isinstance(self.pool, ProcessPool) and caps.settlement == LEASE:
+            self.pool.depth = max(1, self._multiplier // 2)
+            self.pool.report_starts = self._ack_on_start = self.pool.depth > 1
+
     def _iterate(self, transport: Transport) -> None:
         self._settle(transport)
         self._release_due()
@@ -286,11 +295,7 @@ class Worker:
             if deliveries:
                 self._receive(transport, deliveries)
         elif busy or not self._ready:  # nothing to start: wait for a job or a due ETA
-            try:
-                job = self.pool.done.get(timeout=timeout)
-            except queue.Empty:
-                return
-            self.pool.done.put(job)
+            self.pool.wait(timeout)
 
     # ------------------------------------------------------------------ receiving
     def _receive(self, transport: Transport, deliveries: list[Delivery]) -> None:
@@ -492,6 +497,7 @@ class Worker:
             self._settle(transport)
 
     def _settle(self, transport: Transport) -> None:
+        self.pool.collect()
         late = []
         if self._ack_on_start:
             began = cast(ProcessPool, self.pool).began
@@ -516,6 +522,7 @@ class Worker:
         self._owed_acks.extend(late)
         if self._owed_acks or self._owed_requeues:
             self._pay(transport)
+        self.pool.dispatch()  # jobs waiting for a child go now that acks are sent
 
     def _pay(self, transport: Transport) -> None:
         """Settle what is owed: acks of finished tasks, then waiting deliveries given
