@@ -95,9 +95,22 @@ class Pool(abc.ABC):
         """Jobs submitted but not started (given back on warm shutdown)."""
         return []
 
+    def finished(self) -> list[Job]:
+        """The jobs finished since the last call (the consumer settles them)."""
+        out = []
+        while True:
+            try:
+                out.append(self.done.get_nowait())
+            except queue.Empty:
+                return out
+
+    def began(self) -> list[Job]:
+        """Jobs started since the last call, from a pool that reports starts."""
+        return []
+
     def collect(self) -> None:
-        """Move finished jobs onto ``done`` now (a pool whose results the consumer
-        reads itself; the others put them there as they finish)."""
+        """Take the results that came now (a pool whose results the consumer reads
+        itself; the others put them on ``done`` as they finish)."""
 
     def dispatch(self) -> None:
         """Hand jobs that wait in the pool to free workers (called by the consumer
@@ -324,7 +337,7 @@ def _child_main(app: Conveyor, conn: Connection, hostname: str,
     EventLoopThread.reset()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    receive, send, loads = conn.recv_bytes, conn.send_bytes, pickle.loads
+    receive, loads, out = conn.recv_bytes, pickle.loads, conn.fileno()
     usage, me = resource.getrusage, resource.RUSAGE_SELF
     while True:
         try:
@@ -338,8 +351,9 @@ def _child_main(app: Conveyor, conn: Connection, hostname: str,
         except BaseException:  # noqa: BLE001
             log.exception("Internal error in pool child")
             state = states.FAILURE
-        # Peak resident memory (KiB on Linux), for --max-memory-per-child.
-        send(f"{state} {usage(me).ru_maxrss}".encode())
+        # One line: the state and the peak resident memory (KiB on Linux, for
+        # --max-memory-per-child); the worker reads every line waiting in one go.
+        os.write(out, f"{state} {usage(me).ru_maxrss}\n".encode())
 
 
 #: What a child reads as "exit now" (a pickled request never equals it).
@@ -359,6 +373,8 @@ class _Child:
     tasks: int = 0
     #: Set when it must be replaced (memory): it takes no more jobs.
     retiring: bool = False
+    #: Bytes of a result line not complete yet.
+    partial: bytes = b""
 
 
 class ProcessPool(Pool):
@@ -370,7 +386,7 @@ class ProcessPool(Pool):
     interval (its only timeout is the nearest ``time_limit``). With ``depth`` > 1 a
     child never waits for the consumer between two tasks; a job that waits in a
     child's pipe has not started, so when ``report_starts`` is set each job is put
-    on ``began`` when it starts, for the consumer to ack it then (an early ack is
+    in :meth:`began` when it starts, for the consumer to ack it then (an early ack is
     never given for a task that has not started). A child that dies or is killed at
     a ``time_limit`` fails only the task it was running; the ones waiting behind it
     go to its replacement.
@@ -378,7 +394,7 @@ class ProcessPool(Pool):
 
     #: Jobs in flight per child (the worker sets it from the prefetch multiplier).
     depth: int = 1
-    #: Put each job on ``began`` when it starts in a child (see the class docstring).
+    #: Report each job in :meth:`began` when it starts (see the class docstring).
     report_starts: bool = False
     #: A thread of the pool's own reads results. The worker's pool has none: its
     #: consumer reads them in :meth:`collect` and :meth:`wait`, so a result costs
@@ -387,7 +403,10 @@ class ProcessPool(Pool):
 
     def __init__(self, app: Conveyor, concurrency: int, hostname: str) -> None:
         super().__init__(app, concurrency, hostname)
-        self.began: queue.Queue[Job] = queue.Queue()
+        #: Unsupervised: finished and started jobs, kept for the consumer (the only
+        #: thread that touches the pool then), with no queue between threads.
+        self._finished: list[Job] = []
+        self._began: list[Job] = []
         self._ctx = multiprocessing.get_context("fork")
         self._children: list[_Child] = []
         self._backlog: deque[Job] = deque()
@@ -456,6 +475,22 @@ class ProcessPool(Pool):
         if self.supervised and self._limit_of(job):
             self._wakeup()  # its deadline may be the nearest one
 
+    def _finish(self, job: Job) -> None:
+        if self.supervised:
+            self.done.put(job)
+        else:
+            self._finished.append(job)
+
+    def finished(self) -> list[Job]:
+        if self.supervised:
+            return super().finished()
+        out, self._finished = self._finished, []
+        return out
+
+    def began(self) -> list[Job]:
+        out, self._began = self._began, []
+        return out
+
     def collect(self) -> None:
         if not self.supervised:
             self._poll(0)
@@ -468,7 +503,7 @@ class ProcessPool(Pool):
     def wait(self, timeout: float) -> None:
         if self.supervised:
             super().wait(timeout)
-        elif self.done.empty():
+        elif not self._finished:
             self._poll(timeout)
 
     def _limit_of(self, job: Job) -> Any:
@@ -520,7 +555,7 @@ class ProcessPool(Pool):
     def _begin(self, job: Job) -> None:
         job.started = time.monotonic()
         if self.report_starts:
-            self.began.put(job)
+            self._began.append(job)
 
     def _supervise(self) -> None:
         while not self._stop.is_set():
@@ -564,24 +599,26 @@ class ProcessPool(Pool):
         return None if nearest is None else nearest + 0.01
 
     def _collect(self, child: _Child) -> None:
-        """Take every result the child has sent; replace it if it died."""
-        conn = child.conn
-        while True:
-            try:
-                if not conn.poll():
-                    return
-                data = conn.recv_bytes()
-            except (EOFError, OSError):
-                self._replace(child, WorkerLostError(
-                    f"Pool child {child.process.pid} died while running the task"))
-                return
-            state, memory = data.split(b" ")
+        """Take every result the child has sent (its pipe is readable: one read);
+        replace it if it died."""
+        try:
+            data = os.read(child.conn.fileno(), 65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._replace(child, WorkerLostError(
+                f"Pool child {child.process.pid} died while running the task"))
+            return
+        lines = (child.partial + data).split(b"\n")
+        child.partial = lines.pop()  # the start of a line still being written
+        for line in lines:
+            state, memory = line.split(b" ")
             if not child.jobs:
                 continue  # nothing was sent to it: cannot happen
             job = child.jobs.popleft()
             job.state = state.decode()
             child.tasks += 1
-            self.done.put(job)
+            self._finish(job)
             if child.jobs:
                 self._begin(child.jobs[0])
             if self.max_memory_per_child and int(memory) > self.max_memory_per_child \
@@ -652,7 +689,7 @@ class ProcessPool(Pool):
             on_failure(self.app, self.app.tasks.get(job.request.name), job.request,
                        why, self.hostname)
             job.state = states.FAILURE
-            self.done.put(job)
+            self._finish(job)
             self._backlog.extendleft(reversed(jobs))
         if self.supervised:
             self._dispatch()

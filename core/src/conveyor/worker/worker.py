@@ -26,7 +26,6 @@ import heapq
 import itertools
 import logging
 import os
-import queue
 import signal
 import socket
 import threading
@@ -500,19 +499,9 @@ class Worker:
         self.pool.collect()
         late = []
         if self._ack_on_start:
-            began = cast(ProcessPool, self.pool).began
-            while True:
-                try:
-                    job = began.get_nowait()
-                except queue.Empty:
-                    break
-                if not job.acks_late and id(job) not in self._orphans:
-                    late.append(job.delivery)
-        while True:
-            try:
-                job = self.pool.done.get_nowait()
-            except queue.Empty:
-                break
+            late = [job.delivery for job in self.pool.began()
+                    if not job.acks_late and id(job) not in self._orphans]
+        for job in self.pool.finished():
             self._running.pop(id(job), None)
             self.processed += 1
             if id(job) in self._orphans:

@@ -10,6 +10,8 @@ import pickle
 import uuid
 from decimal import Decimal
 from collections.abc import Callable
+from json.encoder import c_make_encoder as _make_encoder  # type: ignore[attr-defined]
+from json.encoder import encode_basestring as _encode_text
 from typing import Any
 
 from conveyor.exceptions import DecodeError
@@ -67,7 +69,12 @@ def _untag(obj: dict[str, Any]) -> Any:
 
 
 _encoder = json.JSONEncoder(default=_tag, ensure_ascii=False)
+#: perf: the C encoder ``_encoder.encode`` builds on every call, built once; without
+#: the circular-reference check (a circular structure is retried on ``_encoder``).
+_encode = _make_encoder(None, _tag, _encode_text, None, ": ", ", ", False, False, True) \
+    if _make_encoder is not None else _encoder.iterencode
 _decoder = json.JSONDecoder(object_hook=_untag)
+_plain = json.JSONDecoder().decode
 
 
 class JSONSerializer:
@@ -80,10 +87,18 @@ class JSONSerializer:
         self.app = app
 
     def dumps(self, obj: Any) -> bytes:
-        return _encoder.encode(obj).encode("utf-8")
+        try:
+            return "".join(_encode(obj, False)).encode("utf-8")
+        except RecursionError:  # the checked encoder says "Circular reference"
+            return _encoder.encode(obj).encode("utf-8")
 
     def loads(self, data: bytes | str) -> Any:
-        text = bytes(data).decode("utf-8") if not isinstance(data, str) else data
+        text = data if isinstance(data, str) else (
+            data.decode("utf-8") if isinstance(data, bytes) else bytes(data).decode("utf-8"))
+        if "__type__" not in text:
+            # perf: nothing tagged, so no object needs the hook; the plain decoder
+            # builds the same objects several times faster.
+            return _plain(text)
         return _decoder.decode(text)
 
 
