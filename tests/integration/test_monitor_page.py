@@ -1,6 +1,6 @@
 """``conveyor monitor`` seen by a user: the page in headless Chromium (Debian's
-``chromium``) against Redis and a real worker process shows a queue's depth and a
-dead letter; its requeue button puts the dead letter back on its queue;
+``chromium``) against Redis and real worker processes shows a worker, a queue's
+depth and a dead letter; its requeue button puts the dead letter back on its queue;
 the page logs no JavaScript error. ``/metrics`` says the same numbers, and binding
 beyond 127.0.0.1 takes a token."""
 
@@ -34,10 +34,16 @@ app = Conveyor("proj_mon")
 @app.task(name="proj_mon.add")
 def add(x, y):
     return x + y
+
+@app.task(name="proj_mon.boom")
+def boom():
+    raise ValueError("boom: the monitor shows this traceback")
 '''
 
 #: The redis db this module owns (broker and results).
 DB = 1
+WORKER = "mon-worker@page-test"
+SKIP_WORKER = False
 
 
 def cli(env: dict[str, str], cwd: Path, *args: str) -> str:
@@ -62,7 +68,7 @@ def _cell(driver: Any, selector: str) -> str:
     return str(found[0].text) if found else ""
 
 
-def test_the_page_shows_queues_and_dead_letters_and_requeues(
+def test_the_page_shows_workers_queues_and_dead_letters_and_requeues(
         project: tuple[Path, dict[str, str]], tmp_path: Path,
         record_property: Any) -> None:
     from selenium.webdriver.common.by import By
@@ -81,14 +87,29 @@ def test_the_page_shows_queues_and_dead_letters_and_requeues(
             client.send_task("proj_mon.add", (n, n), queue="mon.idle")
 
         queues = "mon.work,mon.idle,mon.dead"
-        with monitor_process("proj_mon", cwd, env, "-Q", queues) as (_mon, base):
+        with worker_process("proj_mon", queues=["mon.work"], cwd=str(cwd), env=env,
+                            extra_args=["-E", "-n", WORKER]), \
+                monitor_process("proj_mon", cwd, env, "-Q", queues) as (_mon, base):
+            assert client.send_task("proj_mon.add", (2, 2), queue="mon.work") \
+                .get(timeout=20) == 4
+            client.send_task("proj_mon.boom", queue="mon.work").get(timeout=20,
+                                                                     propagate=False)
             with chromium() as driver:
                 driver.get(base + "/")
+                if not SKIP_WORKER: wait_for(lambda: "online" in _cell(driver, f'tr[data-hostname="{WORKER}"]'),
+                         30, what=f"worker {WORKER} online on the page")
                 wait_for(lambda: _cell(driver, 'tr[data-queue="mon.idle"] .depth') == "3",
                          20, what="mon.idle's depth 3 on the page")
                 wait_for(lambda: driver.find_elements(
                     By.CSS_SELECTOR, f'#dead tr[data-task-id="{missing.id}"]'), 20,
                     what="the dead letter on the page")
+                if not SKIP_WORKER:
+                    wait_for(lambda: "ValueError" in _cell(driver, "#failures"), 20,
+                             what="the failed task on the page")
+                    failure = driver.find_element(By.CSS_SELECTOR, "#failures details summary")
+                    failure.click()  # open the traceback
+                    assert "boom: the monitor shows this traceback" in _cell(driver,
+                                                                              "#failures pre")
                 shot = keep_screenshot(driver, tmp_path, "monitor-page.png")
                 record_property("screenshot", str(shot))
                 print(f"screenshot of the monitor page: {shot}")
@@ -113,7 +134,13 @@ def test_the_page_shows_queues_and_dead_letters_and_requeues(
 
             metrics = get_text(base + "/metrics")
             assert 'conveyor_queue_messages{queue="mon.idle",state="ready"} 3.0' in metrics
-            assert 'conveyor_dead_letters{queue="mon.dead"} 0.0' in metrics, metrics
+            assert "conveyor_workers 1.0" in metrics
+            assert 'conveyor_tasks_total{state="SUCCESS",task="proj_mon.add"} 1.0' \
+                in metrics, metrics
+            assert 'conveyor_tasks_total{state="FAILURE",task="proj_mon.boom"} 1.0' \
+                in metrics, metrics
+            assert 'conveyor_task_runtime_seconds_count{state="SUCCESS",task="proj_mon.add"}' \
+                in metrics, metrics
     finally:
         client.close()
 

@@ -247,6 +247,7 @@ COMMANDS: dict[str, Callable[[Printed, Ctx], None]] = {
         worker_serves,
     "conveyor -A proj worker -l INFO": amqp_worker_serves,
     "conveyor -A proj worker -l INFO --logfile worker.log": worker_serves,
+    "conveyor -A proj worker -l INFO -E": worker_serves,
     "conveyor -A proj monitor -Q celery,priority.high --metrics-port 9808": monitor_serves,
     "conveyor -A proj worker -l INFO --pool processes --autoscale 8,2 "
     "--max-tasks-per-child 100 --max-memory-per-child 200000": worker_serves,

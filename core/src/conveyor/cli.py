@@ -105,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("-P", "--pool", default="threads", help="solo, threads or processes")
     w.add_argument("--prefetch-multiplier", type=int)
     w.add_argument("-n", "--hostname")
+    w.add_argument("-E", "--task-events", action="store_true",
+                   help="send task and worker events (monitor, Flower)")
     w.add_argument("-f", "--logfile", help="write the log to this file (default: stderr)")
     w.add_argument("--autoscale", metavar="MAX,MIN",
                    help="grow the pool up to MAX under load, shrink back to MIN")
@@ -189,6 +191,10 @@ def cmd_worker(app: Conveyor, ns: argparse.Namespace) -> int:
         for old in list(root.handlers):
             root.removeHandler(old)
         root.addHandler(handler)
+    if ns.task_events:
+        from .events import enable
+        app.conf.worker_send_task_events = True
+        enable(app)
     worker = app.Worker(queues=ns.queues, concurrency=ns.concurrency, pool=ns.pool,
                         prefetch_multiplier=ns.prefetch_multiplier, hostname=ns.hostname,
                         autoscale=ns.autoscale, max_tasks_per_child=ns.max_tasks_per_child,

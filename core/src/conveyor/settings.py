@@ -48,6 +48,8 @@ DEFAULTS: dict[str, Any] = {
     "task_create_missing_queue_type": "classic",
     "task_ignore_result": False,
     "task_track_started": False,
+    "task_send_sent_event": False,
+    "worker_send_task_events": False,
     "task_acks_late": False,
     "task_time_limit": None,
     "task_soft_time_limit": None,
@@ -122,6 +124,11 @@ DESCRIPTIONS: dict[str, str] = {
                                       "queue, as in Celery.",
     "task_ignore_result": "Store no result unless a task or call asks for one.",
     "task_track_started": "Store STARTED when a worker begins a task.",
+    "task_send_sent_event": "Send Celery's `task-sent` event when a task is published "
+                            "(events go to the `celeryev` exchange, as Celery's).",
+    "worker_send_task_events": "Workers send Celery's task and worker events "
+                               "(`task-received` … `task-succeeded`, `worker-heartbeat`; "
+                               "`conveyor worker -E`), for `conveyor monitor` and Flower.",
     "task_acks_late": "Acknowledge a message after its task ran instead of before, so a "
                       "worker that dies mid-task leaves it to be redelivered.",
     "task_time_limit": "Seconds after which a running task is killed "

@@ -1,0 +1,93 @@
+"""Flower 2.2 (Celery's monitor) started against Redis sees a Conveyor worker
+started with ``-E`` and the task it ran, through Flower's own HTTP API: the events
+have Celery's fields, exchange and routing keys."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conveyor import Conveyor
+from conveyor_pytest.fixtures import worker_process
+from monitor_lab import free_port, get_json
+from processes import Proc, wait_for
+from redis_dbs import flush_dbs
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+PROJ = '''
+from conveyor import Conveyor
+
+app = Conveyor("proj_fl")
+
+@app.task(name="proj_fl.mul")
+def mul(x, y):
+    return x * y
+'''
+
+#: The redis db this module owns (broker and results).
+DB = 0
+WORKER = "conveyor-fl@flower-test"
+
+
+def _get(url: str) -> Any:
+    try:
+        return get_json(url)
+    except OSError:
+        return None  # not serving yet
+
+
+@pytest.mark.parametrize("pool", ["threads", "processes"])
+def test_flower_lists_a_conveyor_worker_and_its_succeeded_task(tmp_path: Path,
+                                                               pool: str) -> None:
+    (url,) = flush_dbs(DB)
+    (tmp_path / "proj_fl.py").write_text(textwrap.dedent(PROJ))
+    env = {"CONVEYOR_BROKER_URL": url, "CONVEYOR_RESULT_BACKEND": url,
+           "PYTHONPATH": str(tmp_path), "FLOWER_UNAUTHENTICATED_API": "true"}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    flower = Proc([sys.executable, "-m", "celery", "--broker", url, "flower",
+                   "--address=127.0.0.1", f"--port={port}"], tmp_path, env,
+                  log=tmp_path / "flower.log")
+    with flower:
+        wait_for(lambda: _get(base + "/api/workers") is not None
+                 or flower.popen.poll() is not None, 60, interval=0.2,
+                 what="Flower serving its API")
+        assert flower.popen.poll() is None, flower.output()[-3000:]
+        with worker_process("proj_fl", cwd=str(tmp_path), env=env, pool=pool,
+                            concurrency=2, extra_args=["-E", "-n", WORKER]):
+            # Flower lists it from its heartbeats (and so receives events now).
+            workers = wait_for(lambda: (_get(base + "/api/workers?status=true") or {})
+                               .get(WORKER), 30, interval=0.3,
+                               what=f"Flower's /api/workers?status=true listing {WORKER}")
+            assert workers is True  # alive: its heartbeats arrive
+            client = Conveyor("proj_fl-client", broker=url, backend=url,
+                              task_send_sent_event=True)
+            try:
+                result = client.send_task("proj_fl.mul", (6, 7))
+                assert result.get(timeout=20) == 42
+            finally:
+                client.close()
+
+            def task_seen() -> dict[str, Any] | None:
+                tasks = _get(base + "/api/tasks") or {}
+                found = tasks.get(result.id)
+                # task-sent goes out on the client's own events connection, so it may
+                # reach Flower after the worker's events: wait for both.
+                return found if found and found.get("state") == "SUCCESS" \
+                    and found.get("sent") else None
+
+            task = wait_for(task_seen, 30, interval=0.3,
+                            what=f"Flower's /api/tasks listing {result.id} as SUCCESS, sent")
+            assert task["name"] == "proj_fl.mul"
+            assert task["worker"] == WORKER
+            assert task["result"] == "42"
+            assert task["received"] and task["started"] and task["runtime"] is not None
+
+        offline = wait_for(lambda: (_get(base + "/api/workers?status=true") or {})
+                           .get(WORKER) is False, 30, interval=0.3,
+                           what=f"{WORKER} offline in Flower after a warm shutdown")
+        assert offline
