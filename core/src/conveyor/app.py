@@ -165,9 +165,9 @@ class Conveyor:
                     hookplugins.register(pm, plugin, info.name)
                 except (PluginError, ValueError) as exc:  # ValueError: name taken
                     log.error("Hook plugin %s not registered: %s", info.display_name, exc)
-        from . import events  # Celery's events (-E, task_send_sent_event)
-        if events.wanted(self):
-            events.enable_on(pm, self)
+        if self.conf.worker_send_task_events or self.conf.task_send_sent_event:
+            from .events import enable_on  # Celery's events; imported only when on
+            enable_on(pm, self)
         pm.check_pending()
         return pm
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Generator, Sequence
 from contextlib import contextmanager
 from types import FrameType
 
 import uvicorn
 from conveyor import Conveyor
+from conveyor.exceptions import ConveyorError
 
 from .command import is_loopback
 from .metrics import make_registry
@@ -31,10 +33,33 @@ class Server(uvicorn.Server):
         yield
 
 
+def listen(host: str, port: int, option: str) -> socket.socket:
+    """A listening socket on ``host:port``, bound before anything starts, so a port
+    in use is one clear error naming the option to change."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConveyorError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}. "
+                            f"Choose another {option}.") from exc
+    sock.listen(128)
+    return sock
+
+
 def serve(app: Conveyor, *, host: str, port: int, metrics_port: int | None,
           token: str | None, queues: Sequence[str], interval: float,
           events: bool) -> int:
     """Serve until interrupted (SIGINT/SIGTERM); returns the exit status."""
+    sockets = [listen(host, port, "--port")]
+    if metrics_port is not None:
+        try:
+            sockets.append(listen(host, metrics_port, "--metrics-port"))
+        except ConveyorError:
+            sockets[0].close()
+            raise
     state = EventState()
     sampler = Sampler(app, queues, interval)
     registry = make_registry(sampler, state)
@@ -46,12 +71,11 @@ def serve(app: Conveyor, *, host: str, port: int, metrics_port: int | None,
     sampler.start()
     web = make_app(sampler, state, registry, token=token, loopback=loopback,
                    app_name=app.main or "__main__")
-    servers = [Server(uvicorn.Config(web, host=host, port=port,
-                                             log_level="warning", lifespan="off"))]
+    apps = [web]
     if metrics_port is not None:
-        servers.append(Server(uvicorn.Config(
-            make_metrics_app(registry, token=token, loopback=loopback), host=host,
-            port=metrics_port, log_level="warning", lifespan="off")))
+        apps.append(make_metrics_app(registry, token=token, loopback=loopback))
+    servers = [Server(uvicorn.Config(asgi, log_level="warning", lifespan="off"))
+               for asgi in apps]
 
     def announce() -> None:
         shown = f"[{host}]" if ":" in host else host
@@ -65,7 +89,8 @@ def serve(app: Conveyor, *, host: str, port: int, metrics_port: int | None,
             server.should_exit = True
 
     async def run_all() -> None:
-        tasks = [asyncio.create_task(s.serve()) for s in servers]
+        tasks = [asyncio.create_task(s.serve(sockets=[sock]))
+                 for s, sock in zip(servers, sockets)]
         while not all(s.started for s in servers) and not any(t.done() for t in tasks):
             await asyncio.sleep(0.02)
         if all(s.started for s in servers):
@@ -84,4 +109,6 @@ def serve(app: Conveyor, *, host: str, port: int, metrics_port: int | None,
         sampler.stop()
         if receiver is not None:
             receiver.stop()
+        for sock in sockets:
+            sock.close()
     return 0
