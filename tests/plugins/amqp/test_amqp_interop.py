@@ -80,9 +80,14 @@ def test_celery_worker_applies_conveyor_link(celery_consumer: Proc, amqp_url: st
 
 def test_celery_worker_revokes_conveyor_expired_task(celery_consumer: Proc,
                                                      amqp_url: str) -> None:
+    """Expired by the time it is due: the Celery worker marks it REVOKED.
+
+    ``expires`` is also the message's TTL on RabbitMQ (as Celery sends it), and a
+    message that expires in the queue is dropped by the broker with no state written;
+    so it must reach the worker before it expires, and expire before it is due."""
     app = conveyor_app(amqp_url)
-    result = app.send_task("interop.add", (1, 1), queue=CELERY_QUEUE, countdown=1.0,
-                           expires=0.5)
+    result = app.send_task("interop.add", (1, 1), queue=CELERY_QUEUE, countdown=5.0,
+                           expires=4.0)
     try:
         with pytest.raises(TaskRevokedError):
             result.get(timeout=30)
