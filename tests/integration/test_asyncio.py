@@ -37,6 +37,7 @@ import asyncio
 import os
 
 from conveyor import Conveyor
+from conveyor.exceptions import SoftTimeLimitExceeded
 
 app = Conveyor("asyncapp", broker=os.environ["T_BROKER"], backend=os.environ["T_BACKEND"],
                task_default_queue=os.environ["T_QUEUE"],
@@ -55,6 +56,18 @@ async def aadd(x: int, y: int) -> int:
 async def nap(seconds: float) -> list[int]:
     await asyncio.sleep(seconds)
     return [os.getpid(), id(asyncio.get_running_loop())]
+
+
+@app.task(soft_time_limit=0.4, time_limit=20)
+async def tidy() -> list[str]:
+    seen = []
+    try:
+        await asyncio.sleep(15)
+    except SoftTimeLimitExceeded as exc:
+        seen.append(str(exc))
+        await asyncio.sleep(0.05)  # cleaning up may await; the task goes on
+        seen.append("cleaned up")
+    return seen
 
 
 @app.task(time_limit=0.5)
@@ -309,3 +322,15 @@ def test_debug_mode_sees_no_slow_callback_in_hundreds_of_concurrent_round_trips(
         logger.removeHandler(slow)
     assert found == [[n + k for k in range(5)] + [n, n] for n in range(50)]
     assert slow.seen == []
+
+
+@pytest.mark.parametrize("pool", ["threads", "processes"])
+def test_soft_time_limit_raises_inside_the_coroutine_which_cleans_up(
+        project: tuple[Any, dict[str, str]], pool: str) -> None:
+    module, spec = project
+    with worker_process(spec["app_spec"], cwd=spec["cwd"], pool=pool, concurrency=2):
+        started = time.monotonic()
+        seen = module.tidy.delay().get(timeout=20)
+        elapsed = time.monotonic() - started
+    assert seen[1] == "cleaned up" and "soft_time_limit=0.4" in seen[0], seen
+    assert elapsed < 10, elapsed  # not the 15 s sleep

@@ -21,6 +21,7 @@ from .. import chainstore, chords, states
 from ..canvas import Signature, maybe_signature
 from ..exceptions import Retry, TaskRevokedError, TimeLimitExceeded
 from ..task import current_request
+from .aiolimits import SoftLimited
 from .limits import SoftLimit
 
 if TYPE_CHECKING:
@@ -88,10 +89,15 @@ def _invoke(task: Any, request: Request) -> Any:
 
 
 async def _await(task: Any, request: Request) -> Any:
-    """Run a coroutine task; ``time_limit`` cancels it."""
+    """Run a coroutine task; ``soft_time_limit`` raises inside it at the await it is
+    suspended in (:mod:`.aiolimits`), ``time_limit`` cancels it."""
     current_request.set(request)  # this asyncio task's own context
-    coro = task.run(*_arguments(task, request), **request.kwargs)
-    limit = request.time_limit or task.time_limit
+    coro: Any = task.run(*_arguments(task, request), **request.kwargs)
+    soft = request.soft_time_limit or task.soft_time_limit \
+        or task.app.conf.task_soft_time_limit
+    if soft:
+        coro = SoftLimited(coro, soft, f"Task {task.name}[{request.id}]")
+    limit = request.time_limit or task.time_limit or task.app.conf.task_time_limit
     if not limit:
         return await coro
     try:
