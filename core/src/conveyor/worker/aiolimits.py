@@ -37,7 +37,8 @@ class SoftLimited:
         task = asyncio.current_task()
         assert task is not None, "SoftLimited is awaited inside an asyncio task"
         timer = asyncio.get_running_loop().call_later(self.seconds, self._fire, task)
-        coro, value, error = self.coro, None, None
+        coro, value = self.coro, None
+        error: BaseException | None = None
         try:
             while True:
                 try:
