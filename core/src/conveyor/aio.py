@@ -142,6 +142,7 @@ class _LoopClients:
         self.idle: list[_Sender] = []
         self.slots = asyncio.Semaphore(max(1, int(app.conf.broker_pool_limit or 1)))
         self.shared: _Sender | None = None
+        self.multiplexed: bool | None = None
         self._backend: Any = None
 
     @contextlib.asynccontextmanager
@@ -149,15 +150,20 @@ class _LoopClients:
         if self.shared is not None:
             yield self.shared
             return
+        if self.multiplexed is None:  # the first sender says which it is
+            first = _Sender(self.app, self.app.broker_url)
+            self.multiplexed = bool(getattr(first.transport, "multiplexed", False))
+            if self.multiplexed:
+                self.shared = first  # perf: no pool, no semaphore from now on
+                yield first
+                return
+            self.idle.append(first)
         async with self.slots:
             sender = self.idle.pop() if self.idle else _Sender(self.app, self.app.broker_url)
             try:
                 yield sender
             finally:
-                if getattr(sender.transport, "multiplexed", False):
-                    self.shared = sender  # perf: no pool, no semaphore from now on
-                else:
-                    self.idle.append(sender)
+                self.idle.append(sender)
 
     @property
     def backend(self) -> Any:
@@ -231,6 +237,8 @@ async def deferred(app: Conveyor, build: Callable[[], T]) -> T:
     first (a chord's counter, a chain's steps parked in the backend; see
     :func:`hold_write`), in the order it made them.
     """
+    if app.backend.capabilities.replies:  # naming the reply queue declares it: I/O
+        clients(app).backend  # noqa: B018 - raises AsyncUnsupportedError without a twin
     held: list[Any] = []
     token = HELD.set(held)
     try:

@@ -1,0 +1,289 @@
+"""The asyncio twin of the ``amqp://`` producer: aio-pika, no threads.
+
+It declares and publishes exactly as :class:`~.transport.AmqpTransport` does (the
+same queue arguments, the same properties, the same delay layout, routed messages
+``mandatory`` and confirmed, falling back to the route's queue), awaiting each
+step on the running loop. One connection and channel serve every coroutine of the
+loop (``multiplexed``); a declaration is made once per channel and concurrent
+publishers to a queue wait for it, so none publishes before its queue exists.
+
+The one difference on the wire: aio-pika's driver (aiormq) gives every message a
+random ``message_id`` property; Celery and Conveyor workers ignore it.
+
+Workers consume with the blocking transport; only the producer has a twin. The
+``rpc://`` result backend has none: with it, the asyncio calls raise
+:class:`~conveyor.aio.AsyncUnsupportedError` instead of blocking the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, ClassVar, cast
+
+import aio_pika
+import aiormq
+import aiormq.exceptions as ae
+from aiormq.abc import AbstractChannel
+from conveyor.exceptions import OperationalError
+from conveyor.interfaces import Capabilities, Outgoing, Route
+from conveyor.utils import mask_url
+from pika.spec import BasicProperties
+
+from . import envelope
+from .errors import _HINTS as HINTS
+from .errors import CONNECTION_ERRORS, ChannelError, unroutable
+from .transport import AmqpTransport
+
+#: Channel errors by the reply code RabbitMQ closed the channel with.
+_CODES: dict[type[BaseException], int] = {
+    ae.ChannelAccessRefused: 403, ae.ChannelNotFoundEntity: 404,
+    ae.ChannelLockedResource: 405, ae.ChannelPreconditionFailed: 406}
+
+
+@contextlib.contextmanager
+def _translated(url: str, doing: str) -> Iterator[None]:
+    """aiormq's channel errors as Conveyor's (reply code and text kept); connection
+    errors pass as they are, for the core's publish retry to see them."""
+    try:
+        yield
+    except OperationalError:
+        raise
+    except ae.PublishError as exc:
+        delivery: Any = exc.message.delivery if exc.message is not None else None
+        if delivery is None:
+            raise unroutable(url, "", "", False) from exc
+        raise unroutable(url, delivery.exchange or "", delivery.routing_key or "",
+                         False) from exc
+    except ae.DeliveryError as exc:  # a nack
+        raise unroutable(url, "", "", True) from exc
+    except ae.ChannelClosed as exc:
+        code = _CODES.get(type(exc)) or (exc.args[0] if exc.args and
+                                         isinstance(exc.args[0], int) else 0)
+        text = str(exc.args[-1]) if exc.args else ""
+        hint = HINTS.get(code, "See the RabbitMQ log for details.")
+        raise ChannelError(
+            f"RabbitMQ at {mask_url(url)} closed the channel while {doing}: "
+            f"({code}) {text}. {hint}", code, text) from exc
+
+
+def _properties(props: BasicProperties) -> aiormq.spec.Basic.Properties:
+    """pika's properties (what the blocking transport sends) for aiormq."""
+    stamp = props.timestamp
+    return aiormq.spec.Basic.Properties(
+        content_type=props.content_type, content_encoding=props.content_encoding,
+        headers=cast("dict[str, Any] | None", props.headers), delivery_mode=props.delivery_mode,
+        priority=props.priority, correlation_id=props.correlation_id,
+        reply_to=props.reply_to, expiration=props.expiration,
+        message_id=props.message_id, message_type=props.type, user_id=props.user_id,
+        app_id=props.app_id,
+        timestamp=None if stamp is None else dt.datetime.fromtimestamp(
+            stamp, dt.timezone.utc))
+
+
+class AsyncAmqpTransport:
+    """Publishes for the asyncio client; workers consume with :class:`AmqpTransport`."""
+
+    scheme: ClassVar[str] = "amqp"
+    capabilities: ClassVar[Capabilities] = AmqpTransport.capabilities
+    connection_errors: tuple[type[BaseException], ...] = (
+        *CONNECTION_ERRORS, ae.AMQPConnectionError, ae.ChannelInvalidStateError,
+        asyncio.TimeoutError)
+    #: One instance serves every coroutine of its loop at once.
+    multiplexed: ClassVar[bool] = True
+
+    def __init__(self, url: str = "amqp://", app: Any = None) -> None:
+        self.url = url
+        #: The blocking transport, never connected: options, names and layout.
+        self.rules = AmqpTransport(url, app)
+        self.confirm = bool(self.rules.options["confirm_publish"])
+        self._conn: Any = None
+        self._main: AbstractChannel | None = None
+        self._confirming: AbstractChannel | None = None
+        self._declared: dict[Any, asyncio.Future[None]] = {}
+        self._opening: asyncio.Lock | None = None
+        self._opened: list[Any] = []  # aio-pika's channels, closed with the transport
+
+    # ------------------------------------------------------------- connection
+    async def connect(self) -> None:
+        main = self._main
+        if main is not None and not main.is_closed:
+            return
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._main is not None and not self._main.is_closed:
+                return
+            if self._conn is None or self._conn.is_closed:
+                self._conn = await aio_pika.connect(**self._connect_args())
+            self._declared.clear()
+            self._confirming = None
+            self._main = await self._channel(self.confirm)
+
+    def _connect_args(self) -> dict[str, Any]:
+        p = self.rules.params
+        credentials: Any = p.credentials  # a pika.PlainCredentials
+        ssl = p.ssl_options
+        args: dict[str, Any] = {
+            "host": p.host, "port": p.port, "login": credentials.username,
+            "password": credentials.password, "virtualhost": p.virtual_host,
+            "ssl": ssl is not None, "client_properties": p.client_properties,
+            "heartbeat": p.heartbeat, "timeout": p.socket_timeout}
+        if ssl is not None:
+            args["ssl_context"] = ssl.context
+        return args
+
+    async def _channel(self, confirms: bool) -> AbstractChannel:
+        with _translated(self.url, "opening a channel"):
+            channel = await self._conn.channel(publisher_confirms=confirms,
+                                               on_return_raises=confirms)
+            raw: AbstractChannel = await channel.get_underlay_channel()
+        self._opened.append(channel)
+        return raw
+
+    async def _confirmed(self) -> AbstractChannel:
+        """A channel with confirms on (the main one when it has them)."""
+        await self.connect()
+        if self.confirm:
+            assert self._main is not None
+            return self._main
+        if self._confirming is None or self._confirming.is_closed:
+            self._confirming = await self._channel(True)
+        return self._confirming
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        self._main = self._confirming = None
+        self._declared.clear()
+        opened, self._opened = self._opened, []
+        for channel in opened:  # first, so none is left closing after the loop
+            with contextlib.suppress(Exception):  # closed by the broker already
+                await channel.close()
+        if conn is not None:
+            with contextlib.suppress(Exception):  # closing a broken one
+                await conn.close()
+
+    # ------------------------------------------------------------- declaring
+    async def _once(self, key: Any, declare: Callable[[AbstractChannel], Awaitable[None]],
+                    doing: str) -> None:
+        """Run ``declare`` once per channel; whoever asks meanwhile waits for it."""
+        found = self._declared.get(key)
+        if found is None:
+            main = self._main
+            assert main is not None
+
+            async def run() -> None:
+                with _translated(self.url, doing):
+                    await declare(main)
+
+            found = self._declared[key] = asyncio.ensure_future(run())
+        try:
+            await asyncio.shield(found)
+        except BaseException:
+            if self._declared.get(key) is found and found.done():
+                del self._declared[key]  # failed: the next publish tries again
+            raise
+
+    async def _declare_queue(self, queue: str) -> None:
+        exchange = self.rules.exchange_for(queue)
+
+        async def declare(ch: AbstractChannel) -> None:
+            await ch.exchange_declare(exchange=exchange, exchange_type="direct",
+                                      durable=True)
+            await ch.queue_declare(queue=queue, durable=True,
+                                   arguments=self.rules.shape.arguments(queue))
+            await ch.queue_bind(queue=queue, exchange=exchange, routing_key=queue)
+
+        await self._once(("queue", queue, exchange), declare, f"declaring queue {queue!r}")
+
+    async def declare(self, route: Route) -> None:
+        """As :meth:`AmqpTransport.declare`: the queue on its own direct exchange;
+        for a routed message, check that its exchange exists."""
+        await self.connect()
+        await self._declare_queue(route.queue)
+        if route.routed:
+            async def check(ch: AbstractChannel) -> None:
+                await ch.exchange_declare(exchange=route.exchange, passive=True)
+
+            await self._once(("exchange", route.exchange), check,
+                             f"checking exchange {route.exchange!r}")
+
+    async def _declare_delays(self, queue: str) -> None:
+        delays = self.rules.delays
+
+        async def layout(ch: AbstractChannel) -> None:
+            for n in range(27, -1, -1):
+                name = delays.level(n)
+                await ch.exchange_declare(exchange=name, exchange_type="topic",
+                                          durable=True)
+                await ch.queue_declare(queue=name, durable=True,
+                                       arguments=delays.queue_arguments(n))
+                await ch.queue_bind(queue=name, exchange=name,
+                                    routing_key=delays.queue_key(n))
+            for destination, source, key in delays.bindings():
+                if destination == delays.delivery:
+                    await ch.exchange_declare(exchange=destination, exchange_type="topic",
+                                              durable=True)
+                await ch.exchange_bind(destination=destination, source=source,
+                                       routing_key=key)
+
+        async def bind_return(ch: AbstractChannel) -> None:
+            await ch.queue_bind(queue=queue, exchange=delays.delivery,
+                                routing_key=delays.return_key(queue))
+
+        await self._once("delays", layout, "declaring the delayed-delivery layout")
+        await self._declare_queue(queue)
+        await self._once(("return", queue), bind_return,
+                         f"binding queue {queue!r} to the delayed delivery")
+
+    # ------------------------------------------------------------- publishing
+    async def _publish(self, exchange: str, routing_key: str,
+                       props: aiormq.spec.Basic.Properties, body: bytes, *,
+                       confirm: bool = False) -> None:
+        confirmed = confirm or self.confirm
+        ch = await self._confirmed() if confirmed else self._main
+        assert ch is not None
+        with _translated(self.url, f"publishing to exchange {exchange!r}"):
+            try:
+                await ch.basic_publish(body, exchange=exchange, routing_key=routing_key,
+                                       properties=props, mandatory=confirmed)
+            except ae.DeliveryError as exc:
+                if isinstance(exc, ae.PublishError):
+                    raise
+                raise unroutable(self.url, exchange, routing_key, True) from exc
+
+    async def publish_many(self, batch: Sequence[Outgoing]) -> None:
+        """As :meth:`AmqpTransport.publish_many`, awaited."""
+        if not batch:
+            return
+        await self.connect()
+        now = time.time()
+        delays = self.rules.delays
+        for message, route, due in batch:
+            await self.declare(route)
+            props = _properties(envelope.properties(message))
+            body = message.body
+            if due is not None and due > now:
+                await self._declare_delays(route.queue)
+                await self._publish(delays.entry,
+                                    delays.routing_key(due - time.time(), route.queue),
+                                    props, body, confirm=True)
+            elif route.routed:
+                try:
+                    await self._publish(route.exchange, route.key, props, body,
+                                        confirm=True)
+                except OperationalError as exc:
+                    if getattr(exc, "nacked", True):
+                        raise
+                    await self._publish("", route.queue, props, body)
+            else:
+                await self._publish("", route.queue, props, body)
+
+
+class SecureAsyncAmqpTransport(AsyncAmqpTransport):
+    """``amqps://``: the same over TLS."""
+
+    scheme = "amqps"
