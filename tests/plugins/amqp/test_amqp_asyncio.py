@@ -142,3 +142,23 @@ def test_rpc_results_say_they_have_no_asyncio_path(make_app: Any, queue: str) ->
 
     asyncio.run(main())
     assert depth(app.broker_url, queue) == 0  # refused before anything was sent
+
+
+def test_a_countdown_parks_in_the_delay_layout_with_delayed_delivery_broker(
+        make_app: Any, amqp_url: str, queue: str) -> None:
+    app = make_app(broker_transport_options={"delayed_delivery": "broker"})
+
+    def parked() -> int:  # the session's vhost: other tests may have parked some
+        return sum(depth(amqp_url, f"celery_delayed_{n}") for n in range(28))
+
+    before = parked()
+
+    async def main() -> None:
+        try:
+            await asyncio.gather(*(_send(app, queue, countdown=600) for _ in range(3)))
+        finally:
+            await app.aclose()
+
+    asyncio.run(main())
+    wait_for(lambda: parked() == before + 3, 5, what="three parked messages")
+    assert depth(amqp_url, queue) == 0
