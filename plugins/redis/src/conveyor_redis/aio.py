@@ -195,8 +195,12 @@ class AsyncRedisBackend:
         return KEY_PREFIX + task_id
 
     async def get(self, task_id: str) -> bytes | None:
+        key = self.key(task_id)
         try:
-            return await self._pipe.call("GET", self.key(task_id))  # type: ignore[no-any-return]
+            try:
+                return await self._pipe.call("GET", key)  # type: ignore[no-any-return]
+            except CONNECTION_ERRORS:  # idle too long, server restarted: once more
+                return await self._pipe.call("GET", key)  # type: ignore[no-any-return]
         except redis.RedisError as exc:
             raise wrap(exc, self.url, f"reading the result of task {task_id}") from exc
 
