@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 import redis
 import redis.asyncio as aioredis
+from conveyor.utils import mask_url
 from conveyor.interfaces import BackendCapabilities, Capabilities, Join, Outgoing, Route
 
 from .aiopipe import Pipe
@@ -317,10 +318,12 @@ class AsyncRedisBackend:
 
     async def _listen(self) -> None:
         """Read the subscription connection for ever; reconnect when it breaks."""
+        pause = _RESUBSCRIBE_PAUSE
         while True:
             conn = self._sub_pool.make_connection()  # type: ignore[no-untyped-call]
             try:
                 await conn.connect()
+                pause = _RESUBSCRIBE_PAUSE
                 self._sub_conn = conn
                 self._subscribing.clear()
                 self._unsubscribing.clear()
@@ -330,8 +333,9 @@ class AsyncRedisBackend:
                 while True:
                     self._dispatch(await conn.read_response(timeout=math.inf))
             except _BROKEN as exc:
-                log.warning("Result subscription to %s broke (%s); resubscribing",
-                            self.url, exc)
+                (log.warning if pause == _RESUBSCRIBE_PAUSE else log.debug)(
+                    "Result subscription to %s broke (%s); resubscribing",
+                    mask_url(self.url), exc)
             finally:
                 self._sub_conn = None
                 with contextlib.suppress(Exception):
@@ -341,7 +345,8 @@ class AsyncRedisBackend:
                 for waiter in found.waiters:
                     waiter.confirmed, waiter.reread = False, True
                     waiter.wake()
-            await asyncio.sleep(_RESUBSCRIBE_PAUSE)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
     def _dispatch(self, reply: Any) -> None:
         kind, channel = reply[0], reply[1]
