@@ -200,6 +200,16 @@ def clients(app: Conveyor) -> _LoopClients:
     return found
 
 
+def reply_to(app: Conveyor) -> str:
+    """The reply queue of the loop's backend (a ``replies`` backend, ``rpc://``),
+    for a message built inside :func:`deferred`: named now, and made ready (declared,
+    consumed) before anything is sent, so no result sent to it can be lost."""
+    twin = clients(app).backend
+    if not twin.replies_ready:
+        hold_write("ready_replies", doing="declare and consume its reply queue")
+    return str(twin.reply_to)
+
+
 def backend(app: Conveyor) -> Any:
     """The app's async result backend on the running loop."""
     return clients(app).backend

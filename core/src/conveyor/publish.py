@@ -139,6 +139,9 @@ class PublishPath:
         the caller (``BackendCapabilities.replies``, ``rpc://``); else None."""
         backend = self.app.backend
         if backend.capabilities.replies:
+            if HELD.get() is not None:  # an asyncio caller: its loop's backend's queue
+                from .aio import reply_to
+                return reply_to(self.app)
             return cast(ReplyBackend, backend).reply_to
         return None
 

@@ -16,7 +16,6 @@ import pika
 import pytest
 from amqp_support import depth, wait_for
 from conveyor import Conveyor
-from conveyor.aio import AsyncUnsupportedError
 from conveyor_amqp.errors import ChannelError
 from test_amqp_worker import RESULTS, worker_proc
 
@@ -130,18 +129,29 @@ def test_channel_errors_carry_rabbitmqs_reply(make_app: Any, queue: str) -> None
     asyncio.run(main())
 
 
-def test_rpc_results_say_they_have_no_asyncio_path(make_app: Any, queue: str) -> None:
+def test_rpc_results_come_back_to_the_loops_own_reply_queue(
+        make_app: Any, amqp_url: str, queue: str, tmp_path: Path) -> None:
+    (tmp_path / "t_amqp_tasks.py").write_text(textwrap.dedent(TASKS))
     app = make_app(backend="rpc://")
 
-    async def main() -> None:
+    async def main() -> tuple[list[int], set[str]]:
+        before = {t.name for t in threading.enumerate()}
         try:
-            with pytest.raises(AsyncUnsupportedError, match="'rpc' result backend"):
-                await _send(app, queue)  # not after declaring a reply queue on the loop
+            first = await _send(app, queue)
+            sent = [await app.asend_task("t.add", (n, n), queue=queue) for n in range(20)]
+            found = [await first.aget(timeout=20),
+                     *await asyncio.gather(*(r.aget(timeout=20) for r in sent))]
+            return found, {t.name for t in threading.enumerate()} - before
         finally:
             await app.aclose()
 
-    asyncio.run(main())
-    assert depth(app.broker_url, queue) == 0  # refused before anything was sent
+    worker = worker_proc(tmp_path, amqp_url, queue, T_BACKEND="rpc://")
+    try:
+        found, new_threads = asyncio.run(main())
+    finally:
+        worker.stop()
+    assert found == [4, *(2 * n for n in range(20))]
+    assert new_threads == set()
 
 
 def test_a_countdown_parks_in_the_delay_layout_with_delayed_delivery_broker(

@@ -10,9 +10,8 @@ publishers to a queue wait for it, so none publishes before its queue exists.
 The one difference on the wire: aio-pika's driver (aiormq) gives every message a
 random ``message_id`` property; Celery and Conveyor workers ignore it.
 
-Workers consume with the blocking transport; only the producer has a twin. The
-``rpc://`` result backend has none: with it, the asyncio calls raise
-:class:`~conveyor.aio.AsyncUnsupportedError` instead of blocking the loop.
+Workers consume with the blocking transport; only the producer has a twin, and
+the ``rpc://`` result backend (:class:`AsyncRpcBackend`): a reply queue per loop.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, ClassVar, cast
 
@@ -29,13 +29,14 @@ import aiormq
 import aiormq.exceptions as ae
 from aiormq.abc import AbstractChannel
 from conveyor.exceptions import OperationalError
-from conveyor.interfaces import Capabilities, Outgoing, Route
+from conveyor.interfaces import BackendCapabilities, Capabilities, Outgoing, Route
 from conveyor.utils import mask_url
 from pika.spec import BasicProperties
 
 from . import envelope
 from .errors import _HINTS as HINTS
 from .errors import CONNECTION_ERRORS, ChannelError, unroutable
+from .backend import RpcBackend
 from .transport import AmqpTransport
 
 #: Channel errors by the reply code RabbitMQ closed the channel with.
@@ -287,3 +288,109 @@ class SecureAsyncAmqpTransport(AsyncAmqpTransport):
     """``amqps://``: the same over TLS."""
 
     scheme = "amqps"
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class AsyncRpcBackend:
+    """The ``rpc://`` backend for the asyncio client: a reply queue of this loop's
+    own, consumed through aio-pika (a robust connection: the queue and its consumer
+    are restored after a reconnect).
+
+    Messages the asyncio client sends name this queue in ``reply_to``; the core
+    awaits :meth:`ready_replies` before it sends the first, so the queue exists when
+    a worker answers. States are kept as the blocking backend keeps them (the
+    latest per task, a SUCCESS final, each until it expires); waiters are woken by
+    the consumer, nothing polls.
+    """
+
+    capabilities: ClassVar[BackendCapabilities] = RpcBackend.capabilities
+
+    def __init__(self, url: str = "rpc://", app: Any = None) -> None:
+        #: The blocking backend, never connected: settings and the kept states.
+        self.rules = RpcBackend(url, app)
+        self.url = self.rules.url
+        self.reply_to = str(uuid.uuid4())
+        self.replies_ready = False
+        self._conn: Any = None
+        self._readying: asyncio.Lock | None = None
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+
+    async def ready_replies(self) -> None:
+        """Declare and consume the reply queue (once)."""
+        if self.replies_ready:
+            return
+        if self._readying is None:
+            self._readying = asyncio.Lock()
+        async with self._readying:
+            if self.replies_ready:
+                return
+            transport = AsyncAmqpTransport(self.url, self.rules.app)
+            expires = self.rules.expires_ms
+            with _translated(self.url, f"declaring reply queue {self.reply_to!r}"):
+                self._conn = await aio_pika.connect_robust(**transport._connect_args())
+                channel = await self._conn.channel()
+                queue = await channel.declare_queue(
+                    self.reply_to, durable=True, auto_delete=True,
+                    arguments={"x-expires": expires} if expires else None)
+                await queue.consume(self._on_reply, no_ack=True)
+            self.replies_ready = True
+
+    async def _on_reply(self, message: Any) -> None:
+        task_id = message.correlation_id
+        if not task_id:
+            return
+        ttl = message.expiration  # aio-pika reads the property as seconds
+        self.rules._keep(task_id, message.body, float(ttl) if ttl else None)
+        self._wake(task_id)
+
+    def _wake(self, task_id: str) -> None:
+        for future in self._waiters.pop(task_id, ()):
+            _settle(future)
+
+    async def get(self, task_id: str) -> bytes | None:
+        return self.rules._current(task_id)
+
+    async def store(self, task_id: str, state: str, payload: bytes, *,
+                    expires: float | None) -> None:
+        """A state for this client (a revoke): kept here, as the blocking one does."""
+        self.rules._keep(task_id, payload, expires)
+        self._wake(task_id)
+
+    async def forget(self, task_id: str) -> None:
+        self.rules.forget(task_id)
+
+    async def wait(self, task_id: str, *, timeout: float | None,
+                   previous: bytes | None) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            latest = self.rules._current(task_id)
+            if latest is not None and latest != previous:
+                return latest
+            pause = None if deadline is None else deadline - loop.time()
+            if pause is not None and pause <= 0:
+                return None
+            future = loop.create_future()
+            self._waiters.setdefault(task_id, []).append(future)
+            timer = None if pause is None else loop.call_later(pause, _settle, future)
+            try:
+                await future
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                waiting = self._waiters.get(task_id)
+                if waiting is not None and future in waiting:
+                    waiting.remove(future)
+                    if not waiting:
+                        del self._waiters[task_id]
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        self.replies_ready = False
+        if conn is not None:
+            with contextlib.suppress(Exception):  # closing a broken one
+                await conn.close()
