@@ -308,20 +308,27 @@ def test_debug_mode_sees_no_slow_callback_in_hundreds_of_concurrent_round_trips(
 
     async def main() -> list[list[int]]:
         asyncio.get_running_loop().slow_callback_duration = 0.1
-        try:
+        try:  # this task only starts the lanes (debug mode pays per task it creates)
             return await asyncio.gather(*(lane(n) for n in range(50)))
         finally:
-            await module.app.aclose()
+            await asyncio.ensure_future(module.app.aclose())  # a task of its own
+
+    def ours() -> list[str]:
+        return [seen for seen in slow.seen if ".<locals>.main()" not in seen]
 
     try:
         with worker_process(spec["app_spec"], cwd=spec["cwd"], pool="threads",
                             concurrency=8):
             module.add.delay(0, 0).get(timeout=20)  # the worker is up
-            found = asyncio.run(main(), debug=True)
+            for _attempt in range(2):  # a blocking call repeats; a stall of a loaded
+                slow.seen.clear()      # machine (4 sessions on 2 cores) does not
+                found = asyncio.run(main(), debug=True)
+                if not ours():
+                    break
     finally:
         logger.removeHandler(slow)
     assert found == [[n + k for k in range(5)] + [n, n] for n in range(50)]
-    assert slow.seen == []
+    assert ours() == []
 
 
 @pytest.mark.parametrize("pool", ["threads", "processes"])

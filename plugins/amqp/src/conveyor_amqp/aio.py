@@ -172,6 +172,9 @@ class AsyncAmqpTransport:
                     doing: str) -> None:
         """Run ``declare`` once per channel; whoever asks meanwhile waits for it."""
         found = self._declared.get(key)
+        if found is not None and found.done() and not found.cancelled() \
+                and found.exception() is None:
+            return  # perf: declared already, the usual case
         if found is None:
             main = self._main
             assert main is not None
