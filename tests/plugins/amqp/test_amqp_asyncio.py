@@ -14,7 +14,7 @@ from typing import Any
 
 import pika
 import pytest
-from amqp_support import depth, wait_for
+from amqp_support import depth, make_vhost, rabbitmqctl, url_for, wait_for
 from conveyor import Conveyor
 from conveyor_amqp.errors import ChannelError
 from test_amqp_worker import RESULTS, worker_proc
@@ -154,14 +154,12 @@ def test_rpc_results_come_back_to_the_loops_own_reply_queue(
     assert new_threads == set()
 
 
-def test_a_countdown_parks_in_the_delay_layout_with_delayed_delivery_broker(
-        make_app: Any, amqp_url: str, queue: str) -> None:
-    app = make_app(broker_transport_options={"delayed_delivery": "broker"})
-
-    def parked() -> int:  # the session's vhost: other tests may have parked some
-        return sum(depth(amqp_url, f"celery_delayed_{n}") for n in range(28))
-
-    before = parked()
+def test_a_countdown_parks_in_the_delay_layout_with_delayed_delivery_broker() -> None:
+    vhost = make_vhost()  # its own: the delay layout is per vhost, and others count it
+    url = url_for(vhost)
+    app = Conveyor("t", broker=url, backend=RESULTS,
+                   broker_transport_options={"delayed_delivery": "broker"})
+    queue = "t.amqp.parked"
 
     async def main() -> None:
         try:
@@ -169,6 +167,11 @@ def test_a_countdown_parks_in_the_delay_layout_with_delayed_delivery_broker(
         finally:
             await app.aclose()
 
-    asyncio.run(main())
-    wait_for(lambda: parked() == before + 3, 5, what="three parked messages")
-    assert depth(amqp_url, queue) == 0
+    try:
+        asyncio.run(main())
+        wait_for(lambda: sum(depth(url, f"celery_delayed_{n}") for n in range(28)) == 3,
+                 5, what="three parked messages")
+        assert depth(url, queue) == 0
+    finally:
+        app.close()
+        rabbitmqctl("delete_vhost", vhost)
