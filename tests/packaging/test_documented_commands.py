@@ -28,6 +28,8 @@ from pathlib import Path
 import pytest
 from packaging_support import installed, make_venv
 from printed_commands import REPO, Printed, from_help, from_markdown
+from processes import Proc
+from redis_dbs import flush_dbs
 
 from conveyor.cli import EXAMPLES
 
@@ -237,6 +239,29 @@ def example_plugin_readme(printed: list[Printed], wheelhouse: Path, tmp_path: Pa
     assert "conveyor-example-plugin" in installed(bindir)
 
 
+#: The Redis db of the remote control commands (tests/support/redis_dbs.py).
+CONTROL_DB = 0
+
+
+def with_worker(check: Callable[[str], bool]) -> Callable[[Printed, Ctx], None]:
+    """Run a remote control command as printed while a worker named
+    ``worker1@host`` (the name the docs use) serves ``proj`` on Redis, which has the
+    broadcasts SQLite lacks; check its standard output. The worker is stopped after
+    (a ``shutdown`` command must have stopped it, warm)."""
+    def handler(printed: Printed, proj: Ctx) -> None:
+        cwd, env = proj
+        [url] = flush_dbs(CONTROL_DB)
+        env = {**env, "CONVEYOR_BROKER_URL": url, "CONVEYOR_RESULT_BACKEND": url}
+        with Proc([str(BIN / "conveyor"), "-A", "proj", "-l", "INFO", "worker", "-n",
+                   "worker1@host"], cwd, env=env) as worker:
+            worker.wait_output("consuming", 30)
+            out = shell(printed.command, cwd=cwd, env=env, timeout=120).stdout
+            assert check(out), out
+            if " shutdown" in printed.command:
+                assert worker.popen.wait(30) == 0 and "stopping (warm)" in worker.output()
+    return handler
+
+
 COMMANDS: dict[str, Callable[[Printed, Ctx], None]] = {
     "python -m pip install uv && uv run conveyor demo": install_uv_then_demo,
     "python -m pip install uv": uv_is_installed,
@@ -267,6 +292,16 @@ COMMANDS: dict[str, Callable[[Printed, Ctx], None]] = {
         lambda out: [line.split()[:2] for line in out.splitlines()]
         == [["queue", "ready"], ["celery", "0"], ["priority.high", "0"]]),
     "conveyor demo": in_proj(lambda out: "examples behaved" in out and "FAIL" not in out),
+    "conveyor -A proj status": with_worker(
+        lambda out: out.startswith("->  worker1@host: OK\n") and "1 node online." in out),
+    "conveyor -A proj inspect active": with_worker(
+        lambda out: out.startswith("->  worker1@host: OK\n    - empty -")),
+    "conveyor -A proj inspect stats --json": with_worker(
+        lambda out: json.loads(out)["worker1@host"]["pool"]["max-concurrency"] >= 1),
+    "conveyor -A proj control revoke 6f1c… --terminate": with_worker(
+        lambda out: "->  worker1@host: OK\n    terminate: tasks unknown" in out),
+    "conveyor -A proj control shutdown -d worker1@host": with_worker(
+        lambda out: "->  worker1@host: OK\n    shutting down" in out),
 }
 #: Files whose commands make one sequence, run together by one handler.
 FILES: dict[str, Callable[[list[Printed], Path, Path], None]] = {

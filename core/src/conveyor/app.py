@@ -36,6 +36,7 @@ from .settings import DEFAULT_URL, Settings
 from .task import Task
 
 if TYPE_CHECKING:
+    from .control.client import Control
     from .options import ExecutionOptions
     from .worker.worker import Worker
 
@@ -357,6 +358,13 @@ class Conveyor:
     def GroupResult(self, group_id: str, results: Sequence[_AsyncResult[Any]]  # noqa: N802
                     ) -> _GroupResult[Any]:
         return _GroupResult(group_id, results, self)
+
+    @property
+    def control(self) -> Control:
+        """Remote control of the workers (Celery's ``app.control``: ``inspect()``,
+        ``revoke``, ``ping``, ``shutdown``), over the broker's broadcasts."""
+        from .control.client import Control
+        return Control(self)
 
     # ------------------------------------------------------------------ worker
     def Worker(self, **options: Any) -> Worker:  # noqa: N802 - Celery's spelling

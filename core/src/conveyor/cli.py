@@ -15,6 +15,7 @@ from . import __version__
 from .app import Conveyor
 from .connection import Connection
 from .clicommands import add_plugin_commands
+from .control import cli as control_cli
 from .exceptions import ConveyorError
 from .interfaces import (
     DeadLetter, DeadLetterTransport, InspectTransport, PurgeTransport, QueueStats, Transport,
@@ -30,6 +31,9 @@ examples:
   conveyor -A proj dead list --json        # messages the worker could not handle
   conveyor -A proj dead requeue --all -Q celery
   conveyor -A proj inspect queues --json  # waiting, delayed, leased, dead per queue
+  conveyor -A proj inspect active          # what each worker runs now (also ping, stats…)
+  conveyor -A proj control revoke 6f1c… --terminate
+  conveyor -A proj status                  # the workers that answer
   conveyor plugins                         # every installed plugin and whether it loads
   conveyor demo                            # worker + client on the embedded SQLite default
 """
@@ -151,13 +155,14 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("-Q", "--queue")
     dp.add_argument("-f", "--force", action="store_true", help="do not ask")
 
-    i = sub.add_parser("inspect", parents=[level], help="look at queues")
+    i = sub.add_parser("inspect", parents=[level], help="look at queues and workers")
     isub = i.add_subparsers(dest="inspect_command", metavar="what", required=True)
     iq = isub.add_parser("queues", parents=[level],
                          help="per queue: waiting by priority, delayed and next due, "
                               "leased, dead letters, age of the oldest waiting")
     iq.add_argument("-Q", "--queues", help="comma-separated (default: the default queue)")
     iq.add_argument("--json", action="store_true", help="one JSON object per line")
+    control_cli.add_parsers(sub, isub, level)
 
     sub.add_parser("plugins", parents=[level],
                    help="list installed plugins and whether they load")
@@ -293,6 +298,8 @@ def cmd_dead(app: Conveyor, ns: argparse.Namespace) -> int:
 
 
 def cmd_inspect(app: Conveyor, ns: argparse.Namespace) -> int:
+    if ns.inspect_command != "queues":
+        return control_cli.cmd_inspect(app, ns)
     queues = _queues(app, ns.queues)
     found = app.transport_factory()
     require(found, "inspect", "conveyor inspect queues")
@@ -405,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
             return int(ns.plugin_command.run(app, ns))
         handler = {"worker": cmd_worker, "call": cmd_call, "result": cmd_result,
                    "purge": cmd_purge, "dead": cmd_dead,
-                   "inspect": cmd_inspect}[ns.command]
+                   "inspect": cmd_inspect, "control": control_cli.cmd_control,
+                   "status": control_cli.cmd_status}[ns.command]
         return handler(app, ns)
     except ConveyorError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -95,7 +95,8 @@ def task_retry(task: Any, request: Request, reason: BaseException) -> None:
 
 @hookspec
 def task_revoked(request: Request, expired: bool) -> None:
-    """The worker did not run the task: it had expired (``expired``) or was revoked."""
+    """The worker did not run the task, or stopped it: it had expired (``expired``), or
+    was revoked (``revoke``; with ``terminate``, while it ran)."""
 
 
 @hookspec

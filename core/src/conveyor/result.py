@@ -262,16 +262,26 @@ class AsyncResult(Generic[R]):
         self._cache = None
         self.app.backend.forget(self.id)
 
-    def revoke(self) -> None:
-        """Mark the task REVOKED in the backend so waiters stop waiting.
+    def revoke(self, terminate: bool = False, signal: str = "SIGTERM", wait: bool = False,
+               timeout: float | None = None, *, broadcast: bool = True) -> None:
+        """Revoke the task: mark it REVOKED so waiters stop waiting, and tell every
+        worker (``app.control.revoke``) to skip it, or with ``terminate`` to stop it
+        where it runs (``signal`` for a process-pool child); ``wait`` waits up to
+        ``timeout`` seconds (default 1) for the workers' replies. ``broadcast=False``
+        only marks the state (:meth:`GroupResult.revoke` tells the workers once).
 
-        This does not yet reach workers: a worker that runs the task anyway stores
-        its outcome over the REVOKED state (remote control is future work).
+        On a transport without broadcasts (``Capabilities.broadcast``, SQLite) the
+        workers cannot be told: ``terminate`` raises
+        :class:`~conveyor.exceptions.CapabilityError`, and a plain revoke only marks
+        the state (a worker that runs the task anyway stores its outcome over it).
         """
         if self.publisher is not None:
             self._settle()
         self.app.results.store(self.id, states.REVOKED, states.revoked_dict("revoked"))
         self._cache = None
+        if broadcast and (terminate or self.app.transport_factory().capabilities.broadcast):
+            self.app.control.revoke(self.id, terminate=terminate, signal=signal,
+                                    reply=wait, timeout=timeout or 1.0)
 
 
 def forbid_in_task() -> None:
@@ -372,10 +382,15 @@ class GroupResult(Generic[R]):
         """How many members succeeded."""
         return sum(1 for r in self.results if r.successful())
 
-    def revoke(self) -> None:
-        """Revoke every member (see :meth:`AsyncResult.revoke` for what that does)."""
+    def revoke(self, terminate: bool = False, signal: str = "SIGTERM") -> None:
+        """Revoke every member (see :meth:`AsyncResult.revoke` for what that does),
+        telling the workers in one command."""
         for result in self.results:
-            result.revoke()
+            result.revoke(terminate=terminate, signal=signal, broadcast=False)
+        app = self.app or (self.results[0].app if self.results else None)
+        if app is not None and (terminate or app.transport_factory().capabilities.broadcast):
+            app.control.revoke([r.id for r in self.results], terminate=terminate,
+                               signal=signal)
 
     def forget(self) -> None:
         """Delete every member's stored result."""

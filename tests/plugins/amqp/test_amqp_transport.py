@@ -182,6 +182,22 @@ def test_celery_wire_properties(make_app: Any, queue: str) -> None:
     assert body.startswith(b"[[2, 2], {}, ")
 
 
+def test_a_float_header_too_large_for_an_amqp_decimal_is_sent(make_app: Any,
+                                                              queue: str) -> None:
+    """A unix time (a pidbox command's ``expires``) keeps whole seconds; a header
+    pika cannot write would fail the publish instead."""
+    app = make_app()
+    app.send_task("t.x", queue=queue, headers={"x-when": 1795515837.816213,
+                                               "x-small": 0.25})
+    transport = app.transport_factory()
+    transport.connect()
+    [d] = wait_for(lambda: transport.fetch([queue], limit=1, timeout=1), 10,
+                   what="the message")
+    transport.ack([d])
+    transport.close()
+    assert d.message.headers["x-when"] == 1795515838 and d.message.headers["x-small"] == 0.25
+
+
 def test_routed_to_an_exchange_that_does_not_exist(make_app: Any) -> None:
     with pytest.raises(ChannelError) as info:
         make_app().send_task("t.x", exchange="t.amqp.no-such-exchange", routing_key="k")

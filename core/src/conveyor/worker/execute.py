@@ -23,6 +23,8 @@ from ..exceptions import Retry, TaskRevokedError, TimeLimitExceeded
 from ..task import current_request
 from .aiolimits import SoftLimited
 from .limits import SoftLimit
+from .revoked import REVOKED, RUNNING
+from .revoked import record as record_revoked
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -117,9 +119,11 @@ def execute(app: Conveyor, request: Request, hostname: str) -> str:
     if not run.begin():
         return states.REVOKED
     token = current_request.set(request)
+    RUNNING.enter(request.id)
     try:
         return run.finish(_call, None)
     finally:
+        RUNNING.leave(request.id)
         current_request.reset(token)
 
 
@@ -201,9 +205,14 @@ class _Execution:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not isinstance(
                     exc, TaskRevokedError):
                 raise
-            state = states.FAILURE
-            on_failure(app, task, request, exc, hostname, store=not self.ignore)
-            chords.part_returned(app, request, state, exc)
+            why = REVOKED.terminated(request.id)
+            if why is not None:  # stopped by ``revoke(terminate=True)``
+                state = states.REVOKED
+                record_revoked(app, request, hostname, why)
+            else:
+                state = states.FAILURE
+                on_failure(app, task, request, exc, hostname, store=not self.ignore)
+                chords.part_returned(app, request, state, exc)
         else:
             state = states.SUCCESS
             children = apply_callbacks(app, request, retval)
@@ -222,7 +231,14 @@ class _Execution:
 
 def on_failure(app: Conveyor, task: Any, request: Request, exc: BaseException,
                hostname: str, *, store: bool = True) -> None:
-    """Record FAILURE, then run errbacks (directly when they take the request)."""
+    """Record FAILURE, then run errbacks (directly when they take the request).
+
+    A task terminated by ``revoke(terminate=True)`` (its pool child killed) is
+    recorded REVOKED instead, as Celery does, with no errbacks."""
+    reason = REVOKED.terminated(request.id)
+    if reason is not None:
+        record_revoked(app, request, hostname, reason)
+        return
     text = states.format_traceback(exc)
     log.error("Task %s[%s] raised unexpected: %r\n%s", request.name, request.id, exc,
               text.rstrip() or "(no traceback)")

@@ -131,6 +131,13 @@ class Pool(abc.ABC):
         """Run up to ``concurrency`` jobs at once from now on (``--autoscale``)."""
         self.concurrency = concurrency
 
+    def pid_of(self, task_id: str) -> int | None:
+        """The pid of the child process running ``task_id`` (a ``processes`` child,
+        or one a threads/solo pool forked a time-limited task to), else None: the
+        task runs on a thread of this process, or not here (``revoke --terminate``)."""
+        forked: Pool | None = getattr(self, "_forked_pool", None)
+        return forked.pid_of(task_id) if forked is not None else None
+
     def limit(self, job: Job, name: str) -> Any:
         """``time_limit``/``soft_time_limit`` of a job: the message's, the task's,
         else the app's ``task_<name>`` setting."""
@@ -699,6 +706,13 @@ class ProcessPool(Pool):
             taken = list(self._backlog)
             self._backlog.clear()
             return taken
+
+    def pid_of(self, task_id: str) -> int | None:
+        with self._lock:
+            for child in self._children:
+                if child.job is not None and child.job.request.id == task_id:
+                    return int(child.process.pid)
+        return None
 
     def stop(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout

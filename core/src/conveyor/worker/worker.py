@@ -30,7 +30,7 @@ import signal
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
@@ -48,8 +48,10 @@ from ..interfaces import (
     LeaseTransport, Route,
 )
 from ..options import eta_horizon
-from . import preflight
+from . import control, preflight
 from .pool import POOLS, Job, Pool, ProcessPool
+from .revoked import REVOKED
+from .revoked import record as record_revoked
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -145,6 +147,10 @@ class Worker:
         self._owed_acks: list[Delivery] = []
         self._owed_requeues: list[Delivery] = []
         self.processed = 0
+        #: Tasks started, by name (``inspect stats``).
+        self.total: Counter[str] = Counter()
+        #: The remote control consumer (:mod:`.control`), while running.
+        self.control: control.ControlConsumer | None = None
 
     def _recycle(self, max_tasks: int | None, max_memory: int | None) -> None:
         conf = self.app.conf
@@ -232,6 +238,7 @@ class Worker:
             keeper = threading.Thread(target=self._keep_leases, args=(vt,),
                                       name="conveyor-leases", daemon=True)
             keeper.start()
+        self.control = control.start(self, caps, transport.scheme)
         log.info("Worker %s consuming %s from %s (pool=%s, concurrency=%d, prefetch=%d)",
                  self.hostname, ",".join(self.queues), mask_url(app.broker_url),
                  self.pool_name, self.concurrency, self.prefetch)
@@ -465,7 +472,9 @@ class Worker:
         capacity = self.pool.capacity
         while self._ready and len(self._running) + len(starting) < capacity:
             job = self._ready.popleft()
-            if not throttles or self._may_start(transport, job, now):
+            if REVOKED and job.request.id in REVOKED:
+                self._skip_revoked(transport, job)
+            elif not throttles or self._may_start(transport, job, now):
                 starting.append(job)
         if not starting:
             return
@@ -491,9 +500,16 @@ class Worker:
                             len(starting) - len(early), mask_url(str(exc)))
         for job in starting:
             self._running[id(job)] = job
+            self.total[job.request.name] += 1
             self.pool.submit(job)
         if self.pool_name == "solo":
             self._settle(transport)
+
+    def _skip_revoked(self, transport: Transport, job: Job) -> None:
+        """A revoked task is not run: its delivery is acked, its state REVOKED."""
+        transport.ack([job.delivery])
+        self._unlease(job.delivery)
+        record_revoked(self.app, job.request, self.hostname, "revoked")
 
     def _settle(self, transport: Transport) -> None:
         self.pool.collect()
@@ -613,6 +629,8 @@ class Worker:
     def _shutdown(self, transport: Transport | None) -> None:
         cold = self._cold.is_set()
         log.info("Worker %s stopping (%s)", self.hostname, "cold" if cold else "warm")
+        if self.control is not None:
+            self.control.stop()
         if transport is not None:
             giveback = [*self._waiting(), *(j for j in self.pool.take_unstarted()
                                              if id(j) not in self._orphans)]

@@ -12,7 +12,8 @@ Headers RabbitMQ or Conveyor add in transit are not task headers: they are read
 
 pika cannot write a float into a header table (py-amqp writes a double), so a float
 header value (a ``time_limit`` of 1.5) travels as an AMQP decimal and is read back as
-a float.
+a float; the decimal keeps the digits its 32-bit integer holds (a unix time, such as
+a remote control command's ``expires``, keeps whole seconds).
 """
 
 from __future__ import annotations
@@ -37,9 +38,28 @@ _PLAIN = ("correlation_id", "reply_to", "expiration", "message_id", "type", "app
           "user_id", "timestamp")
 
 
+#: An AMQP decimal is a 32-bit integer scaled by a number of decimals.
+_INT32 = 2**31 - 1
+
+
+def _decimal(value: float) -> Decimal | int:
+    """The closest AMQP decimal: as many decimals as fit in its 32-bit integer (a unix
+    time such as a pidbox ``expires`` keeps whole seconds); an integer beyond it."""
+    number = Decimal(repr(value))
+    if not number.is_finite():
+        return 0  # no AMQP form; nothing Conveyor or Celery sends
+    if abs(number) > _INT32:
+        return int(value)
+    exponent = number.as_tuple().exponent
+    decimals = -exponent if isinstance(exponent, int) and exponent < 0 else 0
+    while decimals and abs(number.scaleb(decimals)) > _INT32:
+        decimals -= 1
+    return number.quantize(Decimal(1).scaleb(-decimals))
+
+
 def _to_wire(value: Any) -> Any:
     if isinstance(value, float):
-        return Decimal(repr(value))
+        return _decimal(value)
     if isinstance(value, dict):
         return {k: _to_wire(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -1,0 +1,235 @@
+"""Remote control with real worker processes on Redis: Celery 5.7's CLI reaches a
+Conveyor worker, Conveyor's CLI reaches a Celery worker, ``revoke --terminate`` stops
+a running task, a revoked waiting task never runs, ``status`` lists the workers; on
+SQLite (no broadcasts) the commands fail naming the transport and the capability."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery_peer import MODULE as CELERY_MODULE
+from celery_peer import celery_worker, write_celery_app
+from processes import Proc, wait_for
+from redis_dbs import flush_dbs
+
+from conveyor import Conveyor
+
+PROJ = '''
+import time
+
+from conveyor import Conveyor
+
+app = Conveyor("proj_rc")
+
+@app.task(name="proj_rc.add")
+def add(x, y):
+    return x + y
+
+@app.task(name="proj_rc.tick")
+def tick(path, n):
+    """Appends a line to ``path`` every 50 ms, ``n`` times: a side effect to watch."""
+    for i in range(n):
+        with open(path, "a") as f:
+            f.write(f"{i}\\n")
+        time.sleep(0.05)
+    return n
+'''
+
+#: The Redis db this module owns (broker and results).
+DB = 1
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "proj_rc.py").write_text(textwrap.dedent(PROJ))
+    return write_celery_app(tmp_path)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return flush_dbs(DB)[0]
+
+
+def _env(workdir: Path, url: str) -> dict[str, str]:
+    return {"CONVEYOR_BROKER_URL": url, "CONVEYOR_RESULT_BACKEND": url,
+            "PYTHONPATH": str(workdir), "C_BROKER": url, "C_BACKEND": url,
+            "C_QUEUE": "rc.celery"}
+
+
+def run(workdir: Path, url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``conveyor -A proj_rc ARGS`` or, when ARGS start with ``celery``, Celery's CLI."""
+    if args[0] == "celery":
+        cmd = [sys.executable, "-m", "celery", "-A", CELERY_MODULE, *args[1:]]
+    else:
+        cmd = [sys.executable, "-m", "conveyor.cli", "-A", "proj_rc", *args]
+    return subprocess.run(cmd, cwd=workdir, env={**os.environ, **_env(workdir, url)},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def conveyor_worker(workdir: Path, url: str, name: str, pool: str = "threads") -> Proc:
+    proc = Proc([sys.executable, "-m", "conveyor.cli", "-A", "proj_rc", "-l", "INFO",
+                 "worker", "-n", name, "-c", "2", "--pool", pool, "-Q", "rc.conveyor"],
+                workdir, env=_env(workdir, url))
+    proc.wait_output("consuming", 30)
+    return proc
+
+
+@pytest.fixture
+def worker(workdir: Path, redis_url: str) -> Iterator[Proc]:
+    with conveyor_worker(workdir, redis_url, "rc1@test") as proc:
+        yield proc
+
+
+@pytest.fixture
+def app(redis_url: str) -> Iterator[Conveyor]:
+    app = Conveyor("proj_rc_client", broker=redis_url, backend=redis_url)
+    yield app
+    app.close()
+
+
+def lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_celery_cli_inspects_a_conveyor_worker(worker: Proc, workdir: Path,
+                                               redis_url: str) -> None:
+    out = run(workdir, redis_url, "celery", "inspect", "ping", "-d", "rc1@test",
+              "--timeout", "10", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout) == {"rc1@test": {"ok": "pong"}}
+    out = run(workdir, redis_url, "celery", "inspect", "registered", "-d", "rc1@test",
+              "--timeout", "10", "--json")
+    assert json.loads(out.stdout) == {"rc1@test": ["proj_rc.add", "proj_rc.tick"]}
+    out = run(workdir, redis_url, "celery", "status", "-d", "rc1@test", "--timeout", "10")
+    assert "rc1@test: OK" in out.stdout and "1 node online." in out.stdout, out.stdout
+
+
+def test_conveyor_cli_inspects_a_celery_worker(workdir: Path, redis_url: str) -> None:
+    with celery_worker(workdir, redis_url, redis_url, "rc.celery"):
+        name = next(line.split()[1].rstrip(":") for line in run(
+            workdir, redis_url, "inspect", "ping", "--timeout", "10").stdout.splitlines()
+            if line.startswith("->  rc.celery@"))
+        out = run(workdir, redis_url, "inspect", "ping", "-d", name, "--timeout", "10",
+                  "--json")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) == {name: {"ok": "pong"}}
+        out = run(workdir, redis_url, "inspect", "registered", "-d", name, "--timeout", "10")
+        assert "* interop.add" in out.stdout and "1 node online." in out.stdout, out.stdout
+
+
+def test_inspect_shows_what_the_worker_runs_holds_and_knows(
+        worker: Proc, workdir: Path, redis_url: str, app: Conveyor, tmp_path: Path) -> None:
+    side = tmp_path / "active.txt"
+    running = app.send_task("proj_rc.tick", (str(side), 2000), queue="rc.conveyor")
+    later = app.send_task("proj_rc.add", (1, 2), queue="rc.conveyor", countdown=25)
+    wait_for(lambda: lines(side) > 0, 20, what="the task to start")
+
+    def ask(command: str) -> Any:
+        out = run(workdir, redis_url, "inspect", command, "-d", "rc1@test", "--timeout",
+                  "10", "--json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        return json.loads(out.stdout)["rc1@test"]
+
+    [active] = ask("active")
+    assert (active["id"], active["name"], active["args"]) == (
+        running.id, "proj_rc.tick", [str(side), 2000])
+    assert active["hostname"] == "rc1@test" and active["acknowledged"] is True
+    [scheduled] = wait_for(lambda: ask("scheduled"), 10, what="the ETA task held")
+    assert scheduled["request"]["id"] == later.id and scheduled["eta"]
+    assert ask("reserved") == []
+    stats = ask("stats")
+    assert stats["total"] == {"proj_rc.tick": 1} and stats["pool"]["max-concurrency"] == 2
+    assert stats["prefetch_count"] >= 2
+    text = run(workdir, redis_url, "inspect", "active", "-d", "rc1@test", "--timeout", "10")
+    assert text.stdout.startswith("->  rc1@test: OK\n") and running.id in text.stdout
+    app.control.revoke([running.id, later.id], terminate=True)
+
+
+@pytest.mark.parametrize("pool", ["threads", "processes"])
+def test_revoke_terminate_stops_a_running_task(workdir: Path, redis_url: str,
+                                               app: Conveyor, tmp_path: Path,
+                                               pool: str) -> None:
+    """Conveyor's CLI on the threads pool, Celery's on the processes pool."""
+    side = tmp_path / f"{pool}.txt"
+    with conveyor_worker(workdir, redis_url, f"rc-{pool}@test", pool) as proc:
+        result = app.send_task("proj_rc.tick", (str(side), 400), queue="rc.conveyor")
+        wait_for(lambda: lines(side) >= 3, 20, what="the task to start")
+        if pool == "threads":
+            out = run(workdir, redis_url, "control", "revoke", result.id, "--terminate",
+                      "-d", f"rc-{pool}@test", "--timeout", "10")
+        else:
+            out = run(workdir, redis_url, "celery", "control", "terminate", "SIGKILL",
+                      result.id, "-d", f"rc-{pool}@test", "--timeout", "10")
+        assert out.returncode == 0 and f"terminate: {result.id}" in out.stdout, (
+            out.stdout + out.stderr)
+        wait_for(lambda: app.AsyncResult(result.id).state == "REVOKED", 10,
+                 what="state REVOKED")
+        time.sleep(0.3)
+        stopped_at = lines(side)
+        time.sleep(1.0)
+        assert lines(side) == stopped_at < 400  # the side effect stopped
+        proc.wait_output(f"Task proj_rc.tick[{result.id}] terminated", 10)
+        # the worker still serves
+        assert app.send_task("proj_rc.add", (2, 2), queue="rc.conveyor").get(timeout=20) == 4
+    assert app.AsyncResult(result.id).state == "REVOKED"
+
+
+def test_a_revoked_waiting_task_never_runs(worker: Proc, app: Conveyor,
+                                           tmp_path: Path) -> None:
+    side = tmp_path / "never.txt"
+    result = app.send_task("proj_rc.tick", (str(side), 3), queue="rc.conveyor",
+                           countdown=2)
+    worker.wait_output(f"Task proj_rc.tick[{result.id}] received", 20)
+    result.revoke()  # through the broadcast
+    worker.wait_output(f"Task proj_rc.tick[{result.id}] revoked: not run", 20)
+    assert result.state == "REVOKED" and not side.exists()
+    assert app.send_task("proj_rc.add", (2, 3), queue="rc.conveyor").get(timeout=20) == 5
+    assert not side.exists()
+
+
+def test_status_lists_workers_and_names_those_that_do_not_answer(
+        worker: Proc, workdir: Path, redis_url: str) -> None:
+    out = run(workdir, redis_url, "status", "-d", "rc1@test,ghost@test", "--timeout", "3")
+    assert out.returncode == 1
+    assert out.stdout.splitlines()[:2] == ["->  rc1@test: OK",
+                                           "->  ghost@test: no reply within 3s"]
+    assert "1 node online." in out.stdout
+    out = run(workdir, redis_url, "status", "--timeout", "3")
+    assert out.returncode == 0 and "->  rc1@test: OK" in out.stdout, out.stderr
+
+
+def test_control_shutdown_stops_the_worker_warm(workdir: Path, redis_url: str) -> None:
+    with conveyor_worker(workdir, redis_url, "rc-down@test") as proc:
+        out = run(workdir, redis_url, "control", "shutdown", "-d", "rc-down@test",
+                  "--timeout", "10")
+        assert "rc-down@test: OK" in out.stdout and "shutting down" in out.stdout
+        assert proc.popen.wait(30) == 0
+        assert "stopping (warm)" in proc.output()
+
+
+def test_without_broadcasts_the_commands_name_transport_and_capability(
+        workdir: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'rc.sqlite3'}"
+    for args in (("inspect", "ping"), ("status",), ("control", "revoke", "x", "--terminate")):
+        out = run(workdir, url, *args)
+        assert out.returncode == 2, out.stdout
+        assert "'broadcast'" in out.stderr and "'sqlite' transport" in out.stderr, out.stderr
+    app = Conveyor("proj_rc_sqlite", broker=url, backend=url)
+    try:
+        from conveyor.exceptions import CapabilityError
+        with pytest.raises(CapabilityError, match="'sqlite' transport"):
+            app.AsyncResult(str(uuid.uuid4())).revoke(terminate=True)
+        app.AsyncResult("plain").revoke()  # only marks the state there
+        assert app.AsyncResult("plain").state == "REVOKED"
+    finally:
+        app.close()

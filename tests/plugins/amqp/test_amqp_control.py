@@ -1,0 +1,113 @@
+"""Remote control on RabbitMQ with real processes, in this session's vhost: Celery
+5.7's CLI reaches a Conveyor worker through the ``celery.pidbox`` fanout exchange and
+Conveyor's CLI a Celery worker; ``revoke --terminate`` stops a running task. Results
+go through the Redis backend (db 7, as in ``test_amqp_interop.py``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import celery_peer
+import pytest
+from amqp_support import Proc, wait_for
+
+from conveyor import Conveyor
+
+pytest.importorskip("celery")
+pytestmark = pytest.mark.amqp
+
+REDIS_PORT = int(os.environ.get("CONVEYOR_TEST_REDIS_PORT", "6379"))
+RESULTS = f"redis://127.0.0.1:{REDIS_PORT}/7"
+QUEUE = "t.amqp.control"
+
+PROJ = '''
+import time
+from conveyor import Conveyor
+
+app = Conveyor("proj_arc")
+
+@app.task(name="proj_arc.tick")
+def tick(path, n):
+    for i in range(n):
+        with open(path, "a") as f:
+            f.write(f"{i}\\n")
+        time.sleep(0.05)
+    return n
+'''
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: Any) -> Path:
+    path = celery_peer.write_celery_app(tmp_path_factory.mktemp("amqp-control"))
+    (path / "proj_arc.py").write_text(textwrap.dedent(PROJ))
+    return path
+
+
+def _env(workdir: Path, url: str) -> dict[str, str]:
+    return {"CONVEYOR_BROKER_URL": url, "CONVEYOR_RESULT_BACKEND": RESULTS,
+            "PYTHONPATH": str(workdir), "C_BROKER": url, "C_BACKEND": RESULTS,
+            "C_QUEUE": f"{QUEUE}.celery"}
+
+
+def cli(workdir: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = ([sys.executable, "-m", "celery", "-A", celery_peer.MODULE, *args[1:]]
+           if args[0] == "celery" else [sys.executable, "-m", "conveyor.cli", "-A",
+                                         "proj_arc", *args])
+    return subprocess.run(cmd, cwd=workdir, env={**os.environ, **_env(workdir, url)},
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def worker(workdir: Path, amqp_url: str) -> Iterator[Proc]:
+    with Proc([sys.executable, "-m", "conveyor.cli", "-A", "proj_arc", "-l", "INFO",
+               "worker", "-n", "arc1@test", "-c", "2", "-Q", QUEUE], workdir,
+              env=_env(workdir, amqp_url)) as proc:
+        proc.wait_output("consuming", 30)
+        yield proc
+
+
+def test_celery_cli_pings_a_conveyor_worker(worker: Proc, workdir: Path,
+                                            amqp_url: str) -> None:
+    out = cli(workdir, amqp_url, "celery", "inspect", "ping", "-d", "arc1@test",
+              "--timeout", "10", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout) == {"arc1@test": {"ok": "pong"}}
+
+
+def test_conveyor_cli_pings_a_celery_worker(worker: Proc, workdir: Path,
+                                            amqp_url: str) -> None:
+    with celery_peer.celery_worker(workdir, amqp_url, RESULTS, f"{QUEUE}.celery"):
+        out = cli(workdir, amqp_url, "status", "--timeout", "5", "--json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        replies = json.loads(out.stdout)
+        assert replies.pop("arc1@test") == {"ok": "pong"}
+        [(name, reply)] = replies.items()
+        assert name.startswith(f"{QUEUE}.celery@") and reply == {"ok": "pong"}
+
+
+def test_revoke_terminate_stops_a_running_task(worker: Proc, workdir: Path, amqp_url: str,
+                                               tmp_path: Path) -> None:
+    side = tmp_path / "ticks.txt"
+    app = Conveyor("proj_arc_client", broker=amqp_url, backend=RESULTS)
+    try:
+        result = app.send_task("proj_arc.tick", (str(side), 400), queue=QUEUE)
+        wait_for(lambda: side.exists() and len(side.read_text().splitlines()) >= 3, 20,
+                 what="the task to start")
+        out = cli(workdir, amqp_url, "control", "revoke", result.id, "--terminate", "-d",
+                  "arc1@test", "--timeout", "10")
+        assert f"terminate: {result.id}" in out.stdout, out.stdout + out.stderr
+        wait_for(lambda: result.state == "REVOKED", 10, what="state REVOKED")
+        time.sleep(0.3)
+        count = len(side.read_text().splitlines())
+        time.sleep(1.0)
+        assert len(side.read_text().splitlines()) == count < 400
+    finally:
+        app.close()
