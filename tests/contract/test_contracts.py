@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from conveyor_pytest.contract import (
-    AbandonContract, BackendContract, BroadcastContract, CompressorContract,
+    BackendContract, BroadcastContract, CompressorContract,
     DeadLetterContract, DelayContract,
     FullTransportContract, InspectContract, JoinContract, LeaseContract, PriorityContract,
     PurgeContract, SerializerContract, TransportContract,
@@ -80,11 +80,7 @@ class TestMemoryTransport(TransportContract, PriorityContract, DelayContract,
         return f"memory://contract-{uuid.uuid4().hex[:8]}"
 
 
-class TestSqliteTransport(TransportContract, PriorityContract, DelayContract,
-                          LeaseContract, DeadLetterContract, PurgeContract,
-                          InspectContract, AbandonContract):
-    """Everything but ``broadcast``: a file has no way to push to other processes."""
-
+class TestSqliteTransport(FullTransportContract):
     covers = ("sqlite",)
 
     @pytest.fixture

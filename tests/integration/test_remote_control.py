@@ -1,7 +1,8 @@
-"""Remote control with real worker processes on Redis: Celery 5.7's CLI reaches a
-Conveyor worker, Conveyor's CLI reaches a Celery worker, ``revoke --terminate`` stops
-a running task, a revoked waiting task never runs, ``status`` lists the workers; on
-SQLite (no broadcasts) the commands fail naming the transport and the capability."""
+"""Remote control with real worker processes on Redis and SQLite: Celery 5.7's CLI
+reaches a Conveyor worker and Conveyor's CLI a Celery worker (Redis), ``revoke
+--terminate`` stops a running task, a revoked waiting task never runs, ``status``
+lists the workers; on a transport without broadcasts (the kombu bridge) the commands
+fail naming the transport and the capability."""
 
 from __future__ import annotations
 
@@ -60,6 +61,14 @@ def redis_url() -> str:
     return flush_dbs(DB)[0]
 
 
+@pytest.fixture(params=["redis", "sqlite"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A broker and backend URL of each kind that has broadcasts."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'rc.sqlite3'}"
+    return flush_dbs(DB)[0]
+
+
 def _env(workdir: Path, url: str) -> dict[str, str]:
     return {"CONVEYOR_BROKER_URL": url, "CONVEYOR_RESULT_BACKEND": url,
             "PYTHONPATH": str(workdir), "C_BROKER": url, "C_BACKEND": url,
@@ -85,14 +94,14 @@ def conveyor_worker(workdir: Path, url: str, name: str, pool: str = "threads") -
 
 
 @pytest.fixture
-def worker(workdir: Path, redis_url: str) -> Iterator[Proc]:
-    with conveyor_worker(workdir, redis_url, "rc1@test") as proc:
+def worker(workdir: Path, url: str) -> Iterator[Proc]:
+    with conveyor_worker(workdir, url, "rc1@test") as proc:
         yield proc
 
 
 @pytest.fixture
-def app(redis_url: str) -> Iterator[Conveyor]:
-    app = Conveyor("proj_rc_client", broker=redis_url, backend=redis_url)
+def app(url: str) -> Iterator[Conveyor]:
+    app = Conveyor("proj_rc_client", broker=url, backend=url)
     yield app
     app.close()
 
@@ -101,8 +110,10 @@ def lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+@pytest.mark.parametrize("url", ["redis"], indirect=True)
 def test_celery_cli_inspects_a_conveyor_worker(worker: Proc, workdir: Path,
-                                               redis_url: str) -> None:
+                                               url: str) -> None:
+    redis_url = url
     out = run(workdir, redis_url, "celery", "inspect", "ping", "-d", "rc1@test",
               "--timeout", "10", "--json")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -128,14 +139,14 @@ def test_conveyor_cli_inspects_a_celery_worker(workdir: Path, redis_url: str) ->
 
 
 def test_inspect_shows_what_the_worker_runs_holds_and_knows(
-        worker: Proc, workdir: Path, redis_url: str, app: Conveyor, tmp_path: Path) -> None:
+        worker: Proc, workdir: Path, url: str, app: Conveyor, tmp_path: Path) -> None:
     side = tmp_path / "active.txt"
     running = app.send_task("proj_rc.tick", (str(side), 2000), queue="rc.conveyor")
     later = app.send_task("proj_rc.add", (1, 2), queue="rc.conveyor", countdown=25)
     wait_for(lambda: lines(side) > 0, 20, what="the task to start")
 
     def ask(command: str) -> Any:
-        out = run(workdir, redis_url, "inspect", command, "-d", "rc1@test", "--timeout",
+        out = run(workdir, url, "inspect", command, "-d", "rc1@test", "--timeout",
                   "10", "--json")
         assert out.returncode == 0, out.stdout + out.stderr
         return json.loads(out.stdout)["rc1@test"]
@@ -150,26 +161,26 @@ def test_inspect_shows_what_the_worker_runs_holds_and_knows(
     stats = ask("stats")
     assert stats["total"] == {"proj_rc.tick": 1} and stats["pool"]["max-concurrency"] == 2
     assert stats["prefetch_count"] >= 2
-    text = run(workdir, redis_url, "inspect", "active", "-d", "rc1@test", "--timeout", "10")
+    text = run(workdir, url, "inspect", "active", "-d", "rc1@test", "--timeout", "10")
     assert text.stdout.startswith("->  rc1@test: OK\n") and running.id in text.stdout
     app.control.revoke([running.id, later.id], terminate=True)
 
 
-@pytest.mark.parametrize("pool", ["threads", "processes"])
-def test_revoke_terminate_stops_a_running_task(workdir: Path, redis_url: str,
-                                               app: Conveyor, tmp_path: Path,
-                                               pool: str) -> None:
-    """Conveyor's CLI on the threads pool, Celery's on the processes pool."""
+@pytest.mark.parametrize(("url", "pool"), [("redis", "threads"), ("redis", "processes"),
+                                           ("sqlite", "processes")], indirect=["url"])
+def test_revoke_terminate_stops_a_running_task(workdir: Path, url: str, app: Conveyor,
+                                               tmp_path: Path, pool: str) -> None:
+    """Conveyor's CLI, and Celery's on Redis with the processes pool."""
     side = tmp_path / f"{pool}.txt"
-    with conveyor_worker(workdir, redis_url, f"rc-{pool}@test", pool) as proc:
+    with conveyor_worker(workdir, url, f"rc-{pool}@test", pool) as proc:
         result = app.send_task("proj_rc.tick", (str(side), 400), queue="rc.conveyor")
         wait_for(lambda: lines(side) >= 3, 20, what="the task to start")
-        if pool == "threads":
-            out = run(workdir, redis_url, "control", "revoke", result.id, "--terminate",
-                      "-d", f"rc-{pool}@test", "--timeout", "10")
-        else:
-            out = run(workdir, redis_url, "celery", "control", "terminate", "SIGKILL",
+        if url.startswith("redis") and pool == "processes":
+            out = run(workdir, url, "celery", "control", "terminate", "SIGKILL",
                       result.id, "-d", f"rc-{pool}@test", "--timeout", "10")
+        else:
+            out = run(workdir, url, "control", "revoke", result.id, "--terminate",
+                      "-d", f"rc-{pool}@test", "--timeout", "10")
         assert out.returncode == 0 and f"terminate: {result.id}" in out.stdout, (
             out.stdout + out.stderr)
         wait_for(lambda: app.AsyncResult(result.id).state == "REVOKED", 10,
@@ -198,19 +209,19 @@ def test_a_revoked_waiting_task_never_runs(worker: Proc, app: Conveyor,
 
 
 def test_status_lists_workers_and_names_those_that_do_not_answer(
-        worker: Proc, workdir: Path, redis_url: str) -> None:
-    out = run(workdir, redis_url, "status", "-d", "rc1@test,ghost@test", "--timeout", "3")
+        worker: Proc, workdir: Path, url: str) -> None:
+    out = run(workdir, url, "status", "-d", "rc1@test,ghost@test", "--timeout", "3")
     assert out.returncode == 1
     assert out.stdout.splitlines()[:2] == ["->  rc1@test: OK",
                                            "->  ghost@test: no reply within 3s"]
     assert "1 node online." in out.stdout
-    out = run(workdir, redis_url, "status", "--timeout", "3")
+    out = run(workdir, url, "status", "--timeout", "3")
     assert out.returncode == 0 and "->  rc1@test: OK" in out.stdout, out.stderr
 
 
-def test_control_shutdown_stops_the_worker_warm(workdir: Path, redis_url: str) -> None:
-    with conveyor_worker(workdir, redis_url, "rc-down@test") as proc:
-        out = run(workdir, redis_url, "control", "shutdown", "-d", "rc-down@test",
+def test_control_shutdown_stops_the_worker_warm(workdir: Path, url: str) -> None:
+    with conveyor_worker(workdir, url, "rc-down@test") as proc:
+        out = run(workdir, url, "control", "shutdown", "-d", "rc-down@test",
                   "--timeout", "10")
         assert "rc-down@test: OK" in out.stdout and "shutting down" in out.stdout
         assert proc.popen.wait(30) == 0
@@ -218,16 +229,17 @@ def test_control_shutdown_stops_the_worker_warm(workdir: Path, redis_url: str) -
 
 
 def test_without_broadcasts_the_commands_name_transport_and_capability(
-        workdir: Path, tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'rc.sqlite3'}"
+        workdir: Path) -> None:
+    """The kombu bridge has no broadcasts."""
+    url = "kombu+memory://"
     for args in (("inspect", "ping"), ("status",), ("control", "revoke", "x", "--terminate")):
         out = run(workdir, url, *args)
         assert out.returncode == 2, out.stdout
-        assert "'broadcast'" in out.stderr and "'sqlite' transport" in out.stderr, out.stderr
-    app = Conveyor("proj_rc_sqlite", broker=url, backend=url)
+        assert "'broadcast'" in out.stderr and "'kombu' transport" in out.stderr, out.stderr
+    app = Conveyor("proj_rc_kombu", broker=url, backend="memory://rc-kombu")
     try:
         from conveyor.exceptions import CapabilityError
-        with pytest.raises(CapabilityError, match="'sqlite' transport"):
+        with pytest.raises(CapabilityError, match="'kombu' transport"):
             app.AsyncResult(str(uuid.uuid4())).revoke(terminate=True)
         app.AsyncResult("plain").revoke()  # only marks the state there
         assert app.AsyncResult("plain").state == "REVOKED"

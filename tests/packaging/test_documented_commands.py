@@ -29,7 +29,6 @@ import pytest
 from packaging_support import installed, make_venv
 from printed_commands import REPO, Printed, from_help, from_markdown
 from processes import Proc
-from redis_dbs import flush_dbs
 
 from conveyor.cli import EXAMPLES
 
@@ -239,19 +238,13 @@ def example_plugin_readme(printed: list[Printed], wheelhouse: Path, tmp_path: Pa
     assert "conveyor-example-plugin" in installed(bindir)
 
 
-#: The Redis db of the remote control commands (tests/support/redis_dbs.py).
-CONTROL_DB = 0
-
-
 def with_worker(check: Callable[[str], bool]) -> Callable[[Printed, Ctx], None]:
     """Run a remote control command as printed while a worker named
-    ``worker1@host`` (the name the docs use) serves ``proj`` on Redis, which has the
-    broadcasts SQLite lacks; check its standard output. The worker is stopped after
-    (a ``shutdown`` command must have stopped it, warm)."""
+    ``worker1@host`` (the name the docs use) serves ``proj``; check its standard
+    output. The worker is stopped after (a ``shutdown`` command must have stopped it,
+    warm)."""
     def handler(printed: Printed, proj: Ctx) -> None:
         cwd, env = proj
-        [url] = flush_dbs(CONTROL_DB)
-        env = {**env, "CONVEYOR_BROKER_URL": url, "CONVEYOR_RESULT_BACKEND": url}
         with Proc([str(BIN / "conveyor"), "-A", "proj", "-l", "INFO", "worker", "-n",
                    "worker1@host"], cwd, env=env) as worker:
             worker.wait_output("consuming", 30)

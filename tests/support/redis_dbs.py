@@ -4,8 +4,7 @@
 ``CONVEYOR_TEST_REDIS_PORT`` points the suite at another local Redis, so parallel
 runs on one machine cannot flush each other's dbs.
 
-Who owns which db: 0 the documented remote control commands
-(tests/packaging/test_documented_commands.py), 1 tests/integration/test_remote_control.py,
+Who owns which db: 0 free, 1 tests/integration/test_remote_control.py,
 2–3 the kombu bridge, 3 the fault suite, 4–5 Celery canvas interop, 6–7 the canvas lab,
 8–13 the Redis plugin tests (tests/plugins/redis/conftest.py), 9–10 also
 test_inspect_queues.py, 14 contracts and asyncio, 15 publisher and exchange routing.

@@ -23,6 +23,8 @@ lease ran out cannot settle a message another consumer now holds.
 
 ``conveyor_bindings`` holds each exchange's bindings (declared with a queue), through
 which a message published to a named exchange reaches its queues.
+``conveyor_subscriptions`` and ``conveyor_broadcasts`` carry broadcasts (remote
+control, see ``_broadcast``).
 
 The tables are prefixed ``conveyor_`` so a broker and a result backend may share one
 file.
@@ -41,8 +43,17 @@ READY, LEASED, PARKED = 0, 1, 2
 #: The current unix time in SQL (``unixepoch('subsec')`` needs SQLite 3.42).
 NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
+#: The columns that carry a message, as every table holding one declares them.
+_MESSAGE = """headers TEXT NOT NULL,
+        body BLOB NOT NULL,
+        content_type TEXT NOT NULL,
+        content_encoding TEXT NOT NULL,
+        properties TEXT NOT NULL,
+        exchange TEXT NOT NULL,
+        routing_key TEXT NOT NULL"""
+
 SCHEMA: tuple[str, ...] = (
-    """CREATE TABLE IF NOT EXISTS conveyor_messages (
+    f"""CREATE TABLE IF NOT EXISTS conveyor_messages (
         id INTEGER PRIMARY KEY,
         queue TEXT NOT NULL,
         priority INTEGER NOT NULL,
@@ -50,31 +61,19 @@ SCHEMA: tuple[str, ...] = (
         due REAL NOT NULL,
         lease INTEGER,
         deliveries INTEGER NOT NULL DEFAULT 0,
-        headers TEXT NOT NULL,
-        body BLOB NOT NULL,
-        content_type TEXT NOT NULL,
-        content_encoding TEXT NOT NULL,
-        properties TEXT NOT NULL,
-        exchange TEXT NOT NULL,
-        routing_key TEXT NOT NULL)""",
+        {_MESSAGE})""",
     """CREATE INDEX IF NOT EXISTS conveyor_messages_ready
         ON conveyor_messages (queue, priority DESC, id) WHERE state = 0""",
     """CREATE INDEX IF NOT EXISTS conveyor_messages_due
         ON conveyor_messages (queue, due) WHERE state != 0""",
     # AUTOINCREMENT: a dead letter's id is printed and typed back by users
     # (`conveyor dead requeue ID`), so an id must never be reused.
-    """CREATE TABLE IF NOT EXISTS conveyor_dead_letters (
+    f"""CREATE TABLE IF NOT EXISTS conveyor_dead_letters (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         queue TEXT NOT NULL,
         reason TEXT NOT NULL,
         time REAL NOT NULL,
-        headers TEXT NOT NULL,
-        body BLOB NOT NULL,
-        content_type TEXT NOT NULL,
-        content_encoding TEXT NOT NULL,
-        properties TEXT NOT NULL,
-        exchange TEXT NOT NULL,
-        routing_key TEXT NOT NULL)""",
+        {_MESSAGE})""",
     """CREATE INDEX IF NOT EXISTS conveyor_dead_letters_queue
         ON conveyor_dead_letters (queue, id)""",
     # An exchange's bindings, as kombu's virtual transports keep them: a message
@@ -85,6 +84,22 @@ SCHEMA: tuple[str, ...] = (
         pattern TEXT NOT NULL,
         queue TEXT NOT NULL,
         PRIMARY KEY (exchange, routing_key, pattern, queue))""",
+    # Broadcasts (remote control; conveyor_sqlite._broadcast): who listens to which
+    # exchange, and each listener's copies not read yet.
+    """CREATE TABLE IF NOT EXISTS conveyor_subscriptions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        exchange TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        binding_key TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        alive REAL NOT NULL,
+        expires REAL NOT NULL)""",
+    f"""CREATE TABLE IF NOT EXISTS conveyor_broadcasts (
+        id INTEGER PRIMARY KEY,
+        subscription INTEGER NOT NULL,
+        {_MESSAGE})""",
+    """CREATE INDEX IF NOT EXISTS conveyor_broadcasts_subscription
+        ON conveyor_broadcasts (subscription, id)""",
 )
 
 #: The columns that carry a message, in the order :func:`message_columns` fills them.

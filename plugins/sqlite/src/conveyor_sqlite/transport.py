@@ -12,6 +12,8 @@ described in :mod:`conveyor_sqlite._schema`; in short:
   next month costs disk, not worker memory;
 * a delivery is a lease that ends after ``visibility_timeout`` seconds unless it is
   settled or extended; a consumer that died gives its messages back that way;
+* broadcasts (remote control) are copies per subscriber in their own table
+  (:mod:`._broadcast`);
 * an idle ``fetch`` first asks cheaply, without the write lock, whether anything is
   ready or due, and sleeps between polls (``polling_interval``, backing off from a few
   milliseconds), so idle workers neither spin nor hold up producers. A publish in the
@@ -28,11 +30,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from conveyor.exceptions import ConfigurationError
 from conveyor.interfaces import (
-    LEASE, BaseTransport, Binding, Capabilities, DeadLetter, Delivery, Message, Outgoing,
-    QueueStats, Route,
+    LEASE, BaseTransport, Binding, Capabilities, DeadLetter, Delivery, Exchange, Message,
+    Outgoing, QueueStats, Route,
 )
 
-from . import _dead
+from . import _broadcast, _dead
 from ._db import (
     BUSY_TIMEOUT, ForkSafe, Notifier, database_path, mapped_errors, open_connection,
     transaction,
@@ -77,7 +79,7 @@ class SQLiteTransport(BaseTransport):
     scheme = "sqlite"
     capabilities: ClassVar[Capabilities] = Capabilities(
         delays=True, leases=True, dead_letters=True, priorities=True, purge=True,
-        inspect=True, abandon=True, settlement=LEASE)
+        inspect=True, abandon=True, broadcast=True, settlement=LEASE)
     #: Only "cannot open" and "locked" errors surface as these (see ``_db``); others
     #: become :class:`~conveyor.exceptions.OperationalError`, as retrying won't help.
     connection_errors: tuple[type[BaseException], ...] = (sqlite3.OperationalError,)
@@ -195,6 +197,15 @@ class SQLiteTransport(BaseTransport):
                          for queue in route.destinations(table)]
             conn.executemany(_INSERT, rows)
         self._notifier.notify()
+
+    # ------------------------------------------------------------ broadcasts
+    def broadcast(self, exchange: Exchange, routing_key: str, message: Message) -> None:
+        _broadcast.broadcast(self._conn(), self.path, exchange, routing_key, message)
+
+    def subscribe(self, exchange: Exchange, binding_key: str = "", *,
+                  queue: str | None = None,
+                  expires: float | None = None) -> _broadcast.SQLiteSubscription:
+        return _broadcast.subscribe(self, exchange, binding_key, queue, expires)
 
     # ------------------------------------------------------------ consuming
     def fetch(self, queues: Sequence[str], *, limit: int,
