@@ -317,16 +317,9 @@ class Panel:
         """Stop a running task: signal the child process running it, else raise
         :class:`~.revoked.Terminated` in its thread."""
         REVOKED.terminating(task_id)
-        pid = self.worker.pool.pid_of(task_id)
         log.info("Terminating %s (%s)", task_id, signals.Signals(sig).name
                  if sig in signals.Signals._value2member_map_ else sig)
-        if pid is not None:
-            try:
-                os.kill(pid, sig)
-                return True
-            except ProcessLookupError:
-                pass
-        if RUNNING.interrupt(task_id):
+        if self.worker.pool.signal_task(task_id, sig) or RUNNING.interrupt(task_id):
             return True
         REVOKED.terminated(task_id)  # nothing to stop here: forget the mark
         return False

@@ -138,6 +138,12 @@ class Pool(abc.ABC):
         forked: Pool | None = getattr(self, "_forked_pool", None)
         return forked.pid_of(task_id) if forked is not None else None
 
+    def signal_task(self, task_id: str, signum: int) -> bool:
+        """Send ``signum`` to the child process running ``task_id``
+        (``revoke --terminate``); False when no child of this pool runs it."""
+        forked: Pool | None = getattr(self, "_forked_pool", None)
+        return forked.signal_task(task_id, signum) if forked is not None else False
+
     def limit(self, job: Job, name: str) -> Any:
         """``time_limit``/``soft_time_limit`` of a job: the message's, the task's,
         else the app's ``task_<name>`` setting."""
@@ -710,9 +716,24 @@ class ProcessPool(Pool):
     def pid_of(self, task_id: str) -> int | None:
         with self._lock:
             for child in self._children:
-                if child.job is not None and child.job.request.id == task_id:
+                if child.jobs and child.jobs[0].request.id == task_id:
                     return int(child.process.pid)
         return None
+
+    def signal_task(self, task_id: str, signum: int) -> bool:
+        """Under the lock, so the child still runs that task when it is signalled; a
+        signalled child takes no more jobs and is replaced (``retiring``), whether
+        the signal killed it or not."""
+        with self._lock:
+            for child in self._children:
+                if child.jobs and child.jobs[0].request.id == task_id:
+                    child.retiring = True
+                    try:
+                        os.kill(child.process.pid, signum)
+                    except ProcessLookupError:
+                        return False
+                    return True
+        return False
 
     def stop(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -132,6 +132,10 @@ class Running:
                     self._signalled.discard(task_id)
                     if ident is not None:
                         _set_async_exc(ctypes.c_ulong(ident), None)
+                    # It finished before the exception reached it: its outcome
+                    # stands, and a later run of the same id (a retry) is not
+                    # taken for terminated.
+                    REVOKED.terminated(task_id)
 
     def interrupt(self, task_id: str) -> bool:
         """Raise :class:`Terminated` in the thread running ``task_id``; False when
