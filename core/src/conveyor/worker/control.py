@@ -160,16 +160,21 @@ class Panel:
             "worker_pid": pid or (os.getpid() if running else None),
         }
 
+    def _started(self) -> list[Job]:
+        """Jobs running now (a processes-pool job waiting in a child's pipe is not)."""
+        return [job for job in self._jobs("_running") if job.started]
+
     def _waiting(self) -> list[Job]:
-        return [*self._jobs("_ready"), *self._jobs("_throttled")]
+        """Jobs received and not started: ready, throttled, or handed to the pool."""
+        return [*self._jobs("_ready"), *self._jobs("_throttled"),
+                *(job for job in self._jobs("_running") if not job.started)]
 
     # ------------------------------------------------------------- inspect
     def ping(self, **_: Any) -> dict[str, str]:
         return {"ok": "pong"}
 
     def active(self, safe: bool = False, **_: Any) -> list[dict[str, Any]]:
-        return [self.info(job, running=True, safe=bool(safe))
-                for job in self._jobs("_running")]
+        return [self.info(job, running=True, safe=bool(safe)) for job in self._started()]
 
     def reserved(self, **_: Any) -> list[dict[str, Any]]:
         return [self.info(job) for job in self._waiting()]
@@ -231,7 +236,7 @@ class Panel:
     def query_task(self, ids: Any = None, **_: Any) -> dict[str, Any]:
         wanted = {ids} if isinstance(ids, str) else set(ids or ())
         found: dict[str, Any] = {}
-        for kind, jobs, running in (("active", self._jobs("_running"), True),
+        for kind, jobs, running in (("active", self._started(), True),
                                     ("reserved", self._waiting(), False),
                                     ("scheduled", self._jobs("_held"), False)):
             for job in jobs:
@@ -289,7 +294,7 @@ class Panel:
         ``terminate``, also stop it where it runs here (recorded REVOKED)."""
         ids = [task_id] if isinstance(task_id, str) else list(task_id or ())
         REVOKED.add(ids, self._keep())
-        running = {job.request.id for job in self._jobs("_running")}
+        running = {job.request.id for job in self._started()}
         app = self.worker.app
         for tid in ids:
             if tid in running:
