@@ -360,6 +360,7 @@ class ControlConsumer:
         pause = 0.1
         while not self._stop.is_set():
             transport = subscription = None
+            broken = False
             try:
                 transport = cast(BroadcastTransport, app.transport_factory())
                 transport.connect()
@@ -371,19 +372,32 @@ class ControlConsumer:
                     for delivery in subscription.get(timeout=0.5):
                         self._handle(transport, delivery)
             except Exception as exc:  # noqa: BLE001 - the control thread must live on
-                if self._stop.is_set():
-                    break
-                log.warning("Remote control: %s; subscribing again in %.1fs",
-                            mask_url(str(exc)), pause)
+                broken = True
+                if not self._stop.is_set():
+                    log.warning("Remote control: %s; subscribing again in %.1fs",
+                                mask_url(str(exc)), pause)
+            finally:
+                self._release(subscription, transport, broken)
+            if broken:
                 self._stop.wait(pause)
                 pause = min(pause * 2, 5.0)
-            finally:
-                for closing in (subscription, transport):
-                    try:
-                        if closing is not None:
-                            closing.close()
-                    except Exception:  # noqa: BLE001 - already broken
-                        pass
+
+    @staticmethod
+    def _release(subscription: Any, transport: Any, broken: bool) -> None:
+        """Close the subscription and the transport; a broken transport is abandoned
+        where it can be (``Capabilities.abandon``), as the consumer does: on Redis a
+        new connection takes over the acks the worker's lost one still owed, and
+        closing it broken would drop them instead of handing them on."""
+        for closing in (subscription, transport):
+            if closing is None:
+                continue
+            try:
+                if closing is transport and broken and transport.capabilities.abandon:
+                    transport.abandon()
+                else:
+                    closing.close()
+            except Exception:  # noqa: BLE001 - already broken
+                pass
 
     def _handle(self, transport: BroadcastTransport, delivery: Delivery) -> None:
         message = delivery.message
