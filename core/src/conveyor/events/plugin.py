@@ -97,10 +97,8 @@ class EventsPlugin:
 
     # ------------------------------------------------------------------ worker
     def _worker_event(self, worker: Worker, event_type: str) -> None:
-        running = getattr(worker, "_running", None)  # the jobs in the pool now
         self.dispatcher(worker.hostname).send(
-            event_type, freq=HEARTBEAT_INTERVAL,
-            active=len(running) if running is not None else 0,
+            event_type, freq=HEARTBEAT_INTERVAL, active=len(worker.running_jobs()),
             processed=worker.processed, loadavg=_loadavg(), **SOFTWARE)
 
     @hookimpl

@@ -122,20 +122,6 @@ class Panel:
         return command(**arguments)
 
     # ------------------------------------------------------------- state
-    def _jobs(self, attribute: str) -> list[Job]:
-        """A snapshot of one of the consumer's collections (it may change meanwhile)."""
-        for _ in range(5):
-            try:
-                value = getattr(self.worker, attribute, None)
-                if value is None:
-                    return []
-                if isinstance(value, dict):
-                    return list(value.values())
-                return [item[2] if isinstance(item, tuple) else item for item in list(value)]
-            except RuntimeError:  # changed size during iteration: take it again
-                continue
-        return []
-
     def info(self, job: Job, *, running: bool = False, safe: bool = False) -> dict[str, Any]:
         """Celery's ``Request.info()``."""
         request = job.request
@@ -162,12 +148,12 @@ class Panel:
 
     def _started(self) -> list[Job]:
         """Jobs running now (a processes-pool job waiting in a child's pipe is not)."""
-        return [job for job in self._jobs("_running") if job.started]
+        return [job for job in self.worker.running_jobs() if job.started]
 
     def _waiting(self) -> list[Job]:
         """Jobs received and not started: ready, throttled, or handed to the pool."""
-        return [*self._jobs("_ready"), *self._jobs("_throttled"),
-                *(job for job in self._jobs("_running") if not job.started)]
+        return [*self.worker.waiting_jobs(),
+                *(job for job in self.worker.running_jobs() if not job.started)]
 
     # ------------------------------------------------------------- inspect
     def ping(self, **_: Any) -> dict[str, str]:
@@ -181,7 +167,7 @@ class Panel:
 
     def scheduled(self, **_: Any) -> list[dict[str, Any]]:
         out = []
-        for job in self._jobs("_held"):
+        for job in self.worker.scheduled_jobs():
             eta = job.request.eta
             out.append({"eta": eta.isoformat() if eta is not None else None,
                         "priority": job.request.priority or 0, "request": self.info(job)})
@@ -238,7 +224,7 @@ class Panel:
         found: dict[str, Any] = {}
         for kind, jobs, running in (("active", self._started(), True),
                                     ("reserved", self._waiting(), False),
-                                    ("scheduled", self._jobs("_held"), False)):
+                                    ("scheduled", self.worker.scheduled_jobs(), False)):
             for job in jobs:
                 if job.request.id in wanted:
                     found[job.request.id] = [kind, self.info(job, running=running)]

@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
@@ -167,6 +167,20 @@ class Worker:
         self.pool.max_memory_per_child = max_memory
 
     # ------------------------------------------------------------------ control
+    def running_jobs(self) -> list[Job]:
+        """Jobs handed to the pool: started, or waiting in a child's pipe
+        (``job.started`` tells them apart)."""
+        return _snapshot(lambda: list(getattr(self, "_running", {}).values()))
+
+    def waiting_jobs(self) -> list[Job]:
+        """Jobs received and not in the pool: ready, or waiting for a rate-limit slot."""
+        return _snapshot(lambda: [*getattr(self, "_ready", ()),
+                                  *(job for _, _, job in getattr(self, "_throttled", ()))])
+
+    def scheduled_jobs(self) -> list[Job]:
+        """Jobs held in memory until their ETA or countdown."""
+        return _snapshot(lambda: [job for _, _, job in getattr(self, "_held", ())])
+
     def stop(self, warm: bool = True) -> None:
         """Ask the worker to stop: warm finishes running tasks, cold does not."""
         if not warm:
@@ -668,4 +682,17 @@ def _abandon(transport: Transport) -> None:
         pass
 
 
+def _snapshot(take: Callable[[], list[Job]]) -> list[Job]:
+    """``take()`` from another thread (remote control, events): the consumer thread
+    owns these collections and may resize one meanwhile, so a read that met a
+    resize is taken again. Before the consumer loop starts there are none yet."""
+    for _ in range(5):
+        try:
+            return take()
+        except RuntimeError:  # changed size during iteration
+            continue
+    return []
+
+
 __all__ = ["Worker"]
+
