@@ -282,11 +282,14 @@ class KombuTransport:
         return self._consumers
 
     def _consumer_of(self, queue: str) -> Consumer:
-        def arrived(raw: KombuMessage) -> None:
+        def arrived(raw: KombuMessage, _error: Exception | None = None) -> None:
             self._buffer.append((queue, raw))
         self.declare(Route(queue))
+        # A body kombu cannot decompress (a compression only Conveyor knows, such as
+        # lz4) is handed over as it came, like any other: the worker decompresses it
+        # or dead-letters it with the reason (kombu would raise out of the drain).
         consumer = Consumer(self._channel, [Queue(queue, no_declare=True)],
-                            on_message=arrived, no_ack=False)
+                            on_message=arrived, on_decode_error=arrived, no_ack=False)
         consumer.consume()
         return consumer
 
@@ -307,6 +310,12 @@ class KombuTransport:
                         routing_key=raw.delivery_info.get("routing_key") or queue)
 
     def _message(self, raw: KombuMessage, headers: dict[str, Any]) -> Message:
+        """The Conveyor message of a kombu one. kombu decompresses a body on receipt
+        and leaves its ``compression`` header (and drops it when it restores the
+        message), so the header is dropped here unless kombu could not decompress:
+        the body handed over and the header always agree."""
+        if "compression" in headers and not raw.errors:
+            headers.pop("compression")
         props = {k: raw.properties.get(k) for k in PROPERTIES if k in raw.properties}
         if "priority" in props:
             props["priority"] = self.from_kombu_priority(props["priority"])
