@@ -92,13 +92,21 @@ def test_an_app_module_that_does_not_import_is_one_clear_line(tmp_path: Path) ->
     assert "Traceback" not in out.stderr
 
 
-@pytest.mark.parametrize("broker", ["sqlite:///broker.db", "redis://127.0.0.1:1/0"])
+@pytest.mark.parametrize(("broker", "key"), [
+    ("sqlite:///broker.db", "visibility_timeout"),
+    ("redis://127.0.0.1:1/0", "visibility_timeout"),
+    ("memory://errapp", "visibility_timeout"),
+    ("amqp://guest:guest@127.0.0.1:1//", "heartbeat"),
+    ("kombu+redis://127.0.0.1:1/0", "visibility_timeout"),
+    ("kombu+filesystem://", "polling_interval"),
+    ("kombu+memory://", "polling_interval"),
+])
 def test_transport_option_values_of_the_wrong_type_stop_the_worker(
-        tmp_path: Path, broker: str) -> None:
+        tmp_path: Path, broker: str, key: str) -> None:
     out = conveyor(tmp_path, "-A", "errapp", "worker", ERR_BROKER=broker,
-                   ERR_OPTIONS='{"visibility_timeout": "abc"}')
+                   ERR_OPTIONS=f'{{"{key}": "abc"}}')
     assert out.returncode == 2, out.stderr
-    assert "broker_transport_options['visibility_timeout']" in out.stderr
+    assert f"broker_transport_options[{key!r}]" in out.stderr
     assert "must be a number" in out.stderr and "'abc'" in out.stderr
     assert "Traceback" not in out.stderr
 

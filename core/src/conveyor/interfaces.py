@@ -311,7 +311,7 @@ class Compressor(Protocol):
     def decompress(self, data: bytes) -> bytes: ...
 
 
-def _check_type(transport: str, key: str, value: Any, default: Any) -> None:
+def check_option_type(transport: str, key: str, value: Any, default: Any) -> None:
     """A ``broker_transport_options`` value must have its default's kind (a number
     where the default is a number — numeric text allowed —, a bool for a bool, text
     for text, a list for a list), so a typo fails at connect, naming the key, instead
@@ -701,7 +701,7 @@ class BaseTransport:
                     f"Known keys: {', '.join(sorted(known))}."
                 )
         for key, value in given.items():
-            _check_type(cls.scheme or cls.__name__, key, value, known[key])
+            check_option_type(cls.scheme or cls.__name__, key, value, known[key])
         return {**known, **given}
 
     def publish(self, message: Message, route: Route, *, due: float | None = None) -> None:
@@ -997,6 +997,6 @@ __all__ = [
     "AsyncTransport",
     "AsyncDelayTransport", "AsyncLeaseTransport", "AsyncDeadLetterTransport",
     "AsyncPurgeTransport", "AsyncInspectTransport", "AsyncAbandonTransport",
-    "AsyncBackend", "AsyncJoinBackend", "require", "unsupported",
+    "AsyncBackend", "AsyncJoinBackend", "require", "unsupported", "check_option_type",
     "Command",
 ]
