@@ -44,6 +44,12 @@ def add(x, y):
     return x + y
 
 
+@app.task(name="k.nap")
+def nap(n):
+    time.sleep(0.2)
+    return n
+
+
 @app.task(name="k.record")
 def record(path, n):
     with open(path, "a") as f:

@@ -1,5 +1,6 @@
 """A Celery 5.7 worker and a Conveyor worker on one kombu Redis queue: each runs what
-the other side's client sends, and each reads the results the other wrote.
+the other side's client sends, each reads the results the other wrote, and both
+serve the same queue at once, each task run by one of them.
 
 Celery is a test-only dependency; the bridge never imports it.
 """
@@ -16,7 +17,7 @@ from processes import Proc
 celery = pytest.importorskip("celery")
 
 CELERY_APP = '''
-import os
+import os, time
 from celery import Celery
 
 app = Celery("kombu-interop", broker=os.environ["C_BROKER"], backend=os.environ["C_BACKEND"])
@@ -27,6 +28,12 @@ app.conf.update(worker_prefetch_multiplier=1, broker_connection_retry_on_startup
 @app.task(name="k.add")
 def add(x, y):
     return x + y
+
+
+@app.task(name="k.nap")
+def nap(n):
+    time.sleep(0.2)
+    return n
 '''
 
 
@@ -62,3 +69,19 @@ def test_conveyor_worker_runs_what_a_celery_client_sends(lab: Lab) -> None:
             assert later.get(timeout=20) == 3
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("lab", ["redis"], indirect=True)
+def test_a_celery_worker_and_a_conveyor_worker_share_one_queue(lab: Lab) -> None:
+    """Both consume the queue at once (each with a prefetch of one): every task is
+    run by exactly one of them, both take a share, and the results are all there."""
+    app = lab.app()
+    with celery_worker(lab) as theirs, \
+            lab.process("-c", "1", "-P", "solo", "--prefetch-multiplier", "1") as ours:
+        results = [app.send_task("k.nap", (n,), queue=lab.queue) for n in range(12)]
+        assert [r.get(timeout=30) for r in results] == list(range(12))
+        celery_ran = {r.id for r in results if f"k.nap[{r.id}] succeeded" in theirs.output()}
+        conveyor_ran = {r.id for r in results if f"k.nap[{r.id}] succeeded" in ours.output()}
+    assert celery_ran and conveyor_ran, (len(celery_ran), len(conveyor_ran))
+    assert not celery_ran & conveyor_ran
+    assert celery_ran | conveyor_ran == {r.id for r in results}
