@@ -7,9 +7,14 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from fault_lab import Lab
 
 
+# Not on RabbitMQ: it gives every unacked message back alike when a worker dies, so a
+# message prefetched there is charged as if it had run (README, "Not there yet").
+@pytest.mark.parametrize("broker", ["sqlite", "redis"], indirect=True)
 def test_prefetched_task_beside_a_worker_killer_runs(lab: Lab) -> None:
     killer = lab.app.send_task("fault.kill_worker", (0,))
     lab.send(1)
@@ -30,6 +35,6 @@ def test_prefetched_task_beside_a_worker_killer_runs(lab: Lab) -> None:
     assert [(r["task_id"], r["reason"].split(":")[0]) for r in rows] == [
         (killer.id, "DeliveryLimitExceeded")]
     starts = [n for n, _pid, _at in lab.runs("S")]
-    print(f"\n[fault] {lab.broker}: killer started {starts.count(0)} times, "
-          f"healthy task ran {lab.ended()[1]} time(s)")
+    lab.figure(f"killer started {starts.count(0)} times, "
+               f"healthy task ran {lab.ended()[1]} time(s)")
     assert starts.count(0) == 2 and starts.count(1) == 1

@@ -8,33 +8,14 @@ deleted afterwards; nothing outside it is touched.
 from __future__ import annotations
 
 import json
-import subprocess
-import uuid
 from typing import Any
 
 import pika
 from processes import Proc, wait_for
+from rabbit_vhosts import HOST, PORT, make_vhost, rabbitmqctl
 
-__all__ = ["Proc", "wait_for", "depth", "make_vhost", "queue_info", "rabbitmqctl", "url_for"]
-
-HOST, PORT = "127.0.0.1", 5672
-
-
-def rabbitmqctl(*args: str, timeout: float = 60) -> str:
-    """Run ``rabbitmqctl``; fail with its output."""
-    proc = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True,
-                          timeout=timeout)
-    if proc.returncode != 0:
-        raise AssertionError(f"rabbitmqctl {' '.join(args)} exited {proc.returncode}: "
-                             f"{proc.stdout}{proc.stderr}")
-    return proc.stdout
-
-
-def make_vhost() -> str:
-    name = f"conveyor-test-{uuid.uuid4().hex[:8]}"
-    rabbitmqctl("add_vhost", name)
-    rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-    return name
+__all__ = ["HOST", "PORT", "Proc", "wait_for", "depth", "make_vhost", "queue_info",
+           "rabbitmqctl", "url_for"]
 
 
 def url_for(vhost: str, scheme: str = "amqp") -> str:

@@ -14,22 +14,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conveyor_pytest.fixtures import require_service
+from rabbit_vhosts import private_vhost
 
 _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:  # for amqp_support (unique name: shadows nothing)
     sys.path.append(_HERE)
 
-from amqp_support import HOST, PORT, make_vhost, rabbitmqctl, url_for  # noqa: E402
+from amqp_support import url_for  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def amqp_vhost() -> Iterator[str]:
     """A vhost of this session's own, deleted afterwards."""
-    require_service("RabbitMQ", HOST, PORT)
-    vhost = make_vhost()
-    yield vhost
-    rabbitmqctl("delete_vhost", vhost)
+    yield from private_vhost()
 
 
 @pytest.fixture(scope="session")
