@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 from kombu_lab import Lab
-from processes import Proc
+from processes import Proc, wait_for
 
 celery = pytest.importorskip("celery")
 
@@ -80,8 +80,14 @@ def test_a_celery_worker_and_a_conveyor_worker_share_one_queue(lab: Lab) -> None
             lab.process("-c", "1", "-P", "solo", "--prefetch-multiplier", "1") as ours:
         results = [app.send_task("k.nap", (n,), queue=lab.queue) for n in range(12)]
         assert [r.get(timeout=30) for r in results] == list(range(12))
-        celery_ran = {r.id for r in results if f"k.nap[{r.id}] succeeded" in theirs.output()}
-        conveyor_ran = {r.id for r in results if f"k.nap[{r.id}] succeeded" in ours.output()}
+
+        def ran(worker: Proc) -> set[str]:
+            return {r.id for r in results if f"k.nap[{r.id}] succeeded" in worker.output()}
+
+        # A worker logs "succeeded" just after it stores the result: wait for the lines.
+        wait_for(lambda: ran(theirs) | ran(ours) == {r.id for r in results}, 10,
+                 what="every task's 'succeeded' line")
+        celery_ran, conveyor_ran = ran(theirs), ran(ours)
     assert celery_ran and conveyor_ran, (len(celery_ran), len(conveyor_ran))
     assert not celery_ran & conveyor_ran
     assert celery_ran | conveyor_ran == {r.id for r in results}

@@ -109,6 +109,21 @@ def test_acks_late_task_of_a_killed_worker_is_redelivered_on_redis(lab: Lab) -> 
 
 
 @pytest.mark.parametrize("lab", ["filesystem", "redis"], indirect=True)
+def test_a_worker_says_when_acks_late_cannot_survive_a_crash(lab: Lab) -> None:
+    """Where kombu keeps no unacked copy (filesystem), a worker with acks_late tasks
+    says at start that a killed worker's task is lost; where it keeps one (Redis), it
+    says nothing. The setting is not ignored silently either way."""
+    with lab.process("-c", "1", "-P", "solo") as proc:
+        app = lab.app()
+        assert app.send_task("k.add", (1, 2), queue=lab.queue).get(timeout=20) == 3
+        said = proc.output()
+    warned = "keeps no copy of an unacked message" in said
+    assert warned == (lab.kind == "filesystem"), said
+    if warned:
+        assert "acks_late on k.slow_once" in said and "kombu+filesystem://" in said
+
+
+@pytest.mark.parametrize("lab", ["filesystem", "redis"], indirect=True)
 def test_conveyor_dead_commands_work_on_the_bridge(lab: Lab) -> None:
     """``conveyor dead list/requeue/purge`` from another process, no -Q needed: the
     dead-letter queues are found through kombu's binding table."""

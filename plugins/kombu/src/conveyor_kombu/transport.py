@@ -20,6 +20,7 @@ where kombu's transport orders by it (Redis).
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 import uuid
@@ -40,6 +41,8 @@ from conveyor.interfaces import (
 from conveyor.utils import did_you_mean, mask_url
 
 from . import features, options
+
+log = logging.getLogger("conveyor.kombu")
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -275,11 +278,35 @@ class KombuTransport:
         """One kombu consumer per queue (so each delivery knows its queue), made
         again when the worker asks for other queues."""
         if queues != self._consuming:
+            if not self._consuming:
+                self._warn_acks_late_not_kept()
             for old in self._consumers:
                 old.cancel()
             self._consumers = [self._consumer_of(q) for q in queues]
             self._consuming = queues
         return self._consumers
+
+    def _warn_acks_late_not_kept(self) -> None:
+        """Say once, when a worker starts consuming, that ``acks_late`` cannot survive
+        a crash here: on kombu transports that keep no unacked copy (the feature table
+        says which), a killed worker's task is lost whatever ``acks_late`` says. The
+        setting still acks after the task (an exception is not lost), so it is not
+        refused; but it must not look as if it protected against crashes."""
+        if self.app is None or not features.TESTED.get(
+                self.kombu_name, {}).get("acks_late", "").startswith("not supported"):
+            return
+        conf_default = bool(self.app.conf.task_acks_late)
+        late = sorted(name for name, task in self.app.tasks.items()
+                      if (conf_default if task.acks_late is None else task.acks_late)
+                      and not name.startswith("celery."))
+        if late:
+            shown = ", ".join(late[:5]) + (f" and {len(late) - 5} more" if len(late) > 5
+                                            else "")
+            log.warning(
+                "kombu+%s:// keeps no copy of an unacked message: acks_late on %s acks "
+                "after the task, but a task whose worker is killed is lost, not "
+                "redelivered. Use a broker that redelivers (kombu+redis://, redis://, "
+                "amqp://, sqlite://) where that matters.", self.kombu_name, shown)
 
     def _consumer_of(self, queue: str) -> Consumer:
         def arrived(raw: KombuMessage, _error: Exception | None = None) -> None:
