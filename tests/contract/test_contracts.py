@@ -2,7 +2,9 @@
 
 Serializers and compressors are parametrized by their entry-point names, so a new
 plugin is tested without anyone remembering to add it. Transports and backends need
-a URL each, given here per scheme.
+a URL each, given here per scheme, and so do their asyncio twins; a transport or
+backend entry point (blocking or asyncio) that no class here covers fails
+``test_every_installed_transport_and_backend_has_a_contract_class``.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from typing import Any
 
 import pytest
 from conveyor_pytest.contract import (
-    BackendContract, BroadcastContract, CompressorContract,
-    DeadLetterContract, DelayContract,
-    FullTransportContract, InspectContract, JoinContract, LeaseContract, PriorityContract,
-    PurgeContract, SerializerContract, TransportContract,
+    AsyncBackendContract, AsyncDelayContract, AsyncJoinContract, AsyncPriorityContract,
+    AsyncReplyContract, AsyncTransportContract, BackendContract, BroadcastContract,
+    CompressorContract, DeadLetterContract, DelayContract, FullTransportContract,
+    GroupContract, InspectContract, JoinContract, LeaseContract, PriorityContract,
+    PurgeContract, ReplyContract, SerializerContract, TransportContract,
 )
 from conveyor_pytest.fixtures import require_service
 
@@ -154,7 +157,7 @@ class TestKombuRedisTransport(_KombuBridge, PriorityContract):
         return "kombu+" + redis_contract_url
 
 
-class TestMemoryBackend(BackendContract, JoinContract):
+class TestMemoryBackend(BackendContract, JoinContract, GroupContract):
     covers = ("memory",)
 
     @pytest.fixture
@@ -162,7 +165,7 @@ class TestMemoryBackend(BackendContract, JoinContract):
         return f"memory://contract-{uuid.uuid4().hex[:8]}"
 
 
-class TestSqliteBackend(BackendContract, JoinContract):
+class TestSqliteBackend(BackendContract, JoinContract, GroupContract):
     covers = ("sqlite",)
 
     @pytest.fixture
@@ -170,7 +173,7 @@ class TestSqliteBackend(BackendContract, JoinContract):
         return f"sqlite:///{tmp_path / 'contract.sqlite3'}"
 
 
-class TestRedisBackend(BackendContract, JoinContract):
+class TestRedisBackend(BackendContract, JoinContract, GroupContract):
     covers = ("redis", "rediss")
 
     @pytest.fixture
@@ -194,15 +197,10 @@ def amqp_contract_url() -> Iterator[str]:
     ctl("delete_vhost", vhost)
 
 
-class TestAmqpTransport(TransportContract, PriorityContract, DelayContract,
-                        DeadLetterContract, PurgeContract, BroadcastContract):
-    """Channel settlement; no leases (RabbitMQ holds a delivery while its channel
-    lives) and no abandon (a lost channel's deliveries come back by themselves).
-    amqps:// is the same class over TLS. No ``inspect``: RabbitMQ cannot count what
-    a consumer's prefetch holds. With publisher confirms, as ``purge`` right after
-    a one-way publish may not see it yet (RabbitMQ routes it asynchronously)."""
-
-    covers = ("amqp", "amqps")
+class _Amqp:
+    """The contract's RabbitMQ vhost, with publisher confirms (``purge`` right after a
+    one-way publish may not see it yet: RabbitMQ routes it asynchronously), queues
+    declared with x-max-priority (``task_queue_max_priority``, as with Celery)."""
 
     @pytest.fixture
     def transport_options(self) -> dict[str, Any]:
@@ -210,8 +208,6 @@ class TestAmqpTransport(TransportContract, PriorityContract, DelayContract,
 
     @pytest.fixture
     def app(self, broker_url: str, transport_options: dict[str, Any]) -> Iterator[Conveyor]:
-        """RabbitMQ orders by priority only in queues declared with x-max-priority
-        (``task_queue_max_priority``), as with Celery."""
         app = Conveyor(f"contract-{uuid.uuid4().hex[:6]}", broker=broker_url,
                        backend="memory://contract", task_queue_max_priority=10,
                        broker_transport_options=transport_options)
@@ -223,22 +219,105 @@ class TestAmqpTransport(TransportContract, PriorityContract, DelayContract,
         return amqp_contract_url
 
 
-class TestRpcBackend(BackendContract):
+class TestAmqpTransport(_Amqp, TransportContract, PriorityContract, DelayContract,
+                        DeadLetterContract, PurgeContract, BroadcastContract):
+    """Channel settlement; no leases (RabbitMQ holds a delivery while its channel
+    lives) and no abandon (a lost channel's deliveries come back by themselves).
+    amqps:// is the same class over TLS. No ``inspect``: RabbitMQ cannot count what
+    a consumer's prefetch holds."""
+
+    covers = ("amqp", "amqps")
+
+
+class TestRpcBackend(BackendContract, ReplyContract):
     """Results sent to this process's own reply queue (a store without a request's
-    ``reply_to`` goes there), on the contract's RabbitMQ vhost."""
+    ``reply_to`` goes there) and to another's, on the contract's RabbitMQ vhost."""
 
     covers = ("rpc",)
 
     @pytest.fixture
-    def backend(self, amqp_contract_url: str) -> Iterator[Any]:
-        app = Conveyor(f"contract-{uuid.uuid4().hex[:6]}", broker=amqp_contract_url,
-                       backend="rpc://")
-        yield app.backend
-        app.close()
+    def backend_broker(self, amqp_contract_url: str) -> str:
+        return amqp_contract_url
 
     @pytest.fixture
     def backend_url(self) -> str:
         return "rpc://"
+
+
+# ------------------------------------------------------------------ asyncio twins
+class TestMemoryAsyncTransport(AsyncTransportContract, AsyncPriorityContract,
+                               AsyncDelayContract):
+    covers = ("memory",)
+
+    @pytest.fixture
+    def broker_url(self) -> str:
+        return f"memory://contract-{uuid.uuid4().hex[:8]}"
+
+
+class TestSqliteAsyncTransport(AsyncTransportContract, AsyncPriorityContract,
+                               AsyncDelayContract):
+    covers = ("sqlite",)
+
+    @pytest.fixture
+    def broker_url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path / 'contract.sqlite3'}"
+
+
+class TestRedisAsyncTransport(AsyncTransportContract, AsyncPriorityContract,
+                              AsyncDelayContract):
+    covers = ("redis", "rediss")
+
+    @pytest.fixture
+    def broker_url(self, redis_contract_url: str) -> str:
+        return redis_contract_url
+
+
+class TestAmqpAsyncTransport(_Amqp, AsyncTransportContract, AsyncPriorityContract,
+                             AsyncDelayContract):
+    covers = ("amqp", "amqps")
+
+
+class TestMemoryAsyncBackend(AsyncBackendContract):
+    """No joins on the twin: an asyncio chord on memory:// says so (AsyncUnsupportedError)."""
+
+    covers = ("memory",)
+
+    @pytest.fixture
+    def backend_url(self) -> str:
+        return f"memory://contract-{uuid.uuid4().hex[:8]}"
+
+
+class TestSqliteAsyncBackend(AsyncBackendContract, AsyncJoinContract):
+    covers = ("sqlite",)
+
+    @pytest.fixture
+    def backend_url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path / 'contract.sqlite3'}"
+
+
+class TestRedisAsyncBackend(AsyncBackendContract, AsyncJoinContract):
+    covers = ("redis", "rediss")
+
+    @pytest.fixture
+    def backend_url(self, redis_contract_url: str) -> str:
+        return redis_contract_url
+
+
+class TestRpcAsyncBackend(AsyncBackendContract, AsyncReplyContract):
+    covers = ("rpc",)
+
+    @pytest.fixture
+    def backend_broker(self, amqp_contract_url: str) -> str:
+        return amqp_contract_url
+
+    @pytest.fixture
+    def backend_url(self) -> str:
+        return "rpc://"
+
+
+GROUPS = [("conveyor.transports", TransportContract), ("conveyor.backends", BackendContract),
+          ("conveyor.async_transports", AsyncTransportContract),
+          ("conveyor.async_backends", AsyncBackendContract)]
 
 
 def _covered(kind: type) -> set[str]:
@@ -249,11 +328,23 @@ def _covered(kind: type) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize(("group", "kind"), [("conveyor.transports", TransportContract),
-                                             ("conveyor.backends", BackendContract)])
+@pytest.mark.parametrize(("group", "kind"), GROUPS)
 def test_every_installed_transport_and_backend_has_a_contract_class(
         group: str, kind: type) -> None:
     installed = {p.name for p in find(group)}
     missing = installed - _covered(kind)
     assert not missing, (f"{group} entry points without a {kind.__name__} test class "
                          f"in {__name__}: {sorted(missing)} (add one, with covers=...)")
+
+
+def test_an_uncovered_entry_point_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above reads the installed entry points: one more, with no class,
+    is reported by name."""
+    class Fake:
+        name = "uncovered"
+    real = find
+    monkeypatch.setitem(globals(), "find",
+                        lambda group: [*real(group), Fake()] if group == GROUPS[3][0]
+                        else real(group))
+    with pytest.raises(AssertionError, match=r"async_backends .*\['uncovered'\]"):
+        test_every_installed_transport_and_backend_has_a_contract_class(*GROUPS[3])

@@ -277,13 +277,18 @@ async def _send(app: Conveyor, sender: _Sender, held: list[Any]) -> None:
         app.publishing.published(run.names, run.batch)
 
 
+#: Held backend calls that need a capability of the twin (``AsyncJoinBackend``,
+#: ``AsyncReplyBackend``); ``store`` is the required protocol's.
+_NEEDS = {"join_size": "joins", "ready_replies": "replies"}
+
+
 async def _write(app: Conveyor, write: BackendWrite) -> None:
     backend = clients(app).backend
-    method = getattr(backend, write.method, None)
-    if method is None:
+    needs = _NEEDS.get(write.method)
+    if needs is not None and not getattr(backend.capabilities, needs):
         raise AsyncUnsupportedError(
             f"The {scheme_of(app.backend_url)!r} result backend's asyncio twin "
-            f"({type(backend).__name__}) cannot {write.doing} ({write.method}): its "
-            f"plugin does not offer it. Call the blocking apply_async from a thread of "
+            f"({type(backend).__name__}) cannot {write.doing} ({write.method}): it "
+            f"does not declare BackendCapabilities.{needs}. Call the blocking apply_async from a thread of "
             f"your own, or use a result backend whose twin does (redis, sqlite).")
-    await method(*write.args, **write.kwargs)
+    await getattr(backend, write.method)(*write.args, **write.kwargs)

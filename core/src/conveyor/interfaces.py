@@ -18,7 +18,8 @@ conveyor.commands      used as it is                            :class:`Command`
 
 ``app`` may be ``None`` when a codec is used outside an app (benchmarks, tools).
 ``conveyor.async_transports`` and ``conveyor.async_backends`` hold the asyncio twins
-(:class:`AsyncTransport`, :class:`AsyncBackend`) under the same names.
+the asyncio client awaits (:class:`AsyncTransport`, which publishes, and
+:class:`AsyncBackend`) under the same names.
 
 A transport or backend implements a small required protocol (:class:`Transport`,
 :class:`Backend`) and, for each flag it sets in its ``capabilities``, the optional
@@ -359,8 +360,8 @@ class Transport(Protocol):
 
     This is all a transport must do; each optional protocol below adds methods for
     what only some brokers do, announced by a flag in :attr:`capabilities`.
-    Blocking calls live here; :class:`AsyncTransport` is the asyncio twin with the
-    same semantics. Driver errors must surface as one of ``connection_errors`` (the
+    Blocking calls live here; :class:`AsyncTransport` is the asyncio twin of its
+    publishing half, with the same semantics. Driver errors must surface as one of ``connection_errors`` (the
     core retries those by the publish retry policy and the worker reconnects on
     them) or as :class:`~conveyor.exceptions.OperationalError`; the core turns any
     other error of a publish into ``OperationalError`` naming the broker.
@@ -849,15 +850,19 @@ class Router(Protocol):
 
 
 # --------------------------------------------------------------------------- asyncio
-# The asyncio twins: the same methods with the same semantics as coroutines. The
-# envelope, option resolution, routing and hooks are shared with the blocking path;
-# only the broker and backend I/O differ. A plugin offers them through the entry
-# point groups ``conveyor.async_transports`` and ``conveyor.async_backends`` (same
-# names as the blocking ones, same ``factory(url, app)``), with the same
-# ``capabilities`` as its blocking twin.
+# The asyncio twins: what the asyncio client (``adelay``, ``aapply_async``, ``aget``)
+# awaits. The envelope, option resolution, routing and hooks are shared with the
+# blocking path; only the broker and backend I/O differ. A plugin offers them through
+# the entry point groups ``conveyor.async_transports`` and ``conveyor.async_backends``
+# (same names as the blocking ones, same ``factory(url, app)``). Consuming is the
+# worker's, through the blocking :class:`Transport`, so a transport twin publishes
+# only: what it publishes, its blocking twin fetches unchanged.
 @runtime_checkable
 class AsyncTransport(Protocol):
-    """Twin of :class:`Transport`; one task uses it at a time, unless its class sets
+    """The publishing twin of :class:`Transport`: the same ``declare`` and
+    ``publish_many`` semantics (routing through bindings; ``due`` parks the message
+    when ``capabilities.delays``), as coroutines. Its ``capabilities`` are its
+    blocking twin's. One task uses it at a time, unless its class sets
     ``multiplexed = True`` (optional): then the core shares one instance between
     every coroutine of the loop instead of keeping a pool of them."""
 
@@ -873,70 +878,14 @@ class AsyncTransport(Protocol):
 
     async def publish_many(self, batch: Sequence[Outgoing]) -> None: ...
 
-    async def fetch(self, queues: Sequence[str], *, limit: int,
-                    timeout: float) -> list[Delivery]: ...
-
-    async def ack(self, deliveries: Sequence[Delivery]) -> None: ...
-
-    async def requeue(self, delivery: Delivery) -> None: ...
-
-
-@runtime_checkable
-class AsyncDelayTransport(AsyncTransport, Protocol):
-    """Twin of :class:`DelayTransport`."""
-
-    async def defer(self, delivery: Delivery, due: float) -> None: ...
-
-
-@runtime_checkable
-class AsyncLeaseTransport(AsyncTransport, Protocol):
-    """Twin of :class:`LeaseTransport`."""
-
-    visibility_timeout: float | None
-
-    async def extend(self, deliveries: Sequence[Delivery]) -> None: ...
-
-
-@runtime_checkable
-class AsyncDeadLetterTransport(AsyncTransport, Protocol):
-    """Twin of :class:`DeadLetterTransport`."""
-
-    async def dead_letter(self, delivery: Delivery, reason: str) -> None: ...
-
-    async def dead_letters(self, queue: str | None = None) -> list[DeadLetter]: ...
-
-    async def requeue_dead(self, ids: Sequence[str] | None = None,
-                           queue: str | None = None) -> int: ...
-
-    async def purge_dead(self, queue: str | None = None) -> int: ...
-
-
-@runtime_checkable
-class AsyncPurgeTransport(AsyncTransport, Protocol):
-    """Twin of :class:`PurgeTransport`."""
-
-    async def purge(self, queue: str) -> int: ...
-
-
-@runtime_checkable
-class AsyncInspectTransport(AsyncTransport, Protocol):
-    """Twin of :class:`InspectTransport`."""
-
-    async def depth(self, queue: str) -> int: ...
-
-    async def stats(self, queue: str) -> QueueStats: ...
-
-
-@runtime_checkable
-class AsyncAbandonTransport(AsyncTransport, Protocol):
-    """Twin of :class:`AbandonTransport`."""
-
-    async def abandon(self) -> None: ...
-
 
 @runtime_checkable
 class AsyncBackend(Protocol):
-    """Twin of :class:`Backend`; ``wait`` awaits a notification, never blocks the loop."""
+    """Twin of :class:`Backend`; ``wait`` awaits a notification, never blocks the loop.
+    It reads what the blocking twin (a worker) stores, and the reverse. Its
+    ``capabilities`` are a subset of its blocking twin's: what it declares, it
+    implements (:class:`AsyncJoinBackend`, :class:`AsyncReplyBackend`); a canvas that
+    needs what it lacks raises ``AsyncUnsupportedError`` before anything is sent."""
 
     capabilities: ClassVar[BackendCapabilities]
 
@@ -955,7 +904,7 @@ class AsyncBackend(Protocol):
 
 @runtime_checkable
 class AsyncJoinBackend(AsyncBackend, Protocol):
-    """Twin of :class:`JoinBackend`."""
+    """Twin of :class:`JoinBackend` (``capabilities.joins``)."""
 
     async def join_size(self, group_id: str, size: int, *, expires: float | None) -> None: ...
 
@@ -967,6 +916,25 @@ class AsyncJoinBackend(AsyncBackend, Protocol):
 
     async def join_finish(self, group_id: str, claim: str, *,
                           expires: float | None) -> bool: ...
+
+
+@runtime_checkable
+class AsyncReplyBackend(AsyncBackend, Protocol):
+    """Twin of :class:`ReplyBackend` (``capabilities.replies``): a reply queue of
+    this loop's own. ``reply_to`` is named when a message is built; the core awaits
+    :meth:`ready_replies` (while ``replies_ready`` is False) before it sends that
+    message, so the queue is consumed before any worker answers to it."""
+
+    reply_to: str
+    replies_ready: bool
+
+    async def ready_replies(self) -> None: ...
+
+
+#: Backend capability flag → the asyncio twin's protocol for it.
+ASYNC_BACKEND_PROTOCOLS: Mapping[str, type] = {
+    "joins": AsyncJoinBackend, "replies": AsyncReplyBackend,
+}
 
 
 # --------------------------------------------------------------------------- commands
@@ -994,9 +962,7 @@ __all__ = [
     "Join", "Serializer", "Compressor", "Transport", "DelayTransport", "LeaseTransport",
     "DeadLetterTransport", "PurgeTransport", "InspectTransport", "AbandonTransport",
     "BaseTransport", "Backend", "JoinBackend", "GroupBackend", "ReplyBackend", "Router",
-    "AsyncTransport",
-    "AsyncDelayTransport", "AsyncLeaseTransport", "AsyncDeadLetterTransport",
-    "AsyncPurgeTransport", "AsyncInspectTransport", "AsyncAbandonTransport",
-    "AsyncBackend", "AsyncJoinBackend", "require", "unsupported", "check_option_type",
+    "AsyncTransport", "AsyncBackend", "AsyncJoinBackend", "AsyncReplyBackend",
+    "ASYNC_BACKEND_PROTOCOLS", "require", "unsupported", "check_option_type",
     "Command",
 ]

@@ -13,26 +13,33 @@ A plugin author subclasses the class for their kind and provides one fixture::
 
 A transport's contract is its required part (:class:`TransportContract`) plus one
 class per capability it declares (:data:`CAPABILITY_CONTRACTS`); a backend's is
-:class:`BackendContract` plus :class:`JoinContract` when it declares ``joins``.
+:class:`BackendContract` plus one class per capability it declares
+(:data:`BACKEND_CAPABILITY_CONTRACTS`: joins, groups, replies). The asyncio twins
+(``conveyor.async_transports``/``conveyor.async_backends``) have theirs:
+:class:`AsyncTransportContract` and :class:`AsyncBackendContract`, each checked
+against what the blocking twin reads or stores.
 
 Conveyor's own plugins are tested with exactly these classes (``tests/contract``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, cast
 
 import pytest
 
 from conveyor import Conveyor
+from conveyor.connection import scheme_of
 from conveyor.interfaces import (
-    CAPABILITY_PROTOCOLS, DIRECT, FANOUT, LEASE, TOPIC, AbandonTransport, Backend,
-    BroadcastTransport, Compressor, DeadLetterTransport, DelayTransport, Delivery,
-    Exchange, InspectTransport, JoinBackend, LeaseTransport, Message, PurgeTransport,
-    Route, Serializer, Subscription, Transport,
+    ASYNC_BACKEND_PROTOCOLS, CAPABILITY_PROTOCOLS, DIRECT, FANOUT, LEASE, TOPIC,
+    AbandonTransport, AsyncBackend, AsyncJoinBackend, AsyncReplyBackend, AsyncTransport,
+    Backend, BroadcastTransport, Compressor, DeadLetterTransport, DelayTransport, Delivery,
+    Exchange, GroupBackend, InspectTransport, Join, JoinBackend, LeaseTransport, Message,
+    Outgoing, PurgeTransport, ReplyBackend, Route, Serializer, Subscription, Transport,
 )
 
 TASK_BODY = [[2, 2], {"k": "v", "n": [1, 2.5, None, True]},
@@ -46,6 +53,24 @@ def _wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> Any:
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+def _check_declared(test: object, plugin: Any, caps: Any, contracts: Mapping[str, type],
+                    protocols: Mapping[str, type]) -> None:
+    """Every capability flag ``plugin`` declares has its contract class mixed into
+    ``test``, no class is mixed in for a flag it does not declare, and a declared
+    flag's protocol is satisfied."""
+    for flag, contract in contracts.items():
+        declared, tested = getattr(caps, flag), isinstance(test, contract)
+        assert declared == tested, (
+            f"{type(plugin).__name__} {'declares' if declared else 'does not declare'}"
+            f" {type(caps).__name__}.{flag}, but {type(test).__name__} "
+            f"{'does not mix in' if declared else 'mixes in'} {contract.__name__}.")
+        protocol = protocols.get(flag)
+        if declared and protocol is not None:
+            assert isinstance(plugin, protocol), (
+                f"{type(plugin).__name__} declares {type(caps).__name__}.{flag} but "
+                f"lacks methods of {protocol.__name__}.")
 
 
 class SerializerContract:
@@ -172,18 +197,8 @@ class TransportContract(_TransportKit):
     covers: ClassVar[tuple[str, ...]] = ()
 
     def test_declared_capabilities_are_tested(self, transport: Transport) -> None:
-        caps = transport.capabilities
-        for flag, contract in CAPABILITY_CONTRACTS.items():
-            declared, tested = getattr(caps, flag), isinstance(self, contract)
-            assert declared == tested, (
-                f"{type(transport).__name__} {'declares' if declared else 'does not declare'}"
-                f" Capabilities.{flag}, but {type(self).__name__} "
-                f"{'does not mix in' if declared else 'mixes in'} {contract.__name__}.")
-            protocol = CAPABILITY_PROTOCOLS.get(flag)
-            if declared and protocol is not None:
-                assert isinstance(transport, protocol), (
-                    f"{type(transport).__name__} declares Capabilities.{flag} but lacks "
-                    f"methods of {protocol.__name__}.")
+        _check_declared(self, transport, transport.capabilities, CAPABILITY_CONTRACTS,
+                        CAPABILITY_PROTOCOLS)
         assert isinstance(transport, Transport)
 
     def test_publish_fetch_ack_keeps_the_message(self, transport: Transport,
@@ -548,18 +563,25 @@ def _doc(status: str, result: Any) -> bytes:
                        "children": [], "date_done": None, "task_id": "x"}).encode()
 
 
-class BackendContract:
-    """Provide ``backend_url``. Payloads are JSON state documents, as the core
-    writes them with the default ``result_serializer``. Mix in :class:`JoinContract`
-    when the backend declares ``BackendCapabilities.joins``."""
+class _BackendKit:
+    """Fixtures shared by the backend contract classes, blocking and asyncio."""
 
     covers: ClassVar[tuple[str, ...]] = ()
 
     @pytest.fixture
-    def backend(self, backend_url: str) -> Iterator[Backend]:
-        app = Conveyor(f"contract-{uuid.uuid4().hex[:6]}", broker="memory://contract",
+    def backend_broker(self) -> str:
+        """The apps' ``broker_url``; override for a backend that needs a real one."""
+        return "memory://contract"
+
+    def make_backend(self, backend_url: str, backend_broker: str) -> tuple[Conveyor, Backend]:
+        """An app of its own and its backend: what one process holds."""
+        app = Conveyor(f"contract-{uuid.uuid4().hex[:6]}", broker=backend_broker,
                        backend=backend_url)
-        backend = app.backend
+        return app, app.backend
+
+    @pytest.fixture
+    def backend(self, backend_url: str, backend_broker: str) -> Iterator[Backend]:
+        app, backend = self.make_backend(backend_url, backend_broker)
         yield backend
         app.close()
 
@@ -569,12 +591,17 @@ class BackendContract:
         yield task_id
         backend.forget(task_id)
 
+
+class BackendContract(_BackendKit):
+    """Provide ``backend_url`` (and ``backend_broker`` when the backend rides on the
+    broker's connection, as ``rpc://`` does). Payloads are JSON state documents, as
+    the core writes them with the default ``result_serializer``. Mix in the class of
+    every capability the backend declares (:data:`BACKEND_CAPABILITY_CONTRACTS`)."""
+
     def test_declared_capabilities_are_tested(self, backend: Backend) -> None:
-        declared = backend.capabilities.joins
-        assert declared == isinstance(self, JoinContract), (
-            f"{type(backend).__name__} joins={declared}, but {type(self).__name__} "
-            f"{'does not mix in' if declared else 'mixes in'} JoinContract.")
-        assert isinstance(backend, JoinBackend if declared else Backend)
+        _check_declared(self, backend, backend.capabilities, BACKEND_CAPABILITY_CONTRACTS,
+                        BACKEND_CAPABILITY_PROTOCOLS)
+        assert isinstance(backend, Backend)
 
     def test_pending_is_none_then_stored(self, backend: Backend, task_id: str) -> None:
         assert backend.get(task_id) is None
@@ -681,3 +708,338 @@ class JoinContract:
         joins.join_add(group_id, "t0", 0, b"r0", expires=1, claim_for=10)
         assert _wait_for(lambda: joins.join_results(group_id) == [], timeout=5,
                          interval=0.2)
+
+
+class GroupContract:
+    """``BackendCapabilities.groups``: a saved group's payload by id, replaced by a
+    later save, gone once forgotten or expired (``GroupResult.save``/``restore``)."""
+
+    @pytest.fixture
+    def groups(self, backend: Backend) -> Iterator[GroupBackend]:
+        yield cast(GroupBackend, backend)
+
+    @pytest.fixture
+    def group_id(self, groups: GroupBackend) -> Iterator[str]:
+        group_id = f"contract-saved-{uuid.uuid4()}"
+        yield group_id
+        groups.forget_group(group_id)
+
+    def test_saved_replaced_and_forgotten(self, groups: GroupBackend, group_id: str) -> None:
+        assert groups.get_group(group_id) is None
+        groups.save_group(group_id, b'{"result": 1}', expires=60)
+        assert groups.get_group(group_id) == b'{"result": 1}'
+        groups.save_group(group_id, b'{"result": 2}', expires=60)
+        assert groups.get_group(group_id) == b'{"result": 2}'
+        groups.forget_group(group_id)
+        assert groups.get_group(group_id) is None
+        groups.forget_group(group_id)  # forgetting twice is no error
+
+    def test_a_saved_group_expires(self, groups: GroupBackend, group_id: str) -> None:
+        groups.save_group(group_id, b"short", expires=1)
+        assert _wait_for(lambda: groups.get_group(group_id) is None, timeout=5,
+                         interval=0.2)
+
+
+class ReplyContract:
+    """``BackendCapabilities.replies``: a state stored with a caller's ``reply_to``
+    reaches that caller's backend (another process's), not the storing one's."""
+
+    @pytest.fixture
+    def peer(self, backend_url: str, backend_broker: str) -> Iterator[ReplyBackend]:
+        """The backend of another process: the worker that stores the result."""
+        make = cast(BackendContract, self).make_backend
+        app, backend = make(backend_url, backend_broker)
+        yield cast(ReplyBackend, backend)
+        app.close()
+
+    def test_a_state_goes_to_the_callers_queue(self, backend: Backend, peer: ReplyBackend,
+                                               task_id: str) -> None:
+        caller = cast(ReplyBackend, backend)
+        queue = caller.reply_to
+        assert queue and queue != peer.reply_to
+        peer.store(task_id, "STARTED", _doc("STARTED", None), expires=60, reply_to=queue)
+        peer.store(task_id, "SUCCESS", _doc("SUCCESS", 7), expires=60, reply_to=queue)
+        assert _wait_for(lambda: caller.get(task_id) == _doc("SUCCESS", 7), timeout=5)
+        assert peer.get(task_id) is None  # the storing process keeps nothing
+
+
+#: Backend capability flag → the contract class that tests it (mix it in).
+BACKEND_CAPABILITY_CONTRACTS: dict[str, type] = {
+    "joins": JoinContract, "groups": GroupContract, "replies": ReplyContract,
+}
+#: Backend capability flag → the protocol a backend that declares it satisfies.
+BACKEND_CAPABILITY_PROTOCOLS: dict[str, type] = {
+    "joins": JoinBackend, "groups": GroupBackend, "replies": ReplyBackend,
+}
+
+
+# --------------------------------------------------------------------------- asyncio twins
+ASYNC_TRANSPORTS = "conveyor.async_transports"
+ASYNC_BACKENDS = "conveyor.async_backends"
+
+
+class AsyncTransportContract(_TransportKit):
+    """The asyncio twin of a transport (``conveyor.async_transports``, the same name):
+    it publishes for the asyncio client, and what it publishes the blocking transport
+    (a worker) fetches unchanged. Provide ``broker_url``; ``transport`` is the
+    blocking twin. Mix in :class:`AsyncPriorityContract` and
+    :class:`AsyncDelayContract` when the transport declares ``priorities`` or
+    ``delays`` (the capabilities a publish depends on)."""
+
+    covers: ClassVar[tuple[str, ...]] = ()
+
+    def publish(self, app: Conveyor, batch: Sequence[Outgoing]) -> None:
+        """Send ``batch`` through a new twin, on an event loop of its own."""
+        async def send() -> None:
+            twin = app.loader.load(ASYNC_TRANSPORTS, scheme_of(app.broker_url))(
+                app.broker_url, app)
+            await twin.connect()
+            try:
+                for route in {route for _, route, _ in batch}:
+                    await twin.declare(route)
+                await twin.publish_many(batch)
+            finally:
+                await twin.close()
+        asyncio.run(send())
+
+    def test_a_twin_of_the_blocking_transport(self, app: Conveyor,
+                                              transport: Transport) -> None:
+        twin = app.loader.load(ASYNC_TRANSPORTS, scheme_of(app.broker_url))(
+            app.broker_url, app)
+        assert isinstance(twin, AsyncTransport)
+        assert twin.capabilities == transport.capabilities
+        _check_declared(self, twin, twin.capabilities, ASYNC_CAPABILITY_CONTRACTS, {})
+
+    def test_what_it_publishes_is_fetched_whole(self, app: Conveyor, transport: Transport,
+                                                queue: str) -> None:
+        sent = self.message(1)
+        self.publish(app, [(sent, Route(queue), None)])
+        [got] = self.drain(transport, queue, 1)
+        m = got.message
+        assert (m.headers["id"], m.headers["x-n"], m.body) == (sent.headers["id"], 1, sent.body)
+        assert (m.content_type, m.content_encoding) == ("application/json", "utf-8")
+        assert m.properties.get("correlation_id") == "m1"
+        assert got.deliveries == 1 and not got.redelivered
+
+    def test_a_batch_arrives_whole_and_in_order(self, app: Conveyor, transport: Transport,
+                                                queue: str) -> None:
+        self.publish(app, [(self.message(n), Route(queue), None) for n in range(25)])
+        assert self.ids(self.drain(transport, queue, 25)) == list(range(25))
+
+    def test_a_named_exchange_routes_through_bindings(self, app: Conveyor,
+                                                      transport: Transport,
+                                                      queue: str) -> None:
+        """The worker's declaration binds ``high`` to its own exchange; the twin
+        routes through that binding, and to the route's queue when none matches."""
+        high = f"{queue}.high"
+        transport.declare(Route(high))
+        self.publish(app, [(self.message(1), Route(queue, high, high), None),
+                           (self.message(2), Route(queue, high, "other-key"), None)])
+        assert self.ids(self.drain(transport, high, 1)) == [1]
+        assert self.ids(self.drain(transport, queue, 1)) == [2]
+
+
+class AsyncPriorityContract(_TransportKit):
+    """``Capabilities.priorities`` through the twin: the blocking transport serves
+    what it published highest priority first."""
+
+    def test_higher_priority_first(self, app: Conveyor, transport: Transport,
+                                   queue: str) -> None:
+        priorities = [None, 5, 9, 5, 0, 2]
+        cast(AsyncTransportContract, self).publish(
+            app, [(self.message(n, p), Route(queue), None) for n, p in enumerate(priorities)])
+        assert self.ids(self.drain(transport, queue, 6)) == [2, 1, 3, 5, 0, 4]
+
+
+class AsyncDelayContract(_TransportKit):
+    """``Capabilities.delays`` through the twin: ``due`` parks the message until then."""
+
+    def test_due_messages_wait_until_due(self, app: Conveyor, transport: Transport,
+                                         queue: str) -> None:
+        cast(AsyncTransportContract, self).publish(
+            app, [(self.message(1), Route(queue), time.time() + 1.0)])
+        assert transport.fetch([queue], limit=1, timeout=0.3) == []
+        assert self.ids(self.drain(transport, queue, 1, timeout=5)) == [1]
+
+
+#: The capabilities a publish depends on → the twin's contract class for each.
+ASYNC_CAPABILITY_CONTRACTS: dict[str, type] = {
+    "priorities": AsyncPriorityContract, "delays": AsyncDelayContract,
+}
+
+
+class AsyncBackendContract(_BackendKit):
+    """The asyncio twin of a result backend (``conveyor.async_backends``): what the
+    asyncio client awaits. It reads what the blocking twin (a worker) stores, and
+    the reverse; ``wait`` wakes on a store from the blocking side. Provide what
+    :class:`BackendContract` asks for; mix in :class:`AsyncJoinContract` or
+    :class:`AsyncReplyContract` for what the twin declares (a subset of the
+    blocking backend's capabilities). The blocking backend's own tests are not
+    run again here."""
+
+    def run(self, app: Conveyor, use: Any) -> Any:
+        """``await use(twin)`` with a new twin, on an event loop of its own."""
+        async def go() -> Any:
+            twin = app.loader.load(ASYNC_BACKENDS, scheme_of(app.backend_url))(
+                app.backend_url, app)
+            try:
+                return await use(twin)
+            finally:
+                await twin.close()
+        return asyncio.run(go())
+
+    @pytest.fixture
+    def backend_app(self, backend_url: str, backend_broker: str) -> Iterator[Conveyor]:
+        app, _ = self.make_backend(backend_url, backend_broker)
+        yield app
+        app.close()
+
+    @pytest.fixture
+    def backend(self, backend_app: Conveyor) -> Backend:
+        """The blocking twin (what a worker stores through)."""
+        return backend_app.backend
+
+    def test_declared_capabilities_are_tested(self, backend: Backend,
+                                              backend_app: Conveyor) -> None:
+        async def caps(twin: AsyncBackend) -> None:
+            assert isinstance(twin, AsyncBackend)
+            _check_declared(self, twin, twin.capabilities, ASYNC_BACKEND_CONTRACTS,
+                            ASYNC_BACKEND_PROTOCOLS)
+            for flag in ASYNC_BACKEND_CONTRACTS:
+                assert not getattr(twin.capabilities, flag) or getattr(
+                    backend.capabilities, flag), (
+                    f"{type(twin).__name__} declares {flag}, its blocking twin does not.")
+        self.run(backend_app, caps)
+
+    def test_pending_is_none_then_stored(self, backend: Backend, backend_app: Conveyor,
+                                         task_id: str) -> None:
+        async def use(twin: AsyncBackend) -> Any:
+            before = await twin.get(task_id)
+            await twin.store(task_id, "STARTED", _doc("STARTED", None), expires=60)
+            return before, await twin.get(task_id)
+        assert self.run(backend_app, use) == (None, _doc("STARTED", None))
+
+    def test_success_is_final(self, backend: Backend, backend_app: Conveyor,
+                              task_id: str) -> None:
+        async def use(twin: AsyncBackend) -> bytes | None:
+            await twin.store(task_id, "SUCCESS", _doc("SUCCESS", "ok"), expires=60)
+            await twin.store(task_id, "FAILURE", _doc("FAILURE", "late"), expires=60)
+            return await twin.get(task_id)
+        assert self.run(backend_app, use) == _doc("SUCCESS", "ok")
+
+    def test_failure_can_be_overwritten(self, backend: Backend, backend_app: Conveyor,
+                                        task_id: str) -> None:
+        async def use(twin: AsyncBackend) -> bytes | None:
+            await twin.store(task_id, "FAILURE", _doc("FAILURE", "first"), expires=60)
+            await twin.store(task_id, "SUCCESS", _doc("SUCCESS", "retried"), expires=60)
+            return await twin.get(task_id)
+        assert self.run(backend_app, use) == _doc("SUCCESS", "retried")
+
+    def test_wait_wakes_on_change_and_is_bounded(self, backend: Backend,
+                                                 backend_app: Conveyor,
+                                                 task_id: str) -> None:
+        """What the client's ``aget`` does while a worker (the blocking twin, another
+        thread here) stores the result."""
+        async def use(twin: AsyncBackend) -> tuple[bytes | None, bytes | None, float]:
+            reply_to = None
+            if twin.capabilities.replies:  # a worker answers to the client's queue
+                await cast(AsyncReplyBackend, twin).ready_replies()
+                reply_to = cast(AsyncReplyBackend, twin).reply_to
+            start = time.monotonic()
+            empty = await twin.wait(task_id, timeout=0.3, previous=None)
+            assert 0.25 <= time.monotonic() - start < 2.5
+            loop = asyncio.get_running_loop()
+            store = loop.run_in_executor(None, self.store_later, backend, task_id, reply_to)
+            start = time.monotonic()
+            got = await twin.wait(task_id, timeout=5, previous=None)
+            await store
+            return empty, got, time.monotonic() - start
+        empty, got, took = self.run(backend_app, use)
+        assert empty is None and got == _doc("SUCCESS", 1) and took < 1.5
+
+    @staticmethod
+    def store_later(backend: Backend, task_id: str, reply_to: str | None) -> None:
+        time.sleep(0.3)
+        if reply_to is None:
+            backend.store(task_id, "SUCCESS", _doc("SUCCESS", 1), expires=60)
+        else:
+            cast(ReplyBackend, backend).store(task_id, "SUCCESS", _doc("SUCCESS", 1),
+                                              expires=60, reply_to=reply_to)
+
+    def test_forget(self, backend: Backend, backend_app: Conveyor, task_id: str) -> None:
+        async def use(twin: AsyncBackend) -> bytes | None:
+            await twin.store(task_id, "SUCCESS", _doc("SUCCESS", "x"), expires=60)
+            await twin.forget(task_id)
+            return await twin.get(task_id)
+        assert self.run(backend_app, use) is None
+
+    def test_expiry(self, backend: Backend, backend_app: Conveyor, task_id: str) -> None:
+        async def use(twin: AsyncBackend) -> bytes | None:
+            await twin.store(task_id, "SUCCESS", _doc("SUCCESS", "short"), expires=1)
+            deadline = time.monotonic() + 5
+            while await twin.get(task_id) is not None and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            return await twin.get(task_id)
+        assert self.run(backend_app, use) is None
+
+
+class AsyncJoinContract:
+    """``BackendCapabilities.joins`` on the twin: the client sizes a chord's join,
+    the workers (blocking) complete it; the twin's own counting holds too."""
+
+    @pytest.fixture
+    def group_id(self) -> str:
+        return f"contract-async-group-{uuid.uuid4()}"
+
+    def test_the_client_sizes_the_join_and_workers_complete_it(
+            self, backend: Backend, backend_app: Conveyor, group_id: str) -> None:
+        async def size(twin: AsyncBackend) -> None:
+            await cast(AsyncJoinBackend, twin).join_size(group_id, 2, expires=60)
+        cast(AsyncBackendContract, self).run(backend_app, size)
+        joins = cast(JoinBackend, backend)
+        first = joins.join_add(group_id, "t0", 0, b"r0", expires=60, claim_for=10)
+        second = joins.join_add(group_id, "t1", 1, b"r1", expires=60, claim_for=10)
+        assert (first.done, first.claim) == (1, None)
+        assert (second.done, second.size) == (2, 2) and second.claim is not None
+
+    def test_members_counted_once_and_one_claim(self, backend_app: Conveyor,
+                                                group_id: str) -> None:
+        async def use(twin: AsyncBackend) -> tuple[list[Join], list[bytes], bool]:
+            joins = cast(AsyncJoinBackend, twin)
+            await joins.join_size(group_id, 2, expires=60)
+            seen = [await joins.join_add(group_id, f"t{i}", i, f"r{i}".encode(),
+                                         expires=60, claim_for=10) for i in (1, 1, 0)]
+            results = await joins.join_results(group_id)
+            claim = seen[-1].claim
+            return seen, results, bool(claim and await joins.join_finish(
+                group_id, claim, expires=60))
+        seen, results, finished = cast(AsyncBackendContract, self).run(backend_app, use)
+        assert [(j.done, j.claim is not None) for j in seen] == [(1, False), (1, False),
+                                                                 (2, True)]
+        assert results == [b"r0", b"r1"] and finished
+
+
+class AsyncReplyContract:
+    """``BackendCapabilities.replies`` on the twin: its reply queue is made ready
+    once, and a worker's answer to it wakes a waiter."""
+
+    def test_ready_once_then_a_worker_answers(self, backend: Backend, backend_app: Conveyor,
+                                              task_id: str) -> None:
+        async def use(twin: AsyncBackend) -> bytes | None:
+            replies = cast(AsyncReplyBackend, twin)
+            assert not replies.replies_ready
+            await replies.ready_replies()
+            await replies.ready_replies()  # once
+            assert replies.replies_ready and replies.reply_to
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, lambda: cast(ReplyBackend, backend).store(
+                task_id, "SUCCESS", _doc("SUCCESS", 3), expires=60,
+                reply_to=replies.reply_to))
+            return await twin.wait(task_id, timeout=5, previous=None)
+        assert cast(AsyncBackendContract, self).run(backend_app, use) == _doc("SUCCESS", 3)
+
+
+#: Backend capability flag → the twin's contract class for it.
+ASYNC_BACKEND_CONTRACTS: dict[str, type] = {
+    "joins": AsyncJoinContract, "replies": AsyncReplyContract,
+}
