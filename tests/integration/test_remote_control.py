@@ -175,6 +175,10 @@ def test_revoke_terminate_stops_a_running_task(workdir: Path, url: str, app: Con
     with conveyor_worker(workdir, url, f"rc-{pool}@test", pool) as proc:
         result = app.send_task("proj_rc.tick", (str(side), 400), queue="rc.conveyor")
         wait_for(lambda: lines(side) >= 3, 20, what="the task to start")
+        if pool == "processes":  # inspect stats names the pool's children
+            stats = app.control.inspect([f"rc-{pool}@test"], timeout=10).stats() or {}
+            pids = stats[f"rc-{pool}@test"]["pool"]["processes"]
+            assert len(pids) == 2 and proc.popen.pid not in pids, pids
         if url.startswith("redis") and pool == "processes":
             out = run(workdir, url, "celery", "control", "terminate", "SIGKILL",
                       result.id, "-d", f"rc-{pool}@test", "--timeout", "10")

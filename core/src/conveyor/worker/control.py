@@ -192,8 +192,7 @@ class Panel:
     def stats(self, **_: Any) -> dict[str, Any]:
         """Celery's ``stats`` shape (what Flower reads)."""
         worker, conf = self.worker, self.worker.app.conf
-        children = getattr(worker.pool, "_children", None) or ()
-        processes = [c.process.pid for c in children] or [os.getpid()]
+        processes = worker.pool.child_pids() or [os.getpid()]
         usage = resource.getrusage(resource.RUSAGE_SELF)
         url = urlsplit(worker.app.broker_url)
         return {

@@ -131,6 +131,11 @@ class Pool(abc.ABC):
         """Run up to ``concurrency`` jobs at once from now on (``--autoscale``)."""
         self.concurrency = concurrency
 
+    def child_pids(self) -> list[int]:
+        """The pids of this pool's own child processes (``inspect stats``); empty
+        when tasks run on threads of this process."""
+        return []
+
     def pid_of(self, task_id: str) -> int | None:
         """The pid of the child process running ``task_id`` (a ``processes`` child,
         or one a threads/solo pool forked a time-limited task to), else None: the
@@ -712,6 +717,10 @@ class ProcessPool(Pool):
             taken = list(self._backlog)
             self._backlog.clear()
             return taken
+
+    def child_pids(self) -> list[int]:
+        with self._lock:
+            return [int(child.process.pid) for child in self._children]
 
     def pid_of(self, task_id: str) -> int | None:
         with self._lock:
