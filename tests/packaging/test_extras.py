@@ -9,15 +9,46 @@ from __future__ import annotations
 import json
 import re
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
-from packaging_support import EXAMPLE, installed, make_venv, run, third_party, uv
+from packaging.requirements import Requirement
+from packaging_support import EXAMPLE, REPO, installed, make_venv, run, third_party, uv
 
 pytestmark = pytest.mark.slow
 
 FIRST_PARTY_CODECS = {"conveyor-msgpack", "conveyor-yaml", "conveyor-auth", "conveyor-zstd",
                       "conveyor-lz4", "conveyor-brotli"}
+
+
+def _extras(pyproject: Path) -> dict[str, set[str]]:
+    """Each extra of a pyproject, as the Conveyor distributions it names (a reference
+    to the distribution's own extras followed, conveyor-core[std] itself left out)."""
+    meta = tomllib.loads(pyproject.read_text())["project"]
+    raw = meta["optional-dependencies"]
+
+    def names(extra: str) -> set[str]:
+        out: set[str] = set()
+        for req in map(Requirement, raw[extra]):
+            if req.name == meta["name"]:
+                for inner in req.extras:
+                    out |= names(inner)
+            elif req.name != "conveyor-core":
+                out.add(req.name)
+        return out
+    return {extra: names(extra) for extra in raw}
+
+
+@pytest.mark.parametrize("extra", sorted(_extras(REPO / "pyproject.toml")))
+def test_the_core_has_every_extra_the_umbrella_has(extra: str) -> None:
+    """``conveyor-core[X]`` installs what ``conveyor[X]`` does, beside the standard
+    plugins (the umbrella's own dependencies), for every X: the README says so."""
+    std = {Requirement(r).name for r in tomllib.loads(
+        (REPO / "pyproject.toml").read_text())["project"]["dependencies"]} - {"conveyor-core"}
+    core = _extras(REPO / "core" / "pyproject.toml")
+    assert core["std"] == std
+    assert core.get(extra) == _extras(REPO / "pyproject.toml")[extra] | std, core
 
 
 def test_extras_install_exactly_their_plugins(tmp_path: Path, wheelhouse: Path) -> None:
