@@ -1,11 +1,15 @@
 """Fixtures for core tests: fake entry points, so tests never depend on what is
-installed beyond the workspace."""
+installed beyond the workspace; and no broker, so ``uv run pytest tests/unit``
+(CONTRIBUTING.md: "the core only, no broker needed") holds with brokers up or down."""
 
 from __future__ import annotations
 
+import os
+import socket
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from stevedore.extension import ExtensionManager
@@ -40,3 +44,25 @@ def fake_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         monkeypatch.setattr(ExtensionManager, "ENTRY_POINT_CACHE", {})
 
     return make
+
+
+#: The ports of the brokers the suite uses elsewhere (Redis, RabbitMQ).
+BROKER_PORTS = {6379, 5672, 5671, int(os.environ.get("CONVEYOR_TEST_REDIS_PORT", "6379"))}
+
+
+@pytest.fixture(autouse=True)
+def no_broker(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A unit test (or a thread it starts) that connects to a broker port fails at
+    once, naming the port, even when the broker is up: the core's tests run on
+    ``memory://`` and SQLite files only."""
+    real = socket.socket.connect
+
+    def connect(self: socket.socket, address: Any) -> None:
+        if isinstance(address, tuple) and len(address) >= 2 and address[1] in BROKER_PORTS:
+            raise AssertionError(f"a unit test connected to a broker port {address!r}: "
+                                 "tests/unit runs without brokers (use memory:// or "
+                                 "sqlite://, or move the test to tests/plugins)")
+        real(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    yield
