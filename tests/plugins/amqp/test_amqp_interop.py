@@ -86,8 +86,11 @@ def test_celery_worker_revokes_conveyor_expired_task(celery_consumer: Proc,
     message that expires in the queue is dropped by the broker with no state written;
     so it must reach the worker before it expires, and expire before it is due."""
     app = conveyor_app(amqp_url)
-    result = app.send_task("interop.add", (1, 1), queue=CELERY_QUEUE, countdown=5.0,
-                           expires=4.0)
+    # The worker is consuming right now (a round trip), so the message reaches it
+    # long before its TTL, even on a loaded machine.
+    assert app.send_task("interop.add", (0, 1), queue=CELERY_QUEUE).get(timeout=30) == 1
+    result = app.send_task("interop.add", (1, 1), queue=CELERY_QUEUE, countdown=8.0,
+                           expires=6.0)
     try:
         with pytest.raises(TaskRevokedError):
             result.get(timeout=30)
