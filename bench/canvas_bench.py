@@ -1,9 +1,11 @@
 """Canvas: Conveyor vs Celery on the same Redis, same run: chain bytes, chord time.
 
-Run alone: ``uv run --frozen python bench/canvas_bench.py``. Prints one JSON object.
-Each system gets its own dbs (defaults: Conveyor broker 2 / results 3, Celery
-broker 4 / results 5; ``--dbs``) on ``--redis`` (default 127.0.0.1:6379); they are
-flushed before and after. One worker process each (``--pool solo``/``-P solo``).
+Run alone: ``CONVEYOR_BENCH_REDIS_PORT=6390 uv run --frozen python bench/canvas_bench.py``.
+Prints one JSON object. Each system gets its own dbs (defaults: Conveyor broker 2 /
+results 3, Celery broker 4 / results 5; ``--dbs``) on 127.0.0.1 at
+``CONVEYOR_BENCH_REDIS_PORT`` (or ``--port``; default 6379); they are flushed before
+and after, so point it at a Redis no test suite is using. One worker process each
+(``--pool solo``/``-P solo``).
 
 Measured for each system:
 
@@ -48,8 +50,10 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import redis  # noqa: E402
-from redis_bench import Worker, wait_until  # noqa: E402
+from bench_support import Worker, wait_until  # noqa: E402
 
+#: The Redis to use: ``CONVEYOR_BENCH_REDIS_PORT`` (or ``--port``), default 6379.
+PORT = int(os.environ.get("CONVEYOR_BENCH_REDIS_PORT", "6379"))
 QUEUE = "bench.canvas"
 
 TASKS = '''
@@ -188,14 +192,16 @@ def _alive(app: Any, noop: Any) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379")
+    parser.add_argument("--port", type=int, default=PORT,
+                        help="Redis port on 127.0.0.1 (env CONVEYOR_BENCH_REDIS_PORT; "
+                             "use one no test suite runs on)")
     parser.add_argument("--dbs", default="2,3,4,5",
                         help="Conveyor broker,results,Celery broker,results db numbers")
     parser.add_argument("--chain-sizes", default="10,100,1000")
     parser.add_argument("--chord-size", type=int, default=1000)
     parser.add_argument("--chord-runs", type=int, default=3)
     ns = parser.parse_args()
-    urls = [f"{ns.redis}/{d}" for d in ns.dbs.split(",")]
+    urls = [f"redis://127.0.0.1:{ns.port}/{d}" for d in ns.dbs.split(",")]
     sizes = [int(x) for x in ns.chain_sizes.split(",")]
     for url in urls:
         redis.Redis.from_url(url).flushdb()
@@ -230,6 +236,7 @@ def main() -> None:
                 c[f"chain_{mode}"][n]["redis_input_bytes"]
                 / k["chain"][n]["redis_input_bytes"], 4)
     report["ratios"] = ratios
+    report["load"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     small, large = str(sizes[0]), str(sizes[-1])
     growth = sizes[-1] / sizes[0]
     per_task = c["chain_backend"]
