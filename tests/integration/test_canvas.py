@@ -1,17 +1,18 @@
 """The canvas end to end: a real ``conveyor worker`` process runs every workflow, on
-the SQLite embedded default and on Redis (see ``conftest.py``).
+the SQLite embedded default, on Redis and on RabbitMQ with results on Redis (see
+``tests/support/canvas_lab.py``).
 
 What a user sees: group results in order, chain results and their parents, link
-lists, and chains whose messages stay small (``task_chain_embed="backend"``).
+lists, and chains whose messages grow linearly with their length
+(``task_chain_embed="backend"``) where Celery's format grows quadratically.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
-from conveyor import Conveyor, chain, group, hookimpl
+from conveyor import Conveyor, chain, group
 
 from canvas_lab import Lab, canvas_lab  # noqa: F401 - canvas_lab is the "lab" fixture
 
@@ -42,38 +43,35 @@ def test_link_list_is_applied_in_order_each_with_the_result(lab: Lab) -> None:
     assert [c.id for c in result.children] == ids
     assert [lab.app.AsyncResult(i).get(timeout=10) for i in ids] == [[5, 0], [5, 1], [5, 2]]
 
-class _Sizes:
-    """Records the size of every message this app sends."""
-
-    def __init__(self) -> None:
-        self.sizes: list[int] = []
-
-    @hookimpl
-    def after_task_publish(self, app: Conveyor, name: str, message: Any, route: Any) -> None:
-        self.sizes.append(len(message.body) + len(json.dumps(message.headers)))
+def _chain_of(app: Conveyor, n: int) -> Any:
+    steps = [app.signature("canvas.add", (0, 1))]
+    return chain(steps + [app.signature("canvas.add", (1,)) for _ in range(n - 1)])
 
 
-def test_chain_in_backend_mode_sends_small_messages_and_still_runs(lab: Lab) -> None:
-    app = Conveyor("canvas-small", broker=lab.app.conf.broker_url,
-                   backend=lab.app.conf.result_backend,
-                   task_default_queue=lab.queue, task_chain_embed="backend")
-    sizes = _Sizes()
-    app.register_plugin(sizes)
-    try:
-        first: dict[int, int] = {}
-        for n in (10, 100):
-            steps = [app.signature("canvas.add", (0, 1))]
-            steps += [app.signature("canvas.add", (1,)) for _ in range(n - 1)]
-            result = chain(steps).apply_async()
-            first[n] = sizes.sizes[-1]
-            assert result.get(timeout=30) == n, lab.stderr()
-            assert result.parent.get(timeout=5) == n - 1
-        # The first message names the next step; it does not carry the other 99.
-        assert first[100] == first[10]
-        # Celery's format (the default) embeds the rest of the chain.
-        app.conf.task_chain_embed = "message"
-        chain([app.signature("canvas.add", (0, 1))]
-              + [app.signature("canvas.add", (1,)) for _ in range(99)]).apply_async()
-        assert sizes.sizes[-1] > 20 * first[100]
-    finally:
-        app.close()
+def test_chain_messages_grow_linearly_in_backend_mode_and_quadratically_in_celerys(
+        lab: Lab) -> None:
+    """Every message of the chain counts: the client's first and each next step the
+    worker sends. Per task, a 100-step chain costs what a 10-step one does in
+    ``backend`` mode; in Celery's format each message carries the rest of the chain."""
+    per_task: dict[tuple[str, int], float] = {}
+    for mode in ("backend", "message"):
+        app = lab.client(f"canvas-{mode}", task_chain_embed=mode)
+        app.register_plugin(lab.sizes)
+        try:
+            for n in (10, 100):
+                result = _chain_of(app, n).apply_async()
+                assert result.get(timeout=30) == n, lab.stderr()
+                assert result.parent.get(timeout=5) == n - 1
+                per_task[mode, n] = lab.sent_bytes(_root(result), messages=n) / n
+        finally:
+            app.close()
+    assert per_task["backend", 100] <= 1.1 * per_task["backend", 10], per_task
+    assert per_task["message", 100] > 3 * per_task["message", 10], per_task
+    # The same 100 tasks: Celery's format sends many times the bytes.
+    assert per_task["message", 100] > 10 * per_task["backend", 100], per_task
+
+
+def _root(result: Any) -> str:
+    while result.parent is not None:
+        result = result.parent
+    return str(result.id)

@@ -1,20 +1,22 @@
 """Chords end to end: a real ``conveyor worker`` process joins every chord, on the
-SQLite embedded default and on Redis (see ``tests/support/canvas_lab.py``).
+SQLite embedded default, on Redis and on RabbitMQ with results on Redis (see
+``tests/support/canvas_lab.py``).
 
 What a user sees: a chord of 100 header tasks gets every result in order; a failed
 or dead-lettered header task fails the chord with a ChordError naming it and calls
 the body's errback; groups and chords inside chains; a GroupResult saved in one
-process and restored in another.
+process and restored in another; a group's failures counted and its tasks revoked.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
 
-from conveyor import Conveyor, GroupResult, chain, chord, group
-from conveyor.exceptions import ChordError
+from conveyor import GroupResult, chain, chord, group, states
+from conveyor.exceptions import ChordError, TaskRevokedError
 
 from canvas_lab import Lab, canvas_lab  # noqa: F401 - canvas_lab is the "lab" fixture
 
@@ -49,8 +51,9 @@ def test_dead_lettered_header_task_fails_the_chord(lab: Lab) -> None:
     c = chord([lab.s("add", 1, 1), lab.app.signature("canvas.not_registered", (1,))],
               lab.s("tsum"))
     result = c.apply_async()
-    with pytest.raises(ChordError, match="not_registered|NotRegistered"):
+    with pytest.raises(ChordError, match="not_registered|NotRegistered") as info:
         result.get(timeout=20)
+    assert result.parent[1].id in str(info.value)
 
 
 def test_group_inside_a_chain(lab: Lab) -> None:
@@ -77,10 +80,28 @@ def test_chain_inside_a_group_reports_its_last_task(lab: Lab) -> None:
     assert c.apply_async().get(timeout=20) == [12, 10]
 
 
+def test_group_result_reports_failures_and_revokes_what_has_not_run(lab: Lab) -> None:
+    mixed = group(lab.s("add", 1, 1), lab.s("boom", 2), lab.s("add", 3, 3)).apply_async()
+    values = mixed.join(timeout=20, propagate=False)
+    assert values[0] == 2 and values[2] == 6 and repr(values[1]) == "ValueError('boom 2')"
+    assert mixed.ready() and mixed.failed() and not mixed.successful()
+    assert mixed.completed_count() == 2 and not mixed.waiting()
+    with pytest.raises(ValueError, match="boom 2"):
+        mixed.get(timeout=5)
+
+    later = group(lab.s("add", i, i) for i in range(3)).apply_async(countdown=1.5)
+    later.revoke()
+    with pytest.raises(TaskRevokedError):
+        later.get(timeout=5)
+    # A task due after them has run: the revoked ones came due and were skipped.
+    assert lab.s("add", 0, 0).apply_async(countdown=1.6).get(timeout=20) == 0
+    time.sleep(0.3)
+    assert [r.state for r in later] == [states.REVOKED] * 3, lab.stderr()
+
+
 def test_group_result_saved_here_is_restored_by_id(lab: Lab) -> None:
     saved = group(lab.s("add", i, 1) for i in range(3)).apply_async().save()
-    other = Conveyor("canvas-other", broker=lab.app.conf.broker_url,
-                     backend=lab.app.conf.result_backend)
+    other = lab.client("canvas-other")
     try:
         restored = GroupResult.restore(saved.id, app=other)
         assert restored is not None

@@ -1,13 +1,20 @@
 """The canvas tests' lab: a real ``conveyor worker`` process and a client app, on the
-SQLite embedded default and on Redis (broker db 6, results db 7: the canvas tests'
-own, flushed before and after; queue names start with ``t.canvas.``)."""
+SQLite embedded default, on Redis (broker db 6, results db 7: the canvas tests' own,
+flushed before and after; queue names start with ``t.canvas.``) and on RabbitMQ (a
+vhost of the lab's own) with its results on Redis (db 7).
+
+Both sides record the size of every task message they send (``Lab.sent_bytes``), so
+a test can add up what a whole workflow put on the wire."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,19 +22,36 @@ from typing import Any
 
 import pytest
 
-from conveyor import Conveyor
+from conveyor import Conveyor, hookimpl
+from rabbit_vhost import private_vhost
 from redis_dbs import flush_dbs
 
 BROKER_DB, RESULT_DB = 6, 7
 
 TASKS = '''
-import os, time
-from conveyor import Conveyor
+import json, os, time
+from conveyor import Conveyor, hookimpl
 
 app = Conveyor("canvastasks", broker=os.environ["CANVAS_BROKER"],
                backend=os.environ["CANVAS_BACKEND"])
 app.conf.update(task_default_queue=os.environ["CANVAS_QUEUE"],
-                broker_transport_options={"polling_interval": 0.01})
+                broker_transport_options=json.loads(os.environ["CANVAS_TRANSPORT_OPTIONS"]))
+
+
+class Sizes:
+    """Appends "<root id> <bytes>" for every task message this worker sends."""
+
+    @hookimpl
+    def after_task_publish(self, app, name, message, route):
+        with open(os.environ["CANVAS_SIZES"], "a") as f:
+            f.write(f"{message.headers.get('root_id')} {message_size(message)}\\n")
+
+
+def message_size(message):
+    return len(message.body) + len(json.dumps(message.headers))
+
+
+app.register_plugin(Sizes())
 
 
 @app.task(name="canvas.add")
@@ -67,23 +91,63 @@ def echo(*args):
 '''
 
 
+def message_size(message: Any) -> int:
+    """What a task message weighs: its body and its headers as JSON."""
+    return len(message.body) + len(json.dumps(message.headers))
+
+
+class _Sizes:
+    """Records the root id and size of every task message the client sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int]] = []
+
+    @hookimpl
+    def after_task_publish(self, app: Conveyor, name: str, message: Any, route: Any) -> None:
+        self.sent.append((message.headers.get("root_id"), message_size(message)))
+
+
 class Lab:
     """A task module, one worker process running it, and a client app."""
 
-    def __init__(self, root: Path, broker: str, backend: str) -> None:
+    def __init__(self, root: Path, broker: str, backend: str,
+                 transport_options: dict[str, Any]) -> None:
         self.root = root
         self.queue = f"t.canvas.{uuid.uuid4().hex[:8]}"
+        self.transport_options = transport_options
         (root / "canvastasks.py").write_text(textwrap.dedent(TASKS))
         self.env = {**os.environ, "CANVAS_BROKER": broker, "CANVAS_BACKEND": backend,
-                    "CANVAS_QUEUE": self.queue}
+                    "CANVAS_QUEUE": self.queue, "CANVAS_SIZES": str(root / "sizes.txt"),
+                    "CANVAS_TRANSPORT_OPTIONS": json.dumps(transport_options)}
         self.err = open(root / "worker.err", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "conveyor.cli", "-A", "canvastasks", "-l", "WARNING",
              "worker", "-Q", self.queue, "-c", "4", "--pool", "threads"],
             cwd=root, env=self.env, stderr=self.err)
-        self.app = Conveyor("canvas-client", broker=broker, backend=backend)
-        self.app.conf.update(task_default_queue=self.queue,
-                             broker_transport_options={"polling_interval": 0.01})
+        self.app = self.client("canvas-client")
+        self.sizes = _Sizes()
+        self.app.register_plugin(self.sizes)
+
+    def client(self, name: str, **conf: Any) -> Conveyor:
+        """Another client app on the lab's broker, backend and queue."""
+        return Conveyor(name, broker=self.env["CANVAS_BROKER"],
+                        backend=self.env["CANVAS_BACKEND"], task_default_queue=self.queue,
+                        broker_transport_options=self.transport_options, **conf)
+
+    def sent_bytes(self, root_id: str, messages: int) -> int:
+        """The bytes of the ``messages`` task messages of the workflow rooted at
+        ``root_id``, the client's and the worker's (read from its file, which the
+        worker appends to just after each publish: waited for, 5 s at most)."""
+        path = self.root / "sizes.txt"
+        deadline = time.monotonic() + 5
+        while True:
+            lines = path.read_text().splitlines() if path.exists() else []
+            sizes = [size for root, size in self.sizes.sent if root == root_id]
+            sizes += [int(size) for root, size in map(str.split, lines) if root == root_id]
+            if len(sizes) >= messages or time.monotonic() > deadline:
+                assert len(sizes) == messages, (root_id, messages, sizes)
+                return sum(sizes)
+            time.sleep(0.05)
 
     def s(self, name: str, *args: Any, **options: Any) -> Any:
         return self.app.signature(f"canvas.{name}", args, **options)
@@ -99,18 +163,22 @@ class Lab:
         self.app.close()
 
 
-@pytest.fixture(scope="module", params=["sqlite", "redis"], name="lab")
+@pytest.fixture(scope="module", params=["sqlite", "redis", "amqp"], name="lab")
 def canvas_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[Lab]:
     root = tmp_path_factory.mktemp(f"canvas-{request.param}")
-    if request.param == "sqlite":
-        broker, backend = f"sqlite:///{root}/broker.db", f"sqlite:///{root}/results.db"
-    else:
-        broker, backend = flush_dbs(BROKER_DB, RESULT_DB)
-    lab = Lab(root, broker, backend)
-    try:
+    with contextlib.ExitStack() as stack:
+        polling = {"polling_interval": 0.01}
+        if request.param == "sqlite":
+            lab = Lab(root, f"sqlite:///{root}/broker.db", f"sqlite:///{root}/results.db",
+                      polling)
+        else:
+            broker, backend = flush_dbs(BROKER_DB, RESULT_DB)
+            stack.callback(flush_dbs, BROKER_DB, RESULT_DB)
+            if request.param == "amqp":  # RabbitMQ, results on Redis
+                lab = Lab(root, stack.enter_context(private_vhost("conveyor-canvas")),
+                          backend, {})
+            else:
+                lab = Lab(root, broker, backend, polling)
+        stack.callback(lab.close)
         yield lab
-    finally:
-        lab.close()
-        if request.param == "redis":
-            flush_dbs(BROKER_DB, RESULT_DB)
