@@ -140,6 +140,22 @@ def test_a_worker_without_app_or_broker_says_what_it_uses(tmp_path: Path) -> Non
            "CONVEYOR_BROKER_URL is set)" in printed
 
 
+def test_the_banner_masks_the_broker_password(tmp_path: Path, proj: dict[str, str]) -> None:
+    out = tmp_path / "stdout.txt"
+    env = {**os.environ, **proj, "CONVEYOR_BROKER_URL": "redis://:s3cret@127.0.0.1:1/0"}
+    proc = _start(["-A", PROJECT, "worker"], tmp_path, env, out)
+    deadline = time.monotonic() + 30
+    try:  # nothing answers on port 1: the worker prints its banner, then fails or waits
+        while "queues:" not in out.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    printed = out.read_text()
+    assert "transport:   redis://:**@127.0.0.1:1/0" in printed, printed
+    assert "s3cret" not in printed
+
+
 def test_max_tasks_per_child_replaces_children(tmp_path: Path, proj: dict[str, str],
                                                client: Conveyor) -> None:
     with worker_process(PROJECT, env=proj, cwd=str(tmp_path), pool="processes",
