@@ -197,3 +197,25 @@ def test_a_write_lost_with_its_connection_is_run_again_after_its_thread_ended(
     while rb.get("celery-task-meta-t12") is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert rb.get("celery-task-meta-t12") == SUCCESS
+
+
+def test_a_write_sent_ahead_and_the_next_command_are_one_round_trip(
+        backend: Any, rb: redis.Redis, monkeypatch: Any) -> None:
+    """A chord's header task stores its result (sent ahead), then joins: the join is
+    written behind the result write and both replies are read after it, one round
+    trip instead of two (what makes a chord's header tasks quick)."""
+    backend.join_size("g13", 2, expires=60)
+    backend.join_add("g13", "warm-up", 1, b"w", expires=60, claim_for=10)  # script loaded
+    events: list[str] = []
+    conn_class = redis.connection.AbstractConnection
+    send, read = conn_class.send_packed_command, conn_class.read_response
+    monkeypatch.setattr(conn_class, "send_packed_command",
+                        lambda self, *a, **k: events.append("write") or send(self, *a, **k))
+    monkeypatch.setattr(conn_class, "read_response",
+                        lambda self, *a, **k: events.append("read") or read(self, *a, **k))
+    backend.store("t13", "SUCCESS", SUCCESS, expires=60)
+    join = backend.join_add("g13", "t13", 0, b"r", expires=60, claim_for=10)
+    assert events == ["write", "write", "read", "read"]
+    monkeypatch.undo()
+    assert join.done == 2 and join.claim is not None
+    assert rb.get("celery-task-meta-t13") == SUCCESS

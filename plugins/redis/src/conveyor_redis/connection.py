@@ -110,12 +110,14 @@ class Line:
 
     :meth:`send` writes an idempotent command without waiting for its reply (an ack,
     a result write): the round trip overlaps with whatever the caller does next, and
-    the reply is read before the line's next command. A command the server refused,
-    or whose reply was lost with the connection, is then owed: it is run again,
-    synchronously, before anything else goes over the line.
-    Reading every pending reply before writing again also means that, if the process
-    dies, the only unread data is replies to commands the server already ran, so
-    closing the socket can never discard a command still waiting to be sent.
+    the reply is read with the line's next command (:meth:`call` writes its own
+    command first and reads both: one round trip). A command the server refused, or
+    whose reply was lost with the connection, is then owed: it is run again,
+    synchronously, before anything else is sent.
+    Reading every pending reply before another write that is taken as done (sent
+    ahead) also means that, if the process dies, the unread data is only replies to
+    commands the server already ran, so closing the socket (which then resets the
+    connection) can never discard a write the process counted as made.
     Not thread-safe: one user (transport, or a borrower of :class:`Lines`) at a time.
     """
 
@@ -137,16 +139,51 @@ class Line:
         return self.conn
 
     def call(self, *args: Any) -> Any:
-        """Send one command and return its raw reply (errors raised)."""
-        conn = self._connection()
+        """Send one command and return its raw reply (errors raised).
+
+        perf: commands sent ahead are not confirmed first: this one is written behind
+        them and their replies are read before its own, so a result write followed
+        by a chord's join, or an ack followed by the next claim, is one round trip.
+        Sent-ahead commands the server refused are run again before this returns;
+        the server may have run this one before that (they are idempotent writes, and
+        nothing else goes over the line in between). Only this command waits behind
+        unread replies, and its caller learns of its effect only from its reply, so
+        a process dying meanwhile loses nothing it had taken as done.
+        """
+        if self.owed:
+            self.confirm()
+        if self.conn is None:
+            self.conn = self.pool.get_connection()
+        conn = self.conn
         try:
             conn.send_packed_command(conn.pack_command(*args), check_health=False)
-            return conn.read_response()
-        except redis.ResponseError:
-            raise  # the connection is fine: the server answered with an error
+            if self.ahead:
+                self._read_ahead()
+            try:
+                reply = conn.read_response()
+            except redis.ResponseError as exc:
+                reply = exc  # the connection is fine: the server answered with an error
         except BaseException:
             self.drop()  # broken or interrupted mid-reply: never reuse it
             raise
+        if self.owed:
+            try:
+                self.confirm()
+            except CONNECTION_ERRORS:
+                pass  # still owed (confirm kept them): the line's next use runs them
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+        return reply
+
+    def _read_ahead(self) -> None:
+        """Read the replies of commands sent ahead; those refused become owed.
+        A connection error leaves the unread ones in ``ahead`` (for :meth:`drop`)."""
+        while self.ahead:
+            try:
+                self.conn.read_response()
+            except redis.ResponseError:
+                self.owed.append(self.ahead[0])
+            del self.ahead[0]
 
     def send(self, redo: Callable[[Line], Any], what: str, *args: Any) -> None:
         """Write one idempotent command now; read its reply later (see the class).
@@ -170,18 +207,11 @@ class Line:
         A command the server refuses twice is logged and dropped: running it again
         cannot help, and the caller that needs the line must not fail for it.
         """
-        while self.ahead:
-            redo, what = self.ahead[0]
-            try:
-                self.conn.read_response()
-            except redis.ResponseError:
-                self.owed.append((redo, what))
-            except BaseException:
-                self.owed += self.ahead
-                self.ahead = []
-                self.drop()
-                raise
-            del self.ahead[0]
+        try:
+            self._read_ahead()
+        except BaseException:
+            self.drop()  # the unread ones become owed
+            raise
         owed, self.owed = self.owed, []
         while owed:
             redo, what = owed[0]
