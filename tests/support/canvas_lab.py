@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor, hookimpl
-from rabbit_vhost import private_vhost
+from rabbit_vhosts import HOST, PORT, private_vhost
 from redis_dbs import flush_dbs
 
 BROKER_DB, RESULT_DB = 6, 7
@@ -176,8 +176,8 @@ def canvas_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
             broker, backend = flush_dbs(BROKER_DB, RESULT_DB)
             stack.callback(flush_dbs, BROKER_DB, RESULT_DB)
             if request.param == "amqp":  # RabbitMQ, results on Redis
-                lab = Lab(root, stack.enter_context(private_vhost("conveyor-canvas")),
-                          backend, {})
+                vhost = stack.enter_context(contextlib.contextmanager(private_vhost)())
+                lab = Lab(root, f"amqp://guest:guest@{HOST}:{PORT}/{vhost}", backend, {})
             else:
                 lab = Lab(root, broker, backend, polling)
         stack.callback(lab.close)
