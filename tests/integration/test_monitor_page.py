@@ -7,9 +7,6 @@ beyond 127.0.0.1 takes a token."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 import urllib.error
 from pathlib import Path
@@ -17,12 +14,12 @@ from typing import Any
 
 import pytest
 from conveyor import Conveyor
-from conveyor_pytest.fixtures import worker_process
 from monitor_lab import (
     chromium, free_port, get_json, get_text, javascript_errors, keep_screenshot,
     monitor_process, wait_for,
 )
 from redis_dbs import flush_dbs
+from workers import conveyor_worker, run_cli
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -43,13 +40,10 @@ def boom():
 #: The redis db this module owns (broker and results).
 DB = 1
 WORKER = "mon-worker@page-test"
-SKIP_WORKER = False
 
 
 def cli(env: dict[str, str], cwd: Path, *args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "conveyor.cli", "-A", "proj_mon", *args],
-                          env={**os.environ, **env}, cwd=cwd, capture_output=True,
-                          text=True, timeout=60)
+    proc = run_cli("proj_mon", cwd, env, *args)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -78,7 +72,7 @@ def test_the_page_shows_workers_queues_and_dead_letters_and_requeues(
                       backend=env["CONVEYOR_RESULT_BACKEND"])
     try:
         # A dead letter, made by a worker that meets a task it does not know.
-        with worker_process("proj_mon", queues=["mon.dead"], cwd=str(cwd), env=env):
+        with conveyor_worker("proj_mon", cwd, env, queues=["mon.dead"]):
             missing = client.send_task("proj_mon.missing", queue="mon.dead")
             wait_for(lambda: missing.id in cli(env, cwd, "dead", "list"), 20,
                      what="the unknown task in the dead letters")
@@ -87,8 +81,8 @@ def test_the_page_shows_workers_queues_and_dead_letters_and_requeues(
             client.send_task("proj_mon.add", (n, n), queue="mon.idle")
 
         queues = "mon.work,mon.idle,mon.dead"
-        with worker_process("proj_mon", queues=["mon.work"], cwd=str(cwd), env=env,
-                            extra_args=["-E", "-n", WORKER]), \
+        with conveyor_worker("proj_mon", cwd, env, queues=["mon.work"], name=WORKER,
+                             events=True), \
                 monitor_process("proj_mon", cwd, env, "-Q", queues) as (_mon, base):
             assert client.send_task("proj_mon.add", (2, 2), queue="mon.work") \
                 .get(timeout=20) == 4
@@ -96,20 +90,19 @@ def test_the_page_shows_workers_queues_and_dead_letters_and_requeues(
                                                                      propagate=False)
             with chromium() as driver:
                 driver.get(base + "/")
-                if not SKIP_WORKER: wait_for(lambda: "online" in _cell(driver, f'tr[data-hostname="{WORKER}"]'),
+                wait_for(lambda: "online" in _cell(driver, f'tr[data-hostname="{WORKER}"]'),
                          30, what=f"worker {WORKER} online on the page")
                 wait_for(lambda: _cell(driver, 'tr[data-queue="mon.idle"] .depth') == "3",
                          20, what="mon.idle's depth 3 on the page")
                 wait_for(lambda: driver.find_elements(
                     By.CSS_SELECTOR, f'#dead tr[data-task-id="{missing.id}"]'), 20,
                     what="the dead letter on the page")
-                if not SKIP_WORKER:
-                    wait_for(lambda: "ValueError" in _cell(driver, "#failures"), 20,
-                             what="the failed task on the page")
-                    failure = driver.find_element(By.CSS_SELECTOR, "#failures details summary")
-                    failure.click()  # open the traceback
-                    assert "boom: the monitor shows this traceback" in _cell(driver,
-                                                                              "#failures pre")
+                wait_for(lambda: "ValueError" in _cell(driver, "#failures"), 20,
+                         what="the failed task on the page")
+                failure = driver.find_element(By.CSS_SELECTOR, "#failures details summary")
+                failure.click()  # open the traceback
+                assert "boom: the monitor shows this traceback" in _cell(driver,
+                                                                          "#failures pre")
                 shot = keep_screenshot(driver, tmp_path, "monitor-page.png")
                 record_property("screenshot", str(shot))
                 print(f"screenshot of the monitor page: {shot}")
@@ -147,9 +140,7 @@ def test_the_page_shows_workers_queues_and_dead_letters_and_requeues(
 
 def test_binding_beyond_loopback_needs_a_token(project: tuple[Path, dict[str, str]]) -> None:
     cwd, env = project
-    refused = subprocess.run([sys.executable, "-m", "conveyor.cli", "-A", "proj_mon",
-                              "monitor", "--host", "0.0.0.0"], env={**os.environ, **env},
-                             cwd=cwd, capture_output=True, text=True, timeout=60)
+    refused = run_cli("proj_mon", cwd, env, "monitor", "--host", "0.0.0.0")
     assert refused.returncode == 2
     assert "give a token" in refused.stderr, refused.stderr
 

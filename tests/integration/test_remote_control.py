@@ -7,9 +7,7 @@ fail naming the transport and the capability."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import textwrap
 import time
 import uuid
@@ -18,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from celery_peer import MODULE as CELERY_MODULE
 from celery_peer import celery_worker, write_celery_app
 from processes import Proc, wait_for
 from redis_dbs import flush_dbs
+from workers import conveyor_worker, run_cli
 
 from conveyor import Conveyor
 
@@ -75,27 +73,19 @@ def _env(workdir: Path, url: str) -> dict[str, str]:
             "C_QUEUE": "rc.celery"}
 
 
-def run(workdir: Path, url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run(workdir: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
     """``conveyor -A proj_rc ARGS`` or, when ARGS start with ``celery``, Celery's CLI."""
-    if args[0] == "celery":
-        cmd = [sys.executable, "-m", "celery", "-A", CELERY_MODULE, *args[1:]]
-    else:
-        cmd = [sys.executable, "-m", "conveyor.cli", "-A", "proj_rc", *args]
-    return subprocess.run(cmd, cwd=workdir, env={**os.environ, **_env(workdir, url)},
-                          capture_output=True, text=True, timeout=timeout)
+    return run_cli("proj_rc", workdir, _env(workdir, url), *args)
 
 
-def conveyor_worker(workdir: Path, url: str, name: str, pool: str = "threads") -> Proc:
-    proc = Proc([sys.executable, "-m", "conveyor.cli", "-A", "proj_rc", "-l", "INFO",
-                 "worker", "-n", name, "-c", "2", "--pool", pool, "-Q", "rc.conveyor"],
-                workdir, env=_env(workdir, url))
-    proc.wait_output("consuming", 30)
-    return proc
+def worker_on(workdir: Path, url: str, name: str, pool: str = "threads") -> Proc:
+    return conveyor_worker("proj_rc", workdir, _env(workdir, url), name=name, pool=pool,
+                           queues=["rc.conveyor"])
 
 
 @pytest.fixture
 def worker(workdir: Path, url: str) -> Iterator[Proc]:
-    with conveyor_worker(workdir, url, "rc1@test") as proc:
+    with worker_on(workdir, url, "rc1@test") as proc:
         yield proc
 
 
@@ -172,7 +162,7 @@ def test_revoke_terminate_stops_a_running_task(workdir: Path, url: str, app: Con
                                                tmp_path: Path, pool: str) -> None:
     """Conveyor's CLI, and Celery's on Redis with the processes pool."""
     side = tmp_path / f"{pool}.txt"
-    with conveyor_worker(workdir, url, f"rc-{pool}@test", pool) as proc:
+    with worker_on(workdir, url, f"rc-{pool}@test", pool) as proc:
         result = app.send_task("proj_rc.tick", (str(side), 400), queue="rc.conveyor")
         wait_for(lambda: lines(side) >= 3, 20, what="the task to start")
         if pool == "processes":  # inspect stats names the pool's children
@@ -224,7 +214,7 @@ def test_status_lists_workers_and_names_those_that_do_not_answer(
 
 
 def test_control_shutdown_stops_the_worker_warm(workdir: Path, url: str) -> None:
-    with conveyor_worker(workdir, url, "rc-down@test") as proc:
+    with worker_on(workdir, url, "rc-down@test") as proc:
         out = run(workdir, url, "control", "shutdown", "-d", "rc-down@test",
                   "--timeout", "10")
         assert "rc-down@test: OK" in out.stdout and "shutting down" in out.stdout

@@ -2,7 +2,8 @@
 
 RabbitMQ is shared with other runs, so every suite that uses it works in a vhost of
 its own (``conveyor-test-<random>``), made here and deleted by its fixture; nothing
-outside it is touched. Used by the AMQP plugin tests and the fault suite.
+outside it is touched. Used by the AMQP plugin tests, the fault suite, the contract
+suite and ``inspect queues`` on RabbitMQ.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 from conveyor_pytest.fixtures import require_service
 
@@ -26,20 +28,28 @@ def rabbitmqctl(*args: str, timeout: float = 60) -> str:
     return proc.stdout
 
 
-def make_vhost() -> str:
+def make_vhost(prefix: str = "conveyor-test") -> str:
     """A new vhost the guest user may use fully; its name."""
-    name = f"conveyor-test-{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     rabbitmqctl("add_vhost", name)
     rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
     return name
 
 
-def private_vhost() -> Iterator[str]:
+def url_for(vhost: str, scheme: str = "amqp") -> str:
+    return f"{scheme}://guest:guest@{HOST}:{PORT}/{vhost}"
+
+
+def private_vhost(prefix: str = "conveyor-test") -> Iterator[str]:
     """The body of a session fixture: a new vhost (skip, or fail in CI, when RabbitMQ
     does not answer), deleted when the session ends."""
     require_service("RabbitMQ", HOST, PORT)
-    vhost = make_vhost()
+    vhost = make_vhost(prefix)
     try:
         yield vhost
     finally:
         rabbitmqctl("delete_vhost", vhost)
+
+
+#: ``with own_vhost() as vhost:`` — the same, for one test or module.
+own_vhost = contextmanager(private_vhost)

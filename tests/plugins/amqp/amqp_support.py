@@ -12,14 +12,10 @@ from typing import Any
 
 import pika
 from processes import Proc, wait_for
-from rabbit_vhosts import HOST, PORT, make_vhost, rabbitmqctl
+from rabbit_vhosts import HOST, PORT, make_vhost, rabbitmqctl, url_for
 
 __all__ = ["HOST", "PORT", "Proc", "wait_for", "depth", "make_vhost", "queue_info",
            "rabbitmqctl", "url_for"]
-
-
-def url_for(vhost: str, scheme: str = "amqp") -> str:
-    return f"{scheme}://guest:guest@{HOST}:{PORT}/{vhost}"
 
 
 def queue_info(vhost: str) -> dict[str, dict[str, Any]]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from typing import Any
 import celery_peer
 import pytest
 from amqp_support import Proc, wait_for
+from workers import conveyor_worker, run_cli
 
 from conveyor import Conveyor
 
@@ -58,19 +58,13 @@ def _env(workdir: Path, url: str) -> dict[str, str]:
 
 
 def cli(workdir: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = ([sys.executable, "-m", "celery", "-A", celery_peer.MODULE, *args[1:]]
-           if args[0] == "celery" else [sys.executable, "-m", "conveyor.cli", "-A",
-                                         "proj_arc", *args])
-    return subprocess.run(cmd, cwd=workdir, env={**os.environ, **_env(workdir, url)},
-                          capture_output=True, text=True, timeout=60)
+    return run_cli("proj_arc", workdir, _env(workdir, url), *args)
 
 
 @pytest.fixture(scope="module")
 def worker(workdir: Path, amqp_url: str) -> Iterator[Proc]:
-    with Proc([sys.executable, "-m", "conveyor.cli", "-A", "proj_arc", "-l", "INFO",
-               "worker", "-n", "arc1@test", "-c", "2", "-Q", QUEUE], workdir,
-              env=_env(workdir, amqp_url)) as proc:
-        proc.wait_output("consuming", 30)
+    with conveyor_worker("proj_arc", workdir, _env(workdir, amqp_url), name="arc1@test",
+                         queues=[QUEUE]) as proc:
         yield proc
 
 

@@ -1,0 +1,58 @@
+"""Conveyor worker processes and CLI runs for the tests that drive workers from
+outside (remote control, the monitor page, Flower): one place that knows how to start
+a worker and wait until it consumes, and how to run Conveyor's or Celery's CLI
+against the same project.
+
+The project module and its broker live in ``env`` (``CONVEYOR_BROKER_URL``,
+``CONVEYOR_RESULT_BACKEND``, ``PYTHONPATH``; the ``C_*`` variables of
+:mod:`celery_peer` for Celery's CLI); everything runs in ``cwd``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from celery_peer import MODULE as CELERY_MODULE
+from processes import Proc
+
+
+def conveyor_worker(app_spec: str, cwd: Path, env: Mapping[str, str], *,
+                    name: str | None = None, queues: Sequence[str] = (),
+                    concurrency: int = 2, pool: str = "threads", events: bool = False,
+                    ready_timeout: float = 30) -> Proc:
+    """``conveyor -A app_spec worker`` (``-n name``, ``-Q queues``, ``-E`` with
+    ``events``), started and consuming; use it as a context manager to stop it."""
+    args = [sys.executable, "-m", "conveyor.cli", "-A", app_spec, "-l", "INFO", "worker",
+            "-c", str(concurrency), "--pool", pool]
+    if name:
+        args += ["-n", name]
+    if queues:
+        args += ["-Q", ",".join(queues)]
+    if events:
+        args.append("-E")
+    proc = Proc(args, cwd, env=dict(env))
+    try:
+        proc.wait_output("consuming", ready_timeout)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
+def run_cli(app_spec: str, cwd: Path, env: Mapping[str, str], *args: str,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``conveyor -A app_spec ARGS``, or Celery's CLI on :mod:`celery_peer`'s app when
+    ARGS start with ``celery``; its output captured."""
+    if args and args[0] == "celery":
+        cmd = [sys.executable, "-m", "celery", "-A", CELERY_MODULE, *args[1:]]
+    else:
+        cmd = [sys.executable, "-m", "conveyor.cli", "-A", app_spec, *args]
+    return subprocess.run(cmd, cwd=cwd, env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+__all__ = ["conveyor_worker", "run_cli"]
