@@ -25,6 +25,7 @@ from conveyor_pytest.contract import (
     PurgeContract, ReplyContract, SerializerContract, TransportContract,
 )
 from conveyor_pytest.fixtures import require_service
+from rabbit_vhosts import own_vhost, url_for
 
 from conveyor import Conveyor
 from conveyor.plugins import find
@@ -184,17 +185,8 @@ class TestRedisBackend(BackendContract, JoinContract, GroupContract):
 @pytest.fixture(scope="module")
 def amqp_contract_url() -> Iterator[str]:
     """A RabbitMQ vhost of the contract's own, deleted afterwards."""
-    import subprocess
-
-    def ctl(*args: str) -> None:
-        subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
-
-    require_service("RabbitMQ", "127.0.0.1", 5672)
-    vhost = f"conveyor-contract-{uuid.uuid4().hex[:8]}"
-    ctl("add_vhost", vhost)
-    ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-    ctl("delete_vhost", vhost)
+    with own_vhost("conveyor-contract") as vhost:
+        yield url_for(vhost)
 
 
 class _Amqp:
@@ -220,11 +212,13 @@ class _Amqp:
 
 
 class TestAmqpTransport(_Amqp, TransportContract, PriorityContract, DelayContract,
-                        DeadLetterContract, PurgeContract, BroadcastContract):
+                        DeadLetterContract, PurgeContract, InspectContract,
+                        BroadcastContract):
     """Channel settlement; no leases (RabbitMQ holds a delivery while its channel
     lives) and no abandon (a lost channel's deliveries come back by themselves).
-    amqps:// is the same class over TLS. No ``inspect``: RabbitMQ cannot count what
-    a consumer's prefetch holds."""
+    amqps:// is the same class over TLS. ``inspect`` counts what AMQP can count:
+    ready (not by priority) and dead letters per queue, the delay layout's parked
+    messages for all queues together, no leased."""
 
     covers = ("amqp", "amqps")
 

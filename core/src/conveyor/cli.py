@@ -317,10 +317,13 @@ def cmd_inspect(app: Conveyor, ns: argparse.Namespace) -> int:
     widths = [max(len(line[n]) for line in table) for n in range(len(STATS_FIELDS))]
     for line in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+    for note in _stats_notes(rows):
+        print(note)
     return 0
 
 
-#: The fields of ``inspect queues``, in the order of its columns and JSON keys.
+#: The fields of ``inspect queues``, in the order of its columns (the JSON objects
+#: also carry ``delayed_shared``).
 STATS_FIELDS = ("queue", "ready", "waiting", "delayed", "next_due", "leased", "dead",
                 "oldest_age")
 
@@ -328,12 +331,30 @@ STATS_FIELDS = ("queue", "ready", "waiting", "delayed", "next_due", "leased", "d
 def _stats_row(stats: QueueStats) -> dict[str, Any]:
     due = stats.next_due
     age = stats.oldest_age
+    waiting = {str(p): n for p, n in sorted(stats.waiting.items(), reverse=True)}
     return {"queue": stats.queue, "ready": stats.ready,
-            "waiting": {str(p): n for p, n in sorted(stats.waiting.items(), reverse=True)},
-            "delayed": stats.delayed,
+            "waiting": waiting if stats.by_priority else None,
+            "delayed": stats.delayed, "delayed_shared": stats.delayed_shared,
             "next_due": None if due is None else _utc(due),
             "leased": stats.leased, "dead": stats.dead,
             "oldest_age": None if age is None else round(age, 3)}
+
+
+def _stats_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """What a ``-`` in the table means when the broker cannot count it, so a blank
+    is never read as zero."""
+    notes = []
+    shared = {row["delayed_shared"] for row in rows if row["delayed"] is None} - {None}
+    if shared:
+        notes.append(f"delayed -: this broker parks the delayed messages of every queue "
+                     f"together ({max(shared)} parked in all) and cannot count one "
+                     "queue's")
+    if any(row["waiting"] is None for row in rows):
+        notes.append("waiting -: this broker does not count ready messages by priority")
+    if any(row["leased"] is None for row in rows):
+        notes.append("leased -: this broker does not say how many deliveries its "
+                     "consumers hold unacked")
+    return notes
 
 
 def _cell(value: Any) -> str:

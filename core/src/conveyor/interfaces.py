@@ -263,11 +263,14 @@ class QueueStats:
     queue: str
     #: Messages deliverable now, by priority (Conveyor's meaning, ``None`` counted
     #: as 0). A broker that groups priorities in steps keys each step by the lowest
-    #: priority it holds.
+    #: priority it holds; one that does not count by priority at all keys every
+    #: message under 0 and sets ``by_priority`` to False.
     waiting: Mapping[int, int]
     #: Messages parked broker-side until they are due (countdown/ETA), and the
-    #: earliest due time (unix time) among them.
-    delayed: int
+    #: earliest due time (unix time) among them. ``None`` when the broker parks the
+    #: messages of every queue together and cannot tell one queue's apart without
+    #: reading them (RabbitMQ's delay layout): ``delayed_shared`` counts them all.
+    delayed: int | None
     next_due: float | None
     #: Messages delivered to a consumer and not yet settled; ``None`` when the
     #: broker does not say (a channel-bound delivery seen only by its channel).
@@ -277,6 +280,11 @@ class QueueStats:
     #: Seconds the longest-waiting deliverable message has waited; ``None`` when
     #: nothing waits or the broker keeps no arrival time.
     oldest_age: float | None
+    #: With ``delayed`` None: the messages parked in the store every queue shares
+    #: (all queues together, so the same number in each queue's row).
+    delayed_shared: int | None = None
+    #: False when the broker counts ready messages but not by priority.
+    by_priority: bool = True
 
     @property
     def ready(self) -> int:

@@ -29,18 +29,29 @@ class QueueCollector(Collector):
         depth = GaugeMetricFamily("conveyor_queue_messages",
                                   "Messages of a queue by state (ready: deliverable now; "
                                   "delayed: parked until due; leased: delivered, not "
-                                  "settled).", labels=["queue", "state"])
+                                  "settled); a state the broker does not count per "
+                                  "queue is left out.", labels=["queue", "state"])
+        shared = GaugeMetricFamily("conveyor_delayed_shared_messages",
+                                   "Messages parked until due in a store every queue "
+                                   "shares, on a broker that cannot count them per queue "
+                                   "(RabbitMQ's delay layout).")
         age = GaugeMetricFamily("conveyor_queue_oldest_age_seconds",
                                 "Seconds the longest-waiting deliverable message of a "
                                 "queue has waited (0 when none waits).", labels=["queue"])
         dead = GaugeMetricFamily("conveyor_dead_letters",
                                  "Dead letters kept for a queue.", labels=["queue"])
+        shared_total: int | None = None
         for q, row in sorted(self.sampler.stats.items()):
             depth.add_metric([q, "ready"], row.ready)
-            depth.add_metric([q, "delayed"], row.delayed)
+            if row.delayed is not None:
+                depth.add_metric([q, "delayed"], row.delayed)
+            elif row.delayed_shared is not None:
+                shared_total = row.delayed_shared
             if row.leased is not None:
                 depth.add_metric([q, "leased"], row.leased)
             age.add_metric([q], row.oldest_age or 0.0)
+        if shared_total is not None:
+            shared.add_metric([], shared_total)
         for q, n in sorted(self.sampler.dead_by_queue.items()):
             dead.add_metric([q], n)
         up = GaugeMetricFamily("conveyor_monitor_broker_up",
@@ -50,6 +61,8 @@ class QueueCollector(Collector):
                                     "Workers whose heartbeats arrive (events on).")
         workers.add_metric([], self.state.alive_workers())
         yield from (depth, age, dead, up, workers)
+        if shared_total is not None:
+            yield shared
 
 
 def make_registry(sampler: Sampler, state: EventState) -> CollectorRegistry:

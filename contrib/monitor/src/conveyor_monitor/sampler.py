@@ -153,6 +153,7 @@ class Sampler:
                 "queue": q,
                 "ready": None if row is None else row.ready,
                 "delayed": None if row is None else row.delayed,
+                "delayed_shared": None if row is None else row.delayed_shared,
                 "leased": None if row is None else row.leased,
                 "dead": None if row is None else row.dead,
                 "oldest_age": None if row is None else row.oldest_age,

@@ -14,9 +14,10 @@ same connection when the first has confirms off, so plain publishes stay one-way
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Any, cast
+from typing import Any, cast, overload
 
 import pika
 import pika.exceptions as pe
@@ -29,6 +30,23 @@ from .errors import ChannelError, translate, unroutable
 from .layout import Delays, QueueShape
 
 log = logging.getLogger("conveyor.amqp")
+
+#: Set while this thread asks whether a queue exists (a passive declare).
+_probing = threading.local()
+
+
+class _QuietProbe(logging.Filter):
+    """pika logs a WARNING whenever the broker closes a channel; for a passive
+    declare of a missing queue that close *is* the answer ("no such queue", counted
+    as 0), not a problem, so ``inspect queues`` and the monitor do not print one per
+    queue without dead letters."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (getattr(_probing, "on", False) and record.levelno == logging.WARNING
+                    and "(404)" in record.getMessage())
+
+
+logging.getLogger("pika.channel").addFilter(_QuietProbe())
 
 #: A delivery as pika hands it over: queue, method frame, properties, body.
 Raw = tuple[str, Basic.Deliver, BasicProperties, bytes]
@@ -306,16 +324,26 @@ class Channel:
             else:
                 self.channel.basic_nack(tag, requeue=True)
 
-    def count(self, queue: str) -> int:
-        """Messages ready in ``queue`` (0 when it does not exist)."""
+    @overload
+    def count(self, queue: str) -> int: ...
+
+    @overload
+    def count(self, queue: str, *, missing: None) -> int | None: ...
+
+    def count(self, queue: str, *, missing: int | None = 0) -> int | None:
+        """Messages ready in ``queue`` (``missing`` when it does not exist)."""
+        ch = self.channel
+        _probing.on = True
         try:
             with translate(self.url, f"measuring queue {queue!r}"):
-                ok = self.channel.queue_declare(queue, passive=True)
+                ok = ch.queue_declare(queue, passive=True)
         except ChannelError as exc:
             self._ch = None  # closed by the broker: the next call opens a new one
             if exc.reply_code == 404:
-                return 0
+                return missing
             raise
+        finally:
+            _probing.on = False
         return int(ok.method.message_count)
 
     def purge(self, queue: str) -> int:

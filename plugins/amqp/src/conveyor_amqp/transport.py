@@ -11,6 +11,7 @@ What goes where (names in :mod:`.layout`):
   delayed-delivery layout (confirmed publish, then ack) and comes back to its queue
   when due, so nothing waits unacked past RabbitMQ's ``consumer_timeout``;
 * dead letters wait in ``<queue>.conveyor.dead`` (:mod:`.deadletter`);
+* ``inspect queues`` counts what AMQP lets a client count (:meth:`AmqpTransport.stats`);
 * broadcasts (remote control, events) use RabbitMQ's fanout/topic/direct exchanges
   (:mod:`.broadcast`).
 
@@ -34,7 +35,7 @@ from typing import Any, ClassVar, cast
 
 from conveyor.exceptions import ConfigurationError
 from conveyor.interfaces import (
-    CHANNEL, BaseTransport, Capabilities, DeadLetter, Delivery, Outgoing, Route,
+    CHANNEL, BaseTransport, Capabilities, DeadLetter, Delivery, Outgoing, QueueStats, Route,
 )
 
 from . import deadletter, envelope
@@ -42,7 +43,7 @@ from .broadcast import BroadcastMixin
 from .channel import Channel, Raw
 from .connection import parameters
 from .errors import CONNECTION_ERRORS, UnroutableError, translate
-from .layout import Delays, QueueShape, strip
+from .layout import DELAY_BITS, Delays, QueueShape, dead_queue, strip
 
 log = logging.getLogger("conveyor.amqp")
 
@@ -71,8 +72,8 @@ class AmqpTransport(BroadcastMixin, BaseTransport):
 
     scheme = "amqp"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        delays=True, dead_letters=True, priorities=True, purge=True, broadcast=True,
-        settlement=CHANNEL)
+        delays=True, dead_letters=True, priorities=True, purge=True, inspect=True,
+        broadcast=True, settlement=CHANNEL)
     connection_errors = CONNECTION_ERRORS
     default_options: ClassVar[dict[str, Any]] = {
         "confirm_publish": False,
@@ -270,10 +271,40 @@ class AmqpTransport(BroadcastMixin, BaseTransport):
 
     def depth(self, queue: str) -> int:
         """Messages ready in ``queue``, as RabbitMQ counts them: not those already
-        pushed to a consumer's prefetch, nor, for a few milliseconds, one just
-        published without confirms. That is why ``Capabilities.inspect`` is off:
-        the count cannot be exact while consumers hold prefetched messages."""
+        pushed to a consumer (its prefetch holds them, unacked), nor, for a few
+        milliseconds, one just published without confirms."""
         return self.line.count(queue)
+
+    def stats(self, queue: str) -> QueueStats:
+        """What AMQP 0-9-1 lets a client count, by passive ``queue.declare``:
+
+        * ready messages, not by priority (``by_priority`` False: RabbitMQ does not
+          split the count), so ``waiting`` holds them all under 0;
+        * dead letters (``<queue>.conveyor.dead``);
+        * ``delayed`` is None: the delay layout holds every queue's parked messages
+          together and one queue's cannot be counted without taking them out;
+          ``delayed_shared`` counts them all (a message moving between two levels
+          at that instant may be counted twice or not at all);
+        * ``leased`` is None: deliveries held unacked by consumers are only
+          reported by the management plugin and ``rabbitmqctl list_queues``;
+        * no ``next_due`` or ``oldest_age``: RabbitMQ keeps no arrival time a
+          client can read without taking the message.
+        """
+        line = self.line
+        ready = line.count(queue)
+        return QueueStats(queue, {0: ready} if ready else {}, None, None, None,
+                          line.count(dead_queue(queue)), None,
+                          delayed_shared=self._parked(), by_priority=False)
+
+    def _parked(self) -> int:
+        """Messages in the delay layout's 28 queues (0 when it was never declared)."""
+        total = 0
+        for n in range(DELAY_BITS - 1, -1, -1):
+            found = self.line.count(self.delays.level(n), missing=None)
+            if found is None:  # declared all at once: one missing, none there
+                break
+            total += found
+        return total
 
 
 class SecureAmqpTransport(AmqpTransport):
