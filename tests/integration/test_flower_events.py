@@ -1,6 +1,7 @@
 """Flower 2.2 (Celery's monitor) started against Redis sees a Conveyor worker
 started with ``-E`` and the task it ran, through Flower's own HTTP API: the events
-have Celery's fields, exchange and routing keys."""
+have Celery's fields, exchange and routing keys, and the worker answers the remote
+control commands Flower sends for ``/api/workers``."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from typing import Any
 
 import pytest
 from conveyor import Conveyor
-from conveyor_pytest.fixtures import worker_process
 from monitor_lab import free_port, get_json
 from processes import Proc, wait_for
 from redis_dbs import flush_dbs
+from workers import conveyor_worker
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -57,8 +58,8 @@ def test_flower_lists_a_conveyor_worker_and_its_succeeded_task(tmp_path: Path,
                  or flower.popen.poll() is not None, 60, interval=0.2,
                  what="Flower serving its API")
         assert flower.popen.poll() is None, flower.output()[-3000:]
-        with worker_process("proj_fl", cwd=str(tmp_path), env=env, pool=pool,
-                            concurrency=2, extra_args=["-E", "-n", WORKER]):
+        with conveyor_worker("proj_fl", tmp_path, env, name=WORKER, pool=pool,
+                             events=True):
             # Flower lists it from its heartbeats (and so receives events now).
             workers = wait_for(lambda: (_get(base + "/api/workers?status=true") or {})
                                .get(WORKER), 30, interval=0.3,
@@ -86,6 +87,16 @@ def test_flower_lists_a_conveyor_worker_and_its_succeeded_task(tmp_path: Path,
             assert task["worker"] == WORKER
             assert task["result"] == "42"
             assert task["received"] and task["started"] and task["runtime"] is not None
+
+            # Plain /api/workers is what Flower asked the workers by remote control
+            # (inspect stats, active_queues, registered, conf) and their replies.
+            info = wait_for(lambda: (_get(base + "/api/workers?refresh=1") or {})
+                            .get(WORKER), 30, interval=0.5,
+                            what=f"Flower's /api/workers?refresh=1 listing {WORKER}")
+            assert info["registered"] == ["proj_fl.mul"], info
+            assert info["stats"]["pool"]["max-concurrency"] == 2, info
+            assert info["stats"]["total"] == {"proj_fl.mul": 1}, info
+            assert [q["name"] for q in info["active_queues"]] == ["celery"], info
 
         offline = wait_for(lambda: (_get(base + "/api/workers?status=true") or {})
                            .get(WORKER) is False, 30, interval=0.3,
