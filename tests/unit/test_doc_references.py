@@ -2,7 +2,7 @@
 repository: every relative Markdown link names a file of the checkout, and every
 ``docs/architecture.md, "Section"`` a docstring cites is a heading there. No
 document of a development checkout beside it (a design note, a protocol note, a
-``../shared`` directory) is named: a user of this repository does not have them.
+sibling folder of notes) is named: a user of this repository does not have them.
 """
 
 from __future__ import annotations
