@@ -3,7 +3,9 @@ storage, side by side in the same run: enqueue rate and drain rate with one work
 process, and the ratios (machines are noisy; compare ratios, not absolute rates).
 
 * Enqueue: ``noop.delay()`` through Conveyor's calling API, and ``noop()`` on a
-  ``huey.SqliteHuey``, 10,000 times in this process.
+  ``huey.SqliteHuey``, 10,000 times in this process, in blocks of ``--block`` taking
+  turns (Conveyor, Huey, Huey at NORMAL, in a rotating order), so a burst of load
+  from elsewhere on the machine slows every side alike instead of one.
 * Drain: one worker process — ``conveyor -A … worker -Q celery -c 1 --pool solo``
   and ``huey_consumer … -w 1`` — timed between a ``stamp`` task queued just before
   the no-ops and one queued just after, so worker start-up is not counted.
@@ -15,7 +17,7 @@ and with ``synchronous=NORMAL`` like Conveyor; ratios are given against both.
 ``conveyor_transport_only`` times the SQLite transport alone (publish; fetch up to 4
 and ack each, as the worker does) to show how much of the total is the transport's.
 
-Run: ``uv run python bench/sqlite_queue.py [--tasks 10000] [--rounds 1]``.
+Run: ``uv run python bench/sqlite_queue.py [--tasks 10000] [--rounds 1] [--block 500]``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,24 +87,75 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=30)
 
 
-def bench_conveyor(root: Path, n: int) -> dict[str, float]:
+@dataclass
+class Side:
+    """One queue under test: how to enqueue a no-op, and how to drain it."""
+
+    name: str
+    enqueue: Callable[[], Any]
+    stamp: Callable[[], Any]
+    worker: list[str]  # the command of its one worker process
+    wait: Callable[[Any], float]  # a stamp's result: when the worker ran it
+    close: Callable[[], Any] = lambda: None
+    synchronous: Callable[[], str] = lambda: "NORMAL"
+    spent: float = 0.0  # seconds spent enqueueing
+
+
+def conveyor_side(root: Path) -> Side:
     module = f"bench_conveyor_{time.time_ns()}"
-    (root / f"{module}.py").write_text(CONVEYOR_TASKS.format(dir=root))
+    (root / f"{module}.py").write_text(CONVEYOR_TASKS.format(dir=root / module))
+    (root / module).mkdir()
     tasks = importlib.import_module(module)
-    first = tasks.stamp.delay()  # also opens the connection, outside the timing
-    start = time.perf_counter()
-    for _ in range(n):
-        tasks.noop.delay()
-    enqueue = n / (time.perf_counter() - start)
-    last = tasks.stamp.delay()
-    proc = _worker([sys.executable, "-m", "conveyor.cli", "-A", module, "worker",
-                    "-Q", "celery", "-c", "1", "--pool", "solo"], root)
-    try:
-        began, ended = first.get(timeout=300), last.get(timeout=300)
-    finally:
-        _stop(proc)
-        tasks.app.close()
-    return {"enqueue_per_s": round(enqueue), "drain_per_s": round(n / (ended - began))}
+    return Side("conveyor", tasks.noop.delay, tasks.stamp.delay,
+                [sys.executable, "-m", "conveyor.cli", "-A", module, "worker",
+                 "-Q", "celery", "-c", "1", "--pool", "solo"],
+                lambda result: result.get(timeout=300), tasks.app.close)
+
+
+def huey_side(root: Path, *, normal_sync: bool) -> Side:
+    module = f"bench_huey_{time.time_ns()}"
+    (root / f"{module}.py").write_text(HUEY_TASKS.format(
+        dir=root, file=f"{module}.db", normal=normal_sync))
+    tasks = importlib.import_module(module)
+    conn = tasks.huey.storage.conn
+    return Side("huey_sync_normal" if normal_sync else "huey", tasks.noop, tasks.stamp,
+                [sys.executable, "-m", "huey.bin.huey_consumer", f"{module}.huey",
+                 "-w", "1", "-k", "thread", "-q"],
+                lambda result: result.get(blocking=True, timeout=300),
+                synchronous=lambda: {0: "OFF", 1: "NORMAL", 2: "FULL"}[
+                    conn.execute("pragma synchronous").fetchone()[0]])
+
+
+def bench_round(root: Path, n: int, block: int) -> dict[str, dict[str, Any]]:
+    """Enqueue ``n`` no-ops on every side in interleaved blocks, then drain each side
+    with its one worker process, one after the other."""
+    sides = [conveyor_side(root), huey_side(root, normal_sync=False),
+             huey_side(root, normal_sync=True)]
+    firsts = [side.stamp() for side in sides]  # also opens connections, untimed
+    done = 0
+    while done < n:
+        count = min(block, n - done)
+        turn = (done // block) % len(sides)
+        for side in sides[turn:] + sides[:turn]:
+            call = side.enqueue
+            start = time.perf_counter()
+            for _ in range(count):
+                call()
+            side.spent += time.perf_counter() - start
+        done += count
+    lasts = [side.stamp() for side in sides]
+    out: dict[str, dict[str, Any]] = {}
+    for side, first, last in zip(sides, firsts, lasts):
+        proc = _worker(side.worker, root)
+        try:
+            began, ended = side.wait(first), side.wait(last)
+        finally:
+            _stop(proc)
+        out[side.name] = {"enqueue_per_s": round(n / side.spent),
+                          "drain_per_s": round(n / (ended - began)),
+                          "synchronous": side.synchronous()}
+        side.close()
+    return out
 
 
 def bench_transport(root: Path, n: int, prefetch: int = 4) -> dict[str, float]:
@@ -131,29 +186,6 @@ def bench_transport(root: Path, n: int, prefetch: int = 4) -> dict[str, float]:
             "fetch_limit": prefetch}
 
 
-def bench_huey(root: Path, n: int, *, normal_sync: bool) -> dict[str, float]:
-    module = f"bench_huey_{time.time_ns()}"
-    (root / f"{module}.py").write_text(HUEY_TASKS.format(
-        dir=root, file=f"{module}.db", normal=normal_sync))
-    tasks = importlib.import_module(module)
-    first = tasks.stamp()
-    start = time.perf_counter()
-    for _ in range(n):
-        tasks.noop()
-    enqueue = n / (time.perf_counter() - start)
-    last = tasks.stamp()
-    proc = _worker([sys.executable, "-m", "huey.bin.huey_consumer", f"{module}.huey",
-                    "-w", "1", "-k", "thread", "-q"], root)
-    try:
-        began = first.get(blocking=True, timeout=300)
-        ended = last.get(blocking=True, timeout=300)
-    finally:
-        _stop(proc)
-    sync = tasks.huey.storage.conn.execute("pragma synchronous").fetchone()[0]
-    return {"enqueue_per_s": round(enqueue), "drain_per_s": round(n / (ended - began)),
-            "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL"}.get(sync, sync)}
-
-
 def _ratio(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float]:
     return {key: round(ours[key] / theirs[key], 2) for key in ("enqueue_per_s",
                                                                 "drain_per_s")}
@@ -173,6 +205,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat each side and keep its best rates")
+    parser.add_argument("--block", type=int, default=500,
+                        help="enqueue this many on one side before the next side's turn")
     ns = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp:
         root = Path(tmp)
@@ -181,26 +215,27 @@ def main() -> None:
                                                   "huey_sync_normal": [],
                                                   "conveyor_transport_only": []}
         for _ in range(ns.rounds):  # interleaved, so drift hits every side alike
-            runs["conveyor"].append(bench_conveyor(root, ns.tasks))
-            runs["huey"].append(bench_huey(root, ns.tasks, normal_sync=False))
-            runs["huey_sync_normal"].append(bench_huey(root, ns.tasks, normal_sync=True))
+            for name, figures in bench_round(root, ns.tasks, ns.block).items():
+                runs[name].append(figures)
             runs["conveyor_transport_only"].append(bench_transport(root, ns.tasks))
     result = {name: best(r) for name, r in runs.items()}
     # Every round's own ratios against Huey at Conveyor's durability: the target
     # (>= 1.5x) must hold in each, not only for the best rates.
     per_round = [_ratio(ours, theirs) for ours, theirs in
                  zip(runs["conveyor"], runs["huey_sync_normal"])]
-    result["conveyor"]["synchronous"] = "NORMAL"
     print(json.dumps({
         "benchmark": "sqlite_queue",
         "tasks": ns.tasks,
         "rounds": ns.rounds,
+        "enqueue_block": ns.block,
         "drain": "one worker process each: conveyor worker --pool solo -c 1 / "
                  "huey_consumer -w 1 -k thread",
         **result,
         "ratio_vs_huey": _ratio(result["conveyor"], result["huey"]),
         "ratio_vs_huey_sync_normal": _ratio(result["conveyor"], result["huey_sync_normal"]),
         "ratio_vs_huey_sync_normal_each_round": per_round,
+        "ratio_vs_huey_each_round": [_ratio(ours, theirs) for ours, theirs in
+                                     zip(runs["conveyor"], runs["huey"])],
         "target_1_5x_huey_sync_normal_every_round": all(
             min(r.values()) >= 1.5 for r in per_round),
         "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),

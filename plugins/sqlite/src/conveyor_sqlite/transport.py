@@ -164,21 +164,20 @@ class SQLiteTransport(BaseTransport):
                 due if parked else now, *message_columns(message, route))
 
     def publish(self, message: Message, route: Route, *, due: float | None = None) -> None:
-        if route.routed:
-            self.publish_many([(message, route, due)])
-            return
-        row = self._row(message, route, due, time.time(), route.queue)
-        conn = self._conn()
-        with self._errors("publish"):
-            conn.execute(_INSERT, row)
-        self._notifier.notify()
+        self.publish_many(((message, route, due),))
 
     def publish_many(self, batch: Sequence[Outgoing]) -> None:
         """All in one transaction: every message is stored, or none is. A routed
         message gets a row in each queue its exchange's bindings name."""
         if len(batch) == 1 and not batch[0][1].routed:
+            # perf: one message to its queue (every apply_async) is one autocommit
+            # INSERT, no transaction around it.
             message, route, due = batch[0]
-            self.publish(message, route, due=due)  # perf: no transaction around one statement
+            row = self._row(message, route, due, time.time(), route.queue)
+            conn = self._conn()
+            with self._errors("publish"):
+                conn.execute(_INSERT, row)
+            self._notifier.notify()
             return
         now = time.time()
         conn = self._conn()
