@@ -171,7 +171,9 @@ def _json_text() -> Callable[[Any], str]:
 _dumps = _json_text()
 #: perf: ``json.loads`` without its type checks and whitespace regex (half its cost
 #: for a row's headers); :func:`_object` falls back to it for anything unusual.
-_scan = json.scanner.make_scanner(json.JSONDecoder())
+# (typeshed types make_scanner's argument as itself; CPython takes the decoder.)
+_scan: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(
+    json.JSONDecoder())  # type: ignore[arg-type]
 
 
 def priority_of(message: Message) -> int:
