@@ -1,7 +1,7 @@
 """Built wheels install the right plugins, from the umbrella and from the core.
 
-Each test makes a fresh virtual environment with ``python -m venv`` and plain pip
-(see ``packaging_support``). The example plugin is installed and tested the way its
+Each test makes a fresh virtual environment where plain pip installs Conveyor's
+wheels (see ``packaging_support``). The example plugin is installed and tested the way its
 README says, by ``test_documented_commands.py`` (its printed commands, in a fresh
 environment holding these wheels).
 """
@@ -126,7 +126,7 @@ def test_bare_core_says_what_to_install_then_uv_adds_extras(tmp_path: Path,
 
     # uv resolves the same self-referencing extras (Conveyor's wheels only).
     deps = third_party(wheelhouse, ["conveyor-core[redis,zstd]"])
-    run([bindir / "python", "-m", "pip", "install", "-q", *deps], timeout=300)
+    run([*uv(), "pip", "install", "-q", "--python", bindir / "python", *deps], timeout=300)
     run([*uv(), "pip", "install", "--python", bindir / "python", "--no-index",
          "--find-links", wheelhouse, "conveyor-core[redis,zstd]"], timeout=120)
     assert {"conveyor-std", "conveyor-redis", "conveyor-zstd"} <= installed(bindir)
