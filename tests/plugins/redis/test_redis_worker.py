@@ -123,9 +123,12 @@ def test_delivery_limit_dead_letters(make_app: Any, dbs: redis.Redis, queue: str
 @pytest.mark.parametrize("delayed_delivery", ["worker", "broker"])
 def test_far_countdown_neither_runs_nor_duplicates(make_app: Any, dbs: redis.Redis,
                                                    queue: str, delayed_delivery: str) -> None:
-    """A 1-hour countdown with visibility_timeout=5 is parked, not held: no run and
-    no redelivery while a worker runs for 15 s (7.5 s with producer-side parking)."""
-    app = make_app(delayed_delivery=delayed_delivery)
+    """A 1-hour countdown with visibility_timeout=2 is parked, not held: no run and
+    no redelivery while a worker runs for three visibility timeouts (1.5 with
+    producer-side parking). The worker's ETA horizon, lease renewal and the sweep
+    that restores lapsed leases all scale with the visibility timeout."""
+    vt = 2.0
+    app = make_app(delayed_delivery=delayed_delivery, visibility_timeout=vt)
     ran: list[int] = []
 
     @app.task(name="t.later")
@@ -133,7 +136,7 @@ def test_far_countdown_neither_runs_nor_duplicates(make_app: Any, dbs: redis.Red
         ran.append(1)
 
     later.apply_async(queue=queue, countdown=3600)
-    seconds = 15.0 if delayed_delivery == "worker" else 7.5
+    seconds = 3 * vt if delayed_delivery == "worker" else 1.5 * vt
     with app.Worker(queues=[queue], concurrency=1, pool="threads").running():
         end = time.monotonic() + seconds
         while time.monotonic() < end:
