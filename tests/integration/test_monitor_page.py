@@ -7,7 +7,6 @@ beyond 127.0.0.1 takes a token."""
 from __future__ import annotations
 
 import json
-import textwrap
 import urllib.error
 from pathlib import Path
 from typing import Any
@@ -19,23 +18,9 @@ from monitor_lab import (
     monitor_process, wait_for,
 )
 from redis_dbs import flush_dbs
-from workers import conveyor_worker, run_cli
+from workers import conveyor_worker, run_cli, write_project
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
-
-PROJ = '''
-from conveyor import Conveyor
-
-app = Conveyor("proj_mon")
-
-@app.task(name="proj_mon.add")
-def add(x, y):
-    return x + y
-
-@app.task(name="proj_mon.boom")
-def boom():
-    raise ValueError("boom: the monitor shows this traceback")
-'''
 
 #: The redis db this module owns (broker and results).
 DB = 1
@@ -51,15 +36,21 @@ def cli(env: dict[str, str], cwd: Path, *args: str) -> str:
 @pytest.fixture
 def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     (url,) = flush_dbs(DB)
-    (tmp_path / "proj_mon.py").write_text(textwrap.dedent(PROJ))
+    write_project(tmp_path, "proj_mon", ["add", "boom"])
     return tmp_path, {"CONVEYOR_BROKER_URL": url, "CONVEYOR_RESULT_BACKEND": url,
                       "PYTHONPATH": str(tmp_path)}
 
 
 def _cell(driver: Any, selector: str) -> str:
+    """The text of the first element ``selector`` finds; "" when there is none, or
+    when the page re-rendered it between finding and reading (the waits ask again)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     found = driver.find_elements(By.CSS_SELECTOR, selector)
-    return str(found[0].text) if found else ""
+    try:
+        return str(found[0].text) if found else ""
+    except StaleElementReferenceException:
+        return ""
 
 
 def test_the_page_shows_workers_queues_and_dead_letters_and_requeues(
@@ -101,8 +92,8 @@ def test_the_page_shows_workers_queues_and_dead_letters_and_requeues(
                          what="the failed task on the page")
                 failure = driver.find_element(By.CSS_SELECTOR, "#failures details summary")
                 failure.click()  # open the traceback
-                assert "boom: the monitor shows this traceback" in _cell(driver,
-                                                                          "#failures pre")
+                wait_for(lambda: "boom: the monitor shows this traceback" in _cell(
+                    driver, "#failures pre"), 10, what="the traceback on the page")
                 shot = keep_screenshot(driver, tmp_path, "monitor-page.png")
                 record_property("screenshot", str(shot))
                 print(f"screenshot of the monitor page: {shot}")

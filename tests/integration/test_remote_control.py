@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,30 +18,9 @@ import pytest
 from celery_peer import celery_worker, write_celery_app
 from processes import Proc, wait_for
 from redis_dbs import flush_dbs
-from workers import conveyor_worker, run_cli
+from workers import conveyor_worker, run_cli, write_project
 
 from conveyor import Conveyor
-
-PROJ = '''
-import time
-
-from conveyor import Conveyor
-
-app = Conveyor("proj_rc")
-
-@app.task(name="proj_rc.add")
-def add(x, y):
-    return x + y
-
-@app.task(name="proj_rc.tick")
-def tick(path, n):
-    """Appends a line to ``path`` every 50 ms, ``n`` times: a side effect to watch."""
-    for i in range(n):
-        with open(path, "a") as f:
-            f.write(f"{i}\\n")
-        time.sleep(0.05)
-    return n
-'''
 
 #: The Redis db this module owns (broker and results).
 DB = 1
@@ -50,8 +28,7 @@ DB = 1
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    (tmp_path / "proj_rc.py").write_text(textwrap.dedent(PROJ))
-    return write_celery_app(tmp_path)
+    return write_celery_app(write_project(tmp_path, "proj_rc", ["add", "tick"]))
 
 
 @pytest.fixture
@@ -117,9 +94,13 @@ def test_celery_cli_inspects_a_conveyor_worker(worker: Proc, workdir: Path,
 
 def test_conveyor_cli_inspects_a_celery_worker(workdir: Path, redis_url: str) -> None:
     with celery_worker(workdir, redis_url, redis_url, "rc.celery"):
-        name = next(line.split()[1].rstrip(":") for line in run(
-            workdir, redis_url, "inspect", "ping", "--timeout", "10").stdout.splitlines()
-            if line.startswith("->  rc.celery@"))
+        def celery_name() -> str | None:
+            """The Celery worker's name, when it answered a ping to every worker (2 s
+            of replies a try, not 10 s once: the suite's time)."""
+            out = run(workdir, redis_url, "inspect", "ping", "--timeout", "2").stdout
+            return next((line.split()[1].rstrip(":") for line in out.splitlines()
+                         if line.startswith("->  rc.celery@")), None)
+        name = wait_for(celery_name, 30, what="the Celery worker among the pongs")
         out = run(workdir, redis_url, "inspect", "ping", "-d", name, "--timeout", "10",
                   "--json")
         assert out.returncode == 0, out.stderr
@@ -204,13 +185,19 @@ def test_a_revoked_waiting_task_never_runs(worker: Proc, app: Conveyor,
 
 def test_status_lists_workers_and_names_those_that_do_not_answer(
         worker: Proc, workdir: Path, url: str) -> None:
-    out = run(workdir, url, "status", "-d", "rc1@test,ghost@test", "--timeout", "3")
+    def status(*args: str) -> subprocess.CompletedProcess[str] | None:
+        """``status`` waiting 1 s for replies, asked again while rc1 is slower than
+        that (a loaded machine)."""
+        out = run(workdir, url, "status", *args, "--timeout", "1")
+        return out if "->  rc1@test: OK" in out.stdout else None
+
+    out = wait_for(lambda: status("-d", "rc1@test,ghost@test"), 30, what="rc1's reply")
     assert out.returncode == 1
     assert out.stdout.splitlines()[:2] == ["->  rc1@test: OK",
-                                           "->  ghost@test: no reply within 3s"]
+                                           "->  ghost@test: no reply within 1s"]
     assert "1 node online." in out.stdout
-    out = run(workdir, url, "status", "--timeout", "3")
-    assert out.returncode == 0 and "->  rc1@test: OK" in out.stdout, out.stderr
+    out = wait_for(status, 30, what="rc1's reply")
+    assert out.returncode == 0, out.stderr
 
 
 def test_control_shutdown_stops_the_worker_warm(workdir: Path, url: str) -> None:

@@ -1,7 +1,7 @@
 """Conveyor worker processes and CLI runs for the tests that drive workers from
-outside (remote control, the monitor page, Flower): one place that knows how to start
-a worker and wait until it consumes, and how to run Conveyor's or Celery's CLI
-against the same project.
+outside (remote control, the monitor page, Flower): one place that knows how to write
+their project module, start a worker and wait until it consumes, and run Conveyor's
+or Celery's CLI against the same project.
 
 The project module and its broker live in ``env`` (``CONVEYOR_BROKER_URL``,
 ``CONVEYOR_RESULT_BACKEND``, ``PYTHONPATH``; the ``C_*`` variables of
@@ -18,6 +18,38 @@ from pathlib import Path
 
 from celery_peer import MODULE as CELERY_MODULE
 from processes import Proc
+
+#: The tasks a project module may hold (``write_project``), by name.
+TASKS = {
+    "add": """
+def add(x, y):
+    return x + y
+""",
+    "tick": """
+def tick(path, n):
+    \"\"\"Appends a line to ``path`` every 50 ms, ``n`` times: a side effect to watch.\"\"\"
+    for i in range(n):
+        with open(path, "a") as f:
+            f.write(f"{i}\\n")
+        time.sleep(0.05)
+    return n
+""",
+    "boom": """
+def boom():
+    raise ValueError("boom: the monitor shows this traceback")
+""",
+}
+
+
+def write_project(directory: Path, module: str, tasks: Sequence[str]) -> Path:
+    """Write ``<module>.py`` into ``directory``: an app named ``module`` holding the
+    ``tasks`` (names in ``TASKS``), each registered as ``<module>.<name>``. Returns
+    ``directory``."""
+    body = "\n".join(f"\n@app.task(name={module + '.' + name!r})" + TASKS[name]
+                     for name in tasks)
+    (directory / f"{module}.py").write_text(
+        f"import time\n\nfrom conveyor import Conveyor\n\napp = Conveyor({module!r})\n{body}")
+    return directory
 
 
 def conveyor_worker(app_spec: str, cwd: Path, env: Mapping[str, str], *,
@@ -55,4 +87,4 @@ def run_cli(app_spec: str, cwd: Path, env: Mapping[str, str], *args: str,
                           text=True, timeout=timeout)
 
 
-__all__ = ["conveyor_worker", "run_cli"]
+__all__ = ["TASKS", "conveyor_worker", "run_cli", "write_project"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import celery_peer
 import pytest
 from amqp_support import Proc, wait_for
-from workers import conveyor_worker, run_cli
+from workers import conveyor_worker, run_cli, write_project
 
 from conveyor import Conveyor
 
@@ -28,27 +27,11 @@ REDIS_PORT = int(os.environ.get("CONVEYOR_TEST_REDIS_PORT", "6379"))
 RESULTS = f"redis://127.0.0.1:{REDIS_PORT}/7"
 QUEUE = "t.amqp.control"
 
-PROJ = '''
-import time
-from conveyor import Conveyor
-
-app = Conveyor("proj_arc")
-
-@app.task(name="proj_arc.tick")
-def tick(path, n):
-    for i in range(n):
-        with open(path, "a") as f:
-            f.write(f"{i}\\n")
-        time.sleep(0.05)
-    return n
-'''
-
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: Any) -> Path:
     path = celery_peer.write_celery_app(tmp_path_factory.mktemp("amqp-control"))
-    (path / "proj_arc.py").write_text(textwrap.dedent(PROJ))
-    return path
+    return write_project(path, "proj_arc", ["tick"])
 
 
 def _env(workdir: Path, url: str) -> dict[str, str]:
@@ -79,7 +62,12 @@ def test_celery_cli_pings_a_conveyor_worker(worker: Proc, workdir: Path,
 def test_conveyor_cli_pings_a_celery_worker(worker: Proc, workdir: Path,
                                             amqp_url: str) -> None:
     with celery_peer.celery_worker(workdir, amqp_url, RESULTS, f"{QUEUE}.celery"):
-        out = cli(workdir, amqp_url, "status", "--timeout", "5", "--json")
+        def status() -> subprocess.CompletedProcess[str] | None:
+            """1.5 s of replies a try (not 5 s once), asked until both answered."""
+            out = cli(workdir, amqp_url, "status", "--timeout", "1.5", "--json")
+            return out if out.stdout.count('"ok"') >= 2 else None
+
+        out = wait_for(status, 30, what="both workers' pongs")
         assert out.returncode == 0, out.stdout + out.stderr
         replies = json.loads(out.stdout)
         assert replies.pop("arc1@test") == {"ok": "pong"}
