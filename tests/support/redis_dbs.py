@@ -4,10 +4,8 @@
 ``CONVEYOR_TEST_REDIS_PORT`` points the suite at another local Redis, so parallel
 runs on one machine cannot flush each other's dbs.
 
-Who owns which db: 0 free, 1 tests/integration/test_remote_control.py,
-2–3 the kombu bridge, 3 the fault suite, 4–5 Celery canvas interop, 6–7 the canvas lab,
-8–13 the Redis plugin tests (tests/plugins/redis/conftest.py), 9–10 also
-test_inspect_queues.py, 14 contracts and asyncio, 15 publisher and exchange routing.
+Who owns which db: see ``PORT``'s comment below. Dbs shared by two modules are
+flushed by each before use, and the suite runs one module at a time.
 """
 
 from __future__ import annotations
@@ -18,10 +16,11 @@ import pytest
 import redis
 
 #: Who owns which db (a module declares its own; keep this list in step):
-#: 0 test_flower_events, 1 test_monitor_page, 2-3 kombu_lab / fault_lab, 4-5
-#: test_canvas_celery, 6-7 canvas_lab, 8-13 tests/plugins/redis (9-10 also
-#: test_inspect_queues, 11-12 test_redis_interop), 14 test_asyncio, 15
-#: test_publisher_redis.
+#: 0 test_flower_events, 1 test_monitor_page and test_remote_control, 2 kombu_lab,
+#: 3 fault_lab, 4-5 test_canvas_celery, 6-7 canvas_lab (also the results of
+#: tests/plugins/amqp), 8-13 tests/plugins/redis (9-10 also test_inspect_queues,
+#: 11-12 test_redis_interop), 14 test_asyncio and the contracts, 15
+#: test_publisher_redis and test_exchange_routing.
 HOST, PORT = "127.0.0.1", int(os.environ.get("CONVEYOR_TEST_REDIS_PORT", "6379"))
 
 
