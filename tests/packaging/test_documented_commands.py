@@ -4,8 +4,9 @@ printed, so the documentation cannot drift from the code.
 Each printed command must have a handler below. A command nobody handles fails
 ``test_every_printed_command_has_a_handler`` (add a handler when you print a new
 one), and so does a handler whose command is no longer printed. Commands run through
-``bash -c`` exactly as printed, with this environment's ``bin`` first on PATH; those
-needing an app ``proj`` get one written into a temporary directory. The few lines
+``bash -c`` exactly as printed, with this environment's ``bin`` first on PATH (the
+monitor's with free ports given after, see ``monitor_serves``); those needing an app
+``proj`` get one written into a temporary directory. The few lines
 that cannot run inside the suite (installing uv, the suite itself) are checked by
 what they must achieve, each with its reason.
 """
@@ -22,10 +23,11 @@ import textwrap
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from monitor_lab import free_port
 from packaging_support import installed, make_venv
 from printed_commands import REPO, Printed, from_help, from_markdown
 from processes import Proc
@@ -44,6 +46,9 @@ def add(x, y):
 """
 
 
+Ctx = tuple[Path, dict[str, str]]
+
+
 def shell(command: str, *, cwd: Path, timeout: float, env: dict[str, str] | None = None,
           path: Path = BIN) -> subprocess.CompletedProcess[str]:
     """Run ``command`` as printed; fail with its output when it exits non-zero."""
@@ -57,16 +62,42 @@ def shell(command: str, *, cwd: Path, timeout: float, env: dict[str, str] | None
     return proc
 
 
+def _proj(directory: Path) -> Ctx:
+    (directory / "proj.py").write_text(textwrap.dedent(PROJ))
+    url = f"sqlite:///{directory / 'proj.sqlite3'}"
+    return directory, {"CONVEYOR_BROKER_URL": url, "CONVEYOR_RESULT_BACKEND": url}
+
+
 @pytest.fixture
-def proj(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+def proj(tmp_path: Path) -> Ctx:
     """A directory holding ``proj.py``, and the environment that gives it a broker."""
-    (tmp_path / "proj.py").write_text(textwrap.dedent(PROJ))
-    url = f"sqlite:///{tmp_path / 'proj.sqlite3'}"
-    return tmp_path, {"CONVEYOR_BROKER_URL": url, "CONVEYOR_RESULT_BACKEND": url}
+    return _proj(tmp_path)
+
+
+def worker1(cwd: Path, env: dict[str, str]) -> Proc:
+    """A worker named ``worker1@host`` (the name the docs use) serving ``proj``,
+    consuming; use it as a context manager to stop it."""
+    worker = Proc([str(BIN / "conveyor"), "-A", "proj", "-l", "INFO", "worker", "-n",
+                   "worker1@host"], cwd, env=env)
+    try:
+        worker.wait_output("consuming", 30)
+    except BaseException:
+        worker.stop()
+        raise
+    return worker
+
+
+@pytest.fixture(scope="module")
+def shared_worker1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctx]:
+    """``proj`` with ``worker1@host`` serving it, for every remote control command
+    that leaves the worker as it found it (``OnWorker1``): started once, not once a
+    command."""
+    cwd, env = _proj(tmp_path_factory.mktemp("worker1"))
+    with worker1(cwd, env):
+        yield cwd, env
 
 
 # ------------------------------------------------------------------ the handlers
-Ctx = tuple[Path, dict[str, str]]
 
 
 def uv_is_installed(printed: Printed, proj: Ctx) -> None:
@@ -188,13 +219,19 @@ def amqp_worker_serves(printed: Printed, proj: Ctx) -> None:
 
 
 def monitor_serves(printed: Printed, proj: Ctx) -> None:
-    """Start the monitor as printed; the page, its JSON (the queues it names) and
-    ``/metrics`` on both ports answer; SIGTERM stops it with status 0."""
+    """Start the monitor as printed, then ``--port`` and (when printed)
+    ``--metrics-port`` again with free ports, as the last given wins: the default
+    5580 and the printed 9808 may be taken on the machine (a monitor, another
+    checkout's suite). The page, its JSON (the queues it names) and ``/metrics`` on
+    both ports answer; SIGTERM stops it with status 0."""
     cwd, env = proj
     out = cwd / "monitor.out"
+    metrics_port = free_port() if "--metrics-port " in printed.command else None
+    command = f"{printed.command} --port {free_port()}" + (
+        f" --metrics-port {metrics_port}" if metrics_port else "")
     with out.open("wb") as sink:
         monitor = subprocess.Popen(
-            ["bash", "-c", printed.command], cwd=cwd, stdout=sink, stderr=subprocess.STDOUT,
+            ["bash", "-c", command], cwd=cwd, stdout=sink, stderr=subprocess.STDOUT,
             env={**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
             start_new_session=True)
     try:
@@ -211,9 +248,8 @@ def monitor_serves(printed: Printed, proj: Ctx) -> None:
         with urllib.request.urlopen(base + "/api/state", timeout=10) as state:
             queues = [q["queue"] for q in json.loads(state.read())["queues"]]
         assert queues == ["celery", "priority.high"]
-        metrics_port = re.search(r"--metrics-port (\d+)", printed.command)
         for url in [base + "/metrics"] + (
-                [f"http://127.0.0.1:{metrics_port.group(1)}/metrics"] if metrics_port else []):
+                [f"http://127.0.0.1:{metrics_port}/metrics"] if metrics_port else []):
             with urllib.request.urlopen(url, timeout=10) as metrics:
                 assert b"conveyor_queue_messages" in metrics.read()
     finally:
@@ -267,21 +303,28 @@ def example_plugin_readme(printed: list[Printed], wheelhouse: Path, tmp_path: Pa
     assert "conveyor-example-plugin" in installed(bindir)
 
 
-def with_worker(check: Callable[[str], bool]) -> Callable[[Printed, Ctx], None]:
-    """Run a remote control command as printed while a worker named
-    ``worker1@host`` (the name the docs use) serves ``proj``; check its standard
-    output. The worker is stopped after (a ``shutdown`` command must have stopped it,
-    warm)."""
-    def handler(printed: Printed, proj: Ctx) -> None:
-        cwd, env = proj
-        with Proc([str(BIN / "conveyor"), "-A", "proj", "-l", "INFO", "worker", "-n",
-                   "worker1@host"], cwd, env=env) as worker:
-            worker.wait_output("consuming", 30)
-            out = shell(printed.command, cwd=cwd, env=env, timeout=120).stdout
-            assert check(out), out
-            if " shutdown" in printed.command:
-                assert worker.popen.wait(30) == 0 and "stopping (warm)" in worker.output()
-    return handler
+class OnWorker1:
+    """Run a remote control command as printed while ``worker1@host`` serves
+    ``proj``, and check its standard output. The worker is the module's
+    (``shared_worker1``): the command must leave it serving, as it found it."""
+
+    def __init__(self, check: Callable[[str], bool]) -> None:
+        self.check = check
+
+    def __call__(self, printed: Printed, worker1_proj: Ctx) -> None:
+        cwd, env = worker1_proj
+        out = shell(printed.command, cwd=cwd, env=env, timeout=120).stdout
+        assert self.check(out), out
+
+
+def shutdown_stops_worker1(printed: Printed, proj: Ctx) -> None:
+    """``control shutdown`` as printed, to a ``worker1@host`` of its own: it answers,
+    then stops warm, with status 0."""
+    cwd, env = proj
+    with worker1(cwd, env) as worker:
+        out = shell(printed.command, cwd=cwd, env=env, timeout=120).stdout
+        assert "->  worker1@host: OK\n    shutting down" in out, out
+        assert worker.popen.wait(30) == 0 and "stopping (warm)" in worker.output()
 
 
 COMMANDS: dict[str, Callable[[Printed, Ctx], None]] = {
@@ -314,16 +357,15 @@ COMMANDS: dict[str, Callable[[Printed, Ctx], None]] = {
         lambda out: [line.split()[:2] for line in out.splitlines()]
         == [["queue", "ready"], ["celery", "0"], ["priority.high", "0"]]),
     "conveyor demo": demo_in_proj,
-    "conveyor -A proj status": with_worker(
+    "conveyor -A proj status": OnWorker1(
         lambda out: out.startswith("->  worker1@host: OK\n") and "1 node online." in out),
-    "conveyor -A proj inspect active": with_worker(
+    "conveyor -A proj inspect active": OnWorker1(
         lambda out: out.startswith("->  worker1@host: OK\n    - empty -")),
-    "conveyor -A proj inspect stats --json": with_worker(
+    "conveyor -A proj inspect stats --json": OnWorker1(
         lambda out: json.loads(out)["worker1@host"]["pool"]["max-concurrency"] >= 1),
-    "conveyor -A proj control revoke 6f1c… --terminate": with_worker(
+    "conveyor -A proj control revoke 6f1c… --terminate": OnWorker1(
         lambda out: "->  worker1@host: OK\n    terminate: tasks unknown" in out),
-    "conveyor -A proj control shutdown -d worker1@host": with_worker(
-        lambda out: "->  worker1@host: OK\n    shutting down" in out),
+    "conveyor -A proj control shutdown -d worker1@host": shutdown_stops_worker1,
 }
 #: Files whose commands make one sequence, run together by one handler.
 FILES: dict[str, Callable[[list[Printed], Path, Path], None]] = {
@@ -366,10 +408,13 @@ def test_every_printed_command_has_a_handler() -> None:
 
 
 @pytest.mark.parametrize("key", sorted(_single()))
-def test_printed_command_runs(key: str, proj: Ctx) -> None:
+def test_printed_command_runs(key: str, request: pytest.FixtureRequest) -> None:
     if key not in COMMANDS:
         pytest.fail(f"no handler for {key!r}", pytrace=False)
-    COMMANDS[key](_single()[key][0], proj)
+    handler = COMMANDS[key]
+    ctx = request.getfixturevalue("shared_worker1" if isinstance(handler, OnWorker1)
+                                  else "proj")
+    handler(_single()[key][0], ctx)
 
 
 @pytest.mark.slow
