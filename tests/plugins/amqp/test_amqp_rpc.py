@@ -120,7 +120,7 @@ def test_celery_worker_answers_a_conveyor_client(amqp_url: str, workdir: Path,
     app = rpc_app(amqp_url, result_serializer=serializer)
     with Proc([sys.executable, "-m", "celery", "-A", "celery_rpc", "worker", "-P", "solo",
                "-c", "1", "-Q", queue, "-l", "INFO", "--without-gossip", "--without-mingle",
-               "--without-heartbeat", "-n", f"rpc-{serializer}@%h"], workdir,
+               "-n", f"rpc-{serializer}@%h"], workdir,  # heartbeat on: see celery_peer
               env={"C_BROKER": amqp_url, "C_RESULT_SERIALIZER": serializer}) as proc:
         proc.wait_output("ready.", 40)
         result = app.send_task("rpc.add", (20, 22), queue=queue, serializer=serializer)
