@@ -31,6 +31,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,6 +86,35 @@ def _worker(cmd: list[str], cwd: Path) -> subprocess.Popen[bytes]:
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.kill()
     proc.wait(timeout=30)
+
+
+class CpuSamples(threading.Thread):
+    """The CPU time a worker process has used (user + system, all its threads), read
+    from ``/proc`` every 10 ms with the wall time, so the CPU spent between the two
+    stamps the worker ran can be read off: a figure that load from elsewhere on the
+    machine hardly moves, unlike the drain rate."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.stat, self.samples = Path(f"/proc/{pid}/stat"), [(time.time(), 0.0)]
+        self.done = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        while not self.done.wait(0.01):
+            try:
+                fields = self.stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                return
+            self.samples.append((time.time(), (int(fields[11]) + int(fields[12])) / tick))
+
+    def at(self, when: float) -> float:
+        """CPU seconds used by ``when`` (interpolated between samples)."""
+        for (t0, c0), (t1, c1) in zip(self.samples, self.samples[1:]):
+            if t0 <= when <= t1:
+                return c0 + (c1 - c0) * (when - t0) / max(t1 - t0, 1e-9)
+        return self.samples[-1][1]
 
 
 @dataclass
@@ -147,12 +177,18 @@ def bench_round(root: Path, n: int, block: int) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for side, first, last in zip(sides, firsts, lasts):
         proc = _worker(side.worker, root)
+        cpu = CpuSamples(proc.pid)
         try:
             began, ended = side.wait(first), side.wait(last)
+            time.sleep(0.05)  # a sample after the last stamp
         finally:
+            cpu.done.set()
+            cpu.join(timeout=5)
             _stop(proc)
         out[side.name] = {"enqueue_per_s": round(n / side.spent),
                           "drain_per_s": round(n / (ended - began)),
+                          "drain_cpu_us_per_task": round(
+                              (cpu.at(ended) - cpu.at(began)) / n * 1e6, 1),
                           "synchronous": side.synchronous()}
         side.close()
     return out
@@ -197,6 +233,8 @@ def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for key, value in out.items():
         if key.endswith("_per_s"):
             out[key] = max(run[key] for run in runs)
+        elif key.endswith("_per_task"):
+            out[key] = min(run[key] for run in runs)
     return out
 
 
@@ -236,6 +274,10 @@ def main() -> None:
         "ratio_vs_huey_sync_normal_each_round": per_round,
         "ratio_vs_huey_each_round": [_ratio(ours, theirs) for ours, theirs in
                                      zip(runs["conveyor"], runs["huey"])],
+        # Huey's worker CPU per task over Conveyor's (higher: Conveyor is cheaper).
+        "drain_cpu_ratio_vs_huey_sync_normal_each_round": [
+            round(theirs["drain_cpu_us_per_task"] / ours["drain_cpu_us_per_task"], 2)
+            for ours, theirs in zip(runs["conveyor"], runs["huey_sync_normal"])],
         "target_1_5x_huey_sync_normal_every_round": all(
             min(r.values()) >= 1.5 for r in per_round),
         "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
