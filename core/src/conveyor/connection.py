@@ -88,10 +88,13 @@ class Connection:
 
     def _send(self, transport: Transport, batch: Sequence[Outgoing]) -> None:
         declared = self._declared
+        last = None
         for _message, route, _due in batch:
-            if route not in declared:
-                transport.declare(route)
-                declared.add(route)
+            if route is not last:  # perf: a batch is mostly one route
+                last = route
+                if route not in declared:
+                    transport.declare(route)
+                    declared.add(route)
         transport.publish_many(batch)
 
     def ensure(self, fn: Callable[[Transport], T], *, retry: bool = True,
@@ -266,12 +269,15 @@ class Publisher:
                 self.connection.publish(message, route, due, retry=retry, policy=policy)
                 self.connection.app.publishing.published([name], [(message, route, due)])
                 return False
-            if self._batch and not self._accepts(retry, policy):
-                self._send()
+            batch = self._batch
+            if batch and (retry != self._retry or (policy is not self._policy
+                                                   and policy != self._policy)):
+                self._send()  # a buffer holds one kind of retry options
+                batch = self._batch
             self._retry, self._policy = retry, policy
-            self._batch.append((message, route, due))
+            batch.append((message, route, due))
             self._names.append(name)
-            if len(self._batch) >= self.buffer:
+            if len(batch) >= self.buffer:
                 self._send()
                 return False
             return True

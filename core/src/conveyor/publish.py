@@ -39,12 +39,27 @@ class PublishPath:
 
     def __init__(self, app: Conveyor) -> None:
         self.app = app
+        #: The hooks the path calls (pluggy's callers; made once, they see every
+        #: implementation registered later), looked up on first use.
+        self._callers: tuple[Any, Any, Any] | None = None
+        #: ``(settings version, enabled routers, kept plans)``: see :meth:`plan`.
+        self._state: tuple[int, list[Any], dict[Any, Plan]] = (-1, [], {})
+
+    def hooks(self) -> tuple[Any, Any, Any]:
+        """The ``route_task``, ``before_task_publish`` and ``after_task_publish``
+        hook callers; ``caller.get_hookimpls()`` is empty when no plugin has one."""
+        callers = self._callers
+        if callers is None:
+            relay = self.app.hooks
+            callers = self._callers = (relay.route_task, relay.before_task_publish,
+                                       relay.after_task_publish)
+        return callers
 
     def _router(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
                task: Any) -> Callable[[Mapping[str, Any]], Mapping[str, Any] | None] | None:
         """The router layer for one call, or None when nothing could route it."""
         routers = self.enabled_routers()
-        hook = self.app.hooks.route_task
+        hook = self.hooks()[0]
         if not routers and not hook.get_hookimpls():
             return None  # perf: most apps route by queue option only
 
@@ -59,12 +74,16 @@ class PublishPath:
         return router
 
     def enabled_routers(self) -> list[Any]:
-        # A router's optional ``enabled`` is re-read whenever a setting changes.
-        routers: list[Any] = self.app.conf.derived("routers.enabled", self._find_enabled)
-        return routers
+        """The ``task_routers`` whose optional ``enabled`` is true, re-read whenever a
+        setting changes."""
+        return self._current()[1]
 
-    def _find_enabled(self, _conf: Any) -> list[Any]:
-        return [r for r in self.app.routers() if r.enabled]
+    def _current(self) -> tuple[int, list[Any], dict[Any, Plan]]:
+        state = self._state
+        version = self.app.conf.version
+        if state[0] != version:
+            state = self._state = (version, [r for r in self.app.routers() if r.enabled], {})
+        return state
 
     def plan(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
               call: Mapping[str, Any], sig: Mapping[str, Any], task: Any
@@ -80,21 +99,24 @@ class PublishPath:
         is dropped when any setting changes or the task's attributes change; anything
         else (dicts, lists, datetimes, signatures, routers) resolves afresh.
         """
+        state = self._state
+        if state[0] != self.app.conf.version:
+            state = self._current()
+        version, routers, plans = state
         router = None
-        if self.enabled_routers() or self.app.hooks.route_task.get_hookimpls():
+        if routers or (self._callers or self.hooks())[0].get_hookimpls():
             router = self._router(name, args, kwargs, task)
-        if router is None and (task is None or isinstance(task, Task)):
-            call_key, call_per = split(call)
-            sig_key, sig_per = split(sig) if sig else ((), None)
+        elif task is None or isinstance(task, Task):
+            call_key, call_per = split(call) if call else _NOTHING
+            sig_key, sig_per = split(sig) if sig else _NOTHING
             if call_key is not None and sig_key is not None:
                 defaults = task.execution_defaults() if task is not None else None
-                plans: dict[Any, Plan] = self.app.conf.derived("publish.plans", _no_plans)
                 key = (name, call_key, sig_key)
                 plan = plans.get(key)
                 if plan is None or plan.task is not task or plan.defaults is not defaults:
                     plan = Plan(self.app, name, task, defaults,
                                  resolve(call, sig, task, None, self.app.conf))
-                    if plan.cacheable:
+                    if plan.cacheable and self.app.conf.version == version:
                         if len(plans) >= _MAX_PLANS:
                             plans.clear()
                         plans[key] = plan
@@ -109,21 +131,24 @@ class PublishPath:
                kwargs: Mapping[str, Any]) -> tuple[Message, str, float | None]:
         """The message of one call, its task id, and when the broker should hold it."""
         task_id = (per.get("task_id") if per else None) or new_id()
-        now = eta = expires = None
-        if plan.timed:
+        if not plan.timed:
+            message = plan.template.build(task_id, args, kwargs, plan.embed, None, None,
+                                          None, per)
+            due = None
+        else:
             now = dt.datetime.now(time_zone(self.app.conf))
             eta, expires = due_times(plan.opts, now)
             if eta is not None and plan.horizon is not None:
                 plan.check_eta(eta, now)
-        message = plan.template.build(task_id, args, kwargs, plan.embed, eta, expires, now,
-                                      per)
+            message = plan.template.build(task_id, args, kwargs, plan.embed, eta, expires,
+                                          now, per)
+            due = eta.timestamp() if eta is not None and plan.delays else None
         if plan.max_size is not None and len(message.body) > plan.max_size:
             raise MessageSizeExceeded(
                 f"Task {message.headers['task']!r}: its message body is "
                 f"{len(message.body):,} bytes, over task_message_max_size "
                 f"({plan.max_size:,} bytes). Pass a reference to the data (a path, a key) "
                 f"instead, or raise the setting on the client and the workers alike.")
-        due = eta.timestamp() if eta is not None and plan.delays else None
         return message, task_id, due
 
     def prepare(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
@@ -156,7 +181,7 @@ class PublishPath:
                    batch: Sequence[tuple[Message, Route, float | None]]) -> None:
         """Run ``after_task_publish`` for messages the broker took (an observer: a
         raising one is logged, the publish stands)."""
-        if self.app.hooks.after_task_publish.get_hookimpls():
+        if (self._callers or self.hooks())[2].get_hookimpls():
             for name, (message, route, _due) in zip(names, batch):
                 self.app.notify("after_task_publish", app=self.app, name=name, message=message,
                             route=route)
@@ -188,9 +213,15 @@ class PublishPath:
         plan, per = self.plan(name, args, kwargs, call, sig, task)
         message, task_id, due = self.build(plan, per, args, kwargs)
         route = plan.route
-        hook = self.app.hooks.before_task_publish
-        publisher, retry, policy, ignored = self._how(
-            name, plan, per, message, task_id, hook if hook.get_hookimpls() else None)
+        hook = (self._callers or self.hooks())[1]
+        if hook.get_hookimpls():
+            publisher, retry, policy, ignored = self._how(name, plan, per, message,
+                                                          task_id, hook)
+        else:  # perf: the usual call, _how without a hook
+            publisher = per.get("publisher") if per else None
+            if publisher is not None and type(publisher) is not Publisher:
+                self._how(name, plan, per, message, task_id, None)  # checks its type
+            retry, policy, ignored = plan.retry, plan.policy, plan.ignored
         held = HELD.get()
         if held is not None:  # built for an asyncio caller, who sends it (aio.deferred)
             run = Run(publisher, retry, policy, 0)
@@ -219,9 +250,9 @@ class PublishPath:
         one run); members with a ``publisher`` are handed to it, and wait in its
         buffer inside its ``with`` block.
         """
-        hooks = self.app.hooks
-        before = hooks.before_task_publish if hooks.before_task_publish.get_hookimpls() \
-            else None
+        before = self.hooks()[1]
+        if not before.get_hookimpls():
+            before = None
         runs: list[Run] = []
         run: Run | None = None
         results: list[AsyncResult[Any]] = []
@@ -258,35 +289,42 @@ class PublishPath:
         return results
 
 
-#: Random hex text for task ids, 32 digits each, drawn from ``os.urandom`` in blocks.
-_random: list[str] = []
-#: A hex digit → the digit with the RFC 4122 variant bits (``10xx``) set.
-_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
-os.register_at_fork(after_in_child=_random.clear)  # a child must not reuse the parent's
+#: Task ids made ahead, from ``os.urandom`` in blocks (see :func:`new_id`).
+_ids: list[str] = []
+os.register_at_fork(after_in_child=_ids.clear)  # a child must not reuse the parent's
+#: Ids made per block; the version (4) and variant (``10``) bits of each id's 16
+#: bytes, cleared then set for a whole block at once (RFC 4122).
+_BLOCK = 256
+_KEEP = int.from_bytes(b"\xff" * 6 + b"\x0f\xff\x3f\xff" + b"\xff" * 6, "big")
+_SET = int.from_bytes(b"\x00" * 6 + b"\x40\x00\x80\x00" + b"\x00" * 6, "big")
+_KEEP_ALL = int.from_bytes(_KEEP.to_bytes(16, "big") * _BLOCK, "big")
+_SET_ALL = int.from_bytes(_SET.to_bytes(16, "big") * _BLOCK, "big")
 
 
 def new_id() -> str:
     """A random (version 4) UUID as text, without the cost of ``uuid.UUID``.
 
-    perf: ``os.urandom`` is a system call; reading 256 ids' worth at once makes an id
-    cost half as much. ``list.pop`` is atomic, so threads never share one; a forked
+    perf: ``os.urandom`` is a system call, and laying out one id's text is most of
+    ``str(uuid.uuid4())``; a block of 256 ids is read at once, its version and variant
+    bits set with two integer operations, and cut into groups of four hex digits by
+    ``bytes.hex``. ``list.pop`` is atomic, so threads never share one; a forked
     child drops what it inherited.
     """
     try:
-        h = _random.pop()
+        return _ids.pop()
     except IndexError:
-        block = os.urandom(16 * 256).hex()
-        _random.extend([block[i:i + 32] for i in range(0, len(block), 32)])
-        h = _random.pop()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+        pass
+    block = int.from_bytes(os.urandom(16 * _BLOCK), "big") & _KEEP_ALL | _SET_ALL
+    g = block.to_bytes(16 * _BLOCK, "big").hex(" ", 2).split()
+    _ids.extend([f"{a}{b}-{c}-{d}-{e}-{f}{h}{i}" for a, b, c, d, e, f, h, i in zip(
+        g[0::8], g[1::8], g[2::8], g[3::8], g[4::8], g[5::8], g[6::8], g[7::8])])
+    return _ids.pop()
 
 
 #: Plans kept per app (see :meth:`PublishPath.plan`); more distinct calls start afresh.
 _MAX_PLANS = 512
-
-
-def _no_plans(_conf: Any) -> dict[Any, Plan]:
-    return {}
+#: :func:`~conveyor.options.split` of no options.
+_NOTHING: tuple[tuple[Any, ...], None] = ((), None)
 
 
 class Plan:

@@ -142,13 +142,14 @@ class Task(Generic[P, R]):
     # ------------------------------------------------------------------ calling
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Send the task with these arguments: ``apply_async(args, kwargs)``."""
-        return self.app.publish(self.name, args, kwargs, {}, {}, self)
+        return self.app.publishing.publish(self.name, args, kwargs, {}, {}, self)
 
     def apply_async(self, args: Sequence[Any] | None = None,
                     kwargs: Mapping[str, Any] | None = None,
                     **options: Unpack[ExecutionOptions]) -> AsyncResult[R]:
         """Send the task with execution options (``countdown``, ``queue``, …)."""
-        return self.app.publish(self.name, args or (), kwargs or {}, options, {}, self)
+        return self.app.publishing.publish(self.name, args or (), kwargs or {}, options, {},
+                                           self)
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """``delay`` for asyncio code: the same message, sent by the loop's own
