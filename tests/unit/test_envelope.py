@@ -12,7 +12,7 @@ import pytest
 from wire_samples import samples
 
 from conveyor import Conveyor
-from conveyor.envelope import build_message, from_iso, parse_message
+from conveyor.envelope import JSONStyle, build_message, from_iso, headers_json, parse_message
 from conveyor.exceptions import ContentDisallowed, DecodeError
 from conveyor.interfaces import Message
 
@@ -179,3 +179,38 @@ def test_priority_and_expiration_properties(app: Conveyor) -> None:
     assert message.properties["priority"] == 7
     assert message.properties["expiration"] == "60000"
     assert message.headers["expires"] == "2030-01-01T00:01:00+00:00"
+
+
+# ---------------------------------------------------------------- headers as JSON text
+#: What a hook or a caller may do to a built message's headers before it is sent.
+EDITS: dict[str, Any] = {
+    "none": lambda h: None,
+    "added": lambda h: h.update({"x-trace": "t\u00e9"}),
+    "task": lambda h: h.update({"task": "other.task"}),
+    "retries false": lambda h: h.update({"retries": False}),  # equal to 0, printed apart
+    "ignore 0": lambda h: h.update({"ignore_result": 0}),
+    "limit float": lambda h: h["timelimit"].__setitem__(0, 0.0),
+    "eta": lambda h: h.update({"eta": "2030-01-01T00:00:00+00:00"}),
+    "stamped": lambda h: h["stamps"].update({"s": [1, "\u00e9"]}),
+    "id not text": lambda h: h.update({"id": 7}),
+    "deleted": lambda h: h.pop("origin"),
+    "deleted and added": lambda h: (h.pop("origin"), h.update({"x": 1})),
+}
+STYLES = [(JSONStyle(), {}), (JSONStyle(",", ":", ascii=False),
+                              {"separators": (",", ":"), "ensure_ascii": False})]
+
+
+@pytest.mark.parametrize("edit", EDITS)
+@pytest.mark.parametrize("call", [*CALLS, {"compression": "zlib"}, {"headers": {"x": [1]}},
+                                  {"task_id": 'odd "id" \u2603', "shadow": "\u00fcber"}])
+def test_headers_json_writes_what_json_dumps_writes(app: Conveyor, call: dict[str, Any],
+                                                    edit: str) -> None:
+    """Headers laid out from a template's text pieces are the encoder's text exactly,
+    whatever was done to them after the message was built (before the template was
+    laid out, and after)."""
+    for args, kwargs in (((), {}), ((2, "\u00e9"), {"k": [1]})):
+        for edited in ("none", edit, "none", edit):
+            message, *_ = app.prepare("proj.add", args, kwargs, call, {}, None)
+            EDITS[edited](message.headers)
+            for style, options in STYLES:
+                assert headers_json(message, style) == json.dumps(message.headers, **options)

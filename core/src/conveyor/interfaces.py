@@ -59,6 +59,11 @@ class Message:
     content_type: str = "application/json"
     content_encoding: str = "utf-8"
     properties: dict[str, Any] = field(default_factory=dict)
+    #: What the core built the headers from (a :class:`conveyor.envelope.Template`),
+    #: or None: not part of the message. A transport that writes headers as JSON
+    #: passes the message to :func:`conveyor.envelope.headers_json`, which lays them
+    #: out from text made once per template when they are still as built.
+    template: Any = field(default=None, compare=False, repr=False)
 
     @property
     def task_id(self) -> str | None:

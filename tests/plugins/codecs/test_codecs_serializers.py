@@ -141,3 +141,15 @@ def test_yaml_accepts_text_and_memoryview() -> None:
     data = ser.dumps(TASK_BODY)
     assert ser.loads(memoryview(data)) == ser.loads(data.decode()) == listify(TASK_BODY)
 
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("args", [(), [2, "\u00e9"], ({"a": [1.5, None]},)], ids=repr)
+def test_body_without_embeds_is_byte_identical_to_kombu(name: str, args: object) -> None:
+    """The body the core builds for a call without callbacks (its shared empty embed,
+    which the JSON serializer writes from text made once) is kombu's, byte for byte."""
+    from conveyor.envelope import EMPTY_EMBED
+    body = (args, {"k": "\u2603"}, EMPTY_EMBED)
+    ser = serializer(name)
+    content_type, encoding, theirs = kombu.serialization.dumps(body, serializer=name)
+    assert ser.dumps(body) == (theirs if isinstance(theirs, bytes) else theirs.encode(encoding))
