@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
 import pytest
+from conveyor import Conveyor
 from conveyor.exceptions import ConfigurationError
 from conveyor.interfaces import Message, Route
 from conveyor_redis.envelope import TRANSPORT_PROPERTIES, decode, encode
@@ -171,3 +173,32 @@ def test_envelope_through_the_transport_matches_sample(make_transport: Any,
     assert r.smembers("_kombu.binding.proto.math") == {f"proto.math{SEP}{SEP}proto.math".encode()}
     assert r.smembers("_kombu.binding_permanent.proto.math") == \
         {f"proto.math{SEP}{SEP}proto.math".encode()}
+
+
+def _kombu_text(message: Message, exchange: str, routing_key: str, wire: int,
+                tag: str) -> str:
+    """The envelope as kombu lays it out: its dicts, encoded by ``json.dumps``."""
+    props = {k: v for k, v in message.properties.items() if k not in TRANSPORT_PROPERTIES}
+    props.update(delivery_info={"exchange": exchange, "routing_key": routing_key},
+                 priority=wire, body_encoding="base64", delivery_tag=tag)
+    return json.dumps({"body": base64.b64encode(message.body).decode("ascii"),
+                       "content-encoding": message.content_encoding,
+                       "content-type": message.content_type, "headers": message.headers,
+                       "properties": props})
+
+
+@pytest.mark.parametrize("call", [
+    {}, {"priority": 7}, {"expires": 60}, {"countdown": 5, "queue": "other"},
+    {"group_id": "g", "group_index": 2}, {"compression": "zlib"}, {"serializer": "pickle"},
+    {"headers": {"x-tenant": "\u00e9"}}, {"reply_to": "replies", "ignore_result": True}])
+def test_encode_writes_what_kombu_would_for_messages_we_build(call: dict[str, Any]) -> None:
+    """The envelope put together from pieces is kombu's text exactly, before and
+    after a hook edits the message's headers and properties."""
+    app = Conveyor("envelope", broker="memory://envelope")
+    for args in ((), (2, "\u00e9")):
+        message, route, _due, _opts = app.prepare("t.add", args, {}, call, {}, None)
+        wire = to_wire(message.priority)
+        for _ in range(2):
+            raw = encode(message, route.exchange, route.key, wire, "tag-1")
+            assert raw == _kombu_text(message, route.exchange, route.key, wire, "tag-1")
+            message.headers["retries"], message.properties["x-edited"] = 1, True

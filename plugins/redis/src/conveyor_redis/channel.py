@@ -20,7 +20,7 @@ from . import delay
 from .connection import Line
 from .envelope import encode, new_tag
 from .errors import translate
-from .layout import Layout, to_wire
+from .layout import MAX_WIRE, Layout, to_wire
 
 log = logging.getLogger("conveyor.redis")
 
@@ -68,11 +68,12 @@ class PublisherMixin:
         queue = queue or route.queue
         wire = to_wire(message.properties.get("priority"))
         raw = encode(message, route.exchange, route.key, wire, new_tag())
-        key = (queue, wire)
-        list_key = self._lists.get(key)
-        if list_key is None:
-            list_key = self._lists[key] = self.layout.list_for(queue, wire)
-        return raw, list_key
+        return raw, self._lists.get((queue, wire)) or self._list_key(queue, wire)
+
+    def _list_key(self, queue: str, wire: int) -> str:
+        """The list ``queue``'s messages of wire priority ``wire`` go on (kept)."""
+        list_key = self._lists[(queue, wire)] = self.layout.list_for(queue, wire)
+        return list_key
 
     def _push(self, list_key: str, raw: str, due: float | None) -> tuple[Any, ...]:
         if due is not None and due > time.time():
@@ -148,17 +149,29 @@ class PublisherMixin:
         pushes: dict[str, list[str]] = {}
         parks: list[Any] = []
         routes: set[Route] = set()
+        lists, declared, tag = self._lists, self._declared, new_tag
+        last: Route | None = None
+        queues: Sequence[str] = ()
+        exchange = key = ""
         for message, route, due in batch:
-            queues = route.destinations(tables[route.exchange]) if route.routed \
-                else (route.queue,)
+            if route is not last:  # perf: a batch is mostly one route
+                last, exchange, key = route, route.exchange, route.key
+                queues = route.destinations(tables[exchange]) if route.routed \
+                    else (route.queue,)
+                if route not in declared:
+                    routes.add(route)
+            priority = message.properties.get("priority")
+            wire = MAX_WIRE if priority is None else to_wire(priority)
             for queue in queues:
-                raw, list_key = self._envelope(message, route, queue)
+                raw = encode(message, exchange, key, wire, tag())
+                list_key = lists.get((queue, wire)) or self._list_key(queue, wire)
                 if due is not None and due > now:
                     parks += (due, delay.member(list_key, raw))
                 else:
-                    pushes.setdefault(list_key, []).append(raw)
-            if route not in self._declared:
-                routes.add(route)
+                    pushed = pushes.get(list_key)
+                    if pushed is None:
+                        pushed = pushes[list_key] = []
+                    pushed.append(raw)
         commands: list[tuple[Any, ...]] = []
         for route in routes:
             commands += self._binding(route)
@@ -186,7 +199,14 @@ class PublisherMixin:
 
 def routed_exchanges(batch: Sequence[Outgoing]) -> list[str]:
     """The exchanges whose bindings route messages of ``batch``, once each."""
-    return list(dict.fromkeys(r.exchange for _m, r, _d in batch if r.routed))
+    found: dict[str, None] = {}
+    last = None
+    for _message, route, _due in batch:
+        if route is not last:  # perf: a batch is mostly one route
+            last = route
+            if route.routed:
+                found[route.exchange] = None
+    return list(found)
 
 
 def check(replies: list[Any]) -> list[Any]:
