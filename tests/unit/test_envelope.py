@@ -214,3 +214,27 @@ def test_headers_json_writes_what_json_dumps_writes(app: Conveyor, call: dict[st
             EDITS[edited](message.headers)
             for style, options in STYLES:
                 assert headers_json(message, style) == json.dumps(message.headers, **options)
+
+
+def test_a_built_message_is_a_message_whose_headers_are_laid_out_when_read(
+        app: Conveyor) -> None:
+    """Its headers are built on first read (and kept, so edits stick), it equals a
+    plain Message with the same fields, and pickles and copies as one."""
+    import copy
+    import dataclasses
+    import pickle
+
+    from conveyor.envelope import BuiltMessage
+    message, *_ = app.prepare("proj.add", (2,), {}, {}, {}, None)
+    assert isinstance(message, BuiltMessage) and isinstance(message, Message)
+    text = headers_json(message)
+    assert message.laid is None  # written without building the dict
+    message.headers["x-edited"] = 1
+    assert message.headers["x-edited"] == 1
+    assert headers_json(message) == json.dumps(message.headers) != text
+    plain = Message(dict(message.headers), message.body, message.content_type,
+                    message.content_encoding, dict(message.properties))
+    assert plain == message and message == plain
+    for again in (pickle.loads(pickle.dumps(message)), copy.deepcopy(message),
+                  dataclasses.replace(message)):
+        assert again == message and again.headers["x-edited"] == 1

@@ -7,14 +7,12 @@ the order Celery writes them and does nothing twice.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import json
 import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from operator import is_, itemgetter
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import DecodeError
@@ -151,159 +149,137 @@ KOMBU_JSON = JSONStyle()
 def headers_json(message: Message, style: JSONStyle = KOMBU_JSON) -> str:
     """``message.headers`` as JSON text, the same text ``style.encode`` writes.
 
-    perf: for a message the core built (``message.template``) whose headers still
-    hold the values it built them with (in number, and by identity where a template
-    fixes them), the text is put together from pieces laid out once per template and
-    style: a few string joins instead of encoding twenty keys. Anything else (a hook
-    added or replaced a header, a ``headers=`` option, a message read from a broker)
-    is encoded as usual. A header deleted and set again is written in Celery's order.
+    perf: a message the core built whose headers nobody has read yet (a
+    :class:`BuiltMessage`: they are laid out when first read, so they are still as
+    built) is written from text pieces laid out once per template and style, around
+    its own values: a few string joins instead of building and encoding twenty keys.
+    Anything else (headers a hook has read or edited, a message read from a broker)
+    is encoded as it is.
     """
-    template = message.template
-    if template is not None:
-        laid: _Laid = template.texts.get(style) or template.first_text(style)
-        text = laid.render(message.headers)
-        if text is not None:
-            return text
+    if type(message) is BuiltMessage and message.laid is None:
+        template = message.template
+        laid: _HeadersText = template.texts.get(style) or template.lay_out(style)
+        return laid.write(message.values)
     return style.encode(message.headers)
 
 
-#: The headers :meth:`Template.build` sets per message, in Celery's order.
-_VARYING = ("id", "eta", "expires", "group", "group_index", "retries", "timelimit",
-            "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "stamps")
-#: Those of them that are text in every message.
-_TEXTS = ("id", "root_id", "argsrepr", "kwargsrepr", "origin")
-#: The headers that hold numbers (or booleans) in the usual message.
-_NUMBERS = ("retries", "replaced_task_nesting", "ignore_result", "timelimit")
+#: The values :meth:`Template.build` gives each message (:attr:`BuiltMessage.values`):
+#: the headers they go in, in Celery's order.
+_VALUES = ("id", "eta", "expires", "group", "group_index", "retries", "root_id",
+           "parent_id", "argsrepr", "kwargsrepr", "origin")
+#: Per-call options that put a message in a family (group, parent, retry).
+_FAMILY = frozenset({"group_id", "group_index", "retries", "root_id", "parent_id"})
+
+
+def _all_values(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``values`` as ``_VALUES`` lists them: the usual message's four (id, argsrepr,
+    kwargsrepr, origin; see :meth:`Template.build`) spelled out."""
+    if len(values) != 4:
+        return values
+    id_, args, kwargs, origin = values
+    return (id_, None, None, None, None, 0, id_, None, args, kwargs, origin)
 
 
 class _HeadersText:
     """A template's headers as text pieces in one JSON style (see :func:`headers_json`).
 
-    ``pieces[i]`` is everything between the value of ``_VARYING[i - 1]`` and that of
-    ``_VARYING[i]``: the fixed headers and the key names; ``pieces[-1]`` closes the
-    object. The usual message, whose headers other than its five texts (``_TEXTS``)
-    equal the template's own (no eta, expiry, group, retries, parent or stamps), is
-    the usual pieces (``head``, ``calm``, …) around those five texts.
+    ``pieces[i]`` is everything between the value of ``_VALUES[i - 1]`` and that of
+    ``_VALUES[i]`` (the template's own headers and the key names); ``pieces[-1]``
+    closes the object. The usual message (no eta, expiry, group, retries or parent)
+    needs only ``calm`` and ``calm_parent`` between its five texts.
     """
 
-    __slots__ = ("size", "usual_of", "usual", "numbers_of", "numbers", "texts_of",
-                 "varying", "fixed_of", "fixed", "pieces", "head",
-                 "calm", "calm_parent", "between", "tail", "string", "encode", "no_args",
+    __slots__ = ("pieces", "calm", "calm_parent", "string", "encode", "no_args",
                  "no_kwargs", "origin")
 
     def __init__(self, headers: dict[str, Any], style: JSONStyle) -> None:
-        self.size = len(headers)
-        usual = [k for k in headers if k not in _TEXTS]
-        self.usual_of, self.usual = itemgetter(*usual), tuple(headers[k] for k in usual)
-        #: Headers whose equal values may print apart (``0``, ``0.0``, ``False``), and
-        #: the template's own objects for them (those of ``timelimit`` inside it).
-        self.numbers_of = itemgetter(*_NUMBERS)
-        self.numbers = tuple(headers[k] for k in _NUMBERS[:-1]) + tuple(headers["timelimit"])
-        self.texts_of, self.varying = itemgetter(*_TEXTS), itemgetter(*_VARYING)
-        fixed = [k for k in headers if k not in _VARYING]
-        self.fixed_of, self.fixed = itemgetter(*fixed), tuple(headers[k] for k in fixed)
         self.string, self.encode = style.string, style.encode
         pieces, text = [], "{"
         for key, value in headers.items():
             if text != "{":
                 text += style.item
             text += style.string(key) + style.key
-            if key in _VARYING:
+            if key in _VALUES:
                 pieces.append(text)
                 text = ""
             else:
                 text += style.encode(value)
         pieces.append(text + "}")
         self.pieces = p = pieces
-        laid = dict(zip(_VARYING, p))
-        values = [style.encode(headers[k]) for k in _VARYING]
-        self.head = p[0]
+        usual = (None, None, None, None, 0)  # eta, expires, group, group_index, retries
         #: From after ``id`` to the value of ``root_id``, for the usual message.
-        self.calm = "".join(f"{p[i]}{values[i]}" for i in range(1, 7)) + laid["root_id"]
+        self.calm = "".join(f"{p[i]}{style.encode(v)}" for i, v in enumerate(usual, 1)) \
+            + p[6]
         #: From after ``root_id`` to the value of ``argsrepr`` (no parent).
-        self.calm_parent = f"{laid['parent_id']}{values[8]}{laid['argsrepr']}"
-        #: Between ``argsrepr`` and ``kwargsrepr``, ``kwargsrepr`` and ``origin``.
-        self.between = (laid["kwargsrepr"], laid["origin"])
-        #: From after ``origin`` to the end (no stamps).
-        self.tail = f"{laid['stamps']}{values[12]}{p[13]}"
+        self.calm_parent = f"{p[7]}null{p[8]}"
         self.no_args, self.no_kwargs = style.string(NO_ARGS), style.string(NO_KWARGS)
-        #: The last ``origin`` written, and its text.
+        #: The last ``origin`` written, and its text (one tuple: threads see both).
         self.origin = (ORIGIN, style.string(ORIGIN))
 
-    def render(self, h: dict[str, Any]) -> str | None:
-        """The text of ``h``, or None when it is no longer as the template built it."""
-        if len(h) != self.size:
-            return None
-        try:
-            if self.usual_of(h) != self.usual:
-                return self.spelled(h)
-            retries, nesting, ignore, limits = self.numbers_of(h)
-            numbers = self.numbers
-            if retries is not numbers[0] or nesting is not numbers[1] \
-                    or ignore is not numbers[2] or limits[0] is not numbers[3] \
-                    or limits[1] is not numbers[4]:  # equal, but maybe not the same text
-                return self.spelled(h)
-            id_, root, args, kwargs, origin = self.texts_of(h)
-            string = self.string
-            ident = string(id_)
-            root = ident if root is id_ else string(root)
-            args = self.no_args if args is NO_ARGS else string(args)
-            kwargs = self.no_kwargs if kwargs is NO_KWARGS else string(kwargs)
-            known = self.origin  # one tuple: threads see a text and its origin together
-            if origin is not known[0]:  # once per process (and after a fork)
-                known = self.origin = (origin, string(origin))
-        except KeyError:  # a header was deleted
-            return None
-        except TypeError:  # a text header is not text: encode it as it is
-            return self.spelled(h)
-        between = self.between
-        return (f"{self.head}{ident}{self.calm}{root}{self.calm_parent}{args}{between[0]}"
-                f"{kwargs}{between[1]}{known[1]}{self.tail}")
+    def write(self, values: tuple[Any, ...]) -> str:
+        """The text of the headers of a message built with these values."""
+        if len(values) != 4:
+            return self.spelled(values)
+        id_, args, kwargs, origin = values  # the usual message: see Template.build
+        ident = self.string(id_) if type(id_) is str else self.encode(id_)
+        known = self.origin
+        if origin is not known[0]:  # once per process (and after a fork)
+            known = self.origin = (origin, self.string(origin))
+        p = self.pieces
+        return (f"{p[0]}{ident}{self.calm}{ident}{self.calm_parent}"
+                f"{self.no_args if args is NO_ARGS else self.string(args)}{p[9]}"
+                f"{self.no_kwargs if kwargs is NO_KWARGS else self.string(kwargs)}{p[10]}"
+                f"{known[1]}{p[11]}")
 
-    def spelled(self, h: dict[str, Any]) -> str | None:
-        """The text with every varying value encoded (the unusual message), or None
-        when a header the template fixes has changed."""
-        if not all(map(is_, self.fixed_of(h), self.fixed)):
-            return None
-        p, string, encode = self.pieces, self.string, self.encode
+    def spelled(self, values: tuple[Any, ...]) -> str:
+        """The text with every value encoded (the unusual message)."""
+        string, encode = self.string, self.encode
         parts = []
-        for piece, value in zip(p, self.varying(h)):
+        for piece, value in zip(self.pieces, _all_values(values)):
             parts.append(piece)
             parts.append(string(value) if type(value) is str else encode(value))
-        parts.append(p[-1])
+        parts.append(self.pieces[-1])
         return "".join(parts)
 
 
-class _Unlaid:
-    """No text pieces: the headers are encoded as they are. For a template's first
-    message, and for good when it has a ``headers=`` option (its values may change
-    between messages)."""
+class BuiltMessage(Message):
+    """A message the core built from a :class:`Template`.
 
-    @staticmethod
-    def render(_h: dict[str, Any]) -> None:
-        return None
+    Its headers are laid out the first time they are read, so a transport that
+    writes them as text (:func:`headers_json`) never builds the dict. It is a
+    :class:`Message` in every other way, and equal to a ``Message`` with the same
+    fields.
+    """
+
+    __slots__ = ("values", "laid")
+
+    #: The values :meth:`Template.build` gave this message (see ``_VALUES``).
+    values: tuple[Any, ...]
+    #: Its headers, once read (None before).
+    laid: dict[str, Any] | None
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        laid = self.laid
+        if laid is None:
+            laid = self.laid = self.template.headers_of(self.values)
+        return laid
+
+    @headers.setter
+    def headers(self, value: dict[str, Any]) -> None:
+        self.laid = value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return (self.headers, self.body, self.content_type, self.content_encoding,
+                self.properties) == (other.headers, other.body, other.content_type,
+                                     other.content_encoding, other.properties)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
-_UNLAID = _Unlaid()
-
-
-class _Later:
-    """A template's headers seen once in a style: laid out from the next message's
-    (a template used once is not worth laying out)."""
-
-    __slots__ = ("texts", "style")
-
-    def __init__(self, texts: dict[JSONStyle, _Laid], style: JSONStyle) -> None:
-        self.texts, self.style = texts, style
-
-    def render(self, h: dict[str, Any]) -> str | None:
-        if not all(key in h for key in _VARYING):  # edited: wait for another message
-            return None
-        laid = self.texts[self.style] = _HeadersText(copy.deepcopy(h), self.style)
-        return laid.render(h)
-
-
-_Laid = _HeadersText | _Unlaid | _Later
+_new = object.__new__
 
 
 class Template:
@@ -334,17 +310,50 @@ class Template:
         #: The ``headers`` option: applied last, so it may override any header.
         self.extra: Mapping[str, Any] | None = get("headers") or None
         #: JSON style → the headers' text pieces in it (:func:`headers_json`).
-        self.texts: dict[JSONStyle, _Laid] = {}
+        self.texts: dict[JSONStyle, _HeadersText] = {}
 
     def __reduce__(self) -> Any:
         # A pickled message (a test's, a tool's) travels without its template.
         return (_no_template, ())
 
-    def first_text(self, style: JSONStyle) -> _Unlaid:
-        """What writes the headers of this template's first message in ``style``:
-        the encoder; the next message's are laid out (:class:`_Later`)."""
-        self.texts[style] = _UNLAID if self.extra else _Later(self.texts, style)
-        return _UNLAID
+    def lay_out(self, style: JSONStyle) -> _HeadersText:
+        """This template's headers as text pieces in ``style`` (made once)."""
+        laid = self.texts[style] = _HeadersText(
+            self.headers_of(("", "", "", ORIGIN)),
+            style)
+        return laid
+
+    def headers_of(self, values: tuple[Any, ...]) -> dict[str, Any]:
+        """The headers of a message built with these values (``_VALUES``), in
+        Celery's order; the ``headers`` option last (it may override any header)."""
+        (task_id, eta, expires, group, group_index, retries, root_id, parent_id,
+         argsrepr, kwargsrepr, origin) = _all_values(values)
+        h: dict[str, Any] = {
+            "lang": LANG,
+            "task": self.name,
+            "id": task_id,
+            "shadow": self.shadow,
+            "eta": eta,
+            "expires": expires,
+            "group": group,
+            "group_index": group_index,
+            "retries": retries,
+            "timelimit": [self.time_limit, self.soft_time_limit],
+            "root_id": root_id,
+            "parent_id": parent_id,
+            "argsrepr": argsrepr,
+            "kwargsrepr": kwargsrepr,
+            "origin": origin,
+            "ignore_result": self.ignore_result,
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
+            "stamps": {},
+        }
+        if self.compressor is not None:
+            h["compression"] = self.compressor.content_type
+        if self.extra:
+            h.update(self.extra)
+        return h
 
     def build(self, task_id: str, args: Sequence[Any], kwargs: Mapping[str, Any],
               embed: Mapping[str, Any] | None, eta: dt.datetime | None,
@@ -361,46 +370,38 @@ class Template:
                           embed if embed is not None else EMPTY_EMBED))
         if self.compressor is not None:
             data = self.compressor.compress(data)
-        group = group_index = root_id = parent_id = None
-        retries = 0
-        if per_call is not None:
-            get = per_call.get
-            group, group_index = get("group_id"), get("group_index")
-            retries = get("retries") or 0
-            root_id, parent_id = get("root_id"), get("parent_id")
-        # A dict display keeps Celery's key order (and is the cheapest way to build it).
-        h: dict[str, Any] = {
-            "lang": LANG,
-            "task": self.name,
-            "id": task_id,
-            "shadow": self.shadow,
-            "eta": eta.isoformat() if eta is not None else None,
-            "expires": expires.isoformat() if expires is not None else None,
-            "group": group,
-            "group_index": group_index,
-            "retries": retries,
-            "timelimit": [self.time_limit, self.soft_time_limit],
-            "root_id": root_id or task_id,
-            "parent_id": parent_id,
-            "argsrepr": NO_ARGS if type(args) is tuple and not args else _repr(args),
-            "kwargsrepr": NO_KWARGS if type(kwargs) is dict and not kwargs else _repr(kwargs),
-            "origin": ORIGIN,
-            "ignore_result": self.ignore_result,
-            "replaced_task_nesting": 0,
-            "stamped_headers": None,
-            "stamps": {},
-        }
-        if self.compressor is not None:
-            h["compression"] = self.compressor.content_type
-        if self.extra:
-            h.update(self.extra)
+        argsrepr = NO_ARGS if type(args) is tuple and not args else _repr(args)
+        kwargsrepr = NO_KWARGS if type(kwargs) is dict and not kwargs else _repr(kwargs)
+        values: tuple[Any, ...]
+        if eta is None and expires is None and (
+                per_call is None or per_call.keys().isdisjoint(_FAMILY)):
+            values = (task_id, argsrepr, kwargsrepr, ORIGIN)  # the usual message
+        else:
+            group = group_index = root_id = parent_id = None
+            retries = 0
+            if per_call is not None:
+                get = per_call.get
+                group, group_index = get("group_id"), get("group_index")
+                retries = get("retries") or 0
+                root_id, parent_id = get("root_id"), get("parent_id")
+            values = (task_id, eta.isoformat() if eta is not None else None,
+                      expires.isoformat() if expires is not None else None, group,
+                      group_index, retries, root_id or task_id, parent_id, argsrepr,
+                      kwargsrepr, ORIGIN)
         props = {"correlation_id": task_id, "reply_to": self.reply_to, "delivery_mode": 2,
                  "priority": self.priority}
         if expires is not None:
             current = now or dt.datetime.now(UTC)
             aware = expires if expires.tzinfo is not None else expires.replace(tzinfo=UTC)
             props["expiration"] = str(max(0, int((aware - current).total_seconds() * 1000)))
-        return Message(h, data, ser.content_type, ser.content_encoding, props, self)
+        if self.extra:  # its values may change between messages: laid out now
+            return Message(self.headers_of(values), data, ser.content_type,
+                           ser.content_encoding, props, self)
+        message = _new(BuiltMessage)
+        message.values, message.laid, message.body = values, None, data
+        message.content_type, message.content_encoding = ser.content_type, ser.content_encoding
+        message.properties, message.template = props, self
+        return message
 
 
 def _no_template() -> None:
