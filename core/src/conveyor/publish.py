@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+from operator import is_
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -44,6 +45,9 @@ class PublishPath:
         self._callers: tuple[Any, Any, Any] | None = None
         #: ``(settings version, enabled routers, kept plans)``: see :meth:`plan`.
         self._state: tuple[int, list[Any], dict[Any, Plan]] = (-1, [], {})
+        #: The last call :meth:`plan` kept a plan for: ``(task, option names, option
+        #: values, task name, settings version, plan, per-call values)``.
+        self._last: tuple[Any, ...] = (_NO_TASK,)
 
     def hooks(self) -> tuple[Any, Any, Any]:
         """The ``route_task``, ``before_task_publish`` and ``after_task_publish``
@@ -107,6 +111,12 @@ class PublishPath:
         if routers or (self._callers or self.hooks())[0].get_hookimpls():
             router = self._router(name, args, kwargs, task)
         elif task is None or isinstance(task, Task):
+            last = self._last  # one tuple: threads see a call and its plan together
+            if last[0] is task and not sig and call.keys() == last[1] \
+                    and all(map(is_, call.values(), last[2])) and last[3] == name \
+                    and last[4] == version and last[5].defaults is (
+                        task.execution_defaults() if task is not None else None):
+                return last[5], last[6]  # perf: the options of the last call, again
             call_key, call_per = split(call) if call else _NOTHING
             sig_key, sig_per = split(sig) if sig else _NOTHING
             if call_key is not None and sig_key is not None:
@@ -122,6 +132,11 @@ class PublishPath:
                         plans[key] = plan
                 if sig_per and call_per:
                     return plan, {**sig_per, **call_per}
+                if not sig and plan.cacheable:
+                    # Keyable values are immutable, and per-call ones are only passed
+                    # on, so the same objects again mean the same plan and values.
+                    self._last = (task, frozenset(call), tuple(call.values()), name,
+                                  version, plan, call_per)
                 return plan, call_per or sig_per
         opts = resolve(call, sig, task, router, self.app.conf)
         per = {key: value for key in PER_CALL if (value := opts.get(key)) is not None}
@@ -323,6 +338,8 @@ def new_id() -> str:
 
 #: Plans kept per app (see :meth:`PublishPath.plan`); more distinct calls start afresh.
 _MAX_PLANS = 512
+#: What no task is (the last call of a new publish path).
+_NO_TASK = object()
 #: :func:`~conveyor.options.split` of no options.
 _NOTHING: tuple[tuple[Any, ...], None] = ((), None)
 
