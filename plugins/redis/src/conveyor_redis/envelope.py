@@ -14,16 +14,14 @@ from pieces, reading is the C JSON decoder and base64.
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
-import uuid
 from base64 import b64decode
 from binascii import b2a_base64
 from operator import itemgetter
 from typing import Any
 
 from conveyor.envelope import KOMBU_JSON, headers_json
+from conveyor.publish import new_id
 from conveyor.interfaces import Message
 
 from .layout import MAX_WIRE, from_wire
@@ -42,28 +40,9 @@ _string = KOMBU_JSON.string
 _dumps = KOMBU_JSON.encode
 
 
-class _Tags:
-    """Delivery tags shaped like kombu's uuid4 text, ~10× cheaper to make.
-
-    A random uuid4 prefix per process (renewed in a forked child) plus a counter in
-    the last 12 hex digits: unique across processes, and every tag is distinct.
-    """
-
-    def __init__(self) -> None:
-        self.renew()
-        os.register_at_fork(after_in_child=self.renew)
-
-    def renew(self) -> None:
-        u = uuid.uuid4().hex
-        self.prefix = f"{u[:8]}-{u[8:12]}-{u[12:16]}-{u[16:20]}-"
-        self.counter = itertools.count(int(u[20:], 16) & 0xFFFFFFFFFF)
-
-    def __call__(self) -> str:
-        return f"{self.prefix}{next(self.counter):012x}"
-
-
-#: A unique delivery tag (kombu uses them as keys in ``unacked``).
-new_tag = _Tags()
+#: A unique delivery tag (kombu uses them as keys in ``unacked``): a uuid4's text, as
+#: kombu's; plain hex and dashes, so its JSON text is itself in quotes.
+new_tag = new_id
 
 #: ``delivery_info`` text by (exchange, routing key); a route has one.
 _infos: dict[tuple[str, str], str] = {}
@@ -102,7 +81,8 @@ def _info(exchange: str, routing_key: str) -> str:
 
 def encode(message: Message, exchange: str, routing_key: str, wire_priority: int,
            tag: str) -> str:
-    """The envelope text to LPUSH for ``message``.
+    """The envelope text to LPUSH for ``message``, with delivery tag ``tag`` (from
+    :func:`new_tag`: text JSON needs no escapes in).
 
     perf: the text is put together from pieces (the headers' from text laid out once
     per template: :func:`conveyor.envelope.headers_json`) rather than by building
@@ -125,7 +105,7 @@ def encode(message: Message, exchange: str, routing_key: str, wire_priority: int
             f'"properties": {own}"delivery_info": '
             f'{_infos.get((exchange, routing_key)) or _info(exchange, routing_key)}, '
             f'"priority": {_WIRES[wire_priority]}, "body_encoding": "base64", '
-            f'"delivery_tag": {_string(tag)}}}}}')
+            f'"delivery_tag": "{tag}"}}}}')
 
 
 class Decoded:
