@@ -1,17 +1,24 @@
 """Conveyor vs Celery on the same RabbitMQ, same run: enqueue, drain, round trip.
 
-Run alone: ``uv run --frozen python bench/amqp_bench.py [--n 10000]``. Prints one
-JSON object. Each system gets its own vhost on 127.0.0.1:5672 (made with
-``rabbitmqctl`` and deleted afterwards) and its own Redis db for results (``--redis``,
-default ``redis://127.0.0.1:6379``, dbs 14 and 15, flushed before and after).
+Run alone: ``CONVEYOR_BENCH_REDIS_PORT=6390 uv run --frozen python bench/amqp_bench.py
+[--n 10000]``. Prints one JSON object. Each system gets its own vhost on
+127.0.0.1:5672 (made with ``rabbitmqctl`` and deleted afterwards) and its own Redis db
+for results (``--redis``, default 127.0.0.1 at ``CONVEYOR_BENCH_REDIS_PORT`` or 6379,
+dbs 14 and 15, flushed before and after).
 
 Measured for each system, with ``n`` no-op tasks and default settings (results on):
 
 * ``enqueue_per_s`` — ``noop.apply_async()`` in a loop, one thread;
 * ``drain_per_s`` — one worker process running the ``n`` queued tasks, first to
   last result written (start-up excluded). Conveyor: ``--pool threads -c 8`` (one
-  process); Celery: ``-P solo`` (its fastest single process here, the issue's
-  anchor);
+  process); Celery: ``-P threads -c 1`` (``--celery-pool``). Celery's ``-P solo``
+  (the issue's anchor, ~1,150/s) stalls on kombu 5.7 whenever the machine is
+  loaded: its early acks are queued with ``hub.call_soon`` from inside the event
+  loop, which then polls with its timer's timeout (10 s) instead of 0; once the
+  prefetch window (4) is all delivered and unacked, RabbitMQ sends nothing and the
+  worker sleeps 10 s with the acks still queued (seen with strace; 33–124/s over
+  5,000 tasks, against 230–520/s for ``-P threads -c 1`` in the same hour). A pool
+  thread's ack wakes the loop, so the threads pool does not stall;
 * ``roundtrip_p50_ms`` — ``noop.delay().get()`` one after another, worker running.
 
 ``ratios`` divides Conveyor by Celery (for the round trip, lower is better), and
@@ -70,7 +77,7 @@ def rabbitmqctl(*args: str) -> None:
 
 
 def measure(system: str, n: int, workdir: Path, broker: str, backend: str,
-            roundtrips: int) -> dict[str, Any]:
+            roundtrips: int, celery_pool: str = "threads") -> dict[str, Any]:
     """Every number for one system (``conveyor`` or ``celery``)."""
     results = redis.Redis.from_url(backend)
     if system == "conveyor":
@@ -82,7 +89,7 @@ def measure(system: str, n: int, workdir: Path, broker: str, backend: str,
         from celery import Celery
         app = Celery("bench", broker=broker, backend=backend)
         worker_args = [sys.executable, "-m", "celery", "-A", "bench_celery", "worker",
-                       "-Q", QUEUE, "-c", "1", "-P", "solo", "--without-gossip",
+                       "-Q", QUEUE, "-c", "1", "-P", celery_pool, "--without-gossip",
                        "--without-mingle", "--without-heartbeat", "-l", "WARNING"]
 
     @app.task(name="bench.noop")
@@ -106,15 +113,21 @@ def main() -> None:
     parser.add_argument("--roundtrips", type=int, default=300)
     parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672",
                         help="RabbitMQ, without the vhost")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379",
-                        help="Redis for results (dbs 14 and 15 are flushed)")
+    parser.add_argument("--redis", default="redis://127.0.0.1:"
+                        + os.environ.get("CONVEYOR_BENCH_REDIS_PORT", "6379"),
+                        help="Redis for results (dbs 14 and 15 are flushed; default port "
+                        "from CONVEYOR_BENCH_REDIS_PORT, else 6379)")
+    parser.add_argument("--celery-pool", default="threads", choices=("threads", "solo"),
+                        help="Celery's pool, one slot (solo stalls under load: see above)")
     ns = parser.parse_args()
     import celery
     import pika
     report: dict[str, Any] = {
         "n": ns.n, "python": platform.python_version(), "celery_version": celery.__version__,
         "pika_version": pika.__version__,
-        "workers": {"conveyor": "--pool threads -c 8", "celery": "-P solo -c 1"}}
+        "workers": {"conveyor": "--pool threads -c 8",
+                    "celery": f"-P {ns.celery_pool} -c 1"},
+        "loadavg": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         for db, system in ((14, "conveyor"), (15, "celery")):
@@ -126,7 +139,7 @@ def main() -> None:
                 (workdir / f"bench_{system}.py").write_text(
                     textwrap.dedent(TASKS[system]).format(broker=broker, backend=backend))
                 report[system] = measure(system, ns.n, workdir, broker, backend,
-                                         ns.roundtrips)
+                                         ns.roundtrips, ns.celery_pool)
             finally:
                 rabbitmqctl("delete_vhost", vhost)
                 redis.Redis.from_url(backend).flushdb()
