@@ -14,9 +14,10 @@ Measured for each system, with ``n`` no-op tasks and default settings (results o
   process); Celery: ``-P threads -c 1`` (``--celery-pool``). Celery's ``-P solo``
   (the issue's anchor, ~1,150/s) stalls on kombu 5.7 whenever the machine is
   loaded: its early acks are queued with ``hub.call_soon`` from inside the event
-  loop, which then polls with its timer's timeout (10 s) instead of 0; once the
+  loop, which then polls with its next timer's timeout (10 s with
+  ``--without-heartbeat``; the event heartbeat's 2 s without it) instead of 0; once the
   prefetch window (4) is all delivered and unacked, RabbitMQ sends nothing and the
-  worker sleeps 10 s with the acks still queued (seen with strace; 33–124/s over
+  worker sleeps with the acks still queued (seen with strace; 33–124/s over
   5,000 tasks, against 230–520/s for ``-P threads -c 1`` in the same hour). A pool
   thread's ack wakes the loop, so the threads pool does not stall;
 * ``roundtrip_p50_ms`` — ``noop.delay().get()`` one after another, worker running.
