@@ -23,7 +23,6 @@ import pika
 import pika.exceptions as pe
 from pika import frame
 from pika.adapters.blocking_connection import BlockingChannel
-from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport
 from pika.spec import Basic, BasicProperties
 
 from .connection import open_connection
@@ -48,6 +47,10 @@ class _QuietProbe(logging.Filter):
 
 
 logging.getLogger("pika.channel").addFilter(_QuietProbe())
+
+#: pika's transport over a plain socket (not TLS), which :meth:`Channel._write` may
+#: write to directly.
+PLAIN_TRANSPORT = "_AsyncPlaintextTransport"
 
 #: A delivery as pika hands it over: queue, method frame, properties, body.
 Raw = tuple[str, Basic.Deliver, BasicProperties, bytes]
@@ -244,9 +247,9 @@ class Channel:
         """
         conn: Any = self._conn  # pika's connection under the blocking facade
         impl = conn._impl
-        transport = impl._transport
+        transport = vars(impl).get("_transport")  # pika's (the core's _transport is another)
         sent = 0
-        if (isinstance(transport, _AsyncPlaintextTransport)
+        if (type(transport).__name__ == PLAIN_TRANSPORT  # TLS: pika's path only
                 and transport.get_write_buffer_size() == 0):
             try:
                 sent = transport._sock.send(data)
