@@ -18,7 +18,7 @@ import contextlib
 import contextvars
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from .connection import gave_up, retry_sleeps, scheme_of
@@ -107,10 +107,8 @@ class _Sender:
 
     async def publish_many(self, batch: Sequence[Outgoing], *,
                            retry: bool, policy: Mapping[str, Any] | None) -> None:
-        policy = policy or DEFAULT_RETRY_POLICY
-        errors = tuple(policy.get("retry_errors") or self.transport.connection_errors)
-        sleeps = retry_sleeps(policy) if retry else iter(())
         attempts = 0
+        sleeps: Iterator[float] | None = None  # perf: made at the first failure only
         while True:
             attempts += 1
             transport = self.transport
@@ -122,7 +120,13 @@ class _Sender:
                 return
             except ConveyorError:
                 raise
-            except errors as exc:
+            except Exception as exc:
+                policy = policy or DEFAULT_RETRY_POLICY
+                if not isinstance(exc, tuple(policy.get("retry_errors")
+                                             or transport.connection_errors)):
+                    raise
+                if sleeps is None:
+                    sleeps = retry_sleeps(policy) if retry else iter(())
                 pause = next(sleeps, None)
                 await self._reset(transport)
                 if pause is None:
@@ -144,6 +148,14 @@ class _LoopClients:
         self.shared: _Sender | None = None
         self.multiplexed: bool | None = None
         self._backend: Any = None
+        self._replies: bool | None = None
+
+    @property
+    def replies(self) -> bool:
+        """Whether the app's result backend takes replies (``rpc://``), asked once."""
+        if self._replies is None:
+            self._replies = bool(self.app.backend.capabilities.replies)
+        return self._replies
 
     @contextlib.asynccontextmanager
     async def sender(self) -> AsyncIterator[_Sender]:
@@ -247,8 +259,9 @@ async def deferred(app: Conveyor, build: Callable[[], T]) -> T:
     first (a chord's counter, a chain's steps parked in the backend; see
     :func:`hold_write`), in the order it made them.
     """
-    if app.backend.capabilities.replies:  # naming the reply queue declares it: I/O
-        clients(app).backend  # noqa: B018 - raises AsyncUnsupportedError without a twin
+    loop_clients = clients(app)
+    if loop_clients.replies:  # naming the reply queue declares it: I/O
+        loop_clients.backend  # noqa: B018 - raises AsyncUnsupportedError without a twin
     held: list[Any] = []
     token = HELD.set(held)
     try:
@@ -259,7 +272,6 @@ async def deferred(app: Conveyor, build: Callable[[], T]) -> T:
         if not isinstance(run, BackendWrite):
             _no_publisher(run.publisher)
     if held:
-        loop_clients = clients(app)
         if loop_clients.shared is not None:  # perf: no context manager
             await _send(app, loop_clients.shared, held)
         else:

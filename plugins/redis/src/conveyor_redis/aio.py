@@ -8,8 +8,10 @@ over one pipelined connection per twin (:class:`.aiopipe.Pipe`).
 Waiting for results shares one subscription connection per backend: a reader task
 hands each waiter of a channel the state published on it, so ten thousand
 concurrent ``aget()`` calls cost one connection, not ten thousand. Each wait
-subscribes, waits for the subscription to be confirmed, then reads the key (so a
-result stored before the subscription is not missed), as the blocking backend does.
+subscribes, and once the subscription is confirmed its key is read (so a result
+stored before the subscription is not missed), as the blocking backend does. perf:
+the waits of one turn of the loop share one SUBSCRIBE, the keys confirmed together
+are read in one MGET, and a waiter's coroutine wakes once, when its state comes.
 Unlike the blocking backend, a notification is used as it comes (the payload
 published is the one stored, by the same script), as Celery's result consumer does:
 one round trip less per result. Redis pub/sub ignores db numbers, so this trusts the
@@ -45,6 +47,8 @@ log = logging.getLogger("conveyor.redis")
 _BROKEN: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, OSError)
 #: Pause before the subscription connection is opened again after it broke.
 _RESUBSCRIBE_PAUSE = 0.2
+#: How late a reply on the command connection may be before it is given up.
+_REPLY_TIMEOUT = 10.0
 
 
 def _pool(url: str, *, socket_timeout: float | None, connect_timeout: float | None,
@@ -87,15 +91,17 @@ class AsyncRedisTransport:
         connect = o["socket_connect_timeout"]
         if connect is None and app is not None:
             connect = app.conf.broker_connection_timeout
-        self._pool_args = {"socket_timeout": o["socket_timeout"], "connect_timeout": connect,
-                           "keepalive": bool(o["socket_keepalive"]), "ssl": o["ssl"]}
+        self._timeout = o["socket_timeout"]
+        self._pool_args = {"connect_timeout": connect, "keepalive": bool(o["socket_keepalive"]),
+                           "ssl": o["ssl"]}
         self._shaper = _Shaper(url, Layout(o["global_keyprefix"], o["sep"],
                                            o["priority_steps"]))
         self._pipe: Pipe | None = None
 
     async def connect(self) -> None:
         if self._pipe is None:
-            self._pipe = Pipe(_pool(self.url, **self._pool_args))
+            self._pipe = Pipe(_pool(self.url, socket_timeout=None, **self._pool_args),
+                              timeout=self._timeout)
 
     async def close(self) -> None:
         pipe, self._pipe = self._pipe, None
@@ -114,9 +120,12 @@ class AsyncRedisTransport:
         pipe = self._pipe
         assert pipe is not None
         shaper = self._shaper
-        exchanges = routed_exchanges(batch)
-        tables = shaper.parse_tables(exchanges, check(
-            await pipe.pipeline(shaper.table_reads(exchanges)))) if exchanges else {}
+        if len(batch) == 1 and not batch[0][1].routed:  # perf: the common case
+            tables: dict[str, Any] = {}
+        else:
+            exchanges = routed_exchanges(batch)
+            tables = shaper.parse_tables(exchanges, check(
+                await pipe.pipeline(shaper.table_reads(exchanges)))) if exchanges else {}
         commands, routes = shaper.commands(batch, tables)
         if len(commands) == 1:  # perf: one command is atomic as it is
             await pipe.call(*commands[0])
@@ -126,29 +135,45 @@ class AsyncRedisTransport:
 
 
 class _Waiter:
-    """One ``wait()``: what was published for it, and the future it sleeps on."""
+    """One ``wait()``: the state it was handed (a notification, or the key read once
+    its subscription was confirmed), and the future it sleeps on."""
 
-    __slots__ = ("payload", "confirmed", "reread", "future")
+    __slots__ = ("key", "previous", "payload", "error", "future")
 
-    def __init__(self, confirmed: bool) -> None:
+    def __init__(self, key: bytes, previous: bytes | None) -> None:
+        self.key, self.previous = key, previous
         self.payload: bytes | None = None
-        self.confirmed = confirmed
-        self.reread = True  # read the key once the subscription is confirmed
+        self.error: BaseException | None = None
         self.future: asyncio.Future[bool] | None = None
+
+    def notify(self, payload: bytes) -> None:
+        """A state published on the channel: the newest, so it wins."""
+        if payload != self.previous:
+            self.payload = payload
+            self.wake()
+
+    def read(self, payload: bytes | None) -> None:
+        """The key as read after subscribing: used unless a notification came."""
+        if payload is not None and self.payload is None and payload != self.previous:
+            self.payload = payload
+            self.wake()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.wake()
 
     def wake(self) -> None:
         future = self.future
         if future is not None and not future.done():
             future.set_result(True)
 
-    async def sleep(self, pause: float | None) -> None:
-        """Until woken, or ``pause`` seconds (then the key is read again)."""
+    async def sleep(self, pause: float | None) -> bool:
+        """Until woken (True), or ``pause`` seconds (False)."""
         loop = asyncio.get_running_loop()
         future = self.future = loop.create_future()
         timer = None if pause is None else loop.call_later(pause, _time_up, future)
         try:
-            if not await future:
-                self.reread = True
+            return await future
         finally:
             self.future = None
             if timer is not None:
@@ -176,7 +201,8 @@ class AsyncRedisBackend:
     def __init__(self, url: str = "redis://", app: Any = None) -> None:
         self.url = url
         timeout = app.conf.broker_connection_timeout if app is not None else 4.0
-        self._pipe = Pipe(_pool(url, socket_timeout=10.0, connect_timeout=timeout))
+        self._pipe = Pipe(_pool(url, socket_timeout=None, connect_timeout=timeout),
+                          timeout=_REPLY_TIMEOUT)
         #: The subscription connection reads for ever: no read timeout.
         self._sub_pool = _pool(url, socket_timeout=None, connect_timeout=timeout)
         self._sub_conn: Any = None
@@ -190,6 +216,13 @@ class AsyncRedisBackend:
         #: confirmed before them is not the one a new waiter asked for.
         self._leaving: dict[bytes, int] = {}
         self._flushing = False
+        #: Waiters whose subscription is confirmed and whose key is not read yet
+        #: (read together at the next flush), and those reads under way.
+        self._unread: list[_Waiter] = []
+        self._reads: set[asyncio.Task[None]] = set()
+        #: What the subscription writer sends next, and the future it sleeps on.
+        self._out: list[bytes] = []
+        self._wake: asyncio.Future[None] | None = None
 
     @staticmethod
     def key(task_id: str) -> str:
@@ -260,16 +293,19 @@ class AsyncRedisBackend:
                                     _seconds(expires)))
 
     # ------------------------------------------------------------- waiting
-    def _join(self, channel: bytes) -> _Waiter:
-        """One more waiter on ``channel`` (subscribed on the first)."""
+    def _join(self, channel: bytes, previous: bytes | None) -> _Waiter:
+        """One more waiter on ``channel`` (subscribed on the first; its key read
+        once the subscription is confirmed, with the other reads of the turn)."""
+        waiter = _Waiter(channel, previous)
         found = self._channels.get(channel)
         if found is None:
             found = self._channels[channel] = _Channel()
             self._unsubscribing.discard(channel)
             self._subscribing.add(channel)
-            self._schedule()
-        waiter = _Waiter(found.confirmed)
+        elif found.confirmed:
+            self._unread.append(waiter)
         found.waiters.append(waiter)
+        self._schedule()
         return waiter
 
     def _leave(self, channel: bytes, waiter: _Waiter) -> None:
@@ -287,17 +323,23 @@ class AsyncRedisBackend:
                 self._schedule()
 
     def _schedule(self) -> None:
+        if self._flushing:
+            return
+        self._flushing = True
         loop = asyncio.get_running_loop()
         if self._listener is None or self._listener.done():
             self._listener = loop.create_task(self._listen())
-        if not self._flushing:
-            self._flushing = True
-            loop.call_soon(self._flush)
+        loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        """Send the (un)subscriptions asked for this turn of the loop, in one write.
-        Without a connection, :meth:`_listen` subscribes everything once it has one."""
+        """Send the (un)subscriptions asked for this turn of the loop, in one write,
+        and read the keys of the waiters whose subscription is confirmed, in one
+        MGET. Without a connection, :meth:`_listen` subscribes everything once it
+        has one."""
         self._flushing = False
+        unread, self._unread = self._unread, []
+        if unread:
+            self._reads.add(asyncio.get_running_loop().create_task(self._read_keys(unread)))
         conn = self._sub_conn
         if conn is None:
             return
@@ -311,42 +353,84 @@ class AsyncRedisBackend:
         if new:
             out += conn.pack_command("SUBSCRIBE", *new)
         if out:
+            self._out += out
+            wake, self._wake = self._wake, None
+            if wake is not None and not wake.done():
+                wake.set_result(None)
+
+    async def _read_keys(self, waiters: list[_Waiter]) -> None:
+        """The keys of ``waiters``, in one MGET, handed to each (tried once more
+        after a dropped connection, as :meth:`get` is; an error fails them all)."""
+        keys = [waiter.key for waiter in waiters]
+        try:
             try:
-                conn._writer.writelines(out)
-            except (OSError, RuntimeError, AttributeError) as exc:
-                log.debug("Writing subscriptions failed (%s); the listener reconnects", exc)
+                try:
+                    found = await self._pipe.call("MGET", *keys)
+                except CONNECTION_ERRORS:
+                    found = await self._pipe.call("MGET", *keys)
+            except redis.RedisError as exc:
+                error = wrap(exc, self.url, f"reading the result of {len(keys)} tasks")
+                for waiter in waiters:
+                    waiter.fail(error)
+                return
+            for waiter, payload in zip(waiters, found):
+                waiter.read(payload)
+        finally:
+            self._reads.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    async def _write_subscriptions(self, conn: Any) -> None:
+        """Write the (un)subscriptions :meth:`_flush` queued, one write per turn."""
+        loop = asyncio.get_running_loop()
+        while True:
+            out, self._out = self._out, []
+            if out:
+                await conn.send_packed_command(out, check_health=False)
+                continue
+            wake = self._wake = loop.create_future()
+            await wake
 
     async def _listen(self) -> None:
-        """Read the subscription connection for ever; reconnect when it breaks."""
+        """Keep the subscription connection: a writer and a reader task on it;
+        reconnect and subscribe every channel again when it breaks."""
+        loop = asyncio.get_running_loop()
         pause = _RESUBSCRIBE_PAUSE
         while True:
             conn = self._sub_pool.make_connection()  # type: ignore[no-untyped-call]
+            tasks: list[asyncio.Task[None]] = []
             try:
                 await conn.connect()
                 pause = _RESUBSCRIBE_PAUSE
-                self._sub_conn = conn
                 self._subscribing.clear()
                 self._unsubscribing.clear()
                 self._leaving.clear()
-                if self._channels:
-                    conn._writer.writelines(conn.pack_command("SUBSCRIBE", *self._channels))
-                while True:
-                    self._dispatch(await conn.read_response(timeout=math.inf))
+                self._out = conn.pack_command("SUBSCRIBE", *self._channels) \
+                    if self._channels else []
+                self._sub_conn = conn
+                tasks = [loop.create_task(self._write_subscriptions(conn)),
+                         loop.create_task(self._read_subscription(conn))]
+                done, _pending = await asyncio.wait(tasks,
+                                                    return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # raises what broke the connection
             except _BROKEN as exc:
                 (log.warning if pause == _RESUBSCRIBE_PAUSE else log.debug)(
                     "Result subscription to %s broke (%s); resubscribing",
                     mask_url(self.url), exc)
             finally:
-                self._sub_conn = None
+                self._sub_conn = self._wake = None
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
                 with contextlib.suppress(Exception):
-                    conn._close()
+                    await conn.disconnect(nowait=True)
             for found in self._channels.values():  # read again once resubscribed
                 found.confirmed = False
-                for waiter in found.waiters:
-                    waiter.confirmed, waiter.reread = False, True
-                    waiter.wake()
             await asyncio.sleep(pause)
             pause = min(pause * 2, 5.0)
+
+    async def _read_subscription(self, conn: Any) -> None:
+        while True:
+            self._dispatch(await conn.read_response(timeout=math.inf))
 
     def _dispatch(self, reply: Any) -> None:
         kind, channel = reply[0], reply[1]
@@ -354,17 +438,15 @@ class AsyncRedisBackend:
             found = self._channels.get(channel)
             if found is not None:
                 for waiter in found.waiters:
-                    waiter.payload = reply[2]
-                    waiter.wake()
+                    waiter.notify(reply[2])
         elif kind == b"subscribe":
             if self._leaving.get(channel):
                 return  # confirms a subscription an UNSUBSCRIBE since ended
             found = self._channels.get(channel)
             if found is not None and not found.confirmed:
                 found.confirmed = True
-                for waiter in found.waiters:
-                    waiter.confirmed = True
-                    waiter.wake()
+                self._unread += found.waiters
+                self._schedule()
         elif kind == b"unsubscribe":
             left = self._leaving.get(channel, 0) - 1
             if left > 0:
@@ -377,24 +459,22 @@ class AsyncRedisBackend:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         channel = self.key(task_id).encode("utf-8")
-        waiter = self._join(channel)
+        waiter = self._join(channel, previous)
         try:
             while True:
-                payload = waiter.payload
-                if payload is not None and payload != previous:
-                    return payload
-                if waiter.confirmed and waiter.reread:
-                    waiter.reread = False
-                    found = await self._changed(task_id, previous)
-                    if found is not None:
-                        return found
-                    continue  # a notification may have come meanwhile
+                if waiter.payload is not None:
+                    return waiter.payload
+                if waiter.error is not None:
+                    raise waiter.error
                 pause: float | None = _REREAD_EVERY
                 if deadline is not None:
                     pause = min(_REREAD_EVERY, deadline - loop.time())
                     if pause <= 0:  # one last look, as the blocking backend does
                         return await self._changed(task_id, previous)
-                await waiter.sleep(pause)
+                if not await waiter.sleep(pause):  # no news for a while: read the key
+                    found = await self._changed(task_id, previous)
+                    if found is not None:
+                        return found
         finally:
             self._leave(channel, waiter)
 
@@ -408,6 +488,10 @@ class AsyncRedisBackend:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await listener
+        reads, self._reads = self._reads, set()
+        for read in reads:
+            read.cancel()
+        await asyncio.gather(*reads, return_exceptions=True)
         await self._pipe.close()
         await self._sub_pool.aclose()
 

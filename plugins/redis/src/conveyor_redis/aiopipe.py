@@ -1,15 +1,19 @@
 """One pipelined ``redis.asyncio`` connection shared by the coroutines of a loop.
 
 perf: redis-py's asyncio client checks a connection out of its pool for every
-command, wraps it in retry and observability layers, and writes it with a
-``drain()``: with a hundred coroutines publishing and reading results at once, that
-Python (and one ``send()`` per command) cost more than Redis itself. Here every
-command of every coroutine goes over one held redis-py connection: its packer and
-its (hiredis) reply parser, but commands written during one turn of the event loop
-leave in one ``writelines`` and a single reader task hands replies back in order
-(Redis answers a connection's commands in the order they came). A coroutine that
-stops waiting (cancelled, timed out) leaves its reply to be read and dropped, so the
-order never slips.
+command, wraps it in retry and observability layers, writes it with a ``drain()``
+and arms a timer around every reply it reads: with a hundred coroutines publishing
+and reading results at once, that Python (and one ``send()`` per command) cost more
+than Redis itself. Here every command of every coroutine goes over one held redis-py
+connection: its packer and its (hiredis) reply parser, but commands written during
+one turn of the event loop leave in one write (a writer task, woken once per turn)
+and a single reader task hands replies back in order (Redis answers a connection's
+commands in the order they came). A coroutine that stops waiting (cancelled, timed
+out) leaves its reply to be read and dropped, so the order never slips.
+
+Replies are read without a timer each: one watchdog per ``timeout`` seconds gives the
+connection up when replies are awaited and none came in a whole period (redis-py's
+``socket_timeout``, at the cost of one timer per period instead of one per reply).
 
 A broken connection fails every command in flight with redis-py's
 ``ConnectionError``/``TimeoutError`` (what callers retry on, as on the blocking
@@ -42,16 +46,22 @@ class _Call:
 class Pipe:
     """Commands from any coroutine of one loop over one connection (see the module)."""
 
-    def __init__(self, pool: aioredis.ConnectionPool) -> None:
-        """``pool`` only makes the connection: its ``socket_timeout`` is how late a
-        reply may be before the connection is given up."""
+    def __init__(self, pool: aioredis.ConnectionPool, *, timeout: float | None) -> None:
+        """``pool`` only makes the connection (made without a read timeout);
+        ``timeout`` is how late a reply may be before the connection is given up
+        (None: never)."""
         self._pool = pool
+        self._timeout = timeout
         self._conn: Any = None
         self._connecting: asyncio.Lock | None = None
         self._waiting: collections.deque[_Call] = collections.deque()
         self._out: list[bytes] = []
-        self._writing = False
+        self._wake: asyncio.Future[None] | None = None  # the idle writer's
+        self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._read = 0  # replies read, for the watchdog
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._closing: asyncio.Task[None] | None = None
 
     async def call(self, *args: Any) -> Any:
         """Run one command; its raw reply (bytes, int, list), or its error raised."""
@@ -75,14 +85,21 @@ class Pipe:
             conn = await self._connect()
         loop = asyncio.get_running_loop()
         call = _Call(loop.create_future(), len(commands))
+        out = self._out
         for args in commands:
-            self._out += conn.pack_command(*args)
+            out += conn.pack_command(*args)
         self._waiting.append(call)
-        if not self._writing:
-            self._writing = True
-            loop.call_soon(self._write, conn)
+        wake = self._wake
+        if wake is not None:
+            self._wake = None
+            if not wake.done():
+                wake.set_result(None)
+        if self._writer is None:
+            self._writer = loop.create_task(self._write(conn))
         if self._reader is None:
-            self._reader = loop.create_task(self._read(conn))
+            self._reader = loop.create_task(self._read_replies(conn))
+        if self._watchdog is None and self._timeout is not None:
+            self._watchdog = loop.call_later(self._timeout, self._watch, conn, self._read)
         replies: list[Any] = await call.future
         if raise_first:
             for reply in replies:
@@ -100,18 +117,28 @@ class Pipe:
                 self._conn = conn
         return self._conn
 
-    def _write(self, conn: Any) -> None:
-        """Everything written this turn of the loop, in one go."""
-        self._writing = False
-        out, self._out = self._out, []
-        if conn is not self._conn or not out:
-            return
+    async def _write(self, conn: Any) -> None:
+        """Write what the coroutines of a turn sent, in one go; then sleep until the
+        next command comes."""
+        loop = asyncio.get_running_loop()
         try:
-            conn._writer.writelines(out)
-        except (OSError, RuntimeError, AttributeError) as exc:
-            self._broken(conn, redis.ConnectionError(f"Error writing to Redis: {exc}"))
+            while self._conn is conn:
+                out, self._out = self._out, []
+                if out:
+                    if not conn.is_connected:  # never let redis-py reconnect it here
+                        raise redis.ConnectionError("Redis connection closed")
+                    await conn.send_packed_command(out, check_health=False)
+                    continue  # more may have come while draining
+                wake = self._wake = loop.create_future()
+                await wake
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            self._broken(conn, exc if isinstance(exc, redis.RedisError)
+                         else redis.ConnectionError(f"Error writing to Redis: {exc}"))
+        finally:
+            if self._writer is asyncio.current_task():
+                self._writer = None
 
-    async def _read(self, conn: Any) -> None:
+    async def _read_replies(self, conn: Any) -> None:
         """Hand each reply to the call it answers, while any is awaited."""
         try:
             while self._waiting:
@@ -119,6 +146,7 @@ class Pipe:
                     reply = await conn.read_response()
                 except redis.ResponseError as exc:
                     reply = exc
+                self._read += 1
                 call = self._waiting[0]
                 call.replies.append(reply)
                 if len(call.replies) == call.count:
@@ -135,26 +163,52 @@ class Pipe:
             if self._reader is asyncio.current_task():
                 self._reader = None
 
+    def _watch(self, conn: Any, read: int) -> None:
+        """Every ``timeout`` seconds while replies are awaited: give the connection
+        up when none came since the last look."""
+        self._watchdog = None
+        if conn is not self._conn or not self._waiting:
+            return
+        if self._read == read:
+            self._broken(conn, redis.TimeoutError(
+                f"Timeout reading from Redis: no reply in {self._timeout}s"))
+            return
+        self._watchdog = asyncio.get_running_loop().call_later(
+            self._timeout, self._watch, conn, self._read)  # type: ignore[arg-type]
+
     def _broken(self, conn: Any, exc: BaseException) -> None:
-        """Fail what is in flight; the next command connects again."""
-        if self._conn is conn:
-            self._conn = None
-            self._out = []
+        """Fail what is in flight and stop the reader and writer of ``conn``; the
+        next command connects again."""
+        if self._conn is not conn:
+            return
+        self._conn = None
+        self._out = []
         waiting, self._waiting = self._waiting, collections.deque()
         for call in waiting:
             if not call.future.done():
                 call.future.set_exception(exc)
-        with contextlib.suppress(Exception):
-            conn._close()  # synchronous: never awaits, even from a cancelled reader
+        current = asyncio.current_task()
+        for task in (self._reader, self._writer):
+            if task is not None and task is not current:
+                task.cancel()
+        self._reader = self._writer = self._wake = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        # redis-py closes a connection whose read or write failed, and a cancelled
+        # read's; this closes one given up for its silence.
+        self._closing = asyncio.get_running_loop().create_task(
+            conn.disconnect(nowait=True))
 
     async def close(self) -> None:
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-        conn, self._conn = self._conn, None
+        conn, tasks = self._conn, [t for t in (self._reader, self._writer) if t]
         if conn is not None:
+            self._broken(conn, redis.ConnectionError("Redis connection closed"))
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        closing, self._closing = self._closing, None
+        if closing is not None:
             with contextlib.suppress(Exception):
-                await conn.disconnect()
+                await closing
         await self._pool.aclose()
