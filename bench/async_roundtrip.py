@@ -1,9 +1,12 @@
 """The asyncio client against the blocking one, on the same Redis and worker, same run.
 
-Run alone: ``uv run --frozen python bench/async_roundtrip.py [--n 10000]``. Prints one
-JSON object. Uses dbs 14 (broker) and 15 (results) of ``--url`` (default
-``redis://127.0.0.1:6379``), flushed before and after. One worker process
-(``--pool threads``, ``-c`` ``--concurrency``) runs a no-op task for every phase:
+Run alone: ``CONVEYOR_BENCH_REDIS_PORT=6390 uv run --frozen python
+bench/async_roundtrip.py [--n 10000]``. Prints one JSON object. Uses dbs 14 (broker)
+and 15 (results) of ``--url`` (default ``redis://127.0.0.1:`` and
+``CONVEYOR_BENCH_REDIS_PORT``, else 6379), flushed before and after. One worker
+process (``--pool threads``, the worker's default pool, with ``-c``
+``--concurrency``, 8 by default, and the default prefetch) runs a no-op task for
+every phase, so the blocking and the asyncio client meet the same worker:
 
 * ``blocking`` — ``noop.delay().get()`` one after another: p50/p99 and throughput;
 * ``async_c1`` — ``await (await noop.adelay()).aget()`` one after another;
@@ -14,7 +17,9 @@ JSON object. Uses dbs 14 (broker) and 15 (results) of ``--url`` (default
   asyncio debug mode and ``slow_callback_duration`` 0.1 s: every slow callback the
   loop logs is counted (``slow_callbacks``) and the longest reported.
 
-``targets`` says whether each goal holds: async p50 at concurrency 1 no worse than
+Each phase reports ``client_cpu_us``, the CPU time this process spent per round
+trip (the worker and Redis share the machine: a client that needs less leaves more
+to them). ``targets`` says whether each goal holds: async p50 at concurrency 1 no worse than
 the blocking p50; at concurrency 100 at least 5× the blocking throughput; no slow
 callback over 100 ms in debug mode.
 """
@@ -59,21 +64,22 @@ def noop() -> None:
 '''
 
 
-def summary(latencies: list[float], elapsed: float) -> dict[str, float]:
+def summary(latencies: list[float], elapsed: float, cpu: float) -> dict[str, float]:
     ordered = sorted(latencies)
     return {"n": len(ordered), "per_s": round(len(ordered) / elapsed, 1),
             "p50_ms": round(statistics.median(ordered) * 1000, 3),
-            "p99_ms": round(ordered[int(len(ordered) * 0.99) - 1] * 1000, 3)}
+            "p99_ms": round(ordered[int(len(ordered) * 0.99) - 1] * 1000, 3),
+            "client_cpu_us": round(cpu / len(ordered) * 1e6, 1)}
 
 
 def blocking(noop: Any, n: int) -> dict[str, float]:
     latencies = []
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(n):
         t = time.perf_counter()
         noop.delay().get(timeout=30)
         latencies.append(time.perf_counter() - t)
-    return summary(latencies, time.perf_counter() - start)
+    return summary(latencies, time.perf_counter() - start, time.process_time() - cpu)
 
 
 async def concurrent(noop: Any, n: int, limit: int | None) -> dict[str, float]:
@@ -88,12 +94,12 @@ async def concurrent(noop: Any, n: int, limit: int | None) -> dict[str, float]:
         for _ in range(share):
             await one()
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if limit:  # `limit` lanes, each one round trip after another: at most limit in flight
         await asyncio.gather(*(lane(n // limit + (k < n % limit)) for k in range(limit)))
     else:
         await asyncio.gather(*(one() for _ in range(n)))
-    return summary(latencies, time.perf_counter() - start)
+    return summary(latencies, time.perf_counter() - start, time.process_time() - cpu)
 
 
 class _SlowCallbacks(logging.Handler):
@@ -129,7 +135,10 @@ def main() -> None:
                         help="round trips of the one-at-a-time phases")
     parser.add_argument("--debug-n", type=int, default=2_000)
     parser.add_argument("--concurrency", type=int, default=8, help="worker -c")
-    parser.add_argument("--url", default="redis://127.0.0.1:6379")
+    parser.add_argument("--url", default="redis://127.0.0.1:"
+                        + os.environ.get("CONVEYOR_BENCH_REDIS_PORT", "6379"),
+                        help="Redis server (default port: env CONVEYOR_BENCH_REDIS_PORT, "
+                             "else 6379; use one no test suite runs on)")
     args = parser.parse_args()
     broker, backend = f"{args.url}/14", f"{args.url}/15"
     flush = [redis.Redis.from_url(u) for u in (broker, backend)]
@@ -147,7 +156,8 @@ def main() -> None:
          "worker", "--pool", "threads", "-c", str(args.concurrency)],
         cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     out: dict[str, Any] = {"python": platform.python_version(), "n": args.n,
-                           "worker": f"threads -c {args.concurrency}"}
+                           "worker": f"threads -c {args.concurrency}",
+                           "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg())}
     try:
         noop = benchasync.noop
         noop.delay().get(timeout=30)  # the worker is up; connections are warm
@@ -173,6 +183,7 @@ def main() -> None:
         for client in flush:
             client.flushdb()
             client.close()
+    out["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     blocking_p50, blocking_rate = out["blocking"]["p50_ms"], out["blocking"]["per_s"]
     out["ratios"] = {
         "async_c1_p50_vs_blocking_p50": round(out["async_c1"]["p50_ms"] / blocking_p50, 2),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import uuid
@@ -205,23 +206,20 @@ class AsyncRedisBackend:
                           timeout=_REPLY_TIMEOUT)
         #: The subscription connection reads for ever: no read timeout.
         self._sub_pool = _pool(url, socket_timeout=None, connect_timeout=timeout)
-        self._sub_conn: Any = None
         self._listener: asyncio.Task[None] | None = None
         self._channels: dict[bytes, _Channel] = {}
-        #: Channels to (un)subscribe at the next flush (one command each way, so
+        #: Channels to (un)subscribe after this turn (one command each way, so
         #: waiters that arrive together share one write).
         self._subscribing: set[bytes] = set()
         self._unsubscribing: set[bytes] = set()
         #: UNSUBSCRIBEs sent per channel and not answered yet: a subscription
         #: confirmed before them is not the one a new waiter asked for.
         self._leaving: dict[bytes, int] = {}
-        self._flushing = False
         #: Waiters whose subscription is confirmed and whose key is not read yet
-        #: (read together at the next flush), and those reads under way.
+        #: (read together after this turn), and reads that had to open a connection.
         self._unread: list[_Waiter] = []
         self._reads: set[asyncio.Task[None]] = set()
-        #: What the subscription writer sends next, and the future it sleeps on.
-        self._out: list[bytes] = []
+        #: The future the subscription writer sleeps on (None while it writes).
         self._wake: asyncio.Future[None] | None = None
 
     @staticmethod
@@ -323,26 +321,23 @@ class AsyncRedisBackend:
                 self._schedule()
 
     def _schedule(self) -> None:
-        if self._flushing:
-            return
-        self._flushing = True
-        loop = asyncio.get_running_loop()
+        """Have the subscription writer run once more after this turn (see
+        :meth:`_turn`); start the listener if none runs."""
+        wake = self._wake
+        if wake is not None:
+            self._wake = None
+            if not wake.done():
+                wake.set_result(None)
         if self._listener is None or self._listener.done():
-            self._listener = loop.create_task(self._listen())
-        loop.call_soon(self._flush)
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
 
-    def _flush(self) -> None:
-        """Send the (un)subscriptions asked for this turn of the loop, in one write,
-        and read the keys of the waiters whose subscription is confirmed, in one
-        MGET. Without a connection, :meth:`_listen` subscribes everything once it
-        has one."""
-        self._flushing = False
+    def _turn(self, conn: Any) -> list[bytes]:
+        """What this turn of the loop asked for: the keys of the waiters whose
+        subscription is confirmed, read in one MGET; and the (un)subscriptions,
+        returned for one write to ``conn``."""
         unread, self._unread = self._unread, []
         if unread:
-            self._reads.add(asyncio.get_running_loop().create_task(self._read_keys(unread)))
-        conn = self._sub_conn
-        if conn is None:
-            return
+            self._read(unread)
         out: list[bytes] = []
         gone, self._unsubscribing = self._unsubscribing, set()
         if gone:
@@ -352,42 +347,71 @@ class AsyncRedisBackend:
         new, self._subscribing = self._subscribing, set()
         if new:
             out += conn.pack_command("SUBSCRIBE", *new)
-        if out:
-            self._out += out
-            wake, self._wake = self._wake, None
-            if wake is not None and not wake.done():
-                wake.set_result(None)
+        return out
 
-    async def _read_keys(self, waiters: list[_Waiter]) -> None:
-        """The keys of ``waiters``, in one MGET, handed to each (tried once more
-        after a dropped connection, as :meth:`get` is; an error fails them all)."""
+    async def _write_subscriptions(self, conn: Any) -> None:
+        """Once per turn of the loop that asked (:meth:`_schedule`), write what it
+        asked for in one go (see :meth:`_turn`)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            out = self._turn(conn)
+            if out:
+                await conn.send_packed_command(out, check_health=False)
+                continue  # more may have come while draining
+            wake = self._wake = loop.create_future()
+            await wake
+
+    def _read(self, waiters: list[_Waiter]) -> None:
+        """Read the keys of ``waiters`` in one MGET, handed to each as it comes."""
+        future = self._pipe.submit([("MGET", *(waiter.key for waiter in waiters))])
+        if future is None:  # the command connection is not open: a task opens it
+            self._read_later(waiters, tries=2)
+            return
+        future.add_done_callback(functools.partial(self._got, waiters))
+
+    def _got(self, waiters: list[_Waiter], future: asyncio.Future[list[Any]]) -> None:
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is None:
+            found = future.result()[0]
+            if not isinstance(found, Exception):
+                for waiter, payload in zip(waiters, found):
+                    waiter.read(payload)
+                return
+            error = found
+        if isinstance(error, CONNECTION_ERRORS):  # dropped: once more, as get() does
+            self._read_later(waiters, tries=1)
+        else:
+            self._fail(waiters, error)
+
+    def _read_later(self, waiters: list[_Waiter], *, tries: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._read_keys(waiters, tries))
+        self._reads.add(task)
+        task.add_done_callback(self._reads.discard)
+
+    async def _read_keys(self, waiters: list[_Waiter], tries: int) -> None:
         keys = [waiter.key for waiter in waiters]
-        try:
+        for tried in range(1, tries + 1):
             try:
-                try:
-                    found = await self._pipe.call("MGET", *keys)
-                except CONNECTION_ERRORS:
-                    found = await self._pipe.call("MGET", *keys)
+                found = await self._pipe.call("MGET", *keys)
+            except CONNECTION_ERRORS as exc:
+                if tried < tries:
+                    continue
+                self._fail(waiters, exc)
+                return
             except redis.RedisError as exc:
-                error = wrap(exc, self.url, f"reading the result of {len(keys)} tasks")
-                for waiter in waiters:
-                    waiter.fail(error)
+                self._fail(waiters, exc)
                 return
             for waiter, payload in zip(waiters, found):
                 waiter.read(payload)
-        finally:
-            self._reads.discard(asyncio.current_task())  # type: ignore[arg-type]
+            return
 
-    async def _write_subscriptions(self, conn: Any) -> None:
-        """Write the (un)subscriptions :meth:`_flush` queued, one write per turn."""
-        loop = asyncio.get_running_loop()
-        while True:
-            out, self._out = self._out, []
-            if out:
-                await conn.send_packed_command(out, check_health=False)
-                continue
-            wake = self._wake = loop.create_future()
-            await wake
+    def _fail(self, waiters: list[_Waiter], error: BaseException) -> None:
+        if isinstance(error, redis.RedisError):
+            error = wrap(error, self.url, f"reading the result of {len(waiters)} tasks")
+        for waiter in waiters:
+            waiter.fail(error)
 
     async def _listen(self) -> None:
         """Keep the subscription connection: a writer and a reader task on it;
@@ -400,12 +424,9 @@ class AsyncRedisBackend:
             try:
                 await conn.connect()
                 pause = _RESUBSCRIBE_PAUSE
-                self._subscribing.clear()
+                self._subscribing = set(self._channels)
                 self._unsubscribing.clear()
                 self._leaving.clear()
-                self._out = conn.pack_command("SUBSCRIBE", *self._channels) \
-                    if self._channels else []
-                self._sub_conn = conn
                 tasks = [loop.create_task(self._write_subscriptions(conn)),
                          loop.create_task(self._read_subscription(conn))]
                 done, _pending = await asyncio.wait(tasks,
@@ -417,7 +438,7 @@ class AsyncRedisBackend:
                     "Result subscription to %s broke (%s); resubscribing",
                     mask_url(self.url), exc)
             finally:
-                self._sub_conn = self._wake = None
+                self._wake = None
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)

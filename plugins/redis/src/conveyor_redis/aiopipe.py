@@ -78,11 +78,27 @@ class Pipe:
         """Every command in one write; every reply, error replies in place."""
         return await self._send(commands, raise_first=False)
 
+    def submit(self, commands: Sequence[Sequence[Any]]) -> asyncio.Future[list[Any]] | None:
+        """Send ``commands`` with this turn's write, from code that cannot await (a
+        callback): a future of every reply, error replies in place. None when the
+        connection is not open: await :meth:`pipeline` instead, which opens it."""
+        conn = self._conn
+        return None if conn is None else self._queue(conn, commands)
+
     async def _send(self, commands: Sequence[Sequence[Any]], *,
                     raise_first: bool = True) -> list[Any]:
         conn = self._conn
         if conn is None:
             conn = await self._connect()
+        replies: list[Any] = await self._queue(conn, commands)
+        if raise_first:
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        return replies
+
+    def _queue(self, conn: Any, commands: Sequence[Sequence[Any]]
+               ) -> asyncio.Future[list[Any]]:
         loop = asyncio.get_running_loop()
         call = _Call(loop.create_future(), len(commands))
         out = self._out
@@ -100,12 +116,7 @@ class Pipe:
             self._reader = loop.create_task(self._read_replies(conn))
         if self._watchdog is None and self._timeout is not None:
             self._watchdog = loop.call_later(self._timeout, self._watch, conn, self._read)
-        replies: list[Any] = await call.future
-        if raise_first:
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
-        return replies
+        return call.future
 
     async def _connect(self) -> Any:
         if self._connecting is None:
