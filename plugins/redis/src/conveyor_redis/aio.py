@@ -171,7 +171,8 @@ class _Waiter:
     async def sleep(self, pause: float | None) -> bool:
         """Until woken (True), or ``pause`` seconds (False)."""
         loop = asyncio.get_running_loop()
-        future = self.future = loop.create_future()
+        future: asyncio.Future[bool] = loop.create_future()
+        self.future = future
         timer = None if pause is None else loop.call_later(pause, _time_up, future)
         try:
             return await future
