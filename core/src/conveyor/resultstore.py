@@ -19,6 +19,19 @@ if TYPE_CHECKING:
     from .interfaces import GroupBackend
 
 
+def _seconds(conf: Any, setting: str) -> float | None:
+    value = getattr(conf, setting) or conf.result_expires
+    if hasattr(value, "total_seconds"):
+        value = value.total_seconds()
+    return float(value) if value else None
+
+
+def _store_settings(conf: Any) -> tuple[bool, float | None]:
+    """``result_extended`` and the expiry in seconds, read once per change of the
+    settings (perf: a worker writes a result per task)."""
+    return bool(conf.result_extended), _seconds(conf, "result_expires")
+
+
 class ResultStore:
     """Encodes state documents and hands them to the backend."""
 
@@ -61,9 +74,9 @@ class ResultStore:
         A backend with ``replies`` (``rpc://``) sends it to the caller's queue: the
         request's ``reply_to``, or ``reply_to`` when there is no request (a message
         the worker could not read into one)."""
-        conf = self.app.conf
+        extend, expires = self.app.conf.derived("results.store", _store_settings)
         extended = None
-        if conf.result_extended:
+        if extend:
             extended = {
                 "name": request.name if request else None,
                 "args": request.args if request else None,
@@ -79,19 +92,15 @@ class ResultStore:
         backend = self.app.backend
         if backend.capabilities.replies:
             cast(ReplyBackend, backend).store(
-                task_id, state, self.dumps(doc), expires=self.expires(),
+                task_id, state, self.dumps(doc), expires=expires,
                 reply_to=request.reply_to if request is not None else reply_to)
         else:
-            backend.store(task_id, state, self.dumps(doc), expires=self.expires())
+            backend.store(task_id, state, self.dumps(doc), expires=expires)
 
     def expires(self, setting: str = "result_expires") -> float | None:
         """Seconds a stored result lives (``setting``, then ``result_expires``);
         None: for ever."""
-        conf = self.app.conf
-        value = getattr(conf, setting) or conf.result_expires
-        if hasattr(value, "total_seconds"):
-            value = value.total_seconds()
-        return float(value) if value else None
+        return _seconds(self.app.conf, setting)
 
     # ------------------------------------------------------------ saved groups
     def _groups(self) -> GroupBackend:

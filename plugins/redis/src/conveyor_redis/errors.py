@@ -87,12 +87,13 @@ def retrying(call: Callable[[], T], *, url: str, doing: str, patience: float,
              on_give_up: Callable[[], None] | None = None) -> T:
     """Run an idempotent ``call``, retrying connection errors with backoff for up to
     ``patience`` seconds; then raise the wrapped error (``on_give_up`` first)."""
-    deadline = time.monotonic() + patience
-    backoff = Backoff()
+    deadline, backoff = 0.0, None  # perf: made at the first failure, not per call
     while True:
         try:
             return call()
         except CONNECTION_ERRORS as exc:
+            if backoff is None:
+                deadline, backoff = time.monotonic() + patience, Backoff()
             pause = backoff.next()
             if time.monotonic() + pause > deadline:
                 if on_give_up is not None:
