@@ -62,10 +62,10 @@ def send_next(app: Conveyor, request: Request, retval: Any) -> str | None:
 
     A missing record (expired, forgotten) is stored as that step's FAILURE, so
     whoever waits on the chain's result learns it will not come."""
-    from .canvas import maybe_signature
     next_id: str | None = request.headers.get(HEADER)
     if not next_id:
         return None
+    from .canvas import maybe_signature
     record = app.results.load(app.backend.get(next_id))
     step = maybe_signature(record.get("chain_step"), app)
     if step is None:

@@ -502,8 +502,7 @@ class Worker:
             except BaseException:
                 self._ready.extendleft(reversed(starting))  # given back at reconnect
                 raise
-            for d in early:
-                self._unlease(d)
+            self._unlease_all(early)
         if len(early) < len(starting) and self._caps.leases:
             try:
                 cast(LeaseTransport, transport).started(
@@ -551,8 +550,7 @@ class Worker:
             acks = list(self._owed_acks)
             transport.ack(acks)
             del self._owed_acks[:len(acks)]
-            for d in acks:
-                self._unlease(d)
+            self._unlease_all(acks)
         while self._owed_requeues:
             d = self._owed_requeues[0]
             transport.requeue(d)
@@ -567,6 +565,11 @@ class Worker:
     def _unlease(self, d: Delivery) -> None:
         with self._lease_lock:
             self._leased.pop(d.tag, None)
+
+    def _unlease_all(self, ds: list[Delivery]) -> None:
+        with self._lease_lock:
+            for d in ds:
+                self._leased.pop(d.tag, None)
 
     def _keep_leases(self, visibility_timeout: float) -> None:
         """Renew held deliveries every quarter visibility timeout, on its own line."""
