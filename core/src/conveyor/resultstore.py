@@ -26,10 +26,12 @@ def _seconds(conf: Any, setting: str) -> float | None:
     return float(value) if value else None
 
 
-def _store_settings(conf: Any) -> tuple[bool, float | None]:
-    """``result_extended`` and the expiry in seconds, read once per change of the
-    settings (perf: a worker writes a result per task)."""
-    return bool(conf.result_extended), _seconds(conf, "result_expires")
+def _store_settings(conf: Any) -> tuple[bool, float | None, str, str | None]:
+    """``result_extended``, the expiry in seconds, ``result_serializer`` and
+    ``result_compression``, read once per change of the settings (perf: a worker
+    writes a result per task, and a setting costs microseconds to read)."""
+    return (bool(conf.result_extended), _seconds(conf, "result_expires"),
+            conf.result_serializer, conf.result_compression)
 
 
 class ResultStore:
@@ -43,9 +45,9 @@ class ResultStore:
         return list(conf.result_accept_content or conf.accept_content)
 
     def dumps(self, doc: Any) -> bytes:
-        conf = self.app.conf
-        data, _ctype, _enc, _comp = self.app.codecs.dumps(
-            doc, conf.result_serializer, conf.result_compression)
+        _extend, _expires, serializer, compression = self.app.conf.derived(
+            "results.store", _store_settings)
+        data, _ctype, _enc, _comp = self.app.codecs.dumps(doc, serializer, compression)
         return data
 
     def load(self, payload: bytes | None) -> dict[str, Any]:
@@ -74,7 +76,8 @@ class ResultStore:
         A backend with ``replies`` (``rpc://``) sends it to the caller's queue: the
         request's ``reply_to``, or ``reply_to`` when there is no request (a message
         the worker could not read into one)."""
-        extend, expires = self.app.conf.derived("results.store", _store_settings)
+        extend, expires, _ser, _comp = self.app.conf.derived("results.store",
+                                                             _store_settings)
         extended = None
         if extend:
             extended = {

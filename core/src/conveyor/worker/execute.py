@@ -60,6 +60,28 @@ class EventLoopThread:
         cls._loop = None
 
 
+#: The ``task_*`` settings a run reads when neither the message nor the task says.
+TASK_DEFAULTS = ("ignore_result", "track_started", "soft_time_limit", "time_limit",
+                 "acks_late")
+
+
+def _read_defaults(conf: Any) -> dict[str, Any]:
+    return {name: conf[f"task_{name}"] for name in TASK_DEFAULTS}
+
+
+def task_defaults(app: Conveyor) -> dict[str, Any]:
+    """``{"time_limit": app.conf.task_time_limit, ...}`` for :data:`TASK_DEFAULTS`,
+    read once per change of the settings (perf: a worker reads them for every task,
+    and a setting costs microseconds to read)."""
+    return app.conf.derived("worker.task_defaults", _read_defaults)  # type: ignore[no-any-return]
+
+
+def _observed(app: Conveyor, hook: str) -> bool:
+    """True when a plugin implements ``hook`` (perf: the hooks of every task are not
+    built for nobody)."""
+    return bool(getattr(app.hooks, hook).get_hookimpls())
+
+
 def _arguments(task: Any, request: Request) -> list[Any]:
     return [task, *request.args] if task.bind else list(request.args)
 
@@ -83,7 +105,7 @@ def _invoke(task: Any, request: Request) -> Any:
             _await(task, request), EventLoopThread.loop()).result()
     args = _arguments(task, request)
     soft = request.soft_time_limit or task.soft_time_limit \
-        or task.app.conf.task_soft_time_limit
+        or task_defaults(task.app)["soft_time_limit"]
     if not soft:
         return task.run(*args, **request.kwargs)
     with SoftLimit(soft, f"Task {task.name}[{request.id}]"):
@@ -167,13 +189,15 @@ class _Execution:
             app.notify("task_revoked", request=request, expired=True)
             chords.part_returned(app, request, states.REVOKED, TaskRevokedError("expired"))
             return False
+        defaults = task_defaults(app)
         self.ignore = request.ignore_result if request.ignore_result is not None else (
             task.ignore_result if task.ignore_result is not None
-            else app.conf.task_ignore_result)
-        app.notify("task_prerun", task=task, task_id=request.id, args=request.args,
-                   kwargs=request.kwargs, request=request)
+            else defaults["ignore_result"])
+        if _observed(app, "task_prerun"):
+            app.notify("task_prerun", task=task, task_id=request.id, args=request.args,
+                       kwargs=request.kwargs, request=request)
         track = task.track_started if task.track_started is not None \
-            else app.conf.task_track_started
+            else defaults["track_started"]
         if track and not self.ignore:
             app.results.store(request.id, states.STARTED,
                               {"pid": _pid(), "hostname": hostname},
@@ -223,9 +247,11 @@ class _Execution:
             if log.isEnabledFor(logging.INFO):
                 log.info("Task %s[%s] succeeded in %.3fs: %s", request.name, request.id,
                          time.perf_counter() - self.started, _short_repr(retval))
-            app.notify("task_success", task=task, result=retval, request=request)
-        app.notify("task_postrun", task=task, task_id=request.id, args=request.args,
-                   kwargs=request.kwargs, retval=retval, state=state, request=request)
+            if _observed(app, "task_success"):
+                app.notify("task_success", task=task, result=retval, request=request)
+        if _observed(app, "task_postrun"):
+            app.notify("task_postrun", task=task, task_id=request.id, args=request.args,
+                       kwargs=request.kwargs, retval=retval, state=state, request=request)
         return state
 
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from .. import states
 from ..envelope import refresh_origin
 from ..exceptions import ConfigurationError, TimeLimitExceeded, WorkerLostError
-from .execute import EventLoopThread, execute, execute_async, on_failure
+from .execute import EventLoopThread, execute, execute_async, on_failure, task_defaults
 from .limits import SoftLimit
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ class Pool(abc.ABC):
         task = self.app.tasks.get(job.request.name)
         value = getattr(task, name, None) if task is not None else None
         if value is None:
-            value = self.app.conf[f"task_{name}"]
+            value = task_defaults(self.app)[name]
         return value
 
     def _killable(self, job: Job) -> bool:

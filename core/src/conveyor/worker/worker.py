@@ -49,6 +49,7 @@ from ..interfaces import (
 )
 from ..options import eta_horizon
 from . import control, preflight
+from .execute import task_defaults
 from .pool import POOLS, Job, Pool, ProcessPool
 from .revoked import REVOKED
 from .revoked import record as record_revoked
@@ -323,6 +324,8 @@ class Worker:
         now = time.time()
         observe = bool(app.hooks.message_received.get_hookimpls())
         info = log.isEnabledFor(logging.INFO)
+        defaults = task_defaults(app)
+        accept = app.conf.accept_content
         for d in deliveries:
             if observe:
                 app.notify("message_received", message=d.message, queue=d.queue)
@@ -341,7 +344,7 @@ class Worker:
                     f"ack (worker_max_deliveries={self.max_deliveries})."))
                 continue
             try:
-                request = parse_message(d.message, app.codecs, app.conf.accept_content)
+                request = parse_message(d.message, app.codecs, accept)
             except DecodeError as exc:
                 self._dead(transport, d, exc)
                 continue
@@ -361,7 +364,7 @@ class Worker:
                                      "redelivered": d.redelivered,
                                      "priority": request.priority}
             acks_late = task.acks_late if task.acks_late is not None \
-                else bool(app.conf.task_acks_late)
+                else bool(defaults["acks_late"])
             job = Job(request, d, acks_late)
             if request.eta is not None:
                 due = request.eta.timestamp()
