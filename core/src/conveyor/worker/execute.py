@@ -61,16 +61,16 @@ class EventLoopThread:
 
 
 #: The ``task_*`` settings a run reads when neither the message nor the task says.
-TASK_DEFAULTS = ("ignore_result", "track_started", "soft_time_limit", "time_limit",
-                 "acks_late")
+TASK_DEFAULTS = ("task_ignore_result", "task_track_started", "task_soft_time_limit",
+                 "task_time_limit", "task_acks_late")
 
 
 def _read_defaults(conf: Any) -> dict[str, Any]:
-    return {name: conf[f"task_{name}"] for name in TASK_DEFAULTS}
+    return {name: conf[name] for name in TASK_DEFAULTS}
 
 
 def task_defaults(app: Conveyor) -> dict[str, Any]:
-    """``{"time_limit": app.conf.task_time_limit, ...}`` for :data:`TASK_DEFAULTS`,
+    """``{"task_time_limit": app.conf.task_time_limit, ...}`` for :data:`TASK_DEFAULTS`,
     read once per change of the settings (perf: a worker reads them for every task,
     and a setting costs microseconds to read)."""
     return app.conf.derived("worker.task_defaults", _read_defaults)  # type: ignore[no-any-return]
@@ -105,7 +105,7 @@ def _invoke(task: Any, request: Request) -> Any:
             _await(task, request), EventLoopThread.loop()).result()
     args = _arguments(task, request)
     soft = request.soft_time_limit or task.soft_time_limit \
-        or task_defaults(task.app)["soft_time_limit"]
+        or task_defaults(task.app)["task_soft_time_limit"]
     if not soft:
         return task.run(*args, **request.kwargs)
     with SoftLimit(soft, f"Task {task.name}[{request.id}]"):
@@ -192,12 +192,12 @@ class _Execution:
         defaults = task_defaults(app)
         self.ignore = request.ignore_result if request.ignore_result is not None else (
             task.ignore_result if task.ignore_result is not None
-            else defaults["ignore_result"])
+            else defaults["task_ignore_result"])
         if _observed(app, "task_prerun"):
             app.notify("task_prerun", task=task, task_id=request.id, args=request.args,
                        kwargs=request.kwargs, request=request)
         track = task.track_started if task.track_started is not None \
-            else defaults["track_started"]
+            else defaults["task_track_started"]
         if track and not self.ignore:
             app.results.store(request.id, states.STARTED,
                               {"pid": _pid(), "hostname": hostname},

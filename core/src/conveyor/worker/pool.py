@@ -161,7 +161,7 @@ class Pool(abc.ABC):
         task = self.app.tasks.get(job.request.name)
         value = getattr(task, name, None) if task is not None else None
         if value is None:
-            value = task_defaults(self.app)[name]
+            value = task_defaults(self.app)[f"task_{name}"]
         return value
 
     def _killable(self, job: Job) -> bool:

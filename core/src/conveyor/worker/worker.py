@@ -364,7 +364,7 @@ class Worker:
                                      "redelivered": d.redelivered,
                                      "priority": request.priority}
             acks_late = task.acks_late if task.acks_late is not None \
-                else bool(defaults["acks_late"])
+                else bool(defaults["task_acks_late"])
             job = Job(request, d, acks_late)
             if request.eta is not None:
                 due = request.eta.timestamp()
