@@ -48,10 +48,6 @@ class _QuietProbe(logging.Filter):
 
 logging.getLogger("pika.channel").addFilter(_QuietProbe())
 
-#: pika's transport over a plain socket (not TLS), which :meth:`Channel._write` may
-#: write to directly.
-PLAIN_TRANSPORT = "_AsyncPlaintextTransport"
-
 #: A delivery as pika hands it over: queue, method frame, properties, body.
 Raw = tuple[str, Basic.Deliver, BasicProperties, bytes]
 
@@ -211,7 +207,7 @@ class Channel:
         each through its I/O loop (a ``send`` per frame, plus arming and disarming
         the socket's writer): six system calls per message, more than the
         publishing itself. The frames are marshalled with pika's own classes and
-        written as one buffer (:meth:`_write`), so a message (or a whole batch)
+        handed to the connection as one buffer, so a message (or a whole batch)
         costs one ``send``. The same frames go out, in the same order.
         """
         if self.confirm:  # confirms wait for each reply: pika's own path
@@ -232,34 +228,7 @@ class Channel:
                 frames.append(frame.Header(number, len(body), props).marshal())
                 for start in range(0, len(body), step):
                     frames.append(frame.Body(number, body[start:start + step]).marshal())
-            self._write(b"".join(frames))
-
-    def _write(self, data: bytes) -> None:
-        """Send marshalled frames: straight to the socket when pika has nothing
-        buffered before them, else (or for what the socket did not take) through
-        pika's own buffer and I/O loop.
-
-        perf: pika's path arms the socket's writer, polls, sends and disarms it:
-        four system calls where one ``send`` does, and on a busy worker each
-        system call may wait for the GIL behind the pool's threads. Frames stay
-        in order: the direct send happens only when pika's buffer is empty, and
-        pika's byte counts (its heartbeat reads them) are kept.
-        """
-        conn: Any = self._conn  # pika's connection under the blocking facade
-        impl = conn._impl
-        transport = vars(impl).get("_transport")  # pika's (the core's _transport is another)
-        sent = 0
-        if (type(transport).__name__ == PLAIN_TRANSPORT  # TLS: pika's path only
-                and transport.get_write_buffer_size() == 0):
-            try:
-                sent = transport._sock.send(data)
-            except OSError:  # would block, or broken: pika's path sees and reports it
-                sent = 0
-            impl.bytes_sent += sent
-        if sent == len(data):
-            impl.frames_sent += 1
-        else:
-            impl._output_marshaled_frames([data[sent:]])
+            conn._impl._output_marshaled_frames([b"".join(frames)])
             conn._flush_output()
 
     # ------------------------------------------------------------- consuming
@@ -316,28 +285,23 @@ class Channel:
         done = set(tags) & self._unsettled.keys()
         if not done:
             return
-        ch: Any = self.channel
+        ch = self.channel
         top = None
         for tag in self._unsettled:
             if tag not in done:
                 break
             top = tag
         with translate(self.url, "acknowledging messages"):
-            impl = ch._impl  # pika's channel under the blocking facade
-            impl._raise_if_not_open()
-            number = impl.channel_number
-            frames = []
             if top is not None:
-                frames.append(frame.Method(number, Basic.Ack(top, multiple=True)).marshal())
+                ch.basic_ack(top, multiple=True)
                 for tag in list(self._unsettled):
                     if tag > top:
                         break
                     del self._unsettled[tag]
                     done.discard(tag)
             for tag in sorted(done):
-                frames.append(frame.Method(number, Basic.Ack(tag)).marshal())
+                ch.basic_ack(tag)
                 del self._unsettled[tag]
-            self._write(b"".join(frames))  # perf: every ack in one send
 
     def reject(self, tag: int, *, requeue: bool) -> None:
         if self._unsettled.pop(tag, 0) is None:
