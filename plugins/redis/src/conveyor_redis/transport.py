@@ -277,6 +277,10 @@ class RedisTransport(PublisherMixin, ConsumerMixin, BroadcastMixin, BaseTranspor
                                                   for k in self.layout.lists(queue)])))
 
     def stats(self, queue: str) -> QueueStats:
+        """Read through another connection, so acks sent ahead on the line are
+        confirmed first: the figures include this transport's own settling."""
+        if self._line is not None and self._line.ahead:
+            self.flush()
         with translate(self.url, f"reading the statistics of queue {queue!r}"):
             return read_stats(self.client, self.layout, queue)
 
