@@ -158,6 +158,8 @@ def test_ack_removes_every_trace(make_transport: Any, r: redis.Redis, queue: str
     for i in range(3):
         t.publish(make_message(i), Route(queue))
     got = t.fetch([queue], limit=3, timeout=1)
+    t.started(got)
+    t.flush()  # sent ahead too
     assert r.hlen("unacked") == 3 and r.hlen("_conveyor.deliveries") == 3
     entry = json.loads(r.hget("unacked", got[0].tag.tag))
     assert entry[1:] == ["", queue] and entry[0]["headers"]["n"] == 0
@@ -217,6 +219,7 @@ def test_visibility_timeout_restores_and_counts(make_transport: Any, r: redis.Re
     t.publish(make_message(1), Route(queue))
     t.publish(make_message(2), Route(queue))
     held = t.fetch([queue], limit=2, timeout=1)
+    t.started(held)
     assert t.depth(queue) == 0
     keeper = make_transport(visibility_timeout=1)
     deadline = time.monotonic() + 1.6
@@ -234,6 +237,28 @@ def test_visibility_timeout_restores_and_counts(make_transport: Any, r: redis.Re
     assert again[0].message.headers["redelivered"] is True
     assert again[0].tag.tag == held[0].tag.tag  # kombu keeps the delivery tag
     assert r.hexists("unacked", held[1].tag.tag)
+
+
+def test_only_started_deliveries_are_charged(make_transport: Any, r: redis.Redis,
+                                             queue: str) -> None:
+    """A delivery is charged when its task starts: one that only waited in a dead
+    worker's prefetch comes back uncharged, and charging twice (a reply lost with
+    its connection runs ``started`` again) counts once."""
+    t = make_transport(visibility_timeout=1)
+    t.publish(make_message(1), Route(queue))
+    t.publish(make_message(2), Route(queue))
+    ran, waited = t.fetch([queue], limit=2, timeout=1)
+    t.started([ran])
+    t.started([ran])
+    t.abandon()  # the worker died holding both; their leases lapse
+    sweeper = make_transport(visibility_timeout=1)
+    again = wait_for(lambda: sweeper.fetch([queue], limit=5, timeout=0.3), 4,
+                     what="restore")
+    assert sorted((d.message.headers["n"], d.deliveries) for d in again) == [(1, 2), (2, 1)]
+    assert r.hget("_conveyor.deliveries", waited.tag.tag) is None
+    sweeper.ack(again)
+    sweeper.flush()
+    assert r.hlen("_conveyor.deliveries") == 0
 
 
 def test_restores_an_entry_a_celery_worker_left(make_transport: Any, r: redis.Redis,

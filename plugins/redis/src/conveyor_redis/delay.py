@@ -43,16 +43,13 @@ MOVE_DUE = Script(MOVE_DUE_FN + "return move_due(KEYS[1], ARGV[1], tonumber(ARGV
 
 #: Park a delivered message, atomically with its ack. Only a delivery still leased
 #: to us is parked (HDEL says so); one restored meanwhile is already back in its
-#: queue, and parking it too would duplicate it. The delivery count drops by one:
-#: a parked message has not run.
-#: KEYS: unacked, unacked_index, deliveries, delayed. ARGV: tag, member, due.
+#: queue, and parking it too would duplicate it. The delivery count is untouched:
+#: a parked delivery never started, so it was never charged.
+#: KEYS: unacked, unacked_index, delayed. ARGV: tag, member, due.
 DEFER = Script("""
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
-if redis.call('HINCRBY', KEYS[3], ARGV[1], -1) <= 0 then
-  redis.call('HDEL', KEYS[3], ARGV[1])
-end
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 return 1
 """)
 

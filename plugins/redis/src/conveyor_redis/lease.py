@@ -11,8 +11,11 @@ message through its bindings to every matching queue).
 
 Unlike kombu, taking is atomic: :data:`CLAIM` pops up to ``limit`` messages in
 priority order *and* records them in one Lua script, so a crash can never lose a
-popped message. It also moves due parked messages first and counts deliveries in the
-``_conveyor.deliveries`` hash (tag → count), which feeds ``Delivery.deliveries``.
+popped message. It also moves due parked messages first, and reads each message's
+delivery count from the ``_conveyor.deliveries`` hash (tag → deliveries that started)
+to give ``Delivery.deliveries`` (those plus this one). A delivery is charged there only
+when its task starts (:data:`STARTED`), as on SQLite: a message that merely waited in
+a dead worker's prefetch is not charged for a run it never had.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ local function claim(raw, i)
   end
   redis.call('HSET', KEYS[1], tag, record)
   redis.call('ZADD', KEYS[2], now, tag)
-  local count = redis.call('HINCRBY', KEYS[3], tag, 1)
+  local count = (tonumber(redis.call('HGET', KEYS[3], tag)) or 0) + 1
   out[n + 1], out[n + 2], out[n + 3], out[n + 4] = i, raw, count, tag
   n = n + 4
 end
@@ -88,19 +91,32 @@ end
 return #ARGV
 """)
 
-#: Give a leased message back to a list. KEYS: unacked, unacked_index, deliveries,
-#: list. ARGV: tag, envelope, "L" (end of the line) or "R" (next out), "1" to take
-#: this delivery off the count (it never started). Only if still leased to us.
+#: Charge started deliveries: the count becomes the delivery's own number (what
+#: CLAIM reported), never lower, and only while it is still leased, so running it
+#: again after a lost reply charges nothing twice and a lease that lapsed and was
+#: settled elsewhere leaves no count behind.
+#: KEYS: unacked, deliveries. ARGV: tag, count, tag, count, …
+STARTED = Script("""
+for i = 1, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1
+      and (tonumber(redis.call('HGET', KEYS[2], ARGV[i])) or 0) < tonumber(ARGV[i + 1]) then
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  end
+end
+return 1
+""")
+
+#: Give a leased message back to a list, only if still leased to us. Its count is
+#: left as it is: a delivery that started was charged then, one that did not never is.
+#: KEYS: unacked, unacked_index, list. ARGV: tag, envelope, "L" (end of the line) or
+#: "R" (next out).
 GIVE_BACK = Script("""
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
-if ARGV[4] == '1' and redis.call('HINCRBY', KEYS[3], ARGV[1], -1) <= 0 then
-  redis.call('HDEL', KEYS[3], ARGV[1])
-end
 if ARGV[3] == 'R' then
-  redis.call('RPUSH', KEYS[4], ARGV[2])
+  redis.call('RPUSH', KEYS[3], ARGV[2])
 else
-  redis.call('LPUSH', KEYS[4], ARGV[2])
+  redis.call('LPUSH', KEYS[3], ARGV[2])
 end
 return 1
 """)

@@ -167,8 +167,8 @@ class RedisTransport(PublisherMixin, ConsumerMixin, BroadcastMixin, BaseTranspor
         if not self._broken:
             try:
                 for token in held:
-                    lease.GIVE_BACK(line, [*self._lease_keys, token.list],
-                                    [token.tag, token.raw, "R", "0"])
+                    lease.GIVE_BACK(line, [*self._lease_keys[:2], token.list],
+                                    [token.tag, token.raw, "R"])
                 self._flush_orphans(line)
             except redis.RedisError:
                 pass  # unreachable: the visibility timeout brings them back
@@ -208,6 +208,23 @@ class RedisTransport(PublisherMixin, ConsumerMixin, BroadcastMixin, BaseTranspor
         for tag in tags:
             self._held.pop(tag, None)
 
+    def started(self, deliveries: Sequence[Delivery]) -> None:
+        """Charge these deliveries (:data:`~.lease.STARTED`), so a lease that lapses
+        while the task runs comes back counted towards ``worker_max_deliveries``.
+
+        perf: sent ahead (idempotent: it sets each count to the delivery's own
+        number); only ``acks_late`` starts pay for it.
+        """
+        if not deliveries:
+            return
+        args: list[Any] = []
+        for d in deliveries:
+            args += (d.tag.tag, d.deliveries)
+        keys = [self.layout.unacked, self.layout.deliveries]
+        what = f"the start of {len(deliveries)} delivery(ies)"
+        self._settle("counting started deliveries",
+                     lambda line: lease.STARTED.send(line, keys, args, what))
+
     def flush(self) -> None:
         """Wait until the server has confirmed every ack sent ahead (see :meth:`ack`).
 
@@ -219,13 +236,14 @@ class RedisTransport(PublisherMixin, ConsumerMixin, BroadcastMixin, BaseTranspor
     def requeue(self, delivery: Delivery) -> None:
         token: Lease = delivery.tag
         self._settle("requeueing a message", lambda line: lease.GIVE_BACK(
-            line, [*self._lease_keys, token.list], [token.tag, token.raw, "L", "1"]))
+            line, [*self._lease_keys[:2], token.list], [token.tag, token.raw, "L"]))
         self._held.pop(token.tag, None)
 
     def defer(self, delivery: Delivery, due: float) -> None:
         token: Lease = delivery.tag
         self._settle("parking a delayed message", lambda line: delay.DEFER(
-            line, self._claim_keys, [token.tag, delay.member(token.list, token.raw), due]))
+            line, [*self._lease_keys[:2], self.layout.delayed],
+            [token.tag, delay.member(token.list, token.raw), due]))
         self._held.pop(token.tag, None)
 
     def extend(self, deliveries: Sequence[Delivery]) -> None:
