@@ -213,7 +213,10 @@ class RedisTransport(PublisherMixin, ConsumerMixin, BroadcastMixin, BaseTranspor
         while the task runs comes back counted towards ``worker_max_deliveries``.
 
         perf: sent ahead (idempotent: it sets each count to the delivery's own
-        number); only ``acks_late`` starts pay for it.
+        number); only ``acks_late`` starts pay for it. Not retried here: it is
+        accounting, and the worker must not wait on it in an outage. A send that
+        fails stays owed on the line, which runs it before anything else once the
+        connection is back (or hands it to the next line after a reconnect).
         """
         if not deliveries:
             return
@@ -222,8 +225,8 @@ class RedisTransport(PublisherMixin, ConsumerMixin, BroadcastMixin, BaseTranspor
             args += (d.tag.tag, d.deliveries)
         keys = [self.layout.unacked, self.layout.deliveries]
         what = f"the start of {len(deliveries)} delivery(ies)"
-        self._settle("counting started deliveries",
-                     lambda line: lease.STARTED.send(line, keys, args, what))
+        with translate(self.url, "counting started deliveries"):
+            lease.STARTED.send(self.line, keys, args, what)
 
     def flush(self) -> None:
         """Wait until the server has confirmed every ack sent ahead (see :meth:`ack`).
