@@ -213,3 +213,41 @@ def test_depth_and_purge(make_app: Any, queue: str) -> None:
     wait_for(lambda: transport.depth(queue) == 3, 5, what="three waiting")
     assert transport.purge(queue) == 3 and transport.depth(queue) == 0
     transport.close()
+
+
+def _fetched(transport: Any, queue: str, n: int) -> list[Any]:
+    """``n`` deliveries from ``queue`` (within 10 s)."""
+    got: list[Any] = []
+    deadline = time.monotonic() + 10
+    while len(got) < n and time.monotonic() < deadline:
+        got += transport.fetch([queue], limit=n, timeout=0.5)
+    assert len(got) == n
+    return got
+
+
+def test_acks_out_of_order_settle_exactly_the_acked_deliveries(make_app: Any,
+                                                                queue: str) -> None:
+    """Tasks finish out of order: an ack of a run that is not the oldest settles
+    those deliveries and no others (the older ones come back when the connection
+    closes), and the next ack settles the rest."""
+    app = make_app()
+    for n in range(6):
+        app.send_task("t.x", args=(n,), queue=queue)
+    transport = app.transport_factory()
+    transport.connect()
+    got = _fetched(transport, queue, 6)
+    transport.ack([got[1], got[3], got[4]])  # the oldest (got[0]) still running
+    transport.close()  # RabbitMQ gives back what was not acked
+    wait_for(lambda: depth(app.broker_url, queue) == 3, 10, what="three given back")
+
+    again = app.transport_factory()
+    again.connect()
+    back = _fetched(again, queue, 3)
+    assert sorted(d.message.headers["id"] for d in back) == sorted(
+        got[n].message.headers["id"] for n in (0, 2, 5))
+    again.ack([back[2], back[0]])
+    again.ack([back[1]])
+    again.close()
+    wait_for(lambda: depth(app.broker_url, queue) == 0, 10, what="nothing given back")
+    time.sleep(0.5)  # a late give-back would show here
+    assert depth(app.broker_url, queue) == 0
