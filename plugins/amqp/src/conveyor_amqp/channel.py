@@ -25,6 +25,7 @@ from pika import frame
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
+from . import frames as marshal
 from .connection import open_connection
 from .errors import ChannelError, translate, unroutable
 from .layout import Delays, QueueShape
@@ -206,8 +207,9 @@ class Channel:
         perf: pika writes a message's method, header and body frames one at a time,
         each through its I/O loop (a ``send`` per frame, plus arming and disarming
         the socket's writer): six system calls per message, more than the
-        publishing itself. The frames are marshalled with pika's own classes and
-        handed to the connection as one buffer, so a message (or a whole batch)
+        publishing itself. The frames are marshalled with pika's own classes (the
+        method and header frames with their repeated parts kept: :mod:`.frames`)
+        and handed to the connection as one buffer, so a message (or a whole batch)
         costs one ``send``. The same frames go out, in the same order.
         """
         if self.confirm:  # confirms wait for each reply: pika's own path
@@ -223,9 +225,8 @@ class Channel:
             step = conn._impl._body_max_length
             frames: list[bytes] = []
             for exchange, routing_key, props, body in messages:
-                frames.append(frame.Method(number, Basic.Publish(
-                    exchange=exchange, routing_key=routing_key)).marshal())
-                frames.append(frame.Header(number, len(body), props).marshal())
+                frames.append(marshal.publish(number, exchange, routing_key))
+                frames.append(marshal.header(number, len(body), props))
                 for start in range(0, len(body), step):
                     frames.append(frame.Body(number, body[start:start + step]).marshal())
             conn._impl._output_marshaled_frames([b"".join(frames)])
