@@ -8,7 +8,7 @@ gets its own dbs on 127.0.0.1 at ``CONVEYOR_BENCH_REDIS_PORT`` (or ``--port``; d
 is using (the Redis tests own dbs 8–13 of theirs).
 
 ``pools`` (``pool_drain.py``) drains ``--pools-n`` queued tasks (one Redis ``INCR``
-each, and no-ops) with ``solo``, ``threads -c 4`` and ``processes -c 2`` beside
+each, and no-ops; a tenth as many that wait 5 ms on I/O) with ``solo``, ``threads -c 4`` and ``processes -c 2`` beside
 Celery's ``solo``, ``threads`` and ``prefork``, with worker CPU and Redis commands a
 task.
 
