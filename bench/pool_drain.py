@@ -7,8 +7,11 @@ service does, result stored — ``n // 10`` of these, the pools' scaling on wait
 what they show), ``n`` tasks are queued before one worker process starts;
 the drain is timed from the first result written to the last (worker start-up
 excluded). Also measured over that window: the worker's CPU (the process and its
-children, from ``/proc``: percent of one core, and microseconds a task) and Redis
-commands a task (``INFO commandstats`` delta, less the bench's own polling).
+children, from ``/proc``: percent of one core, and microseconds a task), Redis
+commands a task (``INFO commandstats`` delta, less the bench's own polling) and the
+Redis server's own CPU a task (``INFO cpu`` delta): on a 2-core machine the worker's
+processes and Redis share the cores, so CPU a task bounds what ``processes -c 2``
+can reach.
 
 Used by ``redis_bench.py`` (``--pools``); rounds alternate Conveyor and Celery so a
 busy moment on the machine hits both.
@@ -92,6 +95,11 @@ def _calls(client: redis.Redis) -> int:
     return sum(v["calls"] for v in client.info("commandstats").values())
 
 
+def _server_cpu(client: redis.Redis) -> float:
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
 def enqueue(system: str, app: Any, name: str, n: int) -> None:
     if system == "conveyor":
         for start in range(0, n, 1000):
@@ -129,6 +137,7 @@ def drain(system: str, app: Any, kind: str, pool: str, concurrency: int, n: int,
                                  f"{worker.tail()}")
             time.sleep(0.005)
         first, cpu0, calls0 = time.perf_counter(), _cpu(worker.proc.pid), _calls(server)
+        server_cpu0 = _server_cpu(server)
         polls = 0
         deadline = time.monotonic() + 600
         while results.dbsize() < n:
@@ -138,13 +147,15 @@ def drain(system: str, app: Any, kind: str, pool: str, concurrency: int, n: int,
             time.sleep(0.02)
         took = time.perf_counter() - first
         cpu = _cpu(worker.proc.pid) - cpu0
+        server_cpu = _server_cpu(server) - server_cpu0
         # Own calls: the polling dbsize (results db: same server) and INFO itself.
         calls = _calls(server) - calls0 - polls - 2
     finally:
         worker.stop()
     return {"per_s": round((n - 1) / took), "worker_cpu_pct": round(100 * cpu / took),
             "worker_cpu_us_per_task": round(cpu / (n - 1) * 1e6),
-            "redis_cmds_per_task": round(calls / (n - 1), 2)}
+            "redis_cmds_per_task": round(calls / (n - 1), 2),
+            "redis_cpu_us_per_task": round(server_cpu / (n - 1) * 1e6)}
 
 
 def pools(n: int, rounds: int, workdir: Path, urls: list[str]) -> dict[str, Any]:
