@@ -229,6 +229,11 @@ def test_a_built_message_is_a_message_whose_headers_are_laid_out_when_read(
     assert isinstance(message, BuiltMessage) and isinstance(message, Message)
     text = headers_json(message)
     assert message.laid is None  # written without building the dict
+    assert message.priority is None and message.props is None  # nor its properties
+    assert message.properties == {"correlation_id": message.headers["id"],
+                                  "reply_to": None, "delivery_mode": 2, "priority": None}
+    message.properties["priority"] = 3
+    assert message.priority == 3 and message.properties["priority"] == 3
     message.headers["x-edited"] = 1
     assert message.headers["x-edited"] == 1
     assert headers_json(message) == json.dumps(message.headers) != text
@@ -238,3 +243,4 @@ def test_a_built_message_is_a_message_whose_headers_are_laid_out_when_read(
     for again in (pickle.loads(pickle.dumps(message)), copy.deepcopy(message),
                   dataclasses.replace(message)):
         assert again == message and again.headers["x-edited"] == 1
+        assert again.properties["priority"] == 3

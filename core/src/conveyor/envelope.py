@@ -245,18 +245,42 @@ class _HeadersText:
 class BuiltMessage(Message):
     """A message the core built from a :class:`Template`.
 
-    Its headers are laid out the first time they are read, so a transport that
-    writes them as text (:func:`headers_json`) never builds the dict. It is a
+    Its headers and properties are laid out the first time they are read, so a
+    transport that writes them as text (:func:`headers_json`, the template's
+    ``reply_to`` and ``priority``) never builds the dicts. It is a
     :class:`Message` in every other way, and equal to a ``Message`` with the same
     fields.
     """
 
-    __slots__ = ("values", "laid")
+    __slots__ = ("values", "laid", "props")
 
     #: The values :meth:`Template.build` gave this message (see ``_VALUES``).
     values: tuple[Any, ...]
     #: Its headers, once read (None before).
     laid: dict[str, Any] | None
+    #: Its properties, once read (None before: they are still as built, the task id
+    #: as ``correlation_id``, the template's ``reply_to`` and ``priority``, and
+    #: ``delivery_mode`` 2; a transport may write them from the template).
+    props: dict[str, Any] | None
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        props = self.props
+        if props is None:
+            template = self.template
+            props = self.props = {"correlation_id": self.values[0],
+                                  "reply_to": template.reply_to, "delivery_mode": 2,
+                                  "priority": template.priority}
+        return props
+
+    @properties.setter
+    def properties(self, value: dict[str, Any]) -> None:
+        self.props = value
+
+    @property
+    def priority(self) -> int | None:
+        props = self.props
+        return self.template.priority if props is None else props.get("priority")
 
     @property
     def headers(self) -> dict[str, Any]:
@@ -388,19 +412,22 @@ class Template:
                       expires.isoformat() if expires is not None else None, group,
                       group_index, retries, root_id or task_id, parent_id, argsrepr,
                       kwargsrepr, ORIGIN)
-        props = {"correlation_id": task_id, "reply_to": self.reply_to, "delivery_mode": 2,
-                 "priority": self.priority}
-        if expires is not None:
-            current = now or dt.datetime.now(UTC)
-            aware = expires if expires.tzinfo is not None else expires.replace(tzinfo=UTC)
-            props["expiration"] = str(max(0, int((aware - current).total_seconds() * 1000)))
-        if self.extra:  # its values may change between messages: laid out now
-            return Message(self.headers_of(values), data, ser.content_type,
-                           ser.content_encoding, props, self)
+        props: dict[str, Any] | None = None
+        if expires is not None or self.extra:
+            props = {"correlation_id": task_id, "reply_to": self.reply_to,
+                     "delivery_mode": 2, "priority": self.priority}
+            if expires is not None:
+                current = now or dt.datetime.now(UTC)
+                aware = expires if expires.tzinfo is not None else expires.replace(tzinfo=UTC)
+                props["expiration"] = str(max(0, int((aware - current).total_seconds()
+                                                     * 1000)))
+            if self.extra:  # its values may change between messages: laid out now
+                return Message(self.headers_of(values), data, ser.content_type,
+                               ser.content_encoding, props, self)
         message = _new(BuiltMessage)
-        message.values, message.laid, message.body = values, None, data
+        message.values, message.laid, message.props, message.body = values, None, props, data
         message.content_type, message.content_encoding = ser.content_type, ser.content_encoding
-        message.properties, message.template = props, self
+        message.template = self
         return message
 
 

@@ -66,7 +66,7 @@ class PublisherMixin:
                   queue: str | None = None) -> tuple[str, str]:
         """The envelope and the list it goes on (``queue``, default the route's)."""
         queue = queue or route.queue
-        wire = to_wire(message.properties.get("priority"))
+        wire = to_wire(message.priority)
         raw = encode(message, route.exchange, route.key, wire, new_tag())
         return raw, self._lists.get((queue, wire)) or self._list_key(queue, wire)
 
@@ -160,7 +160,7 @@ class PublisherMixin:
                     else (route.queue,)
                 if route not in declared:
                     routes.add(route)
-            priority = message.properties.get("priority")
+            priority = message.priority
             wire = MAX_WIRE if priority is None else to_wire(priority)
             for queue in queues:
                 raw = encode(message, exchange, key, wire, tag())

@@ -20,7 +20,7 @@ from binascii import b2a_base64
 from operator import itemgetter
 from typing import Any
 
-from conveyor.envelope import KOMBU_JSON, headers_json
+from conveyor.envelope import KOMBU_JSON, BuiltMessage, headers_json
 from conveyor.publish import new_id
 from conveyor.interfaces import Message
 
@@ -79,6 +79,28 @@ def _info(exchange: str, routing_key: str) -> str:
     return text
 
 
+#: The envelope text around a core-built message's own values, by ``(template,
+#: exchange, routing key, wire priority, content type, content encoding)``: from the
+#: body to the headers, from the headers to ``correlation_id``'s value, and from
+#: there to the delivery tag's (see :func:`encode`).
+_frames: dict[tuple[Any, ...], tuple[str, str, str]] = {}
+
+
+def _frame(key: tuple[Any, ...]) -> tuple[str, str, str]:
+    template, exchange, routing_key, wire, ctype, encoding = key
+    reply = template.reply_to
+    if len(_frames) >= 1024:  # per-message routing keys: do not grow for ever
+        _frames.clear()
+    frame = _frames[key] = (
+        f'", "content-encoding": {_value(encoding)}, "content-type": {_value(ctype)}, '
+        f'"headers": ',
+        ', "properties": {"correlation_id": ',
+        f'{_USUAL if reply is None else _own(reply, 2)}"delivery_info": '
+        f'{_info(exchange, routing_key)}, "priority": {_WIRES[wire]}, '
+        f'"body_encoding": "base64", "delivery_tag": "')
+    return frame
+
+
 def encode(message: Message, exchange: str, routing_key: str, wire_priority: int,
            tag: str) -> str:
     """The envelope text to LPUSH for ``message``, with delivery tag ``tag`` (from
@@ -86,8 +108,19 @@ def encode(message: Message, exchange: str, routing_key: str, wire_priority: int
 
     perf: the text is put together from pieces (the headers' from text laid out once
     per template: :func:`conveyor.envelope.headers_json`) rather than by building
-    the envelope's dicts and encoding them; the result is the same text.
+    the envelope's dicts and encoding them; the result is the same text. A message
+    the core built whose properties nobody has read (``BuiltMessage.props`` is None:
+    they are the template's) is written from a frame laid out once per template and
+    delivery, around its body, headers, task id and tag.
     """
+    if type(message) is BuiltMessage and message.props is None:
+        cid = message.values[0]
+        key = (message.template, exchange, routing_key, wire_priority,
+               message.content_type, message.content_encoding)
+        frame = _frames.get(key) or _frame(key)
+        return (f'{{"body": "{b2a_base64(message.body, newline=False).decode("ascii")}'
+                f'{frame[0]}{headers_json(message, KOMBU_JSON)}{frame[1]}'
+                f'{_string(cid) if type(cid) is str else _dumps(cid)}{frame[2]}{tag}"}}}}')
     props = message.properties
     if props.keys() == _CORE_PROPERTIES:  # as the core writes them: no expiry
         cid, reply, mode = _plain(props)
