@@ -1,13 +1,14 @@
 """The core worker on the Redis transport (broker db 9, results db 10).
 
 In-process workers for behaviour, CLI worker subprocesses for what needs a process
-to die (SIGKILL) or the server to go away (a throwaway redis-server on port 6390).
+to die (SIGKILL) or the server to go away (a throwaway redis-server on a free port).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -22,8 +23,6 @@ import redis
 from conveyor import Conveyor
 from conveyor.exceptions import NotRegistered
 from redis_support import HOST, PORT, Proc, wait_for
-
-SPARE_PORT = PORT + 11  # the throwaway server of the restart test (6390 by default)
 
 BROKER, RESULTS = 9, 10
 CONVEYOR_BIN = str(Path(sys.executable).parent / "conveyor")
@@ -209,7 +208,9 @@ def test_acks_late_task_of_a_killed_worker_is_redelivered_once(
 
 @pytest.fixture
 def spare_redis(tmp_path: Path) -> Iterator[Any]:
-    """A throwaway redis-server on port 6390 with an fsync'd AOF, restartable."""
+    """A throwaway redis-server with an fsync'd AOF, restartable, on a port the
+    kernel found free (a fixed port could be another server's, whose PING would pass
+    for this one's and which ``stop`` would not stop)."""
     server = shutil.which("redis-server")
     if server is None:
         why = "redis-server binary not found (needed for the restart test)"
@@ -218,15 +219,19 @@ def spare_redis(tmp_path: Path) -> Iterator[Any]:
         pytest.skip(why)
     data = tmp_path / "redis-data"
     data.mkdir()
-    args = [server, "--port", str(SPARE_PORT), "--bind", "127.0.0.1", "--save", "",
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(data)]
     state: dict[str, Any] = {}
 
     def start() -> None:
         state["proc"] = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL)
-        client = redis.Redis("127.0.0.1", SPARE_PORT, socket_connect_timeout=0.5)
-        wait_for(lambda: _pings(client), 10, what=f"redis on {SPARE_PORT}")
+        client = redis.Redis("127.0.0.1", port, socket_connect_timeout=0.5)
+        wait_for(lambda: _pings(client), 10, what=f"redis on {port}")
+        assert state["proc"].poll() is None, f"redis-server could not start on {port}"
 
     def stop() -> None:
         proc = state.pop("proc", None)
@@ -236,7 +241,7 @@ def spare_redis(tmp_path: Path) -> Iterator[Any]:
 
     start()
     try:
-        yield start, stop
+        yield f"redis://127.0.0.1:{port}/0", start, stop
     finally:
         stop()
 
@@ -251,8 +256,7 @@ def _pings(client: redis.Redis) -> bool:
 @pytest.mark.slow
 def test_redis_restart_mid_drain_loses_nothing(spare_redis: Any, task_module: Path,
                                                queue: str) -> None:
-    start, stop = spare_redis
-    url = f"redis://127.0.0.1:{SPARE_PORT}/0"
+    url, start, stop = spare_redis
     app = Conveyor("t", broker=url, backend=url,
                    broker_transport_options={"visibility_timeout": 4})
     log = task_module / "log.txt"
