@@ -116,6 +116,40 @@ def test_progress_states_arrive_in_order_and_a_repeated_wait_sees_the_next(
     assert [json.loads(s)["result"] for s in asyncio.run(main())] == [0, 1, 2]
 
 
+def test_a_result_for_the_same_task_id_in_another_db_never_reaches_the_waiter(
+        rb: redis.Redis, redis_server: str) -> None:
+    """Pub/sub ignores db numbers: a Conveyor writer on db 12 (its own channel names
+    db 12) and a Celery-style publish of db 12's value are not our db's result."""
+    task_id = str(uuid.uuid4())
+    key = f"celery-task-meta-{task_id}"
+    other = RedisBackend(f"{redis_server}/12")
+
+    async def main() -> tuple[bytes | None, bytes | None]:
+        backend = AsyncRedisBackend(f"{redis_server}/13")
+        try:
+            waiting = asyncio.ensure_future(backend.wait(task_id, timeout=0.8,
+                                                         previous=None))
+            await asyncio.sleep(0.2)
+            other.store(task_id, "SUCCESS", _state("SUCCESS", 12), expires=60)
+            other.flush()
+            rb.publish(key, _state("SUCCESS", 120))
+            foreign = await waiting
+            waiting = asyncio.ensure_future(backend.wait(task_id, timeout=5,
+                                                         previous=None))
+            await asyncio.sleep(0.2)
+            rb.set(key, _state("SUCCESS", 13))  # a Celery-style write of our db
+            rb.publish(key, _state("SUCCESS", 13))
+            return foreign, await waiting
+        finally:
+            await backend.close()
+
+    try:
+        assert asyncio.run(main()) == (None, _state("SUCCESS", 13))
+    finally:
+        other.forget(task_id)
+        other.close()
+
+
 def test_a_wait_times_out_with_none_and_never_blocks_the_loop(
         rb: redis.Redis, redis_server: str) -> None:
     async def main() -> tuple[bytes | None, float]:

@@ -27,15 +27,17 @@ def backend(rb: redis.Redis, redis_server: str) -> Any:
 
 
 def test_store_is_setex_plus_publish_on_the_key(backend: Any, rb: redis.Redis) -> None:
+    """Celery's channel and payload, after Conveyor's own db-qualified channel."""
     ps = rb.pubsub()
-    ps.subscribe("celery-task-meta-t1")
-    assert ps.get_message(timeout=1)["type"] == "subscribe"
+    ps.subscribe("celery-task-meta-t1", "conveyor:13:celery-task-meta-t1")
+    assert [ps.get_message(timeout=1)["type"] for _ in range(2)] == ["subscribe"] * 2
     backend.store("t1", "SUCCESS", SUCCESS, expires=86400)
     backend.flush()  # the write was sent ahead; another connection checks it
     assert rb.get("celery-task-meta-t1") == SUCCESS
     assert 86390 < rb.ttl("celery-task-meta-t1") <= 86400
-    msg = ps.get_message(timeout=1)
-    assert msg["channel"] == b"celery-task-meta-t1" and msg["data"] == SUCCESS
+    got = [ps.get_message(timeout=1) for _ in range(2)]
+    assert [(m["channel"], m["data"]) for m in got] == [
+        (b"conveyor:13:celery-task-meta-t1", SUCCESS), (b"celery-task-meta-t1", SUCCESS)]
     ps.close()
     assert backend.get("t1") == SUCCESS and backend.get("missing") is None
 
@@ -122,6 +124,55 @@ def test_publishes_from_another_db_do_not_fool_the_waiter(backend: Any,
                                                expires=60)).start()
     assert backend.wait("t8", timeout=5, previous=None) == SUCCESS
     other.close()
+
+
+def test_a_conveyor_writer_on_another_db_never_reaches_the_waiter(
+        backend: Any, redis_server: str) -> None:
+    """Its own channel names db 12, not ours; its Celery-channel message only has
+    our db read again."""
+    other = RedisBackend(f"{redis_server}/12")
+    try:
+        threading.Timer(0.1, lambda: other.store("t9", "SUCCESS", b"foreign",
+                                                 expires=60)).start()
+        assert backend.wait("t9", timeout=0.6, previous=None) is None
+        threading.Timer(0.2, lambda: other.store("t9", "FAILURE", b"foreign2",
+                                                 expires=60)).start()
+        threading.Timer(0.4, lambda: backend.store("t9", "SUCCESS", SUCCESS,
+                                                   expires=60)).start()
+        assert backend.wait("t9", timeout=5, previous=None) == SUCCESS
+    finally:
+        other.forget("t9")
+        other.close()
+
+
+def test_a_celery_style_write_on_its_channel_alone_is_seen(backend: Any,
+                                                             rb: redis.Redis) -> None:
+    """A Celery worker sets the key and publishes on the key's channel only."""
+    def celery_write() -> None:
+        rb.set("celery-task-meta-t10", SUCCESS)
+        rb.publish("celery-task-meta-t10", SUCCESS)
+
+    threading.Timer(0.3, celery_write).start()
+    start = time.monotonic()
+    assert backend.wait("t10", timeout=5, previous=None) == SUCCESS
+    assert time.monotonic() - start < 1.5  # woken, not found by the periodic re-read
+
+
+def test_a_result_on_the_own_channel_is_not_read_again(backend: Any,
+                                                       rb: redis.Redis) -> None:
+    """The payload published on Conveyor's channel is the value stored in our db:
+    one GET per wait (the first look after subscribing), not a second on waking."""
+    backend.store("t11", "STARTED", b'{"status": "STARTED"}', expires=60)
+    backend.flush()
+
+    def gets() -> int:
+        return int(rb.info("commandstats").get("cmdstat_get", {}).get("calls", 0))
+
+    threading.Timer(0.3, lambda: backend.store("t11", "SUCCESS", SUCCESS,
+                                               expires=60)).start()
+    before = gets()
+    assert backend.wait("t11", timeout=5, previous=b'{"status": "STARTED"}') == SUCCESS
+    assert gets() - before == 2  # the first look, and the store script's own GET
 
 
 def test_many_waiters_in_threads(backend: Any) -> None:

@@ -8,15 +8,16 @@ over one pipelined connection per twin (:class:`.aiopipe.Pipe`).
 Waiting for results shares one subscription connection per backend: a reader task
 hands each waiter of a channel the state published on it, so ten thousand
 concurrent ``aget()`` calls cost one connection, not ten thousand. Each wait
-subscribes, and once the subscription is confirmed its key is read (so a result
-stored before the subscription is not missed), as the blocking backend does. perf:
-the waits of one turn of the loop share one SUBSCRIBE, the keys confirmed together
-are read in one MGET, and a waiter's coroutine wakes once, when its state comes.
-Unlike the blocking backend, a notification is used as it comes (the payload
-published is the one stored, by the same script), as Celery's result consumer does:
-one round trip less per result. Redis pub/sub ignores db numbers, so this trusts the
-task id (a UUID) to name one task across the server's dbs; the key is read again
-every few seconds, and after a lost connection, whatever the notifications say.
+subscribes to the key's two channels (Celery's and Conveyor's own, see
+:mod:`.backend`), and once the subscription is confirmed its key is read (so a
+result stored before the subscription is not missed), as the blocking backend does.
+perf: the waits of one turn of the loop share one SUBSCRIBE, the keys confirmed
+together are read in one MGET, and a waiter's coroutine wakes once, when its state
+comes. As in the blocking backend, a payload published on the own channel (which
+names the db) is used as it comes, and a message on Celery's channel (a Celery
+writer, or another db's result for the same task id: pub/sub ignores db numbers)
+has the key read again; the key is also read every few seconds, and after a lost
+connection, whatever the notifications say.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from conveyor.utils import mask_url
 from conveyor.interfaces import BackendCapabilities, Capabilities, Join, Outgoing, Route
 
 from .aiopipe import Pipe
-from .backend import KEY_PREFIX, STORE, _REREAD_EVERY
+from .backend import KEY_PREFIX, STORE, _REREAD_EVERY, db_of, own_channel
 from .channel import PublisherMixin, check, routed_exchanges
 from .connection import CONNECTION_ERRORS, driver_url
 from .errors import wrap
@@ -203,8 +204,11 @@ class AsyncRedisBackend:
     def __init__(self, url: str = "redis://", app: Any = None) -> None:
         self.url = url
         timeout = app.conf.broker_connection_timeout if app is not None else 4.0
-        self._pipe = Pipe(_pool(url, socket_timeout=None, connect_timeout=timeout),
-                          timeout=_REPLY_TIMEOUT)
+        pool = _pool(url, socket_timeout=None, connect_timeout=timeout)
+        self._pipe = Pipe(pool, timeout=_REPLY_TIMEOUT)
+        self.db = db_of(pool)
+        #: A key's own channel is this + the key (:func:`.backend.own_channel`).
+        self._own = own_channel(self.db, "").encode("utf-8")
         #: The subscription connection reads for ever: no read timeout.
         self._sub_pool = _pool(url, socket_timeout=None, connect_timeout=timeout)
         self._listener: asyncio.Task[None] | None = None
@@ -241,8 +245,9 @@ class AsyncRedisBackend:
                     expires: float | None) -> None:
         ttl, unit = (int(expires * 1000), "ms") if expires else (0, "s")
         try:
-            await self._pipe.call("EVAL", STORE.source, 1, self.key(task_id), payload,
-                                  ttl, unit)
+            key = self.key(task_id)
+            await self._pipe.call("EVAL", STORE.source, 1, key, payload, ttl, unit,
+                                  own_channel(self.db, key))
         except redis.RedisError as exc:
             raise wrap(exc, self.url, f"storing the {state} result of {task_id}") from exc
 
@@ -340,14 +345,17 @@ class AsyncRedisBackend:
         if unread:
             self._read(unread)
         out: list[bytes] = []
+        own = self._own
         gone, self._unsubscribing = self._unsubscribing, set()
-        if gone:
-            out += conn.pack_command("UNSUBSCRIBE", *gone)
+        if gone:  # each key's two channels, Celery's then ours (see _dispatch)
+            out += conn.pack_command("UNSUBSCRIBE", *(name for channel in gone
+                                                      for name in (channel, own + channel)))
             for channel in gone:
                 self._leaving[channel] = self._leaving.get(channel, 0) + 1
         new, self._subscribing = self._subscribing, set()
         if new:
-            out += conn.pack_command("SUBSCRIBE", *new)
+            out += conn.pack_command("SUBSCRIBE", *(name for channel in new
+                                                    for name in (channel, own + channel)))
         return out
 
     async def _write_subscriptions(self, conn: Any) -> None:
@@ -455,12 +463,28 @@ class AsyncRedisBackend:
             self._dispatch(await conn.read_response(timeout=math.inf))
 
     def _dispatch(self, reply: Any) -> None:
+        """One reply on the subscription connection. A key's two channels are
+        (un)subscribed together, Celery's first: the reply for our own channel is
+        the one that says both are done. Messages before the confirmation are left
+        from an earlier subscription to the key, and are not trusted."""
         kind, channel = reply[0], reply[1]
+        own = channel.startswith(self._own)
+        if own:
+            channel = channel[len(self._own):]
         if kind == b"message":
             found = self._channels.get(channel)
-            if found is not None:
+            if found is None or not found.confirmed:
+                return
+            if own:  # stored in our db by the script: the value as it is now
                 for waiter in found.waiters:
                     waiter.notify(reply[2])
+            else:  # a Celery writer, or another db's result: read our db's key
+                unsure = [w for w in found.waiters if w.payload != reply[2]]
+                if unsure:  # (not the echo of the own channel's message just used)
+                    self._unread += unsure
+                    self._schedule()
+        elif not own:
+            return  # Celery's channel's (un)subscription: ours follows at once
         elif kind == b"subscribe":
             if self._leaving.get(channel):
                 return  # confirms a subscription an UNSUBSCRIBE since ended

@@ -4,15 +4,20 @@
 * key ``celery-task-meta-<task id>``; the value is what the core serialized with
   ``result_serializer`` (this backend never decodes it, except to protect SUCCESS);
 * a write is one Lua script: refuse if a SUCCESS is stored, else ``SETEX`` (``SET``
-  when ``expires`` is 0/None) and ``PUBLISH`` on the key name with the same payload —
-  what Celery's MULTI/SETEX/PUBLISH/EXEC does, plus the check, atomically. It is sent
-  without waiting for the reply (a worker goes on to its next task at once); the
-  reply is read by the writing thread's next call, which therefore always sees its
-  own writes, and a write the server refused is logged then, naming the task;
-* a wait subscribes to the exact channel, waits for the subscription to be
-  confirmed, then GETs (so a result stored before the subscription is not missed),
-  then sleeps on the subscription. Redis pub/sub ignores db numbers, so a
-  notification only wakes the waiter: the value is always re-read from our db;
+  when ``expires`` is 0/None) and ``PUBLISH`` of the same payload on two channels:
+  first Conveyor's own, ``conveyor:<db>:`` + the key name (:func:`own_channel`), then
+  Celery's, the key name — what Celery's MULTI/SETEX/PUBLISH/EXEC does, plus the
+  check and the own channel, atomically. It is sent without waiting for the reply (a
+  worker goes on to its next task at once); the reply is read by the writing
+  thread's next call, which therefore always sees its own writes, and a write the
+  server refused is logged then, naming the task;
+* a wait subscribes to both channels in one ``SUBSCRIBE``, waits for the
+  subscriptions to be confirmed, then GETs (so a result stored before them is not
+  missed), then sleeps on them. Redis pub/sub ignores db numbers: a message on
+  Celery's channel may be another db's result for the same task id, so it only
+  wakes the waiter, which GETs from its own db (how a Celery worker's result is
+  seen). A message on the own channel names the db it was stored in, so its
+  payload is the stored value and is used as it comes: one round trip less;
 * group joins live in Celery's chord keys (:mod:`.joins`).
 """
 
@@ -38,7 +43,7 @@ KEY_PREFIX = "celery-task-meta-"
 #: connection.
 _REREAD_EVERY = 5.0
 
-#: KEYS: result key. ARGV: payload, ttl, "s" (seconds) or "ms". 0 when a stored
+#: KEYS: result key. ARGV: payload, ttl, "s" (seconds) or "ms", own channel. 0 when a stored
 #: SUCCESS was kept. SUCCESS is recognised with status as the first key (how Celery
 #: and Conveyor write it) for JSON, msgpack and pickle ≥ 4, and by decoding JSON or
 #: msgpack otherwise; a compressed result cannot be inspected and is overwritten.
@@ -73,9 +78,26 @@ elseif ttl > 0 then
 else
   redis.call('SET', KEYS[1], ARGV[1])
 end
+redis.call('PUBLISH', ARGV[4], ARGV[1])
 redis.call('PUBLISH', KEYS[1], ARGV[1])
 return 1
 """)
+
+
+def own_channel(db: int, key: str) -> str:
+    """Conveyor's notification channel for result ``key`` of db ``db``.
+
+    Redis pub/sub is server-wide, so Celery's channel (the key name) carries the
+    results of every db for that task id; this one carries only db ``db``'s, so its
+    payload can be trusted without reading the key again. Celery neither publishes
+    nor listens here: its channel and payload are unchanged.
+    """
+    return f"conveyor:{db}:{key}"
+
+
+def db_of(pool: Any) -> int:
+    """The db number a redis-py (blocking or asyncio) connection pool selects."""
+    return int(pool.connection_kwargs.get("db") or 0)
 
 
 class RedisBackend(JoinsMixin, GroupsMixin):
@@ -91,6 +113,7 @@ class RedisBackend(JoinsMixin, GroupsMixin):
         self.client = client_for(url, socket_timeout=10.0, connect_timeout=timeout,
                                  health_check_interval=25)
         self._lines = Lines(self.client.connection_pool)
+        self.db = db_of(self.client.connection_pool)
         self._local = threading.local()
         self._pubsubs: list[redis.client.PubSub] = []
         self._lock = threading.Lock()
@@ -125,7 +148,9 @@ class RedisBackend(JoinsMixin, GroupsMixin):
             line = self._lines.take()
             try:
                 # perf: sent ahead; this thread's next call reads the reply first
-                STORE.send(line, [self.key(task_id)], [payload, ttl, unit], what)
+                key = self.key(task_id)
+                STORE.send(line, [key], [payload, ttl, unit, own_channel(self.db, key)],
+                           what)
             finally:
                 self._lines.give(line)
 
@@ -198,9 +223,13 @@ class RedisBackend(JoinsMixin, GroupsMixin):
     def _wait(self, key: str, deadline: float | None,
               previous: bytes | None) -> bytes | None:
         channel = key.encode("utf-8")
+        own = own_channel(self.db, key)
+        own_b = own.encode("utf-8")
         ps = self._pubsub()
-        ps.subscribe(key)
+        ps.subscribe(key, own)  # confirmed in this order: Celery's, then ours
         try:
+            # Until our confirmation comes, messages on these channels are left from
+            # an earlier subscription to them (replies come in order): not trusted.
             confirmed = False
             reread = time.monotonic() + _REREAD_EVERY
             while True:
@@ -214,18 +243,28 @@ class RedisBackend(JoinsMixin, GroupsMixin):
                 if remaining <= 0:
                     return self._changed(key, previous)
                 msg = ps.get_message(timeout=remaining)
-                if msg is None or msg.get("channel") != channel:
+                if msg is None:
                     continue
-                if msg["type"] == "subscribe":
-                    confirmed = True  # from here on no publish can be missed
-                elif msg["type"] != "message":
+                kind, on = msg["type"], msg.get("channel")
+                if on == own_b:
+                    if kind == "subscribe":
+                        confirmed = True  # from here on no publish can be missed
+                    elif kind != "message" or not confirmed:
+                        continue
+                    else:  # stored in our db by the script: the value as it is now
+                        payload: bytes = msg["data"]
+                        if payload != previous:
+                            return payload
+                        continue
+                elif on != channel or kind != "message" or not confirmed:
                     continue
+                # first look, or Celery's channel (a Celery writer, or another db)
                 found = self._changed(key, previous)
                 if found is not None:
                     return found
         finally:
             try:
-                ps.unsubscribe(key)  # type: ignore[no-untyped-call]
+                ps.unsubscribe(key, own)  # type: ignore[no-untyped-call]
             except redis.RedisError:
                 self._drop_pubsub()
 
