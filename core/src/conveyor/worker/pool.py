@@ -309,6 +309,21 @@ class ThreadPool(Pool):
         elif not (self._killable(job) and self._fork(job, self.done)):
             self._work.put(job)
 
+    def gather(self, count: int, timeout: float) -> None:
+        """Return once ``count`` jobs are on ``done``, or after ``timeout`` seconds.
+
+        perf: the consumer starts jobs in batches (see ``Worker._iterate``); each
+        batch costs it one early-ack flush to the broker and one pass of its loop,
+        whatever the batch's size."""
+        done = self.done
+        deadline = time.monotonic() + timeout
+        with done.not_empty:
+            while len(done.queue) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                done.not_empty.wait(remaining)
+
     def take_unstarted(self) -> list[Job]:
         forked: ProcessPool | None = getattr(self, "_forked_pool", None)
         taken: list[Job] = forked.take_unstarted() if forked is not None else []
