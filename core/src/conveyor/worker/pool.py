@@ -268,12 +268,30 @@ class SoloPool(Pool):
         self._stop_forked(timeout)
 
 
+class _Done(queue.Queue[Job]):
+    """The threads pool's finished jobs: a ``put`` wakes the consumer only once
+    ``wanted`` jobs are there (1 but while it gathers a batch, see
+    :meth:`ThreadPool.gather`).
+
+    perf: each wake-up is a futex call in the pool thread and a GIL handoff to
+    the consumer, which would look, find too few jobs and sleep again."""
+
+    wanted = 1
+
+    def put(self, item: Job, block: bool = True, timeout: float | None = None) -> None:
+        with self.mutex:  # unbounded: never waits, as Queue.put does not
+            self.queue.append(item)
+            if len(self.queue) >= self.wanted:
+                self.not_empty.notify()
+
+
 class ThreadPool(Pool):
     """``concurrency`` threads (jobs with a ``time_limit``: child processes);
     ``async def`` tasks run on the process's event loop instead, holding no thread."""
 
     def __init__(self, app: Conveyor, concurrency: int, hostname: str) -> None:
         super().__init__(app, concurrency, hostname)
+        self.done: _Done = _Done()
         self._work: queue.Queue[Job | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
 
@@ -318,11 +336,15 @@ class ThreadPool(Pool):
         done = self.done
         deadline = time.monotonic() + timeout
         with done.not_empty:
-            while len(done.queue) < count:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                done.not_empty.wait(remaining)
+            done.wanted = count
+            try:
+                while len(done.queue) < count:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return
+                    done.not_empty.wait(remaining)
+            finally:
+                done.wanted = 1
 
     def take_unstarted(self) -> list[Job]:
         forked: ProcessPool | None = getattr(self, "_forked_pool", None)
