@@ -169,6 +169,26 @@ def test_ack_removes_every_trace(make_transport: Any, r: redis.Redis, queue: str
     assert r.hlen("_conveyor.deliveries") == 0
 
 
+def test_ack_and_start_settles_some_and_charges_others(make_transport: Any,
+                                                       r: redis.Redis, queue: str) -> None:
+    """The processes pool acks the jobs its children began while it charges the
+    ones it hands them: one call, the same effect as ``ack`` then ``started``."""
+    t = make_transport()
+    for i in range(4):
+        t.publish(make_message(i), Route(queue))
+    got = t.fetch([queue], limit=4, timeout=1)
+    t.started(got[:2])
+    t.ack_and_start(got[:2], got[2:])
+    t.ack_and_start(got[:2], got[2:])  # run again (a lost reply): changes nothing
+    t.flush()
+    assert sorted(r.hkeys("unacked")) == sorted(d.tag.tag.encode() for d in got[2:])
+    assert r.zcard("unacked_index") == 2
+    assert r.hgetall("_conveyor.deliveries") == {d.tag.tag.encode(): b"1" for d in got[2:]}
+    t.ack_and_start(got[2:], [])
+    t.flush()
+    assert r.hlen("unacked") == 0 and r.hlen("_conveyor.deliveries") == 0
+
+
 def test_ack_refused_for_a_forgotten_script_is_run_again(make_transport: Any,
                                                          r: redis.Redis,
                                                          queue: str) -> None:

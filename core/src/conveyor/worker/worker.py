@@ -297,7 +297,7 @@ class Worker:
             self.pool.report_starts = self._ack_on_start = self.pool.depth > 1
 
     def _iterate(self, transport: Transport) -> None:
-        self._settle(transport)
+        self._settle(transport, defer=True)
         self._release_due()
         self._start_jobs(transport)
         if self.autoscale is not None:
@@ -506,6 +506,8 @@ class Worker:
             elif not throttles or self._may_start(transport, job, now):
                 starting.append(job)
         if not starting:
+            if self._owed_acks:
+                self._pay(transport)  # acks _settle left for a charge (none came)
             return
         # An early ack is given when the task starts: here, or (processes pool with
         # jobs waiting in the children's pipes) when the pool reports it started.
@@ -519,17 +521,29 @@ class Worker:
                 raise
             self._unlease_all(early)
         if len(early) < len(starting) and self._caps.leases:
+            charge = [job.delivery for job in starting
+                      if job.acks_late or self._ack_on_start]
+            # perf: acks _settle left owed go with the charge, in one round trip
+            # where the transport can (``ack_and_start``, Redis).
+            both = getattr(transport, "ack_and_start", None) \
+                if self._owed_acks and not self._owed_requeues else None
             try:
-                cast(LeaseTransport, transport).started(
-                    [job.delivery for job in starting
-                     if job.acks_late or self._ack_on_start])
+                if both is not None:
+                    acks = list(self._owed_acks)
+                    both(acks, charge)
+                    del self._owed_acks[:len(acks)]
+                    self._unlease_all(acks)
+                else:
+                    cast(LeaseTransport, transport).started(charge)
             except Exception as exc:  # noqa: BLE001 - accounting; the task still runs
                 log.warning("Could not count %d deliveries as started: %s",
-                            len(starting) - len(early), mask_url(str(exc)))
+                            len(charge), mask_url(str(exc)))
         for job in starting:
             self._running[id(job)] = job
             self.total[job.request.name] += 1
             self.pool.submit(job)
+        if self._owed_acks:
+            self._pay(transport)  # owed acks no charge took (see _settle)
         if self.pool_name == "solo":
             self._settle(transport)
 
@@ -539,12 +553,17 @@ class Worker:
         self._unlease(job.delivery)
         record_revoked(self.app, job.request, self.hostname, "revoked")
 
-    def _settle(self, transport: Transport) -> None:
+    def _settle(self, transport: Transport, *, defer: bool = False) -> None:
+        """Settle finished (and, processes pool, begun) jobs. ``defer``: the early
+        acks of jobs the processes pool reports begun stay owed for
+        :meth:`_start_jobs`, next in the same turn, to send with its charge
+        (acks of finished ``acks_late`` jobs and give-backs are paid here)."""
         self.pool.collect()
         late = []
         if self._ack_on_start:
             late = [job.delivery for job in self.pool.began()
                     if not job.acks_late and id(job) not in self._orphans]
+        finished_late = False
         for job in self.pool.finished():
             self._running.pop(id(job), None)
             self.processed += 1
@@ -552,8 +571,11 @@ class Worker:
                 self._orphans.discard(id(job))
             elif job.acks_late:
                 late.append(job.delivery)
+                finished_late = True
         self._owed_acks.extend(late)
-        if self._owed_acks or self._owed_requeues:
+        if (self._owed_acks or self._owed_requeues) and not (
+                defer and self._ack_on_start and not finished_late
+                and not self._owed_requeues):
             self._pay(transport)
         self.pool.dispatch()  # jobs waiting for a child go now that acks are sent
 

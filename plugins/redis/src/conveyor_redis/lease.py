@@ -106,6 +106,28 @@ end
 return 1
 """)
 
+#: :data:`ACK` and :data:`STARTED` in one call: the processes pool acks the jobs its
+#: children began while it charges the ones it hands them (one round trip, and no
+#: wait for the ack's reply before the charge is written). Idempotent, as both are.
+#: KEYS: unacked, unacked_index, deliveries. ARGV: number of tags to ack, those tags,
+#: then tag, count, tag, count, … to charge.
+ACK_STARTED = Script("""
+local acks = tonumber(ARGV[1])
+for i = acks + 2, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1
+      and (tonumber(redis.call('HGET', KEYS[3], ARGV[i])) or 0) < tonumber(ARGV[i + 1]) then
+    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  end
+end
+for i = 2, acks + 1, 4000 do
+  local j = math.min(i + 3999, acks + 1)
+  redis.call('ZREM', KEYS[2], unpack(ARGV, i, j))
+  redis.call('HDEL', KEYS[1], unpack(ARGV, i, j))
+  redis.call('HDEL', KEYS[3], unpack(ARGV, i, j))
+end
+return 1
+""")
+
 #: Give a leased message back to a list, only if still leased to us. Its count is
 #: left as it is: a delivery that started was charged then, one that did not never is.
 #: KEYS: unacked, unacked_index, list. ARGV: tag, envelope, "L" (end of the line) or
