@@ -13,7 +13,8 @@ subscribes to the key's two channels (Celery's and Conveyor's own, see
 result stored before the subscription is not missed), as the blocking backend does.
 perf: the waits of one turn of the loop share one SUBSCRIBE, the keys confirmed
 together are read in one MGET, and a waiter's coroutine wakes once, when its state
-comes. As in the blocking backend, a payload published on the own channel (which
+comes; a wait alone (one round trip at a time) writes its SUBSCRIBE, its MGET and
+its UNSUBSCRIBE at once instead of a turn of the loop later by a writer task. As in the blocking backend, a payload published on the own channel (which
 names the db) is used as it comes, and a message on Celery's channel (a Celery
 writer, or another db's result for the same task id: pub/sub ignores db numbers)
 has the key read again; the key is also read every few seconds, and after a lost
@@ -36,7 +37,7 @@ import redis.asyncio as aioredis
 from conveyor.utils import mask_url
 from conveyor.interfaces import BackendCapabilities, Capabilities, Join, Outgoing, Route
 
-from .aiopipe import Pipe
+from .aiopipe import Pipe, write_now
 from .backend import KEY_PREFIX, STORE, _REREAD_EVERY, db_of, own_channel
 from .channel import PublisherMixin, check, routed_exchanges
 from .connection import CONNECTION_ERRORS, driver_url
@@ -226,6 +227,8 @@ class AsyncRedisBackend:
         self._reads: set[asyncio.Task[None]] = set()
         #: The future the subscription writer sleeps on (None while it writes).
         self._wake: asyncio.Future[None] | None = None
+        #: The subscription connection while its writer runs.
+        self._sub_conn: Any = None
 
     @staticmethod
     def key(task_id: str) -> str:
@@ -303,14 +306,31 @@ class AsyncRedisBackend:
         waiter = _Waiter(channel, previous)
         found = self._channels.get(channel)
         if found is None:
+            alone = not self._channels
             found = self._channels[channel] = _Channel()
             self._unsubscribing.discard(channel)
-            self._subscribing.add(channel)
-        elif found.confirmed:
+            found.waiters.append(waiter)
+            # perf: the only wait (one round trip at a time) subscribes now, a turn
+            # of the loop sooner; waits that come together share the writer's one
+            # SUBSCRIBE after the turn.
+            if not (alone and self._write_now("SUBSCRIBE", channel)):
+                self._subscribing.add(channel)
+                self._schedule()
+            return waiter
+        if found.confirmed:
             self._unread.append(waiter)
         found.waiters.append(waiter)
         self._schedule()
         return waiter
+
+    def _write_now(self, command: str, channel: bytes) -> bool:
+        """Write ``command`` for ``channel``'s two channels now, if the subscription
+        writer is asleep with nothing else to write; else False (the writer does)."""
+        conn = self._sub_conn
+        if (conn is None or self._wake is None or self._subscribing
+                or self._unsubscribing or self._unread):
+            return False
+        return write_now(conn, conn.pack_command(command, channel, self._own + channel))
 
     def _leave(self, channel: bytes, waiter: _Waiter) -> None:
         found = self._channels.get(channel)
@@ -322,6 +342,8 @@ class AsyncRedisBackend:
             del self._channels[channel]
             if channel in self._subscribing:
                 self._subscribing.discard(channel)
+            elif not self._channels and self._write_now("UNSUBSCRIBE", channel):
+                self._leaving[channel] = self._leaving.get(channel, 0) + 1
             else:
                 self._unsubscribing.add(channel)
                 self._schedule()
@@ -362,21 +384,25 @@ class AsyncRedisBackend:
         """Once per turn of the loop that asked (:meth:`_schedule`), write what it
         asked for in one go (see :meth:`_turn`)."""
         loop = asyncio.get_running_loop()
-        while True:
-            out = self._turn(conn)
-            if out:
-                await conn.send_packed_command(out, check_health=False)
-                continue  # more may have come while draining
-            wake = self._wake = loop.create_future()
-            await wake
+        self._sub_conn = conn
+        try:
+            while True:
+                out = self._turn(conn)
+                if out:
+                    await conn.send_packed_command(out, check_health=False)
+                    continue  # more may have come while draining
+                wake = self._wake = loop.create_future()
+                await wake
+        finally:
+            if self._sub_conn is conn:
+                self._sub_conn = None
 
     def _read(self, waiters: list[_Waiter]) -> None:
         """Read the keys of ``waiters`` in one MGET, handed to each as it comes."""
-        future = self._pipe.submit([("MGET", *(waiter.key for waiter in waiters))])
+        future = self._pipe.submit([("MGET", *(waiter.key for waiter in waiters))],
+                                   functools.partial(self._got, waiters))
         if future is None:  # the command connection is not open: a task opens it
             self._read_later(waiters, tries=2)
-            return
-        future.add_done_callback(functools.partial(self._got, waiters))
 
     def _got(self, waiters: list[_Waiter], future: asyncio.Future[list[Any]]) -> None:
         if future.cancelled():
@@ -491,8 +517,11 @@ class AsyncRedisBackend:
             found = self._channels.get(channel)
             if found is not None and not found.confirmed:
                 found.confirmed = True
-                self._unread += found.waiters
-                self._schedule()
+                if not self._unread and self._pipe.idle:
+                    self._read(list(found.waiters))  # perf: the MGET leaves now
+                else:  # with the others confirmed in this turn
+                    self._unread += found.waiters
+                    self._schedule()
         elif kind == b"unsubscribe":
             left = self._leaving.get(channel, 0) - 1
             if left > 0:

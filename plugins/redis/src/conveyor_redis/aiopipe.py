@@ -6,9 +6,11 @@ and arms a timer around every reply it reads: with a hundred coroutines publishi
 and reading results at once, that Python (and one ``send()`` per command) cost more
 than Redis itself. Here every command of every coroutine goes over one held redis-py
 connection: its packer and its (hiredis) reply parser, but commands written during
-one turn of the event loop leave in one write (a writer task, woken once per turn)
-and a single reader task hands replies back in order (Redis answers a connection's
-commands in the order they came). A coroutine that stops waiting (cancelled, timed
+one turn of the event loop leave in one write (a writer task, woken once per turn;
+a command sent while nothing is in flight is written at once, a turn sooner, and
+the rest of its turn follows in the writer's write) and a single reader task hands
+replies back in order (Redis answers a connection's commands in the order they
+came). A coroutine that stops waiting (cancelled, timed
 out) leaves its reply to be read and dropped, so the order never slips.
 
 Replies are read without a timer each: one watchdog per ``timeout`` seconds gives the
@@ -26,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -34,13 +36,32 @@ import redis.asyncio as aioredis
 
 
 class _Call:
-    """A command (or MULTI…EXEC block) in flight: ``count`` replies, one future."""
+    """A command (or MULTI…EXEC block) in flight: ``count`` replies, one future, and
+    ``then``, called with the future as soon as it is done (not a turn later, as a
+    done callback would be)."""
 
-    __slots__ = ("future", "count", "replies")
+    __slots__ = ("future", "count", "replies", "then")
 
-    def __init__(self, future: asyncio.Future[Any], count: int) -> None:
-        self.future, self.count = future, count
+    def __init__(self, future: asyncio.Future[Any], count: int,
+                 then: Callable[[asyncio.Future[Any]], None] | None = None) -> None:
+        self.future, self.count, self.then = future, count, then
         self.replies: list[Any] = []
+
+    def finish(self) -> None:
+        if self.then is not None:
+            self.then(self.future)
+
+
+def write_now(conn: Any, packed: list[bytes]) -> bool:
+    """Hand ``packed`` to the open connection ``conn``'s transport now (no drain:
+    callers only do this when nothing else is waiting to be written); False when it
+    cannot be (closed, closing, or a redis-py without the stream writer), and the
+    caller writes it the usual way."""
+    writer = getattr(conn, "_writer", None)
+    if writer is None or not conn.is_connected or writer.transport.is_closing():
+        return False
+    writer.writelines(packed)
+    return True
 
 
 class Pipe:
@@ -78,12 +99,21 @@ class Pipe:
         """Every command in one write; every reply, error replies in place."""
         return await self._send(commands, raise_first=False)
 
-    def submit(self, commands: Sequence[Sequence[Any]]) -> asyncio.Future[list[Any]] | None:
+    def submit(self, commands: Sequence[Sequence[Any]],
+               then: Callable[[asyncio.Future[list[Any]]], None]
+               ) -> asyncio.Future[list[Any]] | None:
         """Send ``commands`` with this turn's write, from code that cannot await (a
-        callback): a future of every reply, error replies in place. None when the
-        connection is not open: await :meth:`pipeline` instead, which opens it."""
+        callback): a future of every reply, error replies in place, handed to
+        ``then`` as soon as it is done. None when the connection is not open (and
+        ``then`` never called): await :meth:`pipeline` instead, which opens it."""
         conn = self._conn
-        return None if conn is None else self._queue(conn, commands)
+        return None if conn is None else self._queue(conn, commands, then)
+
+    @property
+    def idle(self) -> bool:
+        """Open, nothing in flight, the writer asleep: a command sent now is written
+        at once (see :meth:`_queue`)."""
+        return self._conn is not None and not self._waiting and self._wake is not None
 
     async def _send(self, commands: Sequence[Sequence[Any]], *,
                     raise_first: bool = True) -> list[Any]:
@@ -97,19 +127,29 @@ class Pipe:
                     raise reply
         return replies
 
-    def _queue(self, conn: Any, commands: Sequence[Sequence[Any]]
+    def _queue(self, conn: Any, commands: Sequence[Sequence[Any]],
+               then: Callable[[asyncio.Future[list[Any]]], None] | None = None
                ) -> asyncio.Future[list[Any]]:
         loop = asyncio.get_running_loop()
-        call = _Call(loop.create_future(), len(commands))
-        out = self._out
-        for args in commands:
-            out += conn.pack_command(*args)
+        call = _Call(loop.create_future(), len(commands), then)
+        # perf: with nothing in flight (one coroutine's round trip at a time) the
+        # command is written now, a turn of the loop sooner than the writer would;
+        # commands that follow it in the same turn find it in flight and share the
+        # writer's one write, so a busy loop still writes once a turn.
+        now = not self._waiting and self._wake is not None and not self._out
         self._waiting.append(call)
-        wake = self._wake
-        if wake is not None:
-            self._wake = None
-            if not wake.done():
-                wake.set_result(None)
+        if now and write_now(conn, [packed for args in commands
+                                    for packed in conn.pack_command(*args)]):
+            pass
+        else:
+            out = self._out
+            for args in commands:
+                out += conn.pack_command(*args)
+            wake = self._wake
+            if wake is not None:
+                self._wake = None
+                if not wake.done():
+                    wake.set_result(None)
         if self._writer is None:
             self._writer = loop.create_task(self._write(conn))
         if self._reader is None:
@@ -164,6 +204,7 @@ class Pipe:
                     self._waiting.popleft()
                     if not call.future.done():
                         call.future.set_result(call.replies)
+                        call.finish()
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._broken(conn, exc if isinstance(exc, redis.RedisError)
                          else redis.ConnectionError(str(exc)))
@@ -198,6 +239,7 @@ class Pipe:
         for call in waiting:
             if not call.future.done():
                 call.future.set_exception(exc)
+                call.finish()
         current = asyncio.current_task()
         for task in (self._reader, self._writer):
             if task is not None and task is not current:
