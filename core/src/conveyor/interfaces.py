@@ -460,6 +460,14 @@ class LeaseTransport(Transport, Protocol):
         taken counts them here, so a message that only waited in a dead worker's
         prefetch is not charged a delivery it never ran (``BaseTransport``: no-op)."""
 
+    def ack_and_start(self, acks: Sequence[Delivery], starts: Sequence[Delivery]) -> None:
+        """:meth:`~Transport.ack` ``acks``, then count ``starts`` as :meth:`started`.
+
+        The processes pool acks the jobs its children began in the same turn as it
+        charges the ones it hands them; a transport that sends settlement ahead can
+        do both in one round trip (``BaseTransport``: the two calls, in that order).
+        Raises what ``ack`` raises: the acks must not be lost."""
+
 
 @runtime_checkable
 class DeadLetterTransport(Transport, Protocol):
@@ -726,6 +734,13 @@ class BaseTransport:
         """The worker is about to run these (``acks_late``) deliveries (see
         :meth:`LeaseTransport.started`). The default does nothing: the transport
         counts deliveries when they are taken."""
+
+    def ack_and_start(self, acks: Sequence[Delivery], starts: Sequence[Delivery]) -> None:
+        """:meth:`LeaseTransport.ack_and_start`: the two calls, acks first."""
+        if acks:
+            self.ack(acks)  # type: ignore[attr-defined]
+        if starts:
+            self.started(starts)
 
     def __enter__(self) -> BaseTransport:
         return self

@@ -524,13 +524,12 @@ class Worker:
             charge = [job.delivery for job in starting
                       if job.acks_late or self._ack_on_start]
             # perf: acks _settle left owed go with the charge, in one round trip
-            # where the transport can (``ack_and_start``, Redis).
-            both = getattr(transport, "ack_and_start", None) \
-                if self._owed_acks and not self._owed_requeues else None
+            # where the transport can (``ack_and_start``).
+            both = self._owed_acks and not self._owed_requeues
             try:
-                if both is not None:
+                if both:
                     acks = list(self._owed_acks)
-                    both(acks, charge)
+                    cast(LeaseTransport, transport).ack_and_start(acks, charge)
                     del self._owed_acks[:len(acks)]
                     self._unlease_all(acks)
                 else:
