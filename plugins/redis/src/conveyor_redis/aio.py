@@ -50,6 +50,8 @@ log = logging.getLogger("conveyor.redis")
 _BROKEN: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, OSError)
 #: Pause before the subscription connection is opened again after it broke.
 _RESUBSCRIBE_PAUSE = 0.2
+#: How long the last wait's UNSUBSCRIBE may wait to leave with the next SUBSCRIBE.
+_UNSUBSCRIBE_WITHIN = 0.005
 #: How late a reply on the command connection may be before it is given up.
 _REPLY_TIMEOUT = 10.0
 
@@ -229,6 +231,8 @@ class AsyncRedisBackend:
         self._wake: asyncio.Future[None] | None = None
         #: The subscription connection while its writer runs.
         self._sub_conn: Any = None
+        #: The timer that sends the UNSUBSCRIBEs put off (see :meth:`_leave`).
+        self._later: asyncio.TimerHandle | None = None
 
     @staticmethod
     def key(task_id: str) -> str:
@@ -324,13 +328,35 @@ class AsyncRedisBackend:
         return waiter
 
     def _write_now(self, command: str, channel: bytes) -> bool:
-        """Write ``command`` for ``channel``'s two channels now, if the subscription
-        writer is asleep with nothing else to write; else False (the writer does)."""
+        """Write ``command`` for ``channel``'s two channels now, after the
+        UNSUBSCRIBEs put off (see :meth:`_leave`), if the subscription writer is
+        asleep with nothing else to write; else False (the writer does)."""
         conn = self._sub_conn
-        if (conn is None or self._wake is None or self._subscribing
-                or self._unsubscribing or self._unread):
+        if conn is None or self._wake is None or self._subscribing or self._unread:
             return False
-        return write_now(conn, conn.pack_command(command, channel, self._own + channel))
+        if not conn.is_connected:
+            return False
+        out = self._unsubscribes(conn)
+        out += conn.pack_command(command, channel, self._own + channel)
+        return write_now(conn, out)
+
+    def _unsubscribes(self, conn: Any) -> list[bytes]:
+        """The UNSUBSCRIBE of the channels left, packed for ``conn``, counted as
+        leaving; none left after."""
+        gone, self._unsubscribing = self._unsubscribing, set()
+        if not gone:
+            return []
+        for channel in gone:
+            self._leaving[channel] = self._leaving.get(channel, 0) + 1
+        # each key's two channels, Celery's then ours (see _dispatch)
+        packed: list[bytes] = conn.pack_command(
+            "UNSUBSCRIBE", *(name for channel in gone for name in (channel, self._own + channel)))
+        return packed
+
+    def _flush_unsubscribes(self) -> None:
+        self._later = None
+        if self._unsubscribing:
+            self._schedule()
 
     def _leave(self, channel: bytes, waiter: _Waiter) -> None:
         found = self._channels.get(channel)
@@ -342,8 +368,13 @@ class AsyncRedisBackend:
             del self._channels[channel]
             if channel in self._subscribing:
                 self._subscribing.discard(channel)
-            elif not self._channels and self._write_now("UNSUBSCRIBE", channel):
-                self._leaving[channel] = self._leaving.get(channel, 0) + 1
+            elif not self._channels:
+                # perf: the last wait's UNSUBSCRIBE is put off a moment, to leave
+                # in the next wait's write of its SUBSCRIBE (one send less)
+                self._unsubscribing.add(channel)
+                if self._later is None:
+                    self._later = asyncio.get_running_loop().call_later(
+                        _UNSUBSCRIBE_WITHIN, self._flush_unsubscribes)
             else:
                 self._unsubscribing.add(channel)
                 self._schedule()
@@ -366,14 +397,8 @@ class AsyncRedisBackend:
         unread, self._unread = self._unread, []
         if unread:
             self._read(unread)
-        out: list[bytes] = []
+        out = self._unsubscribes(conn)
         own = self._own
-        gone, self._unsubscribing = self._unsubscribing, set()
-        if gone:  # each key's two channels, Celery's then ours (see _dispatch)
-            out += conn.pack_command("UNSUBSCRIBE", *(name for channel in gone
-                                                      for name in (channel, own + channel)))
-            for channel in gone:
-                self._leaving[channel] = self._leaving.get(channel, 0) + 1
         new, self._subscribing = self._subscribing, set()
         if new:
             out += conn.pack_command("SUBSCRIBE", *(name for channel in new
@@ -558,6 +583,9 @@ class AsyncRedisBackend:
         return current if current is not None and current != previous else None
 
     async def close(self) -> None:
+        later, self._later = self._later, None
+        if later is not None:
+            later.cancel()
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.cancel()

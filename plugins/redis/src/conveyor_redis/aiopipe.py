@@ -190,14 +190,19 @@ class Pipe:
                 self._writer = None
 
     async def _read_replies(self, conn: Any) -> None:
-        """Hand each reply to the call it answers, while any is awaited."""
+        """Hand each reply to the call it answers, for as long as ``conn`` is the
+        connection: perf, one task per connection, not one each time a command
+        follows a moment with none in flight (a round trip at a time)."""
         try:
-            while self._waiting:
+            while self._conn is conn:
                 try:
                     reply = await conn.read_response()
                 except redis.ResponseError as exc:
                     reply = exc
                 self._read += 1
+                if not self._waiting:
+                    raise redis.ConnectionError(
+                        "Redis sent a reply no command asked for; reconnecting")
                 call = self._waiting[0]
                 call.replies.append(reply)
                 if len(call.replies) == call.count:
@@ -209,7 +214,9 @@ class Pipe:
             self._broken(conn, exc if isinstance(exc, redis.RedisError)
                          else redis.ConnectionError(str(exc)))
         except asyncio.CancelledError:
-            self._broken(conn, redis.ConnectionError("Redis connection closed"))
+            # idle (the loop ends): redis-py closed it already, no task to close it
+            self._broken(conn, redis.ConnectionError("Redis connection closed"),
+                         disconnect=bool(self._waiting))
             raise
         finally:
             if self._reader is asyncio.current_task():
@@ -228,9 +235,9 @@ class Pipe:
         self._watchdog = asyncio.get_running_loop().call_later(
             self._timeout, self._watch, conn, self._read)  # type: ignore[arg-type]
 
-    def _broken(self, conn: Any, exc: BaseException) -> None:
+    def _broken(self, conn: Any, exc: BaseException, *, disconnect: bool = True) -> None:
         """Fail what is in flight and stop the reader and writer of ``conn``; the
-        next command connects again."""
+        next command connects again. ``disconnect``: close it too."""
         if self._conn is not conn:
             return
         self._conn = None
@@ -248,6 +255,8 @@ class Pipe:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        if not disconnect:
+            return
         # redis-py closes a connection whose read or write failed, and a cancelled
         # read's; this closes one given up for its silence.
         self._closing = asyncio.get_running_loop().create_task(
