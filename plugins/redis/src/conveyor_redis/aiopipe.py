@@ -138,13 +138,9 @@ class Pipe:
         # writer's one write, so a busy loop still writes once a turn.
         now = not self._waiting and self._wake is not None and not self._out
         self._waiting.append(call)
-        if now and write_now(conn, [packed for args in commands
-                                    for packed in conn.pack_command(*args)]):
-            pass
-        else:
-            out = self._out
-            for args in commands:
-                out += conn.pack_command(*args)
+        packed = [part for args in commands for part in conn.pack_command(*args)]
+        if not (now and write_now(conn, packed)):
+            self._out += packed  # the writer sends it (and whatever follows) in one write
             wake = self._wake
             if wake is not None:
                 self._wake = None
