@@ -127,6 +127,11 @@ class Pool(abc.ABC):
             return
         self.done.put(job)
 
+    def gather(self, count: int, timeout: float) -> None:
+        """After a slot freed, wait up to ``timeout`` seconds for ``count`` finished
+        jobs, so waiting jobs start together. The default does not wait: only a pool
+        whose slots free one by one gains from it (:class:`ThreadPool`)."""
+
     def stop(self, timeout: float | None = None) -> None:
         """Finish running jobs and stop workers; the solo pool has nothing running."""
 
@@ -332,8 +337,10 @@ class ThreadPool(Pool):
 
         perf: the consumer starts jobs in batches (see ``Worker._iterate``); each
         batch costs it one early-ack flush to the broker and one pass of its loop,
-        whatever the batch's size."""
+        whatever the batch's size. Nothing finished yet: no slot freed, no batch."""
         done = self.done
+        if not done.queue:
+            return
         deadline = time.monotonic() + timeout
         with done.not_empty:
             done.wanted = count

@@ -50,7 +50,7 @@ from ..interfaces import (
 from ..options import eta_horizon
 from . import control, preflight
 from .execute import task_defaults
-from .pool import POOLS, Job, Pool, ProcessPool, ThreadPool
+from .pool import POOLS, Job, Pool, ProcessPool
 from .revoked import REVOKED
 from .revoked import record as record_revoked
 
@@ -321,12 +321,12 @@ class Worker:
                 self._receive(transport, deliveries)
         elif busy or not self._ready:  # nothing to start: wait for a job or a due ETA
             self.pool.wait(timeout)
-            if busy and self._ready and self.pool.done.queue \
-                    and isinstance(self.pool, ThreadPool):
-                # perf: a slot is free and jobs wait; let up to half the threads
-                # free (a bounded wait) so the jobs start together: one early-ack
-                # flush and one pass of this loop per batch, not one per job (a
-                # noop drain on RabbitMQ: 3,479 -> 2,120 flushes for 10,000 tasks).
+            if busy and self._ready:
+                # perf: jobs wait for a slot; a pool that can lets up to half its
+                # slots free (a bounded wait) so the jobs start together: one
+                # early-ack flush and one pass of this loop per batch, not one per
+                # job (threads, noop drain on RabbitMQ: 3,479 -> 2,120 flushes for
+                # 10,000 tasks).
                 self.pool.gather(min(len(self._ready), self.pool.concurrency // 2),
                                  START_BATCH_WAIT)
 
