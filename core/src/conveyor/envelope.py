@@ -146,8 +146,10 @@ class JSONStyle:
 KOMBU_JSON = JSONStyle()
 
 
-def headers_json(message: Message, style: JSONStyle = KOMBU_JSON) -> str:
-    """``message.headers`` as JSON text, the same text ``style.encode`` writes.
+def headers_json(message: Message, style: JSONStyle = KOMBU_JSON,
+                 ident: str | None = None) -> str:
+    """``message.headers`` as JSON text, the same text ``style.encode`` writes;
+    ``ident``: the task id's text in ``style``, when the caller has it already.
 
     perf: a message the core built whose headers nobody has read yet (a
     :class:`BuiltMessage`: they are laid out when first read, so they are still as
@@ -159,7 +161,7 @@ def headers_json(message: Message, style: JSONStyle = KOMBU_JSON) -> str:
     if type(message) is BuiltMessage and message.laid is None:
         template = message.template
         laid: _HeadersText = template.texts.get(style) or template.lay_out(style)
-        return laid.write(message.values)
+        return laid.write(message.values, ident)
     return style.encode(message.headers)
 
 
@@ -216,12 +218,14 @@ class _HeadersText:
         #: The last ``origin`` written, and its text (one tuple: threads see both).
         self.origin = (ORIGIN, style.string(ORIGIN))
 
-    def write(self, values: tuple[Any, ...]) -> str:
-        """The text of the headers of a message built with these values."""
+    def write(self, values: tuple[Any, ...], ident: str | None = None) -> str:
+        """The text of the headers of a message built with these values (``ident``:
+        the id's text, when known)."""
         if len(values) != 4:
             return self.spelled(values)
         id_, args, kwargs, origin = values  # the usual message: see Template.build
-        ident = self.string(id_) if type(id_) is str else self.encode(id_)
+        if ident is None:
+            ident = self.string(id_) if type(id_) is str else self.encode(id_)
         known = self.origin
         if origin is not known[0]:  # once per process (and after a fork)
             known = self.origin = (origin, self.string(origin))
@@ -319,7 +323,7 @@ class Template:
 
     __slots__ = ("extra", "serializer", "compressor",
                  "time_limit", "soft_time_limit", "name", "shadow", "ignore_result",
-                 "reply_to", "priority", "texts")
+                 "reply_to", "priority", "texts", "bare")
 
     def __init__(self, name: str, codecs: Codecs, opts: Mapping[str, Any]) -> None:
         get = opts.get
@@ -335,6 +339,9 @@ class Template:
         self.extra: Mapping[str, Any] | None = get("headers") or None
         #: JSON style → the headers' text pieces in it (:func:`headers_json`).
         self.texts: dict[JSONStyle, _HeadersText] = {}
+        #: The body of a call without arguments (no args, no kwargs, nothing
+        #: embedded), serialized and compressed by its first build.
+        self.bare: bytes | None = None
 
     def __reduce__(self) -> Any:
         # A pickled message (a test's, a tool's) travels without its template.
@@ -390,10 +397,18 @@ class Template:
         if type(kwargs) is not dict and not isinstance(kwargs, Mapping):
             raise TypeError(f"Task kwargs must be a mapping, not {type(kwargs).__name__}")
         ser = self.serializer
-        data = ser.dumps((args if isinstance(args, list) else list(args), kwargs,
-                          embed if embed is not None else EMPTY_EMBED))
-        if self.compressor is not None:
-            data = self.compressor.compress(data)
+        # perf: a call without arguments has the same body every time (a serializer
+        # is a function of its input), so it is serialized once per template; a
+        # transport may know it by identity too (the Redis envelope's base64 text).
+        bare = not args and type(kwargs) is dict and not kwargs and embed is None
+        data = self.bare if bare else None
+        if data is None:
+            data = ser.dumps((args if isinstance(args, list) else list(args), kwargs,
+                              embed if embed is not None else EMPTY_EMBED))
+            if self.compressor is not None:
+                data = self.compressor.compress(data)
+            if bare:
+                self.bare = data
         argsrepr = NO_ARGS if type(args) is tuple and not args else _repr(args)
         kwargsrepr = NO_KWARGS if type(kwargs) is dict and not kwargs else _repr(kwargs)
         values: tuple[Any, ...]
