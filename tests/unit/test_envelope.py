@@ -245,25 +245,3 @@ def test_a_built_message_is_a_message_whose_headers_are_laid_out_when_read(
         assert again == message and again.headers["x-edited"] == 1
         assert again.properties["priority"] == 3
 
-
-@pytest.mark.parametrize("call", [{}, {"compression": "zlib"}, {"serializer": "pickle"},
-                                  {"serializer": "msgpack"}])
-def test_calls_without_arguments_share_the_body_their_serializer_writes(
-        app: Conveyor, call: dict[str, Any]) -> None:
-    """A call without arguments has one body per template, made once: the bytes a
-    fresh serialization (and compression) writes; a call with arguments, keyword
-    arguments or embedded callbacks is serialized for itself."""
-    bare = [app.prepare("proj.bare", args, {}, call, {}, None)[0] for args in ((), [], ())]
-    assert bare[0].body is bare[1].body is bare[2].body
-    payload = app.codecs.loads(bare[0].body, bare[0].content_type,
-                               bare[0].headers.get("compression"), ACCEPT)
-    assert list(payload) == [[], {}, {"callbacks": None, "errbacks": None, "chain": None,
-                                      "chord": None}]
-    link = {"task": "proj.log", "args": [], "kwargs": {}, "options": {},
-            "subtask_type": None, "immutable": False}
-    for args, kwargs, more in (((1,), {}, {}), ((), {"k": 1}, {}), ((), {}, {"link": link})):
-        message, *_ = app.prepare("proj.bare", args, kwargs, {**call, **more}, {}, None)
-        assert message.body is not bare[0].body
-        payload = app.codecs.loads(message.body, message.content_type,
-                                   message.headers.get("compression"), ACCEPT)
-        assert list(payload[:2]) == [list(args), kwargs]

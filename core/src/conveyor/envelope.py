@@ -323,7 +323,7 @@ class Template:
 
     __slots__ = ("extra", "serializer", "compressor",
                  "time_limit", "soft_time_limit", "name", "shadow", "ignore_result",
-                 "reply_to", "priority", "texts", "bare")
+                 "reply_to", "priority", "texts")
 
     def __init__(self, name: str, codecs: Codecs, opts: Mapping[str, Any]) -> None:
         get = opts.get
@@ -339,9 +339,6 @@ class Template:
         self.extra: Mapping[str, Any] | None = get("headers") or None
         #: JSON style → the headers' text pieces in it (:func:`headers_json`).
         self.texts: dict[JSONStyle, _HeadersText] = {}
-        #: The body of a call without arguments (no args, no kwargs, nothing
-        #: embedded), serialized and compressed by its first build.
-        self.bare: bytes | None = None
 
     def __reduce__(self) -> Any:
         # A pickled message (a test's, a tool's) travels without its template.
@@ -397,18 +394,13 @@ class Template:
         if type(kwargs) is not dict and not isinstance(kwargs, Mapping):
             raise TypeError(f"Task kwargs must be a mapping, not {type(kwargs).__name__}")
         ser = self.serializer
-        # perf: a call without arguments has the same body every time (a serializer
-        # is a function of its input), so it is serialized once per template; a
-        # transport may know it by identity too (the Redis envelope's base64 text).
-        bare = not args and type(kwargs) is dict and not kwargs and embed is None
-        data = self.bare if bare else None
-        if data is None:
-            data = ser.dumps((args if isinstance(args, list) else list(args), kwargs,
-                              embed if embed is not None else EMPTY_EMBED))
-            if self.compressor is not None:
-                data = self.compressor.compress(data)
-            if bare:
-                self.bare = data
+        # Serialized for every message, arguments or not: a serializer may write
+        # different bytes for the same input (the auth plugin's signatures are
+        # salted and stop with their certificate), so a body is never reused.
+        data = ser.dumps((args if isinstance(args, list) else list(args), kwargs,
+                          embed if embed is not None else EMPTY_EMBED))
+        if self.compressor is not None:
+            data = self.compressor.compress(data)
         argsrepr = NO_ARGS if type(args) is tuple and not args else _repr(args)
         kwargsrepr = NO_KWARGS if type(kwargs) is dict and not kwargs else _repr(kwargs)
         values: tuple[Any, ...]

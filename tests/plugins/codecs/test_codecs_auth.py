@@ -306,3 +306,17 @@ def test_celery_refuses_our_tampered_body(alice: Identity, store: Path, auth) ->
     fields[4] = fields[4].replace(b"[2, 2]", b"[9, 9]")
     with pytest.raises(CelerySecurityError):
         celery_serializer(alice, store).deserialize(repack(fields))
+
+
+def test_every_message_is_signed_for_itself_even_without_arguments(
+        alice: Identity, store: Path) -> None:
+    """Two calls without arguments carry two signatures (PSS is salted): a body is
+    never reused from an earlier message, so a rotated key or an expired certificate
+    takes effect on the next message."""
+    app = make_app(alice, store)
+    app.setup_security()
+    bodies = [app.prepare("proj.bare", (), {}, {}, {}, None)[0].body for _ in range(3)]
+    assert len(set(bodies)) == 3
+    auth = app.codecs.serializer("auth")
+    for body in bodies:
+        assert auth.loads(body)[:2] == [[], {}]

@@ -101,11 +101,6 @@ def _frame(key: tuple[Any, ...]) -> tuple[str, str, str]:
     return frame
 
 
-#: The last core-built body written and its base64 text (one tuple: threads see
-#: both); see :func:`encode`.
-_last_body: tuple[bytes, str] = (b"", "")
-
-
 def encode(message: Message, exchange: str, routing_key: str, wire_priority: int,
            tag: str) -> str:
     """The envelope text to LPUSH for ``message``, with delivery tag ``tag`` (from
@@ -116,18 +111,11 @@ def encode(message: Message, exchange: str, routing_key: str, wire_priority: int
     the envelope's dicts and encoding them; the result is the same text. A message
     the core built whose properties nobody has read (``BuiltMessage.props`` is None:
     they are the template's) is written from a frame laid out once per template and
-    delivery, around its body, headers, task id and tag; its body's base64 text is
-    the last one's when it is the same object (the core builds the calls without
-    arguments of one kind with one body: ``Template.bare``).
+    delivery, around its body, headers, task id and tag (the id's text written once
+    for the headers and ``correlation_id``).
     """
-    global _last_body
     if type(message) is BuiltMessage and message.props is None:
-        body, last = message.body, _last_body
-        if body is last[0]:
-            text = last[1]
-        else:
-            text = b2a_base64(body, newline=False).decode("ascii")
-            _last_body = (body, text)
+        text = b2a_base64(message.body, newline=False).decode("ascii")
         cid = message.values[0]
         ident = _string(cid) if type(cid) is str else _dumps(cid)
         key = (message.template, exchange, routing_key, wire_priority,
