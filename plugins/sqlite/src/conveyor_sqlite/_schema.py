@@ -176,8 +176,8 @@ def message_columns(message: Message, route: Route) -> tuple[Any, ...]:
     """The stored form of a message: headers and properties as JSON text, body a BLOB.
 
     perf: a message the core built is written without building its headers' and
-    properties' dicts (about 7 of the 12 microseconds this took per message), when
-    nothing has read them yet: the same text as encoding the dicts.
+    properties' dicts when nothing has read them yet (5.5 -> 3 microseconds a
+    message on a quiet machine): the same text as encoding the dicts.
     """
     try:
         headers = headers_json(message, _STORED)
