@@ -244,6 +244,11 @@ class BackendCapabilities:
     #: in every task message it publishes, and a worker's ``store`` passes the
     #: request's ``reply_to`` on.
     replies: bool = False
+    #: :class:`PreparingBackend`: a wait can start before the task is sent
+    #: (``prepare_wait``), so a fast worker's notification is not missed and read
+    #: back a round trip later. The core calls it before each single publish whose
+    #: result is kept.
+    prepared_waits: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -861,6 +866,19 @@ class ReplyBackend(Backend, Protocol):
         process's own queue."""
 
 
+@runtime_checkable
+class PreparingBackend(Backend, Protocol):
+    """``BackendCapabilities.prepared_waits``: told of a task id before its message
+    goes to the broker, so a later :meth:`Backend.wait` on it can already be
+    listening when the worker stores the result (Celery's ``on_task_call``)."""
+
+    def prepare_wait(self, task_id: str) -> None:
+        """Get ready to wait on ``task_id`` from this thread, without blocking; may
+        do nothing (e.g. when this thread's results are seldom waited on). Must never
+        make a wait miss a result, and must not raise for a broken connection (the
+        publish goes on; the wait finds the result its usual way)."""
+
+
 # --------------------------------------------------------------------------- router
 @runtime_checkable
 class Router(Protocol):
@@ -991,6 +1009,6 @@ __all__ = [
     "DeadLetterTransport", "PurgeTransport", "InspectTransport", "AbandonTransport",
     "BaseTransport", "Backend", "JoinBackend", "GroupBackend", "ReplyBackend", "Router",
     "AsyncTransport", "AsyncBackend", "AsyncJoinBackend", "AsyncReplyBackend",
-    "ASYNC_BACKEND_PROTOCOLS", "require", "unsupported", "check_option_type",
+    "ASYNC_BACKEND_PROTOCOLS", "PreparingBackend", "require", "unsupported", "check_option_type",
     "Command",
 ]

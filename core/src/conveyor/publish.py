@@ -25,7 +25,8 @@ from .canvas import sig_list
 from .connection import Publisher
 from .envelope import Template
 from .exceptions import CapabilityError, MessageSizeExceeded
-from .interfaces import LeaseTransport, Message, ReplyBackend, Route, Transport, unsupported
+from .interfaces import (LeaseTransport, Message, PreparingBackend, ReplyBackend, Route,
+                         Transport, unsupported)
 from .options import DEFAULTS, PER_CALL, due_times, eta_horizon, resolve, split
 from .result import AsyncResult
 from .settings import time_zone
@@ -248,6 +249,10 @@ class PublishPath:
             pending = publisher.put(name, message, route, due, retry, policy)
             return AsyncResult(task_id, self.app, ignored=ignored,
                                publisher=publisher if pending else None)
+        if not ignored:
+            backend = self.app.backend
+            if backend.capabilities.prepared_waits:  # before the worker can store it
+                cast(PreparingBackend, backend).prepare_wait(task_id)
         with self.app.pool.acquire() as conn:
             conn.publish(message, route, due, retry=retry, policy=policy)
         self.published((name,), ((message, route, due),))

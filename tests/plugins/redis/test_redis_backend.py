@@ -270,3 +270,72 @@ def test_a_write_sent_ahead_and_the_next_command_are_one_round_trip(
     monkeypatch.undo()
     assert join.done == 2 and join.claim is not None
     assert rb.get("celery-task-meta-t13") == SUCCESS
+
+
+def _subscribers(rb: redis.Redis, task_id: str) -> list[int]:
+    """Subscribers of the task's Celery channel and of our own (db 13) one."""
+    key = f"celery-task-meta-{task_id}"
+    return [n for _, n in rb.pubsub_numsub(key, f"conveyor:13:{key}")]
+
+
+def _until_subscribers(rb: redis.Redis, task_id: str, wanted: list[int]) -> None:
+    """(UN)SUBSCRIBE is sent ahead: wait (up to 5 s) until Redis has read it."""
+    deadline = time.monotonic() + 5
+    while _subscribers(rb, task_id) != wanted:
+        assert time.monotonic() < deadline, f"{task_id}: {_subscribers(rb, task_id)}"
+        time.sleep(0.01)
+
+
+def test_a_prepared_wait_is_subscribed_before_the_send_and_misses_nothing(
+        backend: Any, rb: redis.Redis) -> None:
+    """Only a thread that waits prepares (a delay() loop subscribes to nothing);
+    then the subscription is live before the task is sent, and a result stored
+    before the wait begins is the wait's answer."""
+    backend.prepare_wait("p1")
+    assert _subscribers(rb, "p1") == [0, 0]
+    backend.store("p0", "SUCCESS", SUCCESS, expires=60)
+    assert backend.wait("p0", timeout=5, previous=None) == SUCCESS
+    backend.prepare_wait("p2")
+    _until_subscribers(rb, "p2", [1, 1])
+    backend.store("p2", "SUCCESS", SUCCESS, expires=60)
+    assert backend.wait("p2", timeout=5, previous=None) == SUCCESS
+
+
+def test_a_wait_leaves_its_subscription_to_the_next_wait(backend: Any,
+                                                          rb: redis.Redis) -> None:
+    """Kept for a wait on the same task again (a progress state, then the end),
+    which needs no SUBSCRIBE nor GET; dropped by a wait on another task."""
+    backend.store("p8", "STARTED", b'{"status": "STARTED"}', expires=60)
+    assert backend.wait("p8", timeout=5, previous=None) == b'{"status": "STARTED"}'
+    assert _subscribers(rb, "p8") == [1, 1]
+    threading.Timer(0.2, lambda: backend.store("p8", "SUCCESS", SUCCESS,
+                                               expires=60)).start()
+    assert backend.wait("p8", timeout=5, previous=b'{"status": "STARTED"}') == SUCCESS
+    backend.store("p9", "SUCCESS", SUCCESS, expires=60)
+    assert backend.wait("p9", timeout=5, previous=None) == SUCCESS
+    _until_subscribers(rb, "p8", [0, 0])
+    assert _subscribers(rb, "p9") == [1, 1]
+
+
+def test_a_prepared_wait_nobody_waits_on_is_dropped_by_the_next(
+        backend: Any, rb: redis.Redis) -> None:
+    backend.store("p3", "SUCCESS", SUCCESS, expires=60)
+    assert backend.wait("p3", timeout=5, previous=None) == SUCCESS
+    backend.prepare_wait("p4")  # never waited on
+    backend.store("p4", "SUCCESS", b"p4", expires=60)
+    assert backend.wait("p3", timeout=5, previous=None) == SUCCESS  # drops p4's
+    backend.prepare_wait("p5")
+    backend.store("p5", "SUCCESS", b"p5", expires=60)
+    assert backend.wait("p5", timeout=5, previous=None) == b"p5"
+    _until_subscribers(rb, "p4", [0, 0])
+    assert backend.wait("p4", timeout=5, previous=None) == b"p4"  # read, not missed
+
+
+def test_a_broken_subscription_connection_never_fails_the_publish(
+        backend: Any, rb: redis.Redis) -> None:
+    backend.store("p6", "SUCCESS", SUCCESS, expires=60)
+    assert backend.wait("p6", timeout=5, previous=None) == SUCCESS
+    rb.client_kill_filter(_type="pubsub")
+    backend.prepare_wait("p7")  # the PubSub reconnects, or gives up quietly
+    backend.store("p7", "SUCCESS", SUCCESS, expires=60)
+    assert backend.wait("p7", timeout=5, previous=None) == SUCCESS

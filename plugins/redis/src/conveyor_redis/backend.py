@@ -13,11 +13,15 @@
   server refused is logged then, naming the task;
 * a wait subscribes to both channels in one ``SUBSCRIBE``, waits for the
   subscriptions to be confirmed, then GETs (so a result stored before them is not
-  missed), then sleeps on them. Redis pub/sub ignores db numbers: a message on
-  Celery's channel may be another db's result for the same task id, so it only
-  wakes the waiter, which GETs from its own db (how a Celery worker's result is
-  seen). A message on the own channel names the db it was stored in, so its
-  payload is the stored value and is used as it comes: one round trip less;
+  missed), then sleeps on them. The core announces a task before it is sent
+  (:meth:`RedisBackend.prepare_wait`), and a thread that waits on its results
+  sends that ``SUBSCRIBE`` then, as Celery does: the confirmation is there when
+  the wait begins, and the worker's notification is not missed then read back.
+  Redis pub/sub ignores db numbers: a message on Celery's channel may be another
+  db's result for the same task id, so it only wakes the waiter, which GETs from
+  its own db (how a Celery worker's result is seen). A message on the own channel
+  names the db it was stored in, so its payload is the stored value and is used
+  as it comes: one round trip less;
 * group joins live in Celery's chord keys (:mod:`.joins`).
 """
 
@@ -103,8 +107,8 @@ def db_of(pool: Any) -> int:
 class RedisBackend(JoinsMixin, GroupsMixin):
     """Celery-compatible Redis result backend (see the module docstring)."""
 
-    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(joins=True,
-                                                                      groups=True)
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(
+        joins=True, groups=True, prepared_waits=True)
 
     def __init__(self, url: str = "redis://", app: Any = None) -> None:
         self.url = url
@@ -190,6 +194,7 @@ class RedisBackend(JoinsMixin, GroupsMixin):
     def _drop_pubsub(self) -> None:
         ps = getattr(self._local, "pubsub", None)
         self._local.pubsub = None
+        self._local.prepared = self._local.left = None
         if ps is not None:
             with self._lock:
                 if ps in self._pubsubs:
@@ -199,8 +204,43 @@ class RedisBackend(JoinsMixin, GroupsMixin):
             except Exception:  # noqa: BLE001 - already broken; nothing to release
                 pass
 
+    def prepare_wait(self, task_id: str) -> None:
+        """Subscribe to the task's channels now, before its message is sent (Celery's
+        ``on_task_call``), without waiting for the confirmation: the wait that
+        follows finds it already read into its socket.
+
+        perf: only when this thread waited on a result since its previous call, so
+        a loop of ``delay()`` without ``get()`` sends nothing (not a SUBSCRIBE and
+        an UNSUBSCRIBE a task). A thread has one prepared subscription at a time: one
+        nobody waited on is dropped (UNSUBSCRIBE sent ahead) by the next. The
+        subscription a wait leaves is not dropped here but by the next wait, once
+        the task is sent (see :meth:`_wait`).
+        """
+        local = self._local
+        if not getattr(local, "waited", False):
+            return
+        local.waited = False
+        key = self.key(task_id)
+        try:
+            ps = self._pubsub()
+            self._unprepare(ps)
+            ps.subscribe(key, own_channel(self.db, key))
+        except redis.RedisError:  # the wait subscribes afresh, on a new connection
+            self._drop_pubsub()
+            return
+        local.prepared = key
+
+    def _unprepare(self, ps: redis.client.PubSub) -> None:
+        """Drop this thread's prepared subscription, if any (its replies and messages
+        are skipped by the next wait: other channels)."""
+        prepared = getattr(self._local, "prepared", None)
+        if prepared is not None:
+            self._local.prepared = None
+            ps.unsubscribe(prepared, own_channel(self.db, prepared))  # type: ignore[no-untyped-call]
+
     def wait(self, task_id: str, *, timeout: float | None,
              previous: bytes | None) -> bytes | None:
+        self._local.waited = True
         deadline = None if timeout is None else time.monotonic() + timeout
         backoff = Backoff()
         while True:
@@ -225,12 +265,26 @@ class RedisBackend(JoinsMixin, GroupsMixin):
         channel = key.encode("utf-8")
         own = own_channel(self.db, key)
         own_b = own.encode("utf-8")
+        local = self._local
         ps = self._pubsub()
-        ps.subscribe(key, own)  # confirmed in this order: Celery's, then ours
+        # Until our confirmation comes, messages on these channels are left from
+        # an earlier subscription to them (replies come in order): not trusted.
+        confirmed = False
+        left: tuple[str, bool] | None = getattr(local, "left", None)
+        local.left = None
+        prepared = getattr(local, "prepared", None) == key  # by prepare_wait
+        if prepared:
+            local.prepared = None
+        if left is not None and left[0] == key:  # waited on before: still subscribed
+            confirmed = left[1]
+        elif not prepared:
+            self._unprepare(ps)
+            ps.subscribe(key, own)  # confirmed in this order: Celery's, then ours
+        if left is not None and left[0] != key:
+            # perf: what the last wait left is dropped now, when this task is sent
+            # and its worker busy, not as that wait returned
+            ps.unsubscribe(left[0], own_channel(self.db, left[0]))  # type: ignore[no-untyped-call]
         try:
-            # Until our confirmation comes, messages on these channels are left from
-            # an earlier subscription to them (replies come in order): not trusted.
-            confirmed = False
             reread = time.monotonic() + _REREAD_EVERY
             while True:
                 now = time.monotonic()
@@ -263,10 +317,8 @@ class RedisBackend(JoinsMixin, GroupsMixin):
                 if found is not None:
                     return found
         finally:
-            try:
-                ps.unsubscribe(key, own)  # type: ignore[no-untyped-call]
-            except redis.RedisError:
-                self._drop_pubsub()
+            if local.pubsub is ps:  # kept for a wait on it again, or dropped by the next
+                local.left = (key, confirmed)
 
     def close(self) -> None:
         with self._lock:
