@@ -40,7 +40,7 @@ from conveyor.interfaces import BackendCapabilities, Capabilities, Join, Outgoin
 from .aiopipe import Pipe, write_now
 from .backend import KEY_PREFIX, STORE, _REREAD_EVERY, db_of, own_channel
 from .channel import PublisherMixin, check, routed_exchanges
-from .connection import CONNECTION_ERRORS, driver_url
+from .connection import CONNECTION_ERRORS, driver_url, pack
 from .errors import wrap
 from .joins import ADD, FINISH, _seconds, keys
 from .layout import Layout
@@ -336,12 +336,12 @@ class AsyncRedisBackend:
             return False
         if not conn.is_connected:
             return False
-        out = self._unsubscribes(conn)
-        out += conn.pack_command(command, channel, self._own + channel)
+        out = self._unsubscribes()
+        out += pack((command, channel, self._own + channel))
         return write_now(conn, out)
 
-    def _unsubscribes(self, conn: Any) -> list[bytes]:
-        """The UNSUBSCRIBE of the channels left, packed for ``conn``, counted as
+    def _unsubscribes(self) -> list[bytes]:
+        """The UNSUBSCRIBE of the channels left, packed, counted as
         leaving; none left after."""
         gone, self._unsubscribing = self._unsubscribing, set()
         if not gone:
@@ -349,9 +349,8 @@ class AsyncRedisBackend:
         for channel in gone:
             self._leaving[channel] = self._leaving.get(channel, 0) + 1
         # each key's two channels, Celery's then ours (see _dispatch)
-        packed: list[bytes] = conn.pack_command(
-            "UNSUBSCRIBE", *(name for channel in gone for name in (channel, self._own + channel)))
-        return packed
+        return pack(("UNSUBSCRIBE", *(name for channel in gone
+                                      for name in (channel, self._own + channel))))
 
     def _flush_unsubscribes(self) -> None:
         self._later = None
@@ -390,19 +389,19 @@ class AsyncRedisBackend:
         if self._listener is None or self._listener.done():
             self._listener = asyncio.get_running_loop().create_task(self._listen())
 
-    def _turn(self, conn: Any) -> list[bytes]:
+    def _turn(self) -> list[bytes]:
         """What this turn of the loop asked for: the keys of the waiters whose
         subscription is confirmed, read in one MGET; and the (un)subscriptions,
-        returned for one write to ``conn``."""
+        returned for one write."""
         unread, self._unread = self._unread, []
         if unread:
             self._read(unread)
-        out = self._unsubscribes(conn)
+        out = self._unsubscribes()
         own = self._own
         new, self._subscribing = self._subscribing, set()
         if new:
-            out += conn.pack_command("SUBSCRIBE", *(name for channel in new
-                                                    for name in (channel, own + channel)))
+            out += pack(("SUBSCRIBE", *(name for channel in new
+                                         for name in (channel, own + channel))))
         return out
 
     async def _write_subscriptions(self, conn: Any) -> None:
@@ -412,7 +411,7 @@ class AsyncRedisBackend:
         self._sub_conn = conn
         try:
             while True:
-                out = self._turn(conn)
+                out = self._turn()
                 if out:
                     await conn.send_packed_command(out, check_health=False)
                     continue  # more may have come while draining

@@ -5,7 +5,7 @@ command, wraps it in retry and observability layers, writes it with a ``drain()`
 and arms a timer around every reply it reads: with a hundred coroutines publishing
 and reading results at once, that Python (and one ``send()`` per command) cost more
 than Redis itself. Here every command of every coroutine goes over one held redis-py
-connection: its packer and its (hiredis) reply parser, but commands written during
+connection: its (hiredis) reply parser, hiredis's packer; but commands written during
 one turn of the event loop leave in one write (a writer task, woken once per turn;
 a command sent while nothing is in flight is written at once, a turn sooner, and
 the rest of its turn follows in the writer's write) and a single reader task hands
@@ -33,6 +33,8 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+
+from .connection import pack
 
 
 class _Call:
@@ -137,8 +139,11 @@ class Pipe:
         # commands that follow it in the same turn find it in flight and share the
         # writer's one write, so a busy loop still writes once a turn.
         now = not self._waiting and self._wake is not None and not self._out
+        # perf: hiredis's packer (as the blocking side's), not redis-py's asyncio
+        # pack_command, which encodes each argument in Python (~20 µs a publish);
+        # packed before the call waits, so an argument it refuses sends nothing
+        packed = [part for args in commands for part in pack(tuple(args))]
         self._waiting.append(call)
-        packed = [part for args in commands for part in conn.pack_command(*args)]
         if not (now and write_now(conn, packed)):
             self._out += packed  # the writer sends it (and whatever follows) in one write
             wake = self._wake
