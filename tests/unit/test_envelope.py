@@ -244,4 +244,3 @@ def test_a_built_message_is_a_message_whose_headers_are_laid_out_when_read(
                   dataclasses.replace(message)):
         assert again == message and again.headers["x-edited"] == 1
         assert again.properties["priority"] == 3
-
