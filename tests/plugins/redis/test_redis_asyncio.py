@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 from conveyor.interfaces import Route
 from conveyor_redis import RedisBackend
 from conveyor_redis.aio import AsyncRedisBackend, AsyncRedisTransport
+from conveyor_redis.aiopipe import Pipe
 from redis_support import make_message, stub_app
 
 SEP = "\x06\x16"
@@ -276,3 +278,27 @@ def test_the_blocking_and_async_writers_agree(rb: redis.Redis, redis_server: str
     finally:
         reader.close()
     assert 0 < rb.ttl(f"celery-task-meta-{task_id}") <= 60
+
+
+def test_a_command_the_packer_refuses_sends_nothing_and_later_replies_stay_in_order(
+        rb: redis.Redis, redis_server: str) -> None:
+    """An argument Redis cannot take (a dict) fails its own call before anything is
+    written; the calls after it on the same connection still get their own replies."""
+    key = f"aiopipe-{uuid.uuid4().hex}"
+
+    async def main() -> list[Any]:
+        pool = aioredis.ConnectionPool.from_url(f"{redis_server}/13")
+        pipe = Pipe(pool, timeout=10)
+        try:
+            assert await pipe.call("SET", key, "before") == b"OK"
+            with pytest.raises(redis.DataError):
+                await pipe.call("SET", key, {"not": "packable"})
+            return await asyncio.wait_for(asyncio.gather(
+                pipe.call("GET", key), pipe.call("INCR", key + ":n"),
+                pipe.call("GET", key)), timeout=10)
+        finally:
+            await pipe.close()
+            await pool.disconnect()
+
+    assert asyncio.run(main()) == [b"before", 1, b"before"]
+    rb.delete(key, key + ":n")
