@@ -20,7 +20,12 @@ Measured for each system, with ``n`` no-op tasks and default settings (results o
   worker sleeps with the acks still queued (seen with strace; 33–124/s over
   5,000 tasks, against 230–520/s for ``-P threads -c 1`` in the same hour). A pool
   thread's ack wakes the loop, so the threads pool does not stall;
-* ``roundtrip_p50_ms`` — ``noop.delay().get()`` one after another, worker running.
+* ``roundtrip_p50_ms`` — ``noop.delay().get()`` one after another, worker running;
+* ``roundtrip_legs_ms`` — where a round trip's time goes (medians of ``--legs`` more
+  round trips of a task that returns the time it started, on a fresh worker):
+  ``publish`` (``apply_async`` returns), ``to_task_start`` (broker, worker wake-up,
+  decoding, early ack, pool hand-off: until the task's first line), ``result_back``
+  (result written, the client woken and reading it). One clock: the same machine.
 
 ``ratios`` divides Conveyor by Celery (for the round trip, lower is better), and
 ``targets`` checks the goals of the AMQP issue: enqueue ≥ 19,000/s (1.2× Dramatiq's
@@ -40,6 +45,7 @@ sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench_support, la
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import textwrap  # noqa: E402
@@ -49,19 +55,25 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import redis  # noqa: E402
-from bench_support import enqueue_drain_roundtrip  # noqa: E402
+from bench_support import Worker, enqueue_drain_roundtrip  # noqa: E402
 
 QUEUE = "bench.amqp"
 TASKS = {
     "conveyor": '''
+import time
 from conveyor import Conveyor
 app = Conveyor("bench", broker="{broker}", backend="{backend}")
 
 @app.task(name="bench.noop")
 def noop():
     return None
+
+@app.task(name="bench.stamp")
+def stamp():
+    return time.time()
 ''',
     "celery": '''
+import time
 from celery import Celery
 app = Celery("bench", broker="{broker}", backend="{backend}")
 app.conf.worker_hijack_root_logger = False
@@ -69,6 +81,10 @@ app.conf.worker_hijack_root_logger = False
 @app.task(name="bench.noop")
 def noop():
     return None
+
+@app.task(name="bench.stamp")
+def stamp():
+    return time.time()
 ''',
 }
 
@@ -77,8 +93,35 @@ def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
 
 
+def legs(stamp: Any, worker_args: list[str], workdir: Path, count: int) -> dict[str, float]:
+    """Median milliseconds of each leg of ``count`` round trips of ``stamp`` (a task
+    returning ``time.time()`` when it starts) on a fresh worker."""
+    worker = Worker(worker_args, workdir)
+    try:
+        for _ in range(20):  # the worker starts, connects and warms up
+            stamp.apply_async(queue=QUEUE).get(timeout=60)
+        publish, to_start, back = [], [], []
+        for _ in range(count):
+            t0 = time.time()
+            result = stamp.apply_async(queue=QUEUE)
+            t1 = time.time()
+            started = float(result.get(timeout=30))
+            t2 = time.time()
+            publish.append(t1 - t0)
+            to_start.append(started - t1)
+            back.append(t2 - started)
+    except BaseException:
+        print(worker.tail(), file=sys.stderr)
+        raise
+    finally:
+        worker.stop()
+    return {leg: round(statistics.median(times) * 1000, 3) for leg, times in
+            (("publish", publish), ("to_task_start", to_start), ("result_back", back))}
+
+
 def measure(system: str, n: int, workdir: Path, broker: str, backend: str,
-            roundtrips: int, celery_pool: str = "threads") -> dict[str, Any]:
+            roundtrips: int, celery_pool: str = "threads",
+            leg_trips: int = 0) -> dict[str, Any]:
     """Every number for one system (``conveyor`` or ``celery``)."""
     results = redis.Redis.from_url(backend)
     if system == "conveyor":
@@ -97,12 +140,18 @@ def measure(system: str, n: int, workdir: Path, broker: str, backend: str,
     def noop() -> None:
         return None
 
+    @app.task(name="bench.stamp")
+    def stamp() -> float:
+        return time.time()
+
     out: dict[str, Any] = {}
     noop.apply_async(queue=QUEUE)  # warm up: connection, declarations, plugin loading
     results.flushdb()
 
     out.update(enqueue_drain_roundtrip(system, noop, QUEUE, n, results, worker_args,
                                        workdir, roundtrips))
+    if leg_trips:
+        out["roundtrip_legs_ms"] = legs(stamp, worker_args, workdir, leg_trips)
     results.flushdb()
     app.close()
     return out
@@ -112,6 +161,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--roundtrips", type=int, default=300)
+    parser.add_argument("--legs", type=int, default=200,
+                        help="round trips timed leg by leg (roundtrip_legs_ms); 0: none")
     parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672",
                         help="RabbitMQ, without the vhost")
     parser.add_argument("--redis", default="redis://127.0.0.1:"
@@ -140,7 +191,7 @@ def main() -> None:
                 (workdir / f"bench_{system}.py").write_text(
                     textwrap.dedent(TASKS[system]).format(broker=broker, backend=backend))
                 report[system] = measure(system, ns.n, workdir, broker, backend,
-                                         ns.roundtrips, ns.celery_pool)
+                                         ns.roundtrips, ns.celery_pool, ns.legs)
             finally:
                 rabbitmqctl("delete_vhost", vhost)
                 redis.Redis.from_url(backend).flushdb()
