@@ -302,3 +302,40 @@ def test_a_command_the_packer_refuses_sends_nothing_and_later_replies_stay_in_or
 
     assert asyncio.run(main()) == [b"before", 1, b"before"]
     rb.delete(key, key + ":n")
+
+
+def test_replies_read_together_reach_their_own_callers_error_replies_included(
+        rb: redis.Redis, redis_server: str) -> None:
+    """Two hundred calls made in one turn leave in one write and their replies come
+    back together: each caller gets its own, an error reply (INCR of text) is raised
+    in its own caller only, and one inside a transaction stays in its place."""
+    key = f"aiopipe-{uuid.uuid4().hex}"
+    rb.set(key, "text")
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        pool = aioredis.ConnectionPool.from_url(f"{redis_server}/13")
+        pipe = Pipe(pool, timeout=10)
+        try:
+            await pipe.call("PING")  # open: the calls below share the writer's write
+            calls = [pipe.call("INCR", key) if n % 7 == 3 else pipe.call("ECHO", str(n))
+                     for n in range(200)]
+            found = await asyncio.wait_for(
+                asyncio.gather(*calls, return_exceptions=True), timeout=10)
+            block = await asyncio.wait_for(pipe.transaction(
+                [("ECHO", "a"), ("INCR", key), ("ECHO", "b")]), timeout=10)
+            return found, block
+        finally:
+            await pipe.close()
+            await pool.disconnect()
+
+    try:
+        found, block = asyncio.run(main())
+    finally:
+        rb.delete(key)
+    for n, reply in enumerate(found):
+        if n % 7 == 3:
+            assert isinstance(reply, redis.ResponseError), (n, reply)
+        else:
+            assert reply == str(n).encode(), (n, reply)
+    assert block[0] == b"a" and isinstance(block[1], redis.ResponseError) \
+        and block[2] == b"b"

@@ -37,7 +37,7 @@ import redis.asyncio as aioredis
 from conveyor.utils import mask_url
 from conveyor.interfaces import BackendCapabilities, Capabilities, Join, Outgoing, Route
 
-from .aiopipe import Pipe, write_now
+from .aiopipe import Pipe, Replies, new_connection, write_now
 from .backend import KEY_PREFIX, STORE, _REREAD_EVERY, db_of, own_channel
 from .channel import PublisherMixin, check, routed_exchanges
 from .connection import CONNECTION_ERRORS, driver_url, pack
@@ -478,7 +478,7 @@ class AsyncRedisBackend:
         loop = asyncio.get_running_loop()
         pause = _RESUBSCRIBE_PAUSE
         while True:
-            conn = self._sub_pool.make_connection()  # type: ignore[no-untyped-call]
+            conn = new_connection(self._sub_pool)
             tasks: list[asyncio.Task[None]] = []
             try:
                 await conn.connect()
@@ -509,8 +509,11 @@ class AsyncRedisBackend:
             pause = min(pause * 2, 5.0)
 
     async def _read_subscription(self, conn: Any) -> None:
+        replies = Replies(conn)  # perf: what one read brought, in one pass
+        dispatch = self._dispatch
         while True:
-            self._dispatch(await conn.read_response(timeout=math.inf))
+            for reply in await replies.read(timeout=math.inf):
+                dispatch(reply)
 
     def _dispatch(self, reply: Any) -> None:
         """One reply on the subscription connection. A key's two channels are
