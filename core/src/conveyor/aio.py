@@ -200,15 +200,29 @@ _clients: weakref.WeakKeyDictionary[Conveyor, weakref.WeakKeyDictionary[
     asyncio.AbstractEventLoop, _LoopClients]] = weakref.WeakKeyDictionary()
 
 
+#: The last (loop, app, clients) :func:`clients` found, held weakly: perf, a round
+#: trip asks twice (publish, wait), nearly always for the same app on the same loop,
+#: and two ``WeakKeyDictionary`` lookups cost more than the rest of the call.
+_last: tuple[weakref.ref[asyncio.AbstractEventLoop], weakref.ref[Conveyor],
+             weakref.ref[_LoopClients]] | None = None
+
+
 def clients(app: Conveyor) -> _LoopClients:
     """The app's async clients on the running loop (made on first use)."""
+    global _last
     loop = asyncio.get_running_loop()
+    last = _last
+    if last is not None and last[0]() is loop and last[1]() is app:
+        found = last[2]()
+        if found is not None:
+            return found
     per_loop = _clients.get(app)
     if per_loop is None:
         per_loop = _clients[app] = weakref.WeakKeyDictionary()
     found = per_loop.get(loop)
     if found is None:
         found = per_loop[loop] = _LoopClients(app)
+    _last = (weakref.ref(loop), weakref.ref(app), weakref.ref(found))
     return found
 
 
@@ -229,6 +243,8 @@ def backend(app: Conveyor) -> Any:
 
 async def aclose(app: Conveyor) -> None:
     """Close the app's async connections on the running loop."""
+    global _last
+    _last = None  # the next call makes new clients
     per_loop = _clients.get(app)
     found = per_loop.pop(asyncio.get_running_loop(), None) if per_loop is not None else None
     if found is not None:

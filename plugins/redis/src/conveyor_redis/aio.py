@@ -172,23 +172,57 @@ class _Waiter:
         if future is not None and not future.done():
             future.set_result(True)
 
-    async def sleep(self, pause: float | None) -> bool:
-        """Until woken (True), or ``pause`` seconds (False)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
-        self.future = future
-        timer = None if pause is None else loop.call_later(pause, _time_up, future)
-        try:
-            return await future
-        finally:
-            self.future = None
-            if timer is not None:
-                timer.cancel()
+#: The resolution of a wait's pause (:class:`_Alarms`), in seconds.
+_TICK = 0.005
 
 
-def _time_up(future: asyncio.Future[bool]) -> None:
-    if not future.done():
-        future.set_result(False)
+class _Alarms:
+    """The end of the waiters' pauses: one loop timer for all the pauses that end
+    within the same ``_TICK`` (each ends at the tick's end, at most ``_TICK``
+    late).
+
+    perf: every wait sleeps with a pause (its timeout, or the few seconds before
+    its key is read again) and nearly every one is woken by its result first. A
+    timer each (``call_later``, then ``cancel``) costs a dozen Python calls of the
+    loop's timer heap a round trip; the waits started together share one here, and
+    a wait woken first only leaves its tick's set.
+    """
+
+    __slots__ = ("_due",)
+
+    def __init__(self) -> None:
+        self._due: dict[int, tuple[asyncio.TimerHandle, set[asyncio.Future[bool]]]] = {}
+
+    def add(self, loop: asyncio.AbstractEventLoop, when: float,
+            future: asyncio.Future[bool]) -> int:
+        """Set ``future`` False once ``loop``'s clock is past ``when``; the tick to
+        :meth:`remove` it from."""
+        tick = math.ceil(when / _TICK)
+        due = self._due.get(tick)
+        if due is None:
+            due = self._due[tick] = (loop.call_at(tick * _TICK, self._ring, tick), set())
+        due[1].add(future)
+        return tick
+
+    def remove(self, tick: int, future: asyncio.Future[bool]) -> None:
+        due = self._due.get(tick)
+        if due is not None:
+            due[1].discard(future)
+            if not due[1]:
+                due[0].cancel()
+                del self._due[tick]
+
+    def _ring(self, tick: int) -> None:
+        due = self._due.pop(tick, None)
+        if due is not None:
+            for future in due[1]:
+                if not future.done():
+                    future.set_result(False)
+
+    def close(self) -> None:
+        due, self._due = self._due, {}
+        for timer, _futures in due.values():
+            timer.cancel()
 
 
 class _Channel:
@@ -233,6 +267,8 @@ class AsyncRedisBackend:
         self._sub_conn: Any = None
         #: The timer that sends the UNSUBSCRIBEs put off (see :meth:`_leave`).
         self._later: asyncio.TimerHandle | None = None
+        #: The end of the waits' pauses (timeouts, rereads).
+        self._alarms = _Alarms()
 
     @staticmethod
     def key(task_id: str) -> str:
@@ -559,24 +595,35 @@ class AsyncRedisBackend:
     async def wait(self, task_id: str, *, timeout: float | None,
                    previous: bytes | None) -> bytes | None:
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        now = loop.time()
+        deadline = None if timeout is None else now + timeout
         channel = self.key(task_id).encode("utf-8")
         waiter = self._join(channel, previous)
+        alarms = self._alarms
         try:
             while True:
                 if waiter.payload is not None:
                     return waiter.payload
                 if waiter.error is not None:
                     raise waiter.error
-                pause: float | None = _REREAD_EVERY
-                if deadline is not None:
-                    pause = min(_REREAD_EVERY, deadline - loop.time())
-                    if pause <= 0:  # one last look, as the blocking backend does
+                wake = now + _REREAD_EVERY
+                if deadline is not None and deadline < wake:
+                    if deadline <= now:  # one last look, as the blocking backend does
                         return await self._changed(task_id, previous)
-                if not await waiter.sleep(pause):  # no news for a while: read the key
+                    wake = deadline
+                # until woken (True), or the pause is over (False; up to _TICK late)
+                future = waiter.future = loop.create_future()
+                tick = alarms.add(loop, wake, future)
+                try:
+                    woken = await future
+                finally:
+                    waiter.future = None
+                    alarms.remove(tick, future)
+                if not woken:  # no news for a while: read the key
                     found = await self._changed(task_id, previous)
                     if found is not None:
                         return found
+                now = loop.time()
         finally:
             self._leave(channel, waiter)
 
@@ -585,6 +632,7 @@ class AsyncRedisBackend:
         return current if current is not None and current != previous else None
 
     async def close(self) -> None:
+        self._alarms.close()
         later, self._later = self._later, None
         if later is not None:
             later.cancel()
