@@ -216,6 +216,39 @@ def test_headers_json_writes_what_json_dumps_writes(app: Conveyor, call: dict[st
                 assert headers_json(message, style) == json.dumps(message.headers, **options)
 
 
+@pytest.mark.parametrize("call", [*CALLS, {"priority": 4}, {"headers": {"x": [1]}},
+                                  {"reply_to": "r\u00e9plies", "priority": 0},
+                                  {"task_id": 'odd "id" \u2603'}])
+def test_properties_json_writes_what_json_dumps_writes(app: Conveyor,
+                                                       call: dict[str, Any]) -> None:
+    """Properties written from the text laid out per template are the encoder's text
+    exactly, less the keys a transport leaves out and with its own members last;
+    before anything reads them and after a hook edits them."""
+    from conveyor.envelope import properties_json
+
+    def expected(message: Message, style: JSONStyle, options: dict[str, Any],
+                 omit: frozenset[str], more: str) -> str:
+        kept = {k: v for k, v in message.properties.items() if k not in omit}
+        return json.dumps({**kept, "more": 1} if more else kept, **options).replace(
+            f'"more"{style.key}1', more)
+
+    edits = (lambda p: None, lambda p: p.update({"x-trace": "t\u00e9"}), dict.clear)
+    for omit in (frozenset(), frozenset({"priority", "delivery_tag"}),
+                 frozenset({"correlation_id"})):
+        for more in ("", '"more": 2'):
+            for style, options in STYLES:
+                for edit in edits:
+                    message, *_ = app.prepare("proj.add", (), {}, call, {}, None)
+                    unread = getattr(message, "props", "read") is None
+                    text = properties_json(message, style, omit=omit, more=more)
+                    still = getattr(message, "props", "read") is None  # no dict made
+                    assert still == (unread and "correlation_id" not in omit)
+                    assert text == expected(message, style, options, omit, more)
+                    edit(message.properties)
+                    assert properties_json(message, style, omit=omit, more=more) \
+                        == expected(message, style, options, omit, more)
+
+
 def test_a_built_message_is_a_message_whose_headers_are_laid_out_when_read(
         app: Conveyor) -> None:
     """Its headers are built on first read (and kept, so edits stick), it equals a

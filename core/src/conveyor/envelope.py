@@ -165,6 +165,69 @@ def headers_json(message: Message, style: JSONStyle = KOMBU_JSON,
     return style.encode(message.headers)
 
 
+_NO_KEYS: frozenset[str] = frozenset()
+
+
+def properties_json(message: Message, style: JSONStyle = KOMBU_JSON,
+                    ident: str | None = None, *, omit: frozenset[str] = _NO_KEYS,
+                    more: str = "") -> str:
+    """``message.properties`` as JSON text in ``style``: the same text
+    ``style.encode`` writes for them, less the keys in ``omit`` (those a transport
+    writes itself, such as its own ``priority``), with ``more`` last: further members
+    the caller has as text in ``style`` already (``'"a": 1, "b": 2'``).
+    ``ident``: the task id's text in ``style``, when the caller has it already.
+
+    Why here: the properties' layout is the core's (see :attr:`BuiltMessage.props`),
+    so a transport that writes them as text asks for it rather than spelling it out.
+    perf: a core-built message whose properties nobody has read is written from text
+    laid out once per template, style and ``omit`` (:func:`properties_layout`)
+    around its id, without making the dict.
+    """
+    if type(message) is BuiltMessage and message.props is None \
+            and "correlation_id" not in omit:
+        template = message.template
+        laid = template.props_texts.get((style, omit)) \
+            or properties_layout(template, style, omit)
+        if ident is None:
+            cid = message.values[0]
+            ident = style.string(cid) if type(cid) is str else style.encode(cid)
+        if more:
+            return f"{laid[0]}{ident}{laid[1]}{style.item}{more}}}"
+        return f"{laid[0]}{ident}{laid[1]}}}"
+    props = message.properties
+    if omit and not omit.isdisjoint(props):
+        props = {k: v for k, v in props.items() if k not in omit}
+    text = style.encode(props)
+    if not more:
+        return text
+    return f"{text[:-1]}{style.item}{more}}}" if props else f"{{{more}}}"
+
+
+def properties_layout(template: Template, style: JSONStyle = KOMBU_JSON,
+                      omit: frozenset[str] = _NO_KEYS) -> tuple[str, str]:
+    """The properties text of a message built from ``template`` whose properties
+    nobody has read, in ``style`` and less the keys in ``omit``, as the text before
+    its task id's and the text after it, open: ``head + ident + tail + "}"`` is the
+    whole (what :func:`properties_json` writes). Laid out once per template, style
+    and ``omit``; a transport may put the two around its own text (its own members
+    after ``tail``, each preceded by ``style.item``).
+
+    ``omit`` cannot hold ``correlation_id`` (there would be no id to write around):
+    :func:`properties_json` encodes such a message's properties as they are.
+    """
+    if "correlation_id" in omit:
+        raise ValueError("properties_layout lays the properties out around the task "
+                         "id: omit cannot hold 'correlation_id'; use properties_json.")
+    # As BuiltMessage.properties lays them out: the id first, then the template's.
+    values = {"reply_to": template.reply_to, "delivery_mode": 2,
+              "priority": template.priority}
+    head = f"{{{style.string('correlation_id')}{style.key}"
+    tail = "".join(f"{style.item}{style.string(key)}{style.key}{style.encode(value)}"
+                   for key, value in values.items() if key not in omit)
+    laid = template.props_texts[(style, omit)] = (head, tail)
+    return laid
+
+
 #: The values :meth:`Template.build` gives each message (:attr:`BuiltMessage.values`):
 #: the headers they go in, in Celery's order.
 _VALUES = ("id", "eta", "expires", "group", "group_index", "retries", "root_id",
@@ -264,7 +327,7 @@ class BuiltMessage(Message):
     laid: dict[str, Any] | None
     #: Its properties, once read (None before: they are still as built, the task id
     #: as ``correlation_id``, the template's ``reply_to`` and ``priority``, and
-    #: ``delivery_mode`` 2; a transport may write them from the template).
+    #: ``delivery_mode`` 2; a transport writes them with :func:`properties_json`).
     props: dict[str, Any] | None
 
     @property
@@ -323,7 +386,7 @@ class Template:
 
     __slots__ = ("extra", "serializer", "compressor",
                  "time_limit", "soft_time_limit", "name", "shadow", "ignore_result",
-                 "reply_to", "priority", "texts")
+                 "reply_to", "priority", "texts", "props_texts")
 
     def __init__(self, name: str, codecs: Codecs, opts: Mapping[str, Any]) -> None:
         get = opts.get
@@ -339,6 +402,9 @@ class Template:
         self.extra: Mapping[str, Any] | None = get("headers") or None
         #: JSON style → the headers' text pieces in it (:func:`headers_json`).
         self.texts: dict[JSONStyle, _HeadersText] = {}
+        #: (JSON style, keys left out) → the properties' text around the task id's
+        #: (:func:`properties_layout`).
+        self.props_texts: dict[tuple[JSONStyle, frozenset[str]], tuple[str, str]] = {}
 
     def __reduce__(self) -> Any:
         # A pickled message (a test's, a tool's) travels without its template.

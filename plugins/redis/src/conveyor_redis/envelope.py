@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 from base64 import b64decode
 from binascii import b2a_base64
-from operator import itemgetter
 from typing import Any
 
-from conveyor.envelope import KOMBU_JSON, BuiltMessage, headers_json
+from conveyor.envelope import (KOMBU_JSON, BuiltMessage, headers_json, properties_json,
+                               properties_layout)
 from conveyor.publish import new_id
 from conveyor.interfaces import Message
 
@@ -29,13 +29,6 @@ from .layout import MAX_WIRE, from_wire
 #: Properties the transport owns on the wire; never copied from a Message.
 TRANSPORT_PROPERTIES = frozenset({"delivery_info", "priority", "body_encoding",
                                   "delivery_tag"})
-#: The properties the core writes for a message without an expiry (``correlation_id``,
-#: ``reply_to``, ``delivery_mode``, ``priority``).
-_CORE_PROPERTIES = frozenset({"correlation_id", "reply_to", "delivery_mode", "priority"})
-_plain = itemgetter("correlation_id", "reply_to", "delivery_mode")
-#: The usual text between ``correlation_id`` and ``delivery_info``.
-_USUAL = ', "reply_to": null, "delivery_mode": 2, '
-
 _string = KOMBU_JSON.string
 _dumps = KOMBU_JSON.encode
 
@@ -64,11 +57,6 @@ def _value(value: Any) -> str:
     return text
 
 
-def _own(reply_to: Any, delivery_mode: Any) -> str:
-    """The text between ``correlation_id`` and ``delivery_info``."""
-    return f', "reply_to": {_value(reply_to)}, "delivery_mode": {_value(delivery_mode)}, '
-
-
 def _info(exchange: str, routing_key: str) -> str:
     key = (exchange, routing_key)
     text = _infos.get(key)
@@ -88,17 +76,22 @@ _frames: dict[tuple[Any, ...], tuple[str, str, str]] = {}
 
 def _frame(key: tuple[Any, ...]) -> tuple[str, str, str]:
     template, exchange, routing_key, wire, ctype, encoding = key
-    reply = template.reply_to
+    head, tail = properties_layout(template, KOMBU_JSON, TRANSPORT_PROPERTIES)
     if len(_frames) >= 1024:  # per-message routing keys: do not grow for ever
         _frames.clear()
     frame = _frames[key] = (
         f'", "content-encoding": {_value(encoding)}, "content-type": {_value(ctype)}, '
         f'"headers": ',
-        ', "properties": {"correlation_id": ',
-        f'{_USUAL if reply is None else _own(reply, 2)}"delivery_info": '
-        f'{_info(exchange, routing_key)}, "priority": {_WIRES[wire]}, '
-        f'"body_encoding": "base64", "delivery_tag": "')
+        f', "properties": {head}',
+        f'{tail}, {_transport(exchange, routing_key, wire)}"')
     return frame
+
+
+def _transport(exchange: str, routing_key: str, wire: int) -> str:
+    """The properties the transport adds, up to the delivery tag's value."""
+    info = _infos.get((exchange, routing_key)) or _info(exchange, routing_key)
+    return (f'"delivery_info": {info}, "priority": {_WIRES[wire]}, '
+            f'"body_encoding": "base64", "delivery_tag": ')
 
 
 def encode(message: Message, exchange: str, routing_key: str, wire_priority: int,
@@ -123,24 +116,13 @@ def encode(message: Message, exchange: str, routing_key: str, wire_priority: int
         frame = _frames.get(key) or _frame(key)
         return (f'{{"body": "{text}{frame[0]}{headers_json(message, KOMBU_JSON, ident)}'
                 f'{frame[1]}{ident}{frame[2]}{tag}"}}}}')
-    props = message.properties
-    if props.keys() == _CORE_PROPERTIES:  # as the core writes them: no expiry
-        cid, reply, mode = _plain(props)
-        usual = reply is None and mode == 2 and type(mode) is int
-        own = (f'{{"correlation_id": {_string(cid) if type(cid) is str else _dumps(cid)}'
-               f'{_USUAL if usual else _own(reply, mode)}')
-    else:
-        kept = {k: v for k, v in props.items() if k not in TRANSPORT_PROPERTIES}
-        own = f"{_dumps(kept)[:-1]}, " if kept else "{"
     encoding, ctype = message.content_encoding, message.content_type
+    own = properties_json(message, KOMBU_JSON, omit=TRANSPORT_PROPERTIES,
+                          more=f'{_transport(exchange, routing_key, wire_priority)}"{tag}"')
     return (f'{{"body": "{b2a_base64(message.body, newline=False).decode("ascii")}", '
             f'"content-encoding": {_texts.get(encoding) or _value(encoding)}, '
             f'"content-type": {_texts.get(ctype) or _value(ctype)}, '
-            f'"headers": {headers_json(message, KOMBU_JSON)}, '
-            f'"properties": {own}"delivery_info": '
-            f'{_infos.get((exchange, routing_key)) or _info(exchange, routing_key)}, '
-            f'"priority": {_WIRES[wire_priority]}, "body_encoding": "base64", '
-            f'"delivery_tag": "{tag}"}}}}')
+            f'"headers": {headers_json(message, KOMBU_JSON)}, "properties": {own}}}')
 
 
 class Decoded:

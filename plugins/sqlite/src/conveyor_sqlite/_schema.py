@@ -37,7 +37,7 @@ import json.scanner
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from conveyor.envelope import BuiltMessage, JSONStyle, headers_json
+from conveyor.envelope import JSONStyle, headers_json, properties_json
 from conveyor.interfaces import Message, Route
 
 READY, LEASED, PARKED = 0, 1, 2
@@ -192,16 +192,10 @@ def message_columns(message: Message, route: Route) -> tuple[Any, ...]:
 
 
 def _properties_text(message: Message) -> str:
-    """``message.properties`` as stored. A core-built message whose properties nobody
-    has read holds them as built (:attr:`BuiltMessage.props` is None): the task id as
-    ``correlation_id``, the template's ``reply_to`` and ``priority``, ``delivery_mode``
-    2, in that order; they are written without making the dict."""
-    if type(message) is BuiltMessage and message.props is None:
-        template = message.template
-        return (f'{{"correlation_id":{_dumps(message.values[0])},"reply_to":'
-                f'{_dumps(template.reply_to)},"delivery_mode":2,"priority":'
-                f'{_dumps(template.priority)}}}')
-    return _dumps(message.properties)
+    """``message.properties`` as stored (the core lays them out:
+    :func:`conveyor.envelope.properties_json`; a core-built message's are written
+    without making the dict)."""
+    return properties_json(message, _STORED)
 
 
 def message_from(row: Sequence[Any]) -> Message:
