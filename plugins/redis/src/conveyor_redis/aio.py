@@ -397,22 +397,27 @@ class AsyncRedisBackend:
         found = self._channels.get(channel)
         if found is None:
             return
-        with contextlib.suppress(ValueError):
-            found.waiters.remove(waiter)
-        if not found.waiters:
-            del self._channels[channel]
-            if channel in self._subscribing:
-                self._subscribing.discard(channel)
-            elif not self._channels:
-                # perf: the last wait's UNSUBSCRIBE is put off a moment, to leave
-                # in the next wait's write of its SUBSCRIBE (one send less)
-                self._unsubscribing.add(channel)
-                if self._later is None:
-                    self._later = asyncio.get_running_loop().call_later(
-                        _UNSUBSCRIBE_WITHIN, self._flush_unsubscribes)
-            else:
-                self._unsubscribing.add(channel)
-                self._schedule()
+        waiters = found.waiters
+        if len(waiters) != 1 or waiters[0] is not waiter:  # perf: the usual one alone
+            try:
+                waiters.remove(waiter)
+            except ValueError:
+                pass
+            if waiters:
+                return
+        del self._channels[channel]
+        if channel in self._subscribing:
+            self._subscribing.discard(channel)
+        elif not self._channels:
+            # perf: the last wait's UNSUBSCRIBE is put off a moment, to leave
+            # in the next wait's write of its SUBSCRIBE (one send less)
+            self._unsubscribing.add(channel)
+            if self._later is None:
+                self._later = asyncio.get_running_loop().call_later(
+                    _UNSUBSCRIBE_WITHIN, self._flush_unsubscribes)
+        else:
+            self._unsubscribing.add(channel)
+            self._schedule()
 
     def _schedule(self) -> None:
         """Have the subscription writer run once more after this turn (see

@@ -176,8 +176,13 @@ class Pipe:
 
     async def call(self, *args: Any) -> Any:
         """Run one command; its raw reply (bytes, int, list), or its error raised."""
-        replies = await self._send([args])
-        return replies[0]
+        conn = self._conn
+        if conn is None:
+            conn = await self._connect()
+        reply = (await self._queue(conn, (args,)))[0]  # perf: no _send frame
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     async def transaction(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """MULTI, ``commands``, EXEC in one write: EXEC's replies (error replies in
