@@ -28,10 +28,11 @@ import queue
 import resource
 import selectors
 import signal
+import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from multiprocessing.connection import Connection
 from operator import attrgetter
@@ -437,13 +438,9 @@ def _child_main(app: Conveyor, conn: Connection, hostname: str,
     EventLoopThread.reset()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    receive, loads, out = conn.recv_bytes, _unpack, conn.fileno()
+    loads, fd = _unpack, conn.fileno()
     usage, me = resource.getrusage, resource.RUSAGE_SELF
-    while True:
-        try:
-            data = receive()
-        except (EOFError, OSError):
-            return
+    for data in _frames(fd):
         if data == _STOP:
             return
         try:
@@ -453,7 +450,49 @@ def _child_main(app: Conveyor, conn: Connection, hostname: str,
             state = states.FAILURE
         # One line: the state and the peak resident memory (KiB on Linux, for
         # --max-memory-per-child); the worker reads every line waiting in one go.
-        os.write(out, f"{state} {usage(me).ru_maxrss}\n".encode())
+        os.write(fd, f"{state} {usage(me).ru_maxrss}\n".encode())
+
+
+#: A request's frame on a child's pipe: its length, then its bytes.
+_HEADER = struct.Struct("!I")
+
+
+def _frame(data: bytes) -> bytes:
+    return _HEADER.pack(len(data)) + data
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` (a blocking write may stop short after a signal)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _frames(fd: int) -> Iterator[bytes]:
+    """The requests read from ``fd``, until its end of file (or a read error).
+
+    perf: one read takes every frame waiting (jobs queued behind the running one
+    come together), where ``Connection.recv_bytes`` reads each message's length and
+    its bytes in two reads, through Python-level buffering."""
+    buf = bytearray()
+    head = _HEADER.size
+    unpack = _HEADER.unpack_from
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            return
+        if not chunk:
+            return
+        buf += chunk
+        start = 0
+        while len(buf) - start >= head:
+            end = start + head + unpack(buf, start)[0]
+            if len(buf) < end:
+                break
+            yield bytes(buf[start + head:end])
+            start = end
+        del buf[:start]
 
 
 #: What a child reads as "exit now" (a pickled request never equals it).
@@ -528,6 +567,9 @@ class ProcessPool(Pool):
         self._lifeline: tuple[int, int] | None = None
         self._wake: tuple[int, int] | None = None
         self._selector = selectors.DefaultSelector()
+        #: Set once a job with a ``time_limit`` came: from then on each look at the
+        #: children also checks deadlines (perf: none to check for most apps).
+        self._timed = False
 
     @property
     def capacity(self) -> int:
@@ -581,10 +623,12 @@ class ProcessPool(Pool):
 
     def submit(self, job: Job) -> None:
         job.extra["pickled"] = _pack(job.request)
+        limited = bool(self._limit_of(job))
         with self._lock:
+            self._timed = self._timed or limited
             self._backlog.append(job)
             self._dispatch()
-        if self.supervised and self._limit_of(job):
+        if self.supervised and limited:
             self._wakeup()  # its deadline may be the nearest one
 
     def _finish(self, job: Job) -> None:
@@ -660,7 +704,7 @@ class ProcessPool(Pool):
         if idle:
             self._begin(job)
         try:
-            child.conn.send_bytes(job.extra["pickled"])
+            _write_all(child.conn.fileno(), _frame(job.extra["pickled"]))
         except OSError:
             pass  # the child is gone: the supervisor sees its end of file
 
@@ -676,8 +720,10 @@ class ProcessPool(Pool):
     def _poll(self, timeout: float | None) -> None:
         """Read the results that came (waiting up to ``timeout`` for one, or until
         the nearest ``time_limit``), replace dead children, kill overdue ones."""
-        with self._lock:
-            nearest = self._next_deadline()
+        nearest = None
+        if self._timed:
+            with self._lock:
+                nearest = self._next_deadline()
         if nearest is not None and (timeout is None or nearest < timeout):
             timeout = nearest
         try:
@@ -694,7 +740,8 @@ class ProcessPool(Pool):
                         pass
                 elif child in self._children:
                     self._collect(child)
-            self._enforce_limits()
+            if self._timed:
+                self._enforce_limits()
             if self.supervised:
                 self._dispatch()  # else the consumer does, once it has settled
 
@@ -753,7 +800,7 @@ class ProcessPool(Pool):
     def _retire(self, child: _Child) -> None:
         """Stop an idle child: it exits after its last task, or is killed."""
         try:
-            child.conn.send_bytes(_STOP)
+            _write_all(child.conn.fileno(), _frame(_STOP))
         except OSError:
             pass
         child.process.join(2)
