@@ -339,3 +339,24 @@ def test_replies_read_together_reach_their_own_callers_error_replies_included(
             assert reply == str(n).encode(), (n, reply)
     assert block[0] == b"a" and isinstance(block[1], redis.ResponseError) \
         and block[2] == b"b"
+
+
+def test_a_wait_still_ends_at_its_timeout_when_the_backend_closes_under_it(
+        redis_server: str) -> None:
+    """Closing the backend (``app.aclose()``) while a coroutine still waits leaves
+    that wait bounded: it ends at its timeout with no result, as it did with a
+    timer of its own (the pause's shared alarm is not cancelled by the close)."""
+    async def main() -> tuple[bytes | None, float]:
+        backend = AsyncRedisBackend(f"{redis_server}/13")
+        waiting = asyncio.ensure_future(
+            backend.wait(str(uuid.uuid4()), timeout=0.5, previous=None))
+        await asyncio.sleep(0.1)
+        await backend.close()
+        started = time.monotonic()
+        try:
+            return await asyncio.wait_for(waiting, timeout=5), time.monotonic() - started
+        finally:
+            await backend.close()  # what the wait's last look opened
+
+    found, took = asyncio.run(main())
+    assert found is None and took < 2

@@ -219,11 +219,6 @@ class _Alarms:
                 if not future.done():
                     future.set_result(False)
 
-    def close(self) -> None:
-        due, self._due = self._due, {}
-        for timer, _futures in due.values():
-            timer.cancel()
-
 
 class _Channel:
     __slots__ = ("waiters", "confirmed")
@@ -637,7 +632,8 @@ class AsyncRedisBackend:
         return current if current is not None and current != previous else None
 
     async def close(self) -> None:
-        self._alarms.close()
+        # the alarms stay: a wait still sleeping ends its pause (its timeout) as it
+        # would have with a timer of its own
         later, self._later = self._later, None
         if later is not None:
             later.cancel()
