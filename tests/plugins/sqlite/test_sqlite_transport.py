@@ -154,6 +154,26 @@ def test_publish_many_is_one_transaction(transport, new_message):
     assert transport.depth("celery") == 3
 
 
+def test_a_publish_error_says_what_failed_and_a_locked_file_is_retryable(transport,
+                                                                          new_message):
+    """One message's publish (every apply_async): a locked database surfaces as the
+    transport's connection error, which the core's retry policy retries; anything
+    else as Conveyor's OperationalError naming the file."""
+    conn = transport._conn()
+    conn.execute("PRAGMA busy_timeout = 50")
+    with sqlite3.connect(transport.path, isolation_level=None) as other:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(transport.connection_errors, match="locked"):
+            transport.publish(new_message(0), Q)
+        other.execute("ROLLBACK")
+        other.execute("CREATE TRIGGER no_inserts BEFORE INSERT ON conveyor_messages "
+                      "BEGIN SELECT RAISE(ABORT, 'inserts refused'); END")
+    with pytest.raises(OperationalError, match="inserts refused") as info:
+        transport.publish(new_message(1), Q)
+    assert transport.path in str(info.value)
+    assert not isinstance(info.value, transport.connection_errors)
+
+
 # ----------------------------------------------------------------- delay
 def test_due_time_is_respected(transport, new_message):
     due = time.time() + 0.3

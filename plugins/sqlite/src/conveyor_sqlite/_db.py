@@ -97,7 +97,14 @@ class mapped_errors:  # noqa: N801 - used like a function: ``with mapped_errors(
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: object) -> None:
-        if exc is None or not isinstance(exc, sqlite3.Error) or is_transient(exc):
+        if exc is not None:
+            self.check(exc)
+
+    def check(self, exc: BaseException) -> None:
+        """What ``with`` does with ``exc``, for a hot path that catches it itself
+        (a ``try`` costs nothing until it raises, a ``with`` two calls): raise ours
+        in its place, or return, and the caller re-raises ``exc``."""
+        if not isinstance(exc, sqlite3.Error) or is_transient(exc):
             return
         if "readonly" in str(exc).lower():
             raise OperationalError(

@@ -42,7 +42,7 @@ from ._db import (
 )
 from ._schema import (
     LEASED, MESSAGE_COLUMNS, NOW, PARKED, READY, SCHEMA, Queries, decode_row,
-    message_columns, priority_of, queries_for,
+    message_row, queries_for,
 )
 
 if TYPE_CHECKING:
@@ -101,6 +101,7 @@ class SQLiteTransport(BaseTransport):
         self.busy_timeout = BUSY_TIMEOUT if self.connect_timeout is None \
             else float(self.connect_timeout)
         self._db: sqlite3.Connection | None = None
+        self._publish_errors = self._errors("publish")
         self._fork = ForkSafe()
         self._notifier = Notifier.for_path(self.path)
         self._sleep = _FIRST_SLEEP
@@ -158,11 +159,12 @@ class SQLiteTransport(BaseTransport):
             conn.execute(_BIND, (route.queue, *route.own_binding()))
 
     # ------------------------------------------------------------ publishing
-    def _row(self, message: Message, route: Route, due: float | None, now: float,
+    @staticmethod
+    def _row(message: Message, route: Route, due: float | None, now: float,
              queue: str) -> tuple[Any, ...]:
-        parked = due is not None and due > now
-        return (queue, priority_of(message), PARKED if parked else READY,
-                due if parked else now, *message_columns(message, route))
+        if due is not None and due > now:
+            return message_row(message, route, queue, PARKED, due)
+        return message_row(message, route, queue, READY, now)
 
     def publish(self, message: Message, route: Route, *, due: float | None = None) -> None:
         self.publish_many(((message, route, due),))
@@ -174,10 +176,17 @@ class SQLiteTransport(BaseTransport):
             # perf: one message to its queue (every apply_async) is one autocommit
             # INSERT, no transaction around it.
             message, route, due = batch[0]
-            row = self._row(message, route, due, time.time(), route.queue)
+            now = time.time()
+            if due is not None and due > now:
+                row = message_row(message, route, route.queue, PARKED, due)
+            else:
+                row = message_row(message, route, route.queue, READY, now)
             conn = self._conn()
-            with self._errors("publish"):
+            try:
                 conn.execute(_INSERT, row)
+            except sqlite3.Error as exc:
+                self._publish_errors.check(exc)
+                raise
             self._notifier.notify()
             return
         now = time.time()
