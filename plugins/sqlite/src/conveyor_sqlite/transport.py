@@ -176,11 +176,7 @@ class SQLiteTransport(BaseTransport):
             # perf: one message to its queue (every apply_async) is one autocommit
             # INSERT, no transaction around it.
             message, route, due = batch[0]
-            now = time.time()
-            if due is not None and due > now:
-                row = message_row(message, route, route.queue, PARKED, due)
-            else:
-                row = message_row(message, route, route.queue, READY, now)
+            row = self._row(message, route, due, time.time(), route.queue)
             conn = self._conn()
             try:
                 conn.execute(_INSERT, row)
