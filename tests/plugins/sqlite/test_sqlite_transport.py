@@ -297,42 +297,6 @@ def test_requeue_gives_back_unstarted(transport, new_message):
     assert [d.deliveries for d in again] == [1, 1, 1]
 
 
-def test_ack_and_fetch_acks_then_leases_the_next_in_order(make_transport, new_message):
-    """A worker's early ack with its refill: the acked message is gone, the refill
-    is leased to this consumer (another one gets what is left)."""
-    transport, other = make_transport(), make_transport()
-    for n in range(5):
-        transport.publish(new_message(n), Q)
-    first, _second = transport.fetch(["celery"], limit=2, timeout=0)
-    got = transport.ack_and_fetch([first], ["celery"], limit=2)
-    assert ns(got) == [2, 3] and [d.deliveries for d in got] == [1, 1]
-    assert ns(other.fetch(["celery"], limit=5, timeout=0)) == [4]
-    assert transport._conn().execute("SELECT count(*) FROM conveyor_messages WHERE id = ?",
-                                     (first.tag[0],)).fetchone() == (0,)
-    assert transport.ack_and_fetch(got, ["celery"], limit=3) == []  # nothing left: acked
-    assert transport.stats("celery").leased == 2  # 1 here, 4 there
-
-
-def test_a_failed_refill_undoes_its_ack(make_transport, new_message):
-    """ack_and_fetch is one transaction: when the refill fails, the ack is undone
-    too, so the worker can give the task back (requeue) instead of losing it acked
-    and never run."""
-    transport = make_transport()
-    for n in range(3):
-        transport.publish(new_message(n), Q)
-    (first,) = transport.fetch(["celery"], limit=1, timeout=0)
-    with sqlite3.connect(transport.path) as db:
-        db.execute("CREATE TRIGGER no_claims BEFORE UPDATE OF lease ON conveyor_messages "
-                   "WHEN NEW.lease IS NOT NULL BEGIN SELECT RAISE(ABORT, 'claims refused');"
-                   " END")
-    with pytest.raises(OperationalError, match="claims refused"):
-        transport.ack_and_fetch([first], ["celery"], limit=2)
-    with sqlite3.connect(transport.path) as db:
-        db.execute("DROP TRIGGER no_claims")
-    transport.requeue(first)
-    assert ns(transport.fetch(["celery"], limit=5, timeout=0)) == [0, 1, 2]
-
-
 def test_close_returns_unsettled_deliveries(make_transport, new_message):
     first = make_transport()
     first.publish(new_message(0), Q)

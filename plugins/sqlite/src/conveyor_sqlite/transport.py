@@ -7,8 +7,7 @@ described in :mod:`conveyor_sqlite._schema`; in short:
 
 * a claim is one ``UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING …`` statement,
   which SQLite runs under its single write lock, so each delivery goes to exactly one
-  consumer, and a batch costs one commit; a worker's refill may share that commit
-  with the early acks of the tasks it starts (``ack_and_fetch``);
+  consumer, and a batch costs one commit;
 * delayed messages are rows parked under an index on their due time, so a task due
   next month costs disk, not worker memory;
 * a delivery is a lease that ends after ``visibility_timeout`` seconds unless it is
@@ -243,11 +242,10 @@ class SQLiteTransport(BaseTransport):
                 self._sleep = min(self._sleep * 2, self.polling_interval)
             seen = version
 
-    def _claim(self, queues: tuple[str, ...], limit: int,
-               acks: list[tuple[int, int]] | None = None
-               ) -> tuple[list[Delivery], float | None]:
-        """One attempt: release what is due, then lease up to ``limit`` ready rows;
-        with ``acks``, those deliveries are deleted first, in the same transaction.
+    def _claim(self, queues: tuple[str, ...],
+               limit: int) -> tuple[list[Delivery], float | None]:
+        """One attempt: release what is due, then lease up to ``limit`` ready rows
+        (one transaction, one commit, when both are done).
 
         A read-only probe comes first, so an idle poll never takes the write lock.
         While the last claim found work the probe is skipped (the queue is likely
@@ -266,8 +264,6 @@ class SQLiteTransport(BaseTransport):
                 release = next_due is not None and next_due <= now
                 if not (ready or release):
                     self._busy = False
-                    if acks:
-                        self._settle(_ACK, acks)
                     return [], next_due
             token = random.getrandbits(62)
             params: list[Any] = [now + self._lease_time, token]
@@ -275,12 +271,9 @@ class SQLiteTransport(BaseTransport):
                 params += (queue, limit)
             if len(queues) > 1:
                 params.append(limit)
-            if acks or release:
+            if release:
                 with transaction(conn):
-                    if acks:
-                        conn.executemany(_ACK, acks)
-                    if release:
-                        conn.execute(sql.release, (*queues, now))
+                    conn.execute(sql.release, (*queues, now))
                     rows = conn.execute(sql.claim, params).fetchall()
             else:
                 rows = conn.execute(sql.claim, params).fetchall()
@@ -295,21 +288,6 @@ class SQLiteTransport(BaseTransport):
                                 redelivered=row[3] > 0, deliveries=row[3] + 1,
                                 exchange=row[9], routing_key=row[10], error=error))
         return out, None
-
-    def ack_and_fetch(self, acks: Sequence[Delivery], queues: Sequence[str], *,
-                      limit: int) -> list[Delivery]:
-        """Delete ``acks`` and lease up to ``limit`` ready rows without waiting, in
-        one transaction: one commit for a worker's early acks and the refill it
-        takes with them. They fail together: when this raises, the acks were not
-        made (the worker gives those tasks back) and nothing was leased."""
-        tags = self._tags(acks)
-        if limit <= 0 or not queues:
-            self._settle(_ACK, tags)
-            return []
-        found, _next_due = self._claim(tuple(queues), limit, tags)
-        if found:
-            self._sleep = _FIRST_SLEEP
-        return found
 
     # ------------------------------------------------------------ settling
     def _settle(self, sql: str, params: list[tuple[Any, ...]]) -> None:
