@@ -98,3 +98,28 @@ def test_jobs_not_started_are_given_back_and_a_shrink_ends_threads(app: Conveyor
     finally:
         release.set()
         pool.stop(WAIT)
+
+
+def test_a_burst_wakes_every_sleeping_thread_and_stop_ends_them_all(app: Conveyor) -> None:
+    """Jobs handed at once to a pool whose threads all sleep run at once (each
+    waits for all the others), however the pool spreads the wake-ups; ``stop``
+    ends every thread."""
+    together = threading.Barrier(4, timeout=WAIT)
+
+    @app.task(name="tp.together")
+    def meet() -> None:
+        together.wait()  # BrokenBarrierError: the four never ran at once
+
+    before = set(threading.enumerate())
+    pool = ThreadPool(app, 4, "tp@host")
+    pool.start()
+    try:
+        for _ in range(3):
+            time.sleep(0.05)  # every thread asleep again
+            for _ in range(4):
+                pool.submit(job("tp.together"))
+            assert {j.state for j in finished(pool, 4)} == {"SUCCESS"}
+    finally:
+        pool.stop(WAIT)
+    assert not [t for t in threading.enumerate()
+                if t not in before and t.name.startswith("conveyor-pool")]
