@@ -394,10 +394,8 @@ class AsyncRedisBackend:
             return
         waiters = found.waiters
         if len(waiters) != 1 or waiters[0] is not waiter:  # perf: the usual one alone
-            try:
+            if waiter in waiters:  # a wait leaves once; this one may have gone already
                 waiters.remove(waiter)
-            except ValueError:
-                pass
             if waiters:
                 return
         del self._channels[channel]
