@@ -11,6 +11,7 @@ through a buffering publisher: there, reading such a result raises that error.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -356,10 +357,8 @@ class ConnectionPool:
             self._waiting += 1
             try:
                 while True:
-                    try:
+                    with contextlib.suppress(IndexError):  # lock-free borrowers race us
                         return self._idle.pop()
-                    except IndexError:
-                        pass
                     if self._created < self.limit:
                         self._created += 1
                         break
