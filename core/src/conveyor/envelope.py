@@ -471,7 +471,7 @@ class Template:
         kwargsrepr = NO_KWARGS if type(kwargs) is dict and not kwargs else _repr(kwargs)
         values: tuple[Any, ...]
         if eta is None and expires is None and (
-                per_call is None or per_call.keys().isdisjoint(_FAMILY)):
+                per_call is None or _FAMILY.isdisjoint(per_call)):
             values = (task_id, argsrepr, kwargsrepr, ORIGIN)  # the usual message
         else:
             group = group_index = root_id = parent_id = None

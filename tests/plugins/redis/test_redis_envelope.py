@@ -202,3 +202,35 @@ def test_encode_writes_what_kombu_would_for_messages_we_build(call: dict[str, An
             raw = encode(message, route.exchange, route.key, wire, "tag-1")
             assert raw == _kombu_text(message, route.exchange, route.key, wire, "tag-1")
             message.headers["retries"], message.properties["x-edited"] = 1, True
+
+
+def test_a_batch_writes_each_message_as_it_would_alone(make_transport: Any) -> None:
+    """``publish_many`` reuses a frame, wire priority and list for a run of messages
+    of one template and route; a message that differs in any of them (another
+    template or priority, properties a hook read, another content type, another
+    route) still gets its own kombu text, on its own list."""
+    app = Conveyor("envelope", broker="memory://envelope")
+
+    def built(call: dict[str, Any], args: tuple[Any, ...] = ()) -> Message:
+        return app.prepare("t.add", args, {}, call, {}, None)[0]
+
+    edited_props, edited_headers, retyped = built({}), built({}), built({})
+    edited_props.properties["x-edited"] = True
+    edited_headers.headers["retries"] = 3
+    retyped.content_type = "application/x-other"
+    a, b = Route("qa"), Route("qb")
+    batch = [(built({}), a), (built({}, (1,)), a), (built({"priority": 7}), a),
+             (built({}), a), (edited_props, a), (built({}), a), (edited_headers, a),
+             (retyped, a), (built({}), a), (built({}), b), (built({"priority": 7}), b),
+             (built({"queue": "qa"}), b), (built({"queue": "qa"}), a)]
+    t = make_transport()
+    commands, _routes = t.commands([(m, route, None) for m, route in batch])
+    pushed = {raw: cmd[1] for cmd in commands if cmd[0] == "LPUSH" for raw in cmd[2:]}
+    by_id = {json.loads(raw)["headers"]["id"]: (raw, key) for raw, key in pushed.items()}
+    assert len(by_id) == len(batch)
+    for message, route in batch:
+        raw, key = by_id[message.headers["id"]]
+        wire = to_wire(message.priority)
+        tag = json.loads(raw)["properties"]["delivery_tag"]
+        assert raw == _kombu_text(message, route.exchange, route.key, wire, tag)
+        assert key == Layout().list_for(route.queue, wire)

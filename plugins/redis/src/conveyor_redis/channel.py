@@ -11,14 +11,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
+from conveyor.envelope import BuiltMessage
 from conveyor.interfaces import Binding, Message, Outgoing, Route
 
 from . import delay
 from .connection import Line
-from .envelope import encode, new_tag
+from .envelope import encode, frame_of, framed, new_tag
 from .errors import translate
 from .layout import MAX_WIRE, Layout, to_wire
 
@@ -153,6 +154,13 @@ class PublisherMixin:
         last: Route | None = None
         queues: Sequence[str] = ()
         exchange = key = ""
+        #: The template, content type and encoding of the last core-built message,
+        #: and its frame, wire priority and lists: those of the next one too when it
+        #: shares them and its route. perf: a bulk publish is mostly one kind of
+        #: message; commands() of 1,000 no-op messages took 1.77 µs a message with
+        #: the lookups per message, 1.35 without (67.0k -> 65.0k instructions a
+        #: buffered apply_async, callgrind).
+        run: tuple[Any, ...] = (None,)
         for message, route, due in batch:
             if route is not last:  # perf: a batch is mostly one route
                 last, exchange, key = route, route.exchange, route.key
@@ -160,11 +168,23 @@ class PublisherMixin:
                     else (route.queue,)
                 if route not in declared:
                     routes.add(route)
-            priority = message.priority
-            wire = MAX_WIRE if priority is None else to_wire(priority)
-            for queue in queues:
-                raw = encode(message, exchange, key, wire, tag())
-                list_key = lists.get((queue, wire)) or self._list_key(queue, wire)
+                run = (None,)
+            if type(message) is BuiltMessage and message.template is run[0] \
+                    and message.props is None and message.content_type is run[1] \
+                    and message.content_encoding is run[2]:
+                frame, wire, targets = run[3], run[4], run[5]
+            else:
+                priority = message.priority
+                wire = MAX_WIRE if priority is None else to_wire(priority)
+                frame = frame_of(message, exchange, key, wire)
+                targets = [lists.get((queue, wire)) or self._list_key(queue, wire)
+                           for queue in queues]
+                if frame is not None:
+                    run = (cast(BuiltMessage, message).template, message.content_type,
+                           message.content_encoding, frame, wire, targets)
+            for list_key in targets:
+                raw = framed(cast(BuiltMessage, message), frame, tag()) if frame is not None \
+                    else encode(message, exchange, key, wire, tag())
                 if due is not None and due > now:
                     parks += (due, delay.member(list_key, raw))
                 else:

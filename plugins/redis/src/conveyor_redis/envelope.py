@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from base64 import b64decode
 from binascii import b2a_base64
-from typing import Any
+from typing import Any, cast
 
 from conveyor.envelope import (KOMBU_JSON, BuiltMessage, headers_json, properties_json,
                                properties_layout)
@@ -94,6 +94,32 @@ def _transport(exchange: str, routing_key: str, wire: int) -> str:
             f'"body_encoding": "base64", "delivery_tag": ')
 
 
+def frame_of(message: Message, exchange: str, routing_key: str,
+             wire_priority: int) -> tuple[str, str, str] | None:
+    """The envelope text around ``message``'s own values for this delivery (see
+    :func:`framed`), when the core built it and nobody has read its properties (they
+    are its template's); None for any other message (:func:`encode` writes it whole).
+
+    A frame is the same for every message of one template, content type and
+    encoding on one delivery, so a batch looks it up once per run of them."""
+    if type(message) is not BuiltMessage or message.props is not None:
+        return None
+    key = (message.template, exchange, routing_key, wire_priority,
+           message.content_type, message.content_encoding)
+    return _frames.get(key) or _frame(key)
+
+
+def framed(message: BuiltMessage, frame: tuple[str, str, str], tag: str) -> str:
+    """The envelope text of a message :func:`frame_of` gave ``frame`` for, with
+    delivery tag ``tag``: its body, headers, task id (written once for the headers
+    and ``correlation_id``) and tag put into the frame."""
+    text = b2a_base64(message.body, newline=False).decode("ascii")
+    cid = message.values[0]
+    ident = _string(cid) if type(cid) is str else _dumps(cid)
+    return (f'{{"body": "{text}{frame[0]}{headers_json(message, KOMBU_JSON, ident)}'
+            f'{frame[1]}{ident}{frame[2]}{tag}"}}}}')
+
+
 def encode(message: Message, exchange: str, routing_key: str, wire_priority: int,
            tag: str) -> str:
     """The envelope text to LPUSH for ``message``, with delivery tag ``tag`` (from
@@ -102,20 +128,12 @@ def encode(message: Message, exchange: str, routing_key: str, wire_priority: int
     perf: the text is put together from pieces (the headers' from text laid out once
     per template: :func:`conveyor.envelope.headers_json`) rather than by building
     the envelope's dicts and encoding them; the result is the same text. A message
-    the core built whose properties nobody has read (``BuiltMessage.props`` is None:
-    they are the template's) is written from a frame laid out once per template and
-    delivery, around its body, headers, task id and tag (the id's text written once
-    for the headers and ``correlation_id``).
+    the core built whose properties nobody has read is written into a frame laid
+    out once per template and delivery (:func:`frame_of`, :func:`framed`).
     """
-    if type(message) is BuiltMessage and message.props is None:
-        text = b2a_base64(message.body, newline=False).decode("ascii")
-        cid = message.values[0]
-        ident = _string(cid) if type(cid) is str else _dumps(cid)
-        key = (message.template, exchange, routing_key, wire_priority,
-               message.content_type, message.content_encoding)
-        frame = _frames.get(key) or _frame(key)
-        return (f'{{"body": "{text}{frame[0]}{headers_json(message, KOMBU_JSON, ident)}'
-                f'{frame[1]}{ident}{frame[2]}{tag}"}}}}')
+    frame = frame_of(message, exchange, routing_key, wire_priority)
+    if frame is not None:
+        return framed(cast(BuiltMessage, message), frame, tag)
     encoding, ctype = message.content_encoding, message.content_type
     own = properties_json(message, KOMBU_JSON, omit=TRANSPORT_PROPERTIES,
                           more=f'{_transport(exchange, routing_key, wire_priority)}"{tag}"')
