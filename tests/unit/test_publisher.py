@@ -199,6 +199,24 @@ def test_reading_a_result_flushes_its_publisher(app: Conveyor) -> None:
             assert [r.get(timeout=5) for r in (second, third, fourth)] == [4, 6, 8]
 
 
+def test_a_handle_from_a_publisher_knows_its_buffer_and_ignore_result(
+        app: Conveyor) -> None:
+    """A handle is tied to its publisher while its message waits in the buffer, not
+    once the buffer went out with it; with ``ignore_result`` it has nothing to wait
+    for (no worker runs here: waiting would time out)."""
+    add = app.tasks["p.add"]
+    with app.pool.acquire() as conn, add.get_publisher(conn, buffer=2) as pub:
+        waiting = add.apply_async((1, 1), publisher=pub, ignore_result=True)
+        assert waiting.publisher is pub and waiting.ignored
+        filled = add.apply_async((2, 2), publisher=pub, ignore_result=True)
+        assert filled.publisher is None and pub.pending == 0  # sent: buffer full
+        assert waiting.get(timeout=0.5) is None and filled.get(timeout=0.5) is None
+        kept = add.apply_async((3, 3), publisher=pub)
+        assert kept.publisher is pub and not kept.ignored
+        assert kept.state == "PENDING" and pub.pending == 0 and kept.publisher is None
+    assert depth(app) == 3
+
+
 def test_groups_and_chains_through_a_publisher(app: Conveyor,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     add = app.tasks["p.add"]
