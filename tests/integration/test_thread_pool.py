@@ -12,6 +12,7 @@ import pytest
 from conveyor import Conveyor
 from conveyor.envelope import Request
 from conveyor.worker.pool import Job, ThreadPool
+from conveyor.worker.revoked import REVOKED
 
 WAIT = 10.0  # seconds any step may take before the test fails
 
@@ -123,3 +124,120 @@ def test_a_burst_wakes_every_sleeping_thread_and_stop_ends_them_all(app: Conveyo
         pool.stop(WAIT)
     assert not [t for t in threading.enumerate()
                 if t not in before and t.name.startswith("conveyor-pool")]
+
+
+def test_jobs_waiting_in_the_pool_are_reported_as_they_start_not_before(
+        app: Conveyor) -> None:
+    """``report_starts``: a job queued behind the busy thread is in ``began`` once a
+    thread takes it (its early ack goes then), and not while it waits."""
+    release = [threading.Event() for _ in range(3)]
+
+    @app.task(name="tp.hold")
+    def hold(n: int) -> None:
+        assert release[n].wait(WAIT)
+
+    pool = ThreadPool(app, 1, "tp@host")
+    pool.depth, pool.report_starts = 3, True
+    pool.start()
+    try:
+        jobs = [job("tp.hold") for _ in range(3)]
+        for n, j in enumerate(jobs):
+            j.request.args = [n]
+            pool.submit(j)
+        began: list[Job] = []
+        deadline = time.monotonic() + WAIT
+        while not began and time.monotonic() < deadline:
+            began += pool.began()
+            time.sleep(0.01)
+        time.sleep(0.1)  # time enough for a job that is not running to be reported
+        assert began + pool.began() == jobs[:1]
+        release[0].set()
+        assert finished(pool, 1) == jobs[:1]
+        assert pool.began() == jobs[1:2]  # taken by the thread before job 0 was done
+        time.sleep(0.1)
+        assert [j.started > 0 for j in jobs] == [True, True, False]
+        release[1].set()
+        release[2].set()
+        assert {id(j) for j in finished(pool, 2)} == {id(j) for j in jobs[1:]}
+        assert pool.began() == jobs[2:]
+    finally:
+        for event in release:
+            event.set()
+        pool.stop(WAIT)
+
+
+def test_a_job_revoked_while_it_waits_in_the_pool_is_not_run(app: Conveyor) -> None:
+    release, ran = threading.Event(), []
+
+    @app.task(name="tp.first")
+    def first() -> None:
+        assert release.wait(WAIT)
+
+    @app.task(name="tp.second")
+    def second() -> None:
+        ran.append(1)
+
+    pool = ThreadPool(app, 1, "tp@host")
+    pool.depth, pool.report_starts = 2, True
+    pool.start()
+    try:
+        waiting = job("tp.second")
+        pool.submit(job("tp.first"))
+        pool.submit(waiting)
+        REVOKED.add([waiting.request.id], 60)
+        release.set()
+        assert sorted(j.state for j in finished(pool, 2)) == ["REVOKED", "SUCCESS"]
+        assert waiting in pool.began()  # reported, so its delivery is acked
+        assert not ran and app.AsyncResult(waiting.request.id).state == "REVOKED"
+    finally:
+        release.set()
+        pool.stop(WAIT)
+
+
+def test_a_worker_queues_jobs_in_its_pool_counted_reserved_and_revocable(
+        app: Conveyor) -> None:
+    """A threads worker (prefetch multiplier 4) queues a job in its pool behind the
+    running one: ``inspect`` shows it reserved, not active; revoked there, it is
+    not run; an ``acks_late`` job does not wait in the pool."""
+    release, ran = threading.Event(), []
+
+    @app.task(name="tp.hold")
+    def hold() -> None:
+        assert release.wait(WAIT)
+
+    @app.task(name="tp.mark")
+    def mark(n: int) -> int:
+        ran.append(n)
+        return n
+
+    @app.task(name="tp.late", acks_late=True)
+    def late() -> None:
+        ran.append("late")
+
+    worker = app.Worker(pool="threads", concurrency=1, prefetch_multiplier=4,
+                        hostname="tpq@test")
+    with worker.running():
+        held = hold.delay()
+        waits = mark.delay(1)
+        deadline = time.monotonic() + WAIT
+        while len(worker.running_jobs()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        late_result, after = late.delay(), mark.delay(2)
+        inspect = app.control.inspect(destination=[worker.hostname], timeout=5)
+        deadline = time.monotonic() + WAIT
+        while len(worker.waiting_jobs()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        in_pool = [j.request.id for j in worker.running_jobs() if not j.started]
+        assert in_pool == [waits.id]  # the acks_late one waits for a free thread
+        assert [t["id"] for t in (inspect.active() or {})[worker.hostname]] == [held.id]
+        assert {t["id"] for t in (inspect.reserved() or {})[worker.hostname]} == \
+            {waits.id, late_result.id, after.id}
+        waits.revoke()
+        deadline = time.monotonic() + WAIT
+        while waits.id not in REVOKED and time.monotonic() < deadline:
+            time.sleep(0.01)
+        release.set()
+        assert after.get(timeout=WAIT) == 2 and late_result.get(timeout=WAIT) is None
+        assert held.get(timeout=WAIT) is None
+        assert waits.state == "REVOKED"
+    assert ran == ["late", 2]

@@ -298,3 +298,39 @@ def test_broker_restart_mid_drain_loses_nothing(app: Conveyor, amqp_url: str,
                      what="RabbitMQ to accept connections again")
     print(f"RabbitMQ was down for {outages[0]:.1f}s")
     assert "Lost the broker" in output
+
+
+
+def test_jobs_prefetched_behind_a_running_task_run_once_after_a_lost_channel(
+        app: Conveyor, amqp_vhost: str, queue: str) -> None:
+    """The channel is lost while a task runs and others wait behind it: the broker
+    redelivers them and each runs once. The threads pool queues no job on AMQP (a
+    job it started after the loss, unnoticed while the pool was full, could not be
+    acked, and would run again from the redelivery)."""
+    import threading
+
+    release, runs = threading.Event(), []
+
+    @app.task(name="t.hold")
+    def hold() -> None:
+        assert release.wait(60)
+
+    @app.task(name="t.mark")
+    def mark(n: int) -> int:
+        runs.append(n)
+        return n
+
+    worker = app.Worker(queues=[queue], concurrency=1, pool="threads",
+                        prefetch_multiplier=4)
+    with worker.running():
+        held = hold.apply_async(queue=queue)
+        marked = [mark.apply_async((n,), queue=queue) for n in range(3)]
+        wait_for(lambda: worker.running_jobs() and worker.waiting_jobs(), 20,
+                 what="the held task running, others prefetched behind it")
+        rabbitmqctl("close_all_connections", "-p", amqp_vhost, "conveyor test")
+        time.sleep(0.5)  # the connections closed before the held task finishes
+        release.set()
+        assert held.get(timeout=30) is None
+        assert [r.get(timeout=30) for r in marked] == [0, 1, 2]
+        time.sleep(0.5)  # time enough for a second run of a job to show
+    assert sorted(runs) == [0, 1, 2]

@@ -173,8 +173,8 @@ class Worker:
 
     # ------------------------------------------------------------------ control
     def running_jobs(self) -> list[Job]:
-        """Jobs handed to the pool: started, or waiting in a child's pipe
-        (``job.started`` tells them apart)."""
+        """Jobs handed to the pool: started, or waiting in it (a child's pipe, the
+        threads pool's queue; ``job.started`` tells them apart)."""
         return _snapshot(lambda: list(getattr(self, "_running", {}).values()))
 
     def waiting_jobs(self) -> list[Job]:
@@ -288,23 +288,27 @@ class Worker:
             self._shutdown(transport)
 
     def _pipeline(self, caps: Capabilities) -> None:
-        """Let jobs wait in the processes pool's child pipes (half the prefetch
-        there, half in memory for the next refill), so a child never waits for the
-        consumer between two tasks. Only with lease settlement: a job waiting in a
-        pipe cannot be taken back, and a lost channel's deliveries are redelivered."""
-        if isinstance(self.pool, ProcessPool) and caps.settlement == LEASE:
-            self.pool.depth = max(1, self._multiplier // 2)
-            self.pool.report_starts = self._ack_on_start = self.pool.depth > 1
+        """Let jobs wait in a pool that can queue them (half the prefetch there, half
+        in memory for the next refill), so a slot never waits for the consumer
+        between two tasks. Only with lease settlement: a waiting job is acked when
+        it starts, and an ack that fails is paid through the next connection. A
+        lost channel goes unnoticed while the pool is full (the consumer does no
+        broker I/O then); the jobs that start meanwhile could never be acked, and
+        the broker would redeliver them: early-ack tasks run twice."""
+        pool = self.pool
+        if pool.queues_jobs and caps.settlement == LEASE:
+            pool.depth = max(1, self._multiplier // 2)
+            pool.report_starts = self._ack_on_start = pool.depth > 1
 
     def _iterate(self, transport: Transport) -> None:
         self._settle(transport, defer=True)
         self._release_due()
-        self._start_jobs(transport)
+        held_back = self._start_jobs(transport)
         if self.autoscale is not None:
             self._scale()
         room = self.prefetch - len(self._ready) - len(self._held) - len(self._running)
         capacity = self.pool.capacity
-        busy = len(self._running) >= capacity
+        busy = held_back or len(self._running) >= capacity
         timeout = self.poll_interval
         for heap in (self._held, self._throttled):
             if heap:
@@ -494,12 +498,21 @@ class Worker:
             heapq.heappush(self._throttled, (slot, next(self._seq), job))
         return False
 
-    def _start_jobs(self, transport: Transport) -> None:
+    def _start_jobs(self, transport: Transport) -> bool:
+        """Hand ready jobs to the pool while it takes them; True when the next one
+        waits for a free slot although the pool could queue others (see
+        :meth:`Pool.may_wait`)."""
         starting: list[Job] = []
         throttles = self._throttles
         now = time.time() if throttles else 0.0
-        capacity = self.pool.capacity
+        pool = self.pool
+        capacity, slots = pool.capacity, pool.concurrency
+        held_back = False
         while self._ready and len(self._running) + len(starting) < capacity:
+            if len(self._running) + len(starting) >= slots and \
+                    not pool.may_wait(self._ready[0]):
+                held_back = True  # it waits here for a free slot
+                break
             job = self._ready.popleft()
             if REVOKED and job.request.id in REVOKED:
                 self._skip_revoked(transport, job)
@@ -508,7 +521,7 @@ class Worker:
         if not starting:
             if self._owed_acks:
                 self._pay(transport)  # acks _settle left for a charge (none came)
-            return
+            return held_back
         # An early ack is given when the task starts: here, or (processes pool with
         # jobs waiting in the children's pipes) when the pool reports it started.
         early = [] if self._ack_on_start else \
@@ -545,6 +558,7 @@ class Worker:
             self._pay(transport)  # owed acks no charge took (see _settle)
         if self.pool_name == "solo":
             self._settle(transport)
+        return held_back
 
     def _skip_revoked(self, transport: Transport, job: Job) -> None:
         """A revoked task is not run: its delivery is acked, its state REVOKED."""
@@ -682,15 +696,15 @@ class Worker:
     def _shutdown(self, transport: Transport | None) -> None:
         cold = self._cold.is_set()
         log.info("Worker %s stopping (%s)", self.hostname, "cold" if cold else "warm")
-        if self.control is not None:
-            self.control.stop()
-        if transport is not None:
+        if transport is not None:  # first: jobs waiting in the pool start meanwhile
             giveback = [*self._waiting(), *(j for j in self.pool.take_unstarted()
                                              if id(j) not in self._orphans)]
             self._owed_requeues.extend(job.delivery for job in giveback)
             self._ready.clear()
             self._held.clear()
             self._throttled.clear()
+        if self.control is not None:
+            self.control.stop()
         if not cold:
             self.pool.stop(timeout=None)
         if transport is not None:
