@@ -76,8 +76,8 @@ class ResultStore:
         A backend with ``replies`` (``rpc://``) sends it to the caller's queue: the
         request's ``reply_to``, or ``reply_to`` when there is no request (a message
         the worker could not read into one)."""
-        extend, expires, _ser, _comp = self.app.conf.derived("results.store",
-                                                             _store_settings)
+        extend, expires, serializer, compression = self.app.conf.derived(
+            "results.store", _store_settings)
         extended = None
         if extend:
             extended = {
@@ -92,13 +92,14 @@ class ResultStore:
             task_id, state, result, traceback=traceback, children=children,
             group_id=request.group if request else None,
             parent_id=request.parent_id if request else None, extended=extended)
+        data = self.app.codecs.dumps(doc, serializer, compression)[0]
         backend = self.app.backend
         if backend.capabilities.replies:
             cast(ReplyBackend, backend).store(
-                task_id, state, self.dumps(doc), expires=expires,
+                task_id, state, data, expires=expires,
                 reply_to=request.reply_to if request is not None else reply_to)
         else:
-            backend.store(task_id, state, self.dumps(doc), expires=expires)
+            backend.store(task_id, state, data, expires=expires)
 
     def expires(self, setting: str = "result_expires") -> float | None:
         """Seconds a stored result lives (``setting``, then ``result_expires``);

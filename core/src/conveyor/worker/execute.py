@@ -76,10 +76,22 @@ def task_defaults(app: Conveyor) -> dict[str, Any]:
     return app.conf.derived("worker.task_defaults", _read_defaults)  # type: ignore[no-any-return]
 
 
-def _observed(app: Conveyor, hook: str) -> bool:
-    """True when a plugin implements ``hook`` (perf: the hooks of every task are not
-    built for nobody)."""
-    return bool(getattr(app.hooks, hook).get_hookimpls())
+class _Callers:
+    """The hook callers every run asks whether anyone listens (perf: the hooks of
+    every task are not built for nobody), looked up once per app: a caller stays the
+    same object while plugins come and go, and ``get_hookimpls()`` says who listens
+    now (three ``getattr(app.hooks, name)`` a task: 4.2k instructions, these 2.9k)."""
+
+    __slots__ = ("prerun", "success", "postrun")
+
+    def __init__(self, hooks: Any) -> None:
+        self.prerun, self.success, self.postrun = (
+            hooks.task_prerun, hooks.task_success, hooks.task_postrun)
+
+
+def _hook_callers(app: Conveyor) -> _Callers:
+    return app.conf.derived(  # type: ignore[no-any-return]
+        "worker.hook_callers", lambda _conf: _Callers(app.hooks))
 
 
 def _arguments(task: Any, request: Request) -> list[Any]:
@@ -175,6 +187,7 @@ class _Execution:
         self.app, self.request, self.hostname = app, request, hostname
         self.task = app.tasks[request.name]
         request.hostname = hostname
+        self.hooks = _hook_callers(app)
         self.ignore = False
         self.started = time.perf_counter()
 
@@ -193,7 +206,7 @@ class _Execution:
         self.ignore = request.ignore_result if request.ignore_result is not None else (
             task.ignore_result if task.ignore_result is not None
             else defaults["task_ignore_result"])
-        if _observed(app, "task_prerun"):
+        if self.hooks.prerun.get_hookimpls():
             app.notify("task_prerun", task=task, task_id=request.id, args=request.args,
                        kwargs=request.kwargs, request=request)
         track = task.track_started if task.track_started is not None \
@@ -247,9 +260,9 @@ class _Execution:
             if log.isEnabledFor(logging.INFO):
                 log.info("Task %s[%s] succeeded in %.3fs: %s", request.name, request.id,
                          time.perf_counter() - self.started, _short_repr(retval))
-            if _observed(app, "task_success"):
+            if self.hooks.success.get_hookimpls():
                 app.notify("task_success", task=task, result=retval, request=request)
-        if _observed(app, "task_postrun"):
+        if self.hooks.postrun.get_hookimpls():
             app.notify("task_postrun", task=task, task_id=request.id, args=request.args,
                        kwargs=request.kwargs, retval=retval, state=state, request=request)
         return state

