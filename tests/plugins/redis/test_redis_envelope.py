@@ -143,6 +143,27 @@ def test_garbage_decodes_to_an_undeliverable_message_not_an_exception(
     assert d.message.headers == {} and d.message.body == raw
 
 
+@pytest.mark.parametrize("raw", [
+    b'{"body": "", "headers": {}, "properties": {}} \n',  # text after the object
+    b'{"body": "", "headers": {}, "properties": {}} {}',  # a second value
+    b'{"body": "", "headers": {"s": "\xed\xa0\x80"}, "properties": {}}',  # a surrogate
+    b'{"body": "\xff", "headers": {}, "properties": {}}',  # not UTF-8
+    b'\xef\xbb\xbf{"body": "", "headers": {}, "properties": {}}',  # a BOM first
+])
+def test_an_envelope_reads_as_json_loads_reads_it(raw: bytes) -> None:
+    """The envelope is parsed straight from UTF-8 text, past ``json.loads``'s
+    encoding detection: what ``json.loads`` accepts or refuses, decode does too."""
+    try:
+        expected: Any = json.loads(raw)
+    except ValueError:
+        expected = None
+    d = decode(raw)
+    if expected is None:
+        assert d.error is not None and "not JSON" in d.error
+    else:
+        assert d.error is None and d.message.headers == expected["headers"]
+
+
 def test_an_envelope_without_properties_keeps_its_headers() -> None:
     d = decode(b'{"body": "", "headers": {"id": "t-1", "task": "x"}}')
     assert d.error is not None and "properties" in d.error
