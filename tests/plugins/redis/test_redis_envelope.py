@@ -164,6 +164,16 @@ def test_an_envelope_reads_as_json_loads_reads_it(raw: bytes) -> None:
         assert d.error is None and d.message.headers == expected["headers"]
 
 
+def test_a_literal_body_with_a_lone_surrogate_is_undeliverable_not_raised() -> None:
+    """JSON may spell a lone surrogate (``\\ud800``), which has no UTF-8 bytes: the
+    envelope comes back undeliverable with its headers (the worker dead-letters it),
+    it does not raise out of the consumer's fetch."""
+    raw = b'{"body": "\\ud800", "headers": {"id": "t-9"}, "properties": {}}'
+    d = decode(raw)
+    assert d.error is not None and "unreadable 'body'" in d.error
+    assert d.message.headers == {"id": "t-9"}
+
+
 def test_an_envelope_without_properties_keeps_its_headers() -> None:
     d = decode(b'{"body": "", "headers": {"id": "t-1", "task": "x"}}')
     assert d.error is not None and "properties" in d.error

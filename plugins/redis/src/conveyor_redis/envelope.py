@@ -221,7 +221,10 @@ def decode(raw: bytes | str) -> Decoded:
         except ValueError as exc:
             return _undeliverable(raw, f"unreadable 'body' ({exc})", headers)
     else:
-        data = body.encode("utf-8")
+        try:
+            data = body.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate ("\\ud800") in the JSON text
+            return _undeliverable(raw, f"unreadable 'body' ({exc})", headers)
     info = props.get("delivery_info")
     if not isinstance(info, dict):
         info = {}
