@@ -10,6 +10,7 @@ from itertools import count
 import pytest
 
 from conveyor import Conveyor
+from conveyor.connection import Connection
 from conveyor.exceptions import OperationalError
 
 _n = count()
@@ -25,7 +26,7 @@ def app() -> Iterator[Conveyor]:
 
 def test_a_returned_connection_is_reused(app):
     with app.pool.acquire() as first:
-        pass
+        assert isinstance(first, Connection)
     with app.pool.acquire() as again:
         assert again is first
 
@@ -33,12 +34,10 @@ def test_a_returned_connection_is_reused(app):
 def test_the_limit_holds_and_the_error_says_what_to_do(app):
     with app.pool.acquire(), app.pool.acquire():
         with pytest.raises(OperationalError, match="broker_pool_limit"):
-            with app.pool.acquire(block=False):
-                pass
+            app.pool.acquire(block=False).__enter__()  # the borrow itself refuses
         started = time.monotonic()
         with pytest.raises(OperationalError, match="All 2 broker connections"):
-            with app.pool.acquire(timeout=0.1):
-                pass
+            app.pool.acquire(timeout=0.1).__enter__()
         assert 0.1 <= time.monotonic() - started < 2
 
 
