@@ -490,6 +490,45 @@ def test_lost_brpop_claim_is_pushed_back(make_transport: Any, r: redis.Redis, qu
     assert ids(again) == [3] and not consumer._ORPHANS[t.url]
 
 
+def test_a_claim_whose_reply_was_lost_is_given_back_at_once(
+        make_transport: Any, r: redis.Redis, queue: str) -> None:
+    """The connection breaks after Redis ran a claim and before its reply came: the
+    claimed messages are leased to nobody. The next fetch gives them back (marked
+    redelivered, as a lapsed lease is), instead of leaving them leased until the
+    visibility timeout (an hour by default) brings them back."""
+    from conveyor_pytest.proxy import TcpProxy
+    from redis_support import HOST, PORT
+    proxy = TcpProxy(HOST, PORT)
+    url = f"redis://127.0.0.1:{proxy.port}/8"
+    t = make_transport(url)
+    assert t.fetch([queue], limit=3, timeout=0) == []  # its first sweep is done
+    publisher = make_transport()
+    for n in range(3):
+        publisher.publish(make_message(n), Route(queue))
+    proxy.drop_replies()
+    failed: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            t.fetch([queue], limit=3, timeout=0.5)
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
+            failed.append(exc)
+
+    fetching = threading.Thread(target=fetch)
+    fetching.start()
+    wait_for(lambda: r.hlen("unacked") == 3, 5, what="the claim to run on the server")
+    proxy.cut()
+    fetching.join(10)
+    assert not fetching.is_alive()
+    assert failed and isinstance(failed[0], t.connection_errors)
+    assert r.llen(queue) == 0  # all three are leased, and nobody knows it
+    proxy.restore()
+    again = make_transport(url).fetch([queue], limit=3, timeout=1)
+    assert sorted(ids(again)) == [0, 1, 2]
+    assert all(d.redelivered for d in again)
+    assert r.hlen("unacked") == 3 and r.llen(queue) == 0  # leased once, to this fetch
+
+
 def test_unreachable_redis_names_the_masked_url(queue: str) -> None:
     from redis_support import stub_app
     t = RedisTransport("redis://:s3cret@127.0.0.1:1/0", stub_app(socket_timeout=2))

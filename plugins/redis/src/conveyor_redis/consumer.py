@@ -31,6 +31,10 @@ log = logging.getLogger("conveyor.redis")
 #: Messages a BRPOP took whose claim failed, per Redis URL, for whichever transport
 #: of this process reaches that Redis next: the one that took them may be abandoned.
 _ORPHANS: dict[str, list[tuple[str, bytes]]] = {}
+#: Claims whose reply was lost, per Redis URL: the time each passed, which is the
+#: score it gave the leases it made (see :func:`.lease.give_back_claim`). Without
+#: this, what such a claim took stays leased to nobody until the visibility timeout.
+_LOST_CLAIMS: dict[str, list[float]] = {}
 _ORPHANS_LOCK = threading.Lock()
 #: How long ``fetch(timeout=None)`` retries a broken connection before raising.
 _UNBOUNDED_PATIENCE = 30.0
@@ -108,7 +112,7 @@ class ConsumerMixin:
         poll = self._poll(queues)
         while True:
             try:
-                if _ORPHANS.get(self.url):
+                if _ORPHANS.get(self.url) or _LOST_CLAIMS.get(self.url):
                     self._flush_orphans(self.line)
                 if time.time() >= self._next_sweep:
                     lease.sweep(self.client, self.layout, self._visibility)
@@ -148,9 +152,15 @@ class ConsumerMixin:
 
     def _claim(self, poll: _Poll, limit: int,
                pre: tuple[int, bytes] | None) -> list[Delivery]:
-        reply = lease.CLAIM.run_prepared(
-            self.line, poll.claim,
-            [time.time(), limit, MOVE_BATCH, pre[0] if pre else 0, pre[1] if pre else b""])
+        now = time.time()
+        try:
+            reply = lease.CLAIM.run_prepared(
+                self.line, poll.claim,
+                [now, limit, MOVE_BATCH, pre[0] if pre else 0, pre[1] if pre else b""])
+        except BaseException:
+            with _ORPHANS_LOCK:  # it may have run: what it took is given back
+                _LOST_CLAIMS.setdefault(self.url, []).append(now)
+            raise
         out, self._next_due = lease.parse_claimed(reply)
         keys, names = poll.keys, poll.names
         deliveries: list[Delivery] = []
@@ -169,13 +179,20 @@ class ConsumerMixin:
         return deliveries
 
     def _flush_orphans(self, line: Line) -> None:
-        """Push back messages a BRPOP took whose claim failed (connection broke).
+        """Push back messages a BRPOP took whose claim failed (connection broke),
+        then give back what claims whose reply was lost had leased.
 
-        If the claim did run before the reply was lost, the message is leased: the
-        lease is dropped in the same step, so exactly one copy ends up in the list.
+        If the claim did run before the reply was lost, a BRPOP's message is leased:
+        the lease is dropped in the same step, so exactly one copy ends up in the
+        list; the lost claims' leases are looked up after that, so it is not given
+        back twice.
         """
         with _ORPHANS_LOCK:
             self._return_orphans(line, _ORPHANS.get(self.url, []))
+            claims = _LOST_CLAIMS.get(self.url, [])
+            while claims:
+                lease.give_back_claim(self.client, self.layout, claims[0])
+                claims.pop(0)
 
     def _return_orphans(self, line: Line, orphans: list[tuple[str, bytes]]) -> None:
         while orphans:

@@ -241,6 +241,24 @@ def sweep(client: redis.Redis, layout: Layout, visibility_timeout: float,
     return restored
 
 
+def give_back_claim(client: redis.Redis, layout: Layout, at: float) -> int:
+    """Restore what the :data:`CLAIM` called with time ``at`` leased; how many.
+
+    For a claim whose reply was lost: its leases are scored ``at``, and nobody
+    holds them. Each is restored as :func:`sweep` restores a lapsed lease (only if
+    still scored ``at``: not renewed since, not settled), so it is taken again now
+    rather than when the visibility timeout runs out. Another process's claim made
+    at the very same microsecond would have its leases given back too: its tasks
+    then run again, as after a lapsed lease.
+    """
+    tags: Any = client.zrangebyscore(layout.unacked_index, at, at)
+    if not tags:
+        return 0
+    values: Any = client.hmget(layout.unacked, tags)
+    return sum(1 for tag, value in zip(tags, values)
+               if value is not None and restore_entry(client, layout, tag, value, at))
+
+
 def parse_claimed(reply: Sequence[Any]) -> tuple[list[Any], float | None]:
     """The flat claim list and the next due time from a :data:`CLAIM` reply."""
     out = reply[0] if reply else []
