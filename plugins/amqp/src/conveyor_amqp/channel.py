@@ -26,7 +26,6 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
 from . import frames as marshal
-from . import inbound
 from .connection import open_connection
 from .errors import ChannelError, translate, unroutable
 from .layout import Delays, QueueShape
@@ -105,7 +104,6 @@ class Channel:
         if self._conn is None or not self._conn.is_open:
             self.drop()
             self._conn = open_connection(self.url, self.params)
-            inbound.install(self._conn)
         with translate(self.url, "opening a channel"):
             ch = self._conn.channel()
             if self.confirm:
