@@ -25,12 +25,12 @@ from .connection import gave_up, retry_sleeps, scheme_of
 from .exceptions import ConfigurationError, ConveyorError
 from .interfaces import Outgoing
 from .plugins import find
-from .result import AsyncResult
 from .settings import DEFAULT_RETRY_POLICY
 from .utils import mask_url
 
 if TYPE_CHECKING:
     from .app import Conveyor
+    from .result import AsyncResult
 
 log = logging.getLogger(__name__)
 

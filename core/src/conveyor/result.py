@@ -11,7 +11,9 @@ import time
 from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from . import states
+# perf: imported once here, not in every aget() (an import statement in a function
+# costs ~1 µs a call); aio names AsyncResult only for type checking, so no cycle
+from . import aio, states
 from .exceptions import ConveyorError, TaskRevokedError, TimeoutError
 
 if TYPE_CHECKING:
@@ -169,27 +171,6 @@ class AsyncResult(Generic[R]):
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
-    async def _await(self, timeout: float | None,
-                     on_message: Callable[[dict[str, Any]], None] | None
-                     ) -> dict[str, Any]:
-        """:meth:`_wait` on the app's asyncio backend: the same steps, awaited."""
-        from . import aio
-        if self.publisher is not None:
-            raise ConveyorError(
-                f"Task {self.id} may still sit in a buffering publisher: call "
-                "pub.flush() (or leave its with block) before awaiting aget().")
-        if self._cache is not None:
-            return self._cache
-        backend = aio.backend(self.app)
-        steps = self._waiting(timeout, on_message)
-        try:
-            ask = next(steps)
-            while True:
-                ask = steps.send(await backend.wait(self.id, timeout=ask[0],
-                                                    previous=ask[1]))
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-
     def _waiting(self, timeout: float | None,
                  on_message: Callable[[dict[str, Any]], None] | None
                  ) -> Generator[tuple[float | None, bytes | None], bytes | None,
@@ -249,10 +230,27 @@ class AsyncResult(Generic[R]):
     async def aget(self, timeout: float | None = None, propagate: bool = True,
                    on_message: Callable[[dict[str, Any]], None] | None = None) -> R:
         """``get()`` for asyncio code: waits on the backend's asyncio twin (Redis
-        pub/sub, …), so the event loop runs on while it waits."""
+        pub/sub, …), so the event loop runs on while it waits. The steps of
+        :meth:`_wait`, awaited (perf: here, not in a coroutine of their own: one
+        frame less a wait)."""
         if self.ignored:
             return None  # type: ignore[return-value]
-        return self._outcome(await self._await(timeout, on_message), propagate)
+        if self.publisher is not None:
+            raise ConveyorError(
+                f"Task {self.id} may still sit in a buffering publisher: call "
+                "pub.flush() (or leave its with block) before awaiting aget().")
+        meta = self._cache
+        if meta is None:
+            backend = aio.backend(self.app)
+            steps = self._waiting(timeout, on_message)
+            try:
+                ask = next(steps)
+                while True:
+                    ask = steps.send(await backend.wait(self.id, timeout=ask[0],
+                                                        previous=ask[1]))
+            except StopIteration as done:
+                meta = done.value
+        return self._outcome(meta, propagate)
 
     # ---------------------------------------------------------------- control
     def forget(self) -> None:

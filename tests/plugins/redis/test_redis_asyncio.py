@@ -17,6 +17,7 @@ from conveyor.interfaces import Route
 from conveyor_redis import RedisBackend
 from conveyor_redis.aio import AsyncRedisBackend, AsyncRedisTransport
 from conveyor_redis.aiopipe import Pipe
+from conveyor_redis.delay import split
 from redis_support import make_message, stub_app
 
 SEP = "\x06\x16"
@@ -237,6 +238,46 @@ def test_routed_publish_goes_where_the_blocking_one_does(r: redis.Redis,
     lowest = f"{SEP}9"  # an unprioritised message's list
     assert r.llen(queue + lowest) == 2 and r.llen(other + lowest) == 1
     assert json.loads(r.lindex(other + lowest, 0))["headers"]["n"] == 1
+
+
+def test_a_routes_later_messages_are_what_the_blocking_publish_writes(
+        r: redis.Redis, make_transport: Any, queue: str, broker_url: str) -> None:
+    """After a route's first message (its bindings with it, in MULTI/EXEC), one
+    message is one LPUSH, or a ZADD when it is due later: the same envelope, list
+    and parking as the blocking transport's publish (delivery tags aside)."""
+    first, later, due = make_message(0), make_message(1), make_message(2)
+    when = time.time() + 600
+
+    async def main() -> None:
+        transport = AsyncRedisTransport(broker_url, stub_app())
+        try:
+            for message, at in ((first, None), (later, None), (due, when)):
+                await transport.publish_many([(message, Route(queue), at)])
+        finally:
+            await transport.close()
+
+    asyncio.run(main())
+    lowest = f"{queue}{SEP}9"
+    written = [json.loads(raw) for raw in r.lrange(lowest, 0, -1)]
+    blocking = make_transport()
+    delayed = blocking.layout.delayed
+    ours = r.zrange(delayed, 0, -1, withscores=True)
+    r.delete(lowest, delayed)
+    for message, at in ((first, None), (later, None), (due, when)):
+        blocking.publish(message, Route(queue), due=at)
+    theirs = r.zrange(delayed, 0, -1, withscores=True)
+    expected = [json.loads(raw) for raw in r.lrange(lowest, 0, -1)]
+
+    def untagged(envelope: dict[str, Any]) -> dict[str, Any]:
+        envelope["properties"]["delivery_tag"] = None
+        return envelope
+
+    assert [untagged(e) for e in written] == [untagged(e) for e in expected]
+    assert [e["headers"]["n"] for e in written] == [1, 0]
+    assert [score for _m, score in ours] == [score for _m, score in theirs] == [when]
+    parked = [(split(m)[0], untagged(json.loads(split(m)[1]))) for m, _s in ours + theirs]
+    assert parked[0] == parked[1] and parked[0][0] == lowest
+    assert r.scard(f"_kombu.binding.{queue}") == 1
 
 
 def test_concurrent_publishes_all_arrive_over_one_connection(r: redis.Redis,

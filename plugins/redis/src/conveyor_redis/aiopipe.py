@@ -164,6 +164,9 @@ class Pipe:
         self._pool = pool
         self._timeout = timeout
         self._conn: Any = None
+        #: The loop of the connection (perf: asyncio.get_running_loop() is a getpid()
+        #: system call a command on Python 3.11).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Lock | None = None
         self._waiting: collections.deque[_Call] = collections.deque()
         self._out: list[bytes] = []
@@ -225,7 +228,8 @@ class Pipe:
     def _queue(self, conn: Any, commands: Sequence[Sequence[Any]],
                then: Callable[[asyncio.Future[list[Any]]], None] | None = None
                ) -> asyncio.Future[list[Any]]:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None  # set with the connection
         call = _Call(loop.create_future(), len(commands), then)
         # perf: with nothing in flight (one coroutine's round trip at a time) the
         # command is written now, a turn of the loop sooner than the writer would;
@@ -259,6 +263,7 @@ class Pipe:
             if self._conn is None:
                 conn = new_connection(self._pool)
                 await conn.connect()
+                self._loop = asyncio.get_running_loop()
                 self._conn = conn
         return self._conn
 
