@@ -61,8 +61,8 @@ class Codecs:
             return self._compressors[name]
 
     # ------------------------------------------------------------- by content type
-    def _accepted(self, accept: Iterable[str]) -> dict[str, Serializer]:
-        key = tuple(accept)
+    def _accepted(self, key: tuple[str, ...]) -> dict[str, Serializer]:
+        """The serializers ``key`` (an accept list as a tuple) allows, by content type."""
         found = self._accept.get(key)
         if found is not None:
             return found
@@ -100,6 +100,7 @@ class Codecs:
     def decoder(self, content_type: str, accept: Iterable[str],
                 setting: str = "accept_content") -> Serializer:
         """The serializer that reads ``content_type``, if ``accept`` allows it."""
+        # perf: one tuple a message (was two: here and in _accepted)
         accept = tuple(accept)
         found = self._accepted(accept).get(content_type)
         if found is None:

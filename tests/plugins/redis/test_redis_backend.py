@@ -203,7 +203,11 @@ def test_unreachable_backend_names_the_masked_url() -> None:
 def test_store_is_sent_ahead_and_this_thread_reads_it_back(backend: Any,
                                                           rb: redis.Redis) -> None:
     """A write does not wait for Redis; the writing thread still reads its own
-    write (its next call reads the reply first), other threads are not held up."""
+    write (its next call reads the reply first), other threads are not held up.
+    The connection's first write loads the script as a function (a round trip of
+    its own, once a connection); it is made before the pause."""
+    backend.store("t9", "SUCCESS", SUCCESS, expires=60)
+    backend.flush()
     rb.client_pause(1000, all=False)  # the server holds writes for 1 s
     start = time.monotonic()
     backend.store("t10", "SUCCESS", SUCCESS, expires=60)
@@ -233,7 +237,8 @@ def test_a_write_lost_with_its_connection_is_run_again_after_its_thread_ended(
     """The writer stores a result and ends; the connection that carried the write
     is killed before the server ran it. The write is not lost: the confirmer sees
     the lost reply and runs it again on a new connection."""
-    backend.get("warm-up")
+    backend.store("warm-up", "SUCCESS", SUCCESS, expires=60)  # loads the function
+    backend.flush()
     rb.client_pause(1500, all=False)  # the server holds writes for 1.5 s
     writer = threading.Thread(target=lambda: backend.store("t12", "SUCCESS", SUCCESS,
                                                            expires=60))
@@ -241,7 +246,7 @@ def test_a_write_lost_with_its_connection_is_run_again_after_its_thread_ended(
     writer.join(5)
     time.sleep(0.02)
     held = [c for c in rb.client_list()
-            if c["db"] == "13" and c["cmd"] == "eval" and "b" in c["flags"]]
+            if c["db"] == "13" and c["cmd"] == "fcall" and "b" in c["flags"]]
     assert len(held) == 1  # the write, waiting for the pause to end
     rb.client_kill_filter(_id=held[0]["id"])  # the server drops it unexecuted
     deadline = time.monotonic() + 5
@@ -256,6 +261,7 @@ def test_a_write_sent_ahead_and_the_next_command_are_one_round_trip(
     written behind the result write and both replies are read after it, one round
     trip instead of two (what makes a chord's header tasks quick)."""
     backend.join_size("g13", 2, expires=60)
+    backend.store("warm-up", "SUCCESS", SUCCESS, expires=60)  # function loaded
     backend.join_add("g13", "warm-up", 1, b"w", expires=60, claim_for=10)  # script loaded
     events: list[str] = []
     conn_class = redis.connection.AbstractConnection
@@ -339,3 +345,101 @@ def test_a_broken_subscription_connection_never_fails_the_publish(
     backend.prepare_wait("p7")  # the PubSub reconnects, or gives up quietly
     backend.store("p7", "SUCCESS", SUCCESS, expires=60)
     assert backend.wait("p7", timeout=5, previous=None) == SUCCESS
+
+
+# ------------------------------------------------ scripts sent ahead as functions
+def _flush_scripts(rb: redis.Redis) -> None:
+    """What a restarted server holds: no cached script, none of Conveyor's functions
+    (other libraries on the test server are left alone)."""
+    rb.script_flush()
+    for lib in rb.function_list(library="conveyor_*"):
+        rb.function_delete(dict(zip(lib[::2], lib[1::2]))[b"library_name"])
+
+
+def _acks_late(backend: Any, rb: redis.Redis, make_transport: Any, queue: str,
+               task_id: str) -> bytes | None:
+    """An ``acks_late`` task's end on the worker: its result written (sent ahead),
+    then its message acked (sent ahead on the broker's connection); returns the
+    result as another connection reads it once the server confirmed the ack."""
+    from conveyor.interfaces import Route
+    from redis_support import make_message
+    t = make_transport()
+    t.publish_many([(make_message(1), Route(queue), None)])
+    got = t.fetch([queue], limit=1, timeout=1)
+    backend.store(task_id, "SUCCESS", SUCCESS, expires=60)
+    t.ack(got)
+    t.flush()
+    return rb.get("celery-task-meta-" + task_id)  # type: ignore[no-any-return]
+
+
+def test_after_script_flush_a_result_is_stored_before_the_ack_that_follows_it(
+        backend: Any, rb: redis.Redis, r: redis.Redis, make_transport: Any,
+        queue: str) -> None:
+    """The write is sent ahead as a function (or EVAL), never as EVALSHA: after a
+    SCRIPT FLUSH an EVALSHA would be refused in a reply read later, and the ack
+    sent meanwhile would land before the result it must follow."""
+    assert _acks_late(backend, rb, make_transport, queue, "t30") == SUCCESS
+    rb.script_flush()
+    assert _acks_late(backend, rb, make_transport, queue, "t31") == SUCCESS
+    assert r.hlen("unacked") == 0
+
+
+def test_after_a_restart_a_connection_loads_the_function_before_its_first_write(
+        backend: Any, rb: redis.Redis, r: redis.Redis, make_transport: Any,
+        queue: str) -> None:
+    """A restarted server holds no function; the connection the write goes on is
+    a new one, which loads it again before the write (fails if a connection kept
+    what it loaded across a reconnect: the write would be refused, redone late)."""
+    assert _acks_late(backend, rb, make_transport, queue, "t32") == SUCCESS
+    _flush_scripts(rb)
+    for c in rb.client_list():
+        if c["db"] in ("8", "13") and c["name"] == "" and int(c["id"]) != rb.client_id():
+            rb.client_kill_filter(_id=c["id"])  # the restart drops every connection
+    with pytest.raises(redis.ConnectionError):
+        backend.get("t32")  # the thread's line finds its connection gone
+    assert _acks_late(backend, rb, make_transport, queue, "t33") == SUCCESS
+    assert rb.function_list(library="conveyor_*")
+
+
+def test_a_function_deleted_under_a_connection_is_loaded_again(
+        backend: Any, rb: redis.Redis) -> None:
+    """FUNCTION FLUSH on a live server: the refused write is run again (by SHA)
+    and the next write on that connection loads the function first."""
+    backend.store("t34", "SUCCESS", SUCCESS, expires=60)
+    backend.flush()
+    _flush_scripts(rb)
+    backend.store("t35", "SUCCESS", SUCCESS, expires=60)
+    backend.flush()  # refused as an unknown function, run again by SHA
+    assert rb.get("celery-task-meta-t35") == SUCCESS
+    backend.store("t36", "SUCCESS", SUCCESS, expires=60)
+    assert rb.get("celery-task-meta-t36") == SUCCESS  # loaded, then written in order
+    assert rb.function_list(library="conveyor_*")
+
+
+def test_a_server_refusing_functions_gets_eval(rb: redis.Redis, redis_server: str,
+                                              monkeypatch: Any) -> None:
+    """Before Redis 7, or for a user without FUNCTION rights: EVAL with the source,
+    as before; asked once a connection, not before every write."""
+    from conveyor_redis.connection import Line
+    user = "conveyor-no-functions"
+    rb.acl_setuser(user, enabled=True, nopass=True, keys=["*"], channels=["*"],
+                   commands=["+@all", "-function"], reset=True)
+    host = redis_server.split("://", 1)[1]
+    b = RedisBackend(f"redis://{user}@{host}/13")
+    try:
+        sent: list[Any] = []
+        real_send = Line.send
+        monkeypatch.setattr(Line, "send", lambda self, redo, what, *args: sent.append(
+            args[0]) or real_send(self, redo, what, *args))
+        calls: list[Any] = []
+        real_call = Line.call
+        monkeypatch.setattr(Line, "call", lambda self, *args: calls.append(
+            args[0]) or real_call(self, *args))
+        b.store("t37", "SUCCESS", SUCCESS, expires=60)
+        b.store("t38", "SUCCESS", SUCCESS, expires=60)
+        b.flush()
+        assert sent == ["EVAL", "EVAL"] and calls == ["FUNCTION"]
+        assert rb.get("celery-task-meta-t37") == rb.get("celery-task-meta-t38") == SUCCESS
+    finally:
+        b.close()
+        rb.acl_deluser(user)

@@ -99,9 +99,13 @@ def test_fetch_takes_up_to_limit_in_one_round_trip(make_transport: Any, r: redis
     real_send = Line.send
     monkeypatch.setattr(Line, "send", lambda self, redo, what, *args: sent.append(
         args[0]) or real_send(self, redo, what, *args))
-    t.ack(got)
+    t.ack(got[:2])
     # The ack is written without waiting; its reply is read with the next command.
-    assert calls == ["EVALSHA"] and sent == ["EVAL"] and t.line.ahead
+    # It runs as a function, loaded on the connection before its first use there.
+    assert calls == ["EVALSHA", "FUNCTION"] and sent == ["FCALL"] and t.line.ahead
+    t.ack(got[2:])
+    assert calls == ["EVALSHA", "FUNCTION"] and sent == ["FCALL", "FCALL"]
+    assert t.line.ahead
     assert t.depth(queue) == 6 and not t.line.ahead
     assert r.hlen("unacked") == 0 and r.zcard("unacked_index") == 0
 

@@ -147,6 +147,11 @@ class Line:
     def _connection(self) -> Any:
         if self.ahead or self.owed:
             self.confirm()
+        return self.connection()
+
+    def connection(self) -> Any:
+        """The redis-py connection this line holds, taken from the pool if none (its
+        own state, such as the functions loaded there, may be read from it)."""
         if self.conn is None:
             self.conn = self.pool.get_connection()
         return self.conn
@@ -165,9 +170,7 @@ class Line:
         """
         if self.owed:
             self.confirm()
-        if self.conn is None:
-            self.conn = self.pool.get_connection()
-        conn = self.conn
+        conn = self.connection()
         try:
             conn.send_packed_command(pack(args), check_health=False)
             if self.ahead:

@@ -38,8 +38,12 @@ from .scripts import Script
 #: Returns {{key index, envelope, delivery count, tag, ...}, next due score or nil}.
 CLAIM = Script(MOVE_DUE_FN + r"""
 local now, limit = ARGV[1], tonumber(ARGV[2])
-local nxt = move_due(KEYS[4], now, tonumber(ARGV[3]))
-local out, n = {}, 0
+-- perf: the earliest parked member first; nothing due (the common case) is one call
+local nxt = redis.call('ZRANGE', KEYS[4], '0', '0', 'WITHSCORES')[2]
+if nxt and tonumber(nxt) <= tonumber(now) then
+  nxt = move_due(KEYS[4], now, tonumber(ARGV[3]))
+end
+local out, n, tags, leases, scores = {}, 0, {}, {}, {}
 local function claim(raw, i)
   local qjson = ARGV[5 + i]
   -- perf: kombu and Conveyor write the tag last; look only near the end
@@ -60,10 +64,10 @@ local function claim(raw, i)
       record = cjson.encode({raw, '', cjson.decode(qjson)})
     end
   end
-  redis.call('HSET', KEYS[1], tag, record)
-  redis.call('ZADD', KEYS[2], now, tag)
-  local count = (tonumber(redis.call('HGET', KEYS[3], tag)) or 0) + 1
-  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = i, raw, count, tag
+  local m = #tags + 1
+  tags[m], leases[2 * m - 1], leases[2 * m] = tag, tag, record
+  scores[2 * m - 1], scores[2 * m] = now, tag
+  out[n + 1], out[n + 2], out[n + 4] = i, raw, tag
   n = n + 4
 end
 local pre = tonumber(ARGV[4])
@@ -71,10 +75,19 @@ if pre > 0 then claim(ARGV[5], pre) end
 for i = 1, #KEYS - 4 do
   local want = limit - n / 4
   if want <= 0 then break end
-  local items = redis.call('RPOP', KEYS[4 + i], want)
+  local items = redis.call('RPOP', KEYS[4 + i], n == 0 and ARGV[2] or want)
   if items then
     for _, raw in ipairs(items) do claim(raw, i) end
   end
+end
+-- perf: one HSET, ZADD and HMGET for the batch (in chunks unpack can hold), not
+-- three calls a message
+for j = 1, #tags, 1000 do
+  local k = math.min(j + 999, #tags)
+  redis.call('HSET', KEYS[1], unpack(leases, 2 * j - 1, 2 * k))
+  redis.call('ZADD', KEYS[2], unpack(scores, 2 * j - 1, 2 * k))
+  local counts = redis.call('HMGET', KEYS[3], unpack(tags, j, k))
+  for x = j, k do out[4 * x - 1] = (tonumber(counts[x - j + 1]) or 0) + 1 end
 end
 return {out, nxt}
 """)
