@@ -149,3 +149,57 @@ def test_every_spec_is_documented_and_impls_match_specs() -> None:
 
     with pytest.raises(pluggy.PluginValidationError, match="not_an_argument"):
         pm.register(Wrong())
+
+
+class Publishing:
+    """The hooks of the publish path, recording their calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @hookimpl
+    def route_task(self, name: str) -> None:
+        self.calls.append(f"route_task:{name}")
+
+    @hookimpl
+    def before_task_publish(self, name: str) -> None:
+        self.calls.append(f"before_task_publish:{name}")
+
+    @hookimpl
+    def after_task_publish(self, name: str) -> None:
+        self.calls.append(f"after_task_publish:{name}")
+
+
+@pytest.mark.parametrize("how", ["register_plugin", "plugin_manager"])
+def test_a_plugin_registered_after_publishing_began_is_called_until_unregistered(
+        how: str) -> None:
+    # The publish path keeps which hooks have implementations (perf); a plugin that
+    # comes later, through the app or straight through its plugin manager, or goes,
+    # is seen at the next message, buffered or not.
+    app = Conveyor("hooks", broker=f"memory://hooks-late-{how}")
+
+    @app.task(name="h.late")
+    def late() -> None:
+        return None
+
+    late.apply_async(queue="q")
+    with app.pool.acquire() as conn, late.get_publisher(conn) as pub:
+        late.apply_async(queue="q", publisher=pub)
+    plugin = Publishing()
+    if how == "register_plugin":
+        app.register_plugin(plugin, "late")
+    else:
+        app.plugin_manager.register(plugin, "late")
+    once = ["route_task:h.late", "before_task_publish:h.late", "after_task_publish:h.late"]
+    late.apply_async(queue="q")
+    assert plugin.calls == once
+    with app.pool.acquire() as conn, late.get_publisher(conn) as pub:
+        late.apply_async(queue="q", publisher=pub)
+        assert plugin.calls == once + once[:2]
+    assert plugin.calls == once + once
+    app.plugin_manager.unregister(plugin)
+    late.apply_async(queue="q")
+    with app.pool.acquire() as conn, late.get_publisher(conn) as pub:
+        late.apply_async(queue="q", publisher=pub)
+    assert plugin.calls == once + once
+    app.close()

@@ -489,3 +489,23 @@ def test_each_route_is_declared_once_per_connection(app: Conveyor,
         conn._reset()  # a reconnect declares again
     add.apply_async((1, 1))
     assert declared[2:] == [Route("celery")]
+
+
+def test_ids_made_n_at_once_are_uuid4_texts_never_given_twice() -> None:
+    # A batch's delivery tags come from new_ids (perf); what its last block has over
+    # is what new_id gives next, so neither gives an id twice.
+    import uuid
+
+    from conveyor.publish import new_id, new_ids
+
+    assert new_ids(0) == []
+    seen: list[str] = []
+    for n in (1, 255, 256, 1000):
+        ids = new_ids(n)
+        assert len(ids) == n
+        seen += ids
+        seen += [new_id() for _ in range(300)]
+    assert len(set(seen)) == len(seen)
+    for text in seen:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and str(parsed) == text

@@ -16,8 +16,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import (TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, Unpack,
                     overload)
 
-import pluggy
-
 from . import hookplugins
 from .utils import mask_url
 from .canvas import Signature
@@ -86,7 +84,7 @@ class Conveyor:
             hookplugins.validate(plugin, _plugin_name(plugin))
         #: Inner serializer of the ``auth`` serializer (set by ``setup_security``).
         self.security_inner_serializer = "json"
-        self._hooks: pluggy.PluginManager | None = None
+        self._hooks: hookplugins.Manager | None = None
         self._pool: ConnectionPool | None = None
         self._backend: Backend | None = None
         self._routers: list[Router] | None = None
@@ -143,7 +141,7 @@ class Conveyor:
         return self._hooks.hook
 
     @property
-    def plugin_manager(self) -> pluggy.PluginManager:
+    def plugin_manager(self) -> hookplugins.Manager:
         self.hooks  # noqa: B018 - finalize
         assert self._hooks is not None
         return self._hooks
@@ -153,7 +151,7 @@ class Conveyor:
         with its plugin's name and ignored (see :mod:`conveyor.hookplugins`)."""
         hookplugins.notify(self.plugin_manager, hook, kwargs)
 
-    def _make_plugin_manager(self) -> pluggy.PluginManager:
+    def _make_plugin_manager(self) -> hookplugins.Manager:
         pm = hookplugins.new_manager()
         for plugin in self._plugins:
             pm.register(plugin)  # validated when given

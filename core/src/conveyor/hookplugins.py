@@ -19,7 +19,7 @@ called directly and their exceptions reach the caller, as their specs say.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pluggy
@@ -35,9 +35,48 @@ SPEC_NAMES = frozenset(name for name, value in vars(hookspecs).items()
                        if hasattr(value, "conveyor_spec"))
 
 
-def new_manager() -> pluggy.PluginManager:
+class Manager(pluggy.PluginManager):
+    """pluggy's plugin manager, which also tells those watching it when a plugin
+    comes or goes.
+
+    Why: the publish path asks for every message whether a hook has
+    implementations, and pluggy's only answer, ``get_hookimpls()``, copies a list
+    each time. pluggy gives no signal when implementations change, but they change
+    only in :meth:`register` and :meth:`unregister` (its ``set_blocked`` and
+    ``load_setuptools_entrypoints`` call them, as do Conveyor's own paths and
+    anyone holding ``app.plugin_manager``), so an answer kept until these say
+    otherwise is never stale.
+    """
+
+    def __init__(self, project_name: str) -> None:
+        super().__init__(project_name)
+        self._watchers: list[Callable[[], None]] = []
+
+    def watch(self, changed: Callable[[], None]) -> None:
+        """Call ``changed`` after every registration and unregistration (a failed one
+        too: pluggy may have added some implementations before it raised)."""
+        self._watchers.append(changed)
+
+    def register(self, plugin: Any, name: str | None = None) -> str | None:
+        try:
+            return super().register(plugin, name)
+        finally:
+            self._changed()
+
+    def unregister(self, plugin: Any | None = None, name: str | None = None) -> Any | None:
+        try:
+            return super().unregister(plugin, name)
+        finally:
+            self._changed()
+
+    def _changed(self) -> None:
+        for changed in self._watchers:
+            changed()
+
+
+def new_manager() -> Manager:
     """An empty plugin manager that knows every hook spec."""
-    pm = pluggy.PluginManager("conveyor")
+    pm = Manager("conveyor")
     pm.add_hookspecs(hookspecs)
     return pm
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import threading
 from operator import is_
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -41,31 +42,55 @@ class PublishPath:
 
     def __init__(self, app: Conveyor) -> None:
         self.app = app
-        #: The hooks the path calls (pluggy's callers; made once, they see every
-        #: implementation registered later), looked up on first use.
-        self._callers: tuple[Any, Any, Any] | None = None
+        #: See :meth:`listening`; None until asked and after a plugin came or went.
+        self._listening: tuple[Any, Any, Any] | None = None
+        self._listening_lock = threading.Lock()
+        #: The plugin manager :meth:`listening` watches (the app's, once made).
+        self._watched: Any = None
         #: ``(settings version, enabled routers, kept plans)``: see :meth:`plan`.
         self._state: tuple[int, list[Any], dict[Any, Plan]] = (-1, [], {})
         #: The last call :meth:`plan` kept a plan for: ``(task, option names, option
         #: values, task name, settings version, plan, per-call values)``.
         self._last: tuple[Any, ...] = (_NO_TASK,)
 
-    def hooks(self) -> tuple[Any, Any, Any]:
-        """The ``route_task``, ``before_task_publish`` and ``after_task_publish``
-        hook callers; ``caller.get_hookimpls()`` is empty when no plugin has one."""
-        callers = self._callers
-        if callers is None:
-            relay = self.app.hooks
-            callers = self._callers = (relay.route_task, relay.before_task_publish,
-                                       relay.after_task_publish)
-        return callers
+    def listening(self) -> tuple[Any, Any, Any]:
+        """The ``route_task``, ``before_task_publish`` and ``after_task_publish`` hook
+        callers, each None while no plugin implements it.
+
+        perf: asked for every message, and pluggy's ``get_hookimpls()`` copies a list
+        each time (two a buffered ``apply_async``, three a ``delay()``; with this
+        path's other cuts a buffered ``apply_async`` went 63.3k -> 61.3k
+        instructions, callgrind, 22,000 - 2,000 messages); the answer is kept until the
+        app's plugin manager registers or unregisters a plugin, which it says
+        (:class:`~conveyor.hookplugins.Manager`). Worked out under a lock the
+        manager's signal takes too, so an answer read before a registration is
+        never kept after it.
+        """
+        pm = self.app.plugin_manager
+        with self._listening_lock:
+            if self._watched is not pm:
+                pm.watch(self._forget)
+                self._watched = pm
+            found = self._listening
+            if found is None:
+                route, before, after = (
+                    caller if caller.get_hookimpls() else None
+                    for caller in (pm.hook.route_task, pm.hook.before_task_publish,
+                                   pm.hook.after_task_publish))
+                found = self._listening = (route, before, after)
+        return found
+
+    def _forget(self) -> None:
+        """A plugin came or went: :meth:`listening` looks again."""
+        with self._listening_lock:
+            self._listening = None
 
     def _router(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
                task: Any) -> Callable[[Mapping[str, Any]], Mapping[str, Any] | None] | None:
         """The router layer for one call, or None when nothing could route it."""
         routers = self.enabled_routers()
-        hook = self.hooks()[0]
-        if not routers and not hook.get_hookimpls():
+        hook = self.listening()[0]
+        if not routers and hook is None:
             return None  # perf: most apps route by queue option only
 
         def router(options: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -73,6 +98,8 @@ class PublishPath:
                 routed: Mapping[str, Any] | None = r.route(name, args, kwargs, options, task)
                 if routed:
                     return routed
+            if hook is None:
+                return None
             found = hook(name=name, args=tuple(args), kwargs=dict(kwargs),
                          options=dict(options), task=task)
             return found if isinstance(found, Mapping) else None
@@ -109,15 +136,16 @@ class PublishPath:
             state = self._current()
         version, routers, plans = state
         router = None
-        if routers or (self._callers or self.hooks())[0].get_hookimpls():
+        if routers or (self._listening or self.listening())[0] is not None:
             router = self._router(name, args, kwargs, task)
+        elif (last := self._last)[0] is task and not sig and last[4] == version \
+                and last[3] == name and call.keys() == last[1] \
+                and all(map(is_, call.values(), last[2])) and last[5].defaults is (
+                    task.execution_defaults() if task is not None else None):
+            # perf: the options of the last call, again (its task a Task or None: kept
+            # below). ``last`` is one tuple: threads see a call and its plan together.
+            return last[5], last[6]
         elif task is None or isinstance(task, Task):
-            last = self._last  # one tuple: threads see a call and its plan together
-            if last[0] is task and not sig and call.keys() == last[1] \
-                    and all(map(is_, call.values(), last[2])) and last[3] == name \
-                    and last[4] == version and last[5].defaults is (
-                        task.execution_defaults() if task is not None else None):
-                return last[5], last[6]  # perf: the options of the last call, again
             call_key, call_per = split(call) if call else _NOTHING
             sig_key, sig_per = split(sig) if sig else _NOTHING
             if call_key is not None and sig_key is not None:
@@ -197,7 +225,7 @@ class PublishPath:
                    batch: Sequence[tuple[Message, Route, float | None]]) -> None:
         """Run ``after_task_publish`` for messages the broker took (an observer: a
         raising one is logged, the publish stands)."""
-        if (self._callers or self.hooks())[2].get_hookimpls():
+        if (self._listening or self.listening())[2] is not None:
             for name, (message, route, _due) in zip(names, batch):
                 self.app.notify("after_task_publish", app=self.app, name=name, message=message,
                             route=route)
@@ -229,8 +257,8 @@ class PublishPath:
         plan, per = self.plan(name, args, kwargs, call, sig, task)
         message, task_id, due = self.build(plan, per, args, kwargs)
         route = plan.route
-        hook = (self._callers or self.hooks())[1]
-        if hook.get_hookimpls():
+        hook = (self._listening or self.listening())[1]
+        if hook is not None:
             publisher, retry, policy, ignored = self._how(name, plan, per, message,
                                                           task_id, hook)
         else:  # perf: the usual call, _how without a hook
@@ -274,9 +302,7 @@ class PublishPath:
         one run); members with a ``publisher`` are handed to it, and wait in its
         buffer inside its ``with`` block.
         """
-        before = self.hooks()[1]
-        if not before.get_hookimpls():
-            before = None
+        before = self.listening()[1]
         runs: list[Run] = []
         run: Run | None = None
         results: list[AsyncResult[Any]] = []
@@ -316,42 +342,62 @@ class PublishPath:
 #: Task ids made ahead, from ``os.urandom`` in blocks (see :func:`new_id`).
 _ids: list[str] = []
 os.register_at_fork(after_in_child=_ids.clear)  # a child must not reuse the parent's
-#: Ids made per block; the version (4) and variant (``10``) bits of each id's 16
-#: bytes, cleared then set for a whole block at once (RFC 4122).
+#: Ids made per block.
 _BLOCK = 256
-_KEEP = int.from_bytes(b"\xff" * 6 + b"\x0f\xff\x3f\xff" + b"\xff" * 6, "big")
-_SET = int.from_bytes(b"\x00" * 6 + b"\x40\x00\x80\x00" + b"\x00" * 6, "big")
-_KEEP_ALL = int.from_bytes(_KEEP.to_bytes(16, "big") * _BLOCK, "big")
-_SET_ALL = int.from_bytes(_SET.to_bytes(16, "big") * _BLOCK, "big")
-
-
-#: A block's text before its hex digits are written: 256 ids' dashes, each id
-#: followed by a space (what ``str.split`` cuts at); the positions of the digits.
-_FRAME = (b"-" * 36 + b" ") * _BLOCK
-_DIGITS = tuple(i for i in range(36) if i not in (8, 13, 18, 23))
+#: A block's text is its random bytes as hex digits in groups of four, each
+#: followed by a dash: eight groups an id, 40 characters. Laid out as ids, these
+#: characters of each id's 40 change: the dashes after its 1st, 6th and 7th groups
+#: go (marked with :data:`_CUT`, then deleted), the one after its 8th becomes a
+#: space (what ``str.split`` cuts at), its 13th digit is the version (4) and its
+#: 17th the variant (8, 9, a or b: the bits ``10xx``, through :data:`_AS_VARIANT`).
+_CUTS, _ENDS, _VERSION, _VARIANT = (4, 29, 34), 39, 15, 20
+_CUT = b"%"
+_AS_VARIANT = bytes.maketrans(b"0123456789abcdef", b"89ab89ab89ab89ab")
 
 
 def new_id() -> str:
     """A random (version 4) UUID as text, without the cost of ``uuid.UUID``.
 
     perf: ``os.urandom`` is a system call, and laying out one id's text is most of
-    ``str(uuid.uuid4())``; a block of 256 ids is read at once, its version and variant
-    bits set with two integer operations, and its hex digits written into a frame of
-    dashes by 32 strided slice assignments (one per digit position, for every id at
-    once), then cut by ``split``. ``list.pop`` is atomic, so threads never share one;
-    a forked child drops what it inherited.
+    ``str(uuid.uuid4())``; a block of 256 ids is read at once and written as hex
+    digits with dashes by ``bytes.hex``, then laid out as ids by six strided slice
+    assignments (each one position of every id at once) and cut by ``split``: 190-207
+    ns an id, 255-285 with the version and variant bits set on the block as one
+    integer and each of the 32 digit positions written apart (best of 7, loaded
+    machine). ``list.pop`` is atomic, so threads never share one; a forked child
+    drops what it inherited.
     """
     try:
         return _ids.pop()
     except IndexError:
         pass
-    block = int.from_bytes(os.urandom(16 * _BLOCK), "big") & _KEEP_ALL | _SET_ALL
-    digits = block.to_bytes(16 * _BLOCK, "big").hex().encode("ascii")
-    text = bytearray(_FRAME)
-    for i, at in enumerate(_DIGITS):
-        text[at::37] = digits[i::32]
-    _ids.extend(text.decode("ascii").split())
+    _ids.extend(_block())
     return _ids.pop()
+
+
+def new_ids(n: int) -> list[str]:
+    """``n`` ids as :func:`new_id` makes them, in one call: for a batch (a transport's
+    delivery tags), where a call per id costs more than making it. Blocks of their
+    own, so threads never share one; what the last block has over goes to
+    :func:`new_id`."""
+    ids: list[str] = []
+    while len(ids) < n:
+        ids += _block()
+    if len(ids) > n:
+        _ids.extend(ids[n:])
+        del ids[n:]
+    return ids
+
+
+def _block() -> list[str]:
+    """A block of :data:`_BLOCK` new ids (see :func:`new_id`)."""
+    text = bytearray(os.urandom(16 * _BLOCK).hex("-", 2), "ascii")
+    for at in _CUTS:
+        text[at::40] = _CUT * _BLOCK
+    text[_ENDS::40] = b" " * (_BLOCK - 1)  # the last id has no dash after it
+    text[_VERSION::40] = b"4" * _BLOCK
+    text[_VARIANT::40] = text[_VARIANT::40].translate(_AS_VARIANT)
+    return text.translate(None, _CUT).decode("ascii").split()
 
 
 #: Plans kept per app (see :meth:`PublishPath.plan`); more distinct calls start afresh.

@@ -552,6 +552,22 @@ def test_wrong_key_type_is_an_operational_error(make_transport: Any, r: redis.Re
         make_transport().publish(make_message(1, priority=9), Route(queue))
 
 
+def test_a_refused_push_to_a_declared_queue_is_an_operational_error_naming_it(
+        make_transport: Any, r: redis.Redis, queue: str) -> None:
+    # Once the route is declared a publish is one LPUSH, its errors wrapped without
+    # translate() (perf), as translate() wraps them.
+    t = make_transport()
+    t.publish(make_message(1, priority=9), Route(queue))  # on the list named queue
+    r.delete(queue)
+    r.set(queue, "not a list")
+    with pytest.raises(OperationalError, match=f"failed while publishing to queue "
+                                               f"'{queue}': WRONGTYPE") as info:
+        t.publish(make_message(2, priority=9), Route(queue))
+    assert isinstance(info.value.__cause__, redis.ResponseError)
+    r.delete(queue)
+    t.close()
+
+
 def test_a_publish_error_outside_retry_errors_is_still_operational_error() -> None:
     """``retry_errors`` narrows what is retried, not what the caller gets: a refused
     connection is reported as OperationalError naming the masked URL, not retried."""

@@ -21,7 +21,7 @@ from typing import Any, cast
 
 from conveyor.envelope import (KOMBU_JSON, BuiltMessage, headers_json, properties_json,
                                properties_layout)
-from conveyor.publish import new_id
+from conveyor.publish import new_id, new_ids
 from conveyor.interfaces import Message
 
 from .layout import MAX_WIRE, from_wire
@@ -36,6 +36,8 @@ _dumps = KOMBU_JSON.encode
 #: A unique delivery tag (kombu uses them as keys in ``unacked``): a uuid4's text, as
 #: kombu's; plain hex and dashes, so its JSON text is itself in quotes.
 new_tag = new_id
+#: ``n`` delivery tags at once (for a batch).
+new_tags = new_ids
 
 #: ``delivery_info`` text by (exchange, routing key); a route has one.
 _infos: dict[tuple[str, str], str] = {}
