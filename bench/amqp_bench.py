@@ -20,6 +20,13 @@ Measured for each system, with ``n`` no-op tasks and default settings (results o
   worker sleeps with the acks still queued (seen with strace; 33–124/s over
   5,000 tasks, against 230–520/s for ``-P threads -c 1`` in the same hour). A pool
   thread's ack wakes the loop, so the threads pool does not stall;
+* ``drain_worker_cpu_us`` — the worker's CPU (user + system, from ``/proc``; both
+  workers are one process, their pools threads) a task over the same first-to-last span, and ``drain_worker_core_pct``
+  that CPU as a share of one core: a worker near 100 % is bound by its own CPU (its
+  Python runs on one core), one well below it waits for RabbitMQ, Redis or the GIL;
+  ``drain_rabbitmq_cpu_us`` the same for the RabbitMQ server (``beam.smp``): shared
+  with whatever else uses it meanwhile, so an upper bound. On a small machine the
+  worker, RabbitMQ and Redis share the cores: their sum a task bounds the drain;
 * ``roundtrip_p50_ms`` — ``noop.delay().get()`` one after another, worker running;
 * ``roundtrip_legs_ms`` — where a round trip's time goes (medians of ``--legs`` more
   round trips of a task that returns the time it started, on a fresh worker):
@@ -49,6 +56,7 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import textwrap  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -91,6 +99,78 @@ def stamp():
 
 def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+
+
+def process_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) of process ``pid`` (0 when it is not there)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rabbitmq_pid() -> int | None:
+    """The local RabbitMQ server's Erlang VM (``beam.smp``), if it runs here."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as fh:
+                if fh.read().strip() == "beam.smp":
+                    return int(entry)
+        except OSError:
+            continue
+    return None
+
+
+def worker_pid(module: str) -> int | None:
+    """The worker process running ``-A module``."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                args = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if module.encode() in args and b"worker" in args:
+            return int(entry)
+    return None
+
+
+class DrainCpu(threading.Thread):
+    """The worker's (and RabbitMQ's) CPU over the drain, read beside ``enqueue_drain_roundtrip``: at
+    the first result written and at the ``n``-th, as its wall clock is read there
+    (the same polls of the results db, so the span is the same to a few ms)."""
+
+    def __init__(self, results: Any, module: str, n: int) -> None:
+        super().__init__(name="drain-cpu", daemon=True)
+        self.results, self.module, self.n = results, module, n
+        self.out: dict[str, Any] = {}
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 900
+        while self.results.dbsize() == 0:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.005)
+        pid = worker_pid(self.module)
+        if pid is None:
+            return
+        rabbit = rabbitmq_pid()
+        wall, cpu, broker = time.perf_counter(), process_cpu(pid), process_cpu(rabbit)
+        while self.results.dbsize() < self.n:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.005)
+        wall, cpu = time.perf_counter() - wall, process_cpu(pid) - cpu
+        broker = process_cpu(rabbit) - broker
+        self.out = {"drain_worker_cpu_us": round(cpu / (self.n - 1) * 1e6, 1),
+                    "drain_worker_core_pct": round(cpu / wall * 100)}
+        if rabbit is not None:
+            self.out["drain_rabbitmq_cpu_us"] = round(broker / (self.n - 1) * 1e6, 1)
 
 
 def legs(stamp: Any, worker_args: list[str], workdir: Path, count: int) -> dict[str, float]:
@@ -148,8 +228,12 @@ def measure(system: str, n: int, workdir: Path, broker: str, backend: str,
     noop.apply_async(queue=QUEUE)  # warm up: connection, declarations, plugin loading
     results.flushdb()
 
+    sampler = DrainCpu(results, f"bench_{system}", n)
+    sampler.start()
     out.update(enqueue_drain_roundtrip(system, noop, QUEUE, n, results, worker_args,
                                        workdir, roundtrips))
+    sampler.join(5)
+    out.update(sampler.out)
     if leg_trips:
         out["roundtrip_legs_ms"] = legs(stamp, worker_args, workdir, leg_trips)
     results.flushdb()
