@@ -87,6 +87,39 @@ def test_priorities_run_higher_first(make_app: Any, queue: str) -> None:
     assert order == [2, 4, 3, 6, 5, 0, 1]
 
 
+def test_a_solo_worker_refills_its_whole_prefetch_at_once(make_app: Any,
+                                                          queue: str) -> None:
+    """Prefetch 4: the solo worker claims again once it has no task left waiting, so
+    12 queued tasks come in three claims of 4 (not 4, 3, 3, 2)."""
+    app = make_app()
+
+    @app.task(name="t.square")
+    def square(n: int) -> int:
+        return n * n
+
+    results = app.publish_batch([("t.square", (n,), {}, {"queue": queue}, {})
+                                 for n in range(12)])
+    taken: list[int] = []
+    made = app.transport_factory
+
+    def recording(url: str | None = None) -> Any:
+        transport = made(url)
+        fetch = transport.fetch
+
+        def counted(queues: Any, *, limit: int, timeout: Any) -> Any:
+            got = fetch(queues, limit=limit, timeout=timeout)
+            taken.append(len(got))
+            return got
+
+        transport.fetch = counted
+        return transport
+
+    app.transport_factory = recording  # type: ignore[method-assign]
+    with app.Worker(queues=[queue], pool="solo", prefetch_multiplier=4).running():
+        assert [r.get(timeout=10) for r in results] == [n * n for n in range(12)]
+    assert [n for n in taken if n] == [4, 4, 4]
+
+
 def test_unregistered_task_is_dead_lettered_and_get_raises(make_app: Any,
                                                            queue: str) -> None:
     app = make_app()

@@ -318,8 +318,14 @@ class Worker:
         if self._ready and not busy:
             timeout = 0.0  # jobs can start now: do not block
         # perf: refill in batches (only once the ready jobs cannot fill the pool),
-        # not one message per round trip.
-        if room > 0 and (room >= self.prefetch - capacity or not self._ready):
+        # not one message per round trip. The solo pool refills once none is ready:
+        # its fetch holds up its one slot whatever it takes, and a Redis claim costs
+        # the server about the same for one message as for four, so it takes a
+        # whole prefetch a claim, not prefetch - 1 (Redis instructions a task
+        # 175.3k -> 166.4k).
+        solo = self.pool_name == "solo"
+        if room > 0 and (not self._ready if solo else (
+                room >= self.prefetch - capacity or not self._ready)):
             deliveries = transport.fetch(self.queues, limit=room, timeout=timeout)
             if deliveries:
                 self._receive(transport, deliveries)
