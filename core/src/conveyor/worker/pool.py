@@ -76,6 +76,10 @@ class Pool(abc.ABC):
     #: starting the moment a slot frees, without the consumer: a slot then never
     #: waits for the consumer's next pass between two jobs.
     queues_jobs: bool = False
+    #: Whether ``submit`` runs the job in the consumer's own thread and returns when
+    #: it is done: nothing runs while the consumer fetches or settles, so it fetches
+    #: only once no job is left to start and settles after every job.
+    inline: bool = False
     #: Jobs in flight per slot (the worker sets it from the prefetch multiplier,
     #: where ``queues_jobs``).
     depth: int = 1
@@ -296,6 +300,8 @@ class _SoloDone(queue.Queue[Job]):
 
 class SoloPool(Pool):
     """Runs each task in the consumer thread: no concurrency, least overhead."""
+
+    inline = True
 
     def __init__(self, app: Conveyor, concurrency: int, hostname: str) -> None:
         super().__init__(app, concurrency, hostname)

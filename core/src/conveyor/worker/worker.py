@@ -318,13 +318,12 @@ class Worker:
         if self._ready and not busy:
             timeout = 0.0  # jobs can start now: do not block
         # perf: refill in batches (only once the ready jobs cannot fill the pool),
-        # not one message per round trip. The solo pool refills once none is ready:
-        # its fetch holds up its one slot whatever it takes, and a Redis claim costs
-        # the server ~110k instructions before its first message (~300k for four),
-        # so it takes a whole prefetch a claim, not prefetch - 1 (Redis
+        # not one message per round trip. An inline pool (solo) refills once none is
+        # ready: its fetch holds up its one slot whatever it takes, and a Redis claim
+        # costs the server ~110k instructions before its first message (~300k for
+        # four), so it takes a whole prefetch a claim, not prefetch - 1 (Redis
         # instructions a task 175.3k -> 166.4k).
-        solo = self.pool_name == "solo"
-        if room > 0 and (not self._ready if solo else (
+        if room > 0 and (not self._ready if self.pool.inline else (
                 room >= self.prefetch - capacity or not self._ready)):
             deliveries = transport.fetch(self.queues, limit=room, timeout=timeout)
             if deliveries:
@@ -562,7 +561,7 @@ class Worker:
             self.pool.submit(job)
         if self._owed_acks:
             self._pay(transport)  # owed acks no charge took (see _settle)
-        if self.pool_name == "solo":
+        if self.pool.inline:
             self._settle(transport)
         return held_back
 
