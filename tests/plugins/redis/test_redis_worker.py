@@ -120,6 +120,45 @@ def test_a_solo_worker_refills_its_whole_prefetch_at_once(make_app: Any,
     assert [n for n in taken if n] == [4, 4, 4]
 
 
+def test_an_early_ack_applied_before_its_connection_failed_still_runs_the_task(
+        make_app: Any, dbs: redis.Redis, queue: str) -> None:
+    """The broker applies an early ack, then the connection fails before the reply:
+    the worker reconnects, sends the ack again and runs the task, once. (Giving the
+    delivery back instead would find no lease, and the task would never run.)"""
+    app = make_app()
+    ran: list[int] = []
+
+    @app.task(name="t.note")
+    def note(n: int) -> int:
+        ran.append(n)
+        return n
+
+    results = app.publish_batch([("t.note", (n,), {}, {"queue": queue}, {})
+                                 for n in range(3)])
+    made = app.transport_factory
+    failed: list[int] = []
+
+    def reply_lost_once(url: str | None = None) -> Any:
+        transport = made(url)
+        ack = transport.ack
+
+        def applied_then_lost(deliveries: Any) -> None:
+            ack(deliveries)
+            if not failed:
+                failed.append(len(deliveries))
+                raise redis.ConnectionError("connection lost before the reply")
+
+        transport.ack = applied_then_lost
+        return transport
+
+    app.transport_factory = reply_lost_once  # type: ignore[method-assign]
+    with app.Worker(queues=[queue], pool="solo").running():
+        assert [r.get(timeout=15) for r in results] == [0, 1, 2]
+    assert failed == [1]
+    assert sorted(ran) == [0, 1, 2]
+    assert dbs.zcard("unacked_index") == 0 and dbs.hlen("unacked") == 0
+
+
 def test_unregistered_task_is_dead_lettered_and_get_raises(make_app: Any,
                                                            queue: str) -> None:
     app = make_app()

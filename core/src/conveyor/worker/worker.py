@@ -151,6 +151,12 @@ class Worker:
         #: paid through the next connection (see :meth:`_pay`).
         self._owed_acks: list[Delivery] = []
         self._owed_requeues: list[Delivery] = []
+        #: Lease settlement: ready jobs whose early ack failed with its connection,
+        #: perhaps after the broker applied it. They start after the reconnect, their
+        #: ack sent again first (acking a lease twice is harmless), and are never given
+        #: back: a give-back finds no lease if the ack was applied, and the task would
+        #: be lost without running.
+        self._ack_unsure: set[int] = set()
         self.processed = 0
         #: Tasks started, by name (``inspect stats``).
         self.total: Counter[str] = Counter()
@@ -535,9 +541,14 @@ class Worker:
             try:
                 transport.ack(early)
             except BaseException:
-                self._ready.extendleft(reversed(starting))  # given back at reconnect
+                self._ready.extendleft(reversed(starting))  # see _reconnect
+                if self._caps.settlement == LEASE:
+                    self._ack_unsure.update(id(job) for job in starting
+                                            if not job.acks_late)
                 raise
             self._unlease_all(early)
+            if self._ack_unsure:
+                self._ack_unsure.difference_update(id(job) for job in starting)
         if len(early) < len(starting) and self._caps.leases:
             charge = [job.delivery for job in starting
                       if job.acks_late or self._ack_on_start]
@@ -673,10 +684,13 @@ class Worker:
         log.error("Lost the broker connection to %s (%s); reconnecting",
                   mask_url(self.app.broker_url), mask_url(str(exc)))
         _abandon(transport)
+        unsure = [job for job in self._ready if id(job) in self._ack_unsure]
         if transport.capabilities.settlement == LEASE:
             # Waiting deliveries are given back through the next connection (they
-            # stay leased, and renewed, until then); running ones are acked when done.
-            self._owed_requeues.extend(job.delivery for job in self._waiting())
+            # stay leased, and renewed, until then); running ones are acked when done;
+            # those whose early ack may have been applied start (_ack_unsure).
+            self._owed_requeues.extend(job.delivery for job in self._waiting()
+                                       if id(job) not in self._ack_unsure)
         else:
             # Bound to the lost channel, waiting and running deliveries were
             # redelivered: never settled on a new channel (it would reject the tags).
@@ -688,6 +702,7 @@ class Worker:
                 for job in lost:
                     self._leased.pop(job.delivery.tag, None)
         self._ready.clear()
+        self._ready.extend(unsure)
         self._held.clear()
         self._throttled.clear()
         return self._connect()
