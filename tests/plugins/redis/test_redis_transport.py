@@ -568,6 +568,29 @@ def test_a_refused_push_to_a_declared_queue_is_an_operational_error_naming_it(
     t.close()
 
 
+def test_a_refused_batch_names_it_and_an_unreachable_one_stays_retryable(
+        make_transport: Any, r: redis.Redis, queue: str) -> None:
+    # What translate() does around publish_many: a Redis error names what was being
+    # done (its cause kept); a connection error passes through raw, for the core's
+    # retry policy to retry.
+    from redis_support import stub_app
+    t = make_transport()
+    t.publish(make_message(1, priority=9), Route(queue))
+    r.delete(queue)
+    r.set(queue, "not a list")
+    batch = [(make_message(n, priority=9), Route(queue), None) for n in (2, 3)]
+    with pytest.raises(OperationalError, match="failed while publishing 2 messages: "
+                                               "WRONGTYPE") as info:
+        t.publish_many(batch)
+    assert isinstance(info.value.__cause__, redis.ResponseError)
+    r.delete(queue)
+    t.close()
+    gone = RedisTransport("redis://:s3cret@127.0.0.1:1/0", stub_app(socket_timeout=2))
+    with pytest.raises(redis.ConnectionError) as raw:
+        gone.publish_many(batch)
+    assert not isinstance(raw.value, OperationalError)
+
+
 def test_a_publish_error_outside_retry_errors_is_still_operational_error() -> None:
     """``retry_errors`` narrows what is retried, not what the caller gets: a refused
     connection is reported as OperationalError naming the masked URL, not retried."""

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from types import TracebackType
 from typing import TypeVar
 
 import redis
@@ -61,22 +61,34 @@ def wrap(exc: BaseException, url: str, doing: str) -> OperationalError:
     return OperationalError(describe(exc, url, doing))
 
 
-@contextmanager
-def translate(url: str, doing: str, *, retryable_raw: bool = False) -> Iterator[None]:
-    """Re-raise redis-py errors raised inside the block as Conveyor's.
+class translate:  # noqa: N801 - used as a function: ``with translate(url, doing):``
+    """Re-raise redis-py errors raised inside the ``with`` block as Conveyor's.
 
     With ``retryable_raw`` connection errors pass through untouched: the core's
     publish retry policy re-raises any ConveyorError at once and retries only the
     transport's bare ``connection_errors``, then names the URL itself.
+
+    perf: a class, not a ``@contextmanager`` generator (a generator, its wrapper
+    object and their frames a use): ``with translate(...)`` around nothing took
+    12.0k instructions, this 5.5k (callgrind, 22,000 - 2,000 uses); it is paid on
+    every ``publish_many``, ``declare`` and result read.
     """
-    try:
-        yield
-    except CONNECTION_ERRORS as exc:
-        if retryable_raw:
-            raise
-        raise wrap(exc, url, doing) from exc
-    except redis.RedisError as exc:
-        raise wrap(exc, url, doing) from exc
+
+    __slots__ = ("url", "doing", "retryable_raw")
+
+    def __init__(self, url: str, doing: str, *, retryable_raw: bool = False) -> None:
+        self.url, self.doing, self.retryable_raw = url, doing, retryable_raw
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if exc is None or not isinstance(exc, redis.RedisError):
+            return
+        if self.retryable_raw and isinstance(exc, CONNECTION_ERRORS):
+            return
+        raise wrap(exc, self.url, self.doing) from exc
 
 
 T = TypeVar("T")
