@@ -171,6 +171,23 @@ def test_kombu_json_extension_types_round_trip(app: Conveyor) -> None:
     assert ours.loads(theirs.encode() if isinstance(theirs, str) else theirs) == values
 
 
+@pytest.mark.parametrize("text", [
+    '[[2, 2], {}, null]', ' [[2, 2], {}, null]\n', '[[2, 2], {}, null] ', '{"a": 1}',
+    '"x"', '12', ' ', '', '[1] [2]', '[1, ', '[[2, 2], {}, null] x', '\ufeff[1]',
+    '{"a": Infinity}', '[1]\t',
+])
+def test_json_body_reads_as_json_loads_reads_it(app: Conveyor, text: str) -> None:
+    # The body is scanned straight when it is one value from end to end; whitespace
+    # around it, text after it and errors still read (or fail) as json.loads says.
+    try:
+        expected: Any = json.loads(text)
+    except ValueError:
+        with pytest.raises(DecodeError):
+            app.codecs.loads(text.encode(), "application/json", None, ["json"])
+        return
+    assert app.codecs.loads(text.encode(), "application/json", None, ["json"]) == expected
+
+
 def test_priority_and_expiration_properties(app: Conveyor) -> None:
     now = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
     message = build_message(name="a", task_id="i", args=[], kwargs={}, codecs=app.codecs,

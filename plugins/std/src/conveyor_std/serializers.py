@@ -75,7 +75,13 @@ _encoder = json.JSONEncoder(default=_tag, ensure_ascii=False)
 _encode = _make_encoder(None, _tag, _encode_text, None, ": ", ", ", False, False, True) \
     if _make_encoder is not None else _encoder.iterencode
 _decoder = json.JSONDecoder(object_hook=_untag)
-_plain = json.JSONDecoder().decode
+_plain_decoder = json.JSONDecoder()
+_plain = _plain_decoder.decode
+#: The decoder's own scanner (the C one where there is one): what ``decode`` runs
+#: after two regular-expression matches for the whitespace around the value. Set by
+#: ``JSONDecoder.__init__`` (json/decoder.py), not in typeshed's stub.
+_scan: Callable[[str, int], tuple[Any, int]] = \
+    _plain_decoder.scan_once  # type: ignore[attr-defined]
 #: What follows ``[args, kwargs`` in the body of a task without callbacks, chain or
 #: chord (the core's ``EMPTY_EMBED``), made once.
 _EMPTY_EMBED_END = f", {json.dumps(EMPTY_EMBED, ensure_ascii=False)}]"
@@ -106,8 +112,15 @@ class JSONSerializer:
             data.decode("utf-8") if isinstance(data, bytes) else bytes(data).decode("utf-8"))
         if "__type__" not in text:
             # perf: nothing tagged, so no object needs the hook; the plain decoder
-            # builds the same objects several times faster.
-            return _plain(text)
+            # builds the same objects several times faster. Text that is one value
+            # from its first character to its last (what kombu and Conveyor write)
+            # goes straight to the scanner; anything else (whitespace around it, an
+            # error) through ``decode``, for its value or its error.
+            try:
+                obj, end = _scan(text, 0)
+            except StopIteration:
+                return _plain(text)
+            return obj if end == len(text) else _plain(text)
         return _decoder.decode(text)
 
 
