@@ -85,6 +85,9 @@ _scan: Callable[[str, int], tuple[Any, int]] = \
 #: What follows ``[args, kwargs`` in the body of a task without callbacks, chain or
 #: chord (the core's ``EMPTY_EMBED``), made once.
 _EMPTY_EMBED_END = f", {json.dumps(EMPTY_EMBED, ensure_ascii=False)}]"
+#: The body of a task called without arguments, callbacks, chain or chord (bytes
+#: cannot change, so every such message may share it).
+_NO_ARGUMENTS = f"[[], {{}}{_EMPTY_EMBED_END}".encode("utf-8")
 
 
 class JSONSerializer:
@@ -101,7 +104,10 @@ class JSONSerializer:
             if type(obj) is tuple and len(obj) == 3 and obj[2] is EMPTY_EMBED:
                 # perf: most task bodies end in the same empty embed, and encoding its
                 # four keys costs more than the args and kwargs; the text is the same.
-                return ("".join(_encode((obj[0], obj[1]), False))[:-1]
+                args, kwargs = obj[0], obj[1]
+                if not args and not kwargs and type(args) is list and type(kwargs) is dict:
+                    return _NO_ARGUMENTS  # a call without arguments: always these bytes
+                return ("".join(_encode((args, kwargs), False))[:-1]
                         + _EMPTY_EMBED_END).encode("utf-8")
             return "".join(_encode(obj, False)).encode("utf-8")
         except RecursionError:  # the checked encoder says "Circular reference"
