@@ -135,7 +135,9 @@ def test_backend_without_join_counters_refuses_a_chord_naming_one_that_can(
     fake_plugins("conveyor-plainbackend",
                  {"conveyor.backends": {"plainstore": "plain_mod:Plain"}},
                  {"plain_mod.py": """
+                     from conveyor.interfaces import BackendCapabilities
                      class Plain:
+                         capabilities = BackendCapabilities()
                          def __init__(self, url, app):
                              pass
                          def get(self, task_id):

@@ -75,6 +75,21 @@ def test_broken_plugin_is_wrapped_with_its_cause(fake_plugins: Make) -> None:
     assert "broken-plugin" in str(info.value) and "brokenz" in str(info.value)
 
 
+def test_a_backend_without_capabilities_is_refused_at_load_saying_what_to_add(
+        fake_plugins: Make) -> None:
+    fake_plugins("conveyor-bare", {"conveyor.backends": {"barestore": "bare_mod:Bare"}},
+                 {"bare_mod.py": """
+                     class Bare:  # no capabilities
+                         def __init__(self, url, app):
+                             self.url = url
+                 """})
+    app = Conveyor("bare", broker="memory://bare", backend="barestore://")
+    for _ in range(2):  # every access, not only the first
+        with pytest.raises(PluginError, match=r"barestore:// \(bare_mod\.Bare\) declares "
+                                              r"no capabilities.*BackendCapabilities"):
+            app.backend
+
+
 def test_one_broken_plugin_breaks_nothing_else(fake_plugins: Make) -> None:
     fake_plugins("broken-plugin", {"conveyor.serializers": {"broken": "nope_mod_xyz:S"}}, {})
     rows = {r.info.name: r for r in describe()}

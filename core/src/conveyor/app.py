@@ -23,7 +23,7 @@ from .codecs import Codecs
 from .connection import ConnectionPool, scheme_of
 from .discovery import Packages, TaskRegistry, bind_shared, import_tasks
 from .exceptions import ConfigurationError, PluginError
-from .interfaces import Backend, Message, Route, Router, Transport
+from .interfaces import Backend, BackendCapabilities, Message, Route, Router, Transport
 from .plugins import Loader, find
 from .publish import PublishPath
 from .result import AsyncResult
@@ -204,7 +204,7 @@ class Conveyor:
                 if self._backend is None:
                     url = self.backend_url
                     factory = self.loader.load("conveyor.backends", scheme_of(url))
-                    self._backend = factory(url, self)
+                    self._backend = _declares_capabilities(factory(url, self), url)
         return self._backend
 
     def _check_fork(self) -> None:
@@ -391,3 +391,18 @@ class Conveyor:
 
 def _plugin_name(plugin: Any) -> str:
     return getattr(plugin, "__name__", None) or type(plugin).__name__
+
+
+def _declares_capabilities(backend: Backend, url: str) -> Backend:
+    """``backend``, once it is known to say what it can do: the core reads its
+    ``capabilities`` instead of guessing, so a plugin without them fails here, at
+    load, with what to add, not later with an AttributeError mid-task."""
+    if not isinstance(getattr(backend, "capabilities", None), BackendCapabilities):
+        kind = type(backend)
+        raise PluginError(
+            f"The result backend for {scheme_of(url)}:// ({kind.__module__}."
+            f"{kind.__qualname__}) declares no capabilities. Give its class "
+            f"`capabilities = BackendCapabilities(...)` (conveyor.interfaces; every "
+            f"flag off if it has none of the optional protocols): see "
+            f"docs/writing-plugins.md.")
+    return backend

@@ -39,8 +39,7 @@ FAILING = frozenset({states.FAILURE, states.REVOKED})
 def joins(app: Conveyor) -> JoinBackend | None:
     """The app's backend if it can count a join, else None."""
     backend = app.backend
-    caps = getattr(backend, "capabilities", None)
-    return cast("JoinBackend", backend) if caps is not None and caps.joins else None
+    return cast("JoinBackend", backend) if backend.capabilities.joins else None
 
 
 def check_backend(app: Conveyor) -> JoinBackend:

@@ -119,8 +119,7 @@ class ResultStore:
     # ------------------------------------------------------------ saved groups
     def _groups(self) -> GroupBackend:
         backend = self.app.backend
-        caps = getattr(backend, "capabilities", None)
-        if caps is None or not caps.groups:
+        if not backend.capabilities.groups:
             raise ConfigurationError(
                 f"GroupResult.save()/restore() need a result backend that stores "
                 f"groups; {type(backend).__name__} does not. Use redis://, sqlite:// "
