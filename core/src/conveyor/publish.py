@@ -174,12 +174,7 @@ class PublishPath:
     def build(self, plan: Plan, per: Mapping[str, Any] | None, args: Sequence[Any],
                kwargs: Mapping[str, Any]) -> tuple[Message, str, float | None]:
         """The message of one call, its task id, and when the broker should hold it."""
-        task_id = per.get("task_id") if per else None
-        if not task_id:
-            try:  # perf: new_id() without its call (see there)
-                task_id = _ids.pop()
-            except IndexError:
-                task_id = new_id()
+        task_id = (per.get("task_id") if per else None) or new_id()
         if not plan.timed:
             message = plan.template.build(task_id, args, kwargs, plan.embed, None, None,
                                           None, per)

@@ -116,16 +116,10 @@ def framed(message: BuiltMessage, frame: tuple[str, str, str], tag: str) -> str:
     delivery tag ``tag``: its body, headers, task id (written once for the headers
     and ``correlation_id``) and tag put into the frame."""
     text = b2a_base64(message.body, newline=False).decode("ascii")
-    values = message.values
-    cid = values[0]
+    cid = message.values[0]
     ident = _string(cid) if type(cid) is str else _dumps(cid)
-    if message.laid is None:  # perf: headers_json's own path, without its call
-        template = message.template
-        headers = (template.texts.get(KOMBU_JSON) or template.lay_out(KOMBU_JSON)
-                   ).write(values, ident)
-    else:
-        headers = _dumps(message.laid)
-    return (f'{{"body": "{text}{frame[0]}{headers}{frame[1]}{ident}{frame[2]}{tag}"}}}}')
+    return (f'{{"body": "{text}{frame[0]}{headers_json(message, KOMBU_JSON, ident)}'
+            f'{frame[1]}{ident}{frame[2]}{tag}"}}}}')
 
 
 def encode(message: Message, exchange: str, routing_key: str, wire_priority: int,
