@@ -120,12 +120,9 @@ def test_a_solo_worker_refills_its_whole_prefetch_at_once(make_app: Any,
     assert [n for n in taken if n] == [4, 4, 4]
 
 
-def test_an_early_ack_applied_before_its_connection_failed_still_runs_the_task(
-        make_app: Any, dbs: redis.Redis, queue: str) -> None:
-    """The broker applies an early ack, then the connection fails before the reply:
-    the worker reconnects, sends the ack again and runs the task, once. (Giving the
-    delivery back instead would find no lease, and the task would never run.)"""
-    app = make_app()
+def _three_notes(app: Conveyor, queue: str) -> tuple[list[int], list[Any]]:
+    """Three ``t.note(n)`` tasks queued on ``queue``: the list each run appends its
+    ``n`` to, and their results."""
     ran: list[int] = []
 
     @app.task(name="t.note")
@@ -133,8 +130,17 @@ def test_an_early_ack_applied_before_its_connection_failed_still_runs_the_task(
         ran.append(n)
         return n
 
-    results = app.publish_batch([("t.note", (n,), {}, {"queue": queue}, {})
-                                 for n in range(3)])
+    return ran, app.publish_batch([("t.note", (n,), {}, {"queue": queue}, {})
+                                   for n in range(3)])
+
+
+def test_an_early_ack_applied_before_its_connection_failed_still_runs_the_task(
+        make_app: Any, dbs: redis.Redis, queue: str) -> None:
+    """The broker applies an early ack, then the connection fails before the reply:
+    the worker reconnects, sends the ack again and runs the task, once. (Giving the
+    delivery back instead would find no lease, and the task would never run.)"""
+    app = make_app()
+    ran, results = _three_notes(app, queue)
     made = app.transport_factory
     failed: list[int] = []
 
@@ -157,6 +163,48 @@ def test_an_early_ack_applied_before_its_connection_failed_still_runs_the_task(
     assert failed == [1]
     assert sorted(ran) == [0, 1, 2]
     assert dbs.zcard("unacked_index") == 0 and dbs.hlen("unacked") == 0
+
+
+def test_a_warm_stop_right_after_the_reconnect_still_runs_the_unsure_task(
+        make_app: Any, dbs: redis.Redis, queue: str) -> None:
+    """As above, but the worker is told to stop (warm) as soon as it has reconnected,
+    before its loop could start the task: the task still runs, once, and the two
+    tasks it had not started go back to the queue, none lost."""
+    app = make_app()
+    ran, results = _three_notes(app, queue)
+    made = app.transport_factory
+    failed: list[int] = []
+    worker = app.Worker(queues=[queue], pool="solo")
+
+    def reply_lost_then_stop(url: str | None = None) -> Any:
+        transport = made(url)
+        ack, connect = transport.ack, transport.connect
+
+        def applied_then_lost(deliveries: Any) -> None:
+            ack(deliveries)
+            if not failed:
+                failed.append(len(deliveries))
+                raise redis.ConnectionError("connection lost before the reply")
+
+        def connect_then_stop() -> None:
+            connect()
+            if failed:
+                worker.stop()  # warm, before the loop's next turn
+
+        transport.ack, transport.connect = applied_then_lost, connect_then_stop
+        return transport
+
+    app.transport_factory = reply_lost_then_stop  # type: ignore[method-assign]
+    with worker.running():
+        worker.stopped.wait(15)
+    assert worker.stopped.is_set() and failed == [1]
+    assert results[0].get(timeout=5) == 0
+    assert ran == [0]
+    assert dbs.zcard("unacked_index") == 0 and dbs.hlen("unacked") == 0
+    app.transport_factory = made  # type: ignore[method-assign]
+    with app.Worker(queues=[queue], pool="solo").running():  # the two given back
+        assert [r.get(timeout=15) for r in results[1:]] == [1, 2]
+    assert sorted(ran) == [0, 1, 2]
 
 
 def test_unregistered_task_is_dead_lettered_and_get_raises(make_app: Any,

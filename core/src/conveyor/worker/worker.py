@@ -155,7 +155,7 @@ class Worker:
         #: perhaps after the broker applied it. They start after the reconnect, their
         #: ack sent again first (acking a lease twice is harmless), and are never given
         #: back: a give-back finds no lease if the ack was applied, and the task would
-        #: be lost without running.
+        #: be lost without running (a warm stop starts them too: ``_start_unsure``).
         self._ack_unsure: set[int] = set()
         self.processed = 0
         #: Tasks started, by name (``inspect stats``).
@@ -716,15 +716,20 @@ class Worker:
     def _shutdown(self, transport: Transport | None) -> None:
         cold = self._cold.is_set()
         log.info("Worker %s stopping (%s)", self.hostname, "cold" if cold else "warm")
+        unsure: list[Job] = []
         if transport is not None:  # first: jobs waiting in the pool start meanwhile
-            giveback = [*self._waiting(), *(j for j in self.pool.take_unstarted()
-                                             if id(j) not in self._orphans)]
+            unsure = [job for job in self._ready if id(job) in self._ack_unsure]
+            giveback = [*(j for j in self._waiting() if id(j) not in self._ack_unsure),
+                        *(j for j in self.pool.take_unstarted()
+                          if id(j) not in self._orphans)]
             self._owed_requeues.extend(job.delivery for job in giveback)
             self._ready.clear()
             self._held.clear()
             self._throttled.clear()
         if self.control is not None:
             self.control.stop()
+        if transport is not None and unsure and not cold:
+            self._start_unsure(transport, unsure)
         if not cold:
             self.pool.stop(timeout=None)
         if transport is not None:
@@ -741,6 +746,26 @@ class Worker:
             except Exception:  # noqa: BLE001
                 pass
         self.app.notify("worker_shutdown", worker=self)
+
+
+    def _start_unsure(self, transport: Transport, unsure: list[Job]) -> None:
+        """A warm stop right after a reconnect: jobs whose early ack may have been
+        applied start now, their ack sent again first, as the loop would have started
+        them (see ``_ack_unsure``). Given back instead, they would be lost whenever
+        the ack had been applied. If the ack fails again they are left to their
+        leases: back after the visibility timeout unless the broker applied an ack."""
+        self._ready.extend(unsure)
+        try:
+            while self._ready:
+                self._start_jobs(transport)
+                if self._ready:  # no free slot yet
+                    self.pool.wait(0.05)
+                    self._settle(transport)
+        except Exception as exc:  # noqa: BLE001 - stopping; logged, never silent
+            log.warning("%d tasks whose early ack may have been applied were not "
+                        "started before the stop: %s", len(self._ready),
+                        mask_url(str(exc)))
+            self._ready.clear()
 
 
 def _abandon(transport: Transport) -> None:
