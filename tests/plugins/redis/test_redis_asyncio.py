@@ -401,3 +401,133 @@ def test_a_wait_still_ends_at_its_timeout_when_the_backend_closes_under_it(
 
     found, took = asyncio.run(main())
     assert found is None and took < 2
+
+
+def _calls(client: redis.Redis, *commands: str) -> int:
+    """How many times the server ran ``commands`` (INFO commandstats), together."""
+    stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in commands)
+
+
+def _store(writer: RedisBackend, results: dict[str, bytes]) -> None:
+    """What a worker does: each result stored (and published) by the script."""
+    for task_id, state in results.items():
+        writer.store(task_id, "SUCCESS", state, expires=60)
+    writer.flush()
+
+
+async def _subscribed(backend: AsyncRedisBackend) -> None:
+    """One wait (the first opens the result subscription) that a result ends."""
+    writer = RedisBackend(backend.url)
+    task_id = str(uuid.uuid4())
+    try:
+        waiting = asyncio.ensure_future(backend.wait(task_id, timeout=10, previous=None))
+        await asyncio.sleep(0.2)
+        await asyncio.to_thread(_store, writer, {task_id: _state("SUCCESS", -1)})
+        assert await waiting is not None
+    finally:
+        writer.close()
+
+
+def test_prepared_waits_read_no_key_and_miss_no_result_stored_before_them(
+        rb: redis.Redis, redis_server: str) -> None:
+    """A wait for a task sent while the subscription is confirmed (prepare_wait
+    before the send) subscribes to nothing and reads no key: the worker's result
+    comes on the patterns, also when it was stored before the wait began; a Celery
+    writer's result (Celery's channel only) has the key read."""
+    url = f"{redis_server}/13"
+    ids = [str(uuid.uuid4()) for _ in range(30)]
+    early, celery = str(uuid.uuid4()), str(uuid.uuid4())
+    writer = RedisBackend(url)
+
+    async def main() -> tuple[list[bytes | None], bytes | None, bytes | None, float]:
+        backend = AsyncRedisBackend(url)
+        try:
+            await _subscribed(backend)
+            before = _calls(rb, "subscribe", "unsubscribe", "psubscribe", "mget")
+            for task_id in ids + [early, celery]:
+                backend.prepare_wait(task_id)
+            waits = asyncio.gather(*(backend.wait(t, timeout=10, previous=None)
+                                     for t in ids))
+            await asyncio.sleep(0.1)
+            await asyncio.to_thread(_store, writer, {task_id: _state("SUCCESS", n)
+                                                     for n, task_id in enumerate(ids + [early])})
+            found = await waits
+            await asyncio.sleep(0.2)  # `early`'s result came before its wait
+            started = time.monotonic()
+            stored_first = await backend.wait(early, timeout=10, previous=None)
+            took = time.monotonic() - started
+            assert _calls(rb, "subscribe", "unsubscribe", "psubscribe", "mget") == before
+            rb.set(f"celery-task-meta-{celery}", _state("SUCCESS", 99))
+            rb.publish(f"celery-task-meta-{celery}", _state("SUCCESS", 99))
+            await asyncio.sleep(0.2)
+            return found, stored_first, await backend.wait(celery, timeout=2,
+                                                           previous=None), took
+        finally:
+            await backend.close()
+
+    try:
+        found, stored_first, from_celery, took = asyncio.run(main())
+    finally:
+        writer.close()
+    assert [json.loads(f or b"null")["result"] for f in found] == list(range(30))
+    assert json.loads(stored_first or b"null")["result"] == 30 and took < 1
+    assert from_celery == _state("SUCCESS", 99)
+
+
+def test_a_prepared_wait_whose_subscription_broke_before_it_reads_its_key(
+        rb: redis.Redis, redis_server: str) -> None:
+    """The subscription connection is killed between the send and the wait, and
+    the result is stored while none listens (no message ever comes): the wait reads
+    its key once resubscribed, not at the next periodic re-read."""
+    url = f"{redis_server}/13"
+    task_id = str(uuid.uuid4())
+
+    async def main() -> tuple[bytes | None, float]:
+        backend = AsyncRedisBackend(url)
+        try:
+            await _subscribed(backend)
+            backend.prepare_wait(task_id)
+            assert _kill(rb, "pubsub") >= 1
+            rb.set(f"celery-task-meta-{task_id}", _state("SUCCESS", 5))  # no publish
+            await asyncio.sleep(0.6)  # resubscribed meanwhile
+            started = time.monotonic()
+            found = await backend.wait(task_id, timeout=10, previous=None)
+            return found, time.monotonic() - started
+        finally:
+            await backend.close()
+
+    found, took = asyncio.run(main())
+    assert found == _state("SUCCESS", 5) and took < 2
+
+
+def test_the_result_subscription_closes_when_no_wait_came_for_a_while(
+        rb: redis.Redis, redis_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It hears every result stored on the server: kept while waits come or stay,
+    closed after a period without one, and opened again by the next wait."""
+    monkeypatch.setattr("conveyor_redis.aio._IDLE_CLOSE", 0.3)
+    url = f"{redis_server}/13"
+
+    def listening() -> int:
+        return len(rb.client_list(_type="pubsub"))
+
+    async def main() -> list[int]:
+        backend = AsyncRedisBackend(url)
+        try:
+            seen = [listening()]
+            await _subscribed(backend)
+            long = asyncio.ensure_future(backend.wait(str(uuid.uuid4()), timeout=1.2,
+                                                      previous=None))
+            await asyncio.sleep(0.9)
+            seen.append(listening())  # a wait stays
+            assert await long is None
+            await asyncio.sleep(0.9)
+            seen.append(listening())  # none for a while
+            await _subscribed(backend)  # opened again; its result still comes
+            seen.append(listening())
+            return seen
+        finally:
+            await backend.close()
+
+    base = listening()
+    assert asyncio.run(main()) == [base, base + 1, base, base + 1]
