@@ -231,42 +231,6 @@ def test_the_asyncio_client_end_to_end(project: tuple[Any, dict[str, str]]) -> N
         asyncio.run(main())
 
 
-@pytest.mark.parametrize("urls", ["redis"], indirect=True)
-def test_round_trips_after_the_first_subscribe_to_nothing_and_read_no_key(
-        project: tuple[Any, dict[str, str]]) -> None:
-    """Once the loop's result subscription is open, a task sent and awaited costs
-    Redis no SUBSCRIBE, UNSUBSCRIBE or key read: the backend was told of it before
-    it was sent, so its result can only come on the subscription."""
-    module, spec = project
-    server = redis.Redis(HOST, PORT)
-
-    def calls() -> dict[str, int]:
-        stats = server.info("commandstats")
-        return {name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
-                for name in ("subscribe", "unsubscribe", "mget")}
-
-    async def lane(n: int) -> list[int]:
-        return [await (await module.add.adelay(n, k)).aget(timeout=20) for k in range(3)]
-
-    async def main() -> tuple[dict[str, int], dict[str, int], list[list[int]]]:
-        try:
-            assert await (await module.add.adelay(0, 0)).aget(timeout=20) == 0
-            before = calls()
-            found = [await lane(100)]
-            found += await asyncio.gather(*(lane(n) for n in range(20)))
-            return before, calls(), found
-        finally:
-            await module.app.aclose()
-
-    try:
-        with worker_process(spec["app_spec"], cwd=spec["cwd"], pool="threads",
-                            concurrency=4):
-            before, after, found = asyncio.run(main())
-    finally:
-        server.close()
-    assert found == [[100, 101, 102]] + [[n, n + 1, n + 2] for n in range(20)]
-    assert after == before
-
 
 def _hold_the_store(urls: dict[str, str], seconds: float) -> None:
     """Make every write to the broker and backend wait ``seconds`` from now: a

@@ -178,18 +178,6 @@ class _LoopClients:
                 self.idle.append(sender)
 
     @property
-    def prepare(self) -> Callable[[str], None] | None:
-        """The backend's ``prepare_wait``, told of each task before it is sent, when
-        a backend with ``prepared_waits`` was made on this loop (a wait made it:
-        a loop that only sends makes none, and is never refused for a backend
-        without an asyncio twin). Unlike the blocking ``PreparingBackend``'s, it
-        must not block the loop (no I/O)."""
-        backend = self._backend
-        if backend is None or not backend.capabilities.prepared_waits:
-            return None
-        return backend.prepare_wait  # type: ignore[no-any-return]
-
-    @property
     def backend(self) -> Any:
         if self._backend is None:
             self._backend = _twin(self.app, BACKENDS, self.app.backend_url, "result backend")
@@ -274,36 +262,20 @@ def _no_publisher(publisher: Any) -> None:
 async def publish(app: Conveyor, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
                   call: Mapping[str, Any], sig: Mapping[str, Any], task: Any
                   ) -> AsyncResult[Any]:
-    """:meth:`Conveyor.publish` with the send awaited; the loop's result backend is
-    told of the task first where it prepares waits (see :attr:`_LoopClients.prepare`)."""
-    loop_clients = clients(app)
-    prepare = loop_clients.prepare
-    if prepare is None:
-        return await deferred(app, lambda: app.publish(name, args, kwargs, call, sig, task),
-                              loop_clients)
-
-    def build() -> AsyncResult[Any]:
-        result = app.publish(name, args, kwargs, call, sig, task)
-        if not result.ignored:  # built, not sent yet: before the worker can store it
-            prepare(result.id)
-        return result
-
-    return await deferred(app, build, loop_clients)
+    """:meth:`Conveyor.publish` with the send awaited."""
+    return await deferred(app, lambda: app.publish(name, args, kwargs, call, sig, task))
 
 
-async def deferred(app: Conveyor, build: Callable[[], T],
-                   loop_clients: _LoopClients | None = None) -> T:
+async def deferred(app: Conveyor, build: Callable[[], T]) -> T:
     """Run a blocking call (a canvas's ``apply_async``) with its I/O held, then send
     what it built on the running loop; return what it returned.
 
     So every canvas (chains of groups, chords, …) is sent by its own code, and only
     the I/O is awaited: its publishes, and what it writes to the result backend
     first (a chord's counter, a chain's steps parked in the backend; see
-    :func:`hold_write`), in the order it made them. ``loop_clients``: the app's on
-    this loop, when the caller found them already (perf: one lookup a publish).
+    :func:`hold_write`), in the order it made them.
     """
-    if loop_clients is None:
-        loop_clients = clients(app)
+    loop_clients = clients(app)
     if loop_clients.replies:  # naming the reply queue declares it: I/O
         loop_clients.backend  # noqa: B018 - raises AsyncUnsupportedError without a twin
     held: list[Any] = []

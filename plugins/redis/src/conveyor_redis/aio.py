@@ -5,21 +5,20 @@ transport's own code (:meth:`.PublisherMixin.commands`) and stored in one MULTI/
 results are the same keys, written by the same Lua script. Only the I/O is awaited,
 over one pipelined connection per twin (:class:`.aiopipe.Pipe`).
 
-Waiting for results shares one subscription connection per backend, subscribed to
-two patterns, the result channels of every task (Celery's, the key name, and
-Conveyor's own, see :mod:`.backend`): a reader task hands each waiter the state
-published on its task's channels, so ten thousand concurrent ``aget()`` calls cost
-one connection, and no wait (un)subscribes. A wait reads its key once the
-subscription is confirmed (so a result stored before it is not missed), as the
-blocking backend does; perf: the waits of one turn of the loop share one MGET, a
-waiter's coroutine wakes once, when its state comes, and a wait for a task this
-client sent while the subscription was confirmed (:meth:`AsyncRedisBackend.prepare_wait`)
-reads no key at all: nothing stored after the send can be missed, and what came
-before the wait is kept for it. As in the blocking backend, a payload published on
-the own channel (which names the db) is used as it comes, and a message on Celery's
-channel (a Celery writer, or another db's result for the same task id: pub/sub
-ignores db numbers) has the key read again; the key is also read every few seconds,
-and after a lost connection, whatever the notifications say.
+Waiting for results shares one subscription connection per backend: a reader task
+hands each waiter of a channel the state published on it, so ten thousand
+concurrent ``aget()`` calls cost one connection, not ten thousand. Each wait
+subscribes to the key's two channels (Celery's and Conveyor's own, see
+:mod:`.backend`), and once the subscription is confirmed its key is read (so a
+result stored before the subscription is not missed), as the blocking backend does.
+perf: the waits of one turn of the loop share one SUBSCRIBE, the keys confirmed
+together are read in one MGET, and a waiter's coroutine wakes once, when its state
+comes; a wait alone (one round trip at a time) writes its SUBSCRIBE, its MGET and
+its UNSUBSCRIBE at once instead of a turn of the loop later by a writer task. As in the blocking backend, a payload published on the own channel (which
+names the db) is used as it comes, and a message on Celery's channel (a Celery
+writer, or another db's result for the same task id: pub/sub ignores db numbers)
+has the key read again; the key is also read every few seconds, and after a lost
+connection, whatever the notifications say.
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ import redis.asyncio as aioredis
 from conveyor.utils import mask_url
 from conveyor.interfaces import BackendCapabilities, Capabilities, Join, Outgoing, Route
 
-from .aiopipe import Pipe, Replies, new_connection
+from .aiopipe import Pipe, Replies, new_connection, write_now
 from .backend import KEY_PREFIX, STORE, _REREAD_EVERY, db_of, own_channel
 from .channel import PublisherMixin, check, routed_exchanges
 from .connection import CONNECTION_ERRORS, driver_url, pack
@@ -51,12 +50,8 @@ log = logging.getLogger("conveyor.redis")
 _BROKEN: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, OSError)
 #: Pause before the subscription connection is opened again after it broke.
 _RESUBSCRIBE_PAUSE = 0.2
-#: Seconds without a wait after which the result subscription is closed (it hears
-#: every result stored on the server while it is open).
-_IDLE_CLOSE = 5.0
-#: At most this many tasks prepared (sent while subscribed) and not waited on yet;
-#: past it they are all forgotten, and their waits read their keys.
-_PREPARED_MAX = 10_000
+#: How long the last wait's UNSUBSCRIBE may wait to leave with the next SUBSCRIBE.
+_UNSUBSCRIBE_WITHIN = 0.005
 #: How late a reply on the command connection may be before it is given up.
 _REPLY_TIMEOUT = 10.0
 
@@ -233,20 +228,18 @@ class _Alarms:
                     future.set_result(False)
 
 
+class _Channel:
+    __slots__ = ("waiters", "confirmed")
+
+    def __init__(self) -> None:
+        self.waiters: list[_Waiter] = []
+        self.confirmed = False
+
+
 class AsyncRedisBackend:
-    """Celery-compatible Redis result backend for the asyncio client.
+    """Celery-compatible Redis result backend for the asyncio client."""
 
-    Waits hear results through one pattern subscription per backend, to both
-    result channels of every task (see the module docstring): no SUBSCRIBE, no
-    UNSUBSCRIBE and no confirmation to read a wait, where a channel subscription
-    each cost the client four replies and Redis four (un)subscriptions a round trip.
-    The price: while it is open, every result stored on the server reaches this
-    client (its Celery channel is server-wide), twice when a Conveyor worker
-    stored it; so it is closed once no wait came for ``_IDLE_CLOSE`` seconds.
-    """
-
-    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(
-        joins=True, prepared_waits=True)
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(joins=True)
 
     def __init__(self, url: str = "redis://", app: Any = None) -> None:
         self.url = url
@@ -256,30 +249,27 @@ class AsyncRedisBackend:
         self.db = db_of(pool)
         #: A key's own channel is this + the key (:func:`.backend.own_channel`).
         self._own = own_channel(self.db, "").encode("utf-8")
-        prefix = KEY_PREFIX.encode("utf-8")
-        #: The pattern of our db's own channels (confirmed last: then both are).
-        self._own_pattern = self._own + prefix + b"*"
-        self._subscribe = pack(("PSUBSCRIBE", prefix + b"*", self._own_pattern))
         #: The subscription connection reads for ever: no read timeout.
         self._sub_pool = _pool(url, socket_timeout=None, connect_timeout=timeout)
         self._listener: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        #: Both patterns confirmed on the open subscription connection: from then
-        #: on no result stored is missed, until it breaks or closes.
-        self._confirmed = False
-        #: The waiters of each result channel (the key name).
-        self._channels: dict[bytes, list[_Waiter]] = {}
-        #: Channels of the tasks sent while confirmed (:meth:`prepare_wait`) and not
-        #: waited on yet: [the payload stored since, whether Celery's channel said
-        #: something else (the key is read then)].
-        self._prepared: dict[bytes, list[Any]] = {}
-        #: Waiters whose key is read with the others of this turn, in one MGET; and
-        #: reads that had to open a connection.
+        self._channels: dict[bytes, _Channel] = {}
+        #: Channels to (un)subscribe after this turn (one command each way, so
+        #: waiters that arrive together share one write).
+        self._subscribing: set[bytes] = set()
+        self._unsubscribing: set[bytes] = set()
+        #: UNSUBSCRIBEs sent per channel and not answered yet: a subscription
+        #: confirmed before them is not the one a new waiter asked for.
+        self._leaving: dict[bytes, int] = {}
+        #: Waiters whose subscription is confirmed and whose key is not read yet
+        #: (read together after this turn), and reads that had to open a connection.
         self._unread: list[_Waiter] = []
         self._reads: set[asyncio.Task[None]] = set()
-        #: Waits joined so far, and the timer that closes an idle subscription.
-        self._joins = 0
-        self._idle: asyncio.TimerHandle | None = None
+        #: The future the subscription writer sleeps on (None while it writes).
+        self._wake: asyncio.Future[None] | None = None
+        #: The subscription connection while its writer runs.
+        self._sub_conn: Any = None
+        #: The timer that sends the UNSUBSCRIBEs put off (see :meth:`_leave`).
+        self._later: asyncio.TimerHandle | None = None
         #: The end of the waits' pauses (timeouts, rereads).
         self._alarms = _Alarms()
 
@@ -353,97 +343,125 @@ class AsyncRedisBackend:
                                     _seconds(expires)))
 
     # ------------------------------------------------------------- waiting
-    def prepare_wait(self, task_id: str) -> None:
-        """Told by the asyncio client's publish, before ``task_id``'s message is
-        sent. While the subscription is confirmed, a result stored after the send
-        cannot be missed, so the wait that follows reads no key (one MGET less a
-        round trip): what is stored before it comes is kept for it. While none is
-        confirmed this does nothing and the wait reads its key, so a client that
-        only sends opens no subscription."""
-        if self._confirmed:
-            prepared = self._prepared
-            if len(prepared) >= _PREPARED_MAX:  # waits that never came: their keys are read
-                prepared.clear()
-            prepared[self.key(task_id).encode("utf-8")] = [None, False]
-
-    def _join(self, loop: asyncio.AbstractEventLoop, channel: bytes,
-              previous: bytes | None) -> _Waiter:
-        """One more waiter on ``channel``: handed what was stored since its task was
-        sent (prepared), or its key read (now, or once the subscription is
-        confirmed)."""
+    def _join(self, channel: bytes, previous: bytes | None) -> _Waiter:
+        """One more waiter on ``channel`` (subscribed on the first; its key read
+        once the subscription is confirmed, with the other reads of the turn)."""
         waiter = _Waiter(channel, previous)
-        self._joins += 1
-        waiters = self._channels.get(channel)
-        if waiters is None:
-            self._channels[channel] = [waiter]
-        else:
-            waiters.append(waiter)
-        if self._confirmed:
-            prepared = self._prepared.pop(channel, None)
-            if prepared is None or prepared[1]:
-                self._want_read([waiter])
-            elif prepared[0] is not None:
-                waiter.notify(prepared[0])
-        elif self._listener is None or self._listener.done():
-            self._loop = loop
-            self._listener = loop.create_task(self._listen())
-            if self._idle is None:
-                self._idle = loop.call_later(_IDLE_CLOSE, self._close_if_idle,
-                                             self._joins)
+        found = self._channels.get(channel)
+        if found is None:
+            alone = not self._channels
+            found = self._channels[channel] = _Channel()
+            self._unsubscribing.discard(channel)
+            found.waiters.append(waiter)
+            # perf: the only wait (one round trip at a time) subscribes now, a turn
+            # of the loop sooner; waits that come together share the writer's one
+            # SUBSCRIBE after the turn.
+            if not (alone and self._write_now("SUBSCRIBE", channel)):
+                self._subscribing.add(channel)
+                self._schedule()
+            return waiter
+        if found.confirmed:
+            self._unread.append(waiter)
+        found.waiters.append(waiter)
+        self._schedule()
         return waiter
 
+    def _write_now(self, command: str, channel: bytes) -> bool:
+        """Write ``command`` for ``channel``'s two channels now, after the
+        UNSUBSCRIBEs put off (see :meth:`_leave`), if the subscription writer is
+        asleep with nothing else to write; else False (the writer does)."""
+        conn = self._sub_conn
+        if conn is None or self._wake is None or self._subscribing or self._unread:
+            return False
+        if not conn.is_connected:
+            return False
+        out = self._unsubscribes()
+        out += pack((command, channel, self._own + channel))
+        return write_now(conn, out)
+
+    def _unsubscribes(self) -> list[bytes]:
+        """The UNSUBSCRIBE of the channels left, packed, counted as
+        leaving; none left after."""
+        gone, self._unsubscribing = self._unsubscribing, set()
+        if not gone:
+            return []
+        for channel in gone:
+            self._leaving[channel] = self._leaving.get(channel, 0) + 1
+        # each key's two channels, Celery's then ours (see _dispatch)
+        return pack(("UNSUBSCRIBE", *(name for channel in gone
+                                      for name in (channel, self._own + channel))))
+
+    def _flush_unsubscribes(self) -> None:
+        self._later = None
+        if self._unsubscribing:
+            self._schedule()
+
     def _leave(self, channel: bytes, waiter: _Waiter) -> None:
-        waiters = self._channels.get(channel)
-        if waiters is None:
+        found = self._channels.get(channel)
+        if found is None:
             return
+        waiters = found.waiters
         if len(waiters) != 1 or waiters[0] is not waiter:  # perf: the usual one alone
             if waiter in waiters:  # a wait leaves once; this one may have gone already
                 waiters.remove(waiter)
             if waiters:
                 return
         del self._channels[channel]
-
-    def _close_if_idle(self, joins: int) -> None:
-        """Every ``_IDLE_CLOSE`` seconds while subscribed: close the subscription
-        when no wait came or stayed during the whole period (it hears every result
-        stored on the server)."""
-        self._idle = None
-        if self._channels or self._joins != joins:
-            assert self._loop is not None
-            self._idle = self._loop.call_later(_IDLE_CLOSE, self._close_if_idle,
-                                               self._joins)
+        if channel in self._subscribing:
+            self._subscribing.discard(channel)
+        elif not self._channels:
+            # perf: the last wait's UNSUBSCRIBE is put off a moment, to leave
+            # in the next wait's write of its SUBSCRIBE (one send less)
+            self._unsubscribing.add(channel)
+            if self._later is None:
+                self._later = asyncio.get_running_loop().call_later(
+                    _UNSUBSCRIBE_WITHIN, self._flush_unsubscribes)
         else:
-            self._stop_listening()
+            self._unsubscribing.add(channel)
+            self._schedule()
 
-    def _stop_listening(self) -> None:
-        """Close the subscription: nothing prepared holds any more (the next wait
-        opens it again and reads its key)."""
-        listener, self._listener = self._listener, None
-        self._confirmed = False
-        self._prepared.clear()
-        idle, self._idle = self._idle, None
-        if idle is not None:
-            idle.cancel()
-        if listener is not None:
-            listener.cancel()
+    def _schedule(self) -> None:
+        """Have the subscription writer run once more after this turn (see
+        :meth:`_turn`); start the listener if none runs."""
+        wake = self._wake
+        if wake is not None:
+            self._wake = None
+            if not wake.done():
+                wake.set_result(None)
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
 
-    def _want_read(self, waiters: list[_Waiter]) -> None:
-        """Read the keys of ``waiters``: now when the command connection is idle
-        (perf: a wait alone, a turn sooner), else after this turn, in one MGET
-        with the others of the turn."""
-        if self._unread:
-            self._unread += waiters
-        elif self._pipe.idle:
-            self._read(waiters)
-        else:
-            self._unread = list(waiters)
-            assert self._loop is not None
-            self._loop.call_soon(self._read_unread)
-
-    def _read_unread(self) -> None:
+    def _turn(self) -> list[bytes]:
+        """What this turn of the loop asked for: the keys of the waiters whose
+        subscription is confirmed, read in one MGET; and the (un)subscriptions,
+        returned for one write."""
         unread, self._unread = self._unread, []
         if unread:
             self._read(unread)
+        out = self._unsubscribes()
+        own = self._own
+        new, self._subscribing = self._subscribing, set()
+        if new:
+            out += pack(("SUBSCRIBE", *(name for channel in new
+                                         for name in (channel, own + channel))))
+        return out
+
+    async def _write_subscriptions(self, conn: Any) -> None:
+        """Once per turn of the loop that asked (:meth:`_schedule`), write what it
+        asked for in one go (see :meth:`_turn`)."""
+        loop = asyncio.get_running_loop()
+        self._sub_conn = conn
+        try:
+            while True:
+                out = self._turn()
+                if out:
+                    await conn.send_packed_command(out, check_health=False)
+                    continue  # more may have come while draining
+                wake = self._wake = loop.create_future()
+                await wake
+        finally:
+            if self._sub_conn is conn:
+                self._sub_conn = None
 
     def _read(self, waiters: list[_Waiter]) -> None:
         """Read the keys of ``waiters`` in one MGET, handed to each as it comes."""
@@ -497,27 +515,38 @@ class AsyncRedisBackend:
             waiter.fail(error)
 
     async def _listen(self) -> None:
-        """Keep the subscription connection: subscribe to both patterns, read what
-        comes; reconnect and subscribe again when it breaks (the waits' keys are
-        read once it is confirmed again)."""
+        """Keep the subscription connection: a writer and a reader task on it;
+        reconnect and subscribe every channel again when it breaks."""
+        loop = asyncio.get_running_loop()
         pause = _RESUBSCRIBE_PAUSE
         while True:
             conn = new_connection(self._sub_pool)
+            tasks: list[asyncio.Task[None]] = []
             try:
                 await conn.connect()
                 pause = _RESUBSCRIBE_PAUSE
-                await conn.send_packed_command(self._subscribe, check_health=False)
-                await self._read_subscription(conn)
+                self._subscribing = set(self._channels)
+                self._unsubscribing.clear()
+                self._leaving.clear()
+                tasks = [loop.create_task(self._write_subscriptions(conn)),
+                         loop.create_task(self._read_subscription(conn))]
+                done, _pending = await asyncio.wait(tasks,
+                                                    return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # raises what broke the connection
             except _BROKEN as exc:
                 (log.warning if pause == _RESUBSCRIBE_PAUSE else log.debug)(
                     "Result subscription to %s broke (%s); resubscribing",
                     mask_url(self.url), exc)
             finally:
-                if self._listener is asyncio.current_task():  # not closed: broken
-                    self._confirmed = False
-                    self._prepared.clear()
+                self._wake = None
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
                 with contextlib.suppress(Exception):
                     await conn.disconnect(nowait=True)
+            for found in self._channels.values():  # read again once resubscribed
+                found.confirmed = False
             await asyncio.sleep(pause)
             pause = min(pause * 2, 5.0)
 
@@ -529,40 +558,45 @@ class AsyncRedisBackend:
                 dispatch(reply)
 
     def _dispatch(self, reply: Any) -> None:
-        """One reply on the subscription connection: a result stored (a pattern's
-        message), or a pattern's confirmation."""
-        kind = reply[0]
-        if kind == b"pmessage":
-            channel, payload = reply[2], reply[3]
-            if reply[1] == self._own_pattern:
-                # stored in our db by the script: the value as it is now
-                channel = channel[len(self._own):]
-                waiters = self._channels.get(channel)
-                if waiters is not None:
-                    for waiter in waiters:
-                        waiter.notify(payload)
-                else:
-                    prepared = self._prepared.get(channel)
-                    if prepared is not None:
-                        prepared[0] = payload
+        """One reply on the subscription connection. A key's two channels are
+        (un)subscribed together, Celery's first: the reply for our own channel is
+        the one that says both are done. Messages before the confirmation are left
+        from an earlier subscription to the key, and are not trusted."""
+        kind, channel = reply[0], reply[1]
+        own = channel.startswith(self._own)
+        if own:
+            channel = channel[len(self._own):]
+        if kind == b"message":
+            found = self._channels.get(channel)
+            if found is None or not found.confirmed:
                 return
-            # Celery's channel: a Celery writer, or another db's result (pub/sub
-            # ignores db numbers): our db's key is read, unless it is the echo of
-            # the own channel's message just used
-            waiters = self._channels.get(channel)
-            if waiters is not None:
-                unsure = [w for w in waiters if w.payload != payload]
-                if unsure:
-                    self._want_read(unsure)
+            if own:  # stored in our db by the script: the value as it is now
+                for waiter in found.waiters:
+                    waiter.notify(reply[2])
+            else:  # a Celery writer, or another db's result: read our db's key
+                unsure = [w for w in found.waiters if w.payload != reply[2]]
+                if unsure:  # (not the echo of the own channel's message just used)
+                    self._unread += unsure
+                    self._schedule()
+        elif not own:
+            return  # Celery's channel's (un)subscription: ours follows at once
+        elif kind == b"subscribe":
+            if self._leaving.get(channel):
+                return  # confirms a subscription an UNSUBSCRIBE since ended
+            found = self._channels.get(channel)
+            if found is not None and not found.confirmed:
+                found.confirmed = True
+                if not self._unread and self._pipe.idle:
+                    self._read(list(found.waiters))  # perf: the MGET leaves now
+                else:  # with the others confirmed in this turn
+                    self._unread += found.waiters
+                    self._schedule()
+        elif kind == b"unsubscribe":
+            left = self._leaving.get(channel, 0) - 1
+            if left > 0:
+                self._leaving[channel] = left
             else:
-                prepared = self._prepared.get(channel)
-                if prepared is not None and prepared[0] != payload:
-                    prepared[1] = True
-        elif kind == b"psubscribe" and reply[1] == self._own_pattern:
-            self._confirmed = True  # from here on no result stored is missed
-            waiting = [w for waiters in self._channels.values() for w in waiters]
-            if waiting:  # joined before: their keys are read now
-                self._want_read(waiting)
+                self._leaving.pop(channel, None)
 
     async def wait(self, task_id: str, *, timeout: float | None,
                    previous: bytes | None) -> bytes | None:
@@ -570,7 +604,7 @@ class AsyncRedisBackend:
         now = loop.time()
         deadline = None if timeout is None else now + timeout
         channel = self.key(task_id).encode("utf-8")
-        waiter = self._join(loop, channel, previous)
+        waiter = self._join(channel, previous)
         alarms = self._alarms
         try:
             while True:
@@ -606,9 +640,12 @@ class AsyncRedisBackend:
     async def close(self) -> None:
         # the alarms stay: a wait still sleeping ends its pause (its timeout) as it
         # would have with a timer of its own
-        listener = self._listener
-        self._stop_listening()
+        later, self._later = self._later, None
+        if later is not None:
+            later.cancel()
+        listener, self._listener = self._listener, None
         if listener is not None:
+            listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await listener
         reads, self._reads = self._reads, set()
