@@ -52,17 +52,25 @@ _BROKEN: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, OSError)
 _RESUBSCRIBE_PAUSE = 0.2
 #: How long the last wait's UNSUBSCRIBE may wait to leave with the next SUBSCRIBE.
 _UNSUBSCRIBE_WITHIN = 0.005
+#: Bytes the subscription connection reads at a time (redis-py's default: 64 KiB).
+#: perf: hiredis's reader moves the rest of its buffer to the front each time 1 KiB
+#: of it was taken, so a 64 KiB read of results and confirmations (a burst at c100)
+#: was moved tens of times (see the commit that set it for the measured instructions).
+_SUBSCRIPTION_READ = 8192
 #: How late a reply on the command connection may be before it is given up.
 _REPLY_TIMEOUT = 10.0
 
 
 def _pool(url: str, *, socket_timeout: float | None, connect_timeout: float | None,
-          keepalive: bool = True, ssl: dict[str, Any] | None = None
-          ) -> aioredis.ConnectionPool:
+          keepalive: bool = True, ssl: dict[str, Any] | None = None,
+          read_size: int | None = None) -> aioredis.ConnectionPool:
+    extra: dict[str, Any] = dict(ssl or {})
+    if read_size is not None:
+        extra["socket_read_size"] = read_size
     return aioredis.ConnectionPool.from_url(
         driver_url(url), socket_timeout=socket_timeout,
         socket_connect_timeout=connect_timeout, socket_keepalive=keepalive,
-        protocol=2, **(ssl or {}))
+        protocol=2, **extra)
 
 
 class _Shaper(PublisherMixin):
@@ -250,7 +258,8 @@ class AsyncRedisBackend:
         #: A key's own channel is this + the key (:func:`.backend.own_channel`).
         self._own = own_channel(self.db, "").encode("utf-8")
         #: The subscription connection reads for ever: no read timeout.
-        self._sub_pool = _pool(url, socket_timeout=None, connect_timeout=timeout)
+        self._sub_pool = _pool(url, socket_timeout=None, connect_timeout=timeout,
+                               read_size=_SUBSCRIPTION_READ)
         self._listener: asyncio.Task[None] | None = None
         self._channels: dict[bytes, _Channel] = {}
         #: Channels to (un)subscribe after this turn (one command each way, so
