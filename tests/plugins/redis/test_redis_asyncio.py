@@ -401,3 +401,66 @@ def test_a_wait_still_ends_at_its_timeout_when_the_backend_closes_under_it(
 
     found, took = asyncio.run(main())
     assert found is None and took < 2
+
+
+def _store(writer: RedisBackend, results: dict[str, bytes]) -> None:
+    """What a worker does: each result stored (and published) by the script."""
+    for task_id, state in results.items():
+        writer.store(task_id, "SUCCESS", state, expires=60)
+    writer.flush()
+
+
+def _subscriptions(client: redis.Redis) -> list[tuple[int, int]]:
+    """Each subscription connection's id and how many channels it is subscribed to."""
+    return [(int(info["id"]), int(info["sub"]))
+            for info in client.client_list(_type="pubsub")]
+
+
+def test_finished_waits_send_no_unsubscribe_and_their_channels_are_dropped_in_bulk(
+        rb: redis.Redis, redis_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wait that ends leaves its task's channels subscribed (no UNSUBSCRIBE: only
+    its own task publishes there); once ``_ROTATE_AFTER`` are left the subscription
+    connection is replaced by one subscribed to the channels still waited on only,
+    and a wait that spans the replacement still gets its result."""
+    monkeypatch.setattr("conveyor_redis.aio._ROTATE_AFTER", 40)
+    url = f"{redis_server}/13"
+    writer = RedisBackend(url)
+    spanning = str(uuid.uuid4())
+
+    async def main() -> tuple[list[bytes | None], bytes | None, list[tuple[int, int]],
+                              int]:
+        backend = AsyncRedisBackend(url)
+        try:
+            before = int(rb.info("commandstats").get("cmdstat_unsubscribe",
+                                                     {}).get("calls", 0))
+            long = asyncio.ensure_future(backend.wait(spanning, timeout=20, previous=None))
+            found: list[bytes | None] = []
+            counts = []
+            for batch in range(3):  # 3 x 30 waits: the connection is replaced twice
+                ids = [str(uuid.uuid4()) for _ in range(30)]
+                waits = asyncio.gather(*(backend.wait(t, timeout=10, previous=None)
+                                         for t in ids))
+                await asyncio.sleep(0.2)
+                await asyncio.to_thread(_store, writer, {
+                    t: _state("SUCCESS", batch * 30 + n) for n, t in enumerate(ids)})
+                found += await waits
+                await asyncio.sleep(0.2)
+                counts += _subscriptions(rb)
+            await asyncio.to_thread(_store, writer, {spanning: _state("SUCCESS", -1)})
+            after = int(rb.info("commandstats").get("cmdstat_unsubscribe",
+                                                    {}).get("calls", 0))
+            return found, await long, counts, after - before
+        finally:
+            await backend.close()
+
+    try:
+        found, spanned, counts, unsubscribes = asyncio.run(main())
+    finally:
+        writer.close()
+    assert [json.loads(f or b"null")["result"] for f in found] == list(range(90))
+    assert spanned == _state("SUCCESS", -1)
+    assert unsubscribes == 0
+    # two channels a task: never more than 40 left (and 30 waiting, and the spanning
+    # one) on a connection, though 90 waits ended; the connection was replaced
+    assert len(counts) == 3 and max(sub for _id, sub in counts) <= 2 * (40 + 30 + 1)
+    assert counts[0][1] == 2 * 31 and len({conn for conn, _sub in counts}) >= 2

@@ -13,9 +13,12 @@ subscribes to the key's two channels (Celery's and Conveyor's own, see
 result stored before the subscription is not missed), as the blocking backend does.
 perf: the waits of one turn of the loop share one SUBSCRIBE, the keys confirmed
 together are read in one MGET, and a waiter's coroutine wakes once, when its state
-comes; a wait alone (one round trip at a time) writes its SUBSCRIBE, its MGET and
-its UNSUBSCRIBE at once instead of a turn of the loop later by a writer task. As in the blocking backend, a payload published on the own channel (which
-names the db) is used as it comes, and a message on Celery's channel (a Celery
+comes; a wait alone (one round trip at a time) writes its SUBSCRIBE and its MGET
+at once instead of a turn of the loop later by a writer task; a wait that ends
+sends no UNSUBSCRIBE: its channels stay subscribed (only its own task publishes on
+them) until a few thousand are left, when the connection is replaced. As in the
+blocking backend, a payload published on the own channel (which names the db) is
+used as it comes, and a message on Celery's channel (a Celery
 writer, or another db's result for the same task id: pub/sub ignores db numbers)
 has the key read again; the key is also read every few seconds, and after a lost
 connection, whatever the notifications say.
@@ -50,8 +53,11 @@ log = logging.getLogger("conveyor.redis")
 _BROKEN: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, OSError)
 #: Pause before the subscription connection is opened again after it broke.
 _RESUBSCRIBE_PAUSE = 0.2
-#: How long the last wait's UNSUBSCRIBE may wait to leave with the next SUBSCRIBE.
-_UNSUBSCRIBE_WITHIN = 0.005
+#: Channels left subscribed (see :meth:`AsyncRedisBackend._leave`) before the
+#: subscription connection is replaced by a new one (which drops them all at once):
+#: at most twice as many subscriptions on the server for this client, and a new
+#: connection, a SUBSCRIBE and an MGET of the waits in flight every so many waits.
+_ROTATE_AFTER = 2000
 #: Bytes the subscription connection reads at a time (redis-py's default: 64 KiB).
 #: perf: hiredis's reader moves the rest of its buffer to the front each time 1 KiB
 #: of it was taken, so a 64 KiB read of results and confirmations (a burst at c100)
@@ -262,13 +268,16 @@ class AsyncRedisBackend:
                                read_size=_SUBSCRIPTION_READ)
         self._listener: asyncio.Task[None] | None = None
         self._channels: dict[bytes, _Channel] = {}
-        #: Channels to (un)subscribe after this turn (one command each way, so
-        #: waiters that arrive together share one write).
+        #: Channels to subscribe after this turn (one command, so waiters that
+        #: arrive together share one write).
         self._subscribing: set[bytes] = set()
-        self._unsubscribing: set[bytes] = set()
-        #: UNSUBSCRIBEs sent per channel and not answered yet: a subscription
-        #: confirmed before them is not the one a new waiter asked for.
-        self._leaving: dict[bytes, int] = {}
+        #: Channels no wait is on any more, still subscribed (see :meth:`_leave`):
+        #: whether their subscription is confirmed.
+        self._left: dict[bytes, bool] = {}
+        #: Set to have the listener replace the subscription connection.
+        self._rotation: asyncio.Future[None] | None = None
+        #: Whether a subscription connection is open (channels left are kept only then).
+        self._up = False
         #: Waiters whose subscription is confirmed and whose key is not read yet
         #: (read together after this turn), and reads that had to open a connection.
         self._unread: list[_Waiter] = []
@@ -277,8 +286,6 @@ class AsyncRedisBackend:
         self._wake: asyncio.Future[None] | None = None
         #: The subscription connection while its writer runs.
         self._sub_conn: Any = None
-        #: The timer that sends the UNSUBSCRIBEs put off (see :meth:`_leave`).
-        self._later: asyncio.TimerHandle | None = None
         #: The end of the waits' pauses (timeouts, rereads).
         self._alarms = _Alarms()
 
@@ -360,8 +367,14 @@ class AsyncRedisBackend:
         if found is None:
             alone = not self._channels
             found = self._channels[channel] = _Channel()
-            self._unsubscribing.discard(channel)
             found.waiters.append(waiter)
+            left = self._left.pop(channel, None)
+            if left is not None:  # still subscribed since an earlier wait on it
+                if left:  # confirmed: its key is read; else it is once confirmed
+                    found.confirmed = True
+                    self._unread.append(waiter)
+                    self._schedule()
+                return waiter
             # perf: the only wait (one round trip at a time) subscribes now, a turn
             # of the loop sooner; waits that come together share the writer's one
             # SUBSCRIBE after the turn.
@@ -376,34 +389,14 @@ class AsyncRedisBackend:
         return waiter
 
     def _write_now(self, command: str, channel: bytes) -> bool:
-        """Write ``command`` for ``channel``'s two channels now, after the
-        UNSUBSCRIBEs put off (see :meth:`_leave`), if the subscription writer is
-        asleep with nothing else to write; else False (the writer does)."""
+        """Write ``command`` for ``channel``'s two channels now, if the subscription
+        writer is asleep with nothing else to write; else False (the writer does)."""
         conn = self._sub_conn
         if conn is None or self._wake is None or self._subscribing or self._unread:
             return False
         if not conn.is_connected:
             return False
-        out = self._unsubscribes()
-        out += pack((command, channel, self._own + channel))
-        return write_now(conn, out)
-
-    def _unsubscribes(self) -> list[bytes]:
-        """The UNSUBSCRIBE of the channels left, packed, counted as
-        leaving; none left after."""
-        gone, self._unsubscribing = self._unsubscribing, set()
-        if not gone:
-            return []
-        for channel in gone:
-            self._leaving[channel] = self._leaving.get(channel, 0) + 1
-        # each key's two channels, Celery's then ours (see _dispatch)
-        return pack(("UNSUBSCRIBE", *(name for channel in gone
-                                      for name in (channel, self._own + channel))))
-
-    def _flush_unsubscribes(self) -> None:
-        self._later = None
-        if self._unsubscribing:
-            self._schedule()
+        return write_now(conn, pack((command, channel, self._own + channel)))
 
     def _leave(self, channel: bytes, waiter: _Waiter) -> None:
         found = self._channels.get(channel)
@@ -417,17 +410,19 @@ class AsyncRedisBackend:
                 return
         del self._channels[channel]
         if channel in self._subscribing:
-            self._subscribing.discard(channel)
-        elif not self._channels:
-            # perf: the last wait's UNSUBSCRIBE is put off a moment, to leave
-            # in the next wait's write of its SUBSCRIBE (one send less)
-            self._unsubscribing.add(channel)
-            if self._later is None:
-                self._later = asyncio.get_running_loop().call_later(
-                    _UNSUBSCRIBE_WITHIN, self._flush_unsubscribes)
-        else:
-            self._unsubscribing.add(channel)
-            self._schedule()
+            self._subscribing.discard(channel)  # not subscribed yet: never will be
+            return
+        # perf: no UNSUBSCRIBE (its write, the two replies to read and Redis's work a
+        # wait): the channel stays subscribed, and only its task (one this client
+        # waited on) publishes on it. Once _ROTATE_AFTER are left, the connection
+        # is replaced: closing it drops them all at once.
+        if not self._up:  # none is open: nothing is subscribed
+            return
+        self._left[channel] = found.confirmed
+        if len(self._left) >= _ROTATE_AFTER:
+            rotation = self._rotation
+            if rotation is not None and not rotation.done():
+                rotation.set_result(None)
 
     def _schedule(self) -> None:
         """Have the subscription writer run once more after this turn (see
@@ -442,12 +437,12 @@ class AsyncRedisBackend:
 
     def _turn(self) -> list[bytes]:
         """What this turn of the loop asked for: the keys of the waiters whose
-        subscription is confirmed, read in one MGET; and the (un)subscriptions,
+        subscription is confirmed, read in one MGET; and the subscriptions,
         returned for one write."""
         unread, self._unread = self._unread, []
         if unread:
             self._read(unread)
-        out = self._unsubscribes()
+        out: list[bytes] = []
         own = self._own
         new, self._subscribing = self._subscribing, set()
         if new:
@@ -525,39 +520,49 @@ class AsyncRedisBackend:
 
     async def _listen(self) -> None:
         """Keep the subscription connection: a writer and a reader task on it;
-        reconnect and subscribe every channel again when it breaks."""
+        reconnect and subscribe every channel waited on again when it breaks, or
+        at once when it is replaced for the channels left on it (see :meth:`_leave`)."""
         loop = asyncio.get_running_loop()
         pause = _RESUBSCRIBE_PAUSE
         while True:
             conn = new_connection(self._sub_pool)
             tasks: list[asyncio.Task[None]] = []
+            rotated = False
             try:
                 await conn.connect()
                 pause = _RESUBSCRIBE_PAUSE
                 self._subscribing = set(self._channels)
-                self._unsubscribing.clear()
-                self._leaving.clear()
+                self._up = True
+                rotation = self._rotation = loop.create_future()
                 tasks = [loop.create_task(self._write_subscriptions(conn)),
                          loop.create_task(self._read_subscription(conn))]
-                done, _pending = await asyncio.wait(tasks,
+                done, _pending = await asyncio.wait([*tasks, rotation],
                                                     return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    task.result()  # raises what broke the connection
+                    if task is rotation:
+                        rotated = True
+                    else:
+                        task.result()  # raises what broke the connection
             except _BROKEN as exc:
                 (log.warning if pause == _RESUBSCRIBE_PAUSE else log.debug)(
                     "Result subscription to %s broke (%s); resubscribing",
                     mask_url(self.url), exc)
             finally:
+                # before any await: a wait joining or leaving meanwhile finds no
+                # channel subscribed (a new connection subscribes afresh)
+                self._up = False
+                self._left.clear()
+                for found in self._channels.values():  # read again once resubscribed
+                    found.confirmed = False
                 self._wake = None
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 with contextlib.suppress(Exception):
                     await conn.disconnect(nowait=True)
-            for found in self._channels.values():  # read again once resubscribed
-                found.confirmed = False
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 5.0)
+            if not rotated:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
     async def _read_subscription(self, conn: Any) -> None:
         replies = Replies(conn)  # perf: what one read brought, in one pass
@@ -568,9 +573,9 @@ class AsyncRedisBackend:
 
     def _dispatch(self, reply: Any) -> None:
         """One reply on the subscription connection. A key's two channels are
-        (un)subscribed together, Celery's first: the reply for our own channel is
-        the one that says both are done. Messages before the confirmation are left
-        from an earlier subscription to the key, and are not trusted."""
+        subscribed together, Celery's first: the reply for our own channel is the
+        one that says both are. A message before the confirmation is not trusted
+        (the key is read once confirmed)."""
         kind, channel = reply[0], reply[1]
         own = channel.startswith(self._own)
         if own:
@@ -588,24 +593,19 @@ class AsyncRedisBackend:
                     self._unread += unsure
                     self._schedule()
         elif not own:
-            return  # Celery's channel's (un)subscription: ours follows at once
+            return  # Celery's channel's subscription: ours follows at once
         elif kind == b"subscribe":
-            if self._leaving.get(channel):
-                return  # confirms a subscription an UNSUBSCRIBE since ended
             found = self._channels.get(channel)
-            if found is not None and not found.confirmed:
+            if found is None:
+                if channel in self._left:  # left before its confirmation came
+                    self._left[channel] = True
+            elif not found.confirmed:
                 found.confirmed = True
                 if not self._unread and self._pipe.idle:
                     self._read(list(found.waiters))  # perf: the MGET leaves now
                 else:  # with the others confirmed in this turn
                     self._unread += found.waiters
                     self._schedule()
-        elif kind == b"unsubscribe":
-            left = self._leaving.get(channel, 0) - 1
-            if left > 0:
-                self._leaving[channel] = left
-            else:
-                self._leaving.pop(channel, None)
 
     async def wait(self, task_id: str, *, timeout: float | None,
                    previous: bytes | None) -> bytes | None:
@@ -649,9 +649,6 @@ class AsyncRedisBackend:
     async def close(self) -> None:
         # the alarms stay: a wait still sleeping ends its pause (its timeout) as it
         # would have with a timer of its own
-        later, self._later = self._later, None
-        if later is not None:
-            later.cancel()
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.cancel()
