@@ -21,7 +21,6 @@ from typing import Any, cast, overload
 
 import pika
 import pika.exceptions as pe
-from conveyor.exceptions import OperationalError
 from pika import frame
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
@@ -72,11 +71,6 @@ class Channel:
         self._consuming: tuple[str, ...] = ()
         #: Tags received and not yet settled, in order (tags only grow on a channel).
         self._unsettled: dict[int, None] = {}
-        #: Tags the consumer acked that are not framed yet (see :meth:`ack`).
-        self._held: set[int] = set()
-        #: Acks that may be held back before they are sent: a quarter of the
-        #: prefetch, set when consuming starts (1: none is held).
-        self._hold = 1
 
     # ------------------------------------------------------------- lifecycle
     @property
@@ -122,17 +116,11 @@ class Channel:
         self._declared.clear()
         self._buffer.clear()
         self._unsettled.clear()
-        self._held.clear()  # their channel is gone: RabbitMQ gives them back
         self._consuming = ()
 
     def drop(self) -> None:
         """Forget the connection (closing it if it still answers)."""
         conn, self._conn = self._conn, None
-        if conn is not None and conn.is_open:
-            try:
-                self._frame_acks()  # held acks go out ahead of the channel's close
-            except OperationalError:
-                pass  # broken: RabbitMQ gives their messages back anyway
         self._forget()
         if conn is not None and conn.is_open:
             try:
@@ -255,7 +243,6 @@ class Channel:
         with translate(self.url, "starting to consume"):
             if not self._consuming:
                 ch.basic_qos(prefetch_count=prefetch)
-                self._hold = max(1, prefetch // 4)
             for queue in new:
                 ch.basic_consume(queue, self._on_message(queue))
         self._consuming = (*self._consuming, *new)
@@ -279,7 +266,6 @@ class Channel:
                 self.open()
                 conn = self._conn
                 assert conn is not None
-            self._frame_acks()  # perf: held acks go out with this read's poll
             with translate(self.url, "waiting for messages"):
                 conn.process_data_events(time_limit=timeout)
         out: list[Raw] = []
@@ -290,76 +276,52 @@ class Channel:
     def idle(self) -> None:
         """Answer heartbeats and read what arrived, without waiting."""
         if self._conn is not None:
-            self._frame_acks()
             with translate(self.url, "reading from the connection"):
                 self._conn.process_data_events(time_limit=0)
 
     # ------------------------------------------------------------- settling
-    def ack(self, tags: Iterable[int], *, hold: bool = False) -> None:
+    def ack(self, tags: Iterable[int]) -> None:
         """Ack ``tags``: the oldest unsettled run in one ``multiple`` ack, the rest
         one by one (tasks finish out of order), all in one flush.
-
-        With ``hold`` (the worker's early acks: :meth:`.AmqpTransport.ack`) they
-        may wait to go out with later ones: until the connection is next read
-        (:meth:`take` with nothing received left, :meth:`idle`), until a quarter
-        of the prefetch is held, until an ack without ``hold`` (an ``acks_late``
-        task's, parking, dead-lettering, giving back), or until the connection is
-        closed (:meth:`drop`). With a prefetch under 8 none waits.
-
-        What a crash (or a lost connection) before they go out means: RabbitMQ
-        gives those messages back and their tasks run again, although they
-        started, or even ended, before: a task acked early runs at least once,
-        not at most once, when its worker dies within that window (fewer than a
-        quarter of the prefetch tasks, those started last). A worker whose pool
-        is full with a backlog reads nothing until a slot frees, so a held ack
-        waits that long (the connection's heartbeats wait as well). ``acks_late``
-        tasks are not held: for them a crash means what it always did.
 
         perf: pika's ``BlockingChannel.basic_ack`` flushes each ack through its I/O
         loop (arm the writer, poll, send, disarm: four system calls, each a GIL wait
         on a busy worker). The acks are framed by pika's own channel method (which
         checks the channel is open) and flushed once by pika's own loop, so what
         the connection's state machine sees is what it would see ack by ack.
-        Held, they share one ``multiple`` frame and one flush with the next, or
-        ride on the poll of the next read.
-        """
-        held = self._held
-        unsettled = self._unsettled
-        held.update(tag for tag in tags if tag in unsettled)
-        if held and (not hold or len(held) >= self._hold) and self._frame_acks():
-            with translate(self.url, "acknowledging messages"):
-                cast(Any, self._ch)._flush_output()  # pika's loop: see above
 
-    def _frame_acks(self) -> bool:
-        """Frame the held acks on the channel (pika's ``basic_ack``), unsent: the
-        next flush or poll of the connection sends them. False when none was."""
-        held = self._held
-        if not held:
-            return False
+        The acks go out before this returns: the worker acks a task that is not
+        ``acks_late`` before it starts it, so a worker that dies while it runs does
+        not get its message back (at most once, as Celery's early ack).
+        """
+        done = set(tags) & self._unsettled.keys()
+        if not done:
+            return
         ch: Any = self._ch
         if ch is None or not ch.is_open:
-            held.clear()  # their channel is gone: RabbitMQ gave them back
-            return False
-        unsettled = self._unsettled
+            # Their channel closed meanwhile: RabbitMQ gave those messages back, and
+            # their tags mean nothing on a new channel (it would close with 406).
+            for tag in done:
+                del self._unsettled[tag]
+            return
         top = None
-        for tag in unsettled:
-            if tag not in held:
+        for tag in self._unsettled:
+            if tag not in done:
                 break
             top = tag
         with translate(self.url, "acknowledging messages"):
             impl = ch._impl  # pika's channel under the blocking facade
             if top is not None:
                 impl.basic_ack(top, multiple=True)
-                for tag in list(unsettled):
+                for tag in list(self._unsettled):
                     if tag > top:
                         break
-                    del unsettled[tag]
-                    held.discard(tag)
-            for tag in sorted(held):
+                    del self._unsettled[tag]
+                    done.discard(tag)
+            for tag in sorted(done):
                 impl.basic_ack(tag)
-                unsettled.pop(tag, None)
-            held.clear()
-        return True
+                del self._unsettled[tag]
+            ch._flush_output()
 
     def reject(self, tag: int, *, requeue: bool) -> None:
         if self._unsettled.pop(tag, 0) is None:

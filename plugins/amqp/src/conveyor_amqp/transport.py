@@ -6,8 +6,7 @@ What goes where (names in :mod:`.layout`):
   (as Celery publishes it), or to the ``exchange``/``routing_key`` it was given; the
   queue, its direct exchange and binding are declared once per connection;
 * a worker consumes with ``basic.consume`` and a prefetch of its pool's size, and acks
-  in batches (``multiple``), early acks held until its next read or a quarter of the
-  prefetch (:meth:`.Channel.ack`); deliveries are bound to the channel (:mod:`.channel`);
+  in batches (``multiple``); deliveries are bound to the channel (see :mod:`.channel`);
 * a message due later than the worker's horizon is parked in kombu's native
   delayed-delivery layout (confirmed publish, then ack) and comes back to its queue
   when due, so nothing waits unacked past RabbitMQ's ``consumer_timeout``;
@@ -229,30 +228,7 @@ class AmqpTransport(BroadcastMixin, BaseTransport):
         return [d.tag.tag for d in deliveries if d.tag.generation == gen]
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """Ack the worker's deliveries. Early acks (tasks not ``acks_late``) may wait
-        for the consumer's next read (see :meth:`.Channel.ack`, and what a crash
-        before they go out means there); an ``acks_late`` task's ack goes out at
-        once, with any held ones, as before: a worker killed after such tasks
-        ended runs again no more of them than it did.
-
-        perf: flushed one by one, a noop drain (threads ``-c 8``) flushed once per
-        ~4.5 tasks; held, the worker's system calls a task fell 35.4 -> 26.0
-        (epoll_ctl 0.53 -> 0.25, epoll_wait 0.27 -> 0.12, futex 29.0 -> 20.3;
-        strace -f -c, 6,000 - 1,000 tasks).
-        """
-        self.line.ack(self._live(deliveries), hold=not any(map(self._late, deliveries)))
-
-    def _late(self, delivery: Delivery) -> bool:
-        """Whether the worker acks ``delivery`` after its task ran: the task's own
-        ``acks_late``, else ``task_acks_late`` (as the worker reads them); True for
-        a task this app does not know."""
-        app = self.app
-        if app is None:
-            return True
-        task = app.tasks.get(delivery.message.headers.get("task") or "")
-        if task is None:
-            return True
-        return bool(app.conf.task_acks_late if task.acks_late is None else task.acks_late)
+        self.line.ack(self._live(deliveries))
 
     def requeue(self, delivery: Delivery) -> None:
         """Give an unstarted delivery back uncounted: published again with its count
