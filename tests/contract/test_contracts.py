@@ -21,7 +21,7 @@ from conveyor_pytest.contract import (
     AsyncBackendContract, AsyncDelayContract, AsyncJoinContract, AsyncPriorityContract,
     AsyncReplyContract, AsyncTransportContract, BackendContract, BroadcastContract,
     CompressorContract, DeadLetterContract, DelayContract, FullTransportContract,
-    GroupContract, InspectContract, JoinContract, LeaseContract, PriorityContract,
+    GroupContract, HeartbeatContract, InspectContract, JoinContract, LeaseContract, PriorityContract,
     PurgeContract, ReplyContract, SerializerContract, TransportContract,
 )
 from conveyor_pytest.fixtures import require_service
@@ -213,7 +213,7 @@ class _Amqp:
 
 class TestAmqpTransport(_Amqp, TransportContract, PriorityContract, DelayContract,
                         DeadLetterContract, PurgeContract, InspectContract,
-                        BroadcastContract):
+                        HeartbeatContract, BroadcastContract):
     """Channel settlement; no leases (RabbitMQ holds a delivery while its channel
     lives) and no abandon (a lost channel's deliveries come back by themselves).
     amqps:// is the same class over TLS. ``inspect`` counts what AMQP can count:

@@ -212,6 +212,10 @@ class Capabilities:
     #: giving running deliveries back (the worker calls it when it reconnects;
     #: otherwise it calls ``close()``).
     abandon: bool = False
+    #: :class:`HeartbeatTransport`: the broker closes a connection that is not read
+    #: for a while (AMQP heartbeats); the worker calls ``heartbeat()`` every second,
+    #: also while its pool is full and it fetches nothing.
+    heartbeats: bool = False
     #: :class:`BroadcastTransport`: ``broadcast`` to an :class:`Exchange` and
     #: ``subscribe`` to one (remote control and events). Without it ``conveyor
     #: inspect``/``control`` fail with a :class:`CapabilityError` and workers run no
@@ -526,6 +530,20 @@ class AbandonTransport(Transport, Protocol):
         would give them back and run them twice)."""
 
 
+@runtime_checkable
+class HeartbeatTransport(Transport, Protocol):
+    """``Capabilities.heartbeats``: a connection that must be read now and then to
+    stay open."""
+
+    def heartbeat(self) -> None:
+        """Answer the broker's heartbeats without waiting: read and write what the
+        connection needs to stay open, keeping deliveries that arrive for the next
+        ``fetch``. The worker calls it from its consuming thread about every second,
+        whatever else it does: a worker whose pool is full with a backlog fetches
+        nothing while long tasks run, and a broker that closed its connection
+        meanwhile would give its ``acks_late`` deliveries to another run."""
+
+
 #: Exchange kinds (:attr:`Exchange.kind`).
 FANOUT, TOPIC, DIRECT = "fanout", "topic", "direct"
 
@@ -653,7 +671,7 @@ CAPABILITY_PROTOCOLS: Mapping[str, type] = {
     "delays": DelayTransport, "leases": LeaseTransport,
     "dead_letters": DeadLetterTransport, "purge": PurgeTransport,
     "inspect": InspectTransport, "abandon": AbandonTransport,
-    "broadcast": BroadcastTransport,
+    "heartbeats": HeartbeatTransport, "broadcast": BroadcastTransport,
 }
 
 
@@ -1007,6 +1025,7 @@ __all__ = [
     "Delivery", "Outgoing", "Capabilities", "BackendCapabilities", "DeadLetter", "QueueStats",
     "Join", "Serializer", "Compressor", "Transport", "DelayTransport", "LeaseTransport",
     "DeadLetterTransport", "PurgeTransport", "InspectTransport", "AbandonTransport",
+    "HeartbeatTransport",
     "BaseTransport", "Backend", "JoinBackend", "GroupBackend", "ReplyBackend", "Router",
     "AsyncTransport", "AsyncBackend", "AsyncJoinBackend", "AsyncReplyBackend",
     "ASYNC_BACKEND_PROTOCOLS", "PreparingBackend", "require", "unsupported", "check_option_type",

@@ -334,3 +334,33 @@ def test_jobs_prefetched_behind_a_running_task_run_once_after_a_lost_channel(
         assert [r.get(timeout=30) for r in marked] == [0, 1, 2]
         time.sleep(0.5)  # time enough for a second run of a job to show
     assert sorted(runs) == [0, 1, 2]
+
+
+def test_long_tasks_behind_a_full_pool_keep_the_connections_alive(amqp_url: str,
+                                                                  queue: str) -> None:
+    """With a short heartbeat (1 s: RabbitMQ closes a connection silent for two),
+    acks_late tasks of 3 s each run one after another with others prefetched behind
+    them: the worker fetches nothing meanwhile, but its connection stays open, so
+    each task runs once and is acked. The control thread's reply connection stays
+    open too: a ping after the quiet spell is answered."""
+    app = Conveyor("t", broker=amqp_url, backend=RESULTS,
+                   broker_transport_options={"heartbeat": 1})
+    runs: list[int] = []
+
+    @app.task(name="t.long", acks_late=True)
+    def long(n: int) -> int:
+        runs.append(n)
+        time.sleep(3)
+        return n
+
+    try:
+        worker = app.Worker(queues=[queue], concurrency=1, pool="threads")
+        with worker.running():
+            results = [long.apply_async((n,), queue=queue) for n in range(3)]
+            assert [r.get(timeout=40) for r in results] == [0, 1, 2]
+            time.sleep(1.5)  # a second run of an unacked task would start by now
+            replies = app.control.ping([worker.hostname], timeout=3)
+            assert [worker.hostname in reply for reply in replies] == [True], replies
+        assert runs == [0, 1, 2]
+    finally:
+        app.close()

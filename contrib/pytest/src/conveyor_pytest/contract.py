@@ -38,7 +38,7 @@ from conveyor.interfaces import (
     ASYNC_BACKEND_PROTOCOLS, CAPABILITY_PROTOCOLS, DIRECT, FANOUT, LEASE, TOPIC,
     AbandonTransport, AsyncBackend, AsyncJoinBackend, AsyncReplyBackend, AsyncTransport,
     Backend, BroadcastTransport, Compressor, DeadLetterTransport, DelayTransport, Delivery,
-    Exchange, GroupBackend, InspectTransport, Join, JoinBackend, LeaseTransport, Message,
+    Exchange, GroupBackend, HeartbeatTransport, InspectTransport, Join, JoinBackend, LeaseTransport, Message,
     Outgoing, PurgeTransport, ReplyBackend, Route, Serializer, Subscription, Transport,
 )
 
@@ -475,6 +475,32 @@ class AbandonContract(_TransportKit):
             assert again.message.headers["id"] == d.message.headers["id"]
 
 
+class HeartbeatContract(_TransportKit):
+    """``Capabilities.heartbeats``: ``heartbeat()`` keeps the connection and takes
+    nothing: deliveries held and arriving meanwhile stay for ``fetch`` and ``ack``."""
+
+    def test_heartbeat_keeps_deliveries_for_fetch_and_ack(self, transport: Transport,
+                                                          queue: str) -> None:
+        beats = cast(HeartbeatTransport, transport)
+
+        def take_one() -> Delivery:  # limit 2: a prefetch with room for the second
+            got: list[Delivery] = _wait_for(
+                lambda: transport.fetch([queue], limit=2, timeout=0.3), 5)
+            assert len(got) == 1, f"expected one delivery from {queue}, got {got}"
+            return got[0]
+
+        self.send(transport, queue, self.message(1))
+        first = take_one()  # held, unacked, across the heartbeats
+        self.send(transport, queue, self.message(2))
+        for _ in range(3):
+            beats.heartbeat()
+        second = take_one()
+        assert self.ids([first, second]) == [1, 2]
+        transport.ack([first, second])
+        beats.heartbeat()
+        assert transport.fetch([queue], limit=1, timeout=0.3) == []
+
+
 class BroadcastContract(_TransportKit):
     """``Capabilities.broadcast``: fanout, topic and direct exchanges, as kombu's
     pidbox (remote control) and Celery's events use them."""
@@ -572,14 +598,15 @@ CAPABILITY_CONTRACTS: dict[str, type] = {
     "priorities": PriorityContract, "delays": DelayContract, "leases": LeaseContract,
     "dead_letters": DeadLetterContract, "purge": PurgeContract,
     "inspect": InspectContract, "abandon": AbandonContract,
-    "broadcast": BroadcastContract,
+    "heartbeats": HeartbeatContract, "broadcast": BroadcastContract,
 }
 
 
 class FullTransportContract(TransportContract, PriorityContract, DelayContract,
                             LeaseContract, DeadLetterContract, PurgeContract,
                             InspectContract, AbandonContract, BroadcastContract):
-    """Every part, for a transport that declares every capability."""
+    """Every part, for a transport that declares every capability but ``heartbeats``
+    (a connection that stays open unread: mix in :class:`HeartbeatContract` if not)."""
 
 
 def _doc(status: str, result: Any) -> bytes:

@@ -33,7 +33,8 @@ from urllib.parse import urlsplit
 from .. import states
 from ..control.exchanges import PIDBOX, QUEUE_EXPIRES, REPLIES, pidbox_queue
 from ..interfaces import (
-    DIRECT, BroadcastTransport, Capabilities, Delivery, Exchange, Message,
+    DIRECT, BroadcastTransport, Capabilities, Delivery, Exchange, HeartbeatTransport,
+    Message,
 )
 from ..utils import mask_url
 from .revoked import REVOKED, RUNNING
@@ -353,9 +354,15 @@ class ControlConsumer:
                                                    expires=QUEUE_EXPIRES)
                 self.ready.set()
                 pause = 0.1
+                # the replies' connection is written to only when a command comes: a
+                # broker that wants heartbeats would close it meanwhile, losing a reply
+                beats = cast(HeartbeatTransport, transport).heartbeat \
+                    if transport.capabilities.heartbeats else None
                 while not self._stop.is_set():
                     for delivery in subscription.get(timeout=0.5):
                         self._handle(transport, delivery)
+                    if beats is not None:
+                        beats()
             except Exception as exc:  # noqa: BLE001 - the control thread must live on
                 broken = True
                 if not self._stop.is_set():

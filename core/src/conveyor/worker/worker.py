@@ -45,7 +45,7 @@ from ..exceptions import (
 from ..ratelimit import Throttle, parse_rate
 from ..interfaces import (
     LEASE, AbandonTransport, Capabilities, DeadLetterTransport, DelayTransport,
-    LeaseTransport, Route,
+    HeartbeatTransport, LeaseTransport, Route,
 )
 from ..options import eta_horizon
 from . import control, preflight
@@ -63,6 +63,12 @@ log = logging.getLogger("conveyor.worker")
 
 #: Seconds a slot of an autoscaled worker stays idle before the pool shrinks.
 AUTOSCALE_KEEPALIVE = 30.0
+
+#: Seconds between a worker's ``heartbeat()`` calls on a transport that needs them
+#: (``Capabilities.heartbeats``): well inside the window of even a 2 s AMQP heartbeat
+#: (RabbitMQ closes a connection silent for two), at one poll of the connection a
+#: second.
+HEARTBEAT_EVERY = 1.0
 
 #: Seconds a freed slot of a full threads pool may wait for others to free, so
 #: waiting jobs start (and are acked) together (see ``Worker._iterate``).
@@ -255,6 +261,8 @@ class Worker:
             return
         caps: Capabilities = transport.capabilities
         self._caps = caps
+        #: When the transport's next heartbeat() is due (None: it needs none).
+        self._beat_due = time.monotonic() + HEARTBEAT_EVERY if caps.heartbeats else None
         self._pipeline(caps)
         vt = cast(LeaseTransport, transport).visibility_timeout if caps.leases else None
         self._horizon = eta_horizon(app.conf, vt)
@@ -307,6 +315,10 @@ class Worker:
             pool.report_starts = self._ack_on_start = pool.depth > 1
 
     def _iterate(self, transport: Transport) -> None:
+        if self._beat_due is not None and time.monotonic() >= self._beat_due:
+            # also while the pool is full and nothing is fetched (see HeartbeatTransport)
+            cast(HeartbeatTransport, transport).heartbeat()
+            self._beat_due = time.monotonic() + HEARTBEAT_EVERY
         self._settle(transport, defer=True)
         self._release_due()
         held_back = self._start_jobs(transport)

@@ -73,7 +73,7 @@ class AmqpTransport(BroadcastMixin, BaseTransport):
     scheme = "amqp"
     capabilities: ClassVar[Capabilities] = Capabilities(
         delays=True, dead_letters=True, priorities=True, purge=True, inspect=True,
-        broadcast=True, settlement=CHANNEL)
+        heartbeats=True, broadcast=True, settlement=CHANNEL)
     connection_errors = CONNECTION_ERRORS
     default_options: ClassVar[dict[str, Any]] = {
         "confirm_publish": False,
@@ -114,6 +114,13 @@ class AmqpTransport(BroadcastMixin, BaseTransport):
     def close(self) -> None:
         """Close the connection; RabbitMQ gives every unsettled delivery back."""
         self.line.drop()
+
+    def heartbeat(self) -> None:
+        """Read the connection without waiting: pika answers RabbitMQ's heartbeats
+        only while its connection is read, and RabbitMQ closes one silent for two
+        heartbeats (60 s each by default), giving its unacked deliveries to another
+        run. Deliveries that arrive wait for the next :meth:`fetch`."""
+        self.line.idle()
 
     # ------------------------------------------------------------- declaring
     def exchange_for(self, queue: str) -> str:
