@@ -72,3 +72,35 @@ def test_waiting_borrowers_are_all_woken_in_time(app):
     assert not errors
     assert len(seen) == 2
     assert time.monotonic() - started < 10
+
+
+class _LostConnection(OperationalError, ConnectionError):
+    """A plugin's lost connection: one of Conveyor's errors and a connection error."""
+
+
+def test_a_plugins_connection_error_is_retried_and_a_final_error_is_not(app):
+    """A transport that raises a lost connection as one of Conveyor's errors (as
+    the AMQP plugin does) gets the retry policy; Conveyor's other errors are final,
+    even under a ``retry_errors`` that would match them."""
+    with app.pool.acquire() as conn:
+        conn.transport.connection_errors = (_LostConnection,)
+        calls = []
+
+        def lost_once(_transport):
+            calls.append(1)
+            if len(calls) == 1:
+                raise _LostConnection("connection lost")
+            return "sent"
+
+        assert conn.ensure(lost_once, policy={"max_retries": 2, "interval_start": 0}) == "sent"
+        assert len(calls) == 2
+
+        def refused(_transport):
+            calls.append(1)
+            raise OperationalError("refused route")
+
+        calls.clear()
+        with pytest.raises(OperationalError, match="refused route"):
+            conn.ensure(refused, policy={"max_retries": 2, "interval_start": 0,
+                                         "retry_errors": (Exception,)})
+        assert len(calls) == 1

@@ -21,8 +21,8 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from .connection import gave_up, retry_sleeps, scheme_of
-from .exceptions import ConfigurationError, ConveyorError
+from .connection import gave_up, retry_sleeps, retryable, scheme_of
+from .exceptions import ConfigurationError
 from .interfaces import Outgoing
 from .plugins import find
 from .settings import DEFAULT_RETRY_POLICY
@@ -118,12 +118,10 @@ class _Sender:
                     self.connected = True
                 await transport.publish_many(batch)
                 return
-            except ConveyorError:
-                raise
             except Exception as exc:
                 policy = policy or DEFAULT_RETRY_POLICY
-                if not isinstance(exc, tuple(policy.get("retry_errors")
-                                             or transport.connection_errors)):
+                errors = tuple(transport.connection_errors)
+                if not retryable(exc, tuple(policy.get("retry_errors") or errors), errors):
                     raise
                 if sleeps is None:
                     sleeps = retry_sleeps(policy) if retry else iter(())

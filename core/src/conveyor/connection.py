@@ -49,6 +49,19 @@ def retry_sleeps(policy: Mapping[str, Any]) -> Iterator[float]:
         interval += step
 
 
+def retryable(exc: BaseException, errors: tuple[type[BaseException], ...],
+              connection_errors: tuple[type[BaseException], ...]) -> bool:
+    """Whether a failed call is tried again: ``exc`` is one of ``errors`` (the retry
+    policy's ``retry_errors``, else the transport's ``connection_errors``), and not
+    one of Conveyor's own errors unless the transport lists it as a connection
+    error. A plugin raises a lost connection as both (AMQP's
+    ``AmqpConnectionError``); a refused route or a missing capability is final,
+    whatever ``retry_errors`` says."""
+    if isinstance(exc, ConveyorError) and not isinstance(exc, connection_errors):
+        return False
+    return isinstance(exc, errors)
+
+
 def gave_up(url: str, what: str, exc: BaseException, attempts: int) -> OperationalError:
     """The error once the retry policy is exhausted: the broker (password masked),
     the cause, and how many attempts were made."""
@@ -105,7 +118,7 @@ class Connection:
         broker (password masked) and the cause, retried or not.
         """
         policy = policy or DEFAULT_RETRY_POLICY
-        errors = policy.get("retry_errors") or self.transport.connection_errors
+        errors = tuple(policy.get("retry_errors") or self.transport.connection_errors)
         sleeps = retry_sleeps(policy) if retry else iter(())
         attempts = 0
         while True:
@@ -113,9 +126,16 @@ class Connection:
             try:
                 self._connect()
                 return fn(self.transport)
-            except ConveyorError:
-                raise
-            except tuple(errors) as exc:
+            except Exception as exc:
+                if not retryable(exc, errors, tuple(self.transport.connection_errors)):
+                    if isinstance(exc, ConveyorError):
+                        raise
+                    self._reset()
+                    raise OperationalError(
+                        f"Cannot {what} to broker {mask_url(self.url)}: "
+                        f"{type(exc).__name__}: {exc} (not retried: only the transport's "
+                        "connection errors are, or retry_policy['retry_errors'])."
+                    ) from exc
                 delay = next(sleeps, None)
                 if delay is None:
                     self._reset()
@@ -125,13 +145,6 @@ class Connection:
                 self._reset()
                 if delay:
                     time.sleep(delay)
-            except Exception as exc:
-                self._reset()
-                raise OperationalError(
-                    f"Cannot {what} to broker {mask_url(self.url)}: "
-                    f"{type(exc).__name__}: {exc} (not retried: only the transport's "
-                    "connection errors are, or retry_policy['retry_errors'])."
-                ) from exc
 
     def publish(self, message: Message, route: Route, due: float | None = None, *,
                 retry: bool = True, policy: Mapping[str, Any] | None = None) -> None:

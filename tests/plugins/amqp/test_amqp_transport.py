@@ -288,3 +288,18 @@ def test_an_early_ack_is_on_the_broker_before_the_task_starts(make_app: Any,
     wait_for(lambda: depth(app.broker_url, queue) == 7, 10, what="7 given back")
     time.sleep(0.3)  # a late give-back of the acked one would show here
     assert depth(app.broker_url, queue) == 7
+
+
+def test_a_publish_after_an_idle_spell_longer_than_the_heartbeats_goes_through(
+        make_app: Any, queue: str) -> None:
+    """A producer that publishes, then idles past two heartbeats: RabbitMQ has closed
+    its connection meanwhile (nothing read it). The next publish finds it broken
+    and is retried on a new connection by the retry policy, once: it arrives and
+    the first is not sent twice."""
+    app = make_app(broker_transport_options={"heartbeat": 1})
+    app.send_task("t.x", queue=queue)
+    time.sleep(3.5)  # two missed heartbeats and some: the broker closed it by now
+    app.send_task("t.x", queue=queue)
+    wait_for(lambda: depth(app.broker_url, queue) == 2, 10, what="both published")
+    time.sleep(0.3)
+    assert depth(app.broker_url, queue) == 2
