@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -146,3 +147,26 @@ def test_conveyor_worker_answers_a_celery_client(app: Conveyor, amqp_url: str,
         with pytest.raises(Exception, match="boom"):
             failed.get(timeout=20)
     capp.close()
+
+
+def test_results_wait_in_the_reply_queue_while_the_caller_reads_nothing(
+        amqp_url: str, queue: str) -> None:
+    """A caller sends a task, then reads nothing for longer than two heartbeats
+    (1 s here) while the worker (another app: its own connections) sends the
+    result: the reply queue and the result are still there when it asks."""
+    beat = {"broker_transport_options": {"heartbeat": 1}}
+    worker_app, client = rpc_app(amqp_url, **beat), rpc_app(amqp_url, **beat)
+
+    @worker_app.task(name="rpc.slow_add")
+    def slow_add(x: int, y: int) -> int:
+        time.sleep(4)  # the caller's connection is silent for 2 heartbeats by now
+        return x + y
+
+    try:
+        with worker_app.Worker(queues=[queue], concurrency=1, pool="threads").running():
+            result = client.send_task("rpc.slow_add", (3, 4), queue=queue)
+            time.sleep(6)  # the result came meanwhile
+            assert result.get(timeout=10) == 7
+    finally:
+        client.close()
+        worker_app.close()
