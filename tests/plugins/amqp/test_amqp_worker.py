@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pika
 import pytest
-from amqp_support import Proc, depth, rabbitmqctl, wait_for
+from amqp_support import Proc, depth, queue_info, rabbitmqctl, wait_for
 from conveyor import Conveyor
 from conveyor.exceptions import DeliveryLimitExceeded, NotRegistered
 
@@ -364,3 +364,20 @@ def test_long_tasks_behind_a_full_pool_keep_the_connections_alive(amqp_url: str,
         assert runs == [0, 1, 2]
     finally:
         app.close()
+
+
+def test_a_queue_deleted_under_the_worker_is_declared_again_and_consumed(
+        app: Conveyor, amqp_vhost: str, queue: str) -> None:
+    """RabbitMQ cancels the consumer of a deleted queue; the worker declares the queue
+    again and consumes it (as Celery's worker does when it reconnects), instead of
+    waiting for ever on a subscription that is gone."""
+    @app.task(name="t.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    with app.Worker(queues=[queue], concurrency=2, pool="threads").running():
+        assert add.apply_async((1, 2), queue=queue).get(timeout=10) == 3
+        rabbitmqctl("delete_queue", "-p", amqp_vhost, queue)
+        wait_for(lambda: queue in queue_info(amqp_vhost), 20,
+                 what="the worker declaring the deleted queue again")
+        assert add.apply_async((2, 2), queue=queue).get(timeout=10) == 4

@@ -69,6 +69,12 @@ class Channel:
         self._declared: set[Any] = set()
         self._buffer: deque[Raw] = deque()
         self._consuming: tuple[str, ...] = ()
+        #: Consumer tag -> its queue, on this channel.
+        self._consumers: dict[str, str] = {}
+        #: Queues whose consumer RabbitMQ cancelled (see :meth:`cancelled`).
+        self._cancelled: list[str] = []
+        #: Whether this channel's prefetch is set (once, at its first consume).
+        self._qos = False
         #: Tags received and not yet settled, in order (tags only grow on a channel).
         self._unsettled: dict[int, None] = {}
 
@@ -117,6 +123,9 @@ class Channel:
         self._buffer.clear()
         self._unsettled.clear()
         self._consuming = ()
+        self._consumers.clear()
+        self._cancelled.clear()
+        self._qos = False
 
     def drop(self) -> None:
         """Forget the connection (closing it if it still answers)."""
@@ -241,11 +250,30 @@ class Channel:
         if not new:
             return
         with translate(self.url, "starting to consume"):
-            if not self._consuming:
+            if not self._qos:
                 ch.basic_qos(prefetch_count=prefetch)
+                ch.add_on_cancel_callback(self._on_cancel)
+                self._qos = True
             for queue in new:
-                ch.basic_consume(queue, self._on_message(queue))
+                self._consumers[ch.basic_consume(queue, self._on_message(queue))] = queue
         self._consuming = (*self._consuming, *new)
+
+    def _on_cancel(self, frame: Any) -> None:
+        """RabbitMQ cancelled one of our consumers: its queue was deleted (or, for a
+        mirrored queue, its node failed). Nothing more would come from it."""
+        queue = self._consumers.pop(frame.method.consumer_tag, None)
+        if queue is None:
+            return
+        self._consuming = tuple(q for q in self._consuming if q != queue)
+        self._declared = {key for key in self._declared
+                          if not (isinstance(key, tuple) and key[:2] == ("queue", queue))}
+        self._cancelled.append(queue)
+
+    def cancelled(self) -> list[str]:
+        """The queues whose consumer RabbitMQ cancelled since the last call, to be
+        declared again before :meth:`consume` subscribes to them anew."""
+        out, self._cancelled = self._cancelled, []
+        return out
 
     def _on_message(self, queue: str) -> Any:
         buffer = self._buffer

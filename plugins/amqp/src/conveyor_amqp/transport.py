@@ -186,6 +186,12 @@ class AmqpTransport(BroadcastMixin, BaseTransport):
         ``limit`` (the worker's first ``limit`` is its whole prefetch: pool size ×
         ``worker_prefetch_multiplier``)."""
         line = self.line
+        for queue in line.cancelled():
+            # deleted under us: declared again (as Celery's worker does when it
+            # reconnects), or nothing would ever come from it again
+            log.warning("RabbitMQ cancelled the consumer of queue %r (was it deleted?); "
+                        "declaring it again and consuming", queue)
+            self.declare(Route(queue))
         line.consume(queues, limit)
         out = []
         for raw in line.take(limit, timeout):
