@@ -175,3 +175,19 @@ def test_a_countdown_parks_in_the_delay_layout_with_delayed_delivery_broker() ->
     finally:
         app.close()
         rabbitmqctl("delete_vhost", vhost)
+
+
+def test_a_send_after_rabbitmq_closed_the_connection_goes_through(
+        make_app: Any, amqp_vhost: str, queue: str) -> None:
+    """RabbitMQ closes the asyncio client's connection between two sends (an
+    operator, a restart, missed heartbeats): the second send opens a new one."""
+    app = make_app()
+
+    async def main() -> None:
+        await _send(app, queue)
+        rabbitmqctl("close_all_connections", "-p", amqp_vhost, "conveyor test")
+        await asyncio.sleep(1)  # the close reaches the client
+        await _send(app, queue)
+
+    asyncio.run(main())
+    wait_for(lambda: depth(app.broker_url, queue) == 2, 10, what="both sent")

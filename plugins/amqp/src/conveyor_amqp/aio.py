@@ -118,8 +118,14 @@ class AsyncAmqpTransport:
         async with self._opening:
             if self._main is not None and not self._main.is_closed:
                 return
-            if self._conn is None or self._conn.is_closed:
+            old = self._conn
+            # aio-pika's is_closed turns true only when we close a connection; one
+            # the broker closed, or that broke, has its `connected` event cleared
+            if old is None or old.is_closed or not old.connected.is_set():
                 self._conn = await aio_pika.connect(**self._connect_args())
+                if old is not None and not old.is_closed:
+                    with contextlib.suppress(Exception):  # broken: released, not used
+                        await old.close()
             self._declared.clear()
             self._confirming = None
             self._main = await self._channel(self.confirm)
