@@ -15,7 +15,7 @@ from typing import Any
 
 import celery_peer
 import pytest
-from amqp_support import Proc, wait_for
+from amqp_support import Proc, queue_info, rabbitmqctl, wait_for
 from workers import conveyor_worker, run_cli, write_project
 
 from conveyor import Conveyor
@@ -91,5 +91,26 @@ def test_revoke_terminate_stops_a_running_task(worker: Proc, workdir: Path, amqp
         count = len(side.read_text().splitlines())
         time.sleep(1.0)
         assert len(side.read_text().splitlines()) == count < 400
+    finally:
+        app.close()
+
+
+def test_a_worker_whose_control_queue_was_deleted_subscribes_again(
+        amqp_url: str, amqp_vhost: str) -> None:
+    """RabbitMQ cancels the subscription of a deleted pidbox queue; the worker's
+    control thread subscribes again, so it answers a ping afterwards instead of
+    never again."""
+    app = Conveyor("t", broker=amqp_url, backend="memory://t-pidbox")
+    try:
+        worker = app.Worker(queues=["t.amqp.pidbox"], concurrency=1, pool="threads")
+        with worker.running():
+            assert [list(r) for r in app.control.ping([worker.hostname], timeout=3)] \
+                == [[worker.hostname]]
+            pidbox = f"{worker.hostname}.celery.pidbox"
+            rabbitmqctl("delete_queue", "-p", amqp_vhost, pidbox)
+            wait_for(lambda: pidbox in queue_info(amqp_vhost), 20,
+                     what="the control thread subscribing again")
+            assert [list(r) for r in app.control.ping([worker.hostname], timeout=3)] \
+                == [[worker.hostname]]
     finally:
         app.close()

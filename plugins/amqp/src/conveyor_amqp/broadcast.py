@@ -19,13 +19,14 @@ from typing import Any
 import pika
 import pika.exceptions as pe
 from conveyor.interfaces import Delivery, Exchange, Message
+from conveyor.utils import mask_url
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
 from . import envelope
 from .channel import Channel
 from .connection import open_connection
-from .errors import UnroutableError, translate
+from .errors import AmqpConnectionError, UnroutableError, translate
 
 
 def declare_exchange(ch: BlockingChannel, exchange: Exchange) -> None:
@@ -40,6 +41,8 @@ class AmqpSubscription:
                  binding_key: str, queue: str, expires: float | None) -> None:
         self.url, self.exchange, self.queue = url, exchange, queue
         self._buffer: deque[Delivery] = deque()
+        #: Set when RabbitMQ cancels the consumer (the queue was deleted).
+        self._cancelled = False
         self._conn: pika.BlockingConnection | None = open_connection(
             url, params, f"subscribing to exchange {exchange.name!r}")
         try:
@@ -50,6 +53,7 @@ class AmqpSubscription:
                 ch.queue_declare(queue, exclusive=True, auto_delete=True,
                                  arguments=arguments)
                 ch.queue_bind(queue, exchange.name, routing_key=binding_key)
+                ch.add_on_cancel_callback(self._on_cancel)
                 ch.basic_consume(queue, self._on_message, auto_ack=True)
         except BaseException:
             self.close()
@@ -61,18 +65,31 @@ class AmqpSubscription:
             envelope.message(props, body), self.queue, None,
             exchange=method.exchange or "", routing_key=method.routing_key or ""))
 
+    def _on_cancel(self, _frame: Any) -> None:
+        self._cancelled = True
+
     def get(self, timeout: float) -> list[Delivery]:
+        """What arrived, waiting up to ``timeout`` for something. Raises
+        :class:`.AmqpConnectionError` once RabbitMQ cancelled the subscription (its
+        queue was deleted): nothing would ever come again, so the subscriber (a
+        worker's remote control, a monitor) subscribes anew, as after a lost
+        connection."""
         conn = self._conn
         if conn is None:
             return []
         deadline = time.monotonic() + max(0.0, timeout)
         with translate(self.url, f"receiving from exchange {self.exchange.name!r}"):
             conn.process_data_events(time_limit=0)
-            while not self._buffer:
+            while not self._buffer and not self._cancelled:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 conn.process_data_events(time_limit=min(left, 1.0))
+        if self._cancelled and not self._buffer:
+            raise AmqpConnectionError(
+                f"RabbitMQ at {mask_url(self.url)} cancelled the subscription to exchange "
+                f"{self.exchange.name!r}: its queue {self.queue!r} was deleted. "
+                "Subscribe again.")
         out = list(self._buffer)
         self._buffer.clear()
         return out
