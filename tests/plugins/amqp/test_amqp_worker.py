@@ -381,3 +381,32 @@ def test_a_queue_deleted_under_the_worker_is_declared_again_and_consumed(
         wait_for(lambda: queue in queue_info(amqp_vhost), 20,
                  what="the worker declaring the deleted queue again")
         assert add.apply_async((2, 2), queue=queue).get(timeout=10) == 4
+
+
+def test_a_warm_shutdown_waiting_for_a_long_task_keeps_the_connection(
+        amqp_url: str, queue: str) -> None:
+    """A warm shutdown waits for a running ``acks_late`` task longer than two
+    heartbeats (1 s here): the connection stays open meanwhile, so the task is
+    acked when it ends and its message is not given back to run again."""
+    app = Conveyor("t", broker=amqp_url, backend=RESULTS,
+                   broker_transport_options={"heartbeat": 1})
+    started = []
+
+    @app.task(name="t.long_stop", acks_late=True)
+    def long_stop() -> str:
+        started.append(1)
+        time.sleep(4)
+        return "done"
+
+    try:
+        worker = app.Worker(queues=[queue], concurrency=1, pool="threads")
+        with worker.running():
+            result = long_stop.apply_async(queue=queue)
+            wait_for(lambda: started, 20, what="the task running")
+            worker.stop(warm=True)
+            assert worker.stopped.wait(30), "the worker did not stop"
+        assert result.get(timeout=10) == "done"
+        time.sleep(0.5)  # a give-back would show in the queue by now
+        assert depth(amqp_url, queue) == 0
+    finally:
+        app.close()

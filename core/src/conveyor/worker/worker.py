@@ -731,9 +731,11 @@ class Worker:
         unsure: list[Job] = []
         if transport is not None:  # first: jobs waiting in the pool start meanwhile
             unsure = [job for job in self._ready if id(job) in self._ack_unsure]
+            unstarted = self.pool.take_unstarted()
+            for job in unstarted:  # not running: never finishes
+                self._running.pop(id(job), None)
             giveback = [*(j for j in self._waiting() if id(j) not in self._ack_unsure),
-                        *(j for j in self.pool.take_unstarted()
-                          if id(j) not in self._orphans)]
+                        *(j for j in unstarted if id(j) not in self._orphans)]
             self._owed_requeues.extend(job.delivery for job in giveback)
             self._ready.clear()
             self._held.clear()
@@ -743,6 +745,8 @@ class Worker:
         if transport is not None and unsure and not cold:
             self._start_unsure(transport, unsure)
         if not cold:
+            if transport is not None:
+                self._finish_running(transport)
             self.pool.stop(timeout=None)
         if transport is not None:
             try:
@@ -759,6 +763,25 @@ class Worker:
                 pass
         self.app.notify("worker_shutdown", worker=self)
 
+
+    def _finish_running(self, transport: Transport) -> None:
+        """Warm shutdown: wait for the running tasks, settling each as it ends and
+        answering heartbeats meanwhile (``Capabilities.heartbeats``): a broker that
+        closed the silent connection would give a long ``acks_late`` task's message
+        to another run although it finished here. A second signal (cold) stops the
+        wait; what fails is settled by the broker or after the loop."""
+        beats = cast(HeartbeatTransport, transport).heartbeat \
+            if self._beat_due is not None else None
+        try:
+            while self._running and not self._cold.is_set():
+                self.pool.wait(HEARTBEAT_EVERY)
+                if beats is not None:
+                    beats()
+                self._settle(transport)
+        except Exception as exc:  # noqa: BLE001 - the pool is still waited for
+            log.warning("Lost the broker while waiting for running tasks (%s); waiting "
+                        "for them without settling, then settling once more",
+                        mask_url(str(exc)))
 
     def _start_unsure(self, transport: Transport, unsure: list[Job]) -> None:
         """A warm stop right after a reconnect: jobs whose early ack may have been
