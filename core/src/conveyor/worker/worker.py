@@ -324,7 +324,15 @@ class Worker:
         held_back = self._start_jobs(transport)
         if self.autoscale is not None:
             self._scale()
-        room = self.prefetch - len(self._ready) - len(self._held) - len(self._running)
+        unstarted = len(self._running)
+        if self._ack_on_start and unstarted:
+            # perf: a job that began is acked (or its ack is owed this turn): it no
+            # longer counts against the prefetch, which holds messages not started
+            # (``worker_prefetch_multiplier``), so a refill takes that many more
+            # (processes -c 2: claims of 6, not 4).
+            unstarted -= sum(1 for job in self._running.values()
+                             if job.started and not job.acks_late)
+        room = self.prefetch - len(self._ready) - len(self._held) - unstarted
         capacity = self.pool.capacity
         busy = held_back or len(self._running) >= capacity
         timeout = self.poll_interval
@@ -341,7 +349,9 @@ class Worker:
         # costs the server ~110k instructions before its first message (~300k for
         # four), so it takes a whole prefetch a claim, not prefetch - 1 (Redis
         # instructions a task 175.3k -> 166.4k).
-        if room > 0 and (not self._ready if self.pool.inline else (
+        # A pool whose started jobs free prefetch room (above) refills once none is
+        # ready too: its pool is full then, and the claim is as big as it gets.
+        if room > 0 and (not self._ready if self.pool.inline or self._ack_on_start else (
                 room >= self.prefetch - capacity or not self._ready)):
             deliveries = transport.fetch(self.queues, limit=room, timeout=timeout)
             if deliveries:
