@@ -242,8 +242,9 @@ def test_a_batch_writes_each_message_as_it_would_alone(make_transport: Any) -> N
     route) still gets its own kombu text, on its own list."""
     app = Conveyor("envelope", broker="memory://envelope")
 
-    def built(call: dict[str, Any], args: tuple[Any, ...] = ()) -> Message:
-        return app.prepare("t.add", args, {}, call, {}, None)[0]
+    def built(call: dict[str, Any], args: tuple[Any, ...] = (),
+              kwargs: dict[str, Any] | None = None) -> Message:
+        return app.prepare("t.add", args, kwargs or {}, call, {}, None)[0]
 
     edited_props, edited_headers, retyped = built({}), built({}), built({})
     edited_props.properties["x-edited"] = True
@@ -253,7 +254,14 @@ def test_a_batch_writes_each_message_as_it_would_alone(make_transport: Any) -> N
     batch = [(built({}), a), (built({}, (1,)), a), (built({"priority": 7}), a),
              (built({}), a), (edited_props, a), (built({}), a), (edited_headers, a),
              (retyped, a), (built({}), a), (built({}), b), (built({"priority": 7}), b),
-             (built({"queue": "qa"}), b), (built({"queue": "qa"}), a)]
+             (built({"queue": "qa"}), b), (built({"queue": "qa"}), a),
+             # A run of usual messages (written without framed()), with other
+             # messages of the same template among them: reprs, an id JSON escapes,
+             # a parent and a group (headers of their own).
+             (built({}), a), (built({}), a), (built({}, (1, "\u00e9"), {"k": [2]}), a),
+             (built({"task_id": 'we"ird\u00e9'}), a), (built({}), a),
+             (built({"parent_id": "p", "root_id": "r"}), a), (built({}), a),
+             (built({"group_id": "g", "group_index": 0}), a), (built({}, (), {"k": 1}), a)]
     t = make_transport()
     commands, _routes = t.commands([(m, route, None) for m, route in batch])
     pushed = {raw: cmd[1] for cmd in commands if cmd[0] == "LPUSH" for raw in cmd[2:]}

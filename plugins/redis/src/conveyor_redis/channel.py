@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import logging
 import time
+from binascii import b2a_base64
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
-from conveyor.envelope import BuiltMessage
+from conveyor.envelope import KOMBU_JSON, NO_ARGS, NO_KWARGS, BuiltMessage, usual
 from conveyor.interfaces import Binding, Message, Outgoing, Route
 
 from . import delay
 from .connection import Line
-from .envelope import encode, frame_of, framed, new_tag, new_tags
+from .envelope import encode, frame_of, framed, new_tag, new_tags, usual_frame
 from .errors import CONNECTION_ERRORS, translate, wrap
 from .layout import MAX_WIRE, Layout, to_wire
 
@@ -31,6 +32,8 @@ _PRODUCER_MOVE_EVERY = 1.0
 MOVE_BATCH = 100
 #: Envelopes per LPUSH command inside one publish_many pipeline.
 _PUSH_CHUNK = 1000
+#: The origin of no run of usual messages (see ``commands``).
+_NO_RUN = object()
 
 
 class PublisherMixin:
@@ -173,6 +176,16 @@ class PublisherMixin:
         #: messages took 1.77 µs a message with the lookups per message, 1.35
         #: without (67.0k -> 65.0k instructions a buffered apply_async, callgrind).
         run: tuple[Any, ...] = (None,)
+        #: For a run whose messages are usual (conveyor.envelope.usual) and go on one
+        #: list: their origin (_NO_RUN: none), that list's envelopes, and the text
+        #: around their own values (usual_frame). perf: such a message is written
+        #: here with one join, without framed() -> headers_json() -> write() (three
+        #: Python calls a message): a buffered apply_async 53.7k -> 51.0k
+        #: instructions (callgrind, 22,000 - 2,000 messages).
+        origin: Any = _NO_RUN
+        pushed_usual: list[str] = []
+        a = b = c = d = e = f = no_args = no_kwargs = ""
+        string, dumps = KOMBU_JSON.string, KOMBU_JSON.encode
         for message, route, due in batch:
             if route is not last:  # perf: a batch is mostly one route
                 last, exchange, key = route, route.exchange, route.key
@@ -180,10 +193,21 @@ class PublisherMixin:
                     else (route.queue,)
                 if route not in declared:
                     routes.add(route)
-                run = (None,)
+                run, origin = (None,), _NO_RUN
             if type(message) is BuiltMessage and message.template is run[0] \
                     and message.props is None and message.content_type is run[1] \
                     and message.content_encoding is run[2]:
+                if due is None and message.laid is None \
+                        and len(values := message.values) == 4 and values[3] is origin:
+                    id_, args, kwargs, _origin = values
+                    ident = string(id_) if type(id_) is str else dumps(id_)
+                    pushed_usual.append(
+                        f'{{"body": "{b2a_base64(message.body, newline=False).decode()}'
+                        f'{a}{ident}{b}{ident}{c}'
+                        f'{no_args if args is NO_ARGS else string(args)}{d}'
+                        f'{no_kwargs if kwargs is NO_KWARGS else string(kwargs)}{e}'
+                        f'{ident}{f}{next(tags, None) or tag()}"}}}}')
+                    continue
                 frame, targets = run[3], run[4]
             else:
                 priority = message.priority
@@ -193,9 +217,16 @@ class PublisherMixin:
                            for list_key in (lists.get((queue, wire))
                                             or self._list_key(queue, wire)
                                             for queue in queues)]
+                origin = _NO_RUN
                 if frame is not None:
-                    run = (cast(BuiltMessage, message).template, message.content_type,
+                    built = cast(BuiltMessage, message)
+                    run = (built.template, message.content_type,
                            message.content_encoding, frame, targets)
+                    own = usual(message)
+                    if own is not None and len(targets) == 1:
+                        origin, pushed_usual = own[3], targets[0][1]
+                        a, b, c, d, e, f, no_args, no_kwargs = usual_frame(
+                            built, frame, origin)
             for list_key, pushed in targets:
                 if frame is not None:  # a BuiltMessage's (perf: no cast(), a call)
                     raw = framed(message, frame,  # type: ignore[arg-type]

@@ -109,6 +109,34 @@ def pack(args: tuple[Any, ...]) -> list[bytes]:
         raise redis.DataError(f"{exc} (in a {args[0]!r} command)") from exc
 
 
+def pack_many(commands: list[tuple[Any, ...]]) -> list[bytes]:
+    """Several commands, packed as :func:`pack` does, for one ``send_packed_command``:
+    small ones joined, a large one (a bulk publish's LPUSH) written as it is, not
+    copied again.
+
+    perf: redis-py's ``pack_commands`` runs a generator over every argument, and a
+    bulk publish's LPUSH has 1,000 (a buffered ``apply_async``, callgrind over
+    22,000 - 2,000 messages: 2.0k instructions a message less)."""
+    out: list[bytes] = []
+    small: list[bytes] = []
+    for command in commands:
+        packed = pack(command)[0]
+        if len(packed) < _JOIN_UNDER:
+            small.append(packed)
+            continue
+        if small:
+            out.append(b"".join(small))
+            small = []
+        out.append(packed)
+    if small:
+        out.append(b"".join(small))
+    return out
+
+
+#: Packed commands shorter than this are joined into one write (redis-py's cutoff).
+_JOIN_UNDER = 6000
+
+
 class Line:
     """One pooled connection kept for a user's lifetime; commands go straight to it.
 
@@ -248,7 +276,7 @@ class Line:
         conn = self._connection()
         replies: list[Any] = []
         try:
-            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            conn.send_packed_command(pack_many(commands), check_health=False)
             for _ in commands:
                 try:
                     replies.append(conn.read_response())

@@ -19,8 +19,8 @@ from base64 import b64decode
 from binascii import b2a_base64
 from typing import Any, cast
 
-from conveyor.envelope import (KOMBU_JSON, BuiltMessage, headers_json, properties_json,
-                               properties_layout)
+from conveyor.envelope import (KOMBU_JSON, BuiltMessage, headers_json, headers_layout,
+                               properties_json, properties_layout)
 from conveyor.publish import new_id, new_ids
 from conveyor.interfaces import Message
 
@@ -120,6 +120,20 @@ def framed(message: BuiltMessage, frame: tuple[str, str, str], tag: str) -> str:
     ident = _string(cid) if type(cid) is str else _dumps(cid)
     return (f'{{"body": "{text}{frame[0]}{headers_json(message, KOMBU_JSON, ident)}'
             f'{frame[1]}{ident}{frame[2]}{tag}"}}}}')
+
+
+def usual_frame(message: BuiltMessage, frame: tuple[str, str, str],
+                origin: str) -> tuple[str, ...]:
+    """The envelope text around a usual message's own values
+    (:func:`conveyor.envelope.usual`: id, argsrepr, kwargsrepr) for ``frame`` (from
+    :func:`frame_of`) and ``origin``: ``(a, b, c, d, e, f, no_args, no_kwargs)``,
+    where ``'{"body": "' + body + a + ident + b + ident + c + args + d + kwargs + e +
+    ident + f + tag + '"}}'`` is what :func:`framed` writes (``args``/``kwargs``:
+    the reprs' JSON texts, ``no_args``/``no_kwargs`` for the empty ones)."""
+    head, between, before_args, between_reprs, tail, no_args, no_kwargs = headers_layout(
+        message.template, KOMBU_JSON, origin)
+    return (f"{frame[0]}{head}", between, before_args, between_reprs,
+            f"{tail}{frame[1]}", frame[2], no_args, no_kwargs)
 
 
 def encode(message: Message, exchange: str, routing_key: str, wire_priority: int,
