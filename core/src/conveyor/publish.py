@@ -188,7 +188,11 @@ class PublishPath:
                                           now, per)
             due = eta.timestamp() if eta is not None and plan.delays else None
         if plan.max_size is not None and len(message.body) > plan.max_size:
-            _too_large(message, plan.max_size)
+            raise MessageSizeExceeded(
+                f"Task {message.headers['task']!r}: its message body is "
+                f"{len(message.body):,} bytes, over task_message_max_size "
+                f"({plan.max_size:,} bytes). Pass a reference to the data (a path, a key) "
+                f"instead, or raise the setting on the client and the workers alike.")
         return message, task_id, due
 
     def prepare(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
@@ -250,39 +254,10 @@ class PublishPath:
                 ) -> AsyncResult[Any]:
         """Resolve, build and send one task message (or hand it to its ``publisher``);
         return its result handle."""
-        listening = self._listening or self.listening()
-        last = self._last
-        if last[0] is task and task is not None and listening[0] is None and not sig \
-                and last[4] == self.app.conf.version and last[3] == name \
-                and call.keys() == last[1] and all(map(is_, call.values(), last[2])) \
-                and last[5].defaults is task.__dict__.get("_defaults"):
-            # perf: plan()'s first test, here: the options of the last call again
-            # (with no router: ``last`` is only kept without one). A task's
-            # execution_defaults() are kept in its ``_defaults`` until an attribute
-            # changes (then they are not there, and plan() works them out). With
-            # build() inlined below: a buffered apply_async 48.1k -> 45.7k
-            # instructions (callgrind, 22,000 - 2,000 messages).
-            plan, per = last[5], last[6]
-        else:
-            plan, per = self.plan(name, args, kwargs, call, sig, task)
-        if plan.timed:
-            message, task_id, due = self.build(plan, per, args, kwargs)
-        else:  # perf: build() of the usual call, without its call or new_id()'s
-            given: str | None = per.get("task_id") if per else None
-            if given:
-                task_id = given
-            else:
-                try:
-                    task_id = _ids.pop()
-                except IndexError:
-                    task_id = new_id()
-            message = plan.template.build(task_id, args, kwargs, plan.embed, None, None,
-                                          None, per)
-            due = None
-            if plan.max_size is not None and len(message.body) > plan.max_size:
-                _too_large(message, plan.max_size)
+        plan, per = self.plan(name, args, kwargs, call, sig, task)
+        message, task_id, due = self.build(plan, per, args, kwargs)
         route = plan.route
-        hook = listening[1]
+        hook = (self._listening or self.listening())[1]
         if hook is not None:
             publisher, retry, policy, ignored = self._how(name, plan, per, message,
                                                           task_id, hook)
@@ -362,14 +337,6 @@ class PublishPath:
                 conn.publish_many(run.batch, retry=run.retry, policy=run.policy)
                 self.published(run.names, run.batch)
         return results
-
-
-def _too_large(message: Message, max_size: int) -> None:
-    raise MessageSizeExceeded(
-        f"Task {message.headers['task']!r}: its message body is "
-        f"{len(message.body):,} bytes, over task_message_max_size "
-        f"({max_size:,} bytes). Pass a reference to the data (a path, a key) "
-        f"instead, or raise the setting on the client and the workers alike.")
 
 
 #: Task ids made ahead, from ``os.urandom`` in blocks (see :func:`new_id`).
