@@ -324,15 +324,15 @@ class Worker:
         held_back = self._start_jobs(transport)
         if self.autoscale is not None:
             self._scale()
-        unstarted = len(self._running)
-        if self._ack_on_start and unstarted:
+        counted = len(self._running)  # running jobs that hold prefetch room
+        if self._ack_on_start and counted:
             # perf: a job that began is acked (or its ack is owed this turn): it no
             # longer counts against the prefetch, which holds messages not started
             # (``worker_prefetch_multiplier``), so a refill takes that many more
             # (processes -c 2: claims of 6, not 4).
-            unstarted -= sum(1 for job in self._running.values()
-                             if job.started and not job.acks_late)
-        room = self.prefetch - len(self._ready) - len(self._held) - unstarted
+            counted -= sum(1 for job in self._running.values()
+                           if job.started and not job.acks_late)
+        room = self.prefetch - len(self._ready) - len(self._held) - counted
         capacity = self.pool.capacity
         busy = held_back or len(self._running) >= capacity
         timeout = self.poll_interval
