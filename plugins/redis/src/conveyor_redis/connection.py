@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -137,6 +140,42 @@ def pack_many(commands: list[tuple[Any, ...]]) -> list[bytes]:
 _JOIN_UNDER = 6000
 
 
+#: Whether a socket's timeout can be kept by the kernel (``SO_RCVTIMEO``/``SO_SNDTIMEO``
+#: take a ``struct timeval`` of two longs there).
+_KERNEL_TIMEOUTS = sys.platform.startswith("linux")
+
+
+def kernel_timeout(conn: Any) -> None:
+    """Have the kernel keep ``conn``'s socket timeout, the socket itself blocking.
+
+    perf: Python waits for a socket that has a timeout in ``poll()`` before every
+    send and receive: a second system call for each (a solo worker: 7.4 ``poll`` a
+    task, strace). A blocking socket with ``SO_RCVTIMEO``/``SO_SNDTIMEO`` set is
+    bounded just the same: a send or receive that times out fails with ``EAGAIN``,
+    which redis-py raises as a ``ConnectionError`` (a ``TimeoutError`` before), one of
+    :data:`CONNECTION_ERRORS` either way. Plain TCP and unix sockets on Linux only
+    (a TLS socket is left as it is).
+    """
+    sock = getattr(conn, "_sock", None)
+    if not _KERNEL_TIMEOUTS or type(sock) is not socket.socket:
+        return
+    timeout = sock.gettimeout()
+    if not timeout:  # already blocking, or non-blocking on purpose
+        return
+    whole = int(timeout)
+    tv = struct.pack("ll", whole, int((timeout - whole) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+    sock.settimeout(None)
+
+
+def python_timeout(conn: Any) -> None:
+    """Undo :func:`kernel_timeout` (before ``conn`` goes back to the pool)."""
+    sock = getattr(conn, "_sock", None)
+    if type(sock) is socket.socket and sock.gettimeout() is None and conn.socket_timeout:
+        sock.settimeout(conn.socket_timeout)
+
+
 class Line:
     """One pooled connection kept for a user's lifetime; commands go straight to it.
 
@@ -181,7 +220,12 @@ class Line:
         """The redis-py connection this line holds, taken from the pool if none (its
         own state, such as the functions loaded there, may be read from it)."""
         if self.conn is None:
-            self.conn = self.pool.get_connection()
+            conn = self.pool.get_connection()
+            try:
+                kernel_timeout(conn)
+            except OSError:
+                pass  # left with Python's timeout: correct, only slower
+            self.conn = conn
         return self.conn
 
     def call(self, *args: Any) -> Any:
@@ -312,6 +356,10 @@ class Line:
             self.owed = []
         conn, self.conn = self.conn, None
         if conn is not None:
+            try:
+                python_timeout(conn)
+            except OSError:
+                conn.disconnect()  # the pool reconnects it
             self.pool.release(conn)
 
     def abandon(self) -> list[tuple[Callable[[Line], Any], str]]:
