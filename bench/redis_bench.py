@@ -30,10 +30,12 @@ Measured for each system, with ``n`` no-op tasks and default settings (results o
 Each bulk figure is the best of ``--bulk-runs`` runs (default 3; the queue is flushed
 before each); ``bulk_runs_per_s`` lists them all. ``ratios`` divides Conveyor by
 Celery (for the round trip, lower is better); ``targets`` says whether each goal
-holds. ``profile`` splits Conveyor's publishing cost between the core
-(``app.prepare``: options, routing, message build) and the transport (envelope; one
-``publish`` each; one ``publish_many`` for all), in microseconds per task, and gives
-the transport's own bulk rate for messages already built.
+holds. Each of Conveyor's ``bulk`` runs is followed at once by redis-py's pipelined
+LPUSH of the same bytes (``lpush_paired_per_s``); ``bulk_vs_pipelined_lpush_pairs``
+divides each run by its pair. ``profile`` splits Conveyor's publishing cost between
+the core (``app.prepare``: options, routing, message build) and the transport
+(envelope; one ``publish`` each; one ``publish_many`` for all), in microseconds per
+task, and gives the transport's own bulk rate for messages already built.
 """
 
 from __future__ import annotations
@@ -134,6 +136,10 @@ def measure(system: str, n: int, workdir: Path, broker: str, backend: str,
     out.update(enqueue_drain_roundtrip(system, noop, QUEUE, n, results, worker_args,
                                        workdir, roundtrips))
 
+    # Conveyor's bulk runs are paired with redis-py LPUSHing the very bytes they
+    # publish, each pair back to back: the ratio then compares the same moment of a
+    # noisy machine, not two best runs taken minutes apart.
+    raws = publishing_bytes(app, n) if system == "conveyor" else None
     for key, fn in (("bulk_per_s", bulk), ("bulk_batch_per_s", bulk_batch)):
         rates = []
         for _ in range(bulk_runs):
@@ -141,6 +147,8 @@ def measure(system: str, n: int, workdir: Path, broker: str, backend: str,
             start = time.perf_counter()
             fn()
             rates.append(round(n / (time.perf_counter() - start)))
+            if raws is not None and key == "bulk_per_s":
+                out.setdefault("lpush_paired_per_s", []).append(lpush_rate(broker, raws))
         out[key] = max(rates)
         out.setdefault("bulk_runs_per_s", {})[key] = rates
     redis.Redis.from_url(broker).flushdb()
@@ -170,32 +178,38 @@ def profile(app: Any, n: int) -> dict[str, float]:
     start = time.perf_counter()
     transport.publish_many([(m, Route(QUEUE), None) for m, _r, _d, _o in built])
     many = (time.perf_counter() - start) / n * 1e6
-    raws = [transport._envelope(m, Route(QUEUE)) for m, _r, _d, _o in built]
     transport.close()
     return {"core_build_us": round(core, 2), "transport_envelope_us": round(envelope, 2),
             "transport_publish_us": round(publish, 2),
             "transport_publish_many_us": round(many, 2),
-            "transport_publish_many_per_s": round(1e6 / many),
-            "message_bytes": len(raws[0][0]),
-            "redis_py_pipelined_lpush_per_s": lpush_rate(app.broker_url, raws)}
+            "transport_publish_many_per_s": round(1e6 / many)}
+
+
+def publishing_bytes(app: Any, n: int) -> list[tuple[bytes, str]]:
+    """What ``bulk`` publishes: ``n`` no-op messages as the transport lays them out."""
+    from conveyor.interfaces import Route
+    task = app.tasks["bench.noop"]
+    transport = app.transport_factory()
+    raws = [transport._envelope(app.prepare("bench.noop", (), {}, {"queue": QUEUE}, {},
+                                            task)[0], Route(QUEUE)) for _ in range(n)]
+    transport.close()
+    return raws
 
 
 def lpush_rate(url: str, raws: list[tuple[bytes, str]]) -> int:
     """The pipelined limit: redis-py LPUSHing the very bytes Conveyor publishes, one
-    non-transactional pipeline a 1,000 messages (the publisher's buffer), best of 3."""
+    non-transactional pipeline a 1,000 messages (the publisher's buffer)."""
     client = redis.Redis.from_url(url)
-    best = 0
-    for _ in range(3):
-        client.flushdb()
-        start = time.perf_counter()
-        for i in range(0, len(raws), 1000):
-            pipe = client.pipeline(transaction=False)
-            for raw, key in raws[i:i + 1000]:
-                pipe.lpush(key, raw)
-            pipe.execute()
-        best = max(best, round(len(raws) / (time.perf_counter() - start)))
     client.flushdb()
-    return best
+    start = time.perf_counter()
+    for i in range(0, len(raws), 1000):
+        pipe = client.pipeline(transaction=False)
+        for raw, key in raws[i:i + 1000]:
+            pipe.lpush(key, raw)
+        pipe.execute()
+    rate = round(len(raws) / (time.perf_counter() - start))
+    client.flushdb()
+    return rate
 
 
 def _load() -> str:
@@ -259,8 +273,11 @@ def main() -> None:
         "roundtrip_p50": round(c["roundtrip_p50_ms"] / k["roundtrip_p50_ms"], 2),
         "bulk": round(c["bulk_per_s"] / k["bulk_per_s"], 2),
         "bulk_batch": round(c["bulk_batch_per_s"] / k["bulk_batch_per_s"], 2),
-        "bulk_vs_pipelined_lpush": round(
-            c["bulk_per_s"] / c["profile"]["redis_py_pipelined_lpush_per_s"], 2),
+        # One ratio per back-to-back pair (bulk run, LPUSH of its bytes); the target
+        # holds only if every pair meets it.
+        "bulk_vs_pipelined_lpush_pairs": [
+            round(b / lp, 2) for b, lp in zip(c["bulk_runs_per_s"]["bulk_per_s"],
+                                              c["lpush_paired_per_s"], strict=True)],
     }
     r = report["ratios"]
     report["targets"] = {
@@ -269,7 +286,8 @@ def main() -> None:
         "roundtrip p50 <= 0.5x celery": r["roundtrip_p50"] <= 0.5,
         "bulk >= 50000/s": c["bulk_per_s"] >= 50_000,
         "bulk_batch >= 50000/s": c["bulk_batch_per_s"] >= 50_000,
-        "bulk >= 0.8x redis-py pipelined LPUSH": r["bulk_vs_pipelined_lpush"] >= 0.8,
+        "bulk >= 0.8x redis-py pipelined LPUSH (every pair)":
+            min(r["bulk_vs_pipelined_lpush_pairs"]) >= 0.8,
     }
     report["uptime_after"] = _load()
     print(json.dumps(report, indent=2))
