@@ -1,6 +1,8 @@
 """The processes pool's hand-over of requests to its children: jobs queued behind the
-running one in a child's pipe each run once with their own arguments, and a request
-far bigger than one read of the pipe arrives whole (SQLite app, real children)."""
+running one in a child's pipe each run once with their own arguments, a request far
+bigger than one read of the pipe arrives whole, and a job revoked while it waits in a
+child's pipe or in the pool is recorded REVOKED and not run (SQLite app, real
+children)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pytest
 from conveyor import Conveyor
 from conveyor.envelope import Request
 from conveyor.worker.pool import Job, ProcessPool
+from conveyor.worker.revoked import REVOKED
 
 WAIT = 20.0  # seconds any step may take before the test fails
 
@@ -29,6 +32,17 @@ def app(tmp_path: Path) -> Conveyor:
     @app.task(name="t.size")
     def size(text: str) -> int:
         return len(text)
+
+    @app.task(name="t.hold")
+    def hold(flag: str) -> None:
+        """Runs until ``flag`` exists (another process's go-ahead), at most WAIT s."""
+        deadline = time.monotonic() + WAIT
+        while not Path(flag).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    @app.task(name="t.touch")
+    def touch(path: str) -> None:
+        Path(path).write_text("ran")
 
     return app
 
@@ -78,5 +92,40 @@ def test_a_request_bigger_than_a_pipe_read_arrives_whole(app: Conveyor) -> None:
         assert [app.AsyncResult(j.request.id).get(timeout=WAIT) for j in jobs] == \
             [1, len(text), 2]
     finally:
+        pool.stop(WAIT)
+        app.close()
+
+
+def test_a_job_revoked_while_it_waits_in_a_childs_pipe_or_the_pool_is_not_run(
+        app: Conveyor, tmp_path: Path) -> None:
+    flag, side = tmp_path / "go", tmp_path / "ran"
+    pool = ProcessPool(app, 1, "procpool@test")
+    pool.depth, pool.report_starts = 2, True
+    pool.start()
+    try:
+        first, piped, kept = (job("t.hold", str(flag)), job("t.touch", str(side)),
+                              job("t.touch", str(side)))
+        for j in (first, piped, kept):
+            pool.submit(j)
+        assert pool.began() == [first]
+        assert [list(c.jobs) for c in pool._children] == [[first, piped]]  # in the pipe
+        REVOKED.add([piped.request.id, kept.request.id], 60)
+        pool.skip([piped.request.id, kept.request.id])  # as `revoke` does
+        flag.touch()
+        done = []
+        deadline = time.monotonic() + WAIT
+        while len(done) < 3 and time.monotonic() < deadline:
+            pool.wait(0.05)
+            done += pool.finished()
+        assert [(j, j.state) for j in done] == [
+            (first, "SUCCESS"), (kept, "REVOKED"), (piped, "REVOKED")]
+        assert {id(j) for j in pool.began()} == {id(piped), id(kept)}  # so both are acked
+        assert not side.exists()
+        assert app.AsyncResult(piped.request.id).state == "REVOKED"
+        assert app.AsyncResult(kept.request.id).state == "REVOKED"
+        again = job("t.touch", str(side))  # the child still serves
+        assert [j.state for j in run(pool, [again])] == ["SUCCESS"] and side.exists()
+    finally:
+        flag.touch()
         pool.stop(WAIT)
         app.close()

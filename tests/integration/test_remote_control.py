@@ -183,6 +183,30 @@ def test_a_revoked_waiting_task_never_runs(worker: Proc, app: Conveyor,
     assert not side.exists()
 
 
+@pytest.mark.parametrize("url", ["redis"], indirect=True)
+def test_tasks_revoked_while_queued_behind_busy_pool_children_never_run(
+        workdir: Path, url: str, app: Conveyor, tmp_path: Path) -> None:
+    """The processes pool sends a queued task to a busy child's pipe, where the
+    worker cannot take it back: revoked there, the child records it and skips it."""
+    with worker_on(workdir, url, "rc-queued@test", "processes") as proc:
+        busy = [app.send_task("proj_rc.tick", (str(tmp_path / f"busy{i}"), 100),
+                              queue="rc.conveyor") for i in range(2)]
+        wait_for(lambda: all(lines(tmp_path / f"busy{i}") for i in range(2)), 20,
+                 what="both children busy")
+        queued = [app.send_task("proj_rc.tick", (str(tmp_path / f"queued{i}"), 3),
+                                queue="rc.conveyor") for i in range(2)]
+        for r in queued:
+            proc.wait_output(f"Task proj_rc.tick[{r.id}] received", 20)
+        assert all(lines(tmp_path / f"busy{i}") < 100 for i in range(2))  # still busy
+        app.control.revoke([r.id for r in queued])
+        assert [r.get(timeout=30) for r in busy] == [100, 100]
+        for r in queued:
+            proc.wait_output(f"Task proj_rc.tick[{r.id}] revoked: not run", 20)
+            assert r.state == "REVOKED"
+        assert not any((tmp_path / f"queued{i}").exists() for i in range(2))
+        assert app.send_task("proj_rc.add", (2, 2), queue="rc.conveyor").get(timeout=20) == 4
+
+
 def test_status_lists_workers_and_names_those_that_do_not_answer(
         worker: Proc, workdir: Path, url: str) -> None:
     def status(*args: str) -> subprocess.CompletedProcess[str] | None:

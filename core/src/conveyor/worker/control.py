@@ -280,6 +280,7 @@ class Panel:
         ``terminate``, also stop it where it runs here (recorded REVOKED)."""
         ids = [task_id] if isinstance(task_id, str) else list(task_id or ())
         REVOKED.add(ids, self._keep())
+        self.worker.pool.skip(ids)
         running = {job.request.id for job in self._started()}
         app = self.worker.app
         for tid in ids:

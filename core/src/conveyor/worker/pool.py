@@ -26,6 +26,7 @@ import os
 import pickle
 import queue
 import resource
+import select
 import selectors
 import signal
 import struct
@@ -112,6 +113,12 @@ class Pool(abc.ABC):
     def take_unstarted(self) -> list[Job]:
         """Jobs submitted but not started (given back on warm shutdown)."""
         return []
+
+    def skip(self, task_ids: list[str]) -> None:
+        """``task_ids`` were just revoked: jobs of theirs waiting where this process
+        cannot look before they start are told not to run. A pool whose waiting
+        jobs are read from this process needs nothing: it checks ``REVOKED`` as it
+        starts each one."""
 
     def finished(self) -> list[Job]:
         """The jobs finished since the last call (the consumer settles them).
@@ -563,11 +570,17 @@ def _child_main(app: Conveyor, conn: Connection, hostname: str,
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     loads, fd = _unpack, conn.fileno()
     usage, me = resource.getrusage, resource.RUSAGE_SELF
-    for data in _frames(fd):
+    inbox = _Inbox(fd)
+    for data in inbox:
         if data == _STOP:
             return
         try:
-            state = execute(app, loads(data), hostname)
+            request = loads(data)
+            if inbox.skipped(request.id):
+                record_revoked(app, request, hostname, "revoked")
+                state = states.REVOKED
+            else:
+                state = execute(app, request, hostname)
         except BaseException:  # noqa: BLE001
             log.exception("Internal error in pool child")
             state = states.FAILURE
@@ -591,35 +604,82 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _frames(fd: int) -> Iterator[bytes]:
-    """The requests read from ``fd``, until its end of file (or a read error).
+class _Inbox:
+    """A child's reading of its pipe: the requests in order, until end of file (or
+    a read error), and the ids the worker said to skip (revoked while their request
+    waited in the pipe, where the worker cannot take it back).
+
+    A skip comes after the request it names, so before a request runs
+    :meth:`skipped` also takes whatever has arrived meanwhile, without waiting.
 
     perf: one read takes every frame waiting (jobs queued behind the running one
     come together), where ``Connection.recv_bytes`` reads each message's length and
-    its bytes in two reads, through Python-level buffering."""
-    buf = bytearray()
-    head = _HEADER.size
-    unpack = _HEADER.unpack_from
-    while True:
+    its bytes in two reads, through Python-level buffering; the look before a
+    request is one ``poll`` system call."""
+
+    #: Skips kept for requests not seen (already started when the skip came): at
+    #: most this many, the oldest forgotten first.
+    KEEP = 1000
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = bytearray()
+        self.ready: deque[bytes] = deque()
+        self.skips: dict[str, None] = {}
+        self.poller = select.poll()
+        self.poller.register(fd, select.POLLIN)
+        self.ended = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        ready = self.ready
+        while True:
+            while not ready:
+                if not self._read():
+                    return
+            yield ready.popleft()
+
+    def skipped(self, task_id: str) -> bool:
+        """Whether the worker said not to run ``task_id`` (looking at what came)."""
+        if not self.ended and self.poller.poll(0):
+            self._read()
+        if task_id in self.skips:
+            del self.skips[task_id]
+            return True
+        return False
+
+    def _read(self) -> bool:
+        """Read once (blocking) and file the frames; False at end of file."""
         try:
-            chunk = os.read(fd, 65536)
+            chunk = os.read(self.fd, 65536)
         except OSError:
-            return
+            chunk = b""
         if not chunk:
-            return
+            self.ended = True
+            return False
+        buf = self.buf
         buf += chunk
-        start = 0
+        head, unpack, start = _HEADER.size, _HEADER.unpack_from, 0
         while len(buf) - start >= head:
             end = start + head + unpack(buf, start)[0]
             if len(buf) < end:
                 break
-            yield bytes(buf[start + head:end])
+            frame = bytes(buf[start + head:end])
+            if frame.startswith(_SKIP):
+                self.skips[frame[len(_SKIP):].decode()] = None
+                if len(self.skips) > self.KEEP:
+                    del self.skips[next(iter(self.skips))]
+            else:
+                self.ready.append(frame)
             start = end
         del buf[:start]
+        return True
 
 
 #: What a child reads as "exit now" (a pickled request never equals it).
 _STOP = b"stop"
+#: A frame starting with this names a task the child must not run (a pickled
+#: request starts with the pickle protocol's opcode, 0x80).
+_SKIP = b"skip:"
 #: perf: a request crosses to a child as the tuple of its fields, not as the object
 #: (pickling a slotted dataclass writes and reads its state by name): half the
 #: cost each way, in the worker and in the child.
@@ -802,9 +862,17 @@ class ProcessPool(Pool):
         return len(child.jobs) < self.depth
 
     def _dispatch(self) -> None:
-        """Send waiting jobs, in order, each to the least loaded child that takes it."""
+        """Send waiting jobs, in order, each to the least loaded child that takes it;
+        one revoked while it waited here is recorded REVOKED and not sent."""
         while self._backlog:
             job = self._backlog[0]
+            if REVOKED and job.request.id in REVOKED:
+                self._backlog.popleft()
+                self._begin(job)  # reported, so its delivery is acked
+                record_revoked(self.app, job.request, self.hostname, "revoked")
+                job.state = states.REVOKED
+                self._finish(job)
+                continue
             best = None
             for child in self._children:
                 if self._takes(child, job) and (best is None
@@ -975,6 +1043,22 @@ class ProcessPool(Pool):
             taken = list(self._backlog)
             self._backlog.clear()
             return taken
+
+    def skip(self, task_ids: list[str]) -> None:
+        """Tell each child holding one of ``task_ids`` behind its running job not to
+        run it: the child records it REVOKED instead and answers as for a task
+        (the job was reported begun when it reached the front, so it is acked). A
+        job already started by the time its child reads this runs."""
+        wanted = set(task_ids)
+        with self._lock:
+            for child in self._children:
+                for job in list(child.jobs)[1:]:
+                    if job.request.id in wanted:
+                        try:
+                            _write_all(child.conn.fileno(),
+                                       _frame(_SKIP + job.request.id.encode()))
+                        except OSError:
+                            pass  # gone: its jobs go back to the backlog, checked there
 
     def child_pids(self) -> list[int]:
         with self._lock:
