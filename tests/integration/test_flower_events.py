@@ -1,7 +1,9 @@
 """Flower 2.2 (Celery's monitor) started against Redis sees a Conveyor worker
-started with ``-E`` and the task it ran, through Flower's own HTTP API: the events
-have Celery's fields, exchange and routing keys, and the worker answers the remote
-control commands Flower sends for ``/api/workers``."""
+started with ``-E``, or without it (Flower's periodic ``enable_events`` turns its
+events on, in the processes pool's children too), and the task it ran, through
+Flower's own HTTP API: the events have Celery's fields, exchange and routing keys,
+and the worker answers the remote control commands Flower sends for
+``/api/workers``."""
 
 from __future__ import annotations
 
@@ -41,9 +43,10 @@ def _get(url: str) -> Any:
         return None  # not serving yet
 
 
-@pytest.mark.parametrize("pool", ["threads", "processes"])
-def test_flower_lists_a_conveyor_worker_and_its_succeeded_task(tmp_path: Path,
-                                                               pool: str) -> None:
+@pytest.mark.parametrize(("pool", "events"), [("threads", True), ("processes", True),
+                                              ("processes", False)])
+def test_flower_lists_a_conveyor_worker_and_its_succeeded_task(tmp_path: Path, pool: str,
+                                                               events: bool) -> None:
     (url,) = flush_dbs(DB)
     (tmp_path / "proj_fl.py").write_text(textwrap.dedent(PROJ))
     env = {"CONVEYOR_BROKER_URL": url, "CONVEYOR_RESULT_BACKEND": url,
@@ -59,12 +62,14 @@ def test_flower_lists_a_conveyor_worker_and_its_succeeded_task(tmp_path: Path,
                  what="Flower serving its API")
         assert flower.popen.poll() is None, flower.output()[-3000:]
         with conveyor_worker("proj_fl", tmp_path, env, name=WORKER, pool=pool,
-                             events=True):
+                             events=events) as worker:
             # Flower lists it from its heartbeats (and so receives events now).
             workers = wait_for(lambda: (_get(base + "/api/workers?status=true") or {})
                                .get(WORKER), 30, interval=0.3,
                                what=f"Flower's /api/workers?status=true listing {WORKER}")
             assert workers is True  # alive: its heartbeats arrive
+            if not events:
+                assert "Task events enabled (remote control)" in worker.output()
             client = Conveyor("proj_fl-client", broker=url, backend=url,
                               task_send_sent_event=True)
             try:

@@ -306,15 +306,20 @@ def example_plugin_readme(printed: list[Printed], wheelhouse: Path, tmp_path: Pa
 class OnWorker1:
     """Run a remote control command as printed while ``worker1@host`` serves
     ``proj``, and check its standard output. The worker is the module's
-    (``shared_worker1``): the command must leave it serving, as it found it."""
+    (``shared_worker1``): the command must leave it serving, as it found it
+    (``undo``: a command run after it, whose output must hold ``undone``)."""
 
-    def __init__(self, check: Callable[[str], bool]) -> None:
-        self.check = check
+    def __init__(self, check: Callable[[str], bool], undo: str = "",
+                 undone: str = "") -> None:
+        self.check, self.undo, self.undone = check, undo, undone
 
     def __call__(self, printed: Printed, worker1_proj: Ctx) -> None:
         cwd, env = worker1_proj
         out = shell(printed.command, cwd=cwd, env=env, timeout=120).stdout
         assert self.check(out), out
+        if self.undo:
+            out = shell(self.undo, cwd=cwd, env=env, timeout=120).stdout
+            assert self.undone in out, out
 
 
 def shutdown_stops_worker1(printed: Printed, proj: Ctx) -> None:
@@ -366,6 +371,10 @@ COMMANDS: dict[str, Callable[[Printed, Ctx], None]] = {
     "conveyor -A proj control revoke 6f1c… --terminate": OnWorker1(
         lambda out: "->  worker1@host: OK\n    terminate: tasks unknown" in out),
     "conveyor -A proj control shutdown -d worker1@host": shutdown_stops_worker1,
+    "conveyor -A proj control enable_events": OnWorker1(
+        lambda out: "->  worker1@host: OK\n    task events enabled" in out,
+        undo="conveyor -A proj control disable_events -d worker1@host",
+        undone="->  worker1@host: OK\n    task events disabled"),
 }
 #: Files whose commands make one sequence, run together by one handler.
 FILES: dict[str, Callable[[list[Printed], Path, Path], None]] = {

@@ -52,6 +52,10 @@ def add_parsers(sub: Any, inspect_sub: Any, level: argparse.ArgumentParser) -> N
                     help="also stop the task where it runs (recorded REVOKED)")
     rv.add_argument("--signal", default="SIGTERM",
                     help="signal for a process-pool child (default SIGTERM)")
+    csub.add_parser("enable_events", parents=[level, common],
+                    help="workers send task events from now on (as worker -E)")
+    csub.add_parser("disable_events", parents=[level, common],
+                    help="workers stop sending task events (heartbeats go on)")
     csub.add_parser("shutdown", parents=[level, common],
                     help="warm shutdown: workers finish running tasks and exit")
 

@@ -129,6 +129,18 @@ class Control:
                   **options: Any) -> list[Reply]:
         return self.revoke(task_id, terminate=True, signal=signal, **options)
 
+    def enable_events(self, destination: Sequence[str] | None = None,
+                      reply: bool = False, timeout: float = 1.0) -> list[Reply]:
+        """Workers send task events from now on (as ``worker -E``), as Flower asks."""
+        return self.broadcast("enable_events", destination=destination, reply=reply,
+                              timeout=timeout)
+
+    def disable_events(self, destination: Sequence[str] | None = None,
+                       reply: bool = False, timeout: float = 1.0) -> list[Reply]:
+        """Workers stop sending task events (their heartbeats go on)."""
+        return self.broadcast("disable_events", destination=destination, reply=reply,
+                              timeout=timeout)
+
     def shutdown(self, destination: Sequence[str] | None = None, reply: bool = False,
                  timeout: float = 1.0) -> list[Reply]:
         """Warm shutdown of workers (running tasks finish)."""

@@ -53,6 +53,19 @@ def enable_on(pm: pluggy.PluginManager, app: Conveyor) -> None:
         pm.register(EventsPlugin(app), NAME)
 
 
+def switch(app: Conveyor, on: bool, worker: Worker | None = None) -> None:
+    """Celery's ``enable_events``/``disable_events`` (Flower sends the first every
+    few seconds): this process sends task events from now on, or stops. Turned on,
+    ``worker`` announces itself and beats (once: its heartbeats go on after a
+    ``disable_events``, as Celery's do)."""
+    app.conf.worker_send_task_events = on
+    if on:
+        enable(app)
+        plugin = app.plugin_manager.get_plugin(NAME)
+        if worker is not None and isinstance(plugin, EventsPlugin):
+            plugin.beat(worker)
+
+
 def _loadavg() -> list[float] | None:
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -103,7 +116,13 @@ class EventsPlugin:
 
     @hookimpl
     def worker_ready(self, worker: Worker) -> None:
-        if not self._on():
+        if self._on():
+            self.beat(worker)
+
+    def beat(self, worker: Worker) -> None:
+        """Announce ``worker`` (``worker-online``) and send its heartbeats, unless
+        this already does."""
+        if self._heart is not None:
             return
         self._worker = worker
         self._worker_event(worker, "worker-online")
@@ -117,10 +136,9 @@ class EventsPlugin:
 
     @hookimpl
     def worker_shutdown(self, worker: Worker) -> None:
-        if self._heart is not None:
-            self._heart.set()
-        if not self._on():
-            return
+        if self._heart is None:
+            return  # never announced
+        self._heart.set()
         self._worker_event(worker, "worker-offline")
         with self._lock:
             mine = [d for (pid, _), d in self._dispatchers.items() if pid == os.getpid()]

@@ -12,7 +12,8 @@ answer: the thread only reads the worker's state.
 The command panel (:class:`Panel`) answers Celery's commands with Celery's reply
 shapes: ``ping``, ``active``, ``reserved``, ``scheduled``, ``registered``, ``stats``,
 ``revoke`` (and ``terminate``), ``revoked``, ``query_task``, ``active_queues``,
-``clock``, ``conf``, ``hello`` (mingle) and ``shutdown``.
+``clock``, ``conf``, ``hello`` (mingle), ``enable_events``/``disable_events`` and
+``shutdown``.
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ class Panel:
             "revoked": self.revoked, "dump_revoked": self.revoked,
             "query_task": self.query_task, "active_queues": self.active_queues,
             "clock": self.clock_value, "conf": self.conf, "hello": self.hello,
+            "enable_events": self.enable_events, "disable_events": self.disable_events,
             "shutdown": self.shutdown,
         }
 
@@ -315,6 +317,25 @@ class Panel:
             return True
         REVOKED.terminated(task_id)  # nothing to stop here: forget the mark
         return False
+
+    def enable_events(self, **_: Any) -> dict[str, str]:
+        return self._task_events(True)
+
+    def disable_events(self, **_: Any) -> dict[str, str]:
+        return self._task_events(False)
+
+    def _task_events(self, on: bool) -> dict[str, str]:
+        """Task events on or off in this worker and its pool's children (Celery's
+        replies). Flower turns them on this way, so a worker started without
+        ``-E`` shows up in it."""
+        from ..events.plugin import switch
+        word = "enabled" if on else "disabled"
+        if bool(self.worker.app.conf.worker_send_task_events) == on:
+            return {"ok": f"task events already {word}"}
+        self.worker.pool.task_events(on)  # children first: they run the tasks
+        switch(self.worker.app, on, self.worker)
+        log.info("Task events %s (remote control)", word)
+        return {"ok": f"task events {word}"}
 
     def shutdown(self, msg: str = "Got shutdown from remote", **_: Any) -> dict[str, str]:
         log.warning("%s", msg)

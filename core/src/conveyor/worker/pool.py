@@ -120,6 +120,11 @@ class Pool(abc.ABC):
         jobs are read from this process needs nothing: it checks ``REVOKED`` as it
         starts each one."""
 
+    def task_events(self, on: bool) -> None:
+        """Task events were turned on or off (remote control): child processes of
+        the pool's own that run tasks are told. Threads share this process's app,
+        and a child forked from now on copies it."""
+
     def finished(self) -> list[Job]:
         """The jobs finished since the last call (the consumer settles them).
 
@@ -570,7 +575,7 @@ def _child_main(app: Conveyor, conn: Connection, hostname: str,
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     loads, fd = _unpack, conn.fileno()
     usage, me = resource.getrusage, resource.RUSAGE_SELF
-    inbox = _Inbox(fd)
+    inbox = _Inbox(fd, {"events": lambda word: _task_events(app, word == "on")})
     for data in inbox:
         if data == _STOP:
             return
@@ -587,6 +592,11 @@ def _child_main(app: Conveyor, conn: Connection, hostname: str,
         # One line: the state and the peak resident memory (KiB on Linux, for
         # --max-memory-per-child); the worker reads every line waiting in one go.
         os.write(fd, f"{state} {usage(me).ru_maxrss if report_memory else 0}\n".encode())
+
+
+def _task_events(app: Conveyor, on: bool) -> None:
+    from ..events.plugin import switch
+    switch(app, on)
 
 
 #: A request's frame on a child's pipe: its length, then its bytes.
@@ -606,8 +616,10 @@ def _write_all(fd: int, data: bytes) -> None:
 
 class _Inbox:
     """A child's reading of its pipe: the requests in order, until end of file (or
-    a read error), and the ids the worker said to skip (revoked while their request
-    waited in the pipe, where the worker cannot take it back).
+    a read error), and the notes between them, acted on as they are read: the ids
+    the worker said to skip (``!skip ID``: revoked while their request waited in
+    the pipe, where the worker cannot take it back), and others given to
+    ``handlers`` by name (``!NAME WORD``).
 
     A skip comes after the request it names, so before a request runs
     :meth:`skipped` also takes whatever has arrived meanwhile, without waiting.
@@ -621,8 +633,9 @@ class _Inbox:
     #: most this many, the oldest forgotten first.
     KEEP = 1000
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, handlers: dict[str, Callable[[str], None]]) -> None:
         self.fd = fd
+        self.handlers = handlers
         self.buf = bytearray()
         self.ready: deque[bytes] = deque()
         self.skips: dict[str, None] = {}
@@ -664,22 +677,29 @@ class _Inbox:
             if len(buf) < end:
                 break
             frame = bytes(buf[start + head:end])
-            if frame.startswith(_SKIP):
-                self.skips[frame[len(_SKIP):].decode()] = None
-                if len(self.skips) > self.KEEP:
-                    del self.skips[next(iter(self.skips))]
+            if frame.startswith(_NOTE):
+                self._note(frame[len(_NOTE):].decode())
             else:
                 self.ready.append(frame)
             start = end
         del buf[:start]
         return True
 
+    def _note(self, text: str) -> None:
+        name, _, word = text.partition(" ")
+        if name == "skip":
+            self.skips[word] = None
+            if len(self.skips) > self.KEEP:
+                del self.skips[next(iter(self.skips))]
+        else:
+            self.handlers[name](word)
+
 
 #: What a child reads as "exit now" (a pickled request never equals it).
 _STOP = b"stop"
-#: A frame starting with this names a task the child must not run (a pickled
-#: request starts with the pickle protocol's opcode, 0x80).
-_SKIP = b"skip:"
+#: A frame starting with this is a note to the child, not a request (a pickled
+#: request starts with the pickle protocol's opcode, 0x80): see :class:`_Inbox`.
+_NOTE = b"!"
 #: perf: a request crosses to a child as the tuple of its fields, not as the object
 #: (pickling a slotted dataclass writes and reads its state by name): half the
 #: cost each way, in the worker and in the child.
@@ -1048,17 +1068,28 @@ class ProcessPool(Pool):
         """Tell each child holding one of ``task_ids`` behind its running job not to
         run it: the child records it REVOKED instead and answers as for a task
         (the job was reported begun when it reached the front, so it is acked). A
-        job already started by the time its child reads this runs."""
+        job already started by the time its child reads this runs; the jobs of a
+        child that died go back to the backlog, where :meth:`_dispatch` checks."""
         wanted = set(task_ids)
         with self._lock:
             for child in self._children:
                 for job in list(child.jobs)[1:]:
                     if job.request.id in wanted:
-                        try:
-                            _write_all(child.conn.fileno(),
-                                       _frame(_SKIP + job.request.id.encode()))
-                        except OSError:
-                            pass  # gone: its jobs go back to the backlog, checked there
+                        self._note(child, f"skip {job.request.id}")
+
+    def task_events(self, on: bool) -> None:
+        with self._lock:
+            for child in self._children:
+                self._note(child, f"events {'on' if on else 'off'}")
+
+    @staticmethod
+    def _note(child: _Child, text: str) -> None:
+        """Write a note to ``child`` (see :class:`_Inbox`); a child that is gone
+        is replaced by the supervisor, which sees its end of file."""
+        try:
+            _write_all(child.conn.fileno(), _frame(_NOTE + text.encode()))
+        except OSError:
+            pass
 
     def child_pids(self) -> list[int]:
         with self._lock:
