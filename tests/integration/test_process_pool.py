@@ -129,3 +129,24 @@ def test_a_job_revoked_while_it_waits_in_a_childs_pipe_or_the_pool_is_not_run(
         flag.touch()
         pool.stop(WAIT)
         app.close()
+
+
+def test_time_limits_changed_while_it_runs_reach_its_children(app: Conveyor,
+                                                              tmp_path: Path) -> None:
+    """``control time_limit`` sets the task's limits in the worker process and tells
+    the children, forked before, where the soft limit is raised."""
+    pool = ProcessPool(app, 1, "procpool@test")
+    pool.start()
+    try:
+        app.tasks["t.hold"].soft_time_limit = 0.3  # as worker.tuning.time_limit does
+        pool.task_limits("t.hold", 0.3, None)
+        held = job("t.hold", str(tmp_path / "never"))
+        start = time.monotonic()
+        [done] = run(pool, [held])
+        assert done.state == "FAILURE" and time.monotonic() - start < WAIT / 2
+        with pytest.raises(Exception) as raised:
+            app.AsyncResult(held.request.id).get(timeout=WAIT)
+        assert type(raised.value).__name__ == "SoftTimeLimitExceeded"
+    finally:
+        pool.stop(WAIT)
+        app.close()

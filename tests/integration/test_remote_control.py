@@ -207,6 +207,34 @@ def test_tasks_revoked_while_queued_behind_busy_pool_children_never_run(
         assert app.send_task("proj_rc.add", (2, 2), queue="rc.conveyor").get(timeout=20) == 4
 
 
+@pytest.mark.parametrize("url", ["redis"], indirect=True)
+def test_time_limit_and_pool_grow_from_both_clis_retune_a_processes_worker(
+        workdir: Path, url: str, app: Conveyor, tmp_path: Path) -> None:
+    with worker_on(workdir, url, "rc-tune@test", "processes") as proc:
+        out = run(workdir, url, "control", "time_limit", "proj_rc.tick", "0.3", "-d",
+                  "rc-tune@test", "--timeout", "10")
+        assert "->  rc-tune@test: OK\n    time limits set successfully" in out.stdout, (
+            out.stdout + out.stderr)
+        side = tmp_path / "limited"
+        result = app.send_task("proj_rc.tick", (str(side), 200), queue="rc.conveyor")
+        with pytest.raises(Exception) as raised:
+            result.get(timeout=20)
+        assert type(raised.value).__name__ == "SoftTimeLimitExceeded"  # in the child
+        assert lines(side) < 200
+
+        out = run(workdir, url, "celery", "control", "pool_grow", "1", "-d",
+                  "rc-tune@test", "--timeout", "10")
+        assert "pool will grow" in out.stdout, out.stdout + out.stderr
+
+        def children() -> int | None:
+            stats = app.control.inspect(["rc-tune@test"], timeout=10).stats() or {}
+            pool = stats["rc-tune@test"]["pool"]
+            return pool["max-concurrency"] if len(pool["processes"]) == 3 else None
+        assert wait_for(children, 20, what="a third pool child") == 3
+        proc.wait_output("Pool: scaling up from 2 to 3", 10)
+        assert app.send_task("proj_rc.add", (2, 2), queue="rc.conveyor").get(timeout=20) == 4
+
+
 def test_status_lists_workers_and_names_those_that_do_not_answer(
         worker: Proc, workdir: Path, url: str) -> None:
     def status(*args: str) -> subprocess.CompletedProcess[str] | None:

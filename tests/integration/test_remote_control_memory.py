@@ -50,7 +50,10 @@ def test_inspect_and_revoke_through_app_control(app: Conveyor, pool: str) -> Non
         assert app.control.ping(timeout=5, destination=[worker.hostname]) == [
             {worker.hostname: {"ok": "pong"}}]
         inspect = app.control.inspect(destination=[worker.hostname], timeout=5)
-        assert inspect.registered() == {worker.hostname: ["rcmem.add", "rcmem.spin"]}
+        registered = (inspect.registered() or {})[worker.hostname]
+        # shared tasks other tests of this process defined are every app's, as in Celery
+        assert [n for n in registered if n.startswith("rcmem.")] == ["rcmem.add",
+                                                                      "rcmem.spin"]
 
         later = add.apply_async((1, 1), countdown=3)  # type: ignore[attr-defined]
         scheduled = inspect.scheduled()
@@ -88,3 +91,76 @@ def test_an_unknown_command_and_a_missing_worker(app: Conveyor) -> None:
         assert app.control.broadcast("no_such", reply=True, timeout=5, limit=1) == [
             {"mem-x@test": {"error": "No such control command: no_such"}}]
         assert app.control.ping(destination=["ghost@test"], timeout=0.3) == []
+
+
+def test_rate_and_time_limits_and_pool_size_change_through_app_control(
+        app: Conveyor) -> None:
+    add, spin, _started, ticks = _tasks(app)
+    worker = app.Worker(pool="threads", concurrency=2, hostname="mem-tune@test")
+
+    def ask(command: str, **arguments: object) -> object:
+        [reply] = getattr(app.control, command)(destination=[worker.hostname],
+                                                reply=True, timeout=5, **arguments)
+        return reply[worker.hostname]
+
+    def concurrency() -> tuple[int, int]:
+        stats = (app.control.inspect([worker.hostname], timeout=5).stats() or {})
+        found = stats[worker.hostname]
+        return found["pool"]["max-concurrency"], found["prefetch_count"]
+
+    def until(check: object, want: object) -> None:
+        deadline = time.monotonic() + 10
+        while check() != want and time.monotonic() < deadline:  # type: ignore[operator]
+            time.sleep(0.05)
+        assert check() == want  # type: ignore[operator]
+
+    with worker.running():
+        assert ask("rate_limit", task_name="rcmem.add", rate_limit="4/s") == {
+            "ok": "new rate limit set successfully"}
+        start = time.monotonic()
+        results = [add.delay(i, i) for i in range(5)]  # type: ignore[attr-defined]
+        assert [r.get(timeout=10) for r in results] == [0, 2, 4, 6, 8]
+        assert time.monotonic() - start >= 0.9  # 5 starts, 0.25 s apart
+        assert ask("rate_limit", task_name="rcmem.add", rate_limit=0) == {
+            "ok": "rate limit disabled successfully"}
+        start = time.monotonic()
+        results = [add.delay(i, 1) for i in range(20)]  # type: ignore[attr-defined]
+        assert [r.get(timeout=10) for r in results] == list(range(1, 21))
+        assert time.monotonic() - start < 4  # 4.75 s at the old 4/s
+        assert ask("rate_limit", task_name="rcmem.nope", rate_limit="1/s") == {
+            "error": "unknown task"}
+        assert ask("rate_limit", task_name="rcmem.add", rate_limit="fast") == {
+            "error": "Invalid rate limit string: Bad rate_limit 'fast': write it as Celery "
+                     "does, '10/s', '100/m', '1000/h' or a number of tasks per second."}
+
+        assert ask("pool_grow", n=2) == {"ok": "pool will grow"}
+        until(concurrency, (4, 16))  # prefetch follows: 4 x worker_prefetch_multiplier
+        assert ask("pool_shrink", n=3) == {"ok": "pool will shrink"}
+        until(concurrency, (1, 4))
+        assert ask("autoscale", max=4, min=2) == {"error": "Autoscale not enabled"}
+
+        assert ask("time_limit", task_name="rcmem.spin", soft=0.2) == {
+            "ok": "time limits set successfully"}
+        with pytest.raises(Exception) as raised:
+            spin.delay(3000).get(timeout=10)  # type: ignore[attr-defined]
+        assert type(raised.value).__name__ == "SoftTimeLimitExceeded"
+        assert len(ticks) < 3000
+        assert ask("time_limit", task_name="rcmem.spin", soft="soon") == {
+            "error": "Invalid time limits: soft='soon' hard=None (seconds, or none)"}
+
+
+def test_autoscale_bounds_change_through_app_control(app: Conveyor) -> None:
+    _tasks(app)
+    worker = app.Worker(pool="threads", autoscale="4,1", hostname="mem-auto@test")
+    with worker.running():
+        [reply] = app.control.autoscale(3, 2, destination=[worker.hostname], reply=True,
+                                        timeout=5)
+        assert reply == {worker.hostname: {"ok": "autoscale now max=3 min=2"}}
+        deadline = time.monotonic() + 10
+        while worker.concurrency != 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (worker.concurrency, worker.prefetch) == (2, 12)  # min now 2; max 3 x 4
+        [reply] = app.control.pool_grow(destination=[worker.hostname], reply=True,
+                                        timeout=5)
+        assert reply == {worker.hostname: {"error": "pool_grow is not supported with "
+                                           "autoscale. Adjust autoscale range instead."}}

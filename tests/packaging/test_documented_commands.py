@@ -371,6 +371,10 @@ COMMANDS: dict[str, Callable[[Printed, Ctx], None]] = {
     "conveyor -A proj control revoke 6f1c… --terminate": OnWorker1(
         lambda out: "->  worker1@host: OK\n    terminate: tasks unknown" in out),
     "conveyor -A proj control shutdown -d worker1@host": shutdown_stops_worker1,
+    "conveyor -A proj control rate_limit proj.add 10/m": OnWorker1(
+        lambda out: "->  worker1@host: OK\n    new rate limit set successfully" in out,
+        undo="conveyor -A proj control rate_limit proj.add 0 -d worker1@host",
+        undone="->  worker1@host: OK\n    rate limit disabled successfully"),
     "conveyor -A proj control enable_events": OnWorker1(
         lambda out: "->  worker1@host: OK\n    task events enabled" in out,
         undo="conveyor -A proj control disable_events -d worker1@host",

@@ -31,6 +31,12 @@ INSPECT = {
 }
 
 
+#: ``control`` commands with arguments (beside ``revoke``): their names, Celery's.
+ARGUMENTS = {"rate_limit": ("task_name", "rate_limit"),
+             "time_limit": ("task_name", "soft", "hard"),
+             "pool_grow": ("n",), "pool_shrink": ("n",), "autoscale": ("max", "min")}
+
+
 def add_parsers(sub: Any, inspect_sub: Any, level: argparse.ArgumentParser) -> None:
     """Add ``inspect <command>`` (to ``inspect_sub``), ``control`` and ``status``."""
     common = argparse.ArgumentParser(add_help=False)
@@ -58,6 +64,23 @@ def add_parsers(sub: Any, inspect_sub: Any, level: argparse.ArgumentParser) -> N
                     help="workers stop sending task events (heartbeats go on)")
     csub.add_parser("shutdown", parents=[level, common],
                     help="warm shutdown: workers finish running tasks and exit")
+    rl = csub.add_parser("rate_limit", parents=[level, common],
+                         help="start a task at most this often (10/s, 100/m; 0: no limit)")
+    rl.add_argument("task_name", metavar="TASK")
+    rl.add_argument("rate_limit", metavar="RATE")
+    tl = csub.add_parser("time_limit", parents=[level, common],
+                         help="a task's soft and hard time limits, in seconds")
+    tl.add_argument("task_name", metavar="TASK")
+    tl.add_argument("soft", type=float, metavar="SOFT")
+    tl.add_argument("hard", type=float, nargs="?", metavar="HARD")
+    for name, word in (("pool_grow", "more"), ("pool_shrink", "fewer")):
+        p = csub.add_parser(name, parents=[level, common],
+                            help=f"run N {word} tasks at once (not with --autoscale)")
+        p.add_argument("n", type=int, nargs="?", default=1, metavar="N")
+    au = csub.add_parser("autoscale", parents=[level, common],
+                         help="new --autoscale bounds of autoscaled workers")
+    au.add_argument("max", type=int, metavar="MAX")
+    au.add_argument("min", type=int, nargs="?", metavar="MIN")
 
     sub.add_parser("status", parents=[level, common], help="list the workers that answer")
 
@@ -131,7 +154,8 @@ def cmd_control(app: Conveyor, ns: argparse.Namespace) -> int:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
     else:
-        arguments = {}
+        # Celery's argument names, as the subcommand's parser keeps them.
+        arguments = {key: getattr(ns, key) for key in ARGUMENTS.get(ns.control_command, ())}
     replies = app.control.broadcast(ns.control_command, arguments,
                                     destination=_destination(ns), reply=True,
                                     timeout=ns.timeout, what=what)

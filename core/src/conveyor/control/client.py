@@ -141,6 +141,41 @@ class Control:
         return self.broadcast("disable_events", destination=destination, reply=reply,
                               timeout=timeout)
 
+    def rate_limit(self, task_name: str, rate_limit: str | float | None,
+                   destination: Sequence[str] | None = None, reply: bool = False,
+                   timeout: float = 1.0) -> list[Reply]:
+        """Workers start ``task_name`` at most this often (``"10/m"``; 0: no limit)."""
+        return self.broadcast("rate_limit", {"task_name": task_name,
+                                             "rate_limit": rate_limit},
+                              destination=destination, reply=reply, timeout=timeout)
+
+    def time_limit(self, task_name: str, soft: float | None = None,
+                   hard: float | None = None, destination: Sequence[str] | None = None,
+                   reply: bool = False, timeout: float = 1.0) -> list[Reply]:
+        """Workers give ``task_name`` these time limits (seconds; None: none)."""
+        return self.broadcast("time_limit", {"task_name": task_name, "soft": soft,
+                                             "hard": hard},
+                              destination=destination, reply=reply, timeout=timeout)
+
+    def pool_grow(self, n: int = 1, destination: Sequence[str] | None = None,
+                  reply: bool = False, timeout: float = 1.0) -> list[Reply]:
+        """Workers run ``n`` more tasks at once (not autoscaled ones)."""
+        return self.broadcast("pool_grow", {"n": n}, destination=destination,
+                              reply=reply, timeout=timeout)
+
+    def pool_shrink(self, n: int = 1, destination: Sequence[str] | None = None,
+                    reply: bool = False, timeout: float = 1.0) -> list[Reply]:
+        """Workers run ``n`` fewer tasks at once (not autoscaled ones)."""
+        return self.broadcast("pool_shrink", {"n": n}, destination=destination,
+                              reply=reply, timeout=timeout)
+
+    def autoscale(self, max: int | None = None, min: int | None = None,  # noqa: A002
+                  destination: Sequence[str] | None = None, reply: bool = False,
+                  timeout: float = 1.0) -> list[Reply]:
+        """New ``--autoscale`` bounds for autoscaled workers (Celery's names)."""
+        return self.broadcast("autoscale", {"max": max, "min": min},
+                              destination=destination, reply=reply, timeout=timeout)
+
     def shutdown(self, destination: Sequence[str] | None = None, reply: bool = False,
                  timeout: float = 1.0) -> list[Reply]:
         """Warm shutdown of workers (running tasks finish)."""

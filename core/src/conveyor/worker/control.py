@@ -13,7 +13,8 @@ The command panel (:class:`Panel`) answers Celery's commands with Celery's reply
 shapes: ``ping``, ``active``, ``reserved``, ``scheduled``, ``registered``, ``stats``,
 ``revoke`` (and ``terminate``), ``revoked``, ``query_task``, ``active_queues``,
 ``clock``, ``conf``, ``hello`` (mingle), ``enable_events``/``disable_events`` and
-``shutdown``.
+``shutdown``; and those of :mod:`.tuning` (``rate_limit``, ``time_limit``,
+``pool_grow``/``pool_shrink``, ``autoscale``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import signal as signals
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
@@ -38,6 +40,7 @@ from ..interfaces import (
     Message,
 )
 from ..utils import mask_url
+from . import tuning
 from .revoked import REVOKED, RUNNING
 
 if TYPE_CHECKING:
@@ -116,6 +119,7 @@ class Panel:
             "clock": self.clock_value, "conf": self.conf, "hello": self.hello,
             "enable_events": self.enable_events, "disable_events": self.disable_events,
             "shutdown": self.shutdown,
+            **{name: partial(command, worker) for name, command in tuning.COMMANDS.items()},
         }
 
     def handle(self, method: str, arguments: dict[str, Any]) -> Any:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import concurrent.futures
+import json
 import logging
 import multiprocessing
 import os
@@ -124,6 +125,11 @@ class Pool(abc.ABC):
         """Task events were turned on or off (remote control): child processes of
         the pool's own that run tasks are told. Threads share this process's app,
         and a child forked from now on copies it."""
+
+    def task_limits(self, name: str, soft: float | None, hard: float | None) -> None:
+        """Task ``name``'s time limits were changed in this process (remote
+        control): child processes of the pool's own that run tasks are told (the
+        soft limit is raised there), as for :meth:`task_events`."""
 
     def finished(self) -> list[Job]:
         """The jobs finished since the last call (the consumer settles them).
@@ -575,7 +581,8 @@ def _child_main(app: Conveyor, conn: Connection, hostname: str,
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     loads, fd = _unpack, conn.fileno()
     usage, me = resource.getrusage, resource.RUSAGE_SELF
-    inbox = _Inbox(fd, {"events": lambda word: _task_events(app, word == "on")})
+    inbox = _Inbox(fd, {"events": lambda word: _task_events(app, word == "on"),
+                        "limits": lambda text: _task_limits(app, text)})
     for data in inbox:
         if data == _STOP:
             return
@@ -597,6 +604,14 @@ def _child_main(app: Conveyor, conn: Connection, hostname: str,
 def _task_events(app: Conveyor, on: bool) -> None:
     from ..events.plugin import switch
     switch(app, on)
+
+
+def _task_limits(app: Conveyor, text: str) -> None:
+    """``[name, soft, hard]`` (JSON) from :meth:`ProcessPool.task_limits`."""
+    name, soft, hard = json.loads(text)
+    task = app.tasks.get(name)
+    if task is not None:
+        task.soft_time_limit, task.time_limit = soft, hard
 
 
 #: A request's frame on a child's pipe: its length, then its bytes.
@@ -1081,6 +1096,12 @@ class ProcessPool(Pool):
         with self._lock:
             for child in self._children:
                 self._note(child, f"events {'on' if on else 'off'}")
+
+    def task_limits(self, name: str, soft: float | None, hard: float | None) -> None:
+        note = f"limits {json.dumps([name, soft, hard])}"
+        with self._lock:
+            for child in self._children:
+                self._note(child, note)
 
     @staticmethod
     def _note(child: _Child, text: str) -> None:

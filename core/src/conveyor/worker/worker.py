@@ -129,6 +129,9 @@ class Worker:
         multiplier = conf.worker_prefetch_multiplier if prefetch_multiplier is None \
             else prefetch_multiplier
         self.prefetch = max(1, int(multiplier) * most)
+        #: Calls other threads (remote control) ask of the consumer thread, which
+        #: owns the pool, the throttles and the prefetch: run at its next turn.
+        self._soon: deque[Callable[[], None]] = deque()
         self.hostname = hostname or f"conveyor{os.getpid()}@{socket.gethostname()}"
         self.pool_name = pool
         self.poll_interval = poll_interval
@@ -314,7 +317,48 @@ class Worker:
             pool.depth = max(1, self._multiplier // 2)
             pool.report_starts = self._ack_on_start = pool.depth > 1
 
+    def call_soon(self, call: Callable[[], None]) -> None:
+        """Have the consumer thread run ``call`` at its next turn (within
+        ``poll_interval``): it owns the pool, the throttles and the prefetch."""
+        self._soon.append(call)
+
+    def _run_soon(self) -> None:
+        soon = self._soon
+        while soon:
+            call = soon.popleft()
+            try:
+                call()
+            except Exception:  # noqa: BLE001 - a remote command must not stop the loop
+                log.exception("Remote control call %r failed", call)
+
+    def reset_rate_limits(self) -> None:
+        """Take the tasks' ``rate_limit`` again (remote control changed one); jobs
+        already given a start time keep it."""
+        self._throttles = self._make_throttles()
+
+    def resize(self, concurrency: int, why: str = "Pool") -> None:
+        """Run ``concurrency`` tasks at once from now on, prefetching for that many
+        (unless autoscaled: its max sets the prefetch). Consumer thread only."""
+        concurrency = max(1, concurrency)
+        if concurrency == self.concurrency:
+            return
+        log.info("%s: %s from %d to %d", why, "scaling up" if concurrency >
+                 self.concurrency else "scaling down", self.concurrency, concurrency)
+        self.pool.resize(concurrency)
+        self.concurrency = concurrency
+        if self.autoscale is None:
+            self.prefetch = self._multiplier * concurrency
+
+    def set_autoscale(self, most: int, least: int) -> None:
+        """New ``--autoscale`` bounds (remote control); the pool moves inside them at
+        once. Consumer thread only."""
+        self.autoscale = (most, least)
+        self.prefetch = self._multiplier * most
+        self.resize(min(most, max(least, self.concurrency)), "Autoscale")
+
     def _iterate(self, transport: Transport) -> None:
+        if self._soon:
+            self._run_soon()
         if self._beat_due is not None and time.monotonic() >= self._beat_due:
             # also while the pool is full and nothing is fetched (see HeartbeatTransport)
             cast(HeartbeatTransport, transport).heartbeat()
@@ -479,23 +523,17 @@ class Worker:
         most, least = self.autoscale
         running, waiting = len(self._running), len(self._ready)
         if waiting and running >= self.concurrency and self.concurrency < most:
-            self._resize(min(most, self.concurrency + waiting))
+            self.resize(min(most, self.concurrency + waiting), "Autoscale")
             self._idle_since = None
         elif running < self.concurrency and self.concurrency > least:
             now = time.monotonic()
             if self._idle_since is None:
                 self._idle_since = now
             elif now - self._idle_since > AUTOSCALE_KEEPALIVE:
-                self._resize(max(least, running))
+                self.resize(max(least, running), "Autoscale")
                 self._idle_since = None
         else:
             self._idle_since = None
-
-    def _resize(self, concurrency: int) -> None:
-        log.info("Autoscale: %s from %d to %d", "scaling up" if concurrency >
-                 self.concurrency else "scaling down", self.concurrency, concurrency)
-        self.pool.resize(concurrency)
-        self.concurrency = concurrency
 
     def _make_throttles(self) -> dict[str, Throttle]:
         """A throttle per task with a ``rate_limit`` (or ``task_default_rate_limit``)."""

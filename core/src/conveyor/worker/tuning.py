@@ -1,0 +1,108 @@
+"""Celery's remote control commands that retune a running worker: ``rate_limit``,
+``time_limit``, ``pool_grow``/``pool_shrink`` and ``autoscale`` (Flower's "Pool" and
+"Limits" buttons, ``celery control …``), with Celery's arguments and replies.
+
+They run on the control thread; what the consumer thread owns (the pool, the
+throttles, the prefetch) is changed there at its next turn (:meth:`Worker.call_soon`),
+so a reply says what *will* happen, as Celery's do ("pool will grow").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import ConfigurationError
+from ..ratelimit import parse_rate
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+log = logging.getLogger("conveyor.worker")
+
+
+def rate_limit(worker: Worker, task_name: str = "", rate_limit: Any = None,
+               **_: Any) -> dict[str, str]:
+    """Set a task's ``rate_limit`` in this worker (``0``/``None``: no limit)."""
+    try:
+        rate = parse_rate(rate_limit)
+    except ConfigurationError as exc:
+        return {"error": f"Invalid rate limit string: {exc}"}
+    task = worker.app.tasks.get(task_name)
+    if task is None:
+        return {"error": "unknown task"}
+    task.rate_limit = rate_limit
+    worker.call_soon(worker.reset_rate_limits)
+    if rate is None:
+        log.info("Rate limits disabled for tasks of type %s", task_name)
+        return {"ok": "rate limit disabled successfully"}
+    log.info("New rate limit for tasks of type %s: %s", task_name, rate_limit)
+    return {"ok": "new rate limit set successfully"}
+
+
+def _seconds(value: Any) -> float | None:
+    if value is None:
+        return None
+    seconds = float(value)
+    if seconds < 0:
+        raise ValueError(value)
+    return seconds or None
+
+
+def time_limit(worker: Worker, task_name: str = "", hard: Any = None, soft: Any = None,
+               **_: Any) -> dict[str, str]:
+    """Set a task's ``time_limit`` (``hard``) and ``soft_time_limit`` (``soft``) in
+    this worker and its pool's children; ``None`` removes one."""
+    task = worker.app.tasks.get(task_name)
+    if task is None:
+        return {"error": "unknown task"}
+    try:
+        hard_s, soft_s = _seconds(hard), _seconds(soft)
+    except (TypeError, ValueError):
+        return {"error": f"Invalid time limits: soft={soft!r} hard={hard!r} (seconds, "
+                         "or none)"}
+    task.time_limit, task.soft_time_limit = hard_s, soft_s
+    worker.pool.task_limits(task_name, soft_s, hard_s)
+    log.info("New time limits for tasks of type %s: soft=%s hard=%s", task_name,
+             soft_s, hard_s)
+    return {"ok": "time limits set successfully"}
+
+
+def _resize_by(worker: Worker, by: int, word: str) -> dict[str, str]:
+    if worker.autoscale is not None:
+        return {"error": f"pool_{word} is not supported with autoscale. Adjust "
+                         "autoscale range instead."}
+    if worker.pool_name == "solo":
+        return {"error": f"pool_{word} needs --pool threads or processes (solo runs "
+                         "one task at a time)"}
+    worker.call_soon(lambda: worker.resize(worker.concurrency + by))
+    return {"ok": f"pool will {word}"}
+
+
+def pool_grow(worker: Worker, n: Any = 1, **_: Any) -> dict[str, str]:
+    """Run ``n`` more tasks at once (and prefetch for them)."""
+    return _resize_by(worker, int(n), "grow")
+
+
+def pool_shrink(worker: Worker, n: Any = 1, **_: Any) -> dict[str, str]:
+    """Run ``n`` fewer tasks at once (at least one)."""
+    return _resize_by(worker, -int(n), "shrink")
+
+
+def autoscale(worker: Worker, max: Any = None, min: Any = None,  # noqa: A002 - Celery's
+              **_: Any) -> dict[str, str]:
+    """New ``--autoscale`` bounds; either may be left out."""
+    if worker.autoscale is None:
+        return {"error": "Autoscale not enabled"}
+    most = int(max) if max is not None else worker.autoscale[0]
+    least = int(min) if min is not None else worker.autoscale[1]
+    if not 1 <= least <= most:
+        return {"error": f"Bad autoscale max={most} min={least}: give 1 <= min <= max"}
+    worker.call_soon(lambda: worker.set_autoscale(most, least))
+    return {"ok": f"autoscale now max={most} min={least}"}
+
+
+#: Command name -> function of (worker, **arguments).
+COMMANDS: dict[str, Callable[..., dict[str, str]]] = {"rate_limit": rate_limit, "time_limit": time_limit, "pool_grow": pool_grow,
+            "pool_shrink": pool_shrink, "autoscale": autoscale}
