@@ -63,6 +63,25 @@ def test_acks_survive_a_redis_outage_longer_than_the_ack_retry_limit(lab: Lab) -
     assert "Lost the broker connection" in said or "Cannot connect to" in said
 
 
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_time_limit_kills_its_task_during_a_broker_outage(lab: Lab) -> None:
+    """The processes pool's results and limits are read by the consumer thread; while
+    it waits to reconnect it still reads them, so a task past its ``time_limit`` is
+    killed then, not when the broker is back (results go direct: stored at once)."""
+    proxy = lab.through_proxy()
+    worker = lab.worker(pool="processes", concurrency=1)
+    lab.wait_consuming(worker)
+    result = lab.send(0, 30, time_limit=2)
+    lab.wait_for(lambda: lab.runs("S"), 30, "the task to start")
+    proxy.cut()
+    lab.wait_for(lambda: "time_limit=2s exceeded" in lab.said(), 10,
+                 "the task killed at its time limit while the broker is cut")
+    assert result.state == "FAILURE" and not lab.runs("E")
+    proxy.restore()
+    assert lab.send(1).get(timeout=30) == 1  # the worker serves again
+    assert worker.poll() is None, lab.stderr()
+
+
 @pytest.mark.parametrize("broker", ["sqlite"], indirect=True)
 def test_acks_survive_a_lock_held_past_the_busy_timeout(lab: Lab) -> None:
     # Held past SQLite's default busy timeout (10 s) and the workers' own bound

@@ -1065,8 +1065,12 @@ class ProcessPool(Pool):
         if jobs:
             job = jobs.popleft()
             log.error("Task %s[%s]: %s", job.request.name, job.request.id, why)
-            on_failure(self.app, self.app.tasks.get(job.request.name), job.request,
-                       why, self.hostname)
+            try:
+                on_failure(self.app, self.app.tasks.get(job.request.name), job.request,
+                           why, self.hostname)
+            except Exception:  # noqa: BLE001 - the job is finished all the same
+                log.exception("Could not record the failure of %s[%s]",
+                              job.request.name, job.request.id)
             job.state = states.FAILURE
             self._finish(job)
             self._backlog.extendleft(reversed(jobs))

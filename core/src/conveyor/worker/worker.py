@@ -736,9 +736,23 @@ class Worker:
                 _abandon(transport)  # hands on what a failed attempt took over
                 log.error("Cannot connect to %s: %s; retrying in %.1fs",
                           mask_url(self.app.broker_url), mask_url(str(exc)), delay)
-                self._stop.wait(delay)
+                self._pause(delay)
                 delay = min(delay * 2, 5.0)
         return None
+
+    def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` (less if stopped) between connection attempts, reading
+        what the pool finished meanwhile: a pool whose results this thread reads
+        (``processes``) enforces each task's ``time_limit`` as it does so, and a
+        task past its limit must not run on for the length of an outage. What
+        finished is settled through the next connection."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.pool.collect()
+            self._stop.wait(min(left, 0.1))
 
     def _reconnect(self, transport: Transport, exc: BaseException) -> Transport | None:
         log.error("Lost the broker connection to %s (%s); reconnecting",
