@@ -104,3 +104,18 @@ def test_a_plugins_connection_error_is_retried_and_a_final_error_is_not(app):
             conn.ensure(refused, policy={"max_retries": 2, "interval_start": 0,
                                          "retry_errors": (Exception,)})
         assert len(calls) == 1
+
+
+def test_a_forked_child_makes_its_own_pool_and_backend_and_keeps_them(app):
+    """Connections must not cross a fork: the child's first use makes new ones,
+    its later uses keep them; the parent's are untouched."""
+    import os
+    pool, backend = app.pool, app.backend
+    pid = os.fork()
+    if pid == 0:  # the child reports through its exit status
+        child_pool, child_backend = app.pool, app.backend
+        os._exit(0 if child_pool is not pool and child_backend is not backend
+                 and app.pool is child_pool and app.backend is child_backend else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert app.pool is pool and app.backend is backend
