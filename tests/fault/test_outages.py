@@ -76,7 +76,8 @@ def test_a_time_limit_kills_its_task_during_a_broker_outage(lab: Lab) -> None:
     proxy.cut()
     lab.wait_for(lambda: "time_limit=2s exceeded" in lab.said(), 10,
                  "the task killed at its time limit while the broker is cut")
-    assert result.state == "FAILURE" and not lab.runs("E")
+    lab.wait_for(lambda: result.state == "FAILURE", 10, "its FAILURE stored")
+    assert not lab.runs("E")
     proxy.restore()
     assert lab.send(1).get(timeout=30) == 1  # the worker serves again
     assert worker.poll() is None, lab.stderr()
