@@ -18,7 +18,7 @@ import contextlib
 import contextvars
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from .connection import gave_up, retry_sleeps, retryable, scheme_of
@@ -257,11 +257,13 @@ def _no_publisher(publisher: Any) -> None:
             "Leave publisher out, or call apply_async.")
 
 
-async def publish(app: Conveyor, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
-                  call: Mapping[str, Any], sig: Mapping[str, Any], task: Any
-                  ) -> AsyncResult[Any]:
-    """:meth:`Conveyor.publish` with the send awaited."""
-    return await deferred(app, lambda: app.publish(name, args, kwargs, call, sig, task))
+def publish(app: Conveyor, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
+            call: Mapping[str, Any], sig: Mapping[str, Any], task: Any
+            ) -> Coroutine[Any, Any, AsyncResult[Any]]:
+    """:meth:`Conveyor.publish` with the send awaited: :func:`deferred`'s coroutine,
+    for the caller to await (perf: not awaited in a coroutine of its own, one frame
+    less at every step of a publish)."""
+    return deferred(app, lambda: app.publish(name, args, kwargs, call, sig, task))
 
 
 async def deferred(app: Conveyor, build: Callable[[], T]) -> T:

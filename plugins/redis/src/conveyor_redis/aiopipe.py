@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import hiredis
@@ -76,14 +76,31 @@ def new_connection(pool: aioredis.ConnectionPool) -> Any:
 class _Call:
     """A command (or MULTI…EXEC block) in flight: ``count`` replies, one future, and
     ``then``, called with the future as soon as it is done (not a turn later, as a
-    done callback would be)."""
+    done callback would be). ``one``: the future is the single reply itself, or its
+    error reply raised (:meth:`Pipe.call`), not the list of replies."""
 
-    __slots__ = ("future", "count", "replies", "then")
+    __slots__ = ("future", "count", "replies", "then", "one")
 
     def __init__(self, future: asyncio.Future[Any], count: int,
-                 then: Callable[[asyncio.Future[Any]], None] | None = None) -> None:
-        self.future, self.count, self.then = future, count, then
+                 then: Callable[[asyncio.Future[Any]], None] | None = None,
+                 one: bool = False) -> None:
+        self.future, self.count, self.then, self.one = future, count, then, one
         self.replies: list[Any] = []
+
+    def settle(self) -> None:
+        """All replies are in: the future gets them (see ``one``)."""
+        future = self.future
+        if future.done():  # its caller stopped waiting
+            return
+        if self.one:
+            reply = self.replies[0]
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+        else:
+            future.set_result(self.replies)
+        self.finish()
 
     def finish(self) -> None:
         if self.then is not None:
@@ -177,15 +194,20 @@ class Pipe:
         self._watchdog: asyncio.TimerHandle | None = None
         self._closing: asyncio.Task[None] | None = None
 
-    async def call(self, *args: Any) -> Any:
-        """Run one command; its raw reply (bytes, int, list), or its error raised."""
+    def call(self, *args: Any) -> Awaitable[Any]:
+        """Run one command: await its raw reply (bytes, int, list), or its error
+        raised.
+
+        perf: on an open connection, the future the reply is set on (its error
+        reply set as its exception), not a coroutine that awaits it and unpacks the
+        reply: one frame less at each step of a caller's wait."""
         conn = self._conn
         if conn is None:
-            conn = await self._connect()
-        reply = (await self._queue(conn, (args,)))[0]  # perf: no _send frame
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
+            return self._connect_and_call(args)
+        return self._queue(conn, (args,), one=True)
+
+    async def _connect_and_call(self, args: tuple[Any, ...]) -> Any:
+        return await self._queue(await self._connect(), (args,), one=True)
 
     async def transaction(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """MULTI, ``commands``, EXEC in one write: EXEC's replies (error replies in
@@ -226,11 +248,12 @@ class Pipe:
         return replies
 
     def _queue(self, conn: Any, commands: Sequence[Sequence[Any]],
-               then: Callable[[asyncio.Future[list[Any]]], None] | None = None
-               ) -> asyncio.Future[list[Any]]:
+               then: Callable[[asyncio.Future[list[Any]]], None] | None = None, *,
+               one: bool = False) -> asyncio.Future[Any]:
+        """Send ``commands``; the future of their replies (``one``: see :class:`_Call`)."""
         loop = self._loop
         assert loop is not None  # set with the connection
-        call = _Call(loop.create_future(), len(commands), then)
+        call = _Call(loop.create_future(), len(commands), then, one)
         # perf: with nothing in flight (one coroutine's round trip at a time) the
         # command is written now, a turn of the loop sooner than the writer would;
         # commands that follow it in the same turn find it in flight and share the
@@ -308,9 +331,7 @@ class Pipe:
                     call.replies.append(reply)
                     if len(call.replies) == call.count:
                         waiting.popleft()
-                        if not call.future.done():
-                            call.future.set_result(call.replies)
-                            call.finish()
+                        call.settle()
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._broken(conn, exc if isinstance(exc, redis.RedisError)
                          else redis.ConnectionError(str(exc)))
