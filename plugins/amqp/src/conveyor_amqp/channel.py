@@ -14,6 +14,7 @@ same connection when the first has confirms off, so plain publishes stay one-way
 from __future__ import annotations
 
 import logging
+import select
 import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -49,6 +50,10 @@ class _QuietProbe(logging.Filter):
 
 logging.getLogger("pika.channel").addFilter(_QuietProbe())
 
+#: pika's transport over a plain socket (not TLS), which :meth:`Channel._write` may
+#: send to directly.
+PLAIN_TRANSPORT = "_AsyncPlaintextTransport"
+
 #: A delivery as pika hands it over: queue, method frame, properties, body.
 Raw = tuple[str, Basic.Deliver, BasicProperties, bytes]
 
@@ -77,6 +82,9 @@ class Channel:
         self._qos = False
         #: Tags received and not yet settled, in order (tags only grow on a channel).
         self._unsettled: dict[int, None] = {}
+        #: The connection's socket and a poller watching it for input, for
+        #: :meth:`_write` (None: pika's path only, e.g. over TLS).
+        self._direct: tuple[Any, select.poll] | None = None
 
     # ------------------------------------------------------------- lifecycle
     @property
@@ -110,6 +118,7 @@ class Channel:
         if self._conn is None or not self._conn.is_open:
             self.drop()
             self._conn = open_connection(self.url, self.params)
+            self._direct = _direct_socket(self._conn)
         with translate(self.url, "opening a channel"):
             ch = self._conn.channel()
             if self.confirm:
@@ -130,6 +139,7 @@ class Channel:
     def drop(self) -> None:
         """Forget the connection (closing it if it still answers)."""
         conn, self._conn = self._conn, None
+        self._direct = None
         self._forget()
         if conn is not None and conn.is_open:
             try:
@@ -218,8 +228,8 @@ class Channel:
         the socket's writer): six system calls per message, more than the
         publishing itself. The frames are marshalled with pika's own classes (the
         method and header frames with their repeated parts kept: :mod:`.frames`)
-        and handed to the connection as one buffer, so a message (or a whole batch)
-        costs one ``send``. The same frames go out, in the same order.
+        and handed to the connection as one buffer (:meth:`_write`), so a message (or
+        a whole batch) costs one ``send``. The same frames go out, in the same order.
         """
         if self.confirm:  # confirms wait for each reply: pika's own path
             for exchange, routing_key, props, body in messages:
@@ -238,8 +248,39 @@ class Channel:
                 frames.append(marshal.header(number, len(body), props))
                 for start in range(0, len(body), step):
                     frames.append(frame.Body(number, body[start:start + step]).marshal())
-            conn._impl._output_marshaled_frames([b"".join(frames)])
-            conn._flush_output()
+            if not self._write(b"".join(frames)):
+                conn._flush_output()
+
+    def _write(self, data: bytes) -> bool:
+        """Hand marshalled frames to the connection; True when they are all in the
+        socket, False when pika holds some and its loop must flush them.
+
+        perf: pika's own path arms the socket's writer, polls, sends and disarms it
+        (four system calls and its I/O loop's Python for one ``send``: ~100k of a
+        publish's ~340k instructions). The frames go straight to the socket only
+        when pika's path would do just that: pika buffers nothing before them (so
+        the order holds) and no input waits on the connection. pika's poll reads
+        waiting input right after its write (a close RabbitMQ sent is raised
+        there), so with input waiting pika does it all, as before; a partial send
+        (the socket's buffer full) leaves the rest to pika. pika's byte and frame
+        counts are kept as its own output keeps them.
+        """
+        conn: Any = self._conn  # pika's connection under the blocking facade
+        impl = conn._impl
+        direct = self._direct
+        sent = 0
+        if direct is not None and impl._get_write_buffer_size() == 0 and \
+                not direct[1].poll(0):
+            try:
+                sent = direct[0].send(data)
+            except OSError:  # would block, or broken: pika's path sees and reports it
+                sent = 0
+            impl.bytes_sent += sent
+            if sent == len(data):
+                impl.frames_sent += 1
+                return True
+        impl._output_marshaled_frames([data[sent:]])
+        return False
 
     # ------------------------------------------------------------- consuming
     def consume(self, queues: Sequence[str], prefetch: int) -> None:
@@ -404,3 +445,19 @@ class Channel:
                 return 0
             raise
         return int(cast(int, ok.method.message_count))
+
+
+def _direct_socket(conn: pika.BlockingConnection) -> tuple[Any, select.poll] | None:
+    """The plain socket under ``conn`` and a poller watching it for input, or None
+    (TLS, or a pika whose layout differs): see :meth:`Channel._write`."""
+    facade: Any = conn
+    impl = facade._impl  # pika's connection under the blocking facade
+    transport = vars(impl).get("_transport")  # pika's (the core's _transport is another)
+    if type(transport).__name__ != PLAIN_TRANSPORT:
+        return None
+    sock = vars(transport).get("_sock")
+    if sock is None:
+        return None
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return sock, poller
