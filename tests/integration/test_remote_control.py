@@ -235,6 +235,26 @@ def test_time_limit_and_pool_grow_from_both_clis_retune_a_processes_worker(
         assert app.send_task("proj_rc.add", (2, 2), queue="rc.conveyor").get(timeout=20) == 4
 
 
+def test_queues_added_and_cancelled_from_the_cli(workdir: Path, url: str,
+                                                app: Conveyor) -> None:
+    """``control add_consumer``/``cancel_consumer`` (Celery's CLI on Redis)."""
+    with worker_on(workdir, url, "rc-queues@test") as proc:
+        out = run(workdir, url, "control", "add_consumer", "rc.extra", "-d",
+                  "rc-queues@test", "--timeout", "10")
+        assert "->  rc-queues@test: OK\n    add consumer rc.extra" in out.stdout, (
+            out.stdout + out.stderr)
+        assert app.send_task("proj_rc.add", (2, 5), queue="rc.extra").get(timeout=20) == 7
+        cancel = ("celery", "control") if url.startswith("redis") else ("control",)
+        out = run(workdir, url, *cancel, "cancel_consumer", "rc.extra", "-d",
+                  "rc-queues@test", "--timeout", "10")
+        assert "no longer consuming from rc.extra" in out.stdout, out.stdout + out.stderr
+        proc.wait_output("No longer consuming from rc.extra", 10)
+        left = app.send_task("proj_rc.add", (1, 1), queue="rc.extra")
+        assert app.send_task("proj_rc.add", (2, 2), queue="rc.conveyor").get(timeout=20) == 4
+        time.sleep(0.5)
+        assert left.state == "PENDING"
+
+
 def test_status_lists_workers_and_names_those_that_do_not_answer(
         worker: Proc, workdir: Path, url: str) -> None:
     def status(*args: str) -> subprocess.CompletedProcess[str] | None:

@@ -164,3 +164,38 @@ def test_autoscale_bounds_change_through_app_control(app: Conveyor) -> None:
                                         timeout=5)
         assert reply == {worker.hostname: {"error": "pool_grow is not supported with "
                                            "autoscale. Adjust autoscale range instead."}}
+
+
+def test_queues_are_added_and_cancelled_through_app_control(app: Conveyor) -> None:
+    add, *_ = _tasks(app)
+    worker = app.Worker(pool="threads", concurrency=2, hostname="mem-queues@test")
+
+    def ask(command: str, queue: str) -> object:
+        [reply] = app.control.broadcast(command, {"queue": queue},
+                                        destination=[worker.hostname], reply=True,
+                                        timeout=5)
+        return reply[worker.hostname]
+
+    def consumed() -> list[str]:
+        found = app.control.inspect([worker.hostname], timeout=5).active_queues() or {}
+        return [q["name"] for q in found[worker.hostname]]
+
+    with worker.running():
+        assert ask("add_consumer", "rcmem.extra") == {"ok": "add consumer rcmem.extra"}
+        extra = add.apply_async((2, 3), queue="rcmem.extra")  # type: ignore[attr-defined]
+        assert extra.get(timeout=10) == 5
+        assert consumed() == ["celery", "rcmem.extra"]
+        assert ask("cancel_consumer", "rcmem.extra") == {
+            "ok": "no longer consuming from rcmem.extra"}
+        deadline = time.monotonic() + 10
+        while consumed() != ["celery"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert consumed() == ["celery"]
+        left = add.apply_async((1, 1), queue="rcmem.extra")  # type: ignore[attr-defined]
+        time.sleep(1.0)
+        assert left.state == "PENDING"  # nobody consumes it now
+        assert ask("cancel_consumer", "rcmem.extra") == {
+            "error": "not consuming from rcmem.extra"}
+        assert ask("cancel_consumer", "celery") == {
+            "error": "celery is the only queue consumed: add another first"}
+        assert add.delay(2, 2).get(timeout=10) == 4  # type: ignore[attr-defined]

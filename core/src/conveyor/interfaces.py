@@ -431,7 +431,9 @@ class Transport(Protocol):
         whose channel closed, with ``deliveries`` counting every delivery (so the
         worker can dead-letter a message that keeps killing it), and, with
         ``delays``, parked messages now due. With ``priorities``, higher
-        ``Message.priority`` first, FIFO within a priority."""
+        ``Message.priority`` first, FIFO within a priority. ``queues`` may change
+        between calls (remote control's ``add_consumer``/``cancel_consumer``): a
+        transport that subscribes unsubscribes from a queue no longer listed."""
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Settle deliveries for good. Acking a delivery whose lease lapsed and

@@ -114,3 +114,36 @@ def test_a_worker_whose_control_queue_was_deleted_subscribes_again(
                 == [[worker.hostname]]
     finally:
         app.close()
+
+
+def test_queues_added_and_cancelled_through_app_control(amqp_url: str) -> None:
+    """RabbitMQ pushes to a subscription until it is cancelled: ``cancel_consumer``
+    cancels the worker's subscription to the queue, so what is sent there later
+    waits for another consumer instead of being pushed to this worker."""
+    app = Conveyor("t", broker=amqp_url, backend="memory://t-amqp-queues")
+
+    @app.task(name="t.amqp.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    try:
+        worker = app.Worker(queues=["t.amqp.q1"], concurrency=1, pool="threads")
+        with worker.running():
+            [reply] = app.control.add_consumer("t.amqp.q2", [worker.hostname],
+                                               reply=True, timeout=5)
+            assert reply == {worker.hostname: {"ok": "add consumer t.amqp.q2"}}
+            assert add.apply_async((2, 3), queue="t.amqp.q2").get(timeout=20) == 5
+            [reply] = app.control.cancel_consumer("t.amqp.q2", [worker.hostname],
+                                                  reply=True, timeout=5)
+            assert reply == {worker.hostname: {"ok": "no longer consuming from t.amqp.q2"}}
+            wait_for(lambda: worker.queues == ["t.amqp.q1"], 10, what="the cancel")
+            assert add.apply_async((1, 1), queue="t.amqp.q1").get(timeout=20) == 2
+            left = add.apply_async((2, 2), queue="t.amqp.q2")
+            time.sleep(1.0)
+            assert left.state == "PENDING"
+        # the message waits in RabbitMQ for the next worker of the queue
+        worker = app.Worker(queues=["t.amqp.q2"], concurrency=1, pool="threads")
+        with worker.running():
+            assert left.get(timeout=20) == 4
+    finally:
+        app.close()

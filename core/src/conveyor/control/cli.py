@@ -34,7 +34,8 @@ INSPECT = {
 #: ``control`` commands with arguments (beside ``revoke``): their names, Celery's.
 ARGUMENTS = {"rate_limit": ("task_name", "rate_limit"),
              "time_limit": ("task_name", "soft", "hard"),
-             "pool_grow": ("n",), "pool_shrink": ("n",), "autoscale": ("max", "min")}
+             "pool_grow": ("n",), "pool_shrink": ("n",), "autoscale": ("max", "min"),
+             "add_consumer": ("queue",), "cancel_consumer": ("queue",)}
 
 
 def add_parsers(sub: Any, inspect_sub: Any, level: argparse.ArgumentParser) -> None:
@@ -81,6 +82,10 @@ def add_parsers(sub: Any, inspect_sub: Any, level: argparse.ArgumentParser) -> N
                          help="new --autoscale bounds of autoscaled workers")
     au.add_argument("max", type=int, metavar="MAX")
     au.add_argument("min", type=int, nargs="?", metavar="MIN")
+    for name, text in (("add_consumer", "workers consume QUEUE too"),
+                       ("cancel_consumer", "workers stop consuming QUEUE")):
+        p = csub.add_parser(name, parents=[level, common], help=text)
+        p.add_argument("queue", metavar="QUEUE")
 
     sub.add_parser("status", parents=[level, common], help="list the workers that answer")
 

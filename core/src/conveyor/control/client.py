@@ -176,6 +176,18 @@ class Control:
         return self.broadcast("autoscale", {"max": max, "min": min},
                               destination=destination, reply=reply, timeout=timeout)
 
+    def add_consumer(self, queue: str, destination: Sequence[str] | None = None,
+                     reply: bool = False, timeout: float = 1.0) -> list[Reply]:
+        """Workers consume ``queue`` too (until they stop)."""
+        return self.broadcast("add_consumer", {"queue": queue}, destination=destination,
+                              reply=reply, timeout=timeout)
+
+    def cancel_consumer(self, queue: str, destination: Sequence[str] | None = None,
+                        reply: bool = False, timeout: float = 1.0) -> list[Reply]:
+        """Workers stop consuming ``queue`` (tasks they fetched from it still run)."""
+        return self.broadcast("cancel_consumer", {"queue": queue},
+                              destination=destination, reply=reply, timeout=timeout)
+
     def shutdown(self, destination: Sequence[str] | None = None, reply: bool = False,
                  timeout: float = 1.0) -> list[Reply]:
         """Warm shutdown of workers (running tasks finish)."""

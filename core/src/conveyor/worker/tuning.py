@@ -1,10 +1,12 @@
 """Celery's remote control commands that retune a running worker: ``rate_limit``,
-``time_limit``, ``pool_grow``/``pool_shrink`` and ``autoscale`` (Flower's "Pool" and
-"Limits" buttons, ``celery control …``), with Celery's arguments and replies.
+``time_limit``, ``pool_grow``/``pool_shrink``, ``autoscale`` and
+``add_consumer``/``cancel_consumer`` (Flower's "Pool", "Limits" and "Queues"
+buttons, ``celery control …``), with Celery's arguments and replies.
 
 They run on the control thread; what the consumer thread owns (the pool, the
-throttles, the prefetch) is changed there at its next turn (:meth:`Worker.call_soon`),
-so a reply says what *will* happen, as Celery's do ("pool will grow").
+throttles, the prefetch, the queues) is changed there at its next turn
+(:meth:`Worker.call_soon`), so a reply says what *will* happen, as Celery's do
+("pool will grow").
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def rate_limit(worker: Worker, task_name: str = "", rate_limit: Any = None,
     if task is None:
         return {"error": "unknown task"}
     task.rate_limit = rate_limit
-    worker.call_soon(worker.reset_rate_limits)
+    worker.call_soon(lambda _: worker.reset_rate_limits())
     if rate is None:
         log.info("Rate limits disabled for tasks of type %s", task_name)
         return {"ok": "rate limit disabled successfully"}
@@ -76,7 +78,7 @@ def _resize_by(worker: Worker, by: int, word: str) -> dict[str, str]:
     if worker.pool_name == "solo":
         return {"error": f"pool_{word} needs --pool threads or processes (solo runs "
                          "one task at a time)"}
-    worker.call_soon(lambda: worker.resize(worker.concurrency + by))
+    worker.call_soon(lambda _: worker.resize(worker.concurrency + by))
     return {"ok": f"pool will {word}"}
 
 
@@ -99,10 +101,32 @@ def autoscale(worker: Worker, max: Any = None, min: Any = None,  # noqa: A002 - 
     least = int(min) if min is not None else worker.autoscale[1]
     if not 1 <= least <= most:
         return {"error": f"Bad autoscale max={most} min={least}: give 1 <= min <= max"}
-    worker.call_soon(lambda: worker.set_autoscale(most, least))
+    worker.call_soon(lambda _: worker.set_autoscale(most, least))
     return {"ok": f"autoscale now max={most} min={least}"}
+
+
+def add_consumer(worker: Worker, queue: str = "", exchange: Any = None,
+                 exchange_type: Any = None, routing_key: Any = None,
+                 **_: Any) -> dict[str, str]:
+    """Consume ``queue`` too (declared as ``-Q`` declares it: Conveyor's own
+    exchange and routing key for it; Celery's other arguments are not used)."""
+    if not queue:
+        return {"error": "add_consumer needs a queue name"}
+    worker.call_soon(lambda transport: worker.add_queue(transport, queue))
+    return {"ok": f"add consumer {queue}"}
+
+
+def cancel_consumer(worker: Worker, queue: str = "", **_: Any) -> dict[str, str]:
+    """Stop consuming ``queue``; tasks already fetched from it still run."""
+    if queue not in worker.queues:
+        return {"error": f"not consuming from {queue}"}
+    if worker.queues == [queue]:
+        return {"error": f"{queue} is the only queue consumed: add another first"}
+    worker.call_soon(lambda _: worker.cancel_queue(queue))
+    return {"ok": f"no longer consuming from {queue}"}
 
 
 #: Command name -> function of (worker, **arguments).
 COMMANDS: dict[str, Callable[..., dict[str, str]]] = {"rate_limit": rate_limit, "time_limit": time_limit, "pool_grow": pool_grow,
-            "pool_shrink": pool_shrink, "autoscale": autoscale}
+            "pool_shrink": pool_shrink, "autoscale": autoscale,
+            "add_consumer": add_consumer, "cancel_consumer": cancel_consumer}

@@ -128,10 +128,12 @@ class Worker:
         most = self.autoscale[0] if self.autoscale is not None else self.concurrency
         multiplier = conf.worker_prefetch_multiplier if prefetch_multiplier is None \
             else prefetch_multiplier
-        self.prefetch = max(1, int(multiplier) * most)
+        #: Messages held per task run at once (``worker_prefetch_multiplier``).
+        self._per_slot = int(multiplier)
+        self.prefetch = max(1, self._per_slot * most)
         #: Calls other threads (remote control) ask of the consumer thread, which
         #: owns the pool, the throttles and the prefetch: run at its next turn.
-        self._soon: deque[Callable[[], None]] = deque()
+        self._soon: deque[Callable[[Transport], None]] = deque()
         self.hostname = hostname or f"conveyor{os.getpid()}@{socket.gethostname()}"
         self.pool_name = pool
         self.poll_interval = poll_interval
@@ -317,19 +319,37 @@ class Worker:
             pool.depth = max(1, self._multiplier // 2)
             pool.report_starts = self._ack_on_start = pool.depth > 1
 
-    def call_soon(self, call: Callable[[], None]) -> None:
-        """Have the consumer thread run ``call`` at its next turn (within
-        ``poll_interval``): it owns the pool, the throttles and the prefetch."""
+    def call_soon(self, call: Callable[[Transport], None]) -> None:
+        """Have the consumer thread run ``call(transport)`` at its next turn (within
+        ``poll_interval``): it owns the pool, the throttles, the prefetch, the
+        queues and the connection."""
         self._soon.append(call)
 
-    def _run_soon(self) -> None:
+    def _run_soon(self, transport: Transport) -> None:
         soon = self._soon
         while soon:
             call = soon.popleft()
             try:
-                call()
+                call(transport)
+            except tuple(transport.connection_errors):
+                raise  # reconnected as any lost connection is
             except Exception:  # noqa: BLE001 - a remote command must not stop the loop
                 log.exception("Remote control call %r failed", call)
+
+    def add_queue(self, transport: Transport, name: str) -> None:
+        """Consume ``name`` too (declared first; again at each reconnect)."""
+        if name in self.queues:
+            return
+        self.queues.append(name)
+        log.info("Consuming from %s too", name)
+        transport.declare(Route(name))
+
+    def cancel_queue(self, name: str) -> None:
+        """Stop consuming ``name`` (what was fetched from it still runs); the last
+        queue stays: a worker consumes one at least."""
+        if name in self.queues and len(self.queues) > 1:
+            self.queues.remove(name)
+            log.info("No longer consuming from %s", name)
 
     def reset_rate_limits(self) -> None:
         """Take the tasks' ``rate_limit`` again (remote control changed one); jobs
@@ -347,18 +367,18 @@ class Worker:
         self.pool.resize(concurrency)
         self.concurrency = concurrency
         if self.autoscale is None:
-            self.prefetch = self._multiplier * concurrency
+            self.prefetch = max(1, self._per_slot * concurrency)
 
     def set_autoscale(self, most: int, least: int) -> None:
         """New ``--autoscale`` bounds (remote control); the pool moves inside them at
         once. Consumer thread only."""
         self.autoscale = (most, least)
-        self.prefetch = self._multiplier * most
+        self.prefetch = max(1, self._per_slot * most)
         self.resize(min(most, max(least, self.concurrency)), "Autoscale")
 
     def _iterate(self, transport: Transport) -> None:
         if self._soon:
-            self._run_soon()
+            self._run_soon(transport)
         if self._beat_due is not None and time.monotonic() >= self._beat_due:
             # also while the pool is full and nothing is fetched (see HeartbeatTransport)
             cast(HeartbeatTransport, transport).heartbeat()

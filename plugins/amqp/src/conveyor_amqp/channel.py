@@ -285,19 +285,27 @@ class Channel:
     # ------------------------------------------------------------- consuming
     def consume(self, queues: Sequence[str], prefetch: int) -> None:
         """Subscribe to ``queues`` (once per channel) with ``prefetch`` unacked
-        messages at most, set at the first subscription."""
+        messages at most, set at the first subscription; a queue subscribed to and
+        no longer listed (remote control's ``cancel_consumer``) is unsubscribed
+        (what it delivered before is still taken)."""
         ch = self.channel  # first: a reopened channel consumes nothing yet
-        new = [q for q in queues if q not in self._consuming]
-        if not new:
+        consuming = self._consuming
+        new = [q for q in queues if q not in consuming]
+        if not new and len(queues) == len(consuming):
             return
+        gone = [q for q in consuming if q not in queues]
         with translate(self.url, "starting to consume"):
+            for tag, queue in list(self._consumers.items()):
+                if queue in gone:
+                    ch.basic_cancel(tag)
+                    del self._consumers[tag]
             if not self._qos:
                 ch.basic_qos(prefetch_count=prefetch)
                 ch.add_on_cancel_callback(self._on_cancel)
                 self._qos = True
             for queue in new:
                 self._consumers[ch.basic_consume(queue, self._on_message(queue))] = queue
-        self._consuming = (*self._consuming, *new)
+        self._consuming = (*(q for q in consuming if q not in gone), *new)
 
     def _on_cancel(self, frame: Any) -> None:
         """RabbitMQ cancelled one of our consumers: its queue was deleted (or, for a
