@@ -250,6 +250,29 @@ class TransportContract(_TransportKit):
         transport.ack(first)
         assert len(first) + len(self.drain(transport, queue, 5 - len(first))) == 5
 
+    def test_a_queue_left_out_of_fetch_delivers_nothing_more(self, transport: Transport,
+                                                             queue: str) -> None:
+        """The worker's queues may change between fetches (remote control's
+        ``add_consumer``/``cancel_consumer``): a transport that subscribes must stop
+        delivering a queue no longer asked for, and deliver one asked for again."""
+        other = f"{queue}.other"
+        transport.declare(Route(other))
+        try:
+            self.send(transport, other, self.message(1))
+            got: list[Delivery] = []
+            deadline = time.monotonic() + 5
+            while not got and time.monotonic() < deadline:
+                got = transport.fetch([queue, other], limit=5, timeout=0.3)
+            transport.ack(got)
+            assert self.ids(got) == [1] and got[0].queue == other
+            assert transport.fetch([queue], limit=5, timeout=0.2) == []
+            self.send(transport, other, self.message(2))
+            assert transport.fetch([queue], limit=5, timeout=0.5) == []
+            assert self.ids(self.drain(transport, other, 1)) == [2]
+        finally:
+            if transport.capabilities.purge:
+                cast(PurgeTransport, transport).purge(other)
+
     def test_requeue_gives_it_back_uncounted(self, transport: Transport, queue: str) -> None:
         self.send(transport, queue, self.message(1))
         [d] = transport.fetch([queue], limit=1, timeout=2)
