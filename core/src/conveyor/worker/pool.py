@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -622,6 +623,14 @@ def _frame(data: bytes) -> bytes:
     return _HEADER.pack(len(data)) + data
 
 
+def _send_frame(child: _Child, data: bytes) -> None:
+    """Write ``data`` to ``child``'s pipe as one frame. A child that is gone is not
+    an error here: the supervisor sees its end of file and replaces it (its jobs
+    go back to the backlog)."""
+    with contextlib.suppress(OSError):
+        _write_all(child.conn.fileno(), _frame(data))
+
+
 def _write_all(fd: int, data: bytes) -> None:
     """Write all of ``data`` (a blocking write may stop short after a signal)."""
     view = memoryview(data)
@@ -923,10 +932,7 @@ class ProcessPool(Pool):
         child.jobs.append(job)
         if idle:
             self._begin(job)
-        try:
-            _write_all(child.conn.fileno(), _frame(job.extra["pickled"]))
-        except OSError:
-            pass  # the child is gone: the supervisor sees its end of file
+        _send_frame(child, job.extra["pickled"])
 
     def _begin(self, job: Job) -> None:
         job.started = time.monotonic()
@@ -1019,10 +1025,7 @@ class ProcessPool(Pool):
 
     def _retire(self, child: _Child) -> None:
         """Stop an idle child: it exits after its last task, or is killed."""
-        try:
-            _write_all(child.conn.fileno(), _frame(_STOP))
-        except OSError:
-            pass
+        _send_frame(child, _STOP)
         child.process.join(2)
         if child.process.is_alive():
             child.process.kill()
@@ -1094,27 +1097,20 @@ class ProcessPool(Pool):
             for child in self._children:
                 for job in list(child.jobs)[1:]:
                     if job.request.id in wanted:
-                        self._note(child, f"skip {job.request.id}")
+                        _send_frame(child, _NOTE + f"skip {job.request.id}".encode())
 
     def task_events(self, on: bool) -> None:
-        with self._lock:
-            for child in self._children:
-                self._note(child, f"events {'on' if on else 'off'}")
+        self._note_all(f"events {'on' if on else 'off'}")
 
     def task_limits(self, name: str, soft: float | None, hard: float | None) -> None:
-        note = f"limits {json.dumps([name, soft, hard])}"
+        self._note_all(f"limits {json.dumps([name, soft, hard])}")
+
+    def _note_all(self, text: str) -> None:
+        """Write a note (see :class:`_Inbox`) to every child."""
+        frame = _NOTE + text.encode()
         with self._lock:
             for child in self._children:
-                self._note(child, note)
-
-    @staticmethod
-    def _note(child: _Child, text: str) -> None:
-        """Write a note to ``child`` (see :class:`_Inbox`); a child that is gone
-        is replaced by the supervisor, which sees its end of file."""
-        try:
-            _write_all(child.conn.fileno(), _frame(_NOTE + text.encode()))
-        except OSError:
-            pass
+                _send_frame(child, frame)
 
     def child_pids(self) -> list[int]:
         with self._lock:
