@@ -543,7 +543,15 @@ class HeartbeatTransport(Transport, Protocol):
         ``fetch``. The worker calls it from its consuming thread about every second,
         whatever else it does: a worker whose pool is full with a backlog fetches
         nothing while long tasks run, and a broker that closed its connection
-        meanwhile would give its ``acks_late`` deliveries to another run."""
+        meanwhile would give its ``acks_late`` deliveries to another run. While a
+        ``solo`` pool runs a task in the consuming thread, a thread of the worker's
+        calls it instead (never both at once).
+
+        Optional, not part of the protocol: ``expect_heartbeats()``, called before
+        ``connect()`` by a user that will call ``heartbeat()`` (the worker's consumer
+        and control threads). A transport that has it asks the broker for heartbeats
+        only then: a producer's connection is not read between publishes, and the
+        broker would close it after two heartbeats."""
 
 
 #: Exchange kinds (:attr:`Exchange.kind`).

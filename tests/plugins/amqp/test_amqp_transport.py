@@ -3,6 +3,8 @@ layout, declarations (this session's vhost; queues named ``t.amqp.*``)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import subprocess
 import sys
 import time
@@ -11,7 +13,8 @@ from typing import Any
 
 import pika
 import pytest
-from amqp_support import depth, queue_info, wait_for
+from amqp_support import depth, queue_info, rabbitmqctl, url_for, wait_for
+from rabbit_vhosts import own_vhost
 from conveyor import Conveyor
 from conveyor.exceptions import ConfigurationError, OperationalError
 from conveyor_amqp.errors import ChannelError, UnroutableError
@@ -291,15 +294,47 @@ def test_an_early_ack_is_on_the_broker_before_the_task_starts(make_app: Any,
 
 
 def test_a_publish_after_an_idle_spell_longer_than_the_heartbeats_goes_through(
-        make_app: Any, queue: str) -> None:
-    """A producer that publishes, then idles past two heartbeats: RabbitMQ has closed
-    its connection meanwhile (nothing read it). The next publish finds it broken
-    and is retried on a new connection by the retry policy, once: it arrives and
-    the first is not sent twice."""
-    app = make_app(broker_transport_options={"heartbeat": 1})
+        queue: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A producer that publishes, then idles past two heartbeats of the configured
+    ``heartbeat``: its connection asked for none (as Celery's clients do not), so
+    RabbitMQ keeps it open; the next publish goes out on it with nothing logged (it
+    used to be closed for silence, and each publish after an idle spell was logged
+    as a lost connection by pika and Conveyor, then sent again). A worker's
+    connection does ask for the configured heartbeat. (A vhost of the test's own:
+    the connections there are its own.)"""
+    with own_vhost() as vhost:
+        app = Conveyor("t", broker=url_for(vhost), backend="memory://t-amqp-idle",
+                       broker_transport_options={"heartbeat": 1})
+        try:
+            _publish_after_idle(app, vhost, queue, caplog)
+        finally:
+            app.close()
+
+
+def _publish_after_idle(app: Conveyor, vhost: str, queue: str,
+                        caplog: pytest.LogCaptureFixture) -> None:
     app.send_task("t.x", queue=queue)
-    time.sleep(3.5)  # two missed heartbeats and some: the broker closed it by now
-    app.send_task("t.x", queue=queue)
+    with app.pool.acquire() as conn:
+        first = conn.transport
+    time.sleep(3.5)  # two missed heartbeats and some
+    with caplog.at_level(logging.WARNING):
+        app.send_task("t.x", queue=queue)
     wait_for(lambda: depth(app.broker_url, queue) == 2, 10, what="both published")
     time.sleep(0.3)
     assert depth(app.broker_url, queue) == 2
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    with app.pool.acquire() as conn:
+        assert conn.transport is first  # never replaced
+    assert set(heartbeats(vhost).values()) == {0}
+
+    worker = app.Worker(queues=[queue], concurrency=1, pool="threads")
+    with worker.running():
+        wait_for(lambda: 1 in heartbeats(vhost).values(), 10,
+                 what="the worker's connections")
+
+
+def heartbeats(vhost: str) -> dict[str, int]:
+    """Each connection of ``vhost`` to the heartbeat it negotiated (0: none)."""
+    rows = json.loads(rabbitmqctl("list_connections", "-q", "--formatter", "json",
+                                  "vhost", "name", "timeout") or "[]")
+    return {row["name"]: int(row["timeout"]) for row in rows if row["vhost"] == vhost}

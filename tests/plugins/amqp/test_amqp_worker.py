@@ -336,8 +336,10 @@ def test_jobs_prefetched_behind_a_running_task_run_once_after_a_lost_channel(
     assert sorted(runs) == [0, 1, 2]
 
 
+@pytest.mark.parametrize("pool", ["threads", "solo"])
 def test_long_tasks_behind_a_full_pool_keep_the_connections_alive(amqp_url: str,
-                                                                  queue: str) -> None:
+                                                                  queue: str,
+                                                                  pool: str) -> None:
     """With a short heartbeat (1 s: RabbitMQ closes a connection silent for two),
     acks_late tasks of 3 s each run one after another with others prefetched behind
     them: the worker fetches nothing meanwhile, but its connection stays open, so
@@ -354,7 +356,7 @@ def test_long_tasks_behind_a_full_pool_keep_the_connections_alive(amqp_url: str,
         return n
 
     try:
-        worker = app.Worker(queues=[queue], concurrency=1, pool="threads")
+        worker = app.Worker(queues=[queue], concurrency=1, pool=pool)
         with worker.running():
             results = [long.apply_async((n,), queue=queue) for n in range(3)]
             assert [r.get(timeout=40) for r in results] == [0, 1, 2]

@@ -41,6 +41,7 @@ from ..interfaces import (
 )
 from ..utils import mask_url
 from . import tuning
+from .beats import expect_heartbeats
 from .revoked import REVOKED, RUNNING
 
 if TYPE_CHECKING:
@@ -375,6 +376,7 @@ class ControlConsumer:
             broken = False
             try:
                 transport = cast(BroadcastTransport, app.transport_factory())
+                expect_heartbeats(transport)
                 transport.connect()
                 subscription = transport.subscribe(PIDBOX, "", queue=pidbox_queue(hostname),
                                                    expires=QUEUE_EXPIRES)

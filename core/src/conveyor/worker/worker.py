@@ -49,6 +49,7 @@ from ..interfaces import (
 )
 from ..options import eta_horizon
 from . import control, preflight
+from .beats import Lender, expect_heartbeats
 from .execute import task_defaults
 from .pool import POOLS, Job, Pool, ProcessPool
 from .revoked import REVOKED
@@ -146,6 +147,7 @@ class Worker:
         #: Early acks are given when the pool starts a job, not when it takes it
         #: (see :meth:`_pipeline`).
         self._ack_on_start = False
+        self._lender: Lender | None = None
         self._recycle(max_tasks_per_child, max_memory_per_child)
         self._idle_since: float | None = None
         self.ready = threading.Event()
@@ -268,6 +270,10 @@ class Worker:
         self._caps = caps
         #: When the transport's next heartbeat() is due (None: it needs none).
         self._beat_due = time.monotonic() + HEARTBEAT_EVERY if caps.heartbeats else None
+        #: An inline pool runs each task in this thread: meanwhile another answers
+        #: the transport's heartbeats (see beats.py).
+        self._lender = Lender(HEARTBEAT_EVERY) if caps.heartbeats and self.pool.inline \
+            else None
         self._pipeline(caps)
         vt = cast(LeaseTransport, transport).visibility_timeout if caps.leases else None
         self._horizon = eta_horizon(app.conf, vt)
@@ -646,10 +652,15 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - accounting; the task still runs
                 log.warning("Could not count %d deliveries as started: %s",
                             len(charge), mask_url(str(exc)))
+        lender = self._lender
         for job in starting:
             self._running[id(job)] = job
             self.total[job.request.name] += 1
-            self.pool.submit(job)
+            if lender is None:
+                self.pool.submit(job)
+            else:
+                with lender.lent(transport):
+                    self.pool.submit(job)
         if self._owed_acks:
             self._pay(transport)  # owed acks no charge took (see _settle)
         if self.pool.inline:
@@ -747,6 +758,7 @@ class Worker:
         delay = 0.1
         while not self._stop.is_set():
             transport = self.app.transport_factory()
+            expect_heartbeats(transport)
             try:
                 transport.connect()
                 for name in self.queues:
@@ -810,6 +822,8 @@ class Worker:
     def _shutdown(self, transport: Transport | None) -> None:
         cold = self._cold.is_set()
         log.info("Worker %s stopping (%s)", self.hostname, "cold" if cold else "warm")
+        if self._lender is not None:
+            self._lender.close()
         unsure: list[Job] = []
         if transport is not None:  # first: jobs waiting in the pool start meanwhile
             unsure = [job for job in self._ready if id(job) in self._ack_unsure]

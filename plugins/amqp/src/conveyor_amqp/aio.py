@@ -138,7 +138,8 @@ class AsyncAmqpTransport:
             "host": p.host, "port": p.port, "login": credentials.username,
             "password": credentials.password, "virtualhost": p.virtual_host,
             "ssl": ssl is not None, "client_properties": p.client_properties,
-            "heartbeat": p.heartbeat, "timeout": p.socket_timeout}
+            # aio-pika answers heartbeats on the event loop, between publishes too
+            "heartbeat": int(self.rules.options["heartbeat"]), "timeout": p.socket_timeout}
         if ssl is not None:
             args["ssl_context"] = ssl.context
         return args

@@ -25,7 +25,6 @@ It rides on the broker's connection settings: ``rpc://`` takes the ``amqp://`` o
 
 from __future__ import annotations
 
-import copy
 import os
 import threading
 import time
@@ -67,13 +66,15 @@ class RpcBackend:
         self.url = broker
         options = AmqpTransport.check_options(dict(app.conf.broker_transport_options))
         self.params = parameters(broker, options, app.conf.broker_connection_timeout)
-        #: The reply queue's connection asks for no heartbeats (as Celery's client
-        #: connection does not): it is read only while a result is awaited, and
-        #: RabbitMQ would close it after two unanswered heartbeats, deleting the
-        #: auto_delete reply queue and every result sent to it meanwhile, so a
-        #: caller that reads its results minutes after sending would never get them.
-        self.reader_params = copy.copy(self.params)
-        self.reader_params.heartbeat = 0
+        #: Both connections ask for no heartbeats (as Celery's client connections do
+        #: not): nothing reads them between uses, and RabbitMQ closes a connection
+        #: after two unanswered heartbeats. The reply queue's is read only while a
+        #: result is awaited: closing it would delete the auto_delete reply queue and
+        #: every result sent to it meanwhile, so a caller that reads its results
+        #: minutes after sending would never get them. The writer's is used once a
+        #: result: a worker idle for two heartbeats would find it closed at its next
+        #: result, logged as a lost connection and sent again.
+        self.params.heartbeat = 0
         expires = app.conf.result_expires
         if hasattr(expires, "total_seconds"):
             expires = expires.total_seconds()
@@ -114,7 +115,7 @@ class RpcBackend:
         self._check_fork()
         if self._reader is None or not self._reader.is_open:
             self._reader = None
-            conn = open_connection(self.url, self.reader_params, "opening the rpc reply queue")
+            conn = open_connection(self.url, self.params, "opening the rpc reply queue")
             with translate(self.url, f"declaring reply queue {self._queue!r}"):
                 ch = conn.channel()
                 args = {"x-expires": self.expires_ms} if self.expires_ms else None

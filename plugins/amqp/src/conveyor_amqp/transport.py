@@ -103,6 +103,9 @@ class AmqpTransport(BroadcastMixin, BaseTransport):
                 "broker_transport_options['heartbeat'] must be seconds >= 0 "
                 f"(0 turns heartbeats off), not {self.options['heartbeat']!r}.")
         self.params = parameters(url, self.options, self.connect_timeout)
+        #: Heartbeats are asked for only by a user that answers them (see
+        #: :meth:`expect_heartbeats`): Celery's clients ask for none either.
+        self.params.heartbeat = 0
         self.line = Channel(url, self.params, self.shape,
                             confirm=bool(self.options["confirm_publish"]))
 
@@ -114,6 +117,15 @@ class AmqpTransport(BroadcastMixin, BaseTransport):
     def close(self) -> None:
         """Close the connection; RabbitMQ gives every unsettled delivery back."""
         self.line.drop()
+
+    def expect_heartbeats(self) -> None:
+        """The user (the worker) calls :meth:`heartbeat` about every second: the
+        connection asks RabbitMQ for ``heartbeat`` seconds (60 by default), so a
+        broker or network gone silent is noticed. A producer's connection asks for
+        none: nothing reads it between publishes, RabbitMQ would close it after two
+        heartbeats, and the next publish would find it closed (logged as a lost
+        connection, then sent again, on every publish after an idle spell)."""
+        self.params.heartbeat = int(self.options["heartbeat"])
 
     def heartbeat(self) -> None:
         """Read the connection without waiting: pika answers RabbitMQ's heartbeats
