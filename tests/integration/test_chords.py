@@ -37,6 +37,19 @@ def test_group_piped_into_a_task_is_a_chord(lab: Lab) -> None:
 
 
 @not_on_rabbitmq
+def test_a_group_inside_a_group_or_a_chord_header_runs_as_its_members(lab: Lab) -> None:
+    """As in Celery: the inner group's tasks are members of the outer group, with
+    one flat list of results (before, such a group was refused)."""
+    nested = group(lab.s("add", 1, 1), group(lab.s("add", 2, 2), lab.s("add", 3, 3)))
+    result = nested.apply_async()
+    assert result.get(timeout=20) == [2, 4, 6], lab.stderr()
+    assert len(result) == 3
+    body = chord(group(group(lab.s("add", 1, 1), lab.s("add", 2, 2)), lab.s("add", 3, 3)),
+                 lab.s("collect")).apply_async()
+    assert body.get(timeout=20) == [2, 4, 6], lab.stderr()
+
+
+@not_on_rabbitmq
 def test_failed_header_task_fails_the_chord_and_calls_the_body_errback(lab: Lab) -> None:
     errback_id = str(uuid.uuid4())
     c = chord([lab.s("add", 1, 1), lab.s("boom", 7), lab.s("add", 2, 2)], lab.s("tsum"))

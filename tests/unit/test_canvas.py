@@ -78,12 +78,30 @@ def test_chain_steps_upgrade_a_group_followed_by_a_task_to_a_chord(app: Conveyor
     assert steps2[1].body.args == [2] and steps2[2].args == [3]  # type: ignore[attr-defined]
 
 
-def test_nested_chains_flatten_and_groups_cannot_nest_directly(app: Conveyor) -> None:
+def test_nested_chains_and_groups_flatten(app: Conveyor) -> None:
     c = chain(sig(app, 1, 1), chain(sig(app, 2), sig(app, 3)))
     assert [t.args for t in c.tasks] == [[1, 1], [2], [3]]
     assert c() == 7
-    with pytest.raises(TypeError, match="group directly inside a group"):
-        group(sig(app, 1, 1), group(sig(app, 2, 2)))
+    # As in Celery, a group inside a group runs its tasks as the outer group's
+    # members: one flat list, in order (also when rebuilt from its dict).
+    g = group(sig(app, 1, 1), group(sig(app, 2, 2), group(sig(app, 3, 3))), sig(app, 4, 4))
+    assert [t.args for t in g.tasks] == [[1, 1], [2, 2], [3, 3], [4, 4]]
+    assert g() == [2, 4, 6, 8]
+    assert [t.args for t in from_dict(json.loads(json.dumps(
+        {**sig(app, 0), "subtask_type": "group", "task": "celery.group",
+         "kwargs": {"tasks": [group(sig(app, 1, 1), sig(app, 2, 2)), sig(app, 3, 3)]}})),
+        app).tasks] == [[1, 1], [2, 2], [3, 3]]
+    # The inner group's options go to its members that set none of their own; its
+    # id is not theirs.
+    inner = group(sig(app, 2, 2), sig(app, 3, 3).set(queue="mine"), queue="inner",
+                  priority=3)
+    frozen = inner.freeze()
+    outer = group(sig(app, 1, 1), inner)
+    assert [t.options.get("queue") for t in outer.tasks] == [None, "inner", "mine"]
+    assert [t.options.get("priority") for t in outer.tasks] == [None, 3, 3]
+    assert [t.options.get("task_id") for t in outer.tasks[1:]] == \
+        [r.id for r in frozen.results]  # their own ids, not the inner group's
+    assert "queue" not in inner.tasks[0].options  # the inner group is left as it was
     with pytest.raises(TypeError, match="use a chord"):
         group(sig(app, 1, 1)).link(sig(app, 1))
 

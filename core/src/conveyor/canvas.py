@@ -377,6 +377,23 @@ def _set_parent(result: Any, parent: Any) -> None:
     node.parent = parent
 
 
+def _unrolled(inner: group) -> list[Signature[Any]]:
+    """The members of a group inside a group, to stand in its place: as Celery
+    does, a group in a group runs its tasks as members of the outer one (one
+    group id, one flat list of results). Options set on the inner group (a
+    ``queue``, say) apply to its members where they set none of their own; its id
+    is not theirs."""
+    extra = {k: v for k, v in inner.options.items() if k != "task_id"}
+    if not extra:
+        return list(inner.tasks)
+    members = []
+    for member in inner.tasks:
+        copy = member.clone()
+        copy["options"] = {**extra, **copy.options}
+        members.append(copy)
+    return members
+
+
 class group(Signature[Any]):
     """Run signatures in parallel; ``.get()`` returns their results in order.
 
@@ -384,12 +401,14 @@ class group(Signature[Any]):
     """
 
     def __init__(self, *tasks: Any, app: Conveyor | None = None, **options: Any) -> None:
-        sigs = [maybe_signature(t, app) for t in _members(tasks)]
-        for sig in sigs:
+        sigs: list[Signature[Any]] = []
+        for t in _members(tasks):
+            sig = maybe_signature(t, app)
+            assert sig is not None
             if isinstance(sig, group):
-                raise TypeError(
-                    "A group directly inside a group is not supported: list its "
-                    "tasks in the outer group, or wrap it in a chain or chord.")
+                sigs.extend(_unrolled(sig))
+            else:
+                sigs.append(sig)
         super().__init__("celery.group", (), {"tasks": sigs}, options,
                          subtask_type="group", app=app or _app_of(sigs))
 
