@@ -47,6 +47,7 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
+import shutil  # noqa: E402
 import signal  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -306,6 +307,10 @@ def main() -> None:
         out["debug"].update(slow_callbacks=len(slow.took),
                             slowest_callback_ms=round(max(slow.took, default=0) * 1000, 1),
                             slowest_callback=slow.slowest)
+    except BaseException:
+        log.seek(0)
+        sys.stderr.write(f"bench: the worker's log:\n{log.read().decode(errors='replace')}\n")
+        raise
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         try:
@@ -314,6 +319,7 @@ def main() -> None:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait(5)
         log.close()
+        shutil.rmtree(workdir, ignore_errors=True)
         for client in flush:
             client.flushdb()
             client.close()
