@@ -173,9 +173,10 @@ class Publishing:
 @pytest.mark.parametrize("how", ["register_plugin", "plugin_manager"])
 def test_a_plugin_registered_after_publishing_began_is_called_until_unregistered(
         how: str) -> None:
-    # The publish path keeps which hooks have implementations (perf); a plugin that
-    # comes later, through the app or straight through its plugin manager, or goes,
-    # is seen at the next message, buffered or not.
+    # The publish path keeps which hooks have implementations, and what calls
+    # without options use (perf); a plugin that comes later, through the app or
+    # straight through its plugin manager, or goes, is seen at the next message,
+    # buffered or not, delay() or apply_async().
     app = Conveyor("hooks", broker=f"memory://hooks-late-{how}")
 
     @app.task(name="h.late")
@@ -185,6 +186,8 @@ def test_a_plugin_registered_after_publishing_began_is_called_until_unregistered
     late.apply_async(queue="q")
     with app.pool.acquire() as conn, late.get_publisher(conn) as pub:
         late.apply_async(queue="q", publisher=pub)
+    late.delay()
+    late.delay()  # what calls without options use is kept from here (perf)
     plugin = Publishing()
     if how == "register_plugin":
         app.register_plugin(plugin, "late")
@@ -197,9 +200,12 @@ def test_a_plugin_registered_after_publishing_began_is_called_until_unregistered
         late.apply_async(queue="q", publisher=pub)
         assert plugin.calls == once + once[:2]
     assert plugin.calls == once + once
+    late.delay()
+    assert plugin.calls == once + once + once
     app.plugin_manager.unregister(plugin)
     late.apply_async(queue="q")
     with app.pool.acquire() as conn, late.get_publisher(conn) as pub:
         late.apply_async(queue="q", publisher=pub)
-    assert plugin.calls == once + once
+    late.delay()
+    assert plugin.calls == once + once + once
     app.close()

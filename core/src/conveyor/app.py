@@ -199,6 +199,9 @@ class Conveyor:
     @property
     def pool(self) -> ConnectionPool:
         """Publishing connections (``with app.pool.acquire() as conn``)."""
+        pool = self._pool
+        if pool is not None and self._forks == _forks:
+            return pool  # perf: read for every publish; _check_fork's call saved
         self._check_fork()
         if self._pool is None:
             with self._lock:
@@ -210,6 +213,9 @@ class Conveyor:
     @property
     def backend(self) -> Backend:
         """The result backend (one instance per process; must be thread-safe)."""
+        backend = self._backend
+        if backend is not None and self._forks == _forks:
+            return backend  # perf: read for most publishes; _check_fork's call saved
         self._check_fork()
         if self._backend is None:
             with self._lock:
@@ -236,6 +242,7 @@ class Conveyor:
                 except Exception:  # noqa: BLE001
                     log.debug("error closing backend", exc_info=True)
                 self._backend = None
+            self.publishing.forget()  # it may hold the pool: after it is dropped
 
     def close(self) -> None:
         """Close publishing connections and the backend."""

@@ -486,7 +486,18 @@ class Template:
               per_call: Mapping[str, Any] | None) -> Message:
         """One message; ``per_call`` gives ``group_id``, ``group_index``, ``retries``,
         ``root_id`` and ``parent_id`` when the call has them."""
-        if type(args) is not tuple and not isinstance(args, (list, tuple)):
+        # perf: the body's args are a list, made from the usual tuple without the
+        # isinstance() calls a list or another sequence needs (an empty one as a
+        # literal): with the stores below, Template.build 8.0k -> 6.6k instructions
+        # (callgrind, no arguments).
+        listed: list[Any]
+        if type(args) is tuple:
+            listed = list(args) if args else []
+        elif isinstance(args, list):
+            listed = args
+        elif isinstance(args, tuple):
+            listed = list(args)
+        else:
             raise TypeError(f"Task args must be a list or tuple, not {type(args).__name__}")
         if type(kwargs) is not dict and not isinstance(kwargs, Mapping):
             raise TypeError(f"Task kwargs must be a mapping, not {type(kwargs).__name__}")
@@ -494,8 +505,7 @@ class Template:
         # Serialized for every message, arguments or not: a serializer may write
         # different bytes for the same input (the auth plugin's signatures are
         # salted and stop with their certificate), so a body is never reused.
-        data = ser.dumps((args if isinstance(args, list) else list(args), kwargs,
-                          embed if embed is not None else EMPTY_EMBED))
+        data = ser.dumps((listed, kwargs, embed if embed is not None else EMPTY_EMBED))
         if self.compressor is not None:
             data = self.compressor.compress(data)
         argsrepr = NO_ARGS if type(args) is tuple and not args else _repr(args)
@@ -529,9 +539,13 @@ class Template:
                 return Message(self.headers_of(values), data, ser.content_type,
                                ser.content_encoding, props, self)
         message = _new(BuiltMessage)
-        message.values, message.laid, message.props, message.body = values, None, props, data
-        message.content_type, message.content_encoding = ser.content_type, ser.content_encoding
-        message.template = self
+        message.values = values
+        message.laid = None
+        message.props = props
+        message.body = data
+        message.content_type = ser.content_type
+        message.content_encoding = ser.content_encoding
+        message.template = self  # perf: one store a statement, no tuple to unpack
         return message
 
 

@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import os
 import threading
+import weakref
 from operator import is_
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -29,7 +30,7 @@ from .exceptions import CapabilityError, MessageSizeExceeded
 from .interfaces import (LeaseTransport, Message, PreparingBackend, ReplyBackend, Route,
                          Transport, unsupported)
 from .options import DEFAULTS, PER_CALL, due_times, eta_horizon, resolve, split
-from .result import AsyncResult
+from .result import AsyncResult, sent
 from .settings import time_zone
 from .task import Task
 
@@ -50,8 +51,20 @@ class PublishPath:
         #: ``(settings version, enabled routers, kept plans)``: see :meth:`plan`.
         self._state: tuple[int, list[Any], dict[Any, Plan]] = (-1, [], {})
         #: The last call :meth:`plan` kept a plan for: ``(task, option names, option
-        #: values, task name, settings version, plan, per-call values)``.
+        #: values, task name, token (see :attr:`_fresh`), plan, per-call values)``.
         self._last: tuple[Any, ...] = (_NO_TASK,)
+        #: Task's id → the plan :meth:`plan` kept for its last call without options
+        #: (``delay()``): ``(task, token, task name, plan, hook callers, the app's
+        #: connection pool)``, good while :attr:`_fresh` is that token; see
+        #: :meth:`publish`.
+        self._plain: dict[int, tuple[Any, ...]] = {}
+        #: Replaced whenever a setting changes, a plugin comes or goes, a task's
+        #: attribute is set, the app drops its connections (:meth:`forget`) or the
+        #: process forks: what :attr:`_plain` was worked out under, when it is the
+        #: same object.
+        self._fresh = object()
+        app.conf.on_change(self._changed)
+        _paths.add(self)
 
     def listening(self) -> tuple[Any, Any, Any]:
         """The ``route_task``, ``before_task_publish`` and ``after_task_publish`` hook
@@ -84,6 +97,18 @@ class PublishPath:
         """A plugin came or went: :meth:`listening` looks again."""
         with self._listening_lock:
             self._listening = None
+            self._fresh = object()
+
+    def _changed(self, _name: str) -> None:
+        """A setting changed (after its new value and version are in)."""
+        self.forget()
+
+    def forget(self) -> None:
+        """Stop using what :meth:`publish` kept for calls without options: the app
+        calls this after it dropped its connection pool (closed, or a setting
+        changed), a task when one of its attributes is set, and a forked child for
+        every app (its parent's pool must not be used)."""
+        self._fresh = object()
 
     def _router(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
                task: Any) -> Callable[[Mapping[str, Any]], Mapping[str, Any] | None] | None:
@@ -131,19 +156,23 @@ class PublishPath:
         is dropped when any setting changes or the task's attributes change; anything
         else (dicts, lists, datetimes, signatures, routers) resolves afresh.
         """
+        fresh = self._fresh  # read first: a change after it makes what is kept stale
         state = self._state
         if state[0] != self.app.conf.version:
             state = self._current()
         version, routers, plans = state
         router = None
-        if routers or (self._listening or self.listening())[0] is not None:
+        listening = self._listening or self.listening()
+        if routers or listening[0] is not None:
             router = self._router(name, args, kwargs, task)
-        elif (last := self._last)[0] is task and not sig and last[4] == version \
+        elif (last := self._last)[0] is task and not sig and last[4] is fresh \
                 and last[3] == name and call.keys() == last[1] \
                 and all(map(is_, call.values(), last[2])) and last[5].defaults is (
                     task.execution_defaults() if task is not None else None):
             # perf: the options of the last call, again (its task a Task or None: kept
             # below). ``last`` is one tuple: threads see a call and its plan together.
+            # It was kept under ``fresh``: what a call without options needs is kept
+            # too (below), or the token changed since and ``last`` is not used.
             return last[5], last[6]
         elif task is None or isinstance(task, Task):
             call_key, call_per = split(call) if call else _NOTHING
@@ -165,11 +194,28 @@ class PublishPath:
                     # Keyable values are immutable, and per-call ones are only passed
                     # on, so the same objects again mean the same plan and values.
                     self._last = (task, frozenset(call), tuple(call.values()), name,
-                                  version, plan, call_per)
+                                  fresh, plan, call_per)
+                    if not call and task is not None and not plan.timed \
+                            and self._plain.get(id(task), _NO_PLAIN)[1] is not fresh:
+                        self._keep_plain(task, fresh, plan, listening)
                 return plan, call_per or sig_per
         opts = resolve(call, sig, task, router, self.app.conf)
         per = {key: value for key in PER_CALL if (value := opts.get(key)) is not None}
         return Plan(self.app, name, task, None, opts), per or None
+
+    def _keep_plain(self, task: Any, fresh: object, plan: Plan,
+                    listening: tuple[Any, Any, Any]) -> None:
+        """Keep ``plan`` for ``task``'s calls without options (see :meth:`publish`),
+        worked out while :attr:`_fresh` was ``fresh``."""
+        if task.app is not self.app or type(task).execution_defaults \
+                is not Task.execution_defaults:
+            return  # its attributes would not tell this path they changed
+        plains = self._plain
+        if id(task) not in plains and len(plains) >= _MAX_PLANS:
+            plains.clear()
+        # It holds the task: the id is not reused meanwhile.
+        plains[id(task)] = (task, fresh, plan.template.name, plan, listening,
+                            self.app.pool)
 
     def build(self, plan: Plan, per: Mapping[str, Any] | None, args: Sequence[Any],
                kwargs: Mapping[str, Any]) -> tuple[Message, str, float | None]:
@@ -188,11 +234,7 @@ class PublishPath:
                                           now, per)
             due = eta.timestamp() if eta is not None and plan.delays else None
         if plan.max_size is not None and len(message.body) > plan.max_size:
-            raise MessageSizeExceeded(
-                f"Task {message.headers['task']!r}: its message body is "
-                f"{len(message.body):,} bytes, over task_message_max_size "
-                f"({plan.max_size:,} bytes). Pass a reference to the data (a path, a key) "
-                f"instead, or raise the setting on the client and the workers alike.")
+            plan.too_big(message)
         return message, task_id, due
 
     def prepare(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
@@ -253,23 +295,59 @@ class PublishPath:
                 call: Mapping[str, Any], sig: Mapping[str, Any], task: Any
                 ) -> AsyncResult[Any]:
         """Resolve, build and send one task message (or hand it to its ``publisher``);
-        return its result handle."""
+        return its result handle.
+
+        perf: a call without options (``delay()``) of a task whose plan was kept
+        takes that plan as it is, as long as :attr:`_fresh` is the token it was
+        kept under (no setting changed, no plugin came or went, no task attribute
+        was set, the app kept its connection pool, no fork). The message is built
+        straight from the plan's template (no options: no ETA, expiry or per-call
+        value) and goes out through the kept pool in one call. ``delay()`` on
+        SQLite, callgrind, difference of 10,000 and 2,000 calls: 116.7k -> 92.5k
+        instructions; the core alone (the transport's publish stubbed) 44.1k ->
+        19.9k.
+        """
+        plain = self._plain.get(id(task), _NO_PLAIN)  # any task, hashable or not
+        if plain[0] is task and plain[1] is self._fresh and not call and not sig \
+                and plain[2] == name:
+            plan: Plan = plain[3]
+            hooks: tuple[Any, Any, Any] = plain[4]
+            try:
+                task_id = _ids.pop()  # new_id(), inline
+            except IndexError:
+                task_id = new_id()
+            message = plan.template.build(task_id, args, kwargs, None, None, None, None,
+                                          None)
+            if plan.max_size is not None and len(message.body) > plan.max_size:
+                plan.too_big(message)
+            if hooks[1] is None and HELD.get() is None:
+                ignored = plan.ignored
+                if not ignored:
+                    self._prepare_wait(task_id)
+                plain[5].publish(message, plan.route, None, plan.retry, plan.policy)
+                if hooks[2] is not None:
+                    self.published((name,), ((message, plan.route, None),))
+                return sent(task_id, self.app, ignored)
+            return self._send(name, plan, None, message, task_id, None)
         plan, per = self.plan(name, args, kwargs, call, sig, task)
         message, task_id, due = self.build(plan, per, args, kwargs)
+        return self._send(name, plan, per, message, task_id, due)
+
+    def _send(self, name: str, plan: Plan, per: Mapping[str, Any] | None,
+              message: Message, task_id: str, due: float | None) -> AsyncResult[Any]:
+        """:meth:`publish` once the message is built: the hooks, then the message
+        handed to the asyncio caller, to its publisher or to the broker."""
         route = plan.route
-        hook = (self._listening or self.listening())[1]
-        if hook is not None:
+        listening = self._listening or self.listening()
+        if listening[1] is not None:
             publisher, retry, policy, ignored = self._how(name, plan, per, message,
-                                                          task_id, hook)
+                                                          task_id, listening[1])
         else:  # perf: the usual call, _how without a hook
             publisher = per.get("publisher") if per else None
             if publisher is not None and type(publisher) is not Publisher:
                 self._how(name, plan, per, message, task_id, None)  # checks its type
             retry, policy, ignored = plan.retry, plan.policy, plan.ignored
-        # perf: made positionally, its options set after (a class called with
-        # keywords builds a dict for them): 0.30 -> 0.16 µs a handle.
-        result: AsyncResult[Any] = AsyncResult(task_id, self.app)
-        result.ignored = ignored
+        result = sent(task_id, self.app, ignored)
         held = HELD.get()
         if held is not None:  # built for an asyncio caller, who sends it (aio.deferred)
             run = Run(publisher, retry, policy, 0)
@@ -282,13 +360,18 @@ class PublishPath:
                 result.publisher = publisher  # it waits in the buffer
             return result
         if not ignored:
-            backend = self.app.backend
-            if backend.capabilities.prepared_waits:  # before the worker can store it
-                cast(PreparingBackend, backend).prepare_wait(task_id)
-        with self.app.pool.acquire() as conn:
-            conn.publish(message, route, due, retry=retry, policy=policy)
-        self.published((name,), ((message, route, due),))
+            self._prepare_wait(task_id)
+        self.app.pool.publish(message, route, due, retry, policy)
+        if listening[2] is not None:
+            self.published((name,), ((message, route, due),))
         return result
+
+    def _prepare_wait(self, task_id: str) -> None:
+        """Tell a backend that wants it of a result to wait for, before the worker
+        can store it (``BackendCapabilities.prepared_waits``)."""
+        backend = self.app.backend
+        if backend.capabilities.prepared_waits:
+            cast(PreparingBackend, backend).prepare_wait(task_id)
 
     def publish_batch(self, calls: Sequence[tuple[str, Sequence[Any], Mapping[str, Any],
                                                   Mapping[str, Any], Mapping[str, Any]]]
@@ -317,7 +400,7 @@ class PublishPath:
                 runs.append(run)
             run.names.append(name)
             run.batch.append((message, plan.route, due))
-            results.append(AsyncResult(task_id, self.app, ignored=ignored))
+            results.append(sent(task_id, self.app, ignored))
         held = HELD.get()
         if held is not None:  # built for an asyncio caller, who sends it (aio.deferred)
             held.extend(runs)
@@ -341,7 +424,18 @@ class PublishPath:
 
 #: Task ids made ahead, from ``os.urandom`` in blocks (see :func:`new_id`).
 _ids: list[str] = []
-os.register_at_fork(after_in_child=_ids.clear)  # a child must not reuse the parent's
+#: Every app's publish path, to tell in a forked child (see :func:`_forked`).
+_paths: weakref.WeakSet[PublishPath] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    """In a forked child: new ids (not the parent's) and no parent's pool."""
+    _ids.clear()
+    for path in list(_paths):
+        path.forget()
+
+
+os.register_at_fork(after_in_child=_forked)
 #: Ids made per block.
 _BLOCK = 256
 #: A block's text is its random bytes as hex digits in groups of four, each
@@ -404,6 +498,8 @@ def _block() -> list[str]:
 _MAX_PLANS = 512
 #: What no task is (the last call of a new publish path).
 _NO_TASK = object()
+#: No plain call kept for a task (see ``PublishPath.publish``).
+_NO_PLAIN = (_NO_TASK, _NO_TASK)
 #: :func:`~conveyor.options.split` of no options.
 _NOTHING: tuple[tuple[Any, ...], None] = ((), None)
 
@@ -484,6 +580,14 @@ class Plan:
                 self.broker, "delays",
                 f"countdown/eta {(eta - now).total_seconds():.0f}s ahead (beyond the "
                 f"worker's horizon of {self.horizon:g}s, worker_eta_horizon)"))
+
+    def too_big(self, message: Message) -> None:
+        """Raise for a message whose body is over ``task_message_max_size``."""
+        raise MessageSizeExceeded(
+            f"Task {message.headers['task']!r}: its message body is "
+            f"{len(message.body):,} bytes, over task_message_max_size "
+            f"({self.max_size:,} bytes). Pass a reference to the data (a path, a key) "
+            f"instead, or raise the setting on the client and the workers alike.")
 
     def options(self, per: Mapping[str, Any] | None, task_id: str) -> dict[str, Any]:
         """Every resolved option of one call (what ``before_task_publish`` sees)."""

@@ -298,6 +298,23 @@ def forbid_in_task() -> None:
             "link a callback; pass disable_sync_subtasks=False if you must wait.")
 
 
+def sent(task_id: str, app: Conveyor, ignored: bool) -> AsyncResult[Any]:
+    """``AsyncResult(task_id, app, ignored=ignored)``: the handle of a message just
+    sent.
+
+    perf: calling the class runs ``__init__`` in an interpreter frame of its own,
+    out of the one publishing; this sets the same attributes without it (one per
+    ``delay()``; see ``PublishPath.publish``).
+    """
+    result: AsyncResult[Any] = _new(AsyncResult)
+    result.id, result.app, result.ignored = task_id, app, ignored
+    result.parent = result._cache = result.publisher = None
+    return result
+
+
+_new = object.__new__
+
+
 class GroupResult(Generic[R]):
     """The results of a group, in order (also a chord header's, as the body's
     ``parent``)."""

@@ -11,6 +11,7 @@ import contextvars
 import functools
 import inspect
 import random
+from types import MappingProxyType
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar, Unpack
 
@@ -35,6 +36,9 @@ R = TypeVar("R")
 #: The request of the task running in this thread/coroutine (set by the worker).
 current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
     "conveyor_request", default=None)
+
+#: The options of a call that gives none (``delay()``): one object, never changed.
+NO_OPTIONS: Mapping[str, Any] = MappingProxyType({})
 
 #: Attributes ``@app.task(...)`` accepts (execution defaults and worker behaviour).
 TASK_OPTIONS = frozenset({
@@ -115,8 +119,14 @@ class Task(Generic[P, R]):
         return f"<@task: {self.name}>"
 
     def __setattr__(self, name: str, value: Any) -> None:
+        before = self.__dict__.get("app")
         object.__setattr__(self, name, value)
         self.__dict__.pop("_defaults", None)  # attributes changed: recompute
+        # ... and so does what the app's publish path kept for this task's calls.
+        for app in (before, self.__dict__.get("app")):
+            publishing = getattr(app, "publishing", None)
+            if publishing is not None:
+                publishing.forget()
 
     def execution_defaults(self) -> dict[str, Any]:
         """The execution options this task's attributes set (the task layer of the
@@ -142,7 +152,8 @@ class Task(Generic[P, R]):
     # ------------------------------------------------------------------ calling
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Send the task with these arguments: ``apply_async(args, kwargs)``."""
-        return self.app.publishing.publish(self.name, args, kwargs, {}, {}, self)
+        return self.app.publishing.publish(self.name, args, kwargs, NO_OPTIONS, NO_OPTIONS,
+                                           self)
 
     def apply_async(self, args: Sequence[Any] | None = None,
                     kwargs: Mapping[str, Any] | None = None,
