@@ -33,6 +33,7 @@ class AsyncResult(Generic[R]):
 
     # perf: a bulk publish makes one per message; without a __dict__ each costs the
     # garbage collector one object less.
+    #: :func:`sent` sets each of these without ``__init__``: keep the two alike.
     __slots__ = ("id", "app", "ignored", "parent", "_cache", "publisher")
 
     def __init__(self, id: str, app: Conveyor | None = None, *, ignored: bool = False,
