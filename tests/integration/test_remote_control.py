@@ -298,3 +298,70 @@ def test_without_broadcasts_the_commands_name_transport_and_capability(
         assert app.AsyncResult("plain").state == "REVOKED"
     finally:
         app.close()
+
+
+def test_pool_restart_is_refused_unless_enabled(worker: Proc, workdir: Path,
+                                                url: str) -> None:
+    out = run(workdir, url, "control", "pool_restart", "-d", "rc1@test", "--timeout", "10")
+    assert "->  rc1@test: ERROR\n    Pool restarts not enabled" in out.stdout, (
+        out.stdout + out.stderr)
+
+
+PROJECT = '''from conveyor import Conveyor
+
+app = Conveyor("proj_pr")
+app.conf.worker_pool_restarts = True
+
+import proj_pr_tasks  # noqa: E402,F401 - its tasks, in a module pool_restart reloads
+'''
+TASKS_MODULE = '''import os
+
+from proj_pr import app
+
+VERSION = {version}
+
+
+@app.task(name="proj_pr.version")
+def version():
+    return [VERSION, os.getpid()]
+'''
+
+
+def test_pool_restart_reloads_a_module_into_new_processes_children(
+        tmp_path: Path, url: str, app: Conveyor) -> None:
+    """Edit a tasks module, ``control pool_restart MODULE --reload``: the next tasks
+    run the new code, in new children (Conveyor's CLI; Celery's on Redis)."""
+    write_celery_app(tmp_path)  # for Celery's CLI
+    (tmp_path / "proj_pr.py").write_text(PROJECT)
+    tasks = tmp_path / "proj_pr_tasks.py"
+    tasks.write_text(TASKS_MODULE.format(version=1))
+    env = _env(tmp_path, url)
+    queue = f"rc.restart.{uuid.uuid4().hex[:8]}"
+
+    def version() -> list[int]:
+        result = app.send_task("proj_pr.version", queue=queue)
+        return result.get(timeout=20)  # type: ignore[no-any-return]
+
+    with conveyor_worker("proj_pr", tmp_path, env, name="rc-restart@test",
+                         pool="processes", queues=[queue]) as proc:
+        before = {pid for _, pid in (version() for _ in range(6))}
+        assert {v for v, _ in (version() for _ in range(2))} == {1}
+        tasks.write_text(TASKS_MODULE.format(version=20))  # another size: no stale .pyc
+        out = run_cli("proj_pr", tmp_path, env, "control", "pool_restart",
+                      "proj_pr_tasks", "--reload", "-d", "rc-restart@test",
+                      "--timeout", "10")
+        assert "->  rc-restart@test: OK\n    reload started" in out.stdout, (
+            out.stdout + out.stderr)
+        proc.wait_output("pool_restart: reloaded module proj_pr_tasks", 10)
+        after = [version() for _ in range(4)]
+        assert {v for v, _ in after} == {20}
+        assert not {pid for _, pid in after} & before  # new children ran them
+        out = run_cli("proj_pr", tmp_path, env, "control", "pool_restart",
+                      "proj_pr_nowhere", "-d", "rc-restart@test", "--timeout", "10")
+        assert "ERROR\n    Could not import proj_pr_nowhere: ModuleNotFoundError" in \
+            out.stdout, out.stdout + out.stderr
+        if url.startswith("redis"):
+            out = run(tmp_path, url, "celery", "control", "pool_restart", "-d",
+                      "rc-restart@test", "--timeout", "10")
+            assert "reload started" in out.stdout, out.stdout + out.stderr
+            assert version()[0] == 20

@@ -71,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
     "worker_disable_rate_limits": False,
     "worker_max_tasks_per_child": None,
     "worker_max_memory_per_child": None,
+    "worker_pool_restarts": False,
     "security_key": None,
     "security_key_password": None,
     "security_certificate": None,
@@ -175,6 +176,9 @@ DESCRIPTIONS: dict[str, str] = {
     "worker_max_memory_per_child": "Replace a `processes` pool child once its resident "
                                    "memory passed this many KiB, checked after each task "
                                    "(`--max-memory-per-child`). Unset: never.",
+    "worker_pool_restarts": "Let the `pool_restart` remote control command import or "
+                            "reload task modules in a worker and replace its `processes` "
+                            "pool children (Celery's name and default: off).",
     "security_key": "Path of the PEM RSA private key the `auth` serializer signs with.",
     "security_key_password": "Password of an encrypted `security_key`.",
     "security_certificate": "Path of the PEM certificate of `security_key`.",

@@ -35,7 +35,8 @@ INSPECT = {
 ARGUMENTS = {"rate_limit": ("task_name", "rate_limit"),
              "time_limit": ("task_name", "soft", "hard"),
              "pool_grow": ("n",), "pool_shrink": ("n",), "autoscale": ("max", "min"),
-             "add_consumer": ("queue",), "cancel_consumer": ("queue",)}
+             "add_consumer": ("queue",), "cancel_consumer": ("queue",),
+             "pool_restart": ("modules", "reload")}
 
 
 def add_parsers(sub: Any, inspect_sub: Any, level: argparse.ArgumentParser) -> None:
@@ -86,6 +87,13 @@ def add_parsers(sub: Any, inspect_sub: Any, level: argparse.ArgumentParser) -> N
                        ("cancel_consumer", "workers stop consuming QUEUE")):
         p = csub.add_parser(name, parents=[level, common], help=text)
         p.add_argument("queue", metavar="QUEUE")
+
+    pr = csub.add_parser("pool_restart", parents=[level, common],
+                         help="import MODULEs (--reload: again) and replace pool children "
+                              "(workers with worker_pool_restarts=True)")
+    pr.add_argument("modules", nargs="*", metavar="MODULE")
+    pr.add_argument("--reload", action="store_true",
+                    help="reload the MODULEs a worker imported already")
 
     sub.add_parser("status", parents=[level, common], help="list the workers that answer")
 

@@ -188,6 +188,15 @@ class Control:
         return self.broadcast("cancel_consumer", {"queue": queue},
                               destination=destination, reply=reply, timeout=timeout)
 
+    def pool_restart(self, modules: Sequence[str] | None = None, reload: bool = False,
+                     destination: Sequence[str] | None = None, reply: bool = False,
+                     timeout: float = 1.0) -> list[Reply]:
+        """Workers import ``modules`` (reloading those they have, with ``reload``) and
+        replace their pool children; only where ``worker_pool_restarts`` is on."""
+        return self.broadcast("pool_restart", {"modules": list(modules or []),
+                                               "reload": reload},
+                              destination=destination, reply=reply, timeout=timeout)
+
     def shutdown(self, destination: Sequence[str] | None = None, reply: bool = False,
                  timeout: float = 1.0) -> list[Reply]:
         """Warm shutdown of workers (running tasks finish)."""

@@ -181,6 +181,10 @@ class Pool(abc.ABC):
         """Run up to ``concurrency`` jobs at once from now on (``--autoscale``)."""
         self.concurrency = concurrency
 
+    def restart(self) -> None:
+        """Start tasks with the code the worker has loaded now (``pool_restart``).
+        A pool that runs tasks in the worker's own process does so already."""
+
     def child_pids(self) -> list[int]:
         """The pids of this pool's own child processes (``inspect stats``); empty
         when tasks run on threads of this process."""
@@ -1043,6 +1047,19 @@ class ProcessPool(Pool):
             self.concurrency = concurrency
             self._dispatch()
         self._wakeup()
+
+    def restart(self) -> None:
+        """Replace every child: an idle one now, a busy one after the jobs it has
+        (it takes no more). New children are forked from the worker as it is now."""
+        with self._lock:
+            for i, child in enumerate(self._children):
+                child.retiring = True
+                if not child.jobs:
+                    self._retire(child)
+                    self._children[i] = self._spawn()
+            self._dispatch()
+        self._wakeup()
+        log.info("Pool: restarting %d children", len(self._children))
 
     def _enforce_limits(self) -> None:
         now = time.monotonic()

@@ -1,7 +1,7 @@
 """Celery's remote control commands that retune a running worker: ``rate_limit``,
-``time_limit``, ``pool_grow``/``pool_shrink``, ``autoscale`` and
-``add_consumer``/``cancel_consumer`` (Flower's "Pool", "Limits" and "Queues"
-buttons, ``celery control …``), with Celery's arguments and replies.
+``time_limit``, ``pool_grow``/``pool_shrink``, ``autoscale``,
+``add_consumer``/``cancel_consumer`` and ``pool_restart`` (Flower's "Pool", "Limits"
+and "Queues" buttons, ``celery control …``), with Celery's arguments and replies.
 
 They run on the control thread; what the consumer thread owns (the pool, the
 throttles, the prefetch, the queues) is changed there at its next turn
@@ -11,7 +11,9 @@ throttles, the prefetch, the queues) is changed there at its next turn
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -126,7 +128,39 @@ def cancel_consumer(worker: Worker, queue: str = "", **_: Any) -> dict[str, str]
     return {"ok": f"no longer consuming from {queue}"}
 
 
+def pool_restart(worker: Worker, modules: Any = None, reload: Any = False,
+                 **_: Any) -> dict[str, str]:
+    """Import ``modules`` in the worker (reloading those it has when ``reload``),
+    then replace its ``processes`` pool children once their current tasks are done:
+    new children are forked from the worker, so they run the code just loaded.
+    Threads and solo pools run tasks in the worker itself, which has that code now.
+
+    Off unless ``worker_pool_restarts`` (Celery's setting). The imports run here, so
+    the reply names a module that failed; Celery's ``reloader`` argument (a function,
+    which cannot travel in a message) is not used.
+    """
+    if not worker.app.conf.worker_pool_restarts:
+        return {"error": "Pool restarts not enabled (set worker_pool_restarts=True "
+                         "in the worker's configuration)"}
+    if isinstance(modules, str):
+        modules = [modules]
+    for name in modules or ():
+        try:
+            if name not in sys.modules:
+                importlib.import_module(name)
+                log.info("pool_restart: imported module %s", name)
+            elif reload:
+                importlib.reload(sys.modules[name])
+                log.info("pool_restart: reloaded module %s", name)
+        except Exception as exc:  # noqa: BLE001 - the user's module: say what failed
+            log.exception("pool_restart: could not import %s", name)
+            return {"error": f"Could not import {name}: {type(exc).__name__}: {exc}"}
+    worker.call_soon(lambda _: worker.pool.restart())
+    return {"ok": "reload started"}
+
+
 #: Command name -> function of (worker, **arguments).
 COMMANDS: dict[str, Callable[..., dict[str, str]]] = {"rate_limit": rate_limit, "time_limit": time_limit, "pool_grow": pool_grow,
             "pool_shrink": pool_shrink, "autoscale": autoscale,
-            "add_consumer": add_consumer, "cancel_consumer": cancel_consumer}
+            "add_consumer": add_consumer, "cancel_consumer": cancel_consumer,
+            "pool_restart": pool_restart}
