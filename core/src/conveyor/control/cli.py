@@ -91,7 +91,8 @@ def add_parsers(sub: Any, inspect_sub: Any, level: argparse.ArgumentParser) -> N
     pr = csub.add_parser("pool_restart", parents=[level, common],
                          help="import MODULEs (--reload: again) and replace pool children "
                               "(workers with worker_pool_restarts=True)")
-    pr.add_argument("modules", nargs="*", metavar="MODULE")
+    pr.add_argument("modules", nargs="*", metavar="MODULE",
+                    help="dotted name of a module that defines tasks (proj.tasks)")
     pr.add_argument("--reload", action="store_true",
                     help="reload the MODULEs a worker imported already")
 
