@@ -40,7 +40,7 @@ import redis.asyncio as aioredis
 from conveyor.utils import mask_url
 from conveyor.interfaces import BackendCapabilities, Capabilities, Join, Outgoing, Route
 
-from .aiopipe import Pipe, Replies, new_connection, write_now
+from .aiopipe import Feed, Pipe, new_connection, write_now
 from .backend import KEY_PREFIX, STORE, _REREAD_EVERY, db_of, own_channel
 from .channel import PublisherMixin, check, routed_exchanges
 from .connection import CONNECTION_ERRORS, driver_url, pack
@@ -58,21 +58,14 @@ _RESUBSCRIBE_PAUSE = 0.2
 #: at most twice as many subscriptions on the server for this client, and a new
 #: connection, a SUBSCRIBE and an MGET of the waits in flight every so many waits.
 _ROTATE_AFTER = 2000
-#: Bytes the subscription connection reads at a time (redis-py's default: 64 KiB).
-#: perf: hiredis's reader moves the rest of its buffer to the front each time 1 KiB
-#: of it was taken, so a 64 KiB read of results and confirmations (a burst at c100)
-#: was moved tens of times (see the commit that set it for the measured instructions).
-_SUBSCRIPTION_READ = 8192
 #: How late a reply on the command connection may be before it is given up.
 _REPLY_TIMEOUT = 10.0
 
 
 def _pool(url: str, *, socket_timeout: float | None, connect_timeout: float | None,
-          keepalive: bool = True, ssl: dict[str, Any] | None = None,
-          read_size: int | None = None) -> aioredis.ConnectionPool:
+          keepalive: bool = True, ssl: dict[str, Any] | None = None
+          ) -> aioredis.ConnectionPool:
     extra: dict[str, Any] = dict(ssl or {})
-    if read_size is not None:
-        extra["socket_read_size"] = read_size
     return aioredis.ConnectionPool.from_url(
         driver_url(url), socket_timeout=socket_timeout,
         socket_connect_timeout=connect_timeout, socket_keepalive=keepalive,
@@ -242,6 +235,12 @@ class _Alarms:
                     future.set_result(False)
 
 
+def _settle(lost: asyncio.Future[None], error: BaseException) -> None:
+    """The subscription connection is lost (:class:`.aiopipe.Feed`): say why."""
+    if not lost.done():
+        lost.set_exception(error)
+
+
 class _Channel:
     __slots__ = ("waiters", "confirmed")
 
@@ -264,8 +263,7 @@ class AsyncRedisBackend:
         #: A key's own channel is this + the key (:func:`.backend.own_channel`).
         self._own = own_channel(self.db, "").encode("utf-8")
         #: The subscription connection reads for ever: no read timeout.
-        self._sub_pool = _pool(url, socket_timeout=None, connect_timeout=timeout,
-                               read_size=_SUBSCRIPTION_READ)
+        self._sub_pool = _pool(url, socket_timeout=None, connect_timeout=timeout)
         self._listener: asyncio.Task[None] | None = None
         self._channels: dict[bytes, _Channel] = {}
         #: Channels to subscribe after this turn (one command, so waiters that
@@ -527,6 +525,7 @@ class AsyncRedisBackend:
         while True:
             conn = new_connection(self._sub_pool)
             tasks: list[asyncio.Task[None]] = []
+            feed: Feed | None = None
             rotated = False
             try:
                 await conn.connect()
@@ -534,9 +533,12 @@ class AsyncRedisBackend:
                 self._subscribing = set(self._channels)
                 self._up = True
                 rotation = self._rotation = loop.create_future()
-                tasks = [loop.create_task(self._write_subscriptions(conn)),
-                         loop.create_task(self._read_subscription(conn))]
-                done, _pending = await asyncio.wait([*tasks, rotation],
+                lost: asyncio.Future[None] = loop.create_future()
+                # perf: replies are dispatched as they are read (see Feed)
+                feed = Feed(conn, self._dispatch, functools.partial(_settle, lost),
+                            errors_fatal=True)
+                tasks = [loop.create_task(self._write_subscriptions(conn))]
+                done, _pending = await asyncio.wait([*tasks, lost, rotation],
                                                     return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     if task is rotation:
@@ -551,6 +553,8 @@ class AsyncRedisBackend:
                 # before any await: a wait joining or leaving meanwhile finds no
                 # channel subscribed (a new connection subscribes afresh)
                 self._up = False
+                if feed is not None:
+                    feed.detach()
                 self._left.clear()
                 for found in self._channels.values():  # read again once resubscribed
                     found.confirmed = False
@@ -563,13 +567,6 @@ class AsyncRedisBackend:
             if not rotated:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
-
-    async def _read_subscription(self, conn: Any) -> None:
-        replies = Replies(conn)  # perf: what one read brought, in one pass
-        dispatch = self._dispatch
-        while True:
-            for reply in await replies.read(timeout=math.inf):
-                dispatch(reply)
 
     def _dispatch(self, reply: Any) -> None:
         """One reply on the subscription connection. A key's two channels are

@@ -8,11 +8,11 @@ than Redis itself. Here every command of every coroutine goes over one held redi
 connection: its (hiredis) reply parser, hiredis's packer; but commands written during
 one turn of the event loop leave in one write (a writer task, woken once per turn;
 a command sent while nothing is in flight is written at once, a turn sooner, and
-the rest of its turn follows in the writer's write) and a single reader task hands
-replies back in order (Redis answers a connection's commands in the order they
-came). A coroutine that stops waiting (cancelled, timed
-out) leaves its reply to be read and dropped, so the order never slips. Replies are
-taken in bulk (:class:`Replies`): one read, then every reply already received.
+the rest of its turn follows in the writer's write) and replies are handed back
+in order (Redis answers a connection's commands in the order they came) by a
+:class:`Feed`, in the transport's own read callback. A coroutine that stops waiting
+(cancelled, timed out) leaves its reply to be read and dropped, so the order never
+slips.
 
 Replies are read without a timer each: one watchdog per ``timeout`` seconds gives the
 connection up when replies are awaited and none came in a whole period (redis-py's
@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -36,41 +37,109 @@ import hiredis
 import redis
 import redis.asyncio as aioredis
 
+from redis.asyncio.connection import DefaultParser
+
 from .connection import pack
 
-from redis.asyncio.connection import DefaultParser
-from redis.utils import HIREDIS_AVAILABLE
-
-try:  # what redis-py's hiredis reader returns when a reply is not complete yet
-    from redis._parsers.hiredis import NOT_ENOUGH_DATA
-except ImportError:  # another redis-py: every reply is read through read_response
-    NOT_ENOUGH_DATA = None
-#: Whether connections read with :class:`BulkParser` (redis-py parses with hiredis).
-_BULK = HIREDIS_AVAILABLE and NOT_ENOUGH_DATA is not None
-
-
-class BulkParser(DefaultParser):  # type: ignore[misc,valid-type]
-    """redis-py's parser (hiredis's), which also hands out the replies its reader
-    already holds, for :class:`Replies`. Given to a connection before it connects
-    (:func:`new_connection`); once connected it is the connection's ``bulk_parser``."""
-
-    def on_connect(self, connection: Any) -> None:
-        super().on_connect(connection)
-        connection.bulk_parser = self
-
-    def taker(self) -> Callable[[], Any] | None:
-        """The reader's ``gets``: the next reply it holds, or ``NOT_ENOUGH_DATA``."""
-        reader = getattr(self, "_reader", None)
-        return reader.gets if isinstance(reader, hiredis.Reader) else None
+#: What a hiredis reader's ``gets`` returns while no reply is complete (its default:
+#: a RESP2 reply is never False).
+_MORE = False
+#: Bytes handed to the hiredis reader at a time. perf: the reader moves the rest of
+#: its buffer to the front each time 1 KiB of it was taken, so a 64 KiB burst of
+#: replies fed at once was moved tens of times (see the commit that set it).
+_FEED_SIZE = 8192
 
 
 def new_connection(pool: aioredis.ConnectionPool) -> Any:
-    """A new connection of ``pool`` (connect it), reading with :class:`BulkParser`
-    (redis-py's public ``set_parser``) when redis-py parses with hiredis."""
-    conn = pool.make_connection()  # type: ignore[no-untyped-call]
-    if _BULK:
-        conn.set_parser(BulkParser)
-    return conn
+    """A new connection of ``pool`` (connect it, then give it a :class:`Feed`)."""
+    return pool.make_connection()  # type: ignore[no-untyped-call]
+
+
+class Feed(asyncio.Protocol):
+    """Reads an open redis-py connection's socket itself: what each read brings goes
+    through a hiredis reader, and every complete reply is handed to ``on_reply``
+    there and then, in the transport's read callback.
+
+    perf: redis-py's way to a reply is the transport's callback filling a
+    StreamReader, a reader task woken a turn of the loop later, then four Python
+    frames of ``read_response`` and a socket-read coroutine: at concurrency 100 the
+    loop turns about once a round trip, so that was paid for nearly every reply.
+    redis-py keeps the rest (connect, handshake, writes, drain, close): its own
+    protocol stays behind this one for the writes' flow control and the close.
+
+    An error reply is handed over as its exception (redis-py's classes), unless
+    ``errors_fatal``; one that says the connection is unusable (a redis-py
+    ``ConnectionError``, such as LOADING) always goes to ``on_lost`` instead, as
+    does the end of the connection (a ``ConnectionError``), once.
+    """
+
+    def __init__(self, conn: Any, on_reply: Callable[[Any], None],
+                 on_lost: Callable[[BaseException], None], *,
+                 errors_fatal: bool = False) -> None:
+        """``conn``: connected; from now on only this reads its socket."""
+        self._transport = conn._writer.transport
+        self._behind = self._transport.get_protocol()
+        reader = hiredis.Reader(protocolError=redis.exceptions.InvalidResponse,
+                                replyError=DefaultParser.parse_error)
+        self._feed, self._gets = reader.feed, reader.gets
+        self._on_reply: Callable[[Any], None] | None = on_reply
+        self._on_lost = on_lost
+        self._fatal = Exception if errors_fatal else redis.ConnectionError
+        self._transport.set_protocol(self)
+
+    def detach(self) -> None:
+        """Hand nothing more to anyone (the connection is given up)."""
+        self._on_reply = None
+
+    def data_received(self, data: bytes) -> None:
+        size = len(data)
+        if size <= _FEED_SIZE:
+            self._feed(data)
+            self._hand_over()
+            return
+        for start in range(0, size, _FEED_SIZE):
+            self._feed(data, start, min(_FEED_SIZE, size - start))
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        gets, fatal = self._gets, self._fatal
+        while True:
+            on_reply = self._on_reply
+            if on_reply is None:
+                return
+            reply = gets()
+            if reply is _MORE:
+                return
+            if reply.__class__ is list:  # perf: one check a reply
+                if reply and isinstance(reply[0], redis.ConnectionError):
+                    self._lose(reply[0])
+                    return
+            elif isinstance(reply, fatal):
+                self._lose(reply)
+                return
+            on_reply(reply)
+
+    def _lose(self, error: BaseException) -> None:
+        if self._on_reply is not None:
+            self._on_reply = None
+            self._on_lost(error)
+        self._transport.close()
+
+    def eof_received(self) -> bool:
+        self._behind.eof_received()
+        self._lose(redis.ConnectionError("Connection closed by server."))
+        return False  # close it (redis-py's protocol would keep it half open)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lose(redis.ConnectionError(
+            "Connection closed." if exc is None else f"Error reading from Redis: {exc}"))
+        self._behind.connection_lost(exc)  # redis-py's streams see the close
+
+    def pause_writing(self) -> None:
+        self._behind.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._behind.resume_writing()
 
 
 class _Call:
@@ -119,58 +188,6 @@ def write_now(conn: Any, packed: list[bytes]) -> bool:
     return True
 
 
-class Replies:
-    """The replies ``conn`` received: the next one read as redis-py reads it, then
-    every one already in its hiredis reader's buffer, handed over without another
-    read.
-
-    perf: redis-py's ``read_response`` costs four Python frames and a dozen checks a
-    reply, and at a hundred round trips in flight one read brings tens of replies
-    (subscription confirmations, messages, the replies of a whole pipelined write).
-    The buffered ones are taken from the same hiredis reader redis-py feeds (its
-    parser's), with redis-py's own checks: an error reply is an exception in place
-    (:meth:`read` ``raise_errors=False``) or raised, and one that means the
-    connection is unusable (a ``ConnectionError`` reply) is always raised. Without
-    a hiredis reader (a connection not made by :func:`new_connection`, another
-    redis-py), one reply a read.
-    """
-
-    __slots__ = ("conn", "gets")
-
-    def __init__(self, conn: Any) -> None:
-        """``conn``: connected, made by :func:`new_connection` (else one reply a read)."""
-        self.conn = conn
-        parser = getattr(conn, "bulk_parser", None)
-        self.gets: Callable[[], Any] | None = None if parser is None else parser.taker()
-
-    async def read(self, *, timeout: float | None = None,
-                   raise_errors: bool = True) -> list[Any]:
-        """The next reply and those received with it, in order (``timeout``:
-        ``read_response``'s)."""
-        if raise_errors:
-            first = await self.conn.read_response(timeout=timeout)
-        else:
-            try:
-                first = await self.conn.read_response(timeout=timeout)
-            except redis.ResponseError as exc:
-                first = exc
-        replies = [first]
-        gets = self.gets
-        if gets is None:
-            return replies
-        fatal = Exception if raise_errors else redis.ConnectionError
-        while True:
-            reply = gets()
-            if reply is NOT_ENOUGH_DATA:
-                return replies
-            if reply.__class__ is list:  # perf: one check a reply
-                if reply and isinstance(reply[0], redis.ConnectionError):
-                    raise reply[0]
-            elif isinstance(reply, fatal):
-                raise reply
-            replies.append(reply)
-
-
 class Pipe:
     """Commands from any coroutine of one loop over one connection (see the module)."""
 
@@ -189,7 +206,7 @@ class Pipe:
         self._out: list[bytes] = []
         self._wake: asyncio.Future[None] | None = None  # the idle writer's
         self._writer: asyncio.Task[None] | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._feed: Feed | None = None  # the open connection's
         self._read = 0  # replies read, for the watchdog
         self._watchdog: asyncio.TimerHandle | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -273,8 +290,6 @@ class Pipe:
                     wake.set_result(None)
         if self._writer is None:
             self._writer = loop.create_task(self._write(conn))
-        if self._reader is None:
-            self._reader = loop.create_task(self._read_replies(conn))
         if self._watchdog is None and self._timeout is not None:
             self._watchdog = loop.call_later(self._timeout, self._watch, conn, self._read)
         return call.future
@@ -288,6 +303,7 @@ class Pipe:
                 await conn.connect()
                 self._loop = asyncio.get_running_loop()
                 self._conn = conn
+                self._feed = Feed(conn, self._reply, functools.partial(self._broken, conn))
         return self._conn
 
     async def _write(self, conn: Any) -> None:
@@ -307,42 +323,31 @@ class Pipe:
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._broken(conn, exc if isinstance(exc, redis.RedisError)
                          else redis.ConnectionError(f"Error writing to Redis: {exc}"))
+        except asyncio.CancelledError:
+            # the loop ends with the connection open (no close()): close it now,
+            # while a callback can still run
+            self._broken(conn, redis.ConnectionError("Redis connection closed"),
+                         disconnect=False)
+            with contextlib.suppress(Exception):
+                conn._writer.transport.close()
+            raise
         finally:
             if self._writer is asyncio.current_task():
                 self._writer = None
 
-    async def _read_replies(self, conn: Any) -> None:
-        """Hand each reply to the call it answers, for as long as ``conn`` is the
-        connection: perf, one task per connection, not one each time a command
-        follows a moment with none in flight (a round trip at a time); the replies
-        received together are handed over in one pass (:class:`Replies`)."""
-        replies = Replies(conn)
+    def _reply(self, reply: Any) -> None:
+        """Hand a reply of the open connection to the call it answers (:class:`Feed`)."""
+        self._read += 1
         waiting = self._waiting
-        try:
-            while self._conn is conn:
-                for reply in await replies.read(raise_errors=False):
-                    if self._conn is not conn:
-                        return
-                    self._read += 1
-                    if not waiting:
-                        raise redis.ConnectionError(
-                            "Redis sent a reply no command asked for; reconnecting")
-                    call = waiting[0]
-                    call.replies.append(reply)
-                    if len(call.replies) == call.count:
-                        waiting.popleft()
-                        call.settle()
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            self._broken(conn, exc if isinstance(exc, redis.RedisError)
-                         else redis.ConnectionError(str(exc)))
-        except asyncio.CancelledError:
-            # idle (the loop ends): redis-py closed it already, no task to close it
-            self._broken(conn, redis.ConnectionError("Redis connection closed"),
-                         disconnect=bool(self._waiting))
-            raise
-        finally:
-            if self._reader is asyncio.current_task():
-                self._reader = None
+        if not waiting:
+            self._broken(self._conn, redis.ConnectionError(
+                "Redis sent a reply no command asked for; reconnecting"))
+            return
+        call = waiting[0]
+        call.replies.append(reply)
+        if len(call.replies) == call.count:
+            waiting.popleft()
+            call.settle()
 
     def _watch(self, conn: Any, read: int) -> None:
         """Every ``timeout`` seconds while replies are awaited: give the connection
@@ -358,34 +363,36 @@ class Pipe:
             self._timeout, self._watch, conn, self._read)  # type: ignore[arg-type]
 
     def _broken(self, conn: Any, exc: BaseException, *, disconnect: bool = True) -> None:
-        """Fail what is in flight and stop the reader and writer of ``conn``; the
-        next command connects again. ``disconnect``: close it too."""
+        """Fail what is in flight and stop reading and writing ``conn``; the next
+        command connects again. ``disconnect``: close it too."""
         if self._conn is not conn:
             return
         self._conn = None
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            feed.detach()
         self._out = []
         waiting, self._waiting = self._waiting, collections.deque()
         for call in waiting:
             if not call.future.done():
                 call.future.set_exception(exc)
                 call.finish()
-        current = asyncio.current_task()
-        for task in (self._reader, self._writer):
-            if task is not None and task is not current:
-                task.cancel()
-        self._reader = self._writer = self._wake = None
+        writer = self._writer
+        if writer is not None and writer is not asyncio.current_task():
+            writer.cancel()
+        self._writer = self._wake = None
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
         if not disconnect:
             return
-        # redis-py closes a connection whose read or write failed, and a cancelled
-        # read's; this closes one given up for its silence.
+        # redis-py closes a connection whose write failed; this closes one whose
+        # read failed or that was given up for its silence.
         self._closing = asyncio.get_running_loop().create_task(
             conn.disconnect(nowait=True))
 
     async def close(self) -> None:
-        conn, tasks = self._conn, [t for t in (self._reader, self._writer) if t]
+        conn, tasks = self._conn, [t for t in (self._writer,) if t]
         if conn is not None:
             self._broken(conn, redis.ConnectionError("Redis connection closed"))
         for task in tasks:
