@@ -280,9 +280,9 @@ class AsyncRedisBackend:
         #: (read together after this turn), and reads that had to open a connection.
         self._unread: list[_Waiter] = []
         self._reads: set[asyncio.Task[None]] = set()
-        #: The future the subscription writer sleeps on (None while it writes).
-        self._wake: asyncio.Future[None] | None = None
-        #: The subscription connection while its writer runs.
+        #: Whether a flush of the turn's subscriptions and reads is scheduled.
+        self._flush_due = False
+        #: The subscription connection while it is open.
         self._sub_conn: Any = None
         #: The end of the waits' pauses (timeouts, rereads).
         self._alarms = _Alarms()
@@ -387,10 +387,10 @@ class AsyncRedisBackend:
         return waiter
 
     def _write_now(self, command: str, channel: bytes) -> bool:
-        """Write ``command`` for ``channel``'s two channels now, if the subscription
-        writer is asleep with nothing else to write; else False (the writer does)."""
+        """Write ``command`` for ``channel``'s two channels now, if nothing else is
+        waiting to be written; else False (the turn's flush does)."""
         conn = self._sub_conn
-        if conn is None or self._wake is None or self._subscribing or self._unread:
+        if conn is None or self._flush_due or self._subscribing or self._unread:
             return False
         if not conn.is_connected:
             return False
@@ -423,13 +423,11 @@ class AsyncRedisBackend:
                 rotation.set_result(None)
 
     def _schedule(self) -> None:
-        """Have the subscription writer run once more after this turn (see
-        :meth:`_turn`); start the listener if none runs."""
-        wake = self._wake
-        if wake is not None:
-            self._wake = None
-            if not wake.done():
-                wake.set_result(None)
+        """Have what this turn asked for written after it (:meth:`_flush`); start
+        the listener if none runs (it flushes once connected)."""
+        if not self._flush_due and self._sub_conn is not None:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
         if self._listener is None or self._listener.done():
             self._listener = asyncio.get_running_loop().create_task(self._listen())
 
@@ -448,22 +446,18 @@ class AsyncRedisBackend:
                                          for name in (channel, own + channel))))
         return out
 
-    async def _write_subscriptions(self, conn: Any) -> None:
-        """Once per turn of the loop that asked (:meth:`_schedule`), write what it
-        asked for in one go (see :meth:`_turn`)."""
-        loop = asyncio.get_running_loop()
-        self._sub_conn = conn
-        try:
-            while True:
-                out = self._turn()
-                if out:
-                    await conn.send_packed_command(out, check_health=False)
-                    continue  # more may have come while draining
-                wake = self._wake = loop.create_future()
-                await wake
-        finally:
-            if self._sub_conn is conn:
-                self._sub_conn = None
+    def _flush(self) -> None:
+        """Once after each turn of the loop that asked (:meth:`_schedule`), write
+        what it asked for in one go (see :meth:`_turn`). perf: a callback, not a
+        writer task woken by a future (a task step and three coroutine frames a
+        write). A write that cannot go (the connection is closing) is left to the
+        listener, which subscribes every channel waited on again once reconnected."""
+        self._flush_due = False
+        conn = self._sub_conn
+        if conn is not None:
+            out = self._turn()
+            if out:
+                write_now(conn, out)
 
     def _read(self, waiters: list[_Waiter]) -> None:
         """Read the keys of ``waiters`` in one MGET, handed to each as it comes."""
@@ -517,14 +511,14 @@ class AsyncRedisBackend:
             waiter.fail(error)
 
     async def _listen(self) -> None:
-        """Keep the subscription connection: a writer and a reader task on it;
-        reconnect and subscribe every channel waited on again when it breaks, or
-        at once when it is replaced for the channels left on it (see :meth:`_leave`)."""
+        """Keep the subscription connection (its replies dispatched as they are
+        read, its writes flushed once a turn); reconnect and subscribe every
+        channel waited on again when it breaks, or at once when it is replaced for
+        the channels left on it (see :meth:`_leave`)."""
         loop = asyncio.get_running_loop()
         pause = _RESUBSCRIBE_PAUSE
         while True:
             conn = new_connection(self._sub_pool)
-            tasks: list[asyncio.Task[None]] = []
             feed: Feed | None = None
             rotated = False
             try:
@@ -537,14 +531,13 @@ class AsyncRedisBackend:
                 # perf: replies are dispatched as they are read (see Feed)
                 feed = Feed(conn, self._dispatch, functools.partial(_settle, lost),
                             errors_fatal=True)
-                tasks = [loop.create_task(self._write_subscriptions(conn))]
-                done, _pending = await asyncio.wait([*tasks, lost, rotation],
+                self._sub_conn = conn
+                self._flush()  # every channel waited on, and the reads left waiting
+                done, _pending = await asyncio.wait([lost, rotation],
                                                     return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    if task is rotation:
-                        rotated = True
-                    else:
-                        task.result()  # raises what broke the connection
+                rotated = rotation in done
+                if lost in done:
+                    lost.result()  # raises what broke the connection
             except _BROKEN as exc:
                 (log.warning if pause == _RESUBSCRIBE_PAUSE else log.debug)(
                     "Result subscription to %s broke (%s); resubscribing",
@@ -558,10 +551,7 @@ class AsyncRedisBackend:
                 self._left.clear()
                 for found in self._channels.values():  # read again once resubscribed
                     found.confirmed = False
-                self._wake = None
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                self._sub_conn = None
                 with contextlib.suppress(Exception):
                     await conn.disconnect(nowait=True)
             if not rotated:

@@ -5,10 +5,10 @@ command, wraps it in retry and observability layers, writes it with a ``drain()`
 and arms a timer around every reply it reads: with a hundred coroutines publishing
 and reading results at once, that Python (and one ``send()`` per command) cost more
 than Redis itself. Here every command of every coroutine goes over one held redis-py
-connection: its (hiredis) reply parser, hiredis's packer; but commands written during
-one turn of the event loop leave in one write (a writer task, woken once per turn;
-a command sent while nothing is in flight is written at once, a turn sooner, and
-the rest of its turn follows in the writer's write) and replies are handed back
+connection, a hiredis reply parser and hiredis's packer; but commands written during
+one turn of the event loop leave in one write (a callback after the turn; a
+command sent while nothing is in flight is written at once, a turn sooner, and the
+rest of its turn follows in that write) and replies are handed back
 in order (Redis answers a connection's commands in the order they came) by a
 :class:`Feed`, in the transport's own read callback. A coroutine that stops waiting
 (cancelled, timed out) leaves its reply to be read and dropped, so the order never
@@ -204,8 +204,9 @@ class Pipe:
         self._connecting: asyncio.Lock | None = None
         self._waiting: collections.deque[_Call] = collections.deque()
         self._out: list[bytes] = []
-        self._wake: asyncio.Future[None] | None = None  # the idle writer's
-        self._writer: asyncio.Task[None] | None = None
+        self._flush_due = False  # a flush is scheduled (see _queue)
+        #: Waits while the connection is open; the loop's end cancels it (see _hold).
+        self._guard: asyncio.Task[None] | None = None
         self._feed: Feed | None = None  # the open connection's
         self._read = 0  # replies read, for the watchdog
         self._watchdog: asyncio.TimerHandle | None = None
@@ -248,9 +249,9 @@ class Pipe:
 
     @property
     def idle(self) -> bool:
-        """Open, nothing in flight, the writer asleep: a command sent now is written
-        at once (see :meth:`_queue`)."""
-        return self._conn is not None and not self._waiting and self._wake is not None
+        """Open, nothing in flight or waiting to be written: a command sent now is
+        written at once (see :meth:`_queue`)."""
+        return self._conn is not None and not self._waiting and not self._out
 
     async def _send(self, commands: Sequence[Sequence[Any]], *,
                     raise_first: bool = True) -> list[Any]:
@@ -272,24 +273,20 @@ class Pipe:
         assert loop is not None  # set with the connection
         call = _Call(loop.create_future(), len(commands), then, one)
         # perf: with nothing in flight (one coroutine's round trip at a time) the
-        # command is written now, a turn of the loop sooner than the writer would;
+        # command is written now, a turn of the loop sooner than the flush would;
         # commands that follow it in the same turn find it in flight and share the
-        # writer's one write, so a busy loop still writes once a turn.
-        now = not self._waiting and self._wake is not None and not self._out
+        # flush's one write, so a busy loop still writes once a turn.
+        now = not self._waiting and not self._out
         # perf: hiredis's packer (as the blocking side's), not redis-py's asyncio
         # pack_command, which encodes each argument in Python (~20 µs a publish);
         # packed before the call waits, so an argument it refuses sends nothing
         packed = [part for args in commands for part in pack(tuple(args))]
         self._waiting.append(call)
         if not (now and write_now(conn, packed)):
-            self._out += packed  # the writer sends it (and whatever follows) in one write
-            wake = self._wake
-            if wake is not None:
-                self._wake = None
-                if not wake.done():
-                    wake.set_result(None)
-        if self._writer is None:
-            self._writer = loop.create_task(self._write(conn))
+            self._out += packed  # the flush sends it (and whatever follows) in one write
+            if not self._flush_due:
+                self._flush_due = True
+                loop.call_soon(self._flush)
         if self._watchdog is None and self._timeout is not None:
             self._watchdog = loop.call_later(self._timeout, self._watch, conn, self._read)
         return call.future
@@ -304,36 +301,34 @@ class Pipe:
                 self._loop = asyncio.get_running_loop()
                 self._conn = conn
                 self._feed = Feed(conn, self._reply, functools.partial(self._broken, conn))
+                self._guard = self._loop.create_task(self._hold(conn))
         return self._conn
 
-    async def _write(self, conn: Any) -> None:
-        """Write what the coroutines of a turn sent, in one go; then sleep until the
-        next command comes."""
-        loop = asyncio.get_running_loop()
+    def _flush(self) -> None:
+        """Write what the coroutines of a turn sent, in one go, after the turn.
+
+        perf: a callback the loop runs, not a writer task woken by a future (a task
+        step and three coroutine frames a write). No drain: the transport buffers
+        what the socket does not take yet, as the writer's queue did before it."""
+        self._flush_due = False
+        out, self._out = self._out, []
+        conn = self._conn  # what a broken connection left unwritten was dropped
+        if conn is not None and out and not write_now(conn, out):
+            self._broken(conn, redis.ConnectionError("Redis connection closed"))
+
+    async def _hold(self, conn: Any) -> None:
+        """Wait for ever; when the loop ends with ``conn`` open (no :meth:`close`),
+        asyncio cancels this, and the connection is closed while a callback can
+        still run."""
         try:
-            while self._conn is conn:
-                out, self._out = self._out, []
-                if out:
-                    if not conn.is_connected:  # never let redis-py reconnect it here
-                        raise redis.ConnectionError("Redis connection closed")
-                    await conn.send_packed_command(out, check_health=False)
-                    continue  # more may have come while draining
-                wake = self._wake = loop.create_future()
-                await wake
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            self._broken(conn, exc if isinstance(exc, redis.RedisError)
-                         else redis.ConnectionError(f"Error writing to Redis: {exc}"))
+            await asyncio.get_running_loop().create_future()
         except asyncio.CancelledError:
-            # the loop ends with the connection open (no close()): close it now,
-            # while a callback can still run
-            self._broken(conn, redis.ConnectionError("Redis connection closed"),
-                         disconnect=False)
-            with contextlib.suppress(Exception):
-                conn._writer.transport.close()
+            if self._conn is conn:
+                self._broken(conn, redis.ConnectionError("Redis connection closed"),
+                             disconnect=False)
+                with contextlib.suppress(Exception):
+                    await conn.disconnect(nowait=True)
             raise
-        finally:
-            if self._writer is asyncio.current_task():
-                self._writer = None
 
     def _reply(self, reply: Any) -> None:
         """Hand a reply of the open connection to the call it answers (:class:`Feed`)."""
@@ -377,10 +372,9 @@ class Pipe:
             if not call.future.done():
                 call.future.set_exception(exc)
                 call.finish()
-        writer = self._writer
-        if writer is not None and writer is not asyncio.current_task():
-            writer.cancel()
-        self._writer = self._wake = None
+        guard, self._guard = self._guard, None
+        if guard is not None and guard is not asyncio.current_task():
+            guard.cancel()
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -392,7 +386,7 @@ class Pipe:
             conn.disconnect(nowait=True))
 
     async def close(self) -> None:
-        conn, tasks = self._conn, [t for t in (self._writer,) if t]
+        conn, tasks = self._conn, [t for t in (self._guard,) if t]
         if conn is not None:
             self._broken(conn, redis.ConnectionError("Redis connection closed"))
         for task in tasks:
