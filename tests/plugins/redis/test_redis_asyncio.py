@@ -5,9 +5,11 @@ connections, and the loop never blocked."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 import uuid
+import warnings
 from typing import Any
 
 import pytest
@@ -464,3 +466,19 @@ def test_finished_waits_send_no_unsubscribe_and_their_channels_are_dropped_in_bu
     # one) on a connection, though 90 waits ended; the connection was replaced
     assert len(counts) == 3 and max(sub for _id, sub in counts) <= 2 * (40 + 30 + 1)
     assert counts[0][1] == 2 * 31 and len({conn for conn, _sub in counts}) >= 2
+
+
+def test_a_loop_that_ends_without_close_leaves_no_connection_open(
+        rb: redis.Redis, redis_server: str) -> None:
+    async def main() -> None:
+        backend = AsyncRedisBackend(f"{redis_server}/13")  # never closed
+        rb.set("celery-task-meta-left", b"x")
+        assert await backend.get("left") == b"x"
+        assert await backend.wait(str(uuid.uuid4()), timeout=0.2, previous=None) is None
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asyncio.run(main())
+        gc.collect()
+    unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert unclosed == []
