@@ -359,13 +359,18 @@ class Channel:
     # ------------------------------------------------------------- settling
     def ack(self, tags: Iterable[int]) -> None:
         """Ack ``tags``: the oldest unsettled run in one ``multiple`` ack, the rest
-        one by one (tasks finish out of order), all in one flush.
+        one by one (tasks finish out of order), all in one write.
 
         perf: pika's ``BlockingChannel.basic_ack`` flushes each ack through its I/O
         loop (arm the writer, poll, send, disarm: four system calls, each a GIL wait
-        on a busy worker). The acks are framed by pika's own channel method (which
-        checks the channel is open) and flushed once by pika's own loop, so what
-        the connection's state machine sees is what it would see ack by ack.
+        on a busy worker). The ack frames are marshalled by pika's own classes,
+        after the checks pika's ``basic_ack`` makes (the channel and its connection
+        open), and handed over in one buffer by :meth:`_write`: straight to the
+        socket when pika's flush would only have sent them (nothing buffered, no
+        input waiting: 7 µs against pika's 45-80 µs a flush here), otherwise
+        through pika's loop as before, which sends them, then reads what waits (a
+        close RabbitMQ sent is raised there, before any task starts). Noop drain on
+        RabbitMQ, ``threads -c 8``: about half the flushes go straight.
 
         The acks go out before this returns: the worker acks a task that is not
         ``acks_late`` before it starts it, so a worker that dies while it runs does
@@ -388,17 +393,24 @@ class Channel:
             top = tag
         with translate(self.url, "acknowledging messages"):
             impl = ch._impl  # pika's channel under the blocking facade
+            impl._raise_if_not_open()
+            if impl.connection.is_closed:
+                raise pe.ConnectionWrongStateError(
+                    "Attempted to send a frame on closed connection.")
+            number = impl.channel_number
+            frames = []
             if top is not None:
-                impl.basic_ack(top, multiple=True)
+                frames.append(frame.Method(number, Basic.Ack(top, multiple=True)).marshal())
                 for tag in list(self._unsettled):
                     if tag > top:
                         break
                     del self._unsettled[tag]
                     done.discard(tag)
             for tag in sorted(done):
-                impl.basic_ack(tag)
+                frames.append(frame.Method(number, Basic.Ack(tag)).marshal())
                 del self._unsettled[tag]
-            ch._flush_output()
+            if not self._write(b"".join(frames)):
+                ch._flush_output()
 
     def reject(self, tag: int, *, requeue: bool) -> None:
         if self._unsettled.pop(tag, 0) is None:
