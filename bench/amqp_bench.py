@@ -10,8 +10,18 @@ Measured for each system, with ``n`` no-op tasks and default settings (results o
 
 * ``enqueue_per_s`` — ``noop.apply_async()`` in a loop, one thread;
 * ``drain_per_s`` — one worker process running the ``n`` queued tasks, first to
-  last result written (start-up excluded). Conveyor: ``--pool threads -c 8`` (one
-  process); Celery: ``-P threads -c 1`` (``--celery-pool``). Celery's ``-P solo``
+  last result written (start-up excluded). Conveyor: ``--pool threads -c 8``
+  (one process, ``--concurrency``); Celery: ``-P threads -c 1`` (``--celery-pool``).
+  Why 8 threads for no-op tasks: the GIL runs one at a time anyway, and what a
+  pool size buys here is batching (the prefetch is 4 × concurrency and the
+  consumer starts waiting jobs in batches of up to half the pool, one early-ack
+  write a batch). More was tried: a first sweep under the bench lock favoured
+  ``-c 32`` (tasks/s ``-c 8`` 1,624 / 2,170, ``-c 32`` 2,754 / 2,839, no gain past
+  32 up to 128), but in three interleaved runs of this bench ``-c 8`` drained
+  faster in two (2,974 / 2,873 / 2,119 against 2,740 / 2,536 / 2,236; worker CPU a
+  task 270 / 268 / 395 against 287 / 348 / 381 µs; likely more GIL and
+  scheduler hand-offs on a busy 2-core machine). ``--pool solo`` was not faster
+  either (1,689–2,243/s, 354–384 µs a task). Celery's ``-P solo``
   (the issue's anchor, ~1,150/s) stalls on kombu 5.7 whenever the machine is
   loaded: its early acks are queued with ``hub.call_soon`` from inside the event
   loop, which then polls with its next timer's timeout (10 s with
@@ -211,14 +221,14 @@ def legs(stamp: Any, worker_args: list[str], workdir: Path, count: int) -> dict[
 
 def measure(system: str, n: int, workdir: Path, broker: str, backend: str,
             roundtrips: int, celery_pool: str = "threads",
-            leg_trips: int = 0) -> dict[str, Any]:
+            leg_trips: int = 0, concurrency: int = 8) -> dict[str, Any]:
     """Every number for one system (``conveyor`` or ``celery``)."""
     results = redis.Redis.from_url(backend)
     if system == "conveyor":
         from conveyor import Conveyor
         app: Any = Conveyor("bench", broker=broker, backend=backend)
         worker_args = [str(Path(sys.executable).parent / "conveyor"), "-A", "bench_conveyor",
-                       "worker", "-Q", QUEUE, "-c", "8", "--pool", "threads"]
+                       "worker", "-Q", QUEUE, "-c", str(concurrency), "--pool", "threads"]
     else:
         from celery import Celery
         app = Celery("bench", broker=broker, backend=backend)
@@ -263,6 +273,8 @@ def main() -> None:
                         + os.environ.get("CONVEYOR_BENCH_REDIS_PORT", "6379"),
                         help="Redis for results (dbs 14 and 15 are flushed; default port "
                         "from CONVEYOR_BENCH_REDIS_PORT, else 6379)")
+    parser.add_argument("--concurrency", type=int, default=8,
+                        help="threads of Conveyor's worker (--pool threads -c N)")
     parser.add_argument("--celery-pool", default="threads", choices=("threads", "solo"),
                         help="Celery's pool, one slot (solo stalls under load: see above)")
     ns = parser.parse_args()
@@ -271,7 +283,7 @@ def main() -> None:
     report: dict[str, Any] = {
         "n": ns.n, "python": platform.python_version(), "celery_version": celery.__version__,
         "pika_version": pika.__version__,
-        "workers": {"conveyor": "--pool threads -c 8",
+        "workers": {"conveyor": f"--pool threads -c {ns.concurrency}",
                     "celery": f"-P {ns.celery_pool} -c 1"},
         "loadavg": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -285,7 +297,8 @@ def main() -> None:
                 (workdir / f"bench_{system}.py").write_text(
                     textwrap.dedent(TASKS[system]).format(broker=broker, backend=backend))
                 report[system] = measure(system, ns.n, workdir, broker, backend,
-                                         ns.roundtrips, ns.celery_pool, ns.legs)
+                                         ns.roundtrips, ns.celery_pool, ns.legs,
+                                         ns.concurrency)
             finally:
                 rabbitmqctl("delete_vhost", vhost)
                 redis.Redis.from_url(backend).flushdb()
