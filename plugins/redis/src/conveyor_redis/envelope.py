@@ -19,6 +19,8 @@ from base64 import b64decode
 from binascii import b2a_base64
 from typing import Any, cast
 
+from orjson import loads as _orjson_loads
+
 from conveyor.envelope import (KOMBU_JSON, BuiltMessage, headers_json, headers_layout,
                                properties_json, properties_layout)
 from conveyor.publish import new_id, new_ids
@@ -184,18 +186,32 @@ def _undeliverable(raw: bytes | str, why: str, headers: dict[str, Any]) -> Decod
 
 
 _raw_decode = json.JSONDecoder().raw_decode
+#: Every digit as ``9``, anything else as ``.``: a run of 19 digits in the text may
+#: be an integer past 64 bits, which orjson would read as a float.
+_DIGITS = bytes(0x39 if 0x30 <= i <= 0x39 else 0x2E for i in range(256))
+_LONG_INT = b"9" * 19
 
 
 def _parse(raw: bytes | str) -> Any:
-    """``json.loads(raw)``, for an envelope as kombu writes it (bytes that open an
-    object, hence UTF-8 as ``json.loads`` detects it) straight through the decoder.
+    """``json.loads(raw)``: orjson's parser first, the standard library's where
+    orjson refuses what ``json.loads`` takes (``NaN``, a lone surrogate, UTF-16
+    text), so what parses and the error text for what does not are ``json.loads``'
+    own. Text with 19 digits in a row goes to the standard library straight: orjson
+    reads an integer past 64 bits as a float, ``json.loads`` as the integer.
 
-    perf: ``json.loads`` of bytes detects the encoding in Python and goes through
-    two more calls; an envelope of a call without arguments took 73.8k
-    instructions, this 59.9k (callgrind). Anything else, or text with more after the
-    object, goes to ``json.loads`` for its result or its error.
+    perf: every message a worker takes is parsed here, in its consumer thread.
+    An envelope of a call without arguments: ``json.loads`` 5.9 µs, the C decoder
+    called straight 4.4 µs, orjson 1.6 µs and the digit check 0.9 µs (timeit, best
+    of 5).
     """
+    if type(raw) is bytes and _LONG_INT not in raw.translate(_DIGITS):
+        try:
+            return _orjson_loads(raw)
+        except ValueError:
+            pass
     if type(raw) is bytes and raw[:1] == b"{":
+        # an envelope as kombu writes it (UTF-8, an object) straight to the decoder:
+        # ``json.loads`` of bytes detects the encoding in Python first
         text = raw.decode("utf-8", "surrogatepass")
         env, end = _raw_decode(text)
         if end == len(text):
