@@ -319,6 +319,18 @@ def test_close_gives_held_deliveries_back(make_transport: Any, r: redis.Redis,
     assert ids(again) == [1, 2]
 
 
+def test_close_gives_held_deliveries_back_in_the_order_they_came(
+        make_transport: Any, queue: str) -> None:
+    """A worker that stops hands back what it had prefetched: the next worker takes
+    it first-in, first-out, as if it had never been taken."""
+    t = make_transport()
+    for i in range(5):
+        t.publish(make_message(i), Route(queue))
+    assert ids(t.fetch([queue], limit=3, timeout=1)) == [0, 1, 2]
+    t.close()
+    assert ids(make_transport().fetch([queue], limit=5, timeout=1)) == [0, 1, 2, 3, 4]
+
+
 def test_abandon_keeps_leases_for_a_new_connection_to_ack(make_transport: Any,
                                                           r: redis.Redis,
                                                           queue: str) -> None:

@@ -154,7 +154,8 @@ class RedisTransport(PublisherMixin, ConsumerMixin, BroadcastMixin, BaseTranspor
         self._broken = False
 
     def close(self) -> None:
-        """Give back deliveries still held (next out, as kombu does at shutdown).
+        """Give back deliveries still held (next out, as kombu does at shutdown), last
+        taken first, so they come out again in the order they were taken.
 
         Not after a lost connection (see :meth:`abandon`): tasks may still be running
         on those deliveries, and giving them back would run them twice; their leases
@@ -166,7 +167,7 @@ class RedisTransport(PublisherMixin, ConsumerMixin, BroadcastMixin, BaseTranspor
             return
         if not self._broken:
             try:
-                for token in held:
+                for token in reversed(held):  # each pushed where the next pop takes
                     lease.GIVE_BACK(line, [*self._lease_keys[:2], token.list],
                                     [token.tag, token.raw, "R"])
                 self._flush_orphans(line)
