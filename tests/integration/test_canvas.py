@@ -12,6 +12,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pytest
+
 from conveyor import Conveyor, chain, group
 
 from canvas_lab import Lab, canvas_lab, not_on_rabbitmq  # noqa: F401 - canvas_lab is the "lab" fixture
@@ -77,3 +79,32 @@ def _root(result: Any) -> str:
     while result.parent is not None:
         result = result.parent
     return str(result.id)
+
+
+def test_map_and_starmap_run_every_item_in_one_task(lab: Lab) -> None:
+    """``add.map``/``add.starmap`` are one ``celery.map``/``celery.starmap`` message
+    each: the worker calls the task once per item and returns the list."""
+    from conveyor import xmap, xstarmap
+    before = len(lab.app.tasks)
+    mapped = xmap(lab.s("echo"), [1, "a", [2]]).apply_async()
+    assert mapped.get(timeout=20) == [[1], ["a"], [[2]]], lab.stderr()
+    starred = xstarmap(lab.s("add"), [(1, 2), (3, 4), (5, 6)]).apply_async()
+    assert starred.get(timeout=20) == [3, 7, 11]
+    assert len(lab.app.tasks) == before  # nothing registered on the client for it
+
+
+def test_chunks_send_a_group_of_parts_each_a_list_of_results(lab: Lab) -> None:
+    from conveyor import chunks
+    pairs = [(i, i) for i in range(10)]
+    result = chunks(lab.s("add"), pairs, 4).apply_async()
+    assert len(result.results) == 3  # parts of 4, 4 and 2
+    assert result.get(timeout=20) == [[0, 2, 4, 6], [8, 10, 12, 14], [16, 18]], lab.stderr()
+
+
+@not_on_rabbitmq
+def test_a_map_item_that_raises_fails_the_map_task_with_its_error(lab: Lab) -> None:
+    from conveyor import xmap
+    result = xmap(lab.s("boom"), [1, 2]).apply_async()
+    with pytest.raises(ValueError, match="boom 1"):
+        result.get(timeout=20)
+    assert result.state == "FAILURE"

@@ -111,6 +111,24 @@ def test_priority_outside_range_is_a_value_error(bad: Any) -> None:
         resolve({"priority": bad}, {}, None, None, Settings())
 
 
+def test_a_map_is_routed_by_its_tasks_name_as_in_celery() -> None:
+    """``task_routes`` for ``proj.add`` route ``add.map(...)``/``add.chunks(...)``
+    (``celery.map``/``celery.starmap`` messages) as they route ``add`` itself."""
+    app = Conveyor("opt", broker="memory://opt-map-routes",
+                   task_routes={"proj.*": {"queue": "proj"}})
+
+    @app.task(name="proj.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    for sig in (add.map([1]), add.starmap([(1, 2)]), *add.chunks([(1, 2)], 1).group().tasks):
+        message, route, _due, _opts = app.prepare(sig.name, (), sig.kwargs, {}, {}, None)
+        assert message.headers["task"] in ("celery.map", "celery.starmap")
+        assert route.queue == "proj"
+    _m, route, _d, _o = app.prepare("celery.map", (), {"task": {}, "it": []}, {}, {}, None)
+    assert route.queue == "celery"  # no task to route by: the default queue
+
+
 def test_router_from_task_routes_and_hook_order() -> None:
     app = Conveyor("opt", broker="memory://opt-routes",
                    task_routes={"proj.*": {"queue": "proj"}, "other.x": "otherq"})

@@ -11,6 +11,7 @@ from .app import Conveyor, current_app
 from .discovery import shared_task
 from .canvas import Signature, chain, chord, group, signature
 from .hookspecs import hookimpl
+from .maps import chunks, xmap, xstarmap
 from .result import AsyncResult, GroupResult
 from .task import Task
 
@@ -21,6 +22,6 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "Conveyor", "current_app", "shared_task", "Task", "Signature", "signature", "chain",
-    "chord", "group",
+    "chord", "group", "chunks", "xmap", "xstarmap",
     "AsyncResult", "GroupResult", "hookimpl", "__version__",
 ]

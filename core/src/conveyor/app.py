@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import (TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, Unpack,
                     overload)
 
-from . import hookplugins
+from . import hookplugins, maps
 from .utils import mask_url
 from .canvas import Signature
 from .codecs import Codecs
@@ -85,6 +85,7 @@ class Conveyor:
         if backend is not None:
             self.conf.result_backend = backend
         self.tasks = TaskRegistry(self)
+        maps.register(self)  # Celery's built-in celery.map, .starmap and .chunks
         self._discover: list[tuple[Packages, str]] = []
         self.loader = _loader
         self.codecs = Codecs(self)

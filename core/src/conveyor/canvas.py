@@ -4,7 +4,7 @@ A :class:`Signature` is a dict with Celery's six keys (``task``, ``args``, ``kwa
 ``options``, ``subtask_type``, ``immutable``), so it is JSON-able and picklable as it
 is, and travels inside messages (``link``, ``chain``, ``chord``) exactly as Celery
 writes it; :func:`from_dict` turns one back into a chain, group or chord by its
-``subtask_type``.
+``subtask_type`` (``map``/``starmap``/``chunks``: :mod:`conveyor.maps`).
 
 ``freeze()`` fixes a canvas's task ids before anything is sent, so the result a
 call returns (and its ``parent`` links) can be waited on at once.
@@ -226,6 +226,14 @@ def from_dict(data: Mapping[str, Any], app: Conveyor | None = None) -> Signature
         return group(*kwargs.get("tasks") or (), app=app, **options)
     if kind == "chord":
         return chord(kwargs.get("header") or (), kwargs.get("body"), app=app, **options)
+    if kind in ("xmap", "xstarmap", "chunks") and isinstance(kwargs.get("task"), Mapping):
+        from . import maps
+        if kind == "chunks":
+            return maps.chunks(kwargs["task"], kwargs.get("it") or (), kwargs.get("n", 0),
+                               app=app, **options)
+        made: Signature[Any] = (maps.xmap if kind == "xmap" else maps.xstarmap)(
+            kwargs["task"], kwargs.get("it") or (), app=app, **options)
+        return made
     return Signature(data.get("task"), data.get("args"), kwargs, options,
                      immutable=bool(data.get("immutable")), app=app)
 
@@ -237,7 +245,8 @@ def _members(tasks: tuple[Any, ...]) -> tuple[Any, ...]:
     return tasks
 
 
-def _app_of(sigs: Iterable[Signature[Any] | None]) -> Conveyor | None:
+def app_of(sigs: Iterable[Signature[Any] | None]) -> Conveyor | None:
+    """The app the first of ``sigs`` bound to one is bound to (None: none is)."""
     return next((s._app for s in sigs if s is not None and s._app is not None), None)
 
 
@@ -266,7 +275,7 @@ class chain(Signature[Any]):
         if not flat:
             raise ValueError("chain() needs at least one signature")
         super().__init__("celery.chain", (), {"tasks": flat}, options,
-                         subtask_type="chain", app=app or _app_of(flat))
+                         subtask_type="chain", app=app or app_of(flat))
 
     @property
     def tasks(self) -> list[Signature[Any]]:
@@ -410,7 +419,7 @@ class group(Signature[Any]):
             else:
                 sigs.append(sig)
         super().__init__("celery.group", (), {"tasks": sigs}, options,
-                         subtask_type="group", app=app or _app_of(sigs))
+                         subtask_type="group", app=app or app_of(sigs))
 
     @property
     def tasks(self) -> list[Signature[Any]]:

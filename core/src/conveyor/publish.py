@@ -26,6 +26,7 @@ from .aio import HELD
 from .canvas import sig_list
 from .connection import Publisher
 from .envelope import Template
+from .maps import route_name
 from .exceptions import CapabilityError, MessageSizeExceeded
 from .interfaces import (LeaseTransport, Message, PreparingBackend, ReplyBackend, Route,
                          Transport, unsupported)
@@ -112,11 +113,13 @@ class PublishPath:
 
     def _router(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
                task: Any) -> Callable[[Mapping[str, Any]], Mapping[str, Any] | None] | None:
-        """The router layer for one call, or None when nothing could route it."""
+        """The router layer for one call, or None when nothing could route it. A
+        map's call is routed by its task's name (:func:`maps.route_name`)."""
         routers = self.enabled_routers()
         hook = self.listening()[0]
         if not routers and hook is None:
             return None  # perf: most apps route by queue option only
+        name = route_name(name, kwargs)
 
         def router(options: Mapping[str, Any]) -> Mapping[str, Any] | None:
             for r in routers:

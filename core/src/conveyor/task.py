@@ -12,10 +12,10 @@ import functools
 import inspect
 import random
 from types import MappingProxyType
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar, Unpack
 
-from . import aio, chainstore, exceptions, states
+from . import aio, chainstore, exceptions, maps, states
 from .utils import did_you_mean
 from .canvas import Signature
 from .connection import DEFAULT_BUFFER
@@ -189,6 +189,21 @@ class Task(Generic[P, R]):
         return Signature(self, args, kwargs, options, app=self.app)
 
     subtask = signature
+
+    def map(self, it: Iterable[Any]) -> maps.xmap:
+        """One ``celery.map`` task calling this task on each item, one after
+        another; its result is the list of theirs (``add.map([1, 2])``). See
+        :mod:`conveyor.maps`."""
+        return maps.xmap(Signature(self, app=self.app), it, app=self.app)
+
+    def starmap(self, it: Iterable[Any]) -> maps.xstarmap:
+        """Like :meth:`map`, each item spread as arguments (``add.starmap([(1, 2)])``)."""
+        return maps.xstarmap(Signature(self, app=self.app), it, app=self.app)
+
+    def chunks(self, it: Iterable[Any], n: int) -> maps.chunks:
+        """The items in parts of ``n``, a ``celery.starmap`` task a part, sent as a
+        group by ``apply_async()`` (``add.chunks(pairs, 10)``)."""
+        return maps.chunks(Signature(self, app=self.app), it, n, app=self.app)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
         return AsyncResult(task_id, self.app)

@@ -166,3 +166,34 @@ def test_one_chord_header_shared_by_a_celery_and_a_conveyor_worker(
     assert [v[0] for v in values] == list(range(size))
     # Both workers ran part of the header, so the join crossed between them.
     assert {v[1] for v in values} == {"celery", "conveyor"}
+
+
+def test_conveyor_worker_runs_map_starmap_and_chunks_a_celery_client_sent(
+        urls: tuple[str, str], workdir: Path) -> None:
+    """Celery's ``celery.map``/``celery.starmap`` messages (``chunks`` sends a group
+    of the latter) run on Conveyor's built-in tasks of those names."""
+    queue = _queue()
+    client = celery_client(urls, queue)
+    add = client.signature("cv.add")
+    with conveyor_worker(workdir, urls, queue) as proc:
+        assert celery.canvas.xstarmap(add, [(1, 2), (3, 4)]).apply_async().get(
+            timeout=20) == [3, 7], proc.output()[-3000:]
+        side = client.signature("cv.side")
+        assert celery.canvas.xmap(side, [1, 2]).apply_async().get(timeout=20) == [
+            [1, "conveyor"], [2, "conveyor"]]
+        parts = celery.canvas.chunks(add, [(i, i) for i in range(5)], 2).apply_async()
+        assert parts.get(timeout=20) == [[0, 2], [4, 6], [8]]
+    client.close()
+
+
+def test_celery_worker_runs_map_and_chunks_conveyor_sent(urls: tuple[str, str],
+                                                         workdir: Path) -> None:
+    from conveyor import chunks, xmap
+    queue = _queue()
+    app = conveyor_client(urls, queue)
+    with celery_worker(workdir, urls, queue) as proc:
+        assert xmap(app.signature("cv.side"), [1, 2]).apply_async().get(timeout=20) == [
+            [1, "celery"], [2, "celery"]], proc.output()[-3000:]
+        parts = chunks(app.signature("cv.add"), [(i, i) for i in range(5)], 2).apply_async()
+        assert parts.get(timeout=20) == [[0, 2], [4, 6], [8]]
+    app.close()

@@ -31,5 +31,6 @@ def banner(worker: Worker, *, app_spec: str | None, show_tasks: bool) -> str:
         lines.append(f"  concurrency: {worker.concurrency} ({worker.pool_name} pool)")
     lines.append(f"  queues:      {', '.join(worker.queues)}")
     if show_tasks:
-        lines += ["", "[tasks]", *(f"  . {task}" for task in sorted(app.tasks))]
+        lines += ["", "[tasks]", *(f"  . {task}" for task in sorted(app.tasks)
+                                   if not task.startswith("celery."))]  # built-ins
     return "\n".join(lines) + "\n"
