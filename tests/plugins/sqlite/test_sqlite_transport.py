@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import sqlite3
 import threading
 import time
@@ -15,7 +16,7 @@ import pytest
 from conveyor import Conveyor
 from conveyor.exceptions import ConfigurationError, OperationalError, UnknownOptionError
 from conveyor.interfaces import Message, Route, Transport
-from conveyor_sqlite import SQLiteTransport
+from conveyor_sqlite import SQLiteTransport, _db
 from conveyor_sqlite._schema import message_columns
 
 Q = Route("celery")
@@ -315,6 +316,45 @@ def test_messages_survive_reopening(make_transport, new_message):
     second = make_transport()
     assert second.depth("celery") == 1
     assert ns(second.fetch(["celery"], limit=5, timeout=0)) == [0]
+
+
+# ----------------------------------------------------------------- checkpoints
+def _checkpoint_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "conveyor-sqlite-checkpoint"]
+
+
+def _child_starts_afresh(path: str) -> None:
+    os._exit(0 if _db.Checkpointer.for_path(path)._thread is None else 1)
+
+
+def test_the_wal_is_checkpointed_by_a_thread_not_by_the_commits(transport, new_message,
+                                                                 monkeypatch):
+    """Every ``CHECKPOINT_EVERY`` commits a thread copies the WAL into the database
+    file (the commits themselves only past ``FALLBACK_CHECKPOINT`` pages, well
+    beyond what these write); a forked child does not take its parent's thread for
+    its own; the thread ends once commits stop."""
+    monkeypatch.setattr(_db, "CHECKPOINT_IDLE", 0.3)
+    conn = transport._conn()
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == \
+        _db.FALLBACK_CHECKPOINT > 3 * _db.CHECKPOINT_EVERY
+    size = os.path.getsize(transport.path)
+    for n in range(_db.CHECKPOINT_EVERY):
+        transport.publish(new_message(n), Q)
+    deadline = time.monotonic() + 10
+    # Pages reach the database file only through a checkpoint.
+    while os.path.getsize(transport.path) == size and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert os.path.getsize(transport.path) > size
+    if _checkpoint_threads():  # still idling: a child must not count it as its own
+        child = multiprocessing.get_context("fork").Process(
+            target=_child_starts_afresh, args=(transport.path,))
+        child.start()
+        child.join(timeout=30)
+        assert child.exitcode == 0
+    while _checkpoint_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _checkpoint_threads()
+    assert ns(transport.fetch(["celery"], limit=2, timeout=0)) == [0, 1]
 
 
 # ----------------------------------------------------------------- dead letters, purge

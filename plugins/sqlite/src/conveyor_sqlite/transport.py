@@ -36,7 +36,8 @@ from conveyor.interfaces import (
 
 from . import _broadcast, _dead
 from ._db import (
-    BUSY_TIMEOUT, ForkSafe, Notifier, database_path, mapped_errors, open_connection,
+    BUSY_TIMEOUT, Checkpointer, ForkSafe, Notifier, database_path, mapped_errors,
+    open_connection,
     transaction,
 )
 from ._schema import (
@@ -103,6 +104,7 @@ class SQLiteTransport(BaseTransport):
         self._publish_errors = self._errors("publish")
         self._fork = ForkSafe()
         self._notifier = Notifier.for_path(self.path)
+        self._checkpointer = Checkpointer.for_path(self.path)
         self._sleep = _FIRST_SLEEP
         self._unsettled: dict[int, int] = {}  # id -> lease, returned on close()
         self._queries: dict[tuple[str, ...], Queries] = {}
@@ -121,7 +123,8 @@ class SQLiteTransport(BaseTransport):
         conn = self._db
         if conn is None:
             with self._errors("connect"):
-                conn = self._db = open_connection(self.path, SCHEMA, self.busy_timeout)
+                conn = self._db = open_connection(self.path, SCHEMA, self.busy_timeout,
+                                                  background_checkpoints=True)
         return conn
 
     def _errors(self, what: str) -> mapped_errors:
@@ -182,6 +185,7 @@ class SQLiteTransport(BaseTransport):
             except sqlite3.Error as exc:
                 self._publish_errors.check(exc)
                 raise
+            self._checkpointer.committed()
             self._notifier.notify()
             return
         now = time.time()
@@ -200,6 +204,7 @@ class SQLiteTransport(BaseTransport):
                 rows += [self._row(message, route, due, now, queue)
                          for queue in route.destinations(table)]
             conn.executemany(_INSERT, rows)
+        self._checkpointer.committed()
         self._notifier.notify()
 
     # ------------------------------------------------------------ broadcasts
@@ -278,6 +283,8 @@ class SQLiteTransport(BaseTransport):
             else:
                 rows = conn.execute(sql.claim, params).fetchall()
         self._busy = bool(rows)
+        if rows or release:
+            self._checkpointer.committed()
         # RETURNING order is unspecified: restore priority-then-FIFO order.
         rows.sort(key=lambda r: (-r[1], r[0]))
         out = []
@@ -298,6 +305,7 @@ class SQLiteTransport(BaseTransport):
             elif params:
                 with transaction(conn):
                     conn.executemany(sql, params)
+        self._checkpointer.committed()
 
     def _tags(self, deliveries: Sequence[Delivery]) -> list[tuple[int, int]]:
         for d in deliveries:
