@@ -54,6 +54,16 @@ def test_partial_application_prepends_args_and_merges_kwargs(app: Conveyor) -> N
     assert app.signature("c.add", (2,))(3) == 5  # calling runs here with the partial args
 
 
+def test_skew_spreads_the_members_countdowns_as_celery_does(app: Conveyor) -> None:
+    g = group(sig(app, i, i) for i in range(5))
+    assert g.skew(start=1, stop=3, step=1) is g
+    assert [t.options["countdown"] for t in g.tasks] == [1, 2, 3, 3, 3]
+    spread = group(sig(app, i, i) for i in range(3)).skew(step=0.5)
+    assert [t.options["countdown"] for t in spread.tasks] == [1, 1.5, 2]
+    parts = app.tasks["c.add"].chunks([(i, i) for i in range(4)], 2).group().skew(start=0)
+    assert [t.options["countdown"] for t in parts.tasks] == [0, 1]
+
+
 def test_group_piped_into_a_task_is_a_chord(app: Conveyor) -> None:
     c = group(sig(app, 1, 1), sig(app, 2, 2)) | sig(app, name="c.tsum")
     assert isinstance(c, chord)

@@ -436,6 +436,18 @@ class group(Signature[Any]):
             return chain(self, other, app=self._app)
         return chord(self, other, app=self._app)
 
+    def skew(self, start: float = 1.0, stop: float | None = None,
+             step: float = 1.0) -> group:
+        """Spread the members' start, as Celery's ``group.skew``: the first gets
+        ``countdown=start``, each next one ``step`` seconds more, up to ``stop``
+        (the members after that keep the last countdown). Returns the group."""
+        countdown = float(start)
+        for task in self.tasks:
+            task.set(countdown=countdown)
+            if not stop or countdown + step <= stop:
+                countdown += step
+        return self
+
     def link(self, callback: Signature[Any]) -> Signature[Any]:
         raise TypeError("A group cannot be linked (its members finish apart): "
                         "use a chord, `group(...) | callback`, to run a task after all.")
