@@ -54,6 +54,14 @@ def test_partial_application_prepends_args_and_merges_kwargs(app: Conveyor) -> N
     assert app.signature("c.add", (2,))(3) == 5  # calling runs here with the partial args
 
 
+def test_on_error_links_the_errback_and_returns_the_signature(app: Conveyor) -> None:
+    errback = sig(app, name="c.tsum")
+    for canvas in (sig(app, 1, 1), chain(sig(app, 1, 1), sig(app, 2))):
+        assert canvas.on_error(errback) is canvas
+    one, two = chain(sig(app, 1, 1), sig(app, 2)).on_error(errback).tasks
+    assert one.options["link_error"] == [errback] == two.options["link_error"]
+
+
 def test_skew_spreads_the_members_countdowns_as_celery_does(app: Conveyor) -> None:
     g = group(sig(app, i, i) for i in range(5))
     assert g.skew(start=1, stop=3, step=1) is g
