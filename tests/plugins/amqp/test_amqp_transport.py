@@ -7,6 +7,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ from amqp_support import depth, queue_info, rabbitmqctl, url_for, wait_for
 from rabbit_vhosts import own_vhost
 from conveyor import Conveyor
 from conveyor.exceptions import ConfigurationError, OperationalError
+from conveyor.interfaces import Route
 from conveyor_amqp.errors import ChannelError, UnroutableError
 from conveyor_amqp.layout import Delays, strip
 from kombu.transport import native_delayed_delivery as kombu_delays
@@ -230,17 +232,23 @@ def _fetched(transport: Any, queue: str, n: int) -> list[Any]:
     return got
 
 
+def _sent_and_fetched(make_app: Any, queue: str, n: int) -> tuple[Any, Any, list[Any]]:
+    """An app that sent ``n`` tasks (args ``(0,)`` to ``(n - 1,)``) to ``queue``, a
+    transport of its own, and the ``n`` deliveries that transport fetched."""
+    app = make_app()
+    for i in range(n):
+        app.send_task("t.x", args=(i,), queue=queue)
+    transport = app.transport_factory()
+    transport.connect()
+    return app, transport, _fetched(transport, queue, n)
+
+
 def test_acks_out_of_order_settle_exactly_the_acked_deliveries(make_app: Any,
                                                                 queue: str) -> None:
     """Tasks finish out of order: an ack of a run that is not the oldest settles
     those deliveries and no others (the older ones come back when the connection
     closes), and the next ack settles the rest."""
-    app = make_app()
-    for n in range(6):
-        app.send_task("t.x", args=(n,), queue=queue)
-    transport = app.transport_factory()
-    transport.connect()
-    got = _fetched(transport, queue, 6)
+    app, transport, got = _sent_and_fetched(make_app, queue, 6)
     transport.ack([got[1], got[3], got[4]])  # the oldest (got[0]) still running
     transport.close()  # RabbitMQ gives back what was not acked
     wait_for(lambda: depth(app.broker_url, queue) == 3, 10, what="three given back")
@@ -256,6 +264,43 @@ def test_acks_out_of_order_settle_exactly_the_acked_deliveries(make_app: Any,
     wait_for(lambda: depth(app.broker_url, queue) == 0, 10, what="nothing given back")
     time.sleep(0.5)  # a late give-back would show here
     assert depth(app.broker_url, queue) == 0
+
+
+
+def test_deliveries_come_in_order_and_settle_with_one_ack(make_app: Any,
+                                                           queue: str) -> None:
+    """Messages waiting before the first fetch arrive with the subscription's
+    ``consume-ok`` (pika queues those in its blocking facade) and later ones
+    straight from pika's channel: all come in queue order, so an ack of the last
+    settles every one of them (``multiple``), and nothing comes back."""
+    app, transport, got = _sent_and_fetched(make_app, queue, 40)
+    assert [json.loads(d.message.body)[0] for d in got] == [[n] for n in range(40)]
+    tags = [d.tag.tag for d in got]
+    assert tags == sorted(tags)
+    transport.ack(got)
+    transport.close()
+    time.sleep(0.3)  # a give-back would show here
+    assert depth(app.broker_url, queue) == 0
+
+
+def test_a_fetch_waiting_for_messages_returns_as_one_arrives(make_app: Any,
+                                                             queue: str) -> None:
+    """A delivery ends a fetch's wait at once (pika's channel hands it over as it
+    is read), not at the wait's timeout."""
+    app = make_app()
+    transport = app.transport_factory()
+    transport.connect()
+    transport.declare(Route(queue))
+    assert transport.fetch([queue], limit=4, timeout=0.2) == []  # subscribed
+    sender = threading.Timer(0.3, lambda: app.send_task("t.x", queue=queue))
+    sender.start()
+    start = time.monotonic()
+    got = transport.fetch([queue], limit=4, timeout=20)
+    waited = time.monotonic() - start
+    sender.join()
+    assert len(got) == 1 and waited < 10, waited
+    transport.ack(got)
+    transport.close()
 
 
 #: A worker's transport in a process of its own: takes the 8 messages of a queue,

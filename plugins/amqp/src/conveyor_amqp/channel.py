@@ -82,6 +82,9 @@ class Channel:
         self._qos = False
         #: Tags received and not yet settled, in order (tags only grow on a channel).
         self._unsettled: dict[int, None] = {}
+        #: The negative channel number that ends ``process_data_events`` once a
+        #: delivery came (see :meth:`_direct_deliveries`).
+        self._stop = 0
         #: The connection's socket and a poller watching it for input, for
         #: :meth:`_write` (None: pika's path only, e.g. over TLS).
         self._direct: tuple[Any, select.poll] | None = None
@@ -304,8 +307,48 @@ class Channel:
                 ch.add_on_cancel_callback(self._on_cancel)
                 self._qos = True
             for queue in new:
-                self._consumers[ch.basic_consume(queue, self._on_message(queue))] = queue
+                on_message = self._on_message(queue)
+                tag = ch.basic_consume(queue, on_message)
+                self._consumers[tag] = queue
+                self._direct_deliveries(ch, tag, on_message)
         self._consuming = (*(q for q in consuming if q not in gone), *new)
+
+    def _direct_deliveries(self, ch: BlockingChannel, tag: str, on_message: Any) -> None:
+        """Have pika's channel hand consumer ``tag``'s deliveries to ``on_message`` as
+        it decodes them, not through the blocking facade's event queue.
+
+        perf: ``BlockingChannel`` wraps each delivery in an event object, queues it,
+        asks its connection for a dispatch and, in ``process_data_events``, walks
+        the queue again to call the consumer. pika's own channel calls whatever
+        callback its consumer table holds for the tag (its lower-level API), so
+        that entry is pointed at ``on_message``, which also asks
+        ``process_data_events`` to return after this read (a negative channel
+        number: how pika's own ``consume()`` generator ends a wait). Deliveries
+        that arrived with the ``basic.consume-ok`` are already queued in the
+        facade: dispatched now, before anything newer (tags stay in order for
+        :meth:`ack`'s ``multiple``). The facade keeps its record of the consumer,
+        so ``basic_cancel`` and a cancel from RabbitMQ work as before.
+        Instructions a message of ``fetch`` + ``parse_message`` + ``ack`` (queued
+        no-op tasks, prefetch 32, callgrind, two pairs): 439.5k / 439.3k ->
+        418.5k / 419.9k; worker CPU a task of a 10,000 no-op drain
+        (``threads -c 8``, six interleaved pairs on a loaded machine): 199.6 ->
+        181.2 µs mean, lower in 5 of 6.
+        """
+        impl: Any = ch._impl  # pika's channel under the blocking facade
+        conn: Any = self._conn  # pika's blocking connection
+        consumers = vars(impl).get("_consumers")
+        if not isinstance(consumers, dict) or tag not in consumers:
+            return  # a pika laid out otherwise: its facade's path, as before
+        wake = conn._channels_pending_dispatch.add
+        stop = self._stop = -impl.channel_number
+
+        def deliver(_ch: Any, method: Basic.Deliver, props: BasicProperties,
+                    body: bytes) -> None:
+            on_message(_ch, method, props, body)
+            wake(stop)
+
+        conn._dispatch_channel_events()
+        consumers[tag] = deliver
 
     def _on_cancel(self, frame: Any) -> None:
         """RabbitMQ cancelled one of our consumers: its queue was deleted (or, for a
@@ -344,6 +387,9 @@ class Channel:
                 conn = self._conn
                 assert conn is not None
             with translate(self.url, "waiting for messages"):
+                # a wake-up left by deliveries read since (an ack's flush) would
+                # end this wait at once, with nothing new
+                cast(Any, conn)._channels_pending_dispatch.discard(self._stop)
                 conn.process_data_events(time_limit=timeout)
         out: list[Raw] = []
         while buffer and len(out) < limit:
