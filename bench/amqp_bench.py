@@ -20,7 +20,13 @@ Measured for each system, with ``n`` no-op tasks and default settings (results o
   32 up to 128), but in three interleaved runs of this bench ``-c 8`` drained
   faster in two (2,974 / 2,873 / 2,119 against 2,740 / 2,536 / 2,236; worker CPU a
   task 270 / 268 / 395 against 287 / 348 / 381 µs; likely more GIL and
-  scheduler hand-offs on a busy 2-core machine). ``--pool solo`` was not faster
+  scheduler hand-offs on a busy 2-core machine). Six later interleaved pairs
+  of this bench (``--concurrency 8`` / ``32``, on 288e8be, load 1.4-3.5) went the
+  other way in five: drain 3,694 / 4,126, 2,481 / 3,815, 3,478 / 4,096,
+  3,040 / 3,213, 3,269 / 3,996, 3,629 / 3,487 (means 3,265 / 3,789); worker CPU a
+  task 191 / 200, 319 / 223, 243 / 213, 269 / 263, 246 / 210, 188 / 245 µs
+  (means 243 / 226); round trip p50 unchanged (medians 1.41 / 1.42 ms). Mixed
+  across sessions, so the default stays 8. ``--pool solo`` was not faster
   either (1,689–2,243/s, 354–384 µs a task). Celery's ``-P solo``
   (the issue's anchor, ~1,150/s) stalls on kombu 5.7 whenever the machine is
   loaded: its early acks are queued with ``hub.call_soon`` from inside the event
