@@ -177,3 +177,33 @@ def test_a_task_killed_at_its_time_limit_is_finished_when_its_failure_cannot_be_
     finally:
         pool.stop(WAIT)
         app.close()
+
+
+def test_a_child_looks_for_notes_before_a_request_only_once_one_was_counted() -> None:
+    """A child's inbox takes what came after a request (a skip for it) before it
+    runs, but looks at its pipe only when the pool's shared note count moved since
+    its last look (no system call a task otherwise); the first look always reads."""
+    import mmap
+    import os
+
+    from conveyor.worker.pool import _COUNT, _NOTE, _Inbox, _frame
+
+    read_end, write_end = os.pipe()
+    notes = mmap.mmap(-1, _COUNT.size)
+    try:
+        inbox = _Inbox(read_end, {}, notes)
+        requests = iter(inbox)
+        os.write(write_end, _frame(b"\x80first") + _frame(b"\x80second"))
+        assert next(requests) == b"\x80first"
+        os.write(write_end, _frame(_NOTE + b"skip a"))
+        assert inbox.skipped("a")  # first look: reads the pipe although nothing counted
+        assert next(requests) == b"\x80second"
+        os.write(write_end, _frame(_NOTE + b"skip b"))  # written, not counted
+        assert not inbox.skipped("b")  # not looked for
+        _COUNT.pack_into(notes, 0, 1)  # what ProcessPool._count_note does first
+        assert inbox.skipped("b")
+        assert not inbox.skipped("b")  # taken once
+    finally:
+        notes.close()
+        os.close(read_end)
+        os.close(write_end)
