@@ -337,7 +337,7 @@ class Channel:
         3,105 / 3,455, 2,552 / 2,613, 2,613 / 2,975 a second; round trip p50 the
         same (six pairs of 1,500: means 1.481 / 1.477 ms).
         """
-        impl: Any = ch._impl  # pika's channel under the blocking facade
+        impl: Any = cast(Any, ch)._impl  # pika's channel under the blocking facade
         conn: Any = self._conn  # pika's blocking connection
         consumers = vars(impl).get("_consumers")
         if not isinstance(consumers, dict) or tag not in consumers:
