@@ -207,7 +207,7 @@ def _parse(raw: bytes | str) -> Any:
     if type(raw) is bytes and _LONG_INT not in raw.translate(_DIGITS):
         try:
             return _orjson_loads(raw)
-        except ValueError:
+        except ValueError:  # refused: json.loads below gives its value or its error
             pass
     if type(raw) is bytes and raw[:1] == b"{":
         # an envelope as kombu writes it (UTF-8, an object) straight to the decoder:
