@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conveyor import Conveyor, chain, group
+from conveyor import Conveyor, StampingVisitor, chain, chord, group
 
 from canvas_lab import Lab, canvas_lab, not_on_rabbitmq  # noqa: F401 - canvas_lab is the "lab" fixture
 
@@ -108,3 +108,25 @@ def test_a_map_item_that_raises_fails_the_map_task_with_its_error(lab: Lab) -> N
     with pytest.raises(ValueError, match="boom 1"):
         result.get(timeout=20)
     assert result.state == "FAILURE"
+
+
+def test_stamps_reach_every_task_of_a_workflow_and_survive_a_retry(lab: Lab) -> None:
+    """``stamp()`` on a chord inside a chain: each task, header and body and the
+    step after, reads its stamps as ``self.request.stamps``; a retried task keeps
+    them."""
+    class Place(StampingVisitor):
+        def on_chord_header_start(self, chord: Any, **stamps: Any) -> dict[str, Any]:
+            return {"part": "header"}
+
+        def on_chord_body(self, chord: Any, **stamps: Any) -> dict[str, Any]:
+            return {"part": "body"}
+
+    workflow = chain(chord([lab.s("stamps"), lab.s("stamps")], lab.s("stamps")),
+                     lab.s("stamps"))
+    result = workflow.stamp(Place(), tenant="acme").apply_async()
+    assert result.get(timeout=20) == {"tenant": "acme"}, lab.stderr()
+    body = result.parent
+    assert body.get(timeout=5) == {"tenant": "acme", "part": "body"}
+    assert body.parent.get(timeout=5) == [{"tenant": "acme", "part": "header"}] * 2
+    retried = lab.s("stamps_after_retry").stamp(tenant="acme", wave=[1, 2]).apply_async()
+    assert retried.get(timeout=20) == [1, {"tenant": "acme", "wave": [1, 2]}], lab.stderr()

@@ -88,6 +88,18 @@ def remember(value):
 @app.task(name="canvas.echo")
 def echo(*args):
     return list(args)
+
+
+@app.task(name="canvas.stamps", bind=True)
+def stamps(self, *args):
+    return self.request.stamps
+
+
+@app.task(name="canvas.stamps_after_retry", bind=True)
+def stamps_after_retry(self):
+    if not self.request.retries:
+        self.retry(countdown=0.05)
+    return [self.request.retries, self.request.stamps]
 '''
 
 

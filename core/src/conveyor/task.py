@@ -279,8 +279,11 @@ class Task(Generic[P, R]):
             "eta": eta, "parent_id": request.id, "root_id": request.root_id,
             "priority": request.priority, "queue": request.delivery_info.get("queue"),
             "group_id": request.group, "group_index": request.group_index,
-            **options,
         }
+        stamped = request.stamped_headers
+        if stamped:  # a retry keeps its canvas stamps
+            call.update(request.stamps, stamped_headers=stamped)
+        call.update(options)
         embed = {"link": request.callbacks, "link_error": request.errbacks,
                  "chain": request.chain}
         call.update({k: v for k, v in embed.items() if v})

@@ -43,6 +43,11 @@ def side(i):
 @app.task(name="cv.collect")
 def collect(values):
     return values
+
+
+@app.task(name="cv.stamps", bind=True)
+def stamps(self, *args):
+    return [SIDE, self.request.stamps]
 """
 
 CELERY_APP = """
@@ -197,3 +202,26 @@ def test_celery_worker_runs_map_and_chunks_conveyor_sent(urls: tuple[str, str],
         parts = chunks(app.signature("cv.add"), [(i, i) for i in range(5)], 2).apply_async()
         assert parts.get(timeout=20) == [[0, 2], [4, 6], [8]]
     app.close()
+
+
+def test_stamps_cross_between_celery_and_conveyor(urls: tuple[str, str],
+                                                  workdir: Path) -> None:
+    """A chain stamped by each client, run by the other side's worker: every step
+    reads the stamps as ``self.request.stamps``."""
+    queue = _queue()
+    client = celery_client(urls, queue)
+    with conveyor_worker(workdir, urls, queue) as proc:
+        flow = celery.chain(client.signature("cv.stamps"), client.signature("cv.stamps"))
+        flow.stamp(tenant="acme")
+        result = flow.apply_async()
+        assert result.get(timeout=20) == ["conveyor", {"tenant": "acme"}], proc.output()[-3000:]
+        assert result.parent.get(timeout=5) == ["conveyor", {"tenant": "acme"}]
+    client.close()
+    queue = _queue()
+    app = conveyor_client(urls, queue)
+    with celery_worker(workdir, urls, queue) as proc:
+        flow = chain(app.signature("cv.stamps"), app.signature("cv.stamps"))
+        result = flow.stamp(tenant="acme", wave=2).apply_async()
+        assert result.get(timeout=20) == ["celery", {"tenant": "acme", "wave": 2}], \
+            proc.output()[-3000:]
+        assert result.parent.get(timeout=5) == ["celery", {"tenant": "acme", "wave": 2}]
