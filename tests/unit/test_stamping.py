@@ -178,3 +178,26 @@ def test_stamping_mistakes_say_what_is_wrong(app: Conveyor) -> None:
             def on_signature(self, sig: Any, **stamps: Any) -> Any:
                 return ["not", "a", "dict"]
         add.s(1, 1).stamp(Bad())
+
+
+def test_a_worker_revokes_by_any_of_a_stamps_values() -> None:
+    """What ``revoke_by_stamped_headers`` matches: a task whose stamp (a value or a
+    list of them) shares a value with the revoked ones, by stamp name."""
+    from conveyor.worker.revoked import Revoked
+
+    def request(**stamps: Any) -> Any:
+        message = Message({"task": "st.add", "id": f"id-{sorted(stamps.items())}",
+                           "stamped_headers": list(stamps), "stamps": stamps},
+                          b"[[], {}, {}]", "application/json", "utf-8", {})
+        return parse_message(message, Conveyor("r", broker="memory://r").codecs, ["json"])
+
+    revoked = Revoked()
+    assert not revoked and not revoked.covers(request(tenant="acme"))
+    revoked.add_stamps({"tenant": "acme", "wave": [1, 2]})
+    assert revoked
+    assert revoked.covers(request(tenant="acme"))
+    assert revoked.covers(request(tenant=["beta", "acme"]))
+    assert revoked.covers(request(wave=2))
+    assert not revoked.covers(request(tenant="beta", wave=3))
+    assert not revoked.covers(request(other="acme"))  # the name counts, not the value
+    assert not revoked.covers(request())
