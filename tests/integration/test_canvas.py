@@ -130,3 +130,25 @@ def test_stamps_reach_every_task_of_a_workflow_and_survive_a_retry(lab: Lab) -> 
     assert body.parent.get(timeout=5) == [{"tenant": "acme", "part": "header"}] * 2
     retried = lab.s("stamps_after_retry").stamp(tenant="acme", wave=[1, 2]).apply_async()
     assert retried.get(timeout=20) == [1, {"tenant": "acme", "wave": [1, 2]}], lab.stderr()
+
+
+def test_a_replaced_task_hands_its_id_links_and_place_to_the_replacement(lab: Lab) -> None:
+    """``self.replace(sig)`` with a task, a chain and a group: whoever waits on the
+    replaced task gets the replacement's result; the steps after it in its chain,
+    its link and its place in a chord carry on from the replacement."""
+    def replacing(*args: Any, kind: str) -> Any:
+        return lab.app.signature("canvas.replace_with", args, {"kind": kind})
+
+    alone = replacing(1, kind="task").apply_async()
+    assert alone.get(timeout=20) == 101, lab.stderr()
+    flow = chain(lab.s("add", 1, 1), replacing(kind="chain"),
+                 lab.s("add", 1000)).apply_async()
+    assert flow.get(timeout=20) == 1013, lab.stderr()
+    assert flow.parent.get(timeout=5) == 13  # the replaced step's id: its chain's result
+    remembered = lab.s("remember").set(task_id=str(uuid.uuid4()))
+    grouped = replacing(5, kind="group").apply_async(link=remembered)
+    assert grouped.get(timeout=20) == [5, 6, 7], lab.stderr()
+    assert lab.app.AsyncResult(remembered.options["task_id"]).get(timeout=10) == [5, 6, 7]
+    joined = chord([replacing(1, kind="task"), lab.s("add", 2, 2)],
+                   lab.s("collect")).apply_async()
+    assert joined.get(timeout=20) == [101, 4], lab.stderr()

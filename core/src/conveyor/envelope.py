@@ -418,7 +418,8 @@ class Template:
 
     __slots__ = ("extra", "serializer", "compressor",
                  "time_limit", "soft_time_limit", "name", "shadow", "ignore_result",
-                 "reply_to", "priority", "stamped", "stamps", "texts", "props_texts")
+                 "reply_to", "priority", "stamped", "stamps", "nesting", "texts",
+                 "props_texts")
 
     def __init__(self, name: str, codecs: Codecs, opts: Mapping[str, Any]) -> None:
         get = opts.get
@@ -437,6 +438,8 @@ class Template:
         stamped = stamp_names(opts)
         self.stamped = stamped or None
         self.stamps = {name: get(name) for name in stamped}
+        #: How many ``Task.replace`` calls led to this task (Celery's header).
+        self.nesting = get("replaced_task_nesting") or 0
         #: JSON style → the headers' text pieces in it (:func:`headers_json`).
         self.texts: dict[JSONStyle, _HeadersText] = {}
         #: (JSON style, keys left out) → the properties' text around the task id's
@@ -476,7 +479,7 @@ class Template:
             "kwargsrepr": kwargsrepr,
             "origin": origin,
             "ignore_result": self.ignore_result,
-            "replaced_task_nesting": 0,
+            "replaced_task_nesting": self.nesting,
             "stamped_headers": list(self.stamped) if self.stamped else None,
             "stamps": dict(self.stamps) if self.stamps else {},
         }
@@ -586,6 +589,11 @@ class Request:
     reply_to: str | None = None
     delivery_info: dict[str, Any] = field(default_factory=dict)
     hostname: str | None = None
+
+    @property
+    def replaced_task_nesting(self) -> int:
+        """How many ``Task.replace`` calls led to this task (0: none)."""
+        return int(self.headers.get("replaced_task_nesting") or 0)
 
     @property
     def stamped_headers(self) -> list[str]:

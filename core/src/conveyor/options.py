@@ -71,6 +71,7 @@ class ExecutionOptions(TypedDict, total=False):
     chord: Mapping[str, Any] | None
     reply_to: str | None
     retries: int | None
+    replaced_task_nesting: int | None
     # Canvas stamping: the names of the stamps these options carry (each one's value
     # is the option of that name, as in Celery; see ``Signature.stamp``).
     stamped_headers: Sequence[str] | None
@@ -104,7 +105,7 @@ DEFAULTS: dict[str, Any] = {
 #: Options set by canvas and the worker (children, retries); accepted, not documented.
 INTERNAL = frozenset({
     "parent_id", "root_id", "group_id", "group_index", "chain", "chord", "reply_to",
-    "retries",
+    "retries", "replaced_task_nesting",
 })
 
 KNOWN = frozenset(DEFAULTS) | INTERNAL

@@ -45,6 +45,11 @@ def collect(values):
     return values
 
 
+@app.task(name="cv.replace_with_group", bind=True)
+def replace_with_group(self, n, queue):
+    return self.replace(group(add.s(i, i).set(queue=queue) for i in range(n)))
+
+
 @app.task(name="cv.stamps", bind=True)
 def stamps(self, *args):
     return [SIDE, self.request.stamps]
@@ -52,7 +57,7 @@ def stamps(self, *args):
 
 CELERY_APP = """
 import os, time
-from celery import Celery
+from celery import Celery, group
 
 SIDE = "celery"
 app = Celery("canvas_celery", broker=os.environ["C_BROKER"], backend=os.environ["C_BACKEND"])
@@ -62,7 +67,7 @@ app.conf.update(task_default_queue=os.environ["C_QUEUE"], worker_prefetch_multip
 
 CONVEYOR_APP = """
 import os, time
-from conveyor import Conveyor
+from conveyor import Conveyor, group
 
 SIDE = "conveyor"
 app = Conveyor("canvas_conveyor", broker=os.environ["C_BROKER"],
@@ -225,3 +230,19 @@ def test_stamps_cross_between_celery_and_conveyor(urls: tuple[str, str],
         assert result.get(timeout=20) == ["celery", {"tenant": "acme", "wave": 2}], \
             proc.output()[-3000:]
         assert result.parent.get(timeout=5) == ["celery", {"tenant": "acme", "wave": 2}]
+
+
+def test_a_task_replaced_by_a_group_on_one_side_joins_on_the_other(
+        urls: tuple[str, str], workdir: Path) -> None:
+    """``self.replace(group(...))`` on each side's worker, the group's tasks run by
+    the other side's: the join (``celery.accumulate``, a chord's body) runs where
+    the last of them finishes, and the replaced task's id gives the list."""
+    for replacer, members in ((conveyor_worker, celery_worker),
+                              (celery_worker, conveyor_worker)):
+        first, second = _queue(), _queue()
+        app = conveyor_client(urls, first)
+        with replacer(workdir, urls, first) as one, members(workdir, urls, second) as two:
+            result = app.send_task("cv.replace_with_group", (3, second))
+            assert result.get(timeout=30) == [0, 2, 4], \
+                one.output()[-3000:] + two.output()[-3000:]
+        app.close()
