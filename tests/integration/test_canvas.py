@@ -152,3 +152,18 @@ def test_a_replaced_task_hands_its_id_links_and_place_to_the_replacement(lab: La
     joined = chord([replacing(1, kind="task"), lab.s("add", 2, 2)],
                    lab.s("collect")).apply_async()
     assert joined.get(timeout=20) == [101, 4], lab.stderr()
+
+
+def test_a_replaced_step_of_a_chain_kept_in_the_backend_carries_it_on(lab: Lab) -> None:
+    """With ``task_chain_embed="backend"`` the steps after a task are parked in the
+    result backend: its replacement (a chain here) carries them on."""
+    app = lab.client("canvas-replace-backend", task_chain_embed="backend")
+    try:
+        replaced = app.signature("canvas.replace_with", (), {"kind": "chain"})
+        flow = chain(app.signature("canvas.add", (1, 1)), replaced,
+                     app.signature("canvas.add", (1000,)),
+                     app.signature("canvas.add", (5,))).apply_async()
+        assert flow.get(timeout=20) == 1018, lab.stderr()
+        assert flow.parent.parent.get(timeout=5) == 13
+    finally:
+        app.close()
