@@ -31,6 +31,7 @@ def test_group_results_come_back_in_group_order(lab: Lab) -> None:
 def test_chain_result_is_the_last_task_and_parents_lead_back(lab: Lab) -> None:
     result = chain(lab.s("add", 1, 1), lab.s("add", 2), lab.s("add", 3)).apply_async()
     assert result.get(timeout=20) == 7, lab.stderr()
+    assert ~chain(lab.s("add", 1, 1), lab.s("add", 2)) == 4  # Celery's shorthand
     assert result.parent.get(timeout=5) == 4
     assert result.parent.parent.get(timeout=5) == 2
     assert result.parent.parent.parent is None

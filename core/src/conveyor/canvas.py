@@ -80,6 +80,11 @@ class Signature(dict, Generic[R]):  # type: ignore[type-arg]
         return bool(self["immutable"])
 
     @property
+    def id(self) -> str | None:
+        """The task id given or frozen (``freeze()``), else None."""
+        return self.options.get("task_id")
+
+    @property
     def app(self) -> Conveyor:
         if self._app is None:
             from .app import current_app
@@ -99,6 +104,21 @@ class Signature(dict, Generic[R]):  # type: ignore[type-arg]
         sig: Signature[R] = Signature(self["task"], new_args, new_kwargs,
                                       {**self.options, **options}, self["subtask_type"],
                                       self.immutable, app=self._app)
+        return sig
+
+    def replace(self, args: Sequence[Any] | None = None,
+                kwargs: Mapping[str, Any] | None = None,
+                options: Mapping[str, Any] | None = None) -> Signature[R]:
+        """A copy whose args, kwargs or options are the given ones (those given as
+        None stay), Celery's ``Signature.replace``."""
+        sig = self.clone()
+        if args is not None:
+            sig["args"] = list(args)
+        if kwargs is not None:
+            sig["kwargs"] = dict(kwargs)
+        if options is not None:
+            check(options, "replace")
+            sig["options"] = dict(options)
         return sig
 
     def _merged(self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None
@@ -198,6 +218,11 @@ class Signature(dict, Generic[R]):  # type: ignore[type-arg]
         the messages they build are sent on the running loop (:func:`aio.deferred`)."""
         return await aio.deferred(self.app, lambda: self.apply_async(args, kwargs,
                                                                      **options))
+
+    def __invert__(self) -> R:
+        """``~sig``: send it and wait for its result (Celery's shorthand for
+        ``sig.apply_async().get()``)."""
+        return self.apply_async().get()
 
     def __call__(self, *args: Any, **kwargs: Any) -> R:
         """Run the task here, in this process (no message)."""
