@@ -13,7 +13,6 @@ from .canvas import Signature, chain, chord, group, signature
 from .hookspecs import hookimpl
 from .maps import chunks, xmap, xstarmap
 from .result import AsyncResult, GroupResult
-from .stamping import StampingVisitor
 from .task import Task
 
 try:
@@ -23,6 +22,6 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "Conveyor", "current_app", "shared_task", "Task", "Signature", "signature", "chain",
-    "chord", "group", "chunks", "xmap", "xstarmap", "StampingVisitor",
+    "chord", "group", "chunks", "xmap", "xstarmap",
     "AsyncResult", "GroupResult", "hookimpl", "__version__",
 ]

@@ -17,7 +17,11 @@ from conveyor import Conveyor
 from conveyor.exceptions import ConfigurationError, OperationalError, UnknownOptionError
 from conveyor.interfaces import Message, Route, Transport
 from conveyor_sqlite import SQLiteTransport, _db
-from conveyor_sqlite._schema import message_columns
+from conveyor_sqlite import transport as transport_module
+from conveyor_sqlite._db import ForkSafe
+from conveyor_sqlite._schema import (
+    MESSAGE_COLUMNS, READY, SCHEMA, message_columns, message_row,
+)
 
 Q = Route("celery")
 
@@ -316,6 +320,102 @@ def test_messages_survive_reopening(make_transport, new_message):
     second = make_transport()
     assert second.depth("celery") == 1
     assert ns(second.fetch(["celery"], limit=5, timeout=0)) == [0]
+
+
+# ----------------------------------------------------------------- acks
+def _rows(transport: SQLiteTransport, table: str = "conveyor_messages") -> int:
+    return transport._conn().execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def _wal_frames(transport: SQLiteTransport) -> int:
+    size = os.path.getsize(transport.path + "-wal")
+    return max(size - 32, 0) // (4096 + 24)  # WAL header, then (header + page) a frame
+
+
+def test_an_ack_writes_one_page_and_is_applied_by_a_later_claim(transport, new_message):
+    """An ack records ``(id, lease)`` in a table a claim empties: one WAL page a
+    commit (deleting the ~600-byte row from the table and the due index wrote 3-5);
+    the rows go with a claim once ``_PURGE_EVERY`` acks are recorded, or when the
+    consumer finds nothing to claim."""
+    count = transport_module._PURGE_EVERY + 2
+    transport.publish_many([(new_message(n), Q, None) for n in range(count)])
+    deliveries = transport.fetch(["celery"], limit=count - 1, timeout=0)
+    for delivery in deliveries[:-1]:
+        before = _wal_frames(transport)
+        transport.ack([delivery])
+        assert _wal_frames(transport) - before == 1
+    assert _rows(transport) == count and _rows(transport, "conveyor_acked") == count - 2
+    (last,) = transport.fetch(["celery"], limit=1, timeout=0)
+    assert ns([last]) == [count - 1]
+    assert _rows(transport) == 2 and _rows(transport, "conveyor_acked") == 0
+    transport.ack([deliveries[-1], last])
+    assert _rows(transport) == 2 and transport.depth("celery") == 0
+    assert transport.stats("celery").leased == 0
+    assert transport.fetch(["celery"], limit=5, timeout=0) == []  # found nothing:
+    assert _rows(transport) == 0 and _rows(transport, "conveyor_acked") == 0  # applied
+
+
+def test_an_acked_message_never_comes_back_after_its_consumer_died(make_transport,
+                                                                    new_message):
+    """The consumer recorded its acks and died before applying them: its leases
+    lapse, and the release that would make the messages ready again applies the
+    acks first, in its transaction. Reads that count leased or lapsed messages leave
+    recorded acks out meanwhile."""
+    dead, alive = make_transport(visibility_timeout=0.3), make_transport()
+    for n in range(3):
+        dead.publish(new_message(n), Q)
+    done, running, waiting = dead.fetch(["celery"], limit=3, timeout=0)
+    dead.ack([done, running])
+    assert dead.stats("celery").leased == 1  # only ``waiting`` is still held
+    dead._unsettled.clear()  # died: no close() to give anything back or apply acks
+    ForkSafe.abandon(dead._db)
+    dead._db = None
+    assert _rows(alive) == 3 and _rows(alive, "conveyor_acked") == 2
+    time.sleep(0.4)
+    assert alive.depth("celery") == 1
+    (back,) = alive.fetch(["celery"], limit=3, timeout=1)
+    assert ns([back]) == [2]
+    assert alive.fetch(["celery"], limit=3, timeout=0) == []
+    assert _rows(alive, "conveyor_acked") == 0 and _rows(alive) == 1
+
+
+def test_an_ack_of_a_lapsed_message_made_ready_again_deletes_it(make_transport,
+                                                               new_message):
+    holder, other = make_transport(visibility_timeout=0.2), make_transport()
+    holder.publish(new_message(0), Q)
+    holder.publish(new_message(1), Q)
+    slow, gone = holder.fetch(["celery"], limit=2, timeout=0)
+    time.sleep(0.3)
+    other.purge("nothing-here")  # a release elsewhere: not of this queue
+    conn = other._conn()
+    conn.execute("UPDATE conveyor_messages SET state = 0, lease = NULL")  # released
+    holder.ack([slow, gone])
+    assert other.depth("celery") == 0 and _rows(other) == 0
+
+
+def test_a_database_made_before_conveyor_acked_opens_and_works(db_url, make_transport,
+                                                               new_message):
+    """The first schema had no ``conveyor_acked`` table: opening such a file adds it
+    and leaves the messages in it deliverable."""
+    path = SQLiteTransport(db_url).path
+    old = sqlite3.connect(path, isolation_level=None)
+    old.execute("PRAGMA journal_mode=WAL")
+    for statement in SCHEMA:
+        if "conveyor_acked" not in statement:
+            old.execute(statement)
+    route = Route("celery")
+    old.execute("INSERT INTO conveyor_messages (queue, priority, state, due, "
+                f"{MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                message_row(new_message(7), route, "celery", READY, time.time()))
+    assert old.execute("SELECT count(*) FROM sqlite_master WHERE name = "
+                       "'conveyor_acked'").fetchone() == (0,)
+    old.close()
+    transport = make_transport()
+    (delivery,) = transport.fetch(["celery"], limit=2, timeout=0)
+    assert ns([delivery]) == [7]
+    transport.ack([delivery])
+    assert transport.fetch(["celery"], limit=2, timeout=0) == []
+    assert _rows(transport) == 0 and transport.depth("celery") == 0
 
 
 # ----------------------------------------------------------------- checkpoints

@@ -21,6 +21,23 @@ range seek (a consumer only ever moves messages of its own queues). ``lease`` is
 set by each claim: settling a delivery names ``(id, lease)``, so a consumer whose
 lease ran out cannot settle a message another consumer now holds.
 
+An ack is recorded, not applied: it copies the delivery's ``(id, lease)`` into
+``conveyor_acked`` (only while that lease still holds the message), and the rows it
+names leave ``conveyor_messages`` in a later write of the acking consumer (the claim
+after its ``_PURGE_EVERY``-th ack, the poll that finds nothing to claim, its
+``close``) or in anyone's release or purge, in that write's transaction
+(:data:`PURGE`). Why: an early ack is a commit before every task starts, and
+deleting a ~600-byte row from the front of the table and from the due index wrote
+3.3 WAL pages an ack (a leaf rebalance every few deletes), where adding a 20-byte
+row to a table that stays a page or two writes one; the rows then go 32 at a time,
+whole leaves freed together. An acked row is still leased, so no claim hands it out;
+a release (the only way back to ready) applies every recorded ack first, in its
+transaction, so an acked message is never delivered again whoever died when; reads
+that count leased or lapsed rows (``depth``, ``stats``) leave acked ones out.
+(Processes of a Conveyor older than this table, sharing the file, do not know it:
+their release could give back a message a newer consumer acked and died before
+applying. Upgrade every process of one database together.)
+
 ``conveyor_bindings`` holds each exchange's bindings (declared with a queue), through
 which a message published to a named exchange reaches its queues.
 ``conveyor_subscriptions`` and ``conveyor_broadcasts`` carry broadcasts (remote
@@ -68,6 +85,12 @@ SCHEMA: tuple[str, ...] = (
         ON conveyor_messages (queue, priority DESC, id) WHERE state = 0""",
     """CREATE INDEX IF NOT EXISTS conveyor_messages_due
         ON conveyor_messages (queue, due) WHERE state != 0""",
+    # Acks not yet applied to conveyor_messages (see the module docstring). Added
+    # after the first release: CREATE ... IF NOT EXISTS on every open is its
+    # migration, a database made before it opens and works as it was.
+    """CREATE TABLE IF NOT EXISTS conveyor_acked (
+        id INTEGER PRIMARY KEY,
+        lease INTEGER NOT NULL)""",
     # AUTOINCREMENT: a dead letter's id is printed and typed back by users
     # (`conveyor dead requeue ID`), so an id must never be reused.
     f"""CREATE TABLE IF NOT EXISTS conveyor_dead_letters (
@@ -107,6 +130,17 @@ SCHEMA: tuple[str, ...] = (
 #: The columns that carry a message, in the order :func:`message_columns` fills them.
 MESSAGE_COLUMNS = ("headers, body, content_type, content_encoding, properties, "
                    "exchange, routing_key")
+
+#: Apply recorded acks (see the module docstring); then :data:`PURGE_ACKED`, in the
+#: same transaction. The lease must still match: a lease token is random and set by
+#: every claim, so an entry can never delete a message it did not ack.
+PURGE = ("DELETE FROM conveyor_messages WHERE id IN (SELECT id FROM conveyor_acked) "
+         "AND lease = (SELECT lease FROM conveyor_acked "
+         "WHERE conveyor_acked.id = conveyor_messages.id)")
+PURGE_ACKED = "DELETE FROM conveyor_acked"
+#: A condition on ``conveyor_messages``: the row is not acked (for reads that count).
+NOT_ACKED = "id NOT IN (SELECT id FROM conveyor_acked)"
+
 
 class Queries(NamedTuple):
     """The statements a consumer of one set of queues runs, built once per set."""

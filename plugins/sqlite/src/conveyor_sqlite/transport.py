@@ -41,8 +41,8 @@ from ._db import (
     transaction,
 )
 from ._schema import (
-    LEASED, MESSAGE_COLUMNS, NOW, PARKED, READY, SCHEMA, Queries, decode_row,
-    message_row, queries_for,
+    LEASED, MESSAGE_COLUMNS, NOT_ACKED, NOW, PARKED, PURGE, PURGE_ACKED, READY, SCHEMA,
+    Queries, decode_row, message_row, queries_for,
 )
 
 if TYPE_CHECKING:
@@ -53,7 +53,12 @@ _INSERT = (f"INSERT INTO conveyor_messages (queue, priority, state, due, {MESSAG
 # A settle applies while the message is still leased by this delivery, or is back in
 # the ready state after the lease lapsed (nobody else holds it yet).
 _OURS = f"id = ? AND (lease = ? OR state = {READY})"
-_ACK = f"DELETE FROM conveyor_messages WHERE {_OURS}"
+# An ack is recorded while the delivery's lease holds the message (applied later:
+# see _schema); one whose lease lapsed and whose message is ready again is deleted
+# at once, as any settle of ours may (``_ACK_READY``, only when the record took none).
+_ACK = (f"INSERT OR IGNORE INTO conveyor_acked (id, lease) SELECT id, lease FROM "
+        f"conveyor_messages WHERE id = ? AND lease = ? AND state = {LEASED}")
+_ACK_READY = f"DELETE FROM conveyor_messages WHERE id = ? AND state = {READY}"
 _DEFER = f"UPDATE conveyor_messages SET state = {PARKED}, due = ?, lease = NULL WHERE {_OURS}"
 _REQUEUE = (f"UPDATE conveyor_messages SET state = {READY}, lease = NULL, due = {NOW} "
             f"WHERE id = ? AND lease = ? AND state = {LEASED}")
@@ -70,6 +75,9 @@ _BIND = ("INSERT OR IGNORE INTO conveyor_bindings (exchange, routing_key, patter
 _BINDINGS = ("SELECT routing_key, pattern, queue FROM conveyor_bindings "
              "WHERE exchange = ? ORDER BY rowid")
 _FIRST_SLEEP = 0.002
+#: Acks a consumer records before its next claim applies them (see _schema): a purge
+#: of many deletes whole leaves of the table, of a few rewrites them.
+_PURGE_EVERY = 32
 #: While busy, how often a consumer still looks for due parked messages (seconds).
 _PROBE_EVERY = 0.05
 
@@ -101,7 +109,9 @@ class SQLiteTransport(BaseTransport):
         self.busy_timeout = BUSY_TIMEOUT if self.connect_timeout is None \
             else float(self.connect_timeout)
         self._db: sqlite3.Connection | None = None
+        # perf: made once, for the calls every task makes (see mapped_errors.check)
         self._publish_errors = self._errors("publish")
+        self._ack_errors = self._errors("ack")
         self._fork = ForkSafe()
         self._notifier = Notifier.for_path(self.path)
         self._checkpointer = Checkpointer.for_path(self.path)
@@ -110,6 +120,8 @@ class SQLiteTransport(BaseTransport):
         self._queries: dict[tuple[str, ...], Queries] = {}
         self._busy = False
         self._next_probe = 0.0
+        #: Acks this transport recorded since it last applied them (see _schema).
+        self._acked = 0
 
     # ------------------------------------------------------------ connection
     def connect(self) -> None:
@@ -120,6 +132,7 @@ class SQLiteTransport(BaseTransport):
             ForkSafe.abandon(self._db)
             self._db = None
             self._unsettled.clear()  # the parent's leases are the parent's
+            self._acked = 0  # and the acks it recorded
         conn = self._db
         if conn is None:
             with self._errors("connect"):
@@ -139,9 +152,11 @@ class SQLiteTransport(BaseTransport):
         if self._db is None:
             return
         try:
-            if self._unsettled:
+            if self._unsettled or self._acked:
                 with self._errors("close"), transaction(self._db):
+                    _purge(self._db)
                     self._db.executemany(_RELEASE, list(self._unsettled.items()))
+                self._acked = 0
                 self._notifier.notify()
         finally:
             self._unsettled.clear()
@@ -152,7 +167,9 @@ class SQLiteTransport(BaseTransport):
         """Close without giving anything back (after a connection error): tasks still
         running keep their leases and are acked through a new connection."""
         self._unsettled.clear()
+        acked, self._acked = self._acked, 0  # no write through a failing connection:
         self.close()
+        self._acked = acked  # a later claim through a new one applies them
 
     def declare(self, route: Route) -> None:
         """A queue is the set of rows naming it; declaring records its binding."""
@@ -269,6 +286,7 @@ class SQLiteTransport(BaseTransport):
                 release = next_due is not None and next_due <= now
                 if not (ready or release):
                     self._busy = False
+                    self._purge_idle(conn)
                     return [], next_due
             token = random.getrandbits(62)
             params: list[Any] = [now + self._lease_time, token]
@@ -276,15 +294,23 @@ class SQLiteTransport(BaseTransport):
                 params += (queue, limit)
             if len(queues) > 1:
                 params.append(limit)
-            if release:
+            if release or self._acked >= _PURGE_EVERY:
+                # A release purges acks first (an acked row must not come back),
+                # anyone's; a claim applies this transport's own acks with it.
                 with transaction(conn):
-                    conn.execute(sql.release, (*queues, now))
+                    _purge(conn)
+                    if release:
+                        conn.execute(sql.release, (*queues, now))
                     rows = conn.execute(sql.claim, params).fetchall()
+                self._acked = 0
+                self._checkpointer.committed()
             else:
                 rows = conn.execute(sql.claim, params).fetchall()
+                if rows:
+                    self._checkpointer.committed()
+                else:
+                    self._purge_idle(conn)
         self._busy = bool(rows)
-        if rows or release:
-            self._checkpointer.committed()
         # RETURNING order is unspecified: restore priority-then-FIFO order.
         rows.sort(key=lambda r: (-r[1], r[0]))
         out = []
@@ -295,6 +321,15 @@ class SQLiteTransport(BaseTransport):
                                 redelivered=row[3] > 0, deliveries=row[3] + 1,
                                 exchange=row[9], routing_key=row[10], error=error))
         return out, None
+
+    def _purge_idle(self, conn: sqlite3.Connection) -> None:
+        """Nothing to claim: apply the acks this transport recorded, so an idle
+        consumer leaves none behind (they would count as leased in the file)."""
+        if self._acked:
+            with transaction(conn):
+                _purge(conn)
+            self._acked = 0
+            self._checkpointer.committed()
 
     # ------------------------------------------------------------ settling
     def _settle(self, sql: str, params: list[tuple[Any, ...]]) -> None:
@@ -313,7 +348,33 @@ class SQLiteTransport(BaseTransport):
         return [d.tag for d in deliveries]
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        self._settle(_ACK, self._tags(deliveries))
+        """Record the acks (one commit, one small page: see ``_schema``); a delivery
+        whose message is ready again after its lease lapsed is deleted instead.
+
+        perf: one delivery (a worker's every early ack) is one statement under a
+        mapper made once (``try`` costs nothing until it raises, ``with`` two calls).
+        """
+        conn = self._conn()
+        try:
+            if len(deliveries) == 1:
+                tag = deliveries[0].tag
+                self._unsettled.pop(tag[0], None)
+                recorded = conn.execute(_ACK, tag).rowcount
+                if not recorded:
+                    conn.execute(_ACK_READY, tag[:1])
+            elif deliveries:
+                params = self._tags(deliveries)
+                with transaction(conn):
+                    recorded = conn.executemany(_ACK, params).rowcount
+                    if recorded < len(params):
+                        conn.executemany(_ACK_READY, [tag[:1] for tag in params])
+            else:
+                return
+        except sqlite3.Error as exc:
+            self._ack_errors.check(exc)
+            raise
+        self._acked += recorded
+        self._checkpointer.committed()
 
     def started(self, deliveries: Sequence[Delivery]) -> None:
         """Charge these deliveries (see ``_STARTED``); what a lapsed lease gives back
@@ -363,6 +424,7 @@ class SQLiteTransport(BaseTransport):
         """Delete what :meth:`depth` counts: ready messages and those due by now."""
         conn = self._conn()
         with self._errors("purge"), transaction(conn):
+            _purge(conn)
             conn.execute(queries_for([queue]).release, (queue, time.time()))
             return conn.execute(f"DELETE FROM conveyor_messages WHERE state = {READY} "
                                 "AND queue = ?", (queue,)).rowcount
@@ -374,7 +436,7 @@ class SQLiteTransport(BaseTransport):
             row = conn.execute(
                 f"SELECT (SELECT count(*) FROM conveyor_messages WHERE state = {READY} "
                 "AND queue = ?) + (SELECT count(*) FROM conveyor_messages WHERE "
-                f"state != {READY} AND queue = ? AND due <= ?)",
+                f"state != {READY} AND queue = ? AND due <= ? AND {NOT_ACKED})",
                 (queue, queue, time.time())).fetchone()
         return int(row[0])
 
@@ -388,7 +450,7 @@ class SQLiteTransport(BaseTransport):
             rows = conn.execute(
                 f"SELECT CASE WHEN state = {READY} OR due <= :now THEN priority END, "
                 "state, count(*), min(due) FROM conveyor_messages WHERE queue = :q "
-                "GROUP BY 1, 2", {"q": queue, "now": now}).fetchall()
+                f"AND {NOT_ACKED} GROUP BY 1, 2", {"q": queue, "now": now}).fetchall()
             dead = conn.execute("SELECT count(*) FROM conveyor_dead_letters "
                                 "WHERE queue = ?", (queue,)).fetchone()[0]
         waiting: dict[int, int] = {}
@@ -404,6 +466,12 @@ class SQLiteTransport(BaseTransport):
                 leased = count
         return QueueStats(queue, waiting, delayed, next_due, leased, int(dead),
                           max(now - since, 0.0) if since is not None else None)
+
+
+def _purge(conn: sqlite3.Connection) -> None:
+    """Apply every recorded ack (anyone's); inside a write transaction."""
+    conn.execute(PURGE)
+    conn.execute(PURGE_ACKED)
 
 
 def _positive(options: dict[str, Any], key: str) -> float:
