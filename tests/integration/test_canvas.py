@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conveyor import Conveyor, chain, group
+from conveyor import Conveyor, StampingVisitor, chain, chord, group
 
 from canvas_lab import Lab, canvas_lab, not_on_rabbitmq  # noqa: F401 - canvas_lab is the "lab" fixture
 
@@ -31,6 +31,7 @@ def test_group_results_come_back_in_group_order(lab: Lab) -> None:
 def test_chain_result_is_the_last_task_and_parents_lead_back(lab: Lab) -> None:
     result = chain(lab.s("add", 1, 1), lab.s("add", 2), lab.s("add", 3)).apply_async()
     assert result.get(timeout=20) == 7, lab.stderr()
+    assert ~chain(lab.s("add", 1, 1), lab.s("add", 2)) == 4  # Celery's shorthand
     assert result.parent.get(timeout=5) == 4
     assert result.parent.parent.get(timeout=5) == 2
     assert result.parent.parent.parent is None
@@ -108,3 +109,62 @@ def test_a_map_item_that_raises_fails_the_map_task_with_its_error(lab: Lab) -> N
     with pytest.raises(ValueError, match="boom 1"):
         result.get(timeout=20)
     assert result.state == "FAILURE"
+
+
+def test_stamps_reach_every_task_of_a_workflow_and_survive_a_retry(lab: Lab) -> None:
+    """``stamp()`` on a chord inside a chain: each task, header and body and the
+    step after, reads its stamps as ``self.request.stamps``; a retried task keeps
+    them."""
+    class Place(StampingVisitor):
+        def on_chord_header_start(self, chord: Any, **stamps: Any) -> dict[str, Any]:
+            return {"part": "header"}
+
+        def on_chord_body(self, chord: Any, **stamps: Any) -> dict[str, Any]:
+            return {"part": "body"}
+
+    workflow = chain(chord([lab.s("stamps"), lab.s("stamps")], lab.s("stamps")),
+                     lab.s("stamps"))
+    result = workflow.stamp(Place(), tenant="acme").apply_async()
+    assert result.get(timeout=20) == {"tenant": "acme"}, lab.stderr()
+    body = result.parent
+    assert body.get(timeout=5) == {"tenant": "acme", "part": "body"}
+    assert body.parent.get(timeout=5) == [{"tenant": "acme", "part": "header"}] * 2
+    retried = lab.s("stamps_after_retry").stamp(tenant="acme", wave=[1, 2]).apply_async()
+    assert retried.get(timeout=20) == [1, {"tenant": "acme", "wave": [1, 2]}], lab.stderr()
+
+
+def test_a_replaced_task_hands_its_id_links_and_place_to_the_replacement(lab: Lab) -> None:
+    """``self.replace(sig)`` with a task, a chain and a group: whoever waits on the
+    replaced task gets the replacement's result; the steps after it in its chain,
+    its link and its place in a chord carry on from the replacement."""
+    def replacing(*args: Any, kind: str) -> Any:
+        return lab.app.signature("canvas.replace_with", args, {"kind": kind})
+
+    alone = replacing(1, kind="task").apply_async()
+    assert alone.get(timeout=20) == 101, lab.stderr()
+    flow = chain(lab.s("add", 1, 1), replacing(kind="chain"),
+                 lab.s("add", 1000)).apply_async()
+    assert flow.get(timeout=20) == 1013, lab.stderr()
+    assert flow.parent.get(timeout=5) == 13  # the replaced step's id: its chain's result
+    remembered = lab.s("remember").set(task_id=str(uuid.uuid4()))
+    grouped = replacing(5, kind="group").apply_async(link=remembered)
+    assert grouped.get(timeout=20) == [5, 6, 7], lab.stderr()
+    assert lab.app.AsyncResult(remembered.options["task_id"]).get(timeout=10) == [5, 6, 7]
+    joined = chord([replacing(1, kind="task"), lab.s("add", 2, 2)],
+                   lab.s("collect")).apply_async()
+    assert joined.get(timeout=20) == [101, 4], lab.stderr()
+
+
+def test_a_replaced_step_of_a_chain_kept_in_the_backend_carries_it_on(lab: Lab) -> None:
+    """With ``task_chain_embed="backend"`` the steps after a task are parked in the
+    result backend: its replacement (a chain here) carries them on."""
+    app = lab.client("canvas-replace-backend", task_chain_embed="backend")
+    try:
+        replaced = app.signature("canvas.replace_with", (), {"kind": "chain"})
+        flow = chain(app.signature("canvas.add", (1, 1)), replaced,
+                     app.signature("canvas.add", (1000,)),
+                     app.signature("canvas.add", (5,))).apply_async()
+        assert flow.get(timeout=20) == 1018, lab.stderr()
+        assert flow.parent.parent.get(timeout=5) == 13
+    finally:
+        app.close()

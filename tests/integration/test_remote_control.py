@@ -183,6 +183,45 @@ def test_a_revoked_waiting_task_never_runs(worker: Proc, app: Conveyor,
     assert not side.exists()
 
 
+def test_revoke_by_stamped_headers_skips_and_stops_stamped_tasks(
+        worker: Proc, workdir: Path, url: str, app: Conveyor, tmp_path: Path) -> None:
+    """``control revoke_by_stamped_headers tenant=acme --terminate``: the running
+    stamped task stops, a waiting one and one sent later never run, a task stamped
+    otherwise runs; on Redis, Celery's CLI revokes by stamp on a Conveyor worker."""
+    def tick(name: str, n: int, tenant: str, **options: Any) -> Any:
+        sig = app.signature("proj_rc.tick", (str(tmp_path / name), n), queue="rc.conveyor")
+        return sig.stamp(tenant=tenant).apply_async(**options)
+
+    running = tick("running", 400, "acme")
+    wait_for(lambda: lines(tmp_path / "running") >= 3, 20, what="the task to start")
+    waiting = tick("waiting", 3, "acme", countdown=2)
+    other = tick("other", 3, "beta", countdown=2)
+    for r in (waiting, other):
+        worker.wait_output(f"Task proj_rc.tick[{r.id}] received", 20)
+    out = run(workdir, url, "control", "revoke_by_stamped_headers", "tenant=acme",
+              "--terminate", "-d", "rc1@test", "--timeout", "10")
+    assert out.returncode == 0 and f"terminate: {running.id}" in out.stdout, (
+        out.stdout + out.stderr)
+    wait_for(lambda: running.state == "REVOKED", 10, what="state REVOKED")
+    worker.wait_output(f"Task proj_rc.tick[{waiting.id}] revoked: not run", 20)
+    later = tick("later", 3, "acme")
+    worker.wait_output(f"Task proj_rc.tick[{later.id}] revoked: not run", 20)
+    assert other.get(timeout=20) == 3 and lines(tmp_path / "other") == 3
+    assert lines(tmp_path / "running") < 400
+    assert not (tmp_path / "waiting").exists() and not (tmp_path / "later").exists()
+    assert (waiting.state, later.state) == ("REVOKED", "REVOKED")
+    bad = run(workdir, url, "control", "revoke_by_stamped_headers", "acme")
+    assert bad.returncode == 2 and "NAME=VALUE" in bad.stderr
+    if url.startswith("redis"):
+        out = run(workdir, url, "celery", "control", "revoke_by_stamped_headers",
+                  "tenant=beta", "-d", "rc1@test", "--timeout", "10")
+        assert out.returncode == 0 and "flagged as revoked" in out.stdout, (
+            out.stdout + out.stderr)
+        beta = tick("beta", 3, "beta")
+        worker.wait_output(f"Task proj_rc.tick[{beta.id}] revoked: not run", 20)
+    assert app.send_task("proj_rc.add", (2, 2), queue="rc.conveyor").get(timeout=20) == 4
+
+
 @pytest.mark.parametrize("url", ["redis"], indirect=True)
 def test_tasks_revoked_while_queued_behind_busy_pool_children_never_run(
         workdir: Path, url: str, app: Conveyor, tmp_path: Path) -> None:

@@ -370,6 +370,11 @@ COMMANDS: dict[str, Callable[[Printed, Ctx], None]] = {
         lambda out: json.loads(out)["worker1@host"]["pool"]["max-concurrency"] >= 1),
     "conveyor -A proj control revoke 6f1c… --terminate": OnWorker1(
         lambda out: "->  worker1@host: OK\n    terminate: tasks unknown" in out),
+    # No command takes a stamp back (nor in Celery): worker1 keeps skipping tasks
+    # stamped tenant=acme, which no other command here sends.
+    "conveyor -A proj control revoke_by_stamped_headers tenant=acme": OnWorker1(
+        lambda out: "->  worker1@host: OK\n    headers {'tenant': 'acme'} flagged as "
+                    "revoked, but not terminated" in out),
     "conveyor -A proj control shutdown -d worker1@host": shutdown_stops_worker1,
     "conveyor -A proj control rate_limit proj.add 10/m": OnWorker1(
         lambda out: "->  worker1@host: OK\n    new rate limit set successfully" in out,

@@ -88,6 +88,28 @@ def remember(value):
 @app.task(name="canvas.echo")
 def echo(*args):
     return list(args)
+
+
+@app.task(name="canvas.stamps", bind=True)
+def stamps(self, *args):
+    return self.request.stamps
+
+
+@app.task(name="canvas.replace_with", bind=True)
+def replace_with(self, x, kind):
+    from conveyor import chain, group
+    if kind == "task":
+        return self.replace(add.s(x, 100))
+    if kind == "chain":
+        return self.replace(chain(add.s(x, 1), add.s(10)))
+    return self.replace(group(add.s(x, i) for i in range(3)))
+
+
+@app.task(name="canvas.stamps_after_retry", bind=True)
+def stamps_after_retry(self):
+    if not self.request.retries:
+        self.retry(countdown=0.05)
+    return [self.request.retries, self.request.stamps]
 '''
 
 

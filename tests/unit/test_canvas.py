@@ -54,6 +54,19 @@ def test_partial_application_prepends_args_and_merges_kwargs(app: Conveyor) -> N
     assert app.signature("c.add", (2,))(3) == 5  # calling runs here with the partial args
 
 
+def test_replace_gives_a_copy_with_new_parts_and_id_reads_the_task_id(
+        app: Conveyor) -> None:
+    s = sig(app, 1, 2, queue="q")
+    assert s.id is None and s.freeze("fixed").id == "fixed" == s.id
+    other = s.replace(args=(5,))
+    assert (other.args, other.kwargs, other.options) == ([5], {}, s.options)
+    other = s.replace(kwargs={"y": 1}, options={"countdown": 3})
+    assert (other.args, other.kwargs, other.options) == ([1, 2], {"y": 1}, {"countdown": 3})
+    assert s.args == [1, 2] and s.options == {"queue": "q", "task_id": "fixed"}
+    with pytest.raises(TypeError, match="contdown"):
+        s.replace(options={"contdown": 3})
+
+
 def test_on_error_links_the_errback_and_returns_the_signature(app: Conveyor) -> None:
     errback = sig(app, name="c.tsum")
     for canvas in (sig(app, 1, 1), chain(sig(app, 1, 1), sig(app, 2))):
@@ -151,7 +164,7 @@ def test_celerys_chord_and_chain_messages_read_as_canvases(app: Conveyor) -> Non
     c = from_dict(celery_chord, app)
     assert isinstance(c, chord) and [t.args for t in c.header.tasks] == [[1], [2]]
     # Options a newer Celery adds are dropped, not refused: they came off the wire.
-    step = dict(celery_chord["kwargs"]["body"], options={"stamped_headers": ["x"]})  # type: ignore[arg-type]
+    step = dict(celery_chord["kwargs"]["body"], options={"newer_option": ["x"]})  # type: ignore[arg-type]
     assert from_dict(step, app).options == {}
 
 

@@ -113,6 +113,7 @@ CALLS: list[dict[str, Any]] = [
     {"parent_id": "cap-parent", "root_id": "cap-root", "group_id": "g", "group_index": 3},
     {"ignore_result": True},
     {"retries": 2},
+    {"stamped_headers": ["mystamp", "tenant"], "mystamp": "v1", "tenant": ["a", "b"]},
 ]
 
 

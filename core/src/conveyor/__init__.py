@@ -13,6 +13,7 @@ from .canvas import Signature, chain, chord, group, signature
 from .hookspecs import hookimpl
 from .maps import chunks, xmap, xstarmap
 from .result import AsyncResult, GroupResult
+from .stamping import StampingVisitor
 from .task import Task
 
 try:
@@ -22,6 +23,6 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "Conveyor", "current_app", "shared_task", "Task", "Signature", "signature", "chain",
-    "chord", "group", "chunks", "xmap", "xstarmap",
+    "chord", "group", "chunks", "xmap", "xstarmap", "StampingVisitor",
     "AsyncResult", "GroupResult", "hookimpl", "__version__",
 ]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import (TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, Unpack,
                     overload)
 
-from . import hookplugins, maps
+from . import hookplugins, maps, replace
 from .utils import mask_url
 from .canvas import Signature
 from .codecs import Codecs
@@ -86,6 +86,7 @@ class Conveyor:
             self.conf.result_backend = backend
         self.tasks = TaskRegistry(self)
         maps.register(self)  # Celery's built-in celery.map, .starmap and .chunks
+        replace.register(self)  # and celery.accumulate, the join of a replacing group
         self._discover: list[tuple[Packages, str]] = []
         self.loader = _loader
         self.codecs = Codecs(self)

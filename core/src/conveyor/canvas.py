@@ -15,13 +15,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack, cast
 
-from . import aio, chainstore
-from .options import KNOWN, check
+from . import aio, chainstore, stamping
+from .options import check, known
 from .result import AsyncResult, GroupResult
 
 if TYPE_CHECKING:
     from .app import Conveyor
     from .options import ExecutionOptions
+    from .stamping import StampingVisitor
 
 R = TypeVar("R")
 
@@ -79,6 +80,11 @@ class Signature(dict, Generic[R]):  # type: ignore[type-arg]
         return bool(self["immutable"])
 
     @property
+    def id(self) -> str | None:
+        """The task id given or frozen (``freeze()``), else None."""
+        return self.options.get("task_id")
+
+    @property
     def app(self) -> Conveyor:
         if self._app is None:
             from .app import current_app
@@ -98,6 +104,21 @@ class Signature(dict, Generic[R]):  # type: ignore[type-arg]
         sig: Signature[R] = Signature(self["task"], new_args, new_kwargs,
                                       {**self.options, **options}, self["subtask_type"],
                                       self.immutable, app=self._app)
+        return sig
+
+    def replace(self, args: Sequence[Any] | None = None,
+                kwargs: Mapping[str, Any] | None = None,
+                options: Mapping[str, Any] | None = None) -> Signature[R]:
+        """A copy whose args, kwargs or options are the given ones (those given as
+        None stay), Celery's ``Signature.replace``."""
+        sig = self.clone()
+        if args is not None:
+            sig["args"] = list(args)
+        if kwargs is not None:
+            sig["kwargs"] = dict(kwargs)
+        if options is not None:
+            check(options, "replace")
+            sig["options"] = dict(options)
         return sig
 
     def _merged(self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None
@@ -144,6 +165,36 @@ class Signature(dict, Generic[R]):  # type: ignore[type-arg]
         # Celery's canvas: ``a.s() | b.s()`` is a chain, not a dict union.
         return chain(self, other)
 
+    def stamp(self, visitor: StampingVisitor | None = None, append_stamps: bool = False,
+              **stamps: Any) -> Signature[R]:
+        """Stamp this task, its callbacks and errbacks (see :mod:`conveyor.stamping`):
+        ``sig.stamp(tenant="acme")``; the worker reads ``self.request.stamps``.
+        A chain, group or chord stamps each of its tasks. Returns the signature."""
+        self._stamp_links(visitor, append_stamps, stamps)
+        if visitor is not None:
+            stamps = stamping.merged(stamps, visitor.on_signature(self, **stamps))
+        stamping.put(self.options, stamps, append_stamps)
+        return self
+
+    def _stamp_links(self, visitor: StampingVisitor | None, append_stamps: bool,
+                     stamps: Mapping[str, Any]) -> None:
+        """Stamp the ``link`` and ``link_error`` signatures in this one's options
+        with ``stamps`` (and what the visitor adds for each)."""
+        for key in ("link", "link_error"):
+            links = sig_list(self.options.get(key))
+            if not links:
+                continue
+            stamped = []
+            for link in links:
+                sig = maybe_signature(link, self._app)
+                assert sig is not None
+                given: Mapping[str, Any] = stamps
+                if visitor is not None:
+                    ask = visitor.on_callback if key == "link" else visitor.on_errback
+                    given = stamping.merged(stamps, ask(sig, **stamps))
+                stamped.append(sig.stamp(visitor, append_stamps, **given))
+            self.options[key] = stamped
+
     # ----------------------------------------------------------- calling
     def apply_async(self, args: Sequence[Any] | None = None,
                     kwargs: Mapping[str, Any] | None = None,
@@ -167,6 +218,11 @@ class Signature(dict, Generic[R]):  # type: ignore[type-arg]
         the messages they build are sent on the running loop (:func:`aio.deferred`)."""
         return await aio.deferred(self.app, lambda: self.apply_async(args, kwargs,
                                                                      **options))
+
+    def __invert__(self) -> R:
+        """``~sig``: send it and wait for its result (Celery's shorthand for
+        ``sig.apply_async().get()``)."""
+        return self.apply_async().get()
 
     def __call__(self, *args: Any, **kwargs: Any) -> R:
         """Run the task here, in this process (no message)."""
@@ -223,7 +279,7 @@ def from_dict(data: Mapping[str, Any], app: Conveyor | None = None) -> Signature
     Options Conveyor does not know (a newer Celery's) are dropped rather than refused:
     the dict came off the wire, where the sender's options are not the user's typo.
     """
-    options = {k: v for k, v in (data.get("options") or {}).items() if k in KNOWN}
+    options = known(data.get("options") or {})
     kind = data.get("subtask_type")
     kwargs = data.get("kwargs") or {}
     if kind == "chain":
@@ -326,6 +382,18 @@ class chain(Signature[Any]):
         for parent, child in zip(results, results[1:]):
             _set_parent(child, parent)
         return results[-1]
+
+    def stamp(self, visitor: StampingVisitor | None = None, append_stamps: bool = False,
+              **stamps: Any) -> chain:
+        """Stamp every step (the visitor's ``on_chain_start`` adds to the stamps)."""
+        if visitor is not None:
+            stamps = stamping.merged(stamps, visitor.on_chain_start(self, **stamps))
+        self._stamp_links(visitor, append_stamps, stamps)
+        for task in self.tasks:
+            task.stamp(visitor, append_stamps, **stamps)
+        if visitor is not None:
+            visitor.on_chain_end(self, **stamps)
+        return self
 
     def link(self, callback: Signature[Any]) -> Signature[Any]:
         """Call ``callback`` with the chain's result: it links the last task."""
@@ -454,6 +522,17 @@ class group(Signature[Any]):
                 countdown += step
         return self
 
+    def stamp(self, visitor: StampingVisitor | None = None, append_stamps: bool = False,
+              **stamps: Any) -> group:
+        """Stamp every member (the visitor's ``on_group_start`` adds to the stamps)."""
+        if visitor is not None:
+            stamps = stamping.merged(stamps, visitor.on_group_start(self, **stamps))
+        for task in self.tasks:
+            task.stamp(visitor, append_stamps, **stamps)
+        if visitor is not None:
+            visitor.on_group_end(self, **stamps)
+        return self
+
     def link(self, callback: Signature[Any]) -> Signature[Any]:
         raise TypeError("A group cannot be linked (its members finish apart): "
                         "use a chord, `group(...) | callback`, to run a task after all.")
@@ -555,6 +634,25 @@ class chord(Signature[Any]):
         new = self.clone()
         new.kwargs["body"] = new.body | other  # type: ignore[operator]
         return new
+
+    def stamp(self, visitor: StampingVisitor | None = None, append_stamps: bool = False,
+              **stamps: Any) -> chord:
+        """Stamp the header's tasks (with what the visitor's ``on_chord_header_start``
+        adds) and the body (with what its ``on_chord_body`` adds)."""
+        self._stamp_links(visitor, append_stamps, stamps)
+        given = stamps
+        if visitor is not None:
+            given = stamping.merged(stamps, visitor.on_chord_header_start(self, **stamps))
+        for task in self.header.tasks:
+            task.stamp(visitor, append_stamps, **given)
+        if visitor is not None:
+            visitor.on_chord_header_end(self, **given)
+        if self.body is not None:
+            given = stamps
+            if visitor is not None:
+                given = stamping.merged(stamps, visitor.on_chord_body(self, **stamps))
+            self.body.stamp(visitor, append_stamps, **given)
+        return self
 
     def link(self, callback: Signature[Any]) -> Signature[Any]:
         """Run ``callback`` with the body's result."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .exceptions import DecodeError
 from .interfaces import Message
+from .options import stamp_names
 
 if TYPE_CHECKING:
     from .codecs import Codecs
@@ -417,7 +418,8 @@ class Template:
 
     __slots__ = ("extra", "serializer", "compressor",
                  "time_limit", "soft_time_limit", "name", "shadow", "ignore_result",
-                 "reply_to", "priority", "texts", "props_texts")
+                 "reply_to", "priority", "stamped", "stamps", "nesting", "texts",
+                 "props_texts")
 
     def __init__(self, name: str, codecs: Codecs, opts: Mapping[str, Any]) -> None:
         get = opts.get
@@ -431,6 +433,13 @@ class Template:
         self.reply_to, self.priority = get("reply_to"), get("priority")
         #: The ``headers`` option: applied last, so it may override any header.
         self.extra: Mapping[str, Any] | None = get("headers") or None
+        #: Canvas stamps: their names (None: not stamped) and values, as Celery
+        #: writes them (``stamped_headers`` and ``stamps`` headers).
+        stamped = stamp_names(opts)
+        self.stamped = stamped or None
+        self.stamps = {name: get(name) for name in stamped}
+        #: How many ``Task.replace`` calls led to this task (Celery's header).
+        self.nesting = get("replaced_task_nesting") or 0
         #: JSON style → the headers' text pieces in it (:func:`headers_json`).
         self.texts: dict[JSONStyle, _HeadersText] = {}
         #: (JSON style, keys left out) → the properties' text around the task id's
@@ -470,9 +479,9 @@ class Template:
             "kwargsrepr": kwargsrepr,
             "origin": origin,
             "ignore_result": self.ignore_result,
-            "replaced_task_nesting": 0,
-            "stamped_headers": None,
-            "stamps": {},
+            "replaced_task_nesting": self.nesting,
+            "stamped_headers": list(self.stamped) if self.stamped else None,
+            "stamps": dict(self.stamps) if self.stamps else {},
         }
         if self.compressor is not None:
             h["compression"] = self.compressor.content_type
@@ -580,6 +589,22 @@ class Request:
     reply_to: str | None = None
     delivery_info: dict[str, Any] = field(default_factory=dict)
     hostname: str | None = None
+
+    @property
+    def replaced_task_nesting(self) -> int:
+        """How many ``Task.replace`` calls led to this task (0: none)."""
+        return int(self.headers.get("replaced_task_nesting") or 0)
+
+    @property
+    def stamped_headers(self) -> list[str]:
+        """The names of the stamps the message carries (canvas stamping)."""
+        return list(self.headers.get("stamped_headers") or ())
+
+    @property
+    def stamps(self) -> dict[str, Any]:
+        """The stamps the message carries, by name (``Signature.stamp``)."""
+        stamps = self.headers.get("stamps") or {}
+        return {name: stamps.get(name) for name in self.stamped_headers}
 
     def as_dict(self) -> dict[str, Any]:
         """Picklable, JSON-able form (for process pools and errback requests)."""

@@ -127,6 +127,12 @@ class MaxRetriesExceededError(ConveyorError):
     the task fails with this (Celery's name), so waiters get an answer."""
 
 
+class Ignore(ConveyorError):
+    """Raised in a task to end its run without a state: nothing is stored, no
+    callbacks or errbacks run, and its message is settled (Celery's ``Ignore``;
+    :meth:`Task.replace <conveyor.task.Task.replace>` raises it)."""
+
+
 class Retry(ConveyorError):
     """Raised by :meth:`Task.retry` so the worker re-schedules the task."""
 
@@ -146,5 +152,5 @@ __all__ = [
     "ContentDisallowed", "SecurityError", "NotRegistered", "NotSupported",
     "DeliveryLimitExceeded", "MessageSizeExceeded",
     "SoftTimeLimitExceeded", "TimeLimitExceeded", "WorkerLostError",
-    "MaxRetriesExceededError", "Retry",
+    "MaxRetriesExceededError", "Retry", "Ignore",
 ]

@@ -71,6 +71,10 @@ class ExecutionOptions(TypedDict, total=False):
     chord: Mapping[str, Any] | None
     reply_to: str | None
     retries: int | None
+    replaced_task_nesting: int | None
+    # Canvas stamping: the names of the stamps these options carry (each one's value
+    # is the option of that name, as in Celery; see ``Signature.stamp``).
+    stamped_headers: Sequence[str] | None
 
 
 #: Public execution options (docs/architecture.md, "The core") and their built-in defaults.
@@ -95,12 +99,13 @@ DEFAULTS: dict[str, Any] = {
     "shadow": None,
     "time_limit": None,
     "soft_time_limit": None,
+    "stamped_headers": None,
 }
 
 #: Options set by canvas and the worker (children, retries); accepted, not documented.
 INTERNAL = frozenset({
     "parent_id", "root_id", "group_id", "group_index", "chain", "chord", "reply_to",
-    "retries",
+    "retries", "replaced_task_nesting",
 })
 
 KNOWN = frozenset(DEFAULTS) | INTERNAL
@@ -144,10 +149,46 @@ RETRY_POLICY_KEYS = frozenset(DEFAULT_RETRY_POLICY)
 Router = Callable[[Mapping[str, Any]], Mapping[str, Any] | None]
 
 
+def stamp_names(options: Mapping[str, Any]) -> list[str]:
+    """The names of the stamps ``options`` carry (its ``stamped_headers``), in order.
+
+    A stamp's value is the option of its name (Celery's layout:
+    ``apply_async(stamped_headers=["tenant"], tenant="acme")``), so those names are
+    options too, for these options only.
+    """
+    stamped = options.get("stamped_headers")
+    if not stamped:
+        return []
+    if isinstance(stamped, str) or not isinstance(stamped, Sequence):
+        raise ConfigurationError(
+            f"stamped_headers must be a list of stamp names, not {stamped!r}.")
+    for name in stamped:
+        if not isinstance(name, str):
+            raise ConfigurationError(f"A stamp's name must be a str, not {name!r}.")
+        if name in KNOWN:
+            raise ConfigurationError(
+                f"A stamp can't be named {name!r}: that is an execution option. "
+                "Choose another name.")
+    return list(dict.fromkeys(stamped))
+
+
+def known(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` without the names that are neither options nor its stamps (a
+    newer sender's options, read off the wire)."""
+    stamped = options.get("stamped_headers")
+    names = set(stamp_names(options)) if stamped else ()
+    return {k: v for k, v in options.items() if k in KNOWN or k in names}
+
+
 def check(options: Mapping[str, Any], where: str = "apply_async") -> None:
     """Raise :class:`UnknownOptionError` (a TypeError) for an unknown option name."""
+    stamped: Any = None
     for name in options:
         if name not in KNOWN:
+            if stamped is None:
+                stamped = set(stamp_names(options))
+            if name in stamped:
+                continue
             raise UnknownOptionError(
                 f"{where}() got an unknown execution option {name!r}."
                 f"{did_you_mean(name, DEFAULTS)} Known options: "

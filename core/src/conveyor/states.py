@@ -20,6 +20,8 @@ SUCCESS = "SUCCESS"
 FAILURE = "FAILURE"
 RETRY = "RETRY"
 REVOKED = "REVOKED"
+#: A run that raised :class:`~conveyor.exceptions.Ignore`: never stored (Celery's).
+IGNORED = "IGNORED"
 
 READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED})
 EXCEPTION_STATES = frozenset({FAILURE, RETRY, REVOKED})

@@ -22,6 +22,7 @@ from .connection import DEFAULT_BUFFER
 from .connection import Publisher as Publisher  # where it lived first; re-exported
 from .exceptions import ConfigurationError, Retry, UnknownOptionError
 from .ratelimit import parse_rate
+from .replace import replacement
 from .result import AsyncResult
 
 if TYPE_CHECKING:
@@ -279,8 +280,11 @@ class Task(Generic[P, R]):
             "eta": eta, "parent_id": request.id, "root_id": request.root_id,
             "priority": request.priority, "queue": request.delivery_info.get("queue"),
             "group_id": request.group, "group_index": request.group_index,
-            **options,
         }
+        stamped = request.stamped_headers
+        if stamped:  # a retry keeps its canvas stamps
+            call.update(request.stamps, stamped_headers=stamped)
+        call.update(options)
         embed = {"link": request.callbacks, "link_error": request.errbacks,
                  "chain": request.chain}
         call.update({k: v for k, v in embed.items() if v})
@@ -290,6 +294,29 @@ class Task(Generic[P, R]):
         self.app.publish(self.name, args if args is not None else request.args,
                          kwargs if kwargs is not None else request.kwargs, call, {}, self)
         raise Retry(exc=exc, when=countdown if countdown is not None else eta)
+
+
+    def replace(self, sig: Signature[Any]) -> NoReturn:
+        """Replace this running task with ``sig`` and stop the current run.
+
+        ``sig`` (a task, chain, group or chord) takes over this task's id, so
+        whoever waits on its result gets the replacement's; its callbacks,
+        errbacks, place in a group or chord and the rest of its chain (see
+        :mod:`conveyor.replace`). The task itself is stored nothing
+        (:class:`~conveyor.exceptions.Ignore`), as in Celery; write ``return
+        self.replace(sig)`` to show the run ends there.
+        """
+        request = self.request
+        if request is None:
+            raise exceptions.ConveyorError(
+                "replace() can only be called inside a running task.")
+        self.on_replace(replacement(self.app, request, sig))
+
+    def on_replace(self, sig: Signature[Any]) -> NoReturn:
+        """Send the replacement ``sig`` and end the run (override it to do more,
+        calling this one last, as Celery's ``on_replace``)."""
+        sig.apply_async()
+        raise exceptions.Ignore(f"replaced by {sig.name}")
 
 
 def backoff(factor: bool | int, retries: int, maximum: int, jitter: bool) -> int:

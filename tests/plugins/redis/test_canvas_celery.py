@@ -43,11 +43,21 @@ def side(i):
 @app.task(name="cv.collect")
 def collect(values):
     return values
+
+
+@app.task(name="cv.replace_with_group", bind=True)
+def replace_with_group(self, n, queue):
+    return self.replace(group(add.s(i, i).set(queue=queue) for i in range(n)))
+
+
+@app.task(name="cv.stamps", bind=True)
+def stamps(self, *args):
+    return [SIDE, self.request.stamps]
 """
 
 CELERY_APP = """
 import os, time
-from celery import Celery
+from celery import Celery, group
 
 SIDE = "celery"
 app = Celery("canvas_celery", broker=os.environ["C_BROKER"], backend=os.environ["C_BACKEND"])
@@ -57,7 +67,7 @@ app.conf.update(task_default_queue=os.environ["C_QUEUE"], worker_prefetch_multip
 
 CONVEYOR_APP = """
 import os, time
-from conveyor import Conveyor
+from conveyor import Conveyor, group
 
 SIDE = "conveyor"
 app = Conveyor("canvas_conveyor", broker=os.environ["C_BROKER"],
@@ -197,3 +207,42 @@ def test_celery_worker_runs_map_and_chunks_conveyor_sent(urls: tuple[str, str],
         parts = chunks(app.signature("cv.add"), [(i, i) for i in range(5)], 2).apply_async()
         assert parts.get(timeout=20) == [[0, 2], [4, 6], [8]]
     app.close()
+
+
+def test_stamps_cross_between_celery_and_conveyor(urls: tuple[str, str],
+                                                  workdir: Path) -> None:
+    """A chain stamped by each client, run by the other side's worker: every step
+    reads the stamps as ``self.request.stamps``."""
+    queue = _queue()
+    client = celery_client(urls, queue)
+    with conveyor_worker(workdir, urls, queue) as proc:
+        flow = celery.chain(client.signature("cv.stamps"), client.signature("cv.stamps"))
+        flow.stamp(tenant="acme")
+        result = flow.apply_async()
+        assert result.get(timeout=20) == ["conveyor", {"tenant": "acme"}], proc.output()[-3000:]
+        assert result.parent.get(timeout=5) == ["conveyor", {"tenant": "acme"}]
+    client.close()
+    queue = _queue()
+    app = conveyor_client(urls, queue)
+    with celery_worker(workdir, urls, queue) as proc:
+        flow = chain(app.signature("cv.stamps"), app.signature("cv.stamps"))
+        result = flow.stamp(tenant="acme", wave=2).apply_async()
+        assert result.get(timeout=20) == ["celery", {"tenant": "acme", "wave": 2}], \
+            proc.output()[-3000:]
+        assert result.parent.get(timeout=5) == ["celery", {"tenant": "acme", "wave": 2}]
+
+
+def test_a_task_replaced_by_a_group_on_one_side_joins_on_the_other(
+        urls: tuple[str, str], workdir: Path) -> None:
+    """``self.replace(group(...))`` on each side's worker, the group's tasks run by
+    the other side's: the join (``celery.accumulate``, a chord's body) runs where
+    the last of them finishes, and the replaced task's id gives the list."""
+    for replacer, members in ((conveyor_worker, celery_worker),
+                              (celery_worker, conveyor_worker)):
+        first, second = _queue(), _queue()
+        app = conveyor_client(urls, first)
+        with replacer(workdir, urls, first) as one, members(workdir, urls, second) as two:
+            result = app.send_task("cv.replace_with_group", (3, second))
+            assert result.get(timeout=30) == [0, 2, 4], \
+                one.output()[-3000:] + two.output()[-3000:]
+        app.close()

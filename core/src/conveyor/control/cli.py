@@ -60,6 +60,14 @@ def add_parsers(sub: Any, inspect_sub: Any, level: argparse.ArgumentParser) -> N
                     help="also stop the task where it runs (recorded REVOKED)")
     rv.add_argument("--signal", default="SIGTERM",
                     help="signal for a process-pool child (default SIGTERM)")
+    rs = csub.add_parser("revoke_by_stamped_headers", parents=[level, common],
+                         help="skip every task stamped NAME=VALUE wherever it has not "
+                              "run yet")
+    rs.add_argument("headers", nargs="+", metavar="NAME=VALUE")
+    rs.add_argument("--terminate", action="store_true",
+                    help="also stop such tasks where they run (recorded REVOKED)")
+    rs.add_argument("--signal", default="SIGTERM",
+                    help="signal for a process-pool child (default SIGTERM)")
     csub.add_parser("enable_events", parents=[level, common],
                     help="workers send task events from now on (as worker -E)")
     csub.add_parser("disable_events", parents=[level, common],
@@ -157,9 +165,19 @@ def cmd_inspect(app: Conveyor, ns: argparse.Namespace) -> int:
 
 def cmd_control(app: Conveyor, ns: argparse.Namespace) -> int:
     what = f"conveyor control {ns.control_command}"
-    if ns.control_command == "revoke":
-        arguments = {"task_id": ns.task_ids, "terminate": ns.terminate,
-                     "signal": ns.signal}
+    if ns.control_command in ("revoke", "revoke_by_stamped_headers"):
+        if ns.control_command == "revoke":
+            arguments = {"task_id": ns.task_ids, "terminate": ns.terminate,
+                         "signal": ns.signal}
+        else:
+            bad = [pair for pair in ns.headers if not pair.partition("=")[0]
+                   or "=" not in pair]
+            if bad:
+                print(f"error: give stamps as NAME=VALUE, not {bad[0]!r}", file=sys.stderr)
+                return 2
+            # Celery's CLI sends the pairs as they are; the worker splits them.
+            arguments = {"headers": ns.headers, "terminate": ns.terminate,
+                         "signal": ns.signal}
         if ns.terminate:
             from ..worker.control import signum
             try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from ..interfaces import BroadcastTransport, Message, Subscription, require
@@ -123,6 +123,19 @@ class Control:
         where it runs, with ``signal`` for a process-pool child)."""
         return self.broadcast("revoke", {"task_id": task_id, "terminate": terminate,
                                          "signal": signal},
+                              destination=destination, reply=reply, timeout=timeout)
+
+    def revoke_by_stamped_headers(self, headers: Mapping[str, Any], *,
+                                  terminate: bool = False, signal: str = "SIGTERM",
+                                  destination: Sequence[str] | None = None,
+                                  reply: bool = False, timeout: float = 1.0
+                                  ) -> list[Reply]:
+        """Tell workers to skip every task stamped with one of these values
+        (``{"tenant": "acme"}`` or ``{"tenant": ["acme", "beta"]}``), from now on;
+        with ``terminate``, also stop those running (Celery's command)."""
+        return self.broadcast("revoke_by_stamped_headers",
+                              {"headers": dict(headers), "terminate": terminate,
+                               "signal": signal},
                               destination=destination, reply=reply, timeout=timeout)
 
     def terminate(self, task_id: str | Sequence[str], signal: str = "SIGTERM",

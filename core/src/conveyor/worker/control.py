@@ -115,6 +115,7 @@ class Panel:
             "scheduled": self.scheduled, "dump_schedule": self.scheduled,
             "registered": self.registered, "dump_tasks": self.registered,
             "stats": self.stats, "revoke": self.revoke, "terminate": self.terminate,
+            "revoke_by_stamped_headers": self.revoke_by_stamped_headers,
             "revoked": self.revoked, "dump_revoked": self.revoked,
             "query_task": self.query_task, "active_queues": self.active_queues,
             "clock": self.clock_value, "conf": self.conf, "hello": self.hello,
@@ -308,6 +309,32 @@ class Panel:
             return {"ok": f"terminate: {', '.join(stopped)}"}
         log.info("Tasks flagged as revoked: %s", ", ".join(ids))
         return {"ok": f"tasks {set(ids)} flagged as revoked"}
+
+    def revoke_by_stamped_headers(self, headers: Any = None, terminate: bool = False,
+                                  signal: Any = None, **_: Any) -> dict[str, str]:
+        """Skip every task stamped with one of these values (``{name: value or
+        [values]}``, or Celery's CLI form ``["name=value", …]``) wherever it has not
+        run yet, from now on; with ``terminate``, also stop those running here."""
+        if isinstance(headers, (list, tuple)):
+            pairs = [str(item).partition("=") for item in headers]
+            if any(not sep or not name for name, sep, _value in pairs):
+                return {"error": f"revoke_by_stamped_headers: give NAME=VALUE pairs, "
+                                 f"not {list(headers)!r}"}
+            headers = {name: value for name, _sep, value in pairs}
+        if not isinstance(headers, dict) or not headers:
+            return {"error": "revoke_by_stamped_headers needs stamps: {name: value}"}
+        REVOKED.add_stamps(headers)
+        held = [job.request.id for job in (*self._waiting(), *self._started(),
+                                           *self.worker.scheduled_jobs())
+                if REVOKED.stamped(job.request)]
+        if held:
+            reply = self.revoke(held, terminate, signal)
+            if terminate:
+                return reply
+        elif terminate:
+            return {"ok": f"headers {headers} were not terminated"}
+        log.info("Tasks stamped %s flagged as revoked", headers)
+        return {"ok": f"headers {headers} flagged as revoked, but not terminated"}
 
     def terminate(self, signal: Any = None, task_id: Any = None, **_: Any) -> dict[str, str]:
         return self.revoke(task_id, terminate=True, signal=signal)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import chainstore, chords, states
 from ..canvas import Signature, maybe_signature
-from ..exceptions import Retry, TaskRevokedError, TimeLimitExceeded
+from ..exceptions import Ignore, Retry, TaskRevokedError, TimeLimitExceeded
 from ..task import current_request
 from .aiolimits import SoftLimited
 from .limits import SoftLimit
@@ -238,6 +238,9 @@ class _Execution:
             log.info("Task %s[%s] retry: %s%s", request.name, request.id, exc,
                      f": {exc.exc!r}" if exc.exc is not None else "")
             app.notify("task_retry", task=task, request=request, reason=reason)
+        except Ignore as exc:
+            state = states.IGNORED
+            log.info("Task %s[%s] ignored: %s", request.name, request.id, exc)
         except BaseException as exc:  # noqa: BLE001 - a task may raise anything
             if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not isinstance(
                     exc, TaskRevokedError):

@@ -482,7 +482,7 @@ class ThreadPool(Pool):
                 nxt.release()
             if job is None:
                 return
-            if REVOKED and job.request.id in REVOKED:  # revoked while it waited here
+            if REVOKED and REVOKED.covers(job.request):  # revoked while it waited here
                 record_revoked(self.app, job.request, self.hostname, "revoked")
                 job.state = states.REVOKED
             else:
@@ -956,7 +956,7 @@ class ProcessPool(Pool):
         one revoked while it waited here is recorded REVOKED and not sent."""
         while self._backlog:
             job = self._backlog[0]
-            if REVOKED and job.request.id in REVOKED:
+            if REVOKED and REVOKED.covers(job.request):
                 self._backlog.popleft()
                 self._begin(job)  # reported, so its delivery is acked
                 record_revoked(self.app, job.request, self.hostname, "revoked")

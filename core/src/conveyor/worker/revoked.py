@@ -5,6 +5,8 @@ A ``revoke`` control command (``conveyor control revoke``, ``celery control revo
 not started (acked, recorded ``REVOKED``), and a task terminated while it runs is
 recorded ``REVOKED`` instead of ``FAILURE``. Ids are kept ``result_expires`` seconds
 (Celery keeps its ``revoked`` set the same way), at most :data:`MAX_IDS` of them.
+``revoke_by_stamped_headers`` adds stamp values: a task carrying one (canvas
+stamping) is skipped the same way, for as long as the worker runs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .. import chords, states
@@ -39,6 +42,9 @@ class Revoked:
         self._ids: OrderedDict[str, float] = OrderedDict()
         #: Ids whose running task is being terminated, and the reason to record.
         self._terminated: dict[str, str] = {}
+        #: ``revoke_by_stamped_headers``: stamp name → the revoked values (kept as
+        #: long as the worker runs, as Celery keeps them).
+        self._stamps: dict[str, list[Any]] = {}
 
     def add(self, task_ids: list[str], keep: float | None) -> None:
         until = time.monotonic() + (keep or DEFAULT_KEEP)
@@ -62,7 +68,30 @@ class Revoked:
             return True
 
     def __bool__(self) -> bool:
-        return bool(self._ids)
+        return bool(self._ids) or bool(self._stamps)
+
+    def add_stamps(self, stamps: Mapping[str, Any]) -> None:
+        """Revoke every task stamped with one of these values (a value or a list of
+        them, by stamp name), from now on."""
+        with self._lock:
+            for name, values in stamps.items():
+                kept = self._stamps.setdefault(str(name), [])
+                kept.extend(v for v in _listed(values) if v not in kept)
+                del kept[:-MAX_IDS]
+
+    def stamped(self, request: Request) -> bool:
+        """Whether ``request`` carries a revoked stamp value."""
+        if not self._stamps:
+            return False
+        stamps = request.stamps
+        with self._lock:
+            return any(value in revoked
+                       for name, revoked in self._stamps.items() if name in stamps
+                       for value in _listed(stamps[name]))
+
+    def covers(self, request: Request) -> bool:
+        """Whether ``request`` is revoked, by its id or by a stamp."""
+        return request.id in self or self.stamped(request)
 
     def ids(self) -> list[str]:
         """The ids still kept, oldest first."""
@@ -88,6 +117,12 @@ class Revoked:
         with self._lock:
             self._ids.clear()
             self._terminated.clear()
+            self._stamps.clear()
+
+
+def _listed(value: Any) -> list[Any]:
+    """A stamp's values: a list or tuple is several, anything else one."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 #: This process's revoked ids (a worker per process, as in Celery).

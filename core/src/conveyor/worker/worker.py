@@ -611,7 +611,7 @@ class Worker:
                 held_back = True  # it waits here for a free slot
                 break
             job = self._ready.popleft()
-            if REVOKED and job.request.id in REVOKED:
+            if REVOKED and REVOKED.covers(job.request):
                 self._skip_revoked(transport, job)
             elif not throttles or self._may_start(transport, job, now):
                 starting.append(job)
