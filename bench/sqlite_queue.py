@@ -19,6 +19,10 @@ Durability differs by default: Conveyor commits with ``synchronous=NORMAL`` (saf
 against any process crash; an OS crash may lose the last commits), Huey leaves
 SQLite's default ``FULL`` (an fsync per commit). So Huey runs twice: as shipped,
 and with ``synchronous=NORMAL`` like Conveyor; ratios are given against both.
+``conveyor_core_only`` is the same solo worker draining the same no-ops from
+``memory://`` in this process (CPU a task): the worker's own share, which no SQLite
+change can remove; Huey's CPU a task over it is the most a transport could bring the
+drain to (``drain_cpu_ceiling_vs_huey_sync_normal``).
 ``conveyor_transport_only`` times the SQLite transport alone (publish; fetch up to 4
 and ack each, as the worker does) to show how much of the total is the transport's;
 its ratios are given against Huey's whole enqueue and drain at both durabilities (at
@@ -289,6 +293,45 @@ def bench_round(root: Path, n: int, block: int,
     return out
 
 
+CORE_TASKS = '''
+import threading
+from conveyor import Conveyor
+app = Conveyor("bench", broker="memory://", backend="memory://")
+done = threading.Event()
+
+@app.task(name="bench.noop", ignore_result=True)
+def noop():
+    pass
+
+@app.task(name="bench.stamp", ignore_result=True)
+def stamp():
+    done.set()
+'''
+
+
+def bench_core(root: Path, n: int) -> dict[str, float]:
+    """The same solo worker draining the same no-ops from ``memory://`` in this
+    process: what a task costs the worker with no broker to speak of, so the CPU a
+    task of the SQLite drain less this is the transport's. Huey's CPU a task over this
+    bounds the drain ratio any transport could reach with this worker."""
+    from conveyor.worker.worker import Worker
+
+    module = f"bench_core_{time.time_ns()}"
+    (root / f"{module}.py").write_text(CORE_TASKS)
+    tasks = importlib.import_module(module)
+    for _ in range(n):
+        tasks.noop.delay()
+    tasks.stamp.delay()
+    worker = Worker(tasks.app, queues=["celery"], pool="solo")
+    threading.Thread(target=lambda: (tasks.done.wait(300), worker.stop()),
+                     daemon=True).start()
+    start = time.process_time()
+    worker.run()
+    cpu = time.process_time() - start
+    tasks.app.close()
+    return {"drain_cpu_us_per_task": round(cpu / n * 1e6, 1)}
+
+
 def bench_transport(root: Path, n: int, prefetch: int = 4) -> dict[str, float]:
     """The SQLite transport alone, with the worker's pattern: fetch up to ``prefetch``,
     ack each before running it. Real messages built by the core, built before timing.
@@ -355,11 +398,13 @@ def main() -> None:
         runs: dict[str, list[dict[str, Any]]] = {"conveyor": [], "huey": [],
                                                   "huey_sync_normal": [],
                                                   "commit_floor": [],
-                                                  "conveyor_transport_only": []}
+                                                  "conveyor_transport_only": [],
+                                                  "conveyor_core_only": []}
         for _ in range(ns.rounds):  # interleaved, so drift hits every side alike
             for name, figures in bench_round(root, ns.tasks, ns.block, ns.slice).items():
                 runs[name].append(figures)
             runs["conveyor_transport_only"].append(bench_transport(root, ns.tasks))
+            runs["conveyor_core_only"].append(bench_core(root, ns.tasks))
     result = {name: best(r) for name, r in runs.items()}
     # Every round's own ratios against Huey at Conveyor's durability: the target
     # (>= 1.5x) must hold in each, not only for the best rates.
@@ -383,6 +428,11 @@ def main() -> None:
         "drain_cpu_ratio_vs_huey_sync_normal_each_round": [
             round(theirs["drain_cpu_us_per_task"] / ours["drain_cpu_us_per_task"], 2)
             for ours, theirs in zip(runs["conveyor"], runs["huey_sync_normal"])],
+        # Huey's worker CPU a task over Conveyor's worker on memory:// (no SQLite):
+        # the CPU ratio a transport costing nothing would give this worker.
+        "drain_cpu_ceiling_vs_huey_sync_normal_each_round": [
+            round(theirs["drain_cpu_us_per_task"] / core["drain_cpu_us_per_task"], 2)
+            for core, theirs in zip(runs["conveyor_core_only"], runs["huey_sync_normal"])],
         # The floor's rate over Huey's: what an enqueue costing nothing but its commit
         # would reach; the target cannot be met above it.
         "enqueue_ceiling_vs_huey_sync_normal_each_round": [
