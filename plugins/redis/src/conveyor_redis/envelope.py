@@ -15,8 +15,7 @@ from pieces, reading is the C JSON decoder and base64.
 from __future__ import annotations
 
 import json
-from base64 import b64decode
-from binascii import b2a_base64
+from binascii import a2b_base64, b2a_base64
 from typing import Any, cast
 
 from orjson import loads as _orjson_loads
@@ -249,7 +248,7 @@ def decode(raw: bytes | str) -> Decoded:
                               "text)", headers)
     if props.get("body_encoding") == "base64":
         try:
-            data = b64decode(body)
+            data = a2b_base64(body)  # what b64decode runs, less two Python frames
         except ValueError as exc:
             return _undeliverable(raw, f"unreadable 'body' ({exc})", headers)
     else:
