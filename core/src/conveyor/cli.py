@@ -88,7 +88,7 @@ def _loglevel(value: str) -> str:
     return level
 
 
-def _parser() -> argparse.ArgumentParser:
+def _argument_parser() -> argparse.ArgumentParser:
     # Every subcommand takes -l after its name too, where Celery users type it; given
     # there it overrides the one before the subcommand (SUPPRESS: unset otherwise).
     level = argparse.ArgumentParser(add_help=False)
@@ -417,10 +417,10 @@ def cmd_plugins(_app: Conveyor | None, _ns: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = _parser().parse_args(argv)
+    ns = _argument_parser().parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=str(ns.loglevel).upper(), format=LOG_FORMAT)
     if ns.command is None:
-        _parser().print_help()
+        _argument_parser().print_help()
         return 2
     try:
         if ns.command == "plugins":

@@ -10,7 +10,6 @@ here decide what is safe to repeat.
 from __future__ import annotations
 
 import logging
-import operator
 import random
 import socket
 import struct
@@ -36,9 +35,6 @@ _HIREDIS_PARSER: Any = getattr(_hiredis_module, "_HiredisParser", None)
 NOT_ENOUGH_DATA: Any = getattr(_hiredis_module, "NOT_ENOUGH_DATA", None)
 if NOT_ENOUGH_DATA is None:  # pragma: no cover - see above
     _HIREDIS_PARSER = None
-#: A redis-py connection's parser. Not written ``conn._parser``: tests/unit's boundary
-#: check goes by name, and the core's cli.py has a function of that name.
-_parser_of = operator.attrgetter("_parser")
 
 log = logging.getLogger("conveyor.redis")
 #: Errors after which a connection cannot be trusted; what callers catch to retry or
@@ -195,7 +191,7 @@ def read_reply(conn: Any) -> Any:
     Every reply a :class:`Line` reads comes here: the ack's, the claim's and a
     result write's in a solo worker's task.
     """
-    parser = _parser_of(conn)
+    parser = conn._parser
     if type(parser) is not _HIREDIS_PARSER or conn.protocol != 2:
         return conn.read_response()
     reader, sock = parser._reader, parser._sock
