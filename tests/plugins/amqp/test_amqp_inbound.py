@@ -328,38 +328,3 @@ def test_fetched_deliveries_equal_pikas_own(amqp_url: str, queue: str) -> None:
         transport.close()
     finally:
         app.close()
-
-
-@pytest.mark.amqp
-def test_a_close_waiting_behind_deliveries_is_raised_at_the_ack(queue: str) -> None:
-    """RabbitMQ closes the connection while deliveries stream in: the worker's next
-    ack (which reads what waits right after its write) raises a connection error,
-    as pika's own loop raised it, rather than reporting the ack as sent."""
-    from amqp_support import rabbitmqctl, url_for, wait_for
-    from conveyor_amqp.errors import AmqpConnectionError
-    from rabbit_vhosts import own_vhost
-
-    with own_vhost() as vhost:
-        app = Conveyor("t", broker=url_for(vhost), backend="memory://t-close")
-        try:
-            for n in range(40):
-                app.send_task("t.x", args=(n,), queue=queue)
-            transport: Any = app.transport_factory()
-            transport.connect()
-            got: list[Any] = []
-            while not got:
-                got = transport.fetch([queue], limit=8, timeout=1.0)
-
-            def names() -> list[str]:
-                out = rabbitmqctl("list_connections", "-q", "--no-table-headers", "-p", vhost,
-                                  "pid")
-                return [line.strip() for line in out.splitlines() if line.strip()]
-
-            for name in names():
-                rabbitmqctl("close_connection", name, "closed by the test")
-            wait_for(lambda: transport.line._direct[1].poll(0) != [], 10,
-                     what="the close to wait on the socket")
-            with pytest.raises(AmqpConnectionError, match="closed by the test"):
-                transport.ack(got)
-        finally:
-            app.close()

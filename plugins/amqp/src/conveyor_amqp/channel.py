@@ -262,61 +262,33 @@ class Channel:
 
     def _write(self, data: bytes) -> bool:
         """Hand marshalled frames to the connection; True when they are all in the
-        socket and nothing is left for pika's loop, False when pika holds some
-        frames, or input it must look at, and its flush must run.
+        socket, False when pika holds some and its loop must flush them.
 
         perf: pika's own path arms the socket's writer, polls, sends and disarms it
         (four system calls and its I/O loop's Python for one ``send``: ~100k of a
         publish's ~340k instructions). The frames go straight to the socket only
-        when pika buffers nothing before them (so the order holds). pika's poll
-        reads waiting input right after its write (a close RabbitMQ sent is raised
-        there): with input waiting, a consuming connection reads it right after the
-        send through pika's own transport (:meth:`_read_waiting`); any other
-        connection leaves it all to pika, as before. A partial send (the socket's
-        buffer full) leaves the rest to pika. pika's byte and frame counts are kept
-        as its own output keeps them.
+        when pika's path would do just that: pika buffers nothing before them (so
+        the order holds) and no input waits on the connection. pika's poll reads
+        waiting input right after its write (a close RabbitMQ sent is raised
+        there), so with input waiting pika does it all, as before; a partial send
+        (the socket's buffer full) leaves the rest to pika. pika's byte and frame
+        counts are kept as its own output keeps them.
         """
         conn: Any = self._conn  # pika's connection under the blocking facade
         impl = conn._impl
         direct = self._direct
         sent = 0
-        if direct is not None and impl._get_write_buffer_size() == 0:
-            waiting = bool(direct[1].poll(0))
-            if not waiting or self._inbound is not None:
-                try:
-                    sent = direct[0].send(data)
-                except OSError:  # would block, or broken: pika's path sees and reports it
-                    sent = 0
-                impl.bytes_sent += sent
-                if sent == len(data):
-                    impl.frames_sent += 1
-                    return not waiting or self._read_waiting(impl)
+        if direct is not None and impl._get_write_buffer_size() == 0 and \
+                not direct[1].poll(0):
+            try:
+                sent = direct[0].send(data)
+            except OSError:  # would block, or broken: pika's path sees and reports it
+                sent = 0
+            impl.bytes_sent += sent
+            if sent == len(data):
+                impl.frames_sent += 1
+                return True
         impl._output_marshaled_frames([data[sent:]])
-        return False
-
-    def _read_waiting(self, impl: Any) -> bool:
-        """After a write, read the input waiting on a consuming connection as
-        pika's loop would have (its transport's own read handler: the same reads,
-        end-of-file and error handling), without that loop; True when only
-        deliveries to our consumers came. When pika got other frames, or the read
-        ended the connection, its loop runs once and False asks the caller's flush
-        to look: a close RabbitMQ sent is raised, as pika's loop raised it at this
-        write.
-
-        perf: with deliveries streaming in, most acks found input waiting and went
-        through pika's loop (arm the writer, poll, dispatch, send, read, disarm).
-        """
-        reader = self._inbound
-        transport = vars(impl).get("_transport")
-        if reader is None or transport is None:
-            return False
-        passed = reader.passed
-        transport._on_socket_readable()
-        if reader.passed == passed and transport._state == transport._STATE_ACTIVE:
-            return True
-        # pika's loop runs once, as after its own write (a connection close
-        # completes there and is raised), then the caller's flush (a channel close)
-        cast(Any, self._conn).process_data_events(time_limit=0)
         return False
 
     # ------------------------------------------------------------- consuming

@@ -330,8 +330,6 @@ class Reader:
         self._open: tuple[Consumer, Basic.Deliver, BasicProperties, int] | None = None
         self._parts: list[bytes] = []
         self._got = 0
-        #: Frames handed to pika so far (any but our deliveries').
-        self.passed = 0
         connection._on_data_available = self.feed
 
     def take(self, callback: Consumer) -> None:
@@ -377,7 +375,6 @@ class Reader:
                 value = frame.decode_frame(buf[pos:end])[1]
                 if value is None:
                     raise exceptions.InvalidFrameError(f"Unknown frame type {kind}")
-                self.passed += 1
                 conn._frame_buffer = buf = buf[end:]
                 conn.bytes_received += end - done
                 conn.frames_received += frames
