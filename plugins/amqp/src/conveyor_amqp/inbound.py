@@ -93,25 +93,16 @@ def value(buf: bytes, offset: int) -> tuple[Any, int]:
     return data.decode_value(buf, offset)
 
 
-def table(buf: bytes, offset: int, seen: Seen | None = None) -> tuple[dict[Any, Any], int]:
+def table(buf: bytes, offset: int) -> tuple[dict[Any, Any], int]:
     """The field table at ``offset`` and the offset after it: what
-    :func:`pika.data.decode_table` returns. ``seen`` records where its values
-    are (see :class:`Layout`)."""
+    :func:`pika.data.decode_table` returns."""
     end = offset + 4 + _U32(buf, offset)[0]
     offset += 4
     out: dict[Any, Any] = {}
     while offset < end:
         size = buf[offset]
         key = _key(buf[offset + 1:offset + 1 + size])
-        offset += 1 + size
-        if seen is not None:
-            kind = buf[offset]
-            if kind == _S:
-                start = offset + 5 - seen.base
-                seen.texts.append((None, key, start, start + _U32(buf, offset + 1)[0]))
-            elif kind == _A or kind == _F:
-                seen.containers.append((key, offset - seen.base))
-        out[key], offset = value(buf, offset)
+        out[key], offset = value(buf, offset + 1 + size)
     return out, offset
 
 
@@ -130,23 +121,12 @@ _RARE = ((0x0200, "reply_to"), (0x0100, "expiration"), (0x0080, "message_id"),
          (0x0008, "app_id"), (0x0004, "cluster_id"))
 
 
-class Seen:
-    """Where a content header's values lie, as :func:`_decode` reads it: each
-    string's text (:data:`Text`, offsets from ``base``), and each top-level header
-    value that is a table or an array (its key and where it starts)."""
-
-    __slots__ = ("base", "texts", "containers")
-
-    def __init__(self, base: int) -> None:
-        self.base = base
-        self.texts: list[Text] = []
-        self.containers: list[tuple[Any, int]] = []
-
-
-def _decode(buf: bytes, offset: int) -> tuple[BasicProperties, Seen]:
-    """The properties at ``offset``, as pika decodes them, and where their values
-    lie (see :class:`Layout`)."""
-    seen = Seen(offset)
+def _decode(buf: bytes, offset: int) -> tuple[BasicProperties, list[Text],
+                                              list[tuple[Any, int]]]:
+    """The properties at ``offset``, as pika decodes them, with where each string
+    value lies (its bytes after ``offset``) and where each top-level header value
+    that is a table or an array starts (see :class:`Layout`)."""
+    base = offset
     flags = 0
     shift = 0
     while True:
@@ -157,11 +137,13 @@ def _decode(buf: bytes, offset: int) -> tuple[BasicProperties, Seen]:
             break
         shift += 16
     props = BasicProperties()
+    texts: list[Text] = []
+    containers: list[tuple[Any, int]] = []
 
     def short(name: str) -> None:
         nonlocal offset
         end = offset + 1 + buf[offset]
-        seen.texts.append((name, None, offset + 1 - seen.base, end - seen.base))
+        texts.append((name, None, offset + 1 - base, end - base))
         setattr(props, name, _text(buf[offset + 1:end]))
         offset = end
 
@@ -170,7 +152,21 @@ def _decode(buf: bytes, offset: int) -> tuple[BasicProperties, Seen]:
     if flags & 0x4000:
         short("content_encoding")
     if flags & 0x2000:
-        props.headers, offset = table(buf, offset, seen)
+        end = offset + 4 + _U32(buf, offset)[0]
+        offset += 4
+        headers: dict[Any, Any] = {}
+        while offset < end:
+            size = buf[offset]
+            key = _key(buf[offset + 1:offset + 1 + size])
+            offset += 1 + size
+            kind = buf[offset]
+            if kind == _S:
+                texts.append((None, key, offset + 5 - base,
+                              offset + 5 + _U32(buf, offset + 1)[0] - base))
+            elif kind == _A or kind == _F:
+                containers.append((key, offset - base))
+            headers[key], offset = value(buf, offset)
+        props.headers = headers
     if flags & 0x1000:
         props.delivery_mode = buf[offset]  # type: ignore[assignment]  # any octet
         offset += 1
@@ -186,7 +182,7 @@ def _decode(buf: bytes, offset: int) -> tuple[BasicProperties, Seen]:
                 offset += 8
             else:
                 short(name)
-    return props, seen
+    return props, texts, containers
 
 
 class Layout:
@@ -211,11 +207,11 @@ class Layout:
 
     __slots__ = ("raw", "texts", "containers", "holes", "segments", "fields", "headers")
 
-    def __init__(self, raw: bytes, props: BasicProperties, seen: Seen,
-                 previous: Layout | None) -> None:
+    def __init__(self, raw: bytes, props: BasicProperties, texts: list[Text],
+                 containers: list[tuple[Any, int]], previous: Layout | None) -> None:
         self.raw = raw
-        self.texts = texts = seen.texts
-        self.containers = containers = seen.containers
+        self.texts = texts
+        self.containers = containers
         holes: set[Text] = set()
         if previous is not None and previous.texts == texts and \
                 previous.containers == containers:
@@ -278,10 +274,10 @@ def properties(buf: bytes, offset: int, end: int) -> BasicProperties:
         props = layout.read(buf, offset)
         if props is not None:
             return props
-    props, seen = _decode(buf, offset)
+    props, texts, containers = _decode(buf, offset)
     if len(_layouts) >= LAYOUTS:
         _layouts.clear()
-    _layouts[size] = Layout(buf[offset:end], props, seen, layout)
+    _layouts[size] = Layout(buf[offset:end], props, texts, containers, layout)
     # the caller gets its own headers: the layout's are copied for each message
     if props.headers is not None:
         props = _copy(props)
