@@ -461,14 +461,14 @@ class Channel:
             number = impl.channel_number
             frames = []
             if top is not None:
-                frames.append(marshal.ack(number, top, multiple=True))
+                frames.append(frame.Method(number, Basic.Ack(top, multiple=True)).marshal())
                 for tag in list(self._unsettled):
                     if tag > top:
                         break
                     del self._unsettled[tag]
                     done.discard(tag)
             for tag in sorted(done):
-                frames.append(marshal.ack(number, tag))
+                frames.append(frame.Method(number, Basic.Ack(tag)).marshal())
                 del self._unsettled[tag]
             if not self._write(b"".join(frames)):
                 ch._flush_output()

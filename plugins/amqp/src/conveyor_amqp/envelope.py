@@ -32,7 +32,6 @@ COUNT = "x-conveyor-deliveries"
 TRANSIT = ("x-delivery-count", "x-death", "x-first-death-exchange",
            "x-first-death-queue", "x-first-death-reason", "x-last-death-exchange",
            "x-last-death-queue", "x-last-death-reason", COUNT)
-_TRANSIT = frozenset(TRANSIT)
 
 #: Message properties copied to AMQP as they are.
 _PLAIN = ("correlation_id", "reply_to", "expiration", "message_id", "type", "app_id",
@@ -116,8 +115,8 @@ def message(props: BasicProperties, body: bytes) -> Message:
     headers = cast("dict[str, Any] | None", props.headers)
     if headers is None:
         headers = {}
-    elif not _TRANSIT.isdisjoint(headers):  # perf: 0.15 µs, any() over TRANSIT 0.33
-        headers = {k: v for k, v in headers.items() if k not in _TRANSIT}
+    elif any(key in headers for key in TRANSIT):
+        headers = {k: v for k, v in headers.items() if k not in TRANSIT}
     if _has(Decimal, headers):
         headers = _from_wire(headers)
     extra: dict[str, Any] = {}

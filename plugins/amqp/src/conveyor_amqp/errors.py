@@ -18,7 +18,8 @@ Every message names the URL with its password masked.
 
 from __future__ import annotations
 
-from types import TracebackType
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pika.exceptions as pe
 from conveyor.exceptions import OperationalError
@@ -105,28 +106,16 @@ def wrap(exc: BaseException, url: str, doing: str) -> OperationalError:
     return OperationalError(f"RabbitMQ at {where} failed while {doing}: {exc!r}.")
 
 
-class translate:  # noqa: N801 - used as a function: ``with translate(url, doing):``
-    """Re-raise pika errors raised inside the ``with`` block as Conveyor's (see
-    :func:`wrap`).
+@contextmanager
+def translate(url: str, doing: str) -> Iterator[None]:
+    """Re-raise pika errors raised inside the block as Conveyor's (see :func:`wrap`).
 
     Connection errors come out as :class:`AmqpConnectionError`, which the core still
     sees as one of ``connection_errors``, so it retries or reconnects.
-
-    perf: a class, not a ``@contextmanager`` generator (a generator, its wrapper
-    object and their frames a use); a worker enters one for every fetch and ack.
     """
-
-    __slots__ = ("url", "doing")
-
-    def __init__(self, url: str, doing: str) -> None:
-        self.url, self.doing = url, doing
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        if exc is None or isinstance(exc, OperationalError) or \
-                not isinstance(exc, _PIKA_ERRORS):
-            return
-        raise wrap(exc, self.url, self.doing) from exc
+    try:
+        yield
+    except OperationalError:
+        raise
+    except _PIKA_ERRORS as exc:
+        raise wrap(exc, url, doing) from exc

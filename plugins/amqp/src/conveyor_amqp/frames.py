@@ -1,5 +1,5 @@
-"""The frames Conveyor writes itself: a published message's content header (its
-field table's repeated entries encoded once), ``basic.publish`` and ``basic.ack``.
+"""The content header frame of a published message, its field table's repeated
+entries encoded once.
 
 perf: pika's ``BasicProperties.encode`` spends most of an unconfirmed publish's CPU
 on the ``headers`` field table: a Celery message has ~20 entries and most of them
@@ -99,17 +99,3 @@ def publish(channel: int, exchange: str, routing_key: str) -> bytes:
             _publishes.clear()
         _publishes[memo] = out
     return out
-
-
-#: A whole ``basic.ack`` method frame: type, channel, payload size (13), class and
-#: method ids, delivery tag, the ``multiple`` bit, frame end.
-_ACK = struct.Struct(">BHIHHQBB")
-_ACK_ID = spec.Basic.Ack.INDEX >> 16, spec.Basic.Ack.INDEX & 0xFFFF
-
-
-def ack(channel: int, tag: int, multiple: bool = False) -> bytes:
-    """The marshalled ``basic.ack`` frame: what ``pika.frame.Method(channel,
-    Basic.Ack(tag, multiple)).marshal()`` returns, in one ``struct`` call (pika's
-    builds a method object, a frame object and five pieces: ~10 µs an ack)."""
-    return _ACK.pack(spec.FRAME_METHOD, channel, 13, *_ACK_ID, tag, multiple,
-                     spec.FRAME_END)
