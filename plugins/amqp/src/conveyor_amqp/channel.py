@@ -29,7 +29,6 @@ from pika.spec import Basic, BasicProperties
 from . import frames as marshal
 from .connection import open_connection
 from .errors import ChannelError, translate, unroutable
-from .inbound import Reader
 from .layout import Delays, QueueShape
 
 log = logging.getLogger("conveyor.amqp")
@@ -89,8 +88,6 @@ class Channel:
         #: The connection's socket and a poller watching it for input, for
         #: :meth:`_write` (None: pika's path only, e.g. over TLS).
         self._direct: tuple[Any, select.poll] | None = None
-        #: Reads this channel's deliveries off the connection (see :mod:`.inbound`).
-        self._inbound: Reader | None = None
 
     # ------------------------------------------------------------- lifecycle
     @property
@@ -141,9 +138,6 @@ class Channel:
         self._consumers.clear()
         self._cancelled.clear()
         self._qos = False
-        if self._inbound is not None:
-            self._inbound.remove()
-            self._inbound = None
 
     def drop(self) -> None:
         """Forget the connection (closing it if it still answers)."""
@@ -358,12 +352,6 @@ class Channel:
 
         conn._dispatch_channel_events()
         consumers[tag] = deliver
-        reader = self._inbound
-        if reader is None or not reader.serves(conn._impl, impl):
-            if reader is not None:
-                reader.remove()
-            reader = self._inbound = Reader(conn._impl, impl)
-        reader.take(deliver)
 
     def _on_cancel(self, frame: Any) -> None:
         """RabbitMQ cancelled one of our consumers: its queue was deleted (or, for a
