@@ -370,8 +370,10 @@ class Worker:
             return
         log.info("%s: %s from %d to %d", why, "scaling up" if concurrency >
                  self.concurrency else "scaling down", self.concurrency, concurrency)
-        self.pool.resize(concurrency)
+        # Set before the pool grows: ``inspect stats`` (read by the control thread)
+        # never shows more processes than its max-concurrency while children start.
         self.concurrency = concurrency
+        self.pool.resize(concurrency)
         if self.autoscale is None:
             self.prefetch = max(1, self._per_slot * concurrency)
 
