@@ -36,6 +36,13 @@ divides each run by its pair. ``profile`` splits Conveyor's publishing cost betw
 the core (``app.prepare``: options, routing, message build) and the transport
 (envelope; one ``publish`` each; one ``publish_many`` for all), in microseconds per
 task, and gives the transport's own bulk rate for messages already built.
+
+Every timed bulk run (both systems, and each LPUSH pair) starts from a settled heap
+(``gc.collect()`` just before it): the bench's own allocations before it (the
+drain and round-trip phases, the 10,000 messages kept for the LPUSH pairs) otherwise
+owe the garbage collector a full collection, which fell into whichever run came
+first (measured: 23.6 ms of a 123 ms run on a loaded machine; none in the runs
+after). Collections caused by a run's own allocations still count in that run.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench_support, last
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import tempfile  # noqa: E402
@@ -144,6 +152,7 @@ def measure(system: str, n: int, workdir: Path, broker: str, backend: str,
         rates = []
         for _ in range(bulk_runs):
             redis.Redis.from_url(broker).flushdb()
+            gc.collect()  # see "settled heap" in the module docstring
             start = time.perf_counter()
             fn()
             rates.append(round(n / (time.perf_counter() - start)))
@@ -201,6 +210,7 @@ def lpush_rate(url: str, raws: list[tuple[bytes, str]]) -> int:
     non-transactional pipeline a 1,000 messages (the publisher's buffer)."""
     client = redis.Redis.from_url(url)
     client.flushdb()
+    gc.collect()  # as before each bulk run
     start = time.perf_counter()
     for i in range(0, len(raws), 1000):
         pipe = client.pipeline(transaction=False)
