@@ -116,7 +116,8 @@ class TestRedisTransport(FullTransportContract):
         return redis_contract_url
 
 
-class _KombuBridge(TransportContract, DeadLetterContract, PurgeContract, InspectContract):
+class _KombuBridge(TransportContract, DeadLetterContract, PurgeContract, InspectContract,
+                   BroadcastContract):
     """The kombu bridge (conveyor-kombu): what it declares on every kombu transport."""
 
     covers = ("kombu",)

@@ -269,10 +269,11 @@ class AsyncResult(Generic[R]):
         ``timeout`` seconds (default 1) for the workers' replies. ``broadcast=False``
         only marks the state (:meth:`GroupResult.revoke` tells the workers once).
 
-        On a transport without broadcasts (``Capabilities.broadcast``; the kombu bridge) the
-        workers cannot be told: ``terminate`` raises
-        :class:`~conveyor.exceptions.CapabilityError`, and a plain revoke only marks
-        the state (a worker that runs the task anyway stores its outcome over it).
+        On a transport without broadcasts (``Capabilities.broadcast``; e.g. kombu's
+        Consul transport through the bridge) the workers cannot be told:
+        ``terminate`` raises :class:`~conveyor.exceptions.CapabilityError`, and a
+        plain revoke only marks the state (a worker that runs the task anyway stores
+        its outcome over it).
         """
         if self.publisher is not None:
             self._settle()

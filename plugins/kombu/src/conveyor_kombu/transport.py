@@ -36,10 +36,12 @@ from kombu.message import Message as KombuMessage
 
 from conveyor.exceptions import ConfigurationError
 from conveyor.interfaces import (
-    Binding, Capabilities, DeadLetter, Delivery, Message, Outgoing, QueueStats, Route,
+    Binding, Capabilities, DeadLetter, Delivery, Exchange as ConveyorExchange, Message,
+    Outgoing, QueueStats, Route,
 )
 from conveyor.utils import did_you_mean, mask_url
 
+from . import broadcast as broadcasts
 from . import features, options
 
 log = logging.getLogger("conveyor.kombu")
@@ -98,12 +100,13 @@ class KombuTransport:
     """A Conveyor :class:`~conveyor.interfaces.Transport` over one kombu connection.
 
     Declares dead letters, purge and depth (every kombu transport can hold a
-    ``<queue>.dead`` queue, purge a queue and count it); not delays nor leases.
+    ``<queue>.dead`` queue, purge a queue and count it) and broadcasts where kombu's
+    transport has fanout exchanges (:mod:`.broadcast`); not delays nor leases.
     """
 
     scheme: ClassVar[str] = "kombu"
     capabilities: ClassVar[Capabilities] = Capabilities(dead_letters=True, purge=True,
-                                                        inspect=True)
+                                                        inspect=True, broadcast=True)
 
     def __new__(cls, url: str, app: Conveyor | None = None) -> KombuTransport:
         """The bridge class whose capabilities fit the kombu transport the URL names
@@ -112,6 +115,8 @@ class KombuTransport:
             _name, transport_cls = kombu_transport(kombu_url(url))
             if orders_by_priority(transport_cls):
                 cls = PriorityKombuTransport
+            elif not broadcasts.supports_broadcast(transport_cls):
+                cls = UnicastKombuTransport
         return super().__new__(cls)
 
     @staticmethod
@@ -140,6 +145,7 @@ class KombuTransport:
         self._held: dict[Any, KombuMessage] = {}
         #: (queue, exchange, routing key) declared on this connection.
         self._declared: set[tuple[str, str, str]] = set()
+        self._connect_timeout = timeout
 
     # ------------------------------------------------------------------ connection
     def connect(self) -> None:
@@ -440,6 +446,22 @@ class KombuTransport:
                           float(info.get("time") or 0.0),
                           self._message(raw, {**headers, DEAD: info}))
 
+    # ------------------------------------------------------------------ broadcasts
+    def broadcast(self, exchange: ConveyorExchange, routing_key: str,
+                  message: Message) -> None:
+        if self._producer is None:
+            self._producer = Producer(self._channel)
+        broadcasts.publish(self._producer, broadcasts.kombu_exchange(exchange, self.kombu_name),
+                           routing_key, message)
+
+    def subscribe(self, exchange: ConveyorExchange, binding_key: str = "", *,
+                  queue: str | None = None,
+                  expires: float | None = None) -> broadcasts.KombuSubscription:
+        return broadcasts.subscribe(
+            self.kombu_url, self.options, self._connect_timeout,
+            broadcasts.kombu_exchange(exchange, self.kombu_name), binding_key, queue,
+            expires, lambda raw: self._message(raw, dict(raw.headers or {})))
+
     # ------------------------------------------------------------------ purge, depth
     def purge(self, queue: str) -> int:
         self.declare(Route(queue))
@@ -460,13 +482,21 @@ class KombuTransport:
                           dead_count, None)
 
 
+class UnicastKombuTransport(KombuTransport):
+    """A kombu transport without fanout exchanges: no broadcasts (remote control
+    and events say so, naming the capability)."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(dead_letters=True, purge=True,
+                                                        inspect=True)
+
+
 class PriorityKombuTransport(KombuTransport):
     """A kombu transport that serves by priority (Redis): kombu's scale there is
     0 (first) to 9 (last), so Conveyor's 0–255 (higher first, None lowest) is mapped
     onto it and back."""
 
     capabilities: ClassVar[Capabilities] = Capabilities(
-        dead_letters=True, purge=True, inspect=True, priorities=True)
+        dead_letters=True, purge=True, inspect=True, priorities=True, broadcast=True)
 
     def to_kombu_priority(self, priority: int | None) -> int | None:
         if priority is None:
