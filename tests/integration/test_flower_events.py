@@ -1,6 +1,7 @@
-"""Flower 2.2 (Celery's monitor) started against Redis sees a Conveyor worker
-started with ``-E``, or without it (Flower's periodic ``enable_events`` turns its
-events on, in the processes pool's children too), and the task it ran, through
+"""Flower 2.2 (Celery's monitor) started against Redis sees a Conveyor worker (on
+``redis://`` or the kombu bridge's ``kombu+redis://``) started with ``-E``, or
+without it (Flower's periodic ``enable_events`` turns its events on, in the
+processes pool's children too), and the task it ran, through
 Flower's own HTTP API: the events have Celery's fields, exchange and routing keys,
 and the worker answers the remote control commands Flower sends for
 ``/api/workers``."""
@@ -43,13 +44,18 @@ def _get(url: str) -> Any:
         return None  # not serving yet
 
 
-@pytest.mark.parametrize(("pool", "events"), [("threads", True), ("processes", True),
-                                              ("processes", False)])
+@pytest.mark.parametrize(("pool", "events", "broker"), [
+    ("threads", True, "redis"), ("processes", True, "redis"), ("processes", False, "redis"),
+    ("threads", True, "kombu+redis")])
 def test_flower_lists_a_conveyor_worker_and_its_succeeded_task(tmp_path: Path, pool: str,
-                                                               events: bool) -> None:
+                                                               events: bool,
+                                                               broker: str) -> None:
+    """``kombu+redis``: the worker and the client on the kombu bridge over the Redis
+    Flower reads (kombu's Redis transport carries the events and commands)."""
     (url,) = flush_dbs(DB)
+    conveyor_broker = url if broker == "redis" else "kombu+" + url
     (tmp_path / "proj_fl.py").write_text(textwrap.dedent(PROJ))
-    env = {"CONVEYOR_BROKER_URL": url, "CONVEYOR_RESULT_BACKEND": url,
+    env = {"CONVEYOR_BROKER_URL": conveyor_broker, "CONVEYOR_RESULT_BACKEND": url,
            "PYTHONPATH": str(tmp_path), "FLOWER_UNAUTHENTICATED_API": "true"}
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -70,7 +76,7 @@ def test_flower_lists_a_conveyor_worker_and_its_succeeded_task(tmp_path: Path, p
             assert workers is True  # alive: its heartbeats arrive
             if not events:
                 assert "Task events enabled (remote control)" in worker.output()
-            client = Conveyor("proj_fl-client", broker=url, backend=url,
+            client = Conveyor("proj_fl-client", broker=conveyor_broker, backend=url,
                               task_send_sent_event=True)
             try:
                 result = client.send_task("proj_fl.mul", (6, 7))
