@@ -106,20 +106,24 @@ def test_celery_cli_inspects_a_conveyor_worker(worker: Proc, workdir: Path,
     assert "rc1@test: OK" in out.stdout and "1 node online." in out.stdout, out.stdout
 
 
-def test_conveyor_cli_inspects_a_celery_worker(workdir: Path, redis_url: str) -> None:
+@pytest.mark.parametrize("bridge", [False, True], ids=["redis", "kombu"])
+def test_conveyor_cli_inspects_a_celery_worker(workdir: Path, redis_url: str,
+                                               bridge: bool) -> None:
+    """Conveyor's CLI on ``redis://``, and on ``kombu+redis://`` (the bridge)."""
+    cli_url = "kombu+" + redis_url if bridge else redis_url
     with celery_worker(workdir, redis_url, redis_url, "rc.celery"):
         def celery_name() -> str | None:
             """The Celery worker's name, when it answered a ping to every worker (2 s
             of replies a try, not 10 s once: the suite's time)."""
-            out = run(workdir, redis_url, "inspect", "ping", "--timeout", "2").stdout
+            out = run(workdir, cli_url, "inspect", "ping", "--timeout", "2").stdout
             return next((line.split()[1].rstrip(":") for line in out.splitlines()
                          if line.startswith("->  rc.celery@")), None)
         name = wait_for(celery_name, 30, what="the Celery worker among the pongs")
-        out = run(workdir, redis_url, "inspect", "ping", "-d", name, "--timeout", "10",
+        out = run(workdir, cli_url, "inspect", "ping", "-d", name, "--timeout", "10",
                   "--json")
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout) == {name: {"ok": "pong"}}
-        out = run(workdir, redis_url, "inspect", "registered", "-d", name, "--timeout", "10")
+        out = run(workdir, cli_url, "inspect", "registered", "-d", name, "--timeout", "10")
         assert "* interop.add" in out.stdout and "1 node online." in out.stdout, out.stdout
 
 
