@@ -391,11 +391,22 @@ class Worker:
             # also while the pool is full and nothing is fetched (see HeartbeatTransport)
             cast(HeartbeatTransport, transport).heartbeat()
             self._beat_due = time.monotonic() + HEARTBEAT_EVERY
-        self._settle(transport, defer=True)
-        self._release_due()
+        pool = self.pool
+        if not pool.inline or pool.done.queue or self._owed_acks or self._owed_requeues:
+            # perf: an inline pool's jobs were settled as they finished (in
+            # _start_jobs): only what is owed, or a job put on done meanwhile,
+            # waits here.
+            self._settle(transport, defer=True)
+        if self._held or self._throttled:
+            self._release_due()
         held_back = self._start_jobs(transport)
         if self.autoscale is not None:
             self._scale()
+        capacity = pool.capacity
+        busy = held_back or len(self._running) >= capacity
+        refill_empty = pool.inline or self._ack_on_start
+        if self._ready and not busy and refill_empty:
+            return  # perf: more start at the next pass; nothing to fetch or wait for
         counted = len(self._running)  # running jobs that hold prefetch room
         if self._ack_on_start and counted:
             # perf: a job that began is acked (or its ack is owed this turn): it no
@@ -405,8 +416,6 @@ class Worker:
             counted -= sum(1 for job in self._running.values()
                            if job.started and not job.acks_late)
         room = self.prefetch - len(self._ready) - len(self._held) - counted
-        capacity = self.pool.capacity
-        busy = held_back or len(self._running) >= capacity
         timeout = self.poll_interval
         for heap in (self._held, self._throttled):
             if heap:
@@ -423,7 +432,7 @@ class Worker:
         # instructions a task 175.3k -> 166.4k).
         # A pool whose started jobs free prefetch room (above) refills once none is
         # ready too: its pool is full then, and the claim is as big as it gets.
-        if room > 0 and (not self._ready if self.pool.inline or self._ack_on_start else (
+        if room > 0 and (not self._ready if refill_empty else (
                 room >= self.prefetch - capacity or not self._ready)):
             deliveries = transport.fetch(self.queues, limit=room, timeout=timeout)
             if deliveries:
@@ -447,10 +456,13 @@ class Worker:
         info = log.isEnabledFor(logging.INFO)
         defaults = task_defaults(app)
         accept = app.conf.accept_content
+        with self._lease_lock:  # perf: every delivery is leased, under one lock
+            leased = self._leased
+            for d in deliveries:
+                leased[d.tag] = d
         for d in deliveries:
             if observe:
                 app.notify("message_received", message=d.message, queue=d.queue)
-            self._lease(d)
             if d.error is not None:
                 self._dead(transport, d, DecodeError(d.error))
                 continue
@@ -730,10 +742,6 @@ class Worker:
             self._unlease(d)
 
     # ------------------------------------------------------------------ leases
-    def _lease(self, d: Delivery) -> None:
-        with self._lease_lock:
-            self._leased[d.tag] = d
-
     def _unlease(self, d: Delivery) -> None:
         with self._lease_lock:
             self._leased.pop(d.tag, None)
