@@ -144,6 +144,19 @@ def test_core_built_messages_are_stored_as_their_dicts_encode(transport, call):
     assert got.message.priority == call.get("priority")
 
 
+def test_header_numbers_read_back_as_stored(transport, new_message):
+    """Integers past 64 bits stay integers (a fast JSON parser would read them as
+    floats), and the largest 64-bit ones, floats and non-ASCII text read back as
+    they were written."""
+    values = {"big": 2**70, "negative": -(2**64) - 1, "edge": 2**64 - 1, "tenth": 0.1,
+              "huge": 1e300, "text": "\u00e9\u2603 12345678901234567890"}
+    transport.publish(new_message(0, **values), Q)
+    (got,) = transport.fetch([Q.queue], limit=1, timeout=0)
+    assert {key: got.message.headers[key] for key in values} == values
+    assert [type(got.message.headers[key]) for key in values] == [
+        type(value) for value in values.values()]
+
+
 def test_headers_must_be_json(transport, new_message):
     with pytest.raises(TypeError, match="JSON"):
         transport.publish(new_message(0, when=object()), Q)

@@ -54,6 +54,8 @@ import json.scanner
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+from orjson import loads as _orjson_loads
+
 from conveyor.envelope import JSONStyle, headers_json, properties_json
 from conveyor.interfaces import Message, Route
 
@@ -253,15 +255,37 @@ def message_from(row: Sequence[Any]) -> Message:
                    content_encoding, _object(properties, "properties"))
 
 
+#: Every ASCII digit as ``9``, any other byte as ``.`` (a ``bytes.translate`` table):
+#: 19 digits in a row may be an integer past 64 bits, which orjson reads as a float.
+_AS_NINES = bytes(0x39 if 0x30 <= i <= 0x39 else 0x2E for i in range(256))
+_NINETEEN = b"9" * 19
+
+
 def _object(text: Any, column: str) -> dict[str, Any]:
+    """A stored headers or properties column as the dict ``json.loads`` gives.
+
+    perf: orjson parses it first (a task's headers 2.6 -> 1.0 us, its properties
+    0.86 -> 0.26, timeit; the digit check 0.2-0.4); text it refuses (``NaN``, a lone
+    surrogate) or might read otherwise (19 digits in a row) takes the standard
+    library's scanner, then ``json.loads`` with its errors."""
     value: Any = None
-    if isinstance(text, str):
+    if type(text) is str:
         try:
-            value, end = _scan(text, 0)
-        except (StopIteration, ValueError):
-            end = -1
-        if end != len(text):
-            value = None
+            raw = text.encode()
+        except UnicodeEncodeError:  # a lone surrogate: the standard library's
+            raw = _NINETEEN
+        if _NINETEEN not in raw.translate(_AS_NINES):
+            try:
+                value = _orjson_loads(raw)
+            except ValueError:
+                value = None
+        if value is None:
+            try:
+                value, end = _scan(text, 0)
+            except (StopIteration, ValueError):
+                end = -1
+            if end != len(text):
+                value = None
     if value is None:  # not what Conveyor writes: json.loads, with its errors
         value = json.loads(text)
     if not isinstance(value, dict):
