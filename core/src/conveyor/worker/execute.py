@@ -104,24 +104,23 @@ def _autoretry(task: Any, exc: Exception) -> None:
 
 
 def _call(task: Any, request: Request) -> Any:
+    """Run the task where the caller blocks; an exception may become a retry
+    (``autoretry_for``). perf: one function, the arguments made here (two calls a
+    task less)."""
     try:
-        return _invoke(task, request)
+        if task.is_async:  # a blocking caller (solo, a pool child): wait for the loop
+            return asyncio.run_coroutine_threadsafe(
+                _await(task, request), EventLoopThread.loop()).result()
+        args = [task, *request.args] if task.bind else request.args
+        soft = request.soft_time_limit or task.soft_time_limit \
+            or task_defaults(task.app)["task_soft_time_limit"]
+        if not soft:
+            return task.run(*args, **request.kwargs)
+        with SoftLimit(soft, f"Task {task.name}[{request.id}]"):
+            return task.run(*args, **request.kwargs)
     except Exception as exc:
         _autoretry(task, exc)
         raise
-
-
-def _invoke(task: Any, request: Request) -> Any:
-    if task.is_async:  # a blocking caller (solo, a pool child): wait for the loop
-        return asyncio.run_coroutine_threadsafe(
-            _await(task, request), EventLoopThread.loop()).result()
-    args = _arguments(task, request)
-    soft = request.soft_time_limit or task.soft_time_limit \
-        or task_defaults(task.app)["task_soft_time_limit"]
-    if not soft:
-        return task.run(*args, **request.kwargs)
-    with SoftLimit(soft, f"Task {task.name}[{request.id}]"):
-        return task.run(*args, **request.kwargs)
 
 
 async def _await(task: Any, request: Request) -> Any:
