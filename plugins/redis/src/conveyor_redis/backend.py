@@ -148,19 +148,23 @@ class RedisBackend(JoinsMixin, GroupsMixin):
         else:
             ttl, unit = 0, "s"
         what = f"the {state} result of task {task_id}"
+        key = KEY_PREFIX + task_id
+        args = [payload, ttl, unit, own_channel(self.db, key)]
 
         def store_once() -> None:  # idempotent: the script never overwrites SUCCESS
             line = self._lines.take()
             try:
                 # perf: sent ahead; this thread's next call reads the reply first
-                key = self.key(task_id)
-                STORE.send(line, [key], [payload, ttl, unit, own_channel(self.db, key)],
-                           what)
+                STORE.send(line, [key], args, what)
             finally:
                 self._lines.give(line)
 
-        retrying(store_once, url=self.url, patience=10.0,
-                 doing=f"storing {what}")
+        try:
+            store_once()  # perf: the first try straight, not through retrying's frame
+        except CONNECTION_ERRORS:
+            retrying(store_once, url=self.url, patience=10.0, doing=f"storing {what}")
+        except redis.RedisError as exc:
+            raise wrap(exc, self.url, f"storing {what}") from exc
 
     def flush(self) -> None:
         """Wait until the server has confirmed this thread's writes sent ahead.
