@@ -212,6 +212,7 @@ class _Amqp:
         return amqp_contract_url
 
 
+@pytest.mark.amqp
 class TestAmqpTransport(_Amqp, TransportContract, PriorityContract, DelayContract,
                         DeadLetterContract, PurgeContract, InspectContract,
                         HeartbeatContract, BroadcastContract):
@@ -224,6 +225,7 @@ class TestAmqpTransport(_Amqp, TransportContract, PriorityContract, DelayContrac
     covers = ("amqp", "amqps")
 
 
+@pytest.mark.amqp
 class TestRpcBackend(BackendContract, ReplyContract):
     """Results sent to this process's own reply queue (a store without a request's
     ``reply_to`` goes there) and to another's, on the contract's RabbitMQ vhost."""
@@ -267,6 +269,7 @@ class TestRedisAsyncTransport(AsyncTransportContract, AsyncPriorityContract,
         return redis_contract_url
 
 
+@pytest.mark.amqp
 class TestAmqpAsyncTransport(_Amqp, AsyncTransportContract, AsyncPriorityContract,
                              AsyncDelayContract):
     covers = ("amqp", "amqps")
@@ -298,6 +301,7 @@ class TestRedisAsyncBackend(AsyncBackendContract, AsyncJoinContract):
         return redis_contract_url
 
 
+@pytest.mark.amqp
 class TestRpcAsyncBackend(AsyncBackendContract, AsyncReplyContract):
     covers = ("rpc",)
 
