@@ -221,6 +221,10 @@ class Capabilities:
     #: inspect``/``control`` fail with a :class:`CapabilityError` and workers run no
     #: control consumer.
     broadcast: bool = False
+    #: :class:`PrefetchTransport`: the broker pushes deliveries up to a prefetch set
+    #: when the transport subscribes (AMQP ``basic.qos``), so ``fetch``'s ``limit``
+    #: alone cannot raise it; the worker calls ``set_prefetch`` when its own changes.
+    prefetch: bool = False
     #: ``"lease"`` or ``"channel"``: who may settle a delivery (see above).
     settlement: str = CHANNEL
 
@@ -533,6 +537,20 @@ class AbandonTransport(Transport, Protocol):
 
 
 @runtime_checkable
+class PrefetchTransport(Transport, Protocol):
+    """``Capabilities.prefetch``: a broker that pushes up to a prefetch held per
+    subscription."""
+
+    def set_prefetch(self, count: int) -> None:
+        """Hold up to ``count`` unsettled deliveries from now on: the worker calls it
+        when it connects and whenever its prefetch changes (``pool_grow``,
+        ``pool_shrink``, ``autoscale``). Without it a pushing broker would keep the
+        prefetch of the first subscription: a grown pool would wait for messages
+        its broker does not send, and a connection made again while jobs were held
+        would subscribe with only the room left then."""
+
+
+@runtime_checkable
 class HeartbeatTransport(Transport, Protocol):
     """``Capabilities.heartbeats``: a connection that must be read now and then to
     stay open."""
@@ -682,6 +700,7 @@ CAPABILITY_PROTOCOLS: Mapping[str, type] = {
     "dead_letters": DeadLetterTransport, "purge": PurgeTransport,
     "inspect": InspectTransport, "abandon": AbandonTransport,
     "heartbeats": HeartbeatTransport, "broadcast": BroadcastTransport,
+    "prefetch": PrefetchTransport,
 }
 
 
@@ -1035,7 +1054,7 @@ __all__ = [
     "Delivery", "Outgoing", "Capabilities", "BackendCapabilities", "DeadLetter", "QueueStats",
     "Join", "Serializer", "Compressor", "Transport", "DelayTransport", "LeaseTransport",
     "DeadLetterTransport", "PurgeTransport", "InspectTransport", "AbandonTransport",
-    "HeartbeatTransport",
+    "HeartbeatTransport", "PrefetchTransport",
     "BaseTransport", "Backend", "JoinBackend", "GroupBackend", "ReplyBackend", "Router",
     "AsyncTransport", "AsyncBackend", "AsyncJoinBackend", "AsyncReplyBackend",
     "ASYNC_BACKEND_PROTOCOLS", "PreparingBackend", "require", "unsupported", "check_option_type",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,5 +146,51 @@ def test_queues_added_and_cancelled_through_app_control(amqp_url: str) -> None:
         worker = app.Worker(queues=["t.amqp.q2"], concurrency=1, pool="threads")
         with worker.running():
             assert left.get(timeout=20) == 4
+    finally:
+        app.close()
+
+
+def _consumer_prefetch(vhost: str, queue: str) -> int:
+    """What RabbitMQ lets its consumers of ``queue`` hold unacked, all together."""
+    out = rabbitmqctl("list_consumers", "-q", "-p", vhost, "--formatter", "json",
+                      "queue_name", "prefetch_count")
+    return sum(row["prefetch_count"] for row in json.loads(out or "[]")
+               if row["queue_name"] == queue)
+
+
+def test_pool_grow_and_shrink_change_what_rabbitmq_sends(amqp_vhost: str,
+                                                         amqp_url: str) -> None:
+    """RabbitMQ fixes a consumer's prefetch when it subscribes: a worker started with
+    one slot and ``worker_prefetch_multiplier=1`` is sent one message at a time, so
+    after ``pool_grow`` the new slots would wait for messages RabbitMQ never sends.
+    The worker gives the transport its new prefetch: three tasks that each wait
+    until all three have started finish after growing by two (each would time out
+    alone), and shrinking gives RabbitMQ's prefetch back."""
+    queue = "t.amqp.grow"
+    app = Conveyor("t", broker=amqp_url, backend="memory://t-amqp-grow",
+                   worker_prefetch_multiplier=1)
+    together = threading.Barrier(3)
+
+    @app.task(name="t.amqp.together")
+    def meet() -> int:
+        return together.wait(timeout=10)
+
+    try:
+        worker = app.Worker(queues=[queue], concurrency=1, pool="threads")
+        with worker.running():
+            wait_for(lambda: _consumer_prefetch(amqp_vhost, queue) == 1, 20,
+                     what="the first subscription, prefetch 1")
+            [reply] = app.control.pool_grow(2, destination=[worker.hostname],
+                                            reply=True, timeout=5)
+            assert reply == {worker.hostname: {"ok": "pool will grow"}}
+            wait_for(lambda: _consumer_prefetch(amqp_vhost, queue) == 3, 20,
+                     what="RabbitMQ's prefetch raised to 3")
+            results = [meet.apply_async(queue=queue) for _ in range(3)]
+            assert sorted(r.get(timeout=30) for r in results) == [0, 1, 2]
+            [reply] = app.control.pool_shrink(2, destination=[worker.hostname],
+                                              reply=True, timeout=5)
+            assert reply == {worker.hostname: {"ok": "pool will shrink"}}
+            wait_for(lambda: _consumer_prefetch(amqp_vhost, queue) == 1, 20,
+                     what="RabbitMQ's prefetch back to 1")
     finally:
         app.close()

@@ -45,7 +45,7 @@ from ..exceptions import (
 from ..ratelimit import Throttle, parse_rate
 from ..interfaces import (
     LEASE, AbandonTransport, Capabilities, DeadLetterTransport, DelayTransport,
-    HeartbeatTransport, LeaseTransport, Route,
+    HeartbeatTransport, LeaseTransport, PrefetchTransport, Route,
 )
 from ..options import eta_horizon
 from . import control, preflight
@@ -376,12 +376,20 @@ class Worker:
         self.pool.resize(concurrency)
         if self.autoscale is None:
             self.prefetch = max(1, self._per_slot * concurrency)
+            self._soon.append(self._tell_prefetch)
+
+    def _tell_prefetch(self, transport: Transport) -> None:
+        """Give a transport whose broker pushes (``Capabilities.prefetch``) the
+        prefetch: at each connection, and when it changed."""
+        if transport.capabilities.prefetch:
+            cast(PrefetchTransport, transport).set_prefetch(self.prefetch)
 
     def set_autoscale(self, most: int, least: int) -> None:
         """New ``--autoscale`` bounds (remote control); the pool moves inside them at
         once. Consumer thread only."""
         self.autoscale = (most, least)
         self.prefetch = max(1, self._per_slot * most)
+        self._soon.append(self._tell_prefetch)
         self.resize(min(most, max(least, self.concurrency)), "Autoscale")
 
     def _iterate(self, transport: Transport) -> None:
@@ -786,6 +794,7 @@ class Worker:
                 transport.connect()
                 for name in self.queues:
                     transport.declare(Route(name))
+                self._tell_prefetch(transport)
                 return transport
             except tuple(transport.connection_errors) as exc:
                 _abandon(transport)  # hands on what a failed attempt took over

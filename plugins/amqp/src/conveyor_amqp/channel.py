@@ -17,7 +17,7 @@ import logging
 import select
 import threading
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast, overload
 
 import pika
@@ -74,12 +74,21 @@ class Channel:
         self._declared: set[Any] = set()
         self._buffer: deque[Raw] = deque()
         self._consuming: tuple[str, ...] = ()
-        #: Consumer tag -> its queue, on this channel.
-        self._consumers: dict[str, str] = {}
+        #: Consumer tag -> its queue and the index of its group in ``_groups``.
+        self._consumers: dict[str, tuple[str, int]] = {}
+        #: The prefetch of each group of consumers on this channel (one consumer per
+        #: queue in each), in the order subscribed: the first group at the first
+        #: :meth:`consume`, one more for each rise of :meth:`prefetch`. RabbitMQ
+        #: fixes a consumer's prefetch when it subscribes (``basic.qos`` with
+        #: ``global=false``, the only kind quorum queues accept), so a larger
+        #: prefetch subscribes again for the difference. Empty: not subscribed.
+        self._groups: list[int] = []
+        #: The prefetch the worker wants (:meth:`prefetch`); kept across channels.
+        self._target: int | None = None
+        #: The ``prefetch_count`` of this channel's last ``basic.qos``.
+        self._qos_sent = 0
         #: Queues whose consumer RabbitMQ cancelled (see :meth:`cancelled`).
         self._cancelled: list[str] = []
-        #: Whether this channel's prefetch is set (once, at its first consume).
-        self._qos = False
         #: Tags received and not yet settled, in order (tags only grow on a channel).
         self._unsettled: dict[int, None] = {}
         #: The negative channel number that ends ``process_data_events`` once a
@@ -137,7 +146,8 @@ class Channel:
         self._consuming = ()
         self._consumers.clear()
         self._cancelled.clear()
-        self._qos = False
+        self._groups = []
+        self._qos_sent = 0
 
     def drop(self) -> None:
         """Forget the connection (closing it if it still answers)."""
@@ -287,8 +297,8 @@ class Channel:
 
     # ------------------------------------------------------------- consuming
     def consume(self, queues: Sequence[str], prefetch: int) -> None:
-        """Subscribe to ``queues`` (once per channel) with ``prefetch`` unacked
-        messages at most, set at the first subscription; a queue subscribed to and
+        """Subscribe to ``queues`` (once per channel) with the prefetch :meth:`prefetch`
+        set, else ``prefetch``, unacked messages at most; a queue subscribed to and
         no longer listed (remote control's ``cancel_consumer``) is unsubscribed
         (what it delivered before is still taken)."""
         ch = self.channel  # first: a reopened channel consumes nothing yet
@@ -298,20 +308,55 @@ class Channel:
             return
         gone = [q for q in consuming if q not in queues]
         with translate(self.url, "starting to consume"):
-            for tag, queue in list(self._consumers.items()):
-                if queue in gone:
-                    ch.basic_cancel(tag)
-                    del self._consumers[tag]
-            if not self._qos:
-                ch.basic_qos(prefetch_count=prefetch)
+            self._cancel(ch, lambda queue, _: queue in gone)
+            if not self._groups:
                 ch.add_on_cancel_callback(self._on_cancel)
-                self._qos = True
-            for queue in new:
-                on_message = self._on_message(queue)
-                tag = ch.basic_consume(queue, on_message)
-                self._consumers[tag] = queue
-                self._direct_deliveries(ch, tag, on_message)
+                self._groups.append(self._target or prefetch)
+            for group, count in enumerate(self._groups):
+                self._subscribe(ch, new, group, count)
         self._consuming = (*(q for q in consuming if q not in gone), *new)
+
+    def prefetch(self, count: int) -> None:
+        """Hold up to ``count`` unacked messages from now on (the worker's pool grew
+        or shrank). A rise subscribes each queue once more with the difference as
+        its prefetch; a fall cancels the newest such groups while the rest still
+        hold ``count`` (the first subscription's prefetch stays until the channel
+        is opened again). Deliveries already taken are acked as before; RabbitMQ
+        requeues what it was sending to a cancelled consumer."""
+        self._target = count
+        ch = self._ch
+        if not self._groups or ch is None or not ch.is_open:
+            return  # the next subscription takes it
+        total = sum(self._groups)
+        with translate(self.url, "changing the prefetch"):
+            if count > total:
+                self._groups.append(count - total)
+                self._subscribe(ch, self._consuming, len(self._groups) - 1, count - total)
+                return
+            while len(self._groups) > 1 and total - self._groups[-1] >= count:
+                newest = len(self._groups) - 1
+                total -= self._groups.pop()
+                self._cancel(ch, lambda _, group: group == newest)
+
+    def _subscribe(self, ch: BlockingChannel, queues: Sequence[str], group: int,
+                   count: int) -> None:
+        """A consumer of each of ``queues`` in ``group``, each with ``count`` unacked
+        messages at most."""
+        if queues and self._qos_sent != count:
+            ch.basic_qos(prefetch_count=count)
+            self._qos_sent = count
+        for queue in queues:
+            on_message = self._on_message(queue)
+            tag = ch.basic_consume(queue, on_message)
+            self._consumers[tag] = (queue, group)
+            self._direct_deliveries(ch, tag, on_message)
+
+    def _cancel(self, ch: BlockingChannel, which: Callable[[str, int], bool]) -> None:
+        """Unsubscribe the consumers ``which(queue, group)`` picks."""
+        for tag, (queue, group) in list(self._consumers.items()):
+            if which(queue, group):
+                ch.basic_cancel(tag)
+                del self._consumers[tag]
 
     def _direct_deliveries(self, ch: BlockingChannel, tag: str, on_message: Any) -> None:
         """Have pika's channel hand consumer ``tag``'s deliveries to ``on_message`` as
@@ -356,8 +401,15 @@ class Channel:
     def _on_cancel(self, frame: Any) -> None:
         """RabbitMQ cancelled one of our consumers: its queue was deleted (or, for a
         mirrored queue, its node failed). Nothing more would come from it."""
-        queue = self._consumers.pop(frame.method.consumer_tag, None)
-        if queue is None:
+        entry = self._consumers.pop(frame.method.consumer_tag, None)
+        if entry is None:
+            return
+        queue = entry[0]
+        # one cancel for each group's consumer of the queue: the rest go with it
+        # (RabbitMQ cancels them too), and it is subscribed again once
+        for tag in [t for t, (q, _) in self._consumers.items() if q == queue]:
+            del self._consumers[tag]
+        if queue in self._cancelled:
             return
         self._consuming = tuple(q for q in self._consuming if q != queue)
         self._declared = {key for key in self._declared

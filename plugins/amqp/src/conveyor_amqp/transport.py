@@ -5,8 +5,9 @@ What goes where (names in :mod:`.layout`):
 * a task is published to the default exchange with its queue's name as routing key
   (as Celery publishes it), or to the ``exchange``/``routing_key`` it was given; the
   queue, its direct exchange and binding are declared once per connection;
-* a worker consumes with ``basic.consume`` and a prefetch of its pool's size, and acks
-  in batches (``multiple``); deliveries are bound to the channel (see :mod:`.channel`);
+* a worker consumes with ``basic.consume`` and a prefetch of its pool's size (which
+  follows the pool when remote control or autoscale resizes it), and acks in batches
+  (``multiple``); deliveries are bound to the channel (see :mod:`.channel`);
 * a message due later than the worker's horizon is parked in kombu's native
   delayed-delivery layout (confirmed publish, then ack) and comes back to its queue
   when due, so nothing waits unacked past RabbitMQ's ``consumer_timeout``;
@@ -73,7 +74,7 @@ class AmqpTransport(BroadcastMixin, BaseTransport):
     scheme = "amqp"
     capabilities: ClassVar[Capabilities] = Capabilities(
         delays=True, dead_letters=True, priorities=True, purge=True, inspect=True,
-        heartbeats=True, broadcast=True, settlement=CHANNEL)
+        heartbeats=True, broadcast=True, prefetch=True, settlement=CHANNEL)
     connection_errors = CONNECTION_ERRORS
     default_options: ClassVar[dict[str, Any]] = {
         "confirm_publish": False,
@@ -126,6 +127,12 @@ class AmqpTransport(BroadcastMixin, BaseTransport):
         heartbeats, and the next publish would find it closed (logged as a lost
         connection, then sent again, on every publish after an idle spell)."""
         self.params.heartbeat = int(self.options["heartbeat"])
+
+    def set_prefetch(self, count: int) -> None:
+        """The worker's prefetch (at each connection, and when its pool is resized):
+        subscriptions take it, and a live one is changed to it (see
+        :meth:`Channel.prefetch`)."""
+        self.line.prefetch(count)
 
     def heartbeat(self) -> None:
         """Read the connection without waiting: pika answers RabbitMQ's heartbeats
