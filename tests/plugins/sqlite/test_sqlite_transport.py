@@ -157,6 +157,27 @@ def test_header_numbers_read_back_as_stored(transport, new_message):
         type(value) for value in values.values()]
 
 
+def test_rows_a_claim_cannot_read_in_one_piece_read_as_stored(transport, new_message):
+    """A claim reads a row's names joined by NULs and its headers and properties as
+    one JSON array; a name holding a NUL, or columns that are not JSON objects, are
+    read column by column instead: the NUL stays, the bad row says why."""
+    message = new_message(1)
+    message.content_type = "application/x\0y"
+    transport.publish(message, Route("q", exchange="e\0x", routing_key="r\0k"))
+    transport.publish(new_message(2), Route("q"))
+    transport.publish(new_message(3), Route("q"))
+    conn = transport._conn()
+    conn.execute("UPDATE conveyor_messages SET properties = '[1]' WHERE id = 2")
+    conn.execute("UPDATE conveyor_messages SET headers = '{\"n\":3', "
+                 "properties = '\"x\":1}' WHERE id = 3")  # JSON only when joined
+    first, second, third = transport.fetch(["q"], limit=3, timeout=0)
+    assert first.message == message and first.error is None
+    assert (first.exchange, first.routing_key, first.queue) == ("e\0x", "r\0k", "q")
+    assert second.error is not None and "properties column holds JSON list" in second.error
+    assert second.message.headers["n"] == 2 and second.queue == "q"
+    assert third.error is not None and "cannot be decoded" in third.error
+
+
 def test_headers_must_be_json(transport, new_message):
     with pytest.raises(TypeError, match="JSON"):
         transport.publish(new_message(0, when=object()), Q)

@@ -42,8 +42,8 @@ from ._db import (
     transaction,
 )
 from ._schema import (
-    LEASED, MESSAGE_COLUMNS, NOT_ACKED, NOW, PARKED, PURGE, PURGE_ACKED, READY, SCHEMA,
-    Queries, decode_row, message_row, queries_for,
+    CLAIMED_AGAIN, LEASED, MESSAGE_COLUMNS, NOT_ACKED, NOW, PARKED, PURGE, PURGE_ACKED,
+    READY, SCHEMA, Queries, claimed, decode_row, message_row, queries_for,
 )
 
 if TYPE_CHECKING:
@@ -321,12 +321,27 @@ class SQLiteTransport(BaseTransport):
         out = []
         unsettled = self._unsettled
         for row in rows:
-            msg_id, seen = row[0], row[3]
+            msg_id, seen = row[0], row[2]
             unsettled[msg_id] = token
-            message, error = decode_row(msg_id, row[4:])
-            out.append(Delivery(message, row[2], (msg_id, token), seen > 0, seen + 1,
-                                row[9], row[10], error))
+            found = claimed(row)
+            if found is None:
+                out.append(self._decode(conn, msg_id, token, seen))
+                continue
+            message, queue, exchange, routing_key = found
+            out.append(Delivery(message, queue, (msg_id, token), seen > 0, seen + 1,
+                                exchange, routing_key))
         return out, None
+
+    def _decode(self, conn: sqlite3.Connection, msg_id: int, token: int,
+                seen: int) -> Delivery:
+        """A claimed row :func:`claimed` refused, read column by column: its message,
+        or what can be read of it and why it cannot be delivered."""
+        with self._errors("fetch"):
+            queue, exchange, routing_key, *columns = conn.execute(
+                CLAIMED_AGAIN, (msg_id,)).fetchone()
+        message, error = decode_row(msg_id, columns)
+        return Delivery(message, queue, (msg_id, token), seen > 0, seen + 1, exchange,
+                        routing_key, error)
 
     def _purge_idle(self, conn: sqlite3.Connection) -> None:
         """Nothing to claim: apply the acks this transport recorded, so an idle
