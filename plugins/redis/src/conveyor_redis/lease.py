@@ -28,6 +28,7 @@ from typing import Any
 
 import redis
 
+from .connection import Line, pack_many
 from .delay import MOVE_DUE_FN
 from .layout import Layout, clamp_wire
 from .scripts import Script
@@ -99,7 +100,8 @@ end
 return {out, nxt}
 """)
 
-#: Settle for good: drop the leases and delivery counts of tags, in one reply.
+#: Settle for good: drop the leases and delivery counts of tags, in one reply (what
+#: :func:`send_ack` does, run again by it where a reply was lost or refused).
 #: KEYS: unacked, unacked_index, deliveries. ARGV: delivery tags.
 ACK = Script("""
 for i = 1, #ARGV, 4000 do
@@ -110,6 +112,41 @@ for i = 1, #ARGV, 4000 do
 end
 return #ARGV
 """)
+
+
+def send_ack(line: Line, keys: Sequence[str], tags: Sequence[str], what: str) -> None:
+    """Settle ``tags`` for good (what :data:`ACK` does) as three plain commands written
+    at once, their replies read with the line's next command (:meth:`.Line.send`).
+
+    perf: the same deletes run by a script cost Redis the call's setup and a Lua
+    conversion of every argument and reply: an ack of 2, callgrind on the server
+    (I/O included): 40.5k instructions as ``FCALL`` against 21.2k as ``HDEL``,
+    ``ZREM``, ``HDEL`` (27.9k inside ``MULTI``/``EXEC``).
+
+    Not one transaction, and need not be: each delete is idempotent, and the record
+    goes first, so a connection lost between two leaves at worst an index entry
+    without a record, which any sweep (ours or kombu's) drops; every reply not
+    confirmed runs :data:`ACK` again on the next use of the line (or the next line).
+    """
+    unacked, index, deliveries = keys
+    if line.ahead or line.owed:
+        line.confirm()
+    conn = line.conn or line.connection()
+
+    def again(again_line: Line) -> Any:
+        return ACK(again_line, keys, tags)
+
+    try:
+        conn.send_packed_command(pack_many([("HDEL", unacked, *tags), ("ZREM", index, *tags),
+                                            ("HDEL", deliveries, *tags)]),
+                                 check_health=False)
+    except BaseException:
+        line.drop()  # may or may not have reached the server: owe it
+        line.owed.append((again, what))
+        raise
+    # a reply each; any one not confirmed runs the whole ack again (idempotent)
+    line.ahead += [(again, what)] * 3
+
 
 #: Charge started deliveries: the count becomes the delivery's own number (what
 #: CLAIM reported), never lower, and only while it is still leased, so running it

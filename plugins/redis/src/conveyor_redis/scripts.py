@@ -3,7 +3,7 @@
 A script runs on a redis-py client or on a held :class:`~.connection.Line` (the hot
 paths). redis-py's ``register_script`` would do for the client, but not for a Line.
 
-A script sent ahead (:meth:`Script.send`: acks, result writes) runs as a Redis 7
+A script sent ahead (:meth:`Script.send`: charges, result writes) runs as a Redis 7
 function (``FCALL``) on a connection it was loaded on, else as ``EVAL`` with its
 source; never as ``EVALSHA``, whose refusal after a ``SCRIPT FLUSH`` would be read
 only later, after the caller went on (an ``acks_late`` ack would then land before

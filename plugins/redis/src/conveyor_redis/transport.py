@@ -202,15 +202,15 @@ class RedisTransport(PublisherMixin, ConsumerMixin, BroadcastMixin, BaseTranspor
         if not deliveries:
             return
         tags = [d.tag.tag for d in deliveries]
-        # perf: sent ahead; the reply is read with the next command (Line.send)
+        # perf: sent ahead; the replies are read with the next command (Line.send)
         what = f"the ack of {len(tags)} message(s)"
         try:
             # perf: the first try straight, not through _settle's closures (a solo
             # worker acks every task: 1.4 us); a broken connection is retried there
-            lease.ACK.send(self.line, self._lease_keys, tags, what)
+            lease.send_ack(self.line, self._lease_keys, tags, what)
         except CONNECTION_ERRORS:
             self._settle("acknowledging messages",
-                         lambda line: lease.ACK.send(line, self._lease_keys, tags, what))
+                         lambda line: lease.send_ack(line, self._lease_keys, tags, what))
         except redis.RedisError as exc:
             raise wrap(exc, self.url, "acknowledging messages") from exc
         for tag in tags:
