@@ -332,17 +332,27 @@ class Line:
 
         ``redo(line)`` runs the same effect synchronously; ``what`` names it in logs.
         """
+        self.send_packed(redo, what, pack(args))
+
+    def send_packed(self, redo: Callable[[Line], Any], what: str, packed: list[bytes],
+                    replies: int = 1) -> None:
+        """:meth:`send` for commands already packed (:func:`pack`, :func:`pack_many`):
+        ``replies`` of them, written at once, one effect: ``redo`` runs it all again
+        where any of their replies is refused or lost."""
         # perf: _connection() inlined (a frame a task on each of a worker's lines)
         if self.ahead or self.owed:
             self.confirm()
         conn = self.conn or self.connection()
         try:
-            conn.send_packed_command(pack(args), check_health=False)
+            conn.send_packed_command(packed, check_health=False)
         except BaseException:
             self.drop()  # may or may not have reached the server: owe it
             self.owed.append((redo, what))
             raise
-        self.ahead.append((redo, what))
+        if replies == 1:
+            self.ahead.append((redo, what))
+        else:
+            self.ahead += [(redo, what)] * replies
 
     def confirm(self) -> None:
         """Read the replies of commands sent ahead, then run again what is owed.

@@ -125,27 +125,15 @@ def send_ack(line: Line, keys: Sequence[str], tags: Sequence[str], what: str) ->
 
     Not one transaction, and need not be: each delete is idempotent, and the record
     goes first, so a connection lost between two leaves at worst an index entry
-    without a record, which any sweep (ours or kombu's) drops; every reply not
-    confirmed runs :data:`ACK` again on the next use of the line (or the next line).
+    without a record, which any sweep (ours or kombu's) drops, and the tag's delivery
+    count, which nothing reads again (a few bytes, only if the process died then);
+    every reply not confirmed runs :data:`ACK` again on the next use of the line (or
+    the next line), through :meth:`.Line.send_packed`.
     """
     unacked, index, deliveries = keys
-    if line.ahead or line.owed:
-        line.confirm()
-    conn = line.conn or line.connection()
-
-    def again(again_line: Line) -> Any:
-        return ACK(again_line, keys, tags)
-
-    try:
-        conn.send_packed_command(pack_many([("HDEL", unacked, *tags), ("ZREM", index, *tags),
-                                            ("HDEL", deliveries, *tags)]),
-                                 check_health=False)
-    except BaseException:
-        line.drop()  # may or may not have reached the server: owe it
-        line.owed.append((again, what))
-        raise
-    # a reply each; any one not confirmed runs the whole ack again (idempotent)
-    line.ahead += [(again, what)] * 3
+    line.send_packed(lambda again: ACK(again, keys, tags), what,
+                     pack_many([("HDEL", unacked, *tags), ("ZREM", index, *tags),
+                                ("HDEL", deliveries, *tags)]), 3)
 
 
 #: Charge started deliveries: the count becomes the delivery's own number (what
