@@ -6,6 +6,7 @@ children)."""
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from pathlib import Path
@@ -44,6 +45,10 @@ def app(tmp_path: Path) -> Conveyor:
     def touch(path: str) -> None:
         Path(path).write_text("ran")
 
+    @app.task(name="t.die")
+    def die() -> None:
+        os._exit(3)  # the child is gone mid-task, as a segfault or the OOM killer leaves it
+
     return app
 
 
@@ -75,6 +80,27 @@ def test_jobs_waiting_in_a_childs_pipe_each_run_once_with_their_arguments(
         assert {j.state for j in done} == {"SUCCESS"}
         assert [app.AsyncResult(j.request.id).get(timeout=WAIT) for j in jobs] == \
             list(range(60))
+    finally:
+        pool.stop(WAIT)
+        app.close()
+
+
+def test_a_child_that_dies_mid_task_fails_only_its_task_and_is_replaced(
+        app: Conveyor) -> None:
+    """Each child's death is seen at once (its result pipe ends: no later child
+    holds a copy of its write end), whichever child it is; the task it ran fails,
+    the jobs after it run on the replacements."""
+    pool = ProcessPool(app, 2, "procpool@test")
+    pool.start()
+    try:
+        first = [int(c.process.pid) for c in pool._children]
+        dying = [job("t.die"), job("t.die")]  # one to each child (both idle)
+        done = run(pool, dying)
+        assert [j.state for j in done] == ["FAILURE", "FAILURE"]
+        assert [app.AsyncResult(j.request.id).state for j in dying] == ["FAILURE"] * 2
+        assert not set(first) & {int(c.process.pid) for c in pool._children}
+        after = [job("t.echo", i) for i in range(4)]
+        assert {j.state for j in run(pool, after)} == {"SUCCESS"}
     finally:
         pool.stop(WAIT)
         app.close()
