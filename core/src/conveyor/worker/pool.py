@@ -780,8 +780,7 @@ _fields_of = attrgetter(*(f.name for f in fields(Request)))
 
 def _pack(request: Request) -> bytes:
     """The request's frame for a child's pipe (:func:`_frame`)."""
-    data = pickle.dumps(_fields_of(request), pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(data)) + data
+    return _frame(pickle.dumps(_fields_of(request), pickle.HIGHEST_PROTOCOL))
 
 
 def _unpack(data: bytes) -> Request:

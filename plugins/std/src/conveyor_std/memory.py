@@ -45,6 +45,8 @@ class _Broker:
         self.seq = itertools.count()
         self.queues: dict[str, list[tuple[int, int, _Entry]]] = {}
         self.delayed: list[tuple[float, int, _Entry]] = []
+        #: tag -> the entry and when its lease began or was extended, on the monotonic
+        #: clock (an in-process lease: a step of the wall clock must not lapse it).
         self.unacked: dict[str, tuple[_Entry, float]] = {}
         self.dead: list[DeadLetter] = []
         #: exchange -> its bindings (a dict for order; values unused)
@@ -62,6 +64,7 @@ class _Broker:
         while self.delayed and self.delayed[0][0] <= now:
             self.push(heapq.heappop(self.delayed)[2])
         if self.unacked:
+            now = time.monotonic()
             for tag, (entry, leased) in list(self.unacked.items()):
                 if leased + visibility <= now:
                     del self.unacked[tag]
@@ -149,7 +152,7 @@ class MemoryTransport(BroadcastMixin, BaseTransport):
                         break
                     entry.deliveries += 1
                     tag = uuid.uuid4().hex
-                    b.unacked[tag] = (entry, time.time())
+                    b.unacked[tag] = (entry, time.monotonic())
                     out.append(Delivery(_copy(entry.message), entry.queue, tag,
                                         redelivered=entry.deliveries > 1,
                                         deliveries=entry.deliveries,
@@ -189,7 +192,7 @@ class MemoryTransport(BroadcastMixin, BaseTransport):
                 b.cond.notify_all()
 
     def extend(self, deliveries: Sequence[Delivery]) -> None:
-        now = time.time()
+        now = time.monotonic()
         with self._broker.cond:
             for d in deliveries:
                 if d.tag in self._broker.unacked:
