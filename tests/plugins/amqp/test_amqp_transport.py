@@ -283,6 +283,26 @@ def test_deliveries_come_in_order_and_settle_with_one_ack(make_app: Any,
     assert depth(app.broker_url, queue) == 0
 
 
+def test_a_message_larger_than_a_frame_arrives_whole_between_small_ones(
+        make_app: Any, queue: str) -> None:
+    """A delivery's content comes in several frames when its body is larger than
+    RabbitMQ's frame size (128 KiB): pika's channel is handed them all, in order,
+    after the smaller delivery before it, and each of the three arrives whole."""
+    app = make_app()
+    big = "x" * 300_000
+    for arg in ("first", big, "last"):
+        app.send_task("t.x", args=(arg,), queue=queue)
+    transport = app.transport_factory()
+    transport.connect()
+    got = _fetched(transport, queue, 3)
+    assert [json.loads(d.message.body)[0] for d in got] == [["first"], [big], ["last"]]
+    assert [d.message.headers["task"] for d in got] == ["t.x"] * 3
+    transport.ack(got)
+    transport.close()
+    time.sleep(0.3)  # a give-back would show here
+    assert depth(app.broker_url, queue) == 0
+
+
 def test_a_fetch_waiting_for_messages_returns_as_one_arrives(make_app: Any,
                                                              queue: str) -> None:
     """A delivery ends a fetch's wait at once (pika's channel hands it over as it

@@ -131,6 +131,7 @@ class Channel:
             self.drop()
             self._conn = open_connection(self.url, self.params)
             self._direct = _direct_socket(self._conn)
+            _content_straight(self._conn)
         with translate(self.url, "opening a channel"):
             ch = self._conn.channel()
             if self.confirm:
@@ -592,6 +593,44 @@ def _quiet(conn: Any) -> bool:
     """
     return conn._impl._get_write_buffer_size() == 0 and not conn._ready_events \
         and not conn._channels_pending_dispatch
+
+
+def _content_straight(conn: pika.BlockingConnection) -> None:
+    """Have pika's connection hand a delivery's frames (``basic.deliver``, content
+    header, body) straight to their channel, as its own ``_process_frame`` ends up
+    doing, without first asking its callback table about each.
+
+    perf: pika's ``_process_frame`` looks every method frame up in its callback
+    manager (a prefixed key built and sanitised per frame) before it passes the
+    frame on; nothing in pika waits on a ``basic.deliver`` (the channel assembles
+    deliveries from the frames it is handed), so for those and for content frames
+    the answer is always "none pending". Every other frame (replies, closes,
+    heartbeats, frames of a channel pika does not know) takes pika's path.
+    That lookup was ~13 % of the consumer's frame handling in a noop drain
+    (py-spy). ``bench/amqp_bench.py``, five interleaved pairs on a loaded machine:
+    worker CPU a task 260 / 191, 211 / 207, 238 / 202, 229 / 212, 144 / 159 µs,
+    drain 3,055 / 4,264, 3,668 / 3,364, 3,187 / 3,637, 2,872 / 3,409,
+    4,680 / 4,637 a second; round trip p50 the same (medians 1.03 / 1.12 ms).
+    """
+    impl: Any = cast(Any, conn)._impl  # pika's connection under the blocking facade
+    channels = vars(impl).get("_channels")
+    if not isinstance(channels, dict):
+        return  # a pika laid out otherwise: its own path
+    slow = impl._process_frame
+    content = (frame.Header, frame.Body)
+    deliver = Basic.Deliver
+
+    def process(value: Any) -> None:
+        kind = type(value)
+        if kind in content or (kind is frame.Method and type(value.method) is deliver):
+            channel = impl._channels.get(value.channel_number)
+            if channel is not None:
+                impl.frames_received += 1
+                channel._handle_content_frame(value)
+                return
+        slow(value)
+
+    impl._process_frame = process
 
 
 def _direct_socket(conn: pika.BlockingConnection) -> tuple[Any, select.poll] | None:
