@@ -8,9 +8,12 @@
   first Conveyor's own, ``conveyor:<db>:`` + the key name (:func:`own_channel`), then
   Celery's, the key name — what Celery's MULTI/SETEX/PUBLISH/EXEC does, plus the
   check and the own channel, atomically. It is sent without waiting for the reply (a
-  worker goes on to its next task at once); the reply is read by the writing
-  thread's next call, which therefore always sees its own writes, and a write the
-  server refused is logged then, naming the task;
+  worker goes on to its next task at once), in one batch with the writes other
+  threads make meanwhile, over two connections in turn (:class:`_Writes`); a
+  connection's replies are
+  read before the next batch is written, and before the writing thread's next
+  call, which therefore always sees its own writes; a write the server refused is
+  logged then, naming the task;
 * a wait subscribes to both channels in one ``SUBSCRIBE``, waits for the
   subscriptions to be confirmed, then GETs (so a result stored before them is not
   missed), then sleeps on them. The core announces a task before it is sent
@@ -35,7 +38,7 @@ from typing import Any, ClassVar
 import redis
 from conveyor.interfaces import BackendCapabilities
 
-from .connection import Backoff, Lines, client_for
+from .connection import Backoff, Line, Lines, client_for, pack, pack_many
 from .errors import CONNECTION_ERRORS, retrying, translate, wrap
 from .groups import GroupsMixin
 from .joins import JoinsMixin
@@ -105,6 +108,133 @@ def db_of(pool: Any) -> int:
     return int(pool.connection_kwargs.get("db") or 0)
 
 
+class _Write:
+    """One result write waiting for :class:`_Writes` to put it on the wire."""
+
+    __slots__ = ("keys", "args", "what", "packed", "done", "error")
+
+    def __init__(self, keys: list[str], args: list[Any], what: str) -> None:
+        self.keys, self.args, self.what = keys, args, what
+        #: As ``FCALL``: packed here, so an argument Redis cannot take fails its caller
+        self.packed = pack((*STORE._fcall, len(keys), *keys, *args))[0]
+        self.done = False
+        self.error: BaseException | None = None
+
+    def again(self, line: Line) -> Any:
+        return STORE._again(line, self.keys, self.args)
+
+
+class _Writes:
+    """The result writes of every thread, written in batches (group commit) over
+    two connections in turn, each sent ahead as :meth:`.Line.send` does.
+
+    perf: a threads worker's slots each wrote their result on a connection of their
+    own, and the next task's write there first waited for that reply: a read and a
+    write system call a task in the worker and in Redis, and a slot held up while
+    Redis was slow to answer. Here the thread that finds no write under way leads:
+    it reads the replies of the batch before last, on the line it goes out on (the
+    last batch is on the other one, so they have mostly come), then writes every
+    write that came meanwhile at once; the others wait until theirs is written. A
+    write is on the wire when :meth:`write` returns, and a line's replies are all
+    read before its next write, as on any :class:`.Line`: a process that dies with
+    replies unread leaves only writes the server ran (see the Line).
+    """
+
+    def __init__(self, lines: Lines) -> None:
+        self._lines = lines
+        #: Whose kept lines the two shared ones are in ``lines`` (no thread id is
+        #: negative): batches alternate between them.
+        self._owners = (-2 * id(self), -2 * id(self) - 1)
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
+        self._pending: list[_Write] = []
+        self._leading = False
+        #: Batches written, and the count whose replies were read (see :meth:`sync`).
+        self.written = 0
+        self.confirmed = 0
+
+    def write(self, write: _Write) -> int:
+        """Put ``write`` on the wire (raises what kept it off); the batch number it
+        went out in."""
+        with self._mutex:
+            self._pending.append(write)
+            while self._leading and not write.done:
+                self._cond.wait()
+            lead = not write.done  # else written by another leader, who may lead still
+            if lead:
+                self._leading = True
+        if lead:
+            self._lead(flush=False)  # raises what kept the batch off the wire
+            return self.written
+        error = write.error
+        if error is None:
+            return self.written
+        # another thread's batch: this thread's own error, which its retry names
+        if isinstance(error, CONNECTION_ERRORS):
+            raise redis.ConnectionError(f"Writing a batch of results: {error}") from error
+        raise error
+
+    def sync(self) -> None:
+        """Read the replies of every batch written so far (running again what was
+        refused or lost): what was written before is then in Redis."""
+        with self._mutex:
+            while self._leading:
+                self._cond.wait()
+            self._leading = True
+        self._lead(flush=True)
+
+    def _lead(self, *, flush: bool) -> None:
+        """As the one leader: write what is pending on the line whose batch is the
+        older, once its replies are read (``flush``: only read both lines')."""
+        batch: list[_Write] = []
+        error: BaseException | None = None
+        written = self.written
+        try:
+            if flush:
+                for owner in self._owners:
+                    self._confirm(owner)
+                self.confirmed = written
+                return
+            owner = self._owners[written & 1]  # batch n goes on line n % 2
+            line = self._lines.take(owner)
+            try:
+                if line.ahead or line.owed:
+                    line.confirm()  # batch written - 1: the other line has the last
+                self.confirmed = max(self.confirmed, written - 1)
+                with self._mutex:
+                    batch, self._pending = self._pending, []
+                head = STORE.head(line)
+                if head is STORE._fcall:
+                    packed = [b"".join([w.packed for w in batch])]
+                else:  # no functions here (before Redis 7): the script's source
+                    packed = pack_many([(*head, len(w.keys), *w.keys, *w.args)
+                                        for w in batch])
+                line.send_each(packed, [(w.again, w.what) for w in batch])
+                written += 1
+            finally:
+                self._lines.give(line, owner)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            with self._mutex:
+                if error is not None and not flush and not batch:
+                    batch, self._pending = self._pending, []  # the read failed
+                for w in batch:
+                    w.error, w.done = error, True
+                self.written = written
+                self._leading = False
+                self._cond.notify_all()
+
+    def _confirm(self, owner: int) -> None:
+        line = self._lines.take(owner)
+        try:
+            if line.ahead or line.owed:
+                line.confirm()
+        finally:
+            self._lines.give(line, owner)
+
+
 class RedisBackend(JoinsMixin, GroupsMixin):
     """Celery-compatible Redis result backend (see the module docstring)."""
 
@@ -118,6 +248,7 @@ class RedisBackend(JoinsMixin, GroupsMixin):
         self.client = client_for(url, socket_timeout=10.0, connect_timeout=timeout,
                                  health_check_interval=25)
         self._lines = Lines(self.client.connection_pool)
+        self._writes = _Writes(self._lines)
         self.db = db_of(self.client.connection_pool)
         self._local = threading.local()
         self._pubsubs: list[redis.client.PubSub] = []
@@ -128,7 +259,10 @@ class RedisBackend(JoinsMixin, GroupsMixin):
         return KEY_PREFIX + task_id
 
     def _call(self, *args: Any) -> Any:
-        """One command on a held connection (perf: skips redis-py's client layers)."""
+        """One command on a held connection (perf: skips redis-py's client layers),
+        after this thread's result writes are confirmed: it reads its own writes."""
+        if getattr(self._local, "wrote", 0) > self._writes.confirmed:
+            self._writes.sync()
         line = self._lines.take()
         try:
             return line.call(*args)
@@ -152,12 +286,9 @@ class RedisBackend(JoinsMixin, GroupsMixin):
         args = [payload, ttl, unit, own_channel(self.db, key)]
 
         def store_once() -> None:  # idempotent: the script never overwrites SUCCESS
-            line = self._lines.take()
-            try:
-                # perf: sent ahead; this thread's next call reads the reply first
-                STORE.send(line, [key], args, what)
-            finally:
-                self._lines.give(line)
+            # perf: sent ahead with other threads' writes (see _Writes); this
+            # thread's next call reads the replies first
+            self._local.wrote = self._writes.write(_Write([key], args, what))
 
         try:
             store_once()  # perf: the first try straight, not through retrying's frame
@@ -167,19 +298,13 @@ class RedisBackend(JoinsMixin, GroupsMixin):
             raise wrap(exc, self.url, f"storing {what}") from exc
 
     def flush(self) -> None:
-        """Wait until the server has confirmed this thread's writes sent ahead.
+        """Wait until the server has confirmed the result writes sent ahead.
 
         Not needed to read them back through this backend (this thread's next call
         reads the replies first); for a check through another connection right after.
         """
-        def confirm() -> None:
-            line = self._lines.take()
-            try:
-                line.confirm()
-            finally:
-                self._lines.give(line)
-
-        retrying(confirm, url=self.url, patience=10.0, doing="confirming result writes")
+        retrying(self._writes.sync, url=self.url, patience=10.0,
+                 doing="confirming result writes")
 
     def forget(self, task_id: str) -> None:
         with translate(self.url, f"forgetting the result of task {task_id}"):

@@ -339,6 +339,12 @@ class Line:
         """:meth:`send` for commands already packed (:func:`pack`, :func:`pack_many`):
         ``replies`` of them, written at once, one effect: ``redo`` runs it all again
         where any of their replies is refused or lost."""
+        self.send_each(packed, [(redo, what)] * replies)
+
+    def send_each(self, packed: list[bytes],
+                  each: list[tuple[Callable[[Line], Any], str]]) -> None:
+        """:meth:`send` for several commands already packed, written at once, each
+        with its own ``(redo, what)`` in ``each``, in order."""
         # perf: _connection() inlined (a frame a task on each of a worker's lines)
         if self.ahead or self.owed:
             self.confirm()
@@ -346,13 +352,10 @@ class Line:
         try:
             conn.send_packed_command(packed, check_health=False)
         except BaseException:
-            self.drop()  # may or may not have reached the server: owe it
-            self.owed.append((redo, what))
+            self.drop()  # may or may not have reached the server: owe them
+            self.owed += each
             raise
-        if replies == 1:
-            self.ahead.append((redo, what))
-        else:
-            self.ahead += [(redo, what)] * replies
+        self.ahead += each
 
     def confirm(self) -> None:
         """Read the replies of commands sent ahead, then run again what is owed.
@@ -468,8 +471,10 @@ class Lines:
         self._resting = False  # the confirmer waits with nothing kept: wake it on give
         self._closed = False
 
-    def take(self) -> Line:
-        me = threading.get_ident()
+    def take(self, owner: int | None = None) -> Line:
+        """The caller's kept line (see the class), else a free one. ``owner``: whose
+        kept line, for a line shared by threads in turn (default: this thread)."""
+        me = threading.get_ident() if owner is None else owner
         with self._mutex:
             kept = self._kept.pop(me, None)
             if kept is not None:
@@ -480,8 +485,8 @@ class Lines:
                 return self._idle.pop()
         return Line(self.pool)
 
-    def give(self, line: Line) -> None:
-        me = threading.get_ident()
+    def give(self, line: Line, owner: int | None = None) -> None:
+        me = threading.get_ident() if owner is None else owner
         with self._mutex:
             if not (line.ahead or line.owed):
                 self._idle.append(line)

@@ -94,14 +94,18 @@ class Script:
         task (solo consumer's claim, result write and ack, callgrind on the server):
         216k -> 175k with ``FCALL``.
         """
+        line.send(lambda again: self._again(again, keys, args), what,
+                  *self.head(line), len(keys), *keys, *args)
+
+    def head(self, line: Line) -> tuple[str, ...]:
+        """How a send on ``line`` calls the script: ``("FCALL", name)`` where its
+        connection holds it as a function (loaded first if it may), else ``("EVAL",
+        source)``."""
         held: _Functions | None = getattr(line.conn, "conveyor_functions", None)
         # perf: the common case (loaded here already) without a call
         if (held is not None and self.sha in held.loaded) or self._held_by(line):
-            head = self._fcall
-        else:
-            head = self._eval
-        line.send(lambda again: self._again(again, keys, args), what,
-                  *head, len(keys), *keys, *args)
+            return self._fcall
+        return self._eval
 
     def _held_by(self, line: Line) -> bool:
         """Whether the line's connection holds this script as a function, loading it
