@@ -20,8 +20,8 @@ import pytest
 from conveyor_pytest.contract import (
     AsyncBackendContract, AsyncDelayContract, AsyncJoinContract, AsyncPriorityContract,
     AsyncReplyContract, AsyncTransportContract, BackendContract, BroadcastContract,
-    CompressorContract, DeadLetterContract, DelayContract, FullTransportContract,
-    GroupContract, HeartbeatContract, InspectContract, JoinContract, LeaseContract, PriorityContract,
+    CompressorContract, DeadLetterContract, DelayContract, FetchAheadContract,
+    FullTransportContract, GroupContract, HeartbeatContract, InspectContract, JoinContract, LeaseContract, PriorityContract,
     PurgeContract, ReplyContract, SerializerContract, TransportContract,
 )
 from conveyor_pytest.fixtures import require_service
@@ -107,7 +107,7 @@ def redis_contract_url() -> Iterator[str]:
     client.close()
 
 
-class TestRedisTransport(FullTransportContract):
+class TestRedisTransport(FullTransportContract, FetchAheadContract):
     # rediss:// is the same class over TLS (SecureRedisTransport changes the scheme only)
     covers = ("redis", "rediss")
 

@@ -225,6 +225,11 @@ class Capabilities:
     #: when the transport subscribes (AMQP ``basic.qos``), so ``fetch``'s ``limit``
     #: alone cannot raise it; the worker calls ``set_prefetch`` when its own changes.
     prefetch: bool = False
+    #: :class:`FetchAheadTransport`: ``ack_and_fetch_ahead`` writes an ack and the
+    #: next fetch at once, the fetch's reply read by the next ``fetch``; the worker
+    #: uses it where its pool runs tasks inline (solo), as it starts the last task it
+    #: holds, so the broker takes the next batch while that task runs.
+    fetch_ahead: bool = False
     #: ``"lease"`` or ``"channel"``: who may settle a delivery (see above).
     settlement: str = CHANNEL
 
@@ -551,6 +556,26 @@ class PrefetchTransport(Transport, Protocol):
 
 
 @runtime_checkable
+class FetchAheadTransport(Transport, Protocol):
+    """``Capabilities.fetch_ahead``: an ack and the next fetch in one write."""
+
+    def ack_and_fetch_ahead(self, acks: Sequence[Delivery], queues: Sequence[str],
+                            limit: int) -> None:
+        """:meth:`~Transport.ack` ``acks`` and, in the same write, start taking up
+        to ``limit`` deliveries from ``queues`` without waiting for them: the next
+        :meth:`~Transport.fetch` returns them (whatever its own ``queues`` and
+        ``limit``; if none came, it fetches as usual). Until then they are held
+        like fetched ones: ``close()`` gives them back, and where the reply is lost
+        with the connection they are given back as well, never left to a lease
+        nobody knows of. Raises what ``ack`` raises: the acks must not be lost.
+
+        perf: a worker that runs one task at a time (solo) otherwise waits a round
+        trip for its next batch after the last task it holds, the broker idle
+        meanwhile; sent with that task's early ack, the fetch runs on the broker
+        while the task runs, in a write the ack costs anyway."""
+
+
+@runtime_checkable
 class HeartbeatTransport(Transport, Protocol):
     """``Capabilities.heartbeats``: a connection that must be read now and then to
     stay open."""
@@ -700,7 +725,7 @@ CAPABILITY_PROTOCOLS: Mapping[str, type] = {
     "dead_letters": DeadLetterTransport, "purge": PurgeTransport,
     "inspect": InspectTransport, "abandon": AbandonTransport,
     "heartbeats": HeartbeatTransport, "broadcast": BroadcastTransport,
-    "prefetch": PrefetchTransport,
+    "prefetch": PrefetchTransport, "fetch_ahead": FetchAheadTransport,
 }
 
 
@@ -1054,7 +1079,7 @@ __all__ = [
     "Delivery", "Outgoing", "Capabilities", "BackendCapabilities", "DeadLetter", "QueueStats",
     "Join", "Serializer", "Compressor", "Transport", "DelayTransport", "LeaseTransport",
     "DeadLetterTransport", "PurgeTransport", "InspectTransport", "AbandonTransport",
-    "HeartbeatTransport", "PrefetchTransport",
+    "FetchAheadTransport", "HeartbeatTransport", "PrefetchTransport",
     "BaseTransport", "Backend", "JoinBackend", "GroupBackend", "ReplyBackend", "Router",
     "AsyncTransport", "AsyncBackend", "AsyncJoinBackend", "AsyncReplyBackend",
     "ASYNC_BACKEND_PROTOCOLS", "PreparingBackend", "require", "unsupported", "check_option_type",

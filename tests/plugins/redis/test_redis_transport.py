@@ -512,21 +512,28 @@ def test_lost_brpop_claim_is_pushed_back(make_transport: Any, r: redis.Redis, qu
     assert ids(again) == [3] and not consumer._ORPHANS[t.url]
 
 
+def _behind_a_proxy(make_transport: Any, queue: str, messages: int) -> tuple[Any, str, Any]:
+    """A TCP proxy to Redis, its URL and a transport through it that has swept
+    once, with ``messages`` published to ``queue`` (0, 1, …) by another one."""
+    from conveyor_pytest.proxy import TcpProxy
+    from redis_support import HOST, PORT
+    proxy = TcpProxy(HOST, PORT)
+    url = f"redis://127.0.0.1:{proxy.port}/8"
+    t = make_transport(url)
+    assert t.fetch([queue], limit=1, timeout=0) == []  # its first sweep is done
+    publisher = make_transport()
+    for n in range(messages):
+        publisher.publish(make_message(n), Route(queue))
+    return proxy, url, t
+
+
 def test_a_claim_whose_reply_was_lost_is_given_back_at_once(
         make_transport: Any, r: redis.Redis, queue: str) -> None:
     """The connection breaks after Redis ran a claim and before its reply came: the
     claimed messages are leased to nobody. The next fetch gives them back (marked
     redelivered, as a lapsed lease is), instead of leaving them leased until the
     visibility timeout (an hour by default) brings them back."""
-    from conveyor_pytest.proxy import TcpProxy
-    from redis_support import HOST, PORT
-    proxy = TcpProxy(HOST, PORT)
-    url = f"redis://127.0.0.1:{proxy.port}/8"
-    t = make_transport(url)
-    assert t.fetch([queue], limit=3, timeout=0) == []  # its first sweep is done
-    publisher = make_transport()
-    for n in range(3):
-        publisher.publish(make_message(n), Route(queue))
+    proxy, url, t = _behind_a_proxy(make_transport, queue, 3)
     proxy.drop_replies()
     failed: list[BaseException] = []
 
@@ -549,6 +556,60 @@ def test_a_claim_whose_reply_was_lost_is_given_back_at_once(
     assert sorted(ids(again)) == [0, 1, 2]
     assert all(d.redelivered for d in again)
     assert r.hlen("unacked") == 3 and r.llen(queue) == 0  # leased once, to this fetch
+
+
+def test_a_claim_sent_ahead_whose_reply_was_lost_is_given_back_and_its_ack_lands(
+        make_transport: Any, r: redis.Redis, queue: str) -> None:
+    """A solo worker sends its next claim with the last task's ack; the connection
+    breaks after Redis ran both and before the replies came. The ack is sent again,
+    and what the claim took (never seen by the worker) is given back by the next
+    fetch, not left leased until the visibility timeout."""
+    proxy, _, t = _behind_a_proxy(make_transport, queue, 5)
+    first = t.fetch([queue], limit=1, timeout=1)
+    t.ack_and_fetch_ahead(first, [queue], 1)  # (the claim's function loaded here)
+    second = t.fetch([queue], limit=1, timeout=1)
+    assert ids(first + second) == [0, 1]
+    proxy.drop_replies()
+    t.ack_and_fetch_ahead(second, [queue], 3)
+    wait_for(lambda: r.llen(queue) == 0, 5, what="the claim sent ahead to run")
+    assert r.hlen("unacked") == 3  # 2-4 leased to nobody; 1 acked
+    proxy.cut()
+    proxy.restore()
+    again = t.fetch([queue], limit=3, timeout=5)
+    assert sorted(ids(again)) == [2, 3, 4]
+    assert all(d.redelivered for d in again)
+    assert r.hlen("unacked") == 3 and r.llen(queue) == 0  # leased once, to this fetch
+    t.ack(again)
+    t.flush()
+    assert r.hlen("unacked") == 0 and r.zcard("unacked_index") == 0
+
+
+def test_a_claim_sent_ahead_and_read_after_its_leases_lapsed_runs_nothing_twice(
+        make_transport: Any, r: redis.Redis, queue: str) -> None:
+    """The task a claim was sent ahead with runs past the visibility timeout; nobody
+    renewed the claim's leases meanwhile (the worker did not know them yet). What
+    another consumer took after they lapsed is not returned again; what is still
+    this claim's is renewed before it is returned, so no sweep takes it after."""
+    t = make_transport(visibility_timeout=1)
+    other = make_transport(visibility_timeout=1)
+    for n in range(4):
+        t.publish(make_message(n), Route(queue))
+    first = t.fetch([queue], limit=1, timeout=1)
+    t.ack_and_fetch_ahead(first, [queue], 1)  # takes 1, then its task runs long
+    time.sleep(1.3)
+    taken = other.fetch([queue], limit=1, timeout=1)  # its sweep restores 1: ...
+    assert ids(taken) == [1]  # ... and it takes it
+    second = t.fetch([queue], limit=1, timeout=1)
+    assert ids(second) == [2]  # not 1 again: the next message
+    other.ack(taken)
+    t.ack_and_fetch_ahead(second, [queue], 1)  # takes 3, then its task runs long
+    time.sleep(1.3)  # lapsed, but nobody swept yet
+    late = t.fetch([queue], limit=1, timeout=1)
+    assert ids(late) == [3]  # still this claim's: returned, renewed
+    assert other.fetch([queue], limit=1, timeout=0.3) == []  # its sweep finds it live
+    t.ack(late)
+    t.flush()
+    assert r.hlen("unacked") == 0
 
 
 def test_unreachable_redis_names_the_masked_url(queue: str) -> None:

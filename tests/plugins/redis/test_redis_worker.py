@@ -120,6 +120,42 @@ def test_a_solo_worker_refills_its_whole_prefetch_at_once(make_app: Any,
     assert [n for n in taken if n] == [4, 4, 4]
 
 
+def test_a_solo_worker_stopping_gives_back_what_it_fetched_ahead(
+        make_app: Any, dbs: redis.Redis, queue: str) -> None:
+    """A solo worker sends its next claim with the early ack of the last task it
+    holds, so Redis takes the batch while that task runs. Stopped during that task,
+    the worker gives the batch back unrun: nothing stays leased, and the next worker
+    runs every task once."""
+    app = make_app()
+    ran: list[int] = []
+    last_of_first_claim = threading.Event()
+
+    @app.task(name="t.step")
+    def step(n: int) -> int:
+        ran.append(n)
+        if n == 3:
+            last_of_first_claim.set()
+            time.sleep(0.3)  # the claim of 4-7 sent with this task's ack runs meanwhile
+        return n
+
+    def queued() -> int:  # every priority step's list
+        return sum(dbs.llen(key) for key in dbs.scan_iter(f"{queue}*"))
+
+    results = app.publish_batch([("t.step", (n,), {}, {"queue": queue}, {})
+                                 for n in range(12)])
+    worker = app.Worker(queues=[queue], pool="solo", prefetch_multiplier=4)
+    with worker.running():
+        assert last_of_first_claim.wait(10)
+        assert queued() == 4  # 4-7 taken ahead, 8-11 still queued
+        worker.stop()  # warm: task 3 finishes, 4-7 go back
+    assert ran == [0, 1, 2, 3]
+    assert dbs.hlen("unacked") == 0 and dbs.zcard("unacked_index") == 0
+    assert queued() == 8
+    with app.Worker(queues=[queue], pool="solo", prefetch_multiplier=4).running():
+        assert [r.get(timeout=10) for r in results] == list(range(12))
+    assert sorted(ran) == list(range(12))  # each once
+
+
 def _three_notes(app: Conveyor, queue: str) -> tuple[list[int], list[Any]]:
     """Three ``t.note(n)`` tasks queued on ``queue``: the list each run appends its
     ``n`` to, and their results."""

@@ -38,7 +38,7 @@ from conveyor.interfaces import (
     ASYNC_BACKEND_PROTOCOLS, CAPABILITY_PROTOCOLS, DIRECT, FANOUT, LEASE, TOPIC,
     AbandonTransport, AsyncBackend, AsyncJoinBackend, AsyncReplyBackend, AsyncTransport,
     Backend, BroadcastTransport, Compressor, DeadLetterTransport, DelayTransport, Delivery,
-    Exchange, GroupBackend, HeartbeatTransport, InspectTransport, Join, JoinBackend, LeaseTransport, Message,
+    Exchange, FetchAheadTransport, GroupBackend, HeartbeatTransport, InspectTransport, Join, JoinBackend, LeaseTransport, Message,
     Outgoing, PurgeTransport, ReplyBackend, Route, Serializer, Subscription, Transport,
 )
 
@@ -524,6 +524,46 @@ class HeartbeatContract(_TransportKit):
         assert transport.fetch([queue], limit=1, timeout=0.3) == []
 
 
+class FetchAheadContract(_TransportKit):
+    """``Capabilities.fetch_ahead``: an ack and the next fetch in one write; the
+    fetched deliveries wait for the next ``fetch``, and are given back on close."""
+
+    def test_the_next_fetch_returns_what_was_fetched_ahead(self, transport: Transport,
+                                                            queue: str) -> None:
+        ahead = cast(FetchAheadTransport, transport)
+        self.send(transport, queue, *(self.message(n) for n in range(5)))
+        first = transport.fetch([queue], limit=1, timeout=2)
+        ahead.ack_and_fetch_ahead(first, [queue], 3)
+        got = transport.fetch([queue], limit=3, timeout=2)
+        assert self.ids(got) == [1, 2, 3]
+        ahead.ack_and_fetch_ahead(got, [queue], 3)
+        last = transport.fetch([queue], limit=3, timeout=2)
+        assert self.ids(last) == [4]
+        ahead.ack_and_fetch_ahead(last, [queue], 3)  # the queue is empty now
+        # every ack landed: nothing comes back once the leases would have lapsed
+        time.sleep(self.visibility_timeout + 0.5)
+        assert self.drain(transport, queue, 5, timeout=1) == []
+
+    def test_an_empty_fetch_ahead_leaves_fetch_waiting_as_usual(
+            self, app: Conveyor, transport: Transport, queue: str) -> None:
+        ahead = cast(FetchAheadTransport, transport)
+        self.send(transport, queue, self.message(1))
+        ahead.ack_and_fetch_ahead(transport.fetch([queue], limit=1, timeout=2), [queue], 4)
+        self.send(self.connect(app, queue), queue, self.message(2))  # after the claim
+        assert self.ids(_wait_for(lambda: transport.fetch([queue], limit=4, timeout=0.3),
+                                  5)) == [2]
+
+    def test_close_gives_back_what_was_fetched_ahead(self, app: Conveyor,
+                                                     transport: Transport,
+                                                     queue: str) -> None:
+        other = self.connect(app, queue)
+        self.send(other, queue, *(self.message(n) for n in range(4)))
+        first = other.fetch([queue], limit=1, timeout=2)
+        cast(FetchAheadTransport, other).ack_and_fetch_ahead(first, [queue], 2)
+        other.close()  # a worker stopping after its last task: the two were never run
+        assert self.ids(self.drain(transport, queue, 4)) == [1, 2, 3]
+
+
 class BroadcastContract(_TransportKit):
     """``Capabilities.broadcast``: fanout, topic and direct exchanges, as kombu's
     pidbox (remote control) and Celery's events use them."""
@@ -624,6 +664,7 @@ CAPABILITY_CONTRACTS: dict[str, type] = {
     "dead_letters": DeadLetterContract, "purge": PurgeContract,
     "inspect": InspectContract, "abandon": AbandonContract,
     "heartbeats": HeartbeatContract, "broadcast": BroadcastContract,
+    "fetch_ahead": FetchAheadContract,
 }
 
 

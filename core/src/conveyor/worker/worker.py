@@ -45,7 +45,7 @@ from ..exceptions import (
 from ..ratelimit import Throttle, parse_rate
 from ..interfaces import (
     LEASE, AbandonTransport, Capabilities, DeadLetterTransport, DelayTransport,
-    HeartbeatTransport, LeaseTransport, PrefetchTransport, Route,
+    FetchAheadTransport, HeartbeatTransport, LeaseTransport, PrefetchTransport, Route,
 )
 from ..options import eta_horizon
 from . import control, preflight
@@ -268,6 +268,7 @@ class Worker:
             return
         caps: Capabilities = transport.capabilities
         self._caps = caps
+        self._fetch_ahead = caps.fetch_ahead
         #: When the transport's next heartbeat() is due (None: it needs none).
         self._beat_due = time.monotonic() + HEARTBEAT_EVERY if caps.heartbeats else None
         #: An inline pool runs each task in this thread: meanwhile another answers
@@ -647,7 +648,17 @@ class Worker:
             [job.delivery for job in starting if not job.acks_late]
         if early:
             try:
-                transport.ack(early)
+                if self._fetch_ahead and pool.inline and not self._ready and \
+                        not self._stop.is_set():
+                    # perf: the last job held starts now and runs here (inline), and
+                    # the next pass refills: the claim goes with its ack, and the
+                    # broker takes the batch while the job runs (Capabilities.
+                    # fetch_ahead). The room is what that pass would ask for: the
+                    # prefetch less ETA jobs held (this one is acked, so not counted).
+                    cast(FetchAheadTransport, transport).ack_and_fetch_ahead(
+                        early, self.queues, self.prefetch - len(self._held))
+                else:
+                    transport.ack(early)
             except BaseException:
                 self._ready.extendleft(reversed(starting))  # see _reconnect
                 if self._caps.settlement == LEASE:

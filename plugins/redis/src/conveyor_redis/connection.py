@@ -230,6 +230,30 @@ def python_timeout(conn: Any) -> None:
         sock.settimeout(conn.socket_timeout)
 
 
+class Collect:
+    """The ``redo`` of a command sent ahead whose reply its sender wants (a claim sent
+    ahead, :meth:`.RedisTransport.ack_and_fetch_ahead`): whoever reads the line's
+    replies keeps that one here. It is not idempotent, so it is never run again:
+    where its reply is refused or lost, running it as owed calls ``lost`` instead,
+    once (the sender gives back what the command may have taken)."""
+
+    __slots__ = ("reply", "_lost")
+
+    def __init__(self, lost: Callable[[], None]) -> None:
+        self.reply: Any = None
+        self._lost: Callable[[], None] | None = lost
+
+    def __call__(self, _line: Line | None = None) -> None:
+        lost, self._lost = self._lost, None
+        if lost is not None:
+            lost()
+
+    def take(self) -> Any:
+        """The reply, its effect now the sender's: ``lost`` is never called after."""
+        self._lost = None
+        return self.reply
+
+
 class Line:
     """One pooled connection kept for a user's lifetime; commands go straight to it.
 
@@ -322,9 +346,13 @@ class Line:
         A connection error leaves the unread ones in ``ahead`` (for :meth:`drop`)."""
         while self.ahead:
             try:
-                read_reply(self.conn)
+                reply = read_reply(self.conn)
             except redis.ResponseError:
                 self.owed.append(self.ahead[0])
+            else:
+                redo = self.ahead[0][0]
+                if type(redo) is Collect:
+                    redo.reply = reply
             del self.ahead[0]
 
     def send(self, redo: Callable[[Line], Any], what: str, *args: Any) -> None:

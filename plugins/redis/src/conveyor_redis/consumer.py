@@ -21,7 +21,7 @@ from conveyor.interfaces import Delivery
 
 from . import lease
 from .channel import MOVE_BATCH
-from .connection import Backoff, Line
+from .connection import Backoff, Collect, Line
 from .envelope import decode
 from .errors import CONNECTION_ERRORS, wrap
 from .layout import Layout
@@ -73,6 +73,10 @@ class ConsumerMixin:
     _next_due: float | None
     _rr: int
     _polls: dict[tuple[str, ...], _Poll]
+    _lease_keys: list[str]
+    #: A claim sent ahead (:meth:`ack_and_fetch_ahead`) whose deliveries the next
+    #: fetch returns: the poll it used and where its reply is kept.
+    _ahead: tuple[_Poll, Collect, float] | None
 
     if TYPE_CHECKING:
         @property
@@ -117,6 +121,10 @@ class ConsumerMixin:
                 if time.time() >= self._next_sweep:
                     lease.sweep(self.client, self.layout, self._visibility)
                     self._next_sweep = time.time() + self.sweep_interval
+                if self._ahead is not None:
+                    got = self._take_ahead()
+                    if got:
+                        return got
                 got = self._claim(poll, limit, None)
                 self._backoff.reset()
                 if got:
@@ -150,6 +158,58 @@ class ConsumerMixin:
             except redis.RedisError as exc:
                 raise wrap(exc, self.url, "fetching messages") from exc
 
+    def _claim_ahead(self, queues: Sequence[str],
+                     limit: int) -> tuple[tuple[Any, ...], Collect]:
+        """The command of a claim to send ahead (``ack_and_fetch_ahead``) and where its
+        reply will be kept, recorded as the claim whose deliveries the next
+        :meth:`fetch` returns.
+
+        A claim is not idempotent, so where its reply is refused or lost it is not
+        run again as a sent-ahead ack is: its :class:`.Collect` records it as lost
+        instead (by its lease score, as :meth:`_claim` does), and the next fetch
+        gives back what it took before claiming."""
+        poll = self._poll(queues)
+        now = time.time()
+        url = self.url
+
+        def lost() -> None:
+            with _ORPHANS_LOCK:
+                _LOST_CLAIMS.setdefault(url, []).append(now)
+
+        head, tail = poll.claim  # ("EVALSHA", sha, numkeys, *keys), constant args
+        command = (*lease.CLAIM.head(self.line), *head[2:], now, limit, MOVE_BATCH, 0,
+                   b"", *tail)
+        collect = Collect(lost)
+        self._ahead = (poll, collect, now)
+        return command, collect
+
+    def _take_ahead(self) -> list[Delivery]:
+        """The deliveries of the claim sent ahead (none if its reply was lost: it is
+        then given back, see :meth:`ack_and_fetch_ahead`).
+
+        Nobody renewed their leases meanwhile (the worker learns of them only now):
+        read after half the visibility timeout, they are renewed first, and only
+        those still leased by this claim are returned. One that lapsed was given to
+        another consumer, or back to its queue, and must not run here too."""
+        assert self._ahead is not None
+        (poll, collect, at), self._ahead = self._ahead, None
+        try:
+            self.line.confirm()  # reads every reply sent ahead: the claim's too
+        except BaseException:
+            collect()  # its reply may be gone: give back what it took
+            raise
+        if collect.reply is None:
+            return []  # refused: run as owed, it gave back (nothing)
+        got = self._taken(poll, collect.take())  # held now: given back on close
+        if got and time.time() - at >= self._visibility / 2:
+            tags = [d.tag.tag for d in got]
+            kept = {tag.decode() for tag in lease.RENEW_CLAIMED(
+                self.line, [self.layout.unacked_index], [at, time.time(), *tags])}
+            for tag in set(tags) - kept:
+                self._held.pop(tag, None)
+            got = [d for d in got if d.tag.tag in kept]
+        return got
+
     def _claim(self, poll: _Poll, limit: int,
                pre: tuple[int, bytes] | None) -> list[Delivery]:
         now = time.time()
@@ -161,6 +221,10 @@ class ConsumerMixin:
             with _ORPHANS_LOCK:  # it may have run: what it took is given back
                 _LOST_CLAIMS.setdefault(self.url, []).append(now)
             raise
+        return self._taken(poll, reply)
+
+    def _taken(self, poll: _Poll, reply: Any) -> list[Delivery]:
+        """The deliveries of a claim's ``reply``, held (:class:`Lease`) until settled."""
         out, self._next_due = lease.parse_claimed(reply)
         keys, names = poll.keys, poll.names
         deliveries: list[Delivery] = []

@@ -130,10 +130,14 @@ def send_ack(line: Line, keys: Sequence[str], tags: Sequence[str], what: str) ->
     every reply not confirmed runs :data:`ACK` again on the next use of the line (or
     the next line), through :meth:`.Line.send_packed`.
     """
-    unacked, index, deliveries = keys
     line.send_packed(lambda again: ACK(again, keys, tags), what,
-                     pack_many([("HDEL", unacked, *tags), ("ZREM", index, *tags),
-                                ("HDEL", deliveries, *tags)]), 3)
+                     pack_many(ack_commands(keys, tags)), 3)
+
+
+def ack_commands(keys: Sequence[str], tags: Sequence[str]) -> list[tuple[str, ...]]:
+    """The three deletes of :func:`send_ack`, record first (see there)."""
+    unacked, index, deliveries = keys
+    return [("HDEL", unacked, *tags), ("ZREM", index, *tags), ("HDEL", deliveries, *tags)]
 
 
 #: Charge started deliveries: the count becomes the delivery's own number (what
@@ -171,6 +175,25 @@ for i = 2, acks + 1, 4000 do
   redis.call('HDEL', KEYS[3], unpack(ARGV, i, j))
 end
 return 1
+""")
+
+#: Renew the leases a claim sent ahead took, read late (the task it was sent with
+#: ran long): only those still scored as that claim left them. One that lapsed and
+#: was restored meanwhile (and maybe taken by another worker) is not ours any more;
+#: renewed here, a sweep that read it before cannot restore it (RESTORE compares).
+#: KEYS: unacked_index. ARGV: the claim's score, the new score, tags… Returns the
+#: tags renewed.
+RENEW_CLAIMED = Script("""
+local kept = {}
+local at = tonumber(ARGV[1])
+for i = 3, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) == at then
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[i])
+    kept[#kept + 1] = ARGV[i]
+  end
+end
+return kept
 """)
 
 #: Give a leased message back to a list, only if still leased to us. Its count is
