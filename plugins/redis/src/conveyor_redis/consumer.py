@@ -193,21 +193,24 @@ class ConsumerMixin:
         another consumer, or back to its queue, and must not run here too."""
         assert self._ahead is not None
         (poll, collect, at), self._ahead = self._ahead, None
+        kept: set[bytes] | None = None
         try:
             self.line.confirm()  # reads every reply sent ahead: the claim's too
+            if collect.reply is not None and time.time() - at >= self._visibility / 2:
+                tags = lease.parse_claimed(collect.reply)[0][3::4]
+                kept = set(lease.RENEW_CLAIMED(self.line, [self.layout.unacked_index],
+                                               [at, time.time(), *tags]))
         except BaseException:
-            collect()  # its reply may be gone: give back what it took
+            collect()  # its reply, or the renewal's, may be gone: give back what it took
             raise
         if collect.reply is None:
             return []  # refused: run as owed, it gave back (nothing)
         got = self._taken(poll, collect.take())  # held now: given back on close
-        if got and time.time() - at >= self._visibility / 2:
-            tags = [d.tag.tag for d in got]
-            kept = {tag.decode() for tag in lease.RENEW_CLAIMED(
-                self.line, [self.layout.unacked_index], [at, time.time(), *tags])}
-            for tag in set(tags) - kept:
-                self._held.pop(tag, None)
-            got = [d for d in got if d.tag.tag in kept]
+        if kept is not None:
+            for d in got:
+                if d.tag.tag.encode() not in kept:
+                    self._held.pop(d.tag.tag, None)
+            got = [d for d in got if d.tag.tag.encode() in kept]
         return got
 
     def _claim(self, poll: _Poll, limit: int,
